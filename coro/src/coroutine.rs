@@ -1,0 +1,278 @@
+//! The coroutine type, `suspend`, and the running coroutine's identity.
+//!
+//! A [`Coro`] wraps a `corosensei` coroutine that takes and yields nothing: the dispatcher
+//! that resumes it keeps whatever a wake-up means in its own tables, so the switch itself
+//! moves no data. While a coroutine runs, a thread-local pointer names its [`Frame`]; that is
+//! how [`suspend`] finds the yielder from any depth of the call stack, how [`current`]
+//! answers, and how the stack-overflow reporter knows whose guard page was hit.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use corosensei::stack::Stack as _;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+
+use crate::overflow;
+use crate::stack::{page_size, Stack};
+
+/// How many bytes of a coroutine's label are kept (longer labels are truncated); the label
+/// lives inline so the stack-overflow reporter can print it without allocating.
+pub const LABEL_CAPACITY: usize = 64;
+
+/// What a running coroutine exposes to code on its stack and to the fault handler.
+pub(crate) struct Frame {
+    /// The yielder of the running coroutine; set by the coroutine's first instructions.
+    yielder: Cell<*const Yielder<(), ()>>,
+    /// Set while the coroutine is being force-unwound: suspending is then refused.
+    unwinding: Cell<bool>,
+    /// The caller's identity tag.
+    tag: u64,
+    /// Lowest and highest+1 address of the guard page.
+    pub(crate) guard: (usize, usize),
+    /// Usable stack bytes, for the overflow message.
+    pub(crate) stack_size: usize,
+    pub(crate) label: [u8; LABEL_CAPACITY],
+    pub(crate) label_len: usize,
+}
+
+thread_local! {
+    /// The frame of the coroutine running on this thread, or null.
+    static CURRENT: Cell<*const Frame> = const { Cell::new(ptr::null()) };
+}
+
+/// The frame of the running coroutine, or null. Async-signal-safe: a const-initialised
+/// thread-local without destructor is a plain TLS load.
+pub(crate) fn current_frame() -> *const Frame {
+    CURRENT.with(|c| c.get())
+}
+
+/// The outcome of [`Coro::resume`].
+pub enum Resumed {
+    /// The coroutine called [`suspend`]; resume it again later.
+    Suspended,
+    /// The coroutine's closure returned.
+    Finished,
+    /// The coroutine's closure panicked; the payload is what `panic!` was given. The
+    /// coroutine is finished.
+    Panicked(Box<dyn Any + Send>),
+}
+
+impl fmt::Debug for Resumed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resumed::Suspended => f.write_str("Suspended"),
+            Resumed::Finished => f.write_str("Finished"),
+            Resumed::Panicked(p) => write!(f, "Panicked({:?})", crate::panic_message(&**p)),
+        }
+    }
+}
+
+/// Why [`suspend`] did not suspend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspendError {
+    /// Called outside any coroutine (for example from `main`).
+    NotInCoroutine,
+    /// The coroutine is being dropped and its stack unwound: it may not wait any more.
+    Unwinding,
+}
+
+impl fmt::Display for SuspendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SuspendError::NotInCoroutine => f.write_str("not inside a coroutine"),
+            SuspendError::Unwinding => f.write_str("the coroutine is being cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for SuspendError {}
+
+/// A stackful coroutine running a closure on a [`Stack`].
+///
+/// # Dropping a coroutine
+///
+/// Dropping a coroutine that is suspended unwinds its stack: the pending [`suspend`] panics
+/// with a private payload, every local on the coroutine's stack is dropped, and only then is
+/// the stack released. Code running during that unwind that tries to suspend again gets
+/// [`SuspendError::Unwinding`] instead (so it can never spin the unwind forever). A closure
+/// that catches the unwind with `catch_unwind` and keeps running is a bug; don't.
+///
+/// # Send
+///
+/// `Coro` is neither `Send` nor `Sync`: everything on its stack would have to be `Send`.
+pub struct Coro {
+    inner: Option<Coroutine<(), (), (), Stack>>,
+    frame: Frame,
+}
+
+impl fmt::Debug for Coro {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coro")
+            .field("tag", &self.frame.tag)
+            .field("label", &self.label())
+            .field("done", &self.is_done())
+            .finish()
+    }
+}
+
+impl Coro {
+    /// A coroutine that will run `body` on `stack` when first resumed. `tag` is returned by
+    /// [`current`] while it runs; `label` names it in the stack-overflow message.
+    pub fn new<F>(stack: Stack, tag: u64, label: &str, body: F) -> Coro
+    where
+        F: FnOnce() + 'static,
+    {
+        overflow::install();
+        let limit = stack.limit().get();
+        let stack_size = stack.base().get() - limit - page_size();
+        let inner = Coroutine::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
+            let frame = current_frame();
+            // SAFETY: `resume` points CURRENT at this coroutine's frame before switching to
+            // it, and the frame outlives the switch (it is borrowed by `resume`).
+            unsafe { (*frame).yielder.set(yielder) };
+            body();
+        });
+        let mut coro = Coro {
+            inner: Some(inner),
+            frame: Frame {
+                yielder: Cell::new(ptr::null()),
+                unwinding: Cell::new(false),
+                tag,
+                guard: (limit, limit + page_size()),
+                stack_size,
+                label: [0; LABEL_CAPACITY],
+                label_len: 0,
+            },
+        };
+        coro.set_label(label);
+        coro
+    }
+
+    /// Runs the coroutine until it suspends, returns or panics.
+    ///
+    /// # Panics
+    ///
+    /// When the coroutine has already finished.
+    pub fn resume(&mut self) -> Resumed {
+        let inner = match self.inner.as_mut() {
+            Some(inner) if !inner.done() => inner,
+            _ => panic!("resume of a finished coroutine"),
+        };
+        let prev = CURRENT.with(|c| c.replace(&self.frame));
+        let result = catch_unwind(AssertUnwindSafe(|| inner.resume(())));
+        CURRENT.with(|c| c.set(prev));
+        match result {
+            Ok(CoroutineResult::Yield(())) => Resumed::Suspended,
+            Ok(CoroutineResult::Return(())) => Resumed::Finished,
+            Err(payload) => Resumed::Panicked(payload),
+        }
+    }
+
+    /// Whether the coroutine has run to its end (returned or panicked).
+    pub fn is_done(&self) -> bool {
+        self.inner.as_ref().map_or(true, |c| c.done())
+    }
+
+    /// Whether the coroutine has been resumed at least once.
+    pub fn is_started(&self) -> bool {
+        self.inner.as_ref().is_some_and(|c| c.started())
+    }
+
+    /// The identity tag given to [`Coro::new`].
+    pub fn tag(&self) -> u64 {
+        self.frame.tag
+    }
+
+    /// The label printed if this coroutine overflows its stack.
+    pub fn label(&self) -> &str {
+        let bytes = &self.frame.label[..self.frame.label_len];
+        // The label is cut at a char boundary by `set_label`, so it is valid UTF-8.
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
+
+    /// Changes the label (truncated to [`LABEL_CAPACITY`] bytes at a char boundary).
+    pub fn set_label(&mut self, label: &str) {
+        let mut len = label.len().min(LABEL_CAPACITY);
+        while !label.is_char_boundary(len) {
+            len -= 1;
+        }
+        self.frame.label[..len].copy_from_slice(&label.as_bytes()[..len]);
+        self.frame.label_len = len;
+    }
+
+    /// Finishes the coroutine (unwinding it if it is suspended) and gives back its stack for
+    /// reuse.
+    pub fn into_stack(mut self) -> Stack {
+        self.unwind();
+        let inner = self.inner.take().expect("coroutine already consumed");
+        inner.into_stack()
+    }
+
+    /// Unwinds a suspended coroutine's stack, dropping its locals, with this coroutine marked
+    /// as the running one so code in its destructors sees the right identity.
+    fn unwind(&mut self) {
+        if let Some(inner) = self.inner.as_mut() {
+            if inner.started() && !inner.done() {
+                self.frame.unwinding.set(true);
+                let prev = CURRENT.with(|c| c.replace(&self.frame));
+                inner.force_unwind();
+                CURRENT.with(|c| c.set(prev));
+            } else if !inner.started() {
+                // Drops the closure without running it.
+                inner.force_unwind();
+            }
+        }
+    }
+}
+
+impl Drop for Coro {
+    fn drop(&mut self) {
+        self.unwind();
+    }
+}
+
+/// Suspends the running coroutine, returning to whoever resumed it, and returns when it is
+/// resumed again.
+///
+/// # Errors
+///
+/// [`SuspendError::NotInCoroutine`] outside any coroutine, and
+/// [`SuspendError::Unwinding`] while the coroutine is being dropped or is unwinding from a
+/// panic (a destructor running during the unwind may not wait).
+pub fn suspend() -> Result<(), SuspendError> {
+    let frame = current_frame();
+    if frame.is_null() {
+        return Err(SuspendError::NotInCoroutine);
+    }
+    // SAFETY: CURRENT only ever points at the frame of the coroutine running on this thread,
+    // which `resume` keeps borrowed (so alive and unmoved) until control returns to it.
+    let (yielder, unwinding) = unsafe { ((*frame).yielder.get(), (*frame).unwinding.get()) };
+    // Suspending half-way through a panic's unwinding would leave the coroutine stuck
+    // mid-panic, and dropping it later would abort the process.
+    if unwinding || std::thread::panicking() {
+        return Err(SuspendError::Unwinding);
+    }
+    // SAFETY: the yielder lives on the running coroutine's stack, which is alive while the
+    // coroutine runs; it was stored by the coroutine's first instructions.
+    unsafe { (*yielder).suspend(()) };
+    Ok(())
+}
+
+/// The tag of the coroutine running on this thread, or `None` outside any coroutine.
+pub fn current() -> Option<u64> {
+    let frame = current_frame();
+    if frame.is_null() {
+        None
+    } else {
+        // SAFETY: as in `suspend`, a non-null CURRENT points at the live running frame.
+        Some(unsafe { (*frame).tag })
+    }
+}
+
+/// Whether the calling code runs inside a coroutine.
+pub fn in_coroutine() -> bool {
+    !current_frame().is_null()
+}

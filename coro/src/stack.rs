@@ -1,0 +1,190 @@
+//! Coroutine stacks and the pool that recycles them.
+//!
+//! Stacks are `corosensei`'s guarded stacks: one `mmap` of `size + page`, the lowest page left
+//! `PROT_NONE` as a guard. Mapping and unmapping one costs about 9 µs, which is more than two
+//! echo round trips, so finished coroutines hand their stack back to a [`StackPool`] and the
+//! next coroutine reuses it. Allocation is fallible: when the kernel refuses a mapping (for
+//! example past `vm.max_map_count`) the caller gets an `io::Error` and can refuse the work,
+//! where `corosensei::Coroutine::new` would panic.
+
+use corosensei::stack::Stack as _;
+
+/// A coroutine stack: lazily committed memory with a guard page below it.
+pub type Stack = corosensei::stack::DefaultStack;
+
+/// The default usable size of a coroutine stack: 256 KiB.
+///
+/// Only touched pages cost memory. The size leaves room for a panic that prints a backtrace
+/// (which needs more than 16 KiB) and for TLS handshakes (8–16 KiB), because an overflow
+/// aborts the process.
+pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
+
+/// The smallest stack size a [`StackPool`] hands out: 16 KiB. Smaller requests are rounded up.
+///
+/// At this size a panic with `RUST_BACKTRACE=1` overflows; use it only for coroutines known
+/// to need little stack.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+
+/// A bounded pool of reusable coroutine stacks of one size.
+///
+/// # Example
+///
+/// ```
+/// let mut pool = copas_coro::StackPool::new(64 * 1024, 2);
+/// let a = pool.allocate().unwrap();
+/// let b = pool.allocate().unwrap();
+/// let c = pool.allocate().unwrap();
+/// pool.recycle(a);
+/// pool.recycle(b);
+/// pool.recycle(c); // over the bound of 2: unmapped
+/// assert_eq!(pool.idle(), 2);
+/// ```
+pub struct StackPool {
+    size: usize,
+    max_idle: usize,
+    idle: Vec<Stack>,
+}
+
+impl std::fmt::Debug for StackPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackPool")
+            .field("size", &self.size)
+            .field("max_idle", &self.max_idle)
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}
+
+impl StackPool {
+    /// A pool of stacks of `size` usable bytes (rounded up to whole pages, at least
+    /// [`MIN_STACK_SIZE`]) that keeps at most `max_idle` unused stacks mapped.
+    pub fn new(size: usize, max_idle: usize) -> StackPool {
+        StackPool {
+            size: round_size(size),
+            max_idle,
+            idle: Vec::new(),
+        }
+    }
+
+    /// A stack from the pool, or a freshly mapped one when the pool is empty.
+    ///
+    /// # Errors
+    ///
+    /// The error of `mmap` or `mprotect` when no new stack can be mapped (`ENOMEM`, for
+    /// example once `vm.max_map_count` is reached).
+    pub fn allocate(&mut self) -> std::io::Result<Stack> {
+        match self.idle.pop() {
+            Some(stack) => Ok(stack),
+            None => Stack::new(self.size),
+        }
+    }
+
+    /// Returns a stack to the pool. A stack of another size, or one beyond the pool's bound,
+    /// is unmapped instead.
+    pub fn recycle(&mut self, stack: Stack) {
+        if self.idle.len() < self.max_idle && usable_size(&stack) == self.size {
+            self.idle.push(stack);
+        }
+    }
+
+    /// The usable size of the stacks this pool hands out.
+    pub fn stack_size(&self) -> usize {
+        self.size
+    }
+
+    /// Changes the size of stacks handed out from now on; idle stacks of the old size are
+    /// unmapped.
+    pub fn set_stack_size(&mut self, size: usize) {
+        let size = round_size(size);
+        if size != self.size {
+            self.size = size;
+            self.idle.clear();
+        }
+    }
+
+    /// How many unused stacks the pool keeps at most.
+    pub fn max_idle(&self) -> usize {
+        self.max_idle
+    }
+
+    /// Changes the bound on unused stacks, unmapping any beyond it.
+    pub fn set_max_idle(&mut self, max_idle: usize) {
+        self.max_idle = max_idle;
+        self.idle.truncate(max_idle);
+    }
+
+    /// How many unused stacks the pool holds now.
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let cached = PAGE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: sysconf has no preconditions; _SC_PAGESIZE is always supported on Unix.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = if page > 0 { page as usize } else { 4096 };
+    PAGE.store(page, Ordering::Relaxed);
+    page
+}
+
+fn round_size(size: usize) -> usize {
+    let page = page_size();
+    size.max(MIN_STACK_SIZE).div_ceil(page) * page
+}
+
+/// Usable bytes of a stack: everything above its guard page.
+pub(crate) fn usable_size(stack: &Stack) -> usize {
+    stack.base().get() - stack.limit().get() - page_size()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_rounded_to_pages_and_floored() {
+        let pool = StackPool::new(1, 4);
+        assert_eq!(pool.stack_size(), MIN_STACK_SIZE);
+        let pool = StackPool::new(MIN_STACK_SIZE + 1, 4);
+        assert_eq!(pool.stack_size(), MIN_STACK_SIZE + page_size());
+    }
+
+    #[test]
+    fn allocated_stack_has_the_configured_usable_size() {
+        let mut pool = StackPool::new(128 * 1024, 4);
+        let stack = pool.allocate().unwrap();
+        assert_eq!(usable_size(&stack), 128 * 1024);
+    }
+
+    #[test]
+    fn recycled_stack_is_reused_and_pool_is_bounded() {
+        let mut pool = StackPool::new(64 * 1024, 1);
+        let a = pool.allocate().unwrap();
+        let base = a.base();
+        let b = pool.allocate().unwrap();
+        pool.recycle(a);
+        pool.recycle(b);
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(pool.allocate().unwrap().base(), base);
+        assert_eq!(pool.idle(), 0);
+    }
+
+    #[test]
+    fn changing_size_drops_idle_stacks_of_the_old_size() {
+        let mut pool = StackPool::new(64 * 1024, 4);
+        let a = pool.allocate().unwrap();
+        pool.recycle(a);
+        pool.set_stack_size(128 * 1024);
+        assert_eq!(pool.idle(), 0);
+        let old = Stack::new(64 * 1024).unwrap();
+        pool.recycle(old);
+        assert_eq!(pool.idle(), 0, "a stack of another size is not pooled");
+    }
+}

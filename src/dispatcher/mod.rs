@@ -1,0 +1,1303 @@
+//! The dispatcher: one per OS thread, owning the coroutines, the timers and the reactor.
+//!
+//! A step (Copas `step`) is: wait in the poller until an event or the next deadline; turn
+//! events into ready coroutines (and accept rounds for servers); fire expired timers; then
+//! resume every coroutine that was ready when the run phase began, once. Coroutines made
+//! ready during the run phase run in the next step, so a `pause(0)` loop cannot spin inside
+//! one step.
+//!
+//! Borrow discipline: the state lives in a `RefCell`, and no borrow is ever held while a
+//! coroutine runs, while a user callback runs, or while something that may own a socket is
+//! dropped (dropping a socket closes it, which needs the state). Functions here move such
+//! values out of the borrow's scope before letting them go.
+
+mod reactor;
+mod report;
+mod status;
+mod task;
+mod timers;
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas_coro::{Coro, Resumed, StackPool, DEFAULT_STACK_SIZE};
+use polling::{Event, Events, PollMode, Poller};
+use slab::Slab;
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
+pub use report::{ErrorHandler, PanicReport};
+pub use status::Status;
+pub use task::Coroutine;
+pub(crate) use task::{TaskName, TaskSocket, Wake};
+
+use reactor::Source;
+use task::{Task, Wait};
+use timers::{TimerKey, TimerQueue};
+
+/// How many idle stacks a dispatcher keeps for reuse by default.
+const DEFAULT_POOLED_STACKS: usize = 1024;
+
+/// How many events one poller wait can return.
+const EVENT_CAPACITY: usize = 1024;
+
+/// Socket operations a coroutine may complete without waiting before it is made to yield,
+/// so that a stream that is always ready cannot starve the others.
+const IO_BUDGET: u32 = 128;
+
+thread_local! {
+    static DISPATCHER: Dispatcher = Dispatcher::new();
+}
+
+/// Runs `f` with this thread's dispatcher.
+pub(crate) fn with<R>(f: impl FnOnce(&Dispatcher) -> R) -> R {
+    DISPATCHER.with(f)
+}
+
+/// Runs `f` with this thread's dispatcher unless it is being torn down (thread exit).
+pub(crate) fn try_with<R>(f: impl FnOnce(&Dispatcher) -> R) -> Option<R> {
+    DISPATCHER.try_with(f).ok()
+}
+
+/// What a timer does when it fires.
+enum TimerAction {
+    /// End a coroutine's wait with [`Wake::Timeout`].
+    Wake(Coroutine),
+    /// Run a `copas::timeout` callback for a coroutine.
+    Callback(Coroutine, Box<dyn FnOnce(Coroutine)>),
+    /// Retry accepting on a server after a back-off.
+    Accept(SourceKey),
+}
+
+/// How many coroutines are in each kind of wait (Copas's `status` counts).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    read: usize,
+    write: usize,
+    sleeping: usize,
+    paused: usize,
+    callbacks: usize,
+}
+
+impl Counts {
+    fn slot(&mut self, wait: Wait, timed: bool) -> Option<&mut usize> {
+        match wait {
+            Wait::Io { write: false, .. } => Some(&mut self.read),
+            Wait::Io { write: true, .. } => Some(&mut self.write),
+            Wait::Sleep => Some(&mut self.sleeping),
+            Wait::Park if timed => Some(&mut self.sleeping),
+            Wait::Park | Wait::PausedForever => Some(&mut self.paused),
+            Wait::Running | Wait::Ready => None,
+        }
+    }
+
+    fn enter(&mut self, wait: Wait, timed: bool) {
+        if let Some(n) = self.slot(wait, timed) {
+            *n += 1;
+        }
+    }
+
+    fn leave(&mut self, wait: Wait, timed: bool) {
+        if let Some(n) = self.slot(wait, timed) {
+            *n -= 1;
+        }
+    }
+}
+
+struct State {
+    tasks: Slab<Task>,
+    next_generation: u32,
+    /// Coroutines to resume in the next run phase (may hold stale handles).
+    ready: Vec<Coroutine>,
+    /// The previous run phase's list, kept for its capacity.
+    spare_ready: Vec<Coroutine>,
+    timers: TimerQueue<TimerAction>,
+    sources: Slab<Source>,
+    next_source_generation: u32,
+    /// Servers with connections left to accept.
+    pending_accept: Vec<SourceKey>,
+    servers: usize,
+    counts: Counts,
+    running: bool,
+    stepping: bool,
+    exiting: bool,
+    exit_waiters: Vec<Coroutine>,
+    default_handler: ErrorHandler,
+    /// Removed coroutines, to be unwound where no borrow is held.
+    graveyard: Vec<Coro>,
+    /// Sources closed while the state was borrowed, to be removed later.
+    closed_sources: Vec<SourceKey>,
+}
+
+/// One thread's dispatcher. Reached through [`with`].
+pub(crate) struct Dispatcher {
+    state: RefCell<State>,
+    poller: std::result::Result<Poller, String>,
+    events: RefCell<Events>,
+    pool: RefCell<StackPool>,
+    /// Operations completed without waiting since the running coroutine was resumed.
+    budget: Cell<u32>,
+}
+
+/// A fixed buffer for a coroutine's stack-overflow label (names are formatted without
+/// allocating).
+struct LabelBuf {
+    buf: [u8; copas_coro::LABEL_CAPACITY],
+    len: usize,
+}
+
+impl std::fmt::Write for LabelBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for ch in s.chars() {
+            let mut tmp = [0u8; 4];
+            let bytes = ch.encode_utf8(&mut tmp).as_bytes();
+            if self.len + bytes.len() > self.buf.len() {
+                return Err(std::fmt::Error);
+            }
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+        Ok(())
+    }
+}
+
+impl LabelBuf {
+    fn of(name: &TaskName, id: u32) -> LabelBuf {
+        let mut label = LabelBuf {
+            buf: [0; copas_coro::LABEL_CAPACITY],
+            len: 0,
+        };
+        let _ = name.write(id, &mut label);
+        label
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl State {
+    fn task(&self, co: Coroutine) -> Option<&Task> {
+        self.tasks
+            .get(co.index as usize)
+            .filter(|t| t.generation == co.generation)
+    }
+
+    fn task_mut(&mut self, co: Coroutine) -> Option<&mut Task> {
+        self.tasks
+            .get_mut(co.index as usize)
+            .filter(|t| t.generation == co.generation)
+    }
+
+    fn source_mut(&mut self, key: SourceKey) -> Option<&mut Source> {
+        self.sources
+            .get_mut(key.index as usize)
+            .filter(|s| s.generation == key.generation)
+    }
+
+    /// Puts the coroutine into `wait`, with a timer when `deadline` is given. False when
+    /// the coroutine is unknown or cancelled (it must not wait then).
+    fn enter_wait(&mut self, co: Coroutine, wait: Wait, deadline: Option<Instant>) -> bool {
+        let Some(task) = self.task_mut(co) else {
+            return false;
+        };
+        if task.cancelled {
+            return false;
+        }
+        task.wait = wait;
+        let timed = deadline.is_some();
+        if let Some(at) = deadline {
+            let key = self.timers.insert(at, TimerAction::Wake(co));
+            if let Some(task) = self.task_mut(co) {
+                task.timer = Some(key);
+            }
+        }
+        self.counts.enter(wait, timed);
+        true
+    }
+
+    /// Takes the coroutine out of whatever it waits on (timer, socket FIFO, counts).
+    /// Returns the wait it was in.
+    fn detach(&mut self, co: Coroutine) -> Option<Wait> {
+        let task = self.task_mut(co)?;
+        let wait = task.wait;
+        let timer = task.timer.take();
+        self.counts.leave(wait, timer.is_some());
+        if let Some(key) = timer {
+            self.timers.remove(key);
+        }
+        if let Wait::Io { source, write } = wait {
+            if let Some(src) = self.sources.get_mut(source as usize) {
+                let queue = if write {
+                    &mut src.writers
+                } else {
+                    &mut src.readers
+                };
+                if let Some(pos) = queue.iter().position(|c| *c == co) {
+                    queue.remove(pos);
+                    src.io.waiting.set(src.io.waiting.get() - 1);
+                }
+            }
+        }
+        Some(wait)
+    }
+
+    /// Ends a coroutine's wait and schedules it, telling it why. False when it was not
+    /// waiting.
+    fn wake(&mut self, co: Coroutine, why: Wake) -> bool {
+        match self.task(co).map(|t| t.wait) {
+            Some(Wait::Sleep | Wait::PausedForever | Wait::Park | Wait::Io { .. }) => {}
+            _ => return false,
+        }
+        self.detach(co);
+        if let Some(task) = self.task_mut(co) {
+            task.wait = Wait::Ready;
+            task.wake = why;
+        }
+        self.ready.push(co);
+        true
+    }
+
+    /// Handles one poller event.
+    fn on_event(&mut self, ev: Event) {
+        let key = SourceKey::from_poll_key(ev.key);
+        let Some(src) = self.source_mut(key) else {
+            return;
+        };
+        if src.acceptor.is_some() {
+            if ev.readable && !src.accept_scheduled {
+                src.accept_scheduled = true;
+                self.pending_accept.push(key);
+            }
+            return;
+        }
+        let mut woken = [None, None];
+        if ev.readable {
+            src.io.readable.set(true);
+            woken[0] = src.readers.pop_front();
+        }
+        if ev.writable {
+            src.io.writable.set(true);
+            woken[1] = src.writers.pop_front();
+        }
+        let popped = woken.iter().flatten().count() as u32;
+        src.io.waiting.set(src.io.waiting.get() - popped);
+        for co in woken.into_iter().flatten() {
+            self.wake(co, Wake::Event);
+        }
+    }
+
+    /// Removes a source whose descriptor is gone; its waiters wake with `Closed`.
+    fn remove_source(&mut self, key: SourceKey) -> Option<Source> {
+        self.source_mut(key)?;
+        let mut src = self.sources.remove(key.index as usize);
+        if src.acceptor.is_some() {
+            self.servers -= 1;
+        }
+        src.io.key.set(None);
+        src.io.waiting.set(0);
+        for co in src.readers.drain(..).chain(src.writers.drain(..)) {
+            self.wake(co, Wake::Closed);
+        }
+        Some(src)
+    }
+
+    fn finished(&self) -> bool {
+        self.ready.is_empty()
+            && self.pending_accept.is_empty()
+            && self.servers == 0
+            && self.counts.read == 0
+            && self.counts.write == 0
+            && self.counts.sleeping == 0
+            && !(self.counts.callbacks > 0 && self.counts.paused > 0)
+    }
+}
+
+impl Dispatcher {
+    fn new() -> Dispatcher {
+        Dispatcher {
+            state: RefCell::new(State {
+                tasks: Slab::new(),
+                next_generation: 1,
+                ready: Vec::new(),
+                spare_ready: Vec::new(),
+                timers: TimerQueue::new(),
+                sources: Slab::new(),
+                next_source_generation: 1,
+                pending_accept: Vec::new(),
+                servers: 0,
+                counts: Counts::default(),
+                running: false,
+                stepping: false,
+                exiting: false,
+                exit_waiters: Vec::new(),
+                default_handler: report::default_handler(),
+                graveyard: Vec::new(),
+                closed_sources: Vec::new(),
+            }),
+            poller: Poller::new().map_err(|e| e.to_string()),
+            events: RefCell::new(Events::with_capacity(
+                NonZeroUsize::new(EVENT_CAPACITY).expect("non-zero"),
+            )),
+            pool: RefCell::new(StackPool::new(DEFAULT_STACK_SIZE, DEFAULT_POOLED_STACKS)),
+            budget: Cell::new(0),
+        }
+    }
+
+    fn poller(&self) -> Result<&Poller> {
+        self.poller.as_ref().map_err(|e| {
+            Error::with_message(ErrorKind::Io, format!("the poller could not be created: {e}"))
+        })
+    }
+
+    /// The dispatcher's coroutine running now, if any.
+    pub(crate) fn current(&self) -> Option<Coroutine> {
+        let co = Coroutine::from_tag(copas_coro::current()?);
+        self.state.borrow().task(co).map(|_| co)
+    }
+
+    // ----- coroutines -------------------------------------------------------------------
+
+    /// Creates a coroutine running `body`. With `start_now` it runs at once until it first
+    /// waits (a server's handler); otherwise it is scheduled for the next run phase.
+    pub(crate) fn spawn(
+        &self,
+        name: TaskName,
+        socket: Option<Rc<dyn TaskSocket>>,
+        start_now: bool,
+        body: impl FnOnce() + 'static,
+    ) -> Result<Coroutine> {
+        let stack = self.pool.borrow_mut().allocate().map_err(|e| {
+            Error::from(e).with_context("no stack could be mapped for a new coroutine")
+        })?;
+        let co = {
+            let mut st = self.state.borrow_mut();
+            let generation = st.next_generation;
+            st.next_generation = st.next_generation.wrapping_add(1).max(1);
+            let index = st.tasks.vacant_key() as u32;
+            Coroutine { index, generation }
+        };
+        let label = LabelBuf::of(&name, co.generation);
+        let coro = Coro::new(stack, co.tag(), label.as_str(), body);
+        let autoclose = socket.is_some();
+        {
+            let mut st = self.state.borrow_mut();
+            st.tasks.insert(Task {
+                generation: co.generation,
+                coro: Some(coro),
+                name,
+                wait: Wait::Ready,
+                wake: Wake::Woken,
+                timer: None,
+                timeout: None,
+                handler: None,
+                socket,
+                autoclose,
+                cancelled: false,
+            });
+            if !start_now {
+                st.ready.push(co);
+            }
+        }
+        if start_now {
+            self.resume(co);
+        }
+        Ok(co)
+    }
+
+    /// Runs one ready coroutine until it waits or ends.
+    fn resume(&self, co: Coroutine) {
+        let mut coro = {
+            let mut st = self.state.borrow_mut();
+            let Some(task) = st.task_mut(co) else {
+                return;
+            };
+            if task.wait != Wait::Ready {
+                return; // a stale entry in the ready list
+            }
+            task.wait = Wait::Running;
+            match task.coro.take() {
+                Some(coro) => coro,
+                None => return,
+            }
+        };
+        self.budget.set(0);
+        match coro.resume() {
+            Resumed::Suspended => {
+                let mut st = self.state.borrow_mut();
+                let Some(task) = st.task_mut(co) else {
+                    st.graveyard.push(coro);
+                    return;
+                };
+                if task.wait == Wait::Running {
+                    // It suspended without telling the dispatcher what it waits for.
+                    drop(st);
+                    let payload: Box<dyn std::any::Any + Send> = Box::new(
+                        "coroutine suspended outside a copas call (copas_coro::suspend used directly)",
+                    );
+                    self.finish(co, coro, Some(payload));
+                    return;
+                }
+                if task.cancelled {
+                    let removed = self.take_task(&mut st, co);
+                    st.graveyard.push(coro);
+                    drop(st);
+                    drop(removed);
+                    return;
+                }
+                let label_changed = {
+                    let mut buf = LabelBuf::of(&task.name, co.generation);
+                    let _ = write!(buf, "");
+                    coro.label() != buf.as_str()
+                };
+                if label_changed {
+                    let label = LabelBuf::of(&task.name, co.generation);
+                    coro.set_label(label.as_str());
+                }
+                task.coro = Some(coro);
+            }
+            Resumed::Finished => self.finish(co, coro, None),
+            Resumed::Panicked(payload) => self.finish(co, coro, Some(payload)),
+        }
+    }
+
+    /// Removes a coroutine's entry, cancelling its `timeout` callback.
+    fn take_task(&self, st: &mut State, co: Coroutine) -> Option<(Task, Option<TimerAction>)> {
+        st.detach(co);
+        st.task(co)?;
+        let mut task = st.tasks.remove(co.index as usize);
+        let callback = task.timeout.take().and_then(|key| {
+            st.counts.callbacks -= 1;
+            st.timers.remove(key)
+        });
+        Some((task, callback))
+    }
+
+    /// Bookkeeping for a coroutine that ended: error handler, autoclose, stack reuse.
+    fn finish(&self, co: Coroutine, coro: Coro, panic: Option<Box<dyn std::any::Any + Send>>) {
+        let removed = {
+            let mut st = self.state.borrow_mut();
+            self.take_task(&mut st, co)
+        };
+        self.pool.borrow_mut().recycle(coro.into_stack());
+        let Some((task, callback)) = removed else {
+            return;
+        };
+        drop(callback);
+        if let Some(payload) = panic {
+            let report = PanicReport {
+                coroutine: Some(co),
+                thread_name: task.name.render(co.generation),
+                socket_name: task.socket.as_ref().map(|s| s.name()),
+                payload,
+            };
+            let handler = task
+                .handler
+                .clone()
+                .unwrap_or_else(|| self.state.borrow().default_handler.clone());
+            run_handler(&handler, &report);
+        }
+        if task.autoclose {
+            if let Some(socket) = &task.socket {
+                socket.close();
+            }
+        }
+    }
+
+    /// Unwinds removed coroutines and removes sources closed under a borrow.
+    fn reap(&self) {
+        loop {
+            let (graves, closed) = {
+                let mut st = self.state.borrow_mut();
+                (
+                    std::mem::take(&mut st.graveyard),
+                    std::mem::take(&mut st.closed_sources),
+                )
+            };
+            if graves.is_empty() && closed.is_empty() {
+                return;
+            }
+            for key in closed {
+                let removed = self.state.borrow_mut().remove_source(key);
+                drop(removed);
+            }
+            for coro in graves {
+                let stack = coro.into_stack();
+                self.pool.borrow_mut().recycle(stack);
+            }
+        }
+    }
+
+    // ----- the loop ---------------------------------------------------------------------
+
+    /// One scheduler iteration (Copas `step`). Returns whether the poller reported events.
+    pub(crate) fn step(&self, timeout: Option<Duration>) -> Result<bool> {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.stepping || copas_coro::in_coroutine() {
+                return Err(Error::with_message(
+                    ErrorKind::InvalidState,
+                    "step called from inside the dispatcher",
+                ));
+            }
+            st.stepping = true;
+        }
+        let result = self.step_inner(timeout);
+        self.state.borrow_mut().stepping = false;
+        result
+    }
+
+    fn step_inner(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.reap();
+        let poller = self.poller()?;
+        let wait_for = {
+            let st = self.state.borrow();
+            if !st.ready.is_empty() || !st.pending_accept.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let next = st
+                    .timers
+                    .next_deadline()
+                    .map(|at| at.saturating_duration_since(Instant::now()));
+                match (next, timeout) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        };
+        let had_events = {
+            let mut events = self.events.borrow_mut();
+            events.clear();
+            poller.wait(&mut events, wait_for)?;
+            let mut st = self.state.borrow_mut();
+            for ev in events.iter() {
+                st.on_event(ev);
+            }
+            !events.is_empty()
+        };
+
+        self.accept_pending();
+        self.fire_timers();
+
+        let batch = {
+            let mut st = self.state.borrow_mut();
+            let mut batch = std::mem::take(&mut st.spare_ready);
+            std::mem::swap(&mut batch, &mut st.ready);
+            batch
+        };
+        for &co in &batch {
+            self.resume(co);
+        }
+        {
+            let mut batch = batch;
+            batch.clear();
+            let mut st = self.state.borrow_mut();
+            if st.spare_ready.capacity() < batch.capacity() {
+                st.spare_ready = batch;
+            }
+        }
+        self.reap();
+        Ok(had_events)
+    }
+
+    fn accept_pending(&self) {
+        let pending = std::mem::take(&mut self.state.borrow_mut().pending_accept);
+        for key in pending {
+            let acceptor = {
+                let mut st = self.state.borrow_mut();
+                match st.source_mut(key) {
+                    Some(src) => src.acceptor.clone(),
+                    None => None,
+                }
+            };
+            let Some(acceptor) = acceptor else { continue };
+            let outcome = acceptor.accept_ready();
+            let mut st = self.state.borrow_mut();
+            if st.source_mut(key).is_none() {
+                continue; // removed by a handler it started
+            }
+            match outcome {
+                AcceptOutcome::Drained => {
+                    if let Some(src) = st.source_mut(key) {
+                        src.accept_scheduled = false;
+                    }
+                }
+                AcceptOutcome::More => st.pending_accept.push(key),
+                AcceptOutcome::BackOff(delay) => {
+                    st.timers
+                        .insert(Instant::now() + delay, TimerAction::Accept(key));
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&self) {
+        let now = Instant::now();
+        loop {
+            let action = self.state.borrow_mut().timers.pop_expired(now);
+            let Some(action) = action else { break };
+            match action {
+                TimerAction::Wake(co) => {
+                    let mut st = self.state.borrow_mut();
+                    if let Some(task) = st.task_mut(co) {
+                        // The timer has fired: forget its key so `detach` leaves it be.
+                        let timed = task.timer.take().is_some();
+                        let wait = task.wait;
+                        st.counts.leave(wait, timed);
+                        st.counts.enter(wait, false);
+                        st.wake(co, Wake::Timeout);
+                    }
+                }
+                TimerAction::Callback(co, callback) => {
+                    {
+                        let mut st = self.state.borrow_mut();
+                        st.counts.callbacks -= 1;
+                        if let Some(task) = st.task_mut(co) {
+                            task.timeout = None;
+                        }
+                    }
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(co))) {
+                        let report = PanicReport {
+                            coroutine: None,
+                            thread_name: "copas_core_timer".to_string(),
+                            socket_name: None,
+                            payload,
+                        };
+                        let handler = self.state.borrow().default_handler.clone();
+                        run_handler(&handler, &report);
+                    }
+                }
+                TimerAction::Accept(key) => {
+                    let mut st = self.state.borrow_mut();
+                    if st.source_mut(key).is_some() {
+                        st.pending_accept.push(key);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn finished(&self) -> bool {
+        self.state.borrow().finished()
+    }
+
+    /// Copas `loop`: steps until nothing is left to do.
+    pub(crate) fn run(
+        &self,
+        init: Option<Box<dyn FnOnce()>>,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        if copas_coro::in_coroutine() || self.state.borrow().running {
+            return Err(Error::with_message(
+                ErrorKind::InvalidState,
+                "run called while the dispatcher is already running",
+            ));
+        }
+        if let Some(init) = init {
+            self.spawn(TaskName::Static("copas_initializer"), None, false, init)?;
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            st.exiting = false;
+            st.running = true;
+        }
+        let result = loop {
+            if self.finished() {
+                if self.exiting() {
+                    break Ok(());
+                }
+                self.exit();
+                continue;
+            }
+            if let Err(e) = self.step(timeout) {
+                break Err(e);
+            }
+        };
+        self.state.borrow_mut().running = false;
+        result
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.state.borrow().running
+    }
+
+    pub(crate) fn exit(&self) {
+        let mut st = self.state.borrow_mut();
+        st.exiting = true;
+        let waiters = std::mem::take(&mut st.exit_waiters);
+        for co in waiters {
+            st.wake(co, Wake::Woken);
+        }
+    }
+
+    pub(crate) fn exiting(&self) -> bool {
+        self.state.borrow().exiting
+    }
+
+    pub(crate) fn waitforexit(&self) -> Result<()> {
+        let co = self.require_coroutine("waitforexit")?;
+        {
+            let mut st = self.state.borrow_mut();
+            if st.exiting {
+                return Ok(());
+            }
+            st.exit_waiters.push(co);
+        }
+        match self.park(None)? {
+            Wake::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Copas `cancelall`: abandons every coroutine, closes every socket with waiters and
+    /// every server, forgets every timer, and exits.
+    pub(crate) fn cancelall(&self) {
+        let current = self.current();
+        let (tasks, timers, sources) = {
+            let mut st = self.state.borrow_mut();
+            let mut tasks = Vec::new();
+            let keys: Vec<usize> = st.tasks.iter().map(|(k, _)| k).collect();
+            for index in keys {
+                let generation = st.tasks[index].generation;
+                let co = Coroutine {
+                    index: index as u32,
+                    generation,
+                };
+                if Some(co) == current {
+                    st.tasks[index].cancelled = true;
+                    continue;
+                }
+                if let Some(removed) = self.take_task(&mut st, co) {
+                    tasks.push(removed);
+                }
+            }
+            st.ready.clear();
+            st.pending_accept.clear();
+            st.exit_waiters.clear();
+            let mut timers = TimerQueue::new();
+            std::mem::swap(&mut timers, &mut st.timers);
+            st.counts = Counts::default();
+            let mut sources = Vec::new();
+            let keys: Vec<SourceKey> = st
+                .sources
+                .iter()
+                .filter(|(_, s)| {
+                    s.acceptor.is_some() || !s.readers.is_empty() || !s.writers.is_empty()
+                })
+                .map(|(i, s)| SourceKey {
+                    index: i as u32,
+                    generation: s.generation,
+                })
+                .collect();
+            for key in keys {
+                if let Some(src) = st.remove_source(key) {
+                    sources.push(src);
+                }
+            }
+            st.ready.clear();
+            (tasks, timers, sources)
+        };
+        for src in &sources {
+            let sock = src.io.sock.borrow_mut().take();
+            if let (Some(sock), Ok(poller)) = (sock, self.poller()) {
+                let _ = poller.delete(&sock);
+            }
+        }
+        drop(sources);
+        drop(timers);
+        let mut graves = Vec::new();
+        for (mut task, callback) in tasks {
+            drop(callback);
+            if let Some(coro) = task.coro.take() {
+                graves.push(coro);
+            }
+            drop(task);
+        }
+        self.state.borrow_mut().graveyard.extend(graves);
+        if !copas_coro::in_coroutine() {
+            self.reap();
+        }
+        self.exit();
+    }
+
+    pub(crate) fn removethread(&self, co: Coroutine) -> bool {
+        let removed = {
+            let mut st = self.state.borrow_mut();
+            match st.task_mut(co) {
+                None => return false,
+                Some(task) if task.wait == Wait::Running => {
+                    task.cancelled = true;
+                    return true;
+                }
+                Some(_) => {}
+            }
+            let removed = self.take_task(&mut st, co);
+            if let Some((task, _)) = &removed {
+                let _ = task;
+            }
+            removed
+        };
+        if let Some((mut task, callback)) = removed {
+            drop(callback);
+            if let Some(coro) = task.coro.take() {
+                self.state.borrow_mut().graveyard.push(coro);
+            }
+            if task.autoclose {
+                if let Some(socket) = task.socket.take() {
+                    socket.close();
+                }
+            }
+            drop(task);
+        }
+        if !copas_coro::in_coroutine() {
+            self.reap();
+        }
+        true
+    }
+
+    // ----- waiting ----------------------------------------------------------------------
+
+    fn require_coroutine(&self, what: &str) -> Result<Coroutine> {
+        self.current().ok_or_else(|| {
+            Error::with_message(
+                ErrorKind::InvalidState,
+                format!("{what} needs to run inside a copas coroutine"),
+            )
+        })
+    }
+
+    /// Suspends the running coroutine after it entered a wait; returns why it was woken.
+    fn suspend(&self, co: Coroutine) -> Wake {
+        if copas_coro::suspend().is_err() {
+            let mut st = self.state.borrow_mut();
+            st.detach(co);
+            if let Some(task) = st.task_mut(co) {
+                task.wait = Wait::Running;
+            }
+            return Wake::Cancelled;
+        }
+        self.state
+            .borrow()
+            .task(co)
+            .map_or(Wake::Cancelled, |t| t.wake)
+    }
+
+    /// Waits until `io` is ready in one direction, it is closed, or `deadline` passes.
+    /// Only inside a coroutine.
+    pub(crate) fn wait_io(&self, io: &IoSource, write: bool, deadline: Option<Instant>) -> Wake {
+        let Some(key) = io.key.get() else {
+            return Wake::Closed;
+        };
+        let Some(co) = self.current() else {
+            return Wake::Cancelled;
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            let Some(src) = st.source_mut(key) else {
+                return Wake::Closed;
+            };
+            if write {
+                src.writers.push_back(co);
+            } else {
+                src.readers.push_back(co);
+            }
+            io.waiting.set(io.waiting.get() + 1);
+            let wait = Wait::Io {
+                source: key.index,
+                write,
+            };
+            if !st.enter_wait(co, wait, deadline) {
+                if let Some(src) = st.source_mut(key) {
+                    if write {
+                        src.writers.pop_back();
+                    } else {
+                        src.readers.pop_back();
+                    }
+                }
+                io.waiting.set(io.waiting.get() - 1);
+                return Wake::Cancelled;
+            }
+        }
+        self.suspend(co)
+    }
+
+    /// After an operation that left `io` ready, lets the next waiter in that direction
+    /// have its turn (several coroutines may wait on one socket).
+    pub(crate) fn pass_on(&self, io: &IoSource, write: bool) {
+        let Some(key) = io.key.get() else { return };
+        let mut st = self.state.borrow_mut();
+        let Some(src) = st.source_mut(key) else {
+            return;
+        };
+        let next = if write {
+            src.writers.pop_front()
+        } else {
+            src.readers.pop_front()
+        };
+        if let Some(co) = next {
+            src.io.waiting.set(src.io.waiting.get() - 1);
+            st.wake(co, Wake::Event);
+        }
+    }
+
+    /// Counts one socket operation that completed without waiting; true when the running
+    /// coroutine has used its budget and should yield.
+    pub(crate) fn spend_budget(&self) -> bool {
+        let spent = self.budget.get() + 1;
+        self.budget.set(spent);
+        spent >= IO_BUDGET
+    }
+
+    /// Parks the running coroutine until [`Dispatcher::unpark`] or `deadline`. The
+    /// wait/wake primitive the synchronisation types are built on.
+    pub(crate) fn park(&self, deadline: Option<Instant>) -> Result<Wake> {
+        let co = self.require_coroutine("waiting")?;
+        if !self.state.borrow_mut().enter_wait(co, Wait::Park, deadline) {
+            return Ok(Wake::Cancelled);
+        }
+        Ok(self.suspend(co))
+    }
+
+    /// Wakes a coroutine parked with [`Dispatcher::park`]. False if it was not parked.
+    #[allow(dead_code)]
+    pub(crate) fn unpark(&self, co: Coroutine) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.task(co).map(|t| t.wait) != Some(Wait::Park) {
+            return false;
+        }
+        st.wake(co, Wake::Woken)
+    }
+
+    pub(crate) fn pause(&self, delay: Duration) -> Duration {
+        let start = Instant::now();
+        let Some(co) = self.current() else {
+            std::thread::sleep(delay);
+            return start.elapsed();
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            let entered = if delay.is_zero() {
+                match st.task_mut(co) {
+                    Some(task) if !task.cancelled => {
+                        task.wait = Wait::Ready;
+                        task.wake = Wake::Woken;
+                        st.ready.push(co);
+                        true
+                    }
+                    _ => false,
+                }
+            } else {
+                let deadline = start.checked_add(delay);
+                let wait = if deadline.is_some() {
+                    Wait::Sleep
+                } else {
+                    Wait::PausedForever
+                };
+                st.enter_wait(co, wait, deadline)
+            };
+            if !entered {
+                return start.elapsed();
+            }
+        }
+        self.suspend(co);
+        start.elapsed()
+    }
+
+    pub(crate) fn pauseforever(&self) -> Duration {
+        let start = Instant::now();
+        let Some(co) = self.current() else {
+            // Nothing could ever wake a thread blocked outside the dispatcher.
+            return Duration::ZERO;
+        };
+        if self
+            .state
+            .borrow_mut()
+            .enter_wait(co, Wait::PausedForever, None)
+        {
+            self.suspend(co);
+        }
+        start.elapsed()
+    }
+
+    pub(crate) fn wakeup(&self, co: Coroutine) -> bool {
+        let mut st = self.state.borrow_mut();
+        match st.task(co).map(|t| t.wait) {
+            Some(Wait::Sleep | Wait::PausedForever) => st.wake(co, Wake::Woken),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn timeout(
+        &self,
+        delay: Duration,
+        callback: Option<Box<dyn FnOnce(Coroutine)>>,
+    ) -> Result<()> {
+        let co = self.require_coroutine("timeout")?;
+        let old = {
+            let mut st = self.state.borrow_mut();
+            let old = st
+                .task_mut(co)
+                .and_then(|t| t.timeout.take())
+                .and_then(|key| {
+                    st.counts.callbacks -= 1;
+                    st.timers.remove(key)
+                });
+            if let Some(callback) = callback {
+                if let Some(at) = Instant::now().checked_add(delay) {
+                    let key = st.timers.insert(at, TimerAction::Callback(co, callback));
+                    if let Some(task) = st.task_mut(co) {
+                        task.timeout = Some(key);
+                    }
+                    st.counts.callbacks += 1;
+                }
+            }
+            old
+        };
+        drop(old);
+        Ok(())
+    }
+
+    // ----- names, handlers, status ------------------------------------------------------
+
+    pub(crate) fn set_name(&self, co: Option<Coroutine>, name: &str) -> bool {
+        let Some(co) = co.or_else(|| self.current()) else {
+            return false;
+        };
+        let mut st = self.state.borrow_mut();
+        let Some(task) = st.task_mut(co) else {
+            return false;
+        };
+        task.name = TaskName::Owned(Rc::from(name));
+        if let Some(coro) = task.coro.as_mut() {
+            coro.set_label(name);
+        }
+        true
+    }
+
+    pub(crate) fn name(&self, co: Option<Coroutine>) -> Option<String> {
+        let co = co.or_else(|| self.current())?;
+        let st = self.state.borrow();
+        st.task(co).map(|t| t.name.render(co.generation))
+    }
+
+    pub(crate) fn set_handler(&self, handler: Option<ErrorHandler>) -> bool {
+        match self.current() {
+            Some(co) => {
+                let old = {
+                    let mut st = self.state.borrow_mut();
+                    st.task_mut(co)
+                        .map(|t| std::mem::replace(&mut t.handler, handler))
+                };
+                drop(old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn set_default_handler(&self, handler: ErrorHandler) {
+        let old = std::mem::replace(&mut self.state.borrow_mut().default_handler, handler);
+        drop(old);
+    }
+
+    pub(crate) fn handler(&self, co: Option<Coroutine>) -> ErrorHandler {
+        let st = self.state.borrow();
+        co.or_else(|| self.current())
+            .and_then(|co| st.task(co).and_then(|t| t.handler.clone()))
+            .unwrap_or_else(|| st.default_handler.clone())
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let st = self.state.borrow();
+        Status {
+            running: st.running,
+            read: st.counts.read + st.servers,
+            write: st.counts.write,
+            active: st.ready.len(),
+            timer: st.counts.sleeping,
+            inactive: st.counts.paused,
+            timeout: st.counts.callbacks,
+            servers: st.servers,
+            coroutines: st.tasks.len(),
+            sockets: st.sources.len(),
+            pooled_stacks: self.pool.borrow().idle(),
+        }
+    }
+
+    pub(crate) fn set_stack_size(&self, size: usize) {
+        self.pool.borrow_mut().set_stack_size(size);
+    }
+
+    pub(crate) fn stack_size(&self) -> usize {
+        self.pool.borrow().stack_size()
+    }
+
+    pub(crate) fn set_pooled_stacks(&self, max_idle: usize) {
+        self.pool.borrow_mut().set_max_idle(max_idle);
+    }
+
+    // ----- the reactor ------------------------------------------------------------------
+
+    /// Registers a socket with the poller, once for its life, edge-triggered both ways.
+    pub(crate) fn register(
+        &self,
+        io: &Rc<IoSource>,
+        acceptor: Option<Rc<dyn Acceptor>>,
+    ) -> Result<SourceKey> {
+        let poller = self.poller()?;
+        let is_server = acceptor.is_some();
+        let key = {
+            let mut st = self.state.borrow_mut();
+            let generation = st.next_source_generation;
+            st.next_source_generation = st.next_source_generation.wrapping_add(1).max(1);
+            let index = st.sources.insert(Source {
+                generation,
+                io: io.clone(),
+                readers: Default::default(),
+                writers: Default::default(),
+                acceptor,
+                accept_scheduled: false,
+            }) as u32;
+            SourceKey { index, generation }
+        };
+        let added = {
+            let sock = io.sock.borrow();
+            match sock.as_ref() {
+                // SAFETY: the descriptor is deleted from the poller before it is closed:
+                // `close_source` and `deregister` delete it first, and the `IoSource` that
+                // owns it is only dropped through them or after the poller is gone.
+                Some(sock) => unsafe {
+                    poller.add_with_mode(sock, Event::all(key.poll_key()), PollMode::Edge)
+                },
+                None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+            }
+        };
+        if let Err(e) = added {
+            let removed = {
+                let mut st = self.state.borrow_mut();
+                st.sources.remove(key.index as usize)
+            };
+            drop(removed);
+            return Err(e.into());
+        }
+        io.key.set(Some(key));
+        if is_server {
+            let mut st = self.state.borrow_mut();
+            st.servers += 1;
+            // A listener may have connections queued already: look at once.
+            if let Some(src) = st.source_mut(key) {
+                src.accept_scheduled = true;
+            }
+            st.pending_accept.push(key);
+        }
+        Ok(key)
+    }
+
+    /// Takes a socket out of the reactor without closing it (waiters see `Closed`).
+    pub(crate) fn deregister(&self, io: &IoSource) -> Option<socket2::Socket> {
+        let sock = io.sock.borrow_mut().take()?;
+        if let Ok(poller) = self.poller() {
+            let _ = poller.delete(&sock);
+        }
+        if let Some(key) = io.key.take() {
+            match self.state.try_borrow_mut() {
+                Ok(mut st) => {
+                    let removed = st.remove_source(key);
+                    drop(st);
+                    drop(removed);
+                }
+                Err(_) => {
+                    // Closed while the dispatcher's state is in use (from a destructor):
+                    // the poller no longer reports it; finish the removal in the next reap.
+                    if let Some(mut st) = self.state.try_borrow_mut().ok() {
+                        st.closed_sources.push(key);
+                    } else {
+                        self.deferred_removal(key);
+                    }
+                }
+            }
+        }
+        Some(sock)
+    }
+
+    fn deferred_removal(&self, key: SourceKey) {
+        // The state is borrowed further up this very call stack; remember the key in a
+        // side list that `reap` drains.
+        DEFERRED.with(|d| d.borrow_mut().push(key));
+    }
+
+    /// Closes a socket through copas: deregisters it, wakes its waiters with `Closed`,
+    /// and releases the descriptor.
+    pub(crate) fn close_source(&self, io: &IoSource) {
+        let sock = self.deregister(io);
+        drop(sock);
+    }
+}
+
+thread_local! {
+    /// Sources closed while the dispatcher state was borrowed.
+    static DEFERRED: RefCell<Vec<SourceKey>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls an error handler; a handler that panics is reported and otherwise ignored.
+fn run_handler(handler: &ErrorHandler, report: &PanicReport) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(report))) {
+        eprintln!(
+            "copas: failed executing error handler: {} (while handling: {report})",
+            copas_coro::panic_message(&*payload)
+        );
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        // Thread exit: unwind every coroutine (their destructors run) with no borrow held.
+        let (tasks, timers, sources) = {
+            let st = self.state.get_mut();
+            let tasks: Vec<Task> = st.tasks.drain().collect();
+            let mut timers = TimerQueue::new();
+            std::mem::swap(&mut timers, &mut st.timers);
+            let sources: Vec<Source> = st.sources.drain().collect();
+            (tasks, timers, sources)
+        };
+        let graves = std::mem::take(&mut self.state.get_mut().graveyard);
+        drop(graves);
+        drop(tasks);
+        drop(timers);
+        for src in sources {
+            src.io.key.set(None);
+            if let Some(sock) = src.io.sock.borrow_mut().take() {
+                if let Ok(poller) = &self.poller {
+                    let _ = poller.delete(&sock);
+                }
+            }
+        }
+    }
+}
+
+impl Error {
+    /// Adds a word of context to an error from the system.
+    pub(crate) fn with_context(self, context: &str) -> Error {
+        let kind = self.kind();
+        let text = match self.io_error() {
+            Some(e) => format!("{context}: {e}"),
+            None => context.to_string(),
+        };
+        Error::with_message(kind, text)
+    }
+}
+
+/// The current time on the dispatcher's monotonic clock.
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}
+
+#[allow(dead_code)]
+fn _assert_timer_key_is_copy(k: TimerKey) -> TimerKey {
+    k
+}

@@ -1,0 +1,105 @@
+//! The reactor's bookkeeping: one entry per registered socket.
+//!
+//! Each socket is registered with the poller once, edge-triggered, for both directions, for
+//! its whole life: no `epoll_ctl` per wait. Because an edge is reported once, every event
+//! sets the socket's readiness bits whether or not anybody waits; socket operations clear a
+//! bit when the kernel says `WouldBlock` or when a read comes back short (the receive queue
+//! was drained), so a drained socket is not read again just to learn it is empty.
+//!
+//! Each entry keeps a FIFO of coroutines waiting to read and one of those waiting to write.
+//! A waiter that times out or is cancelled is taken out of its FIFO at once, so a later
+//! event can never resume a coroutine that stopped waiting (Copas 4.11 defect §4.4).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use super::task::Coroutine;
+
+/// What a registered socket shares between its owners (the `Socket` handles) and the
+/// dispatcher: the descriptor itself and its readiness.
+#[derive(Debug)]
+pub(crate) struct IoSource {
+    /// The descriptor; `None` once closed.
+    pub(crate) sock: RefCell<Option<socket2::Socket>>,
+    /// The last event said readable, and no read has since found the socket drained.
+    pub(crate) readable: Cell<bool>,
+    /// Likewise for writing.
+    pub(crate) writable: Cell<bool>,
+    /// Coroutines waiting on this socket, both directions; lets a finished operation skip
+    /// the dispatcher when nobody else waits.
+    pub(crate) waiting: Cell<u32>,
+    /// The dispatcher's key, `None` when not registered (closed, or no dispatcher).
+    pub(crate) key: Cell<Option<SourceKey>>,
+}
+
+impl IoSource {
+    pub(crate) fn new(sock: socket2::Socket) -> IoSource {
+        IoSource {
+            sock: RefCell::new(Some(sock)),
+            readable: Cell::new(true),
+            writable: Cell::new(true),
+            waiting: Cell::new(0),
+            key: Cell::new(None),
+        }
+    }
+
+    /// Whether the descriptor has been closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.sock.borrow().is_none()
+    }
+}
+
+/// Identifies a registered socket; also the poller key (`generation << 32 | index`), so an
+/// event for a socket that was closed and whose slot was reused is recognised as stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SourceKey {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl SourceKey {
+    pub(crate) fn poll_key(self) -> usize {
+        ((self.generation as usize) << 32) | self.index as usize
+    }
+
+    pub(crate) fn from_poll_key(key: usize) -> SourceKey {
+        SourceKey {
+            index: key as u32,
+            generation: (key >> 32) as u32,
+        }
+    }
+}
+
+/// How a listening socket's readiness is turned into accepted connections; implemented by
+/// the net layer so the dispatcher needs to know nothing of sockets' protocols.
+pub(crate) trait Acceptor {
+    /// Accepts what is pending, up to a budget, starting a handler for each connection.
+    fn accept_ready(&self) -> AcceptOutcome;
+    /// The server's name, for `status` and reports.
+    fn name(&self) -> String;
+}
+
+/// What one [`Acceptor::accept_ready`] round found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptOutcome {
+    /// The accept queue is empty: wait for the next edge.
+    Drained,
+    /// The budget ran out with connections still pending: continue in the next step.
+    More,
+    /// Accepting failed for lack of resources (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`):
+    /// try again after this long, without spinning.
+    BackOff(std::time::Duration),
+}
+
+/// The dispatcher's entry for one registered socket.
+pub(crate) struct Source {
+    pub(crate) generation: u32,
+    pub(crate) io: Rc<IoSource>,
+    pub(crate) readers: VecDeque<Coroutine>,
+    pub(crate) writers: VecDeque<Coroutine>,
+    /// Set for listening sockets added with `addserver`.
+    pub(crate) acceptor: Option<Rc<dyn Acceptor>>,
+    /// An accept round is already scheduled (pending list or back-off timer).
+    pub(crate) accept_scheduled: bool,
+}

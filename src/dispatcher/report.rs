@@ -1,0 +1,79 @@
+//! Error handlers: what happens when a coroutine panics.
+//!
+//! A panic is caught at the coroutine's boundary and turned into a [`PanicReport`], which
+//! goes to the coroutine's own handler if it set one, else to the thread's default handler.
+//! The default prints the message with the coroutine's and socket's names, as Copas does.
+//! A handler that panics itself is reported on standard error and ignored.
+
+use std::any::Any;
+use std::fmt;
+use std::rc::Rc;
+
+use super::task::Coroutine;
+
+/// A function that handles coroutine panics (see [`seterrorhandler`](crate::seterrorhandler)).
+pub type ErrorHandler = Rc<dyn Fn(&PanicReport)>;
+
+/// What is known about a panic caught at a coroutine's boundary.
+pub struct PanicReport {
+    pub(crate) coroutine: Option<Coroutine>,
+    pub(crate) thread_name: String,
+    pub(crate) socket_name: Option<String>,
+    pub(crate) payload: Box<dyn Any + Send>,
+}
+
+impl PanicReport {
+    /// The panic's message (or a placeholder when the payload is not a string).
+    pub fn message(&self) -> &str {
+        copas_coro::panic_message(&*self.payload)
+    }
+
+    /// The coroutine that panicked; `None` for a `copas::timeout` callback, which runs on
+    /// the dispatcher (named `copas_core_timer`, as in Copas).
+    pub fn coroutine(&self) -> Option<Coroutine> {
+        self.coroutine
+    }
+
+    /// The coroutine's name at the time of the panic.
+    pub fn thread_name(&self) -> &str {
+        &self.thread_name
+    }
+
+    /// The name of the coroutine's connection, for server handlers.
+    pub fn socket_name(&self) -> Option<&str> {
+        self.socket_name.as_deref()
+    }
+
+    /// The value the panic carried.
+    pub fn payload(&self) -> &(dyn Any + Send) {
+        &*self.payload
+    }
+}
+
+impl fmt::Debug for PanicReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PanicReport")
+            .field("message", &self.message())
+            .field("thread_name", &self.thread_name)
+            .field("socket_name", &self.socket_name)
+            .finish()
+    }
+}
+
+impl fmt::Display for PanicReport {
+    /// Copas's format: `<message> (coroutine: <name>, socket: <name or nil>)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (coroutine: {}, socket: {})",
+            self.message(),
+            self.thread_name,
+            self.socket_name.as_deref().unwrap_or("nil")
+        )
+    }
+}
+
+/// The handler every thread starts with: prints the report to standard error.
+pub(crate) fn default_handler() -> ErrorHandler {
+    Rc::new(|report: &PanicReport| eprintln!("copas: {report}"))
+}

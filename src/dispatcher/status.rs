@@ -1,0 +1,30 @@
+//! A snapshot of what the dispatcher holds, for monitoring (Copas `status()`).
+
+/// Counts of what the dispatcher is doing, as returned by [`status`](crate::status).
+///
+/// The fields follow Copas's `status()` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The loop is running ([`run`](crate::run) has not returned).
+    pub running: bool,
+    /// Coroutines waiting to read, plus listening servers (Copas `read`).
+    pub read: usize,
+    /// Coroutines waiting to write (Copas `write`).
+    pub write: usize,
+    /// Coroutines ready to run in the next step (Copas `active`).
+    pub active: usize,
+    /// Coroutines sleeping until a deadline (Copas `timer`, without its core timer).
+    pub timer: usize,
+    /// Coroutines paused without a deadline (Copas `inactive`).
+    pub inactive: usize,
+    /// Pending [`timeout`](crate::timeout) callbacks (Copas `timeout`).
+    pub timeout: usize,
+    /// Listening servers.
+    pub servers: usize,
+    /// Live coroutines of any state.
+    pub coroutines: usize,
+    /// Registered sockets, servers included.
+    pub sockets: usize,
+    /// Idle stacks kept for reuse.
+    pub pooled_stacks: usize,
+}

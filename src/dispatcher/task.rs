@@ -1,0 +1,135 @@
+//! Coroutines as the dispatcher sees them: their public handle, their names, and what each
+//! one is waiting for.
+
+use std::fmt;
+use std::rc::Rc;
+
+use copas_coro::Coro;
+
+use super::report::ErrorHandler;
+use super::timers::TimerKey;
+
+/// A handle to a coroutine run by the dispatcher (what Copas calls a thread).
+///
+/// Returned by [`addthread`](crate::addthread) and friends, and by
+/// [`current`](crate::current) inside a coroutine. It is a plain identifier: it stays valid
+/// as a value after the coroutine ends, when operations on it simply do nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Coroutine {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl Coroutine {
+    pub(crate) fn tag(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    pub(crate) fn from_tag(tag: u64) -> Coroutine {
+        Coroutine {
+            index: tag as u32,
+            generation: (tag >> 32) as u32,
+        }
+    }
+
+    /// A number unique among the coroutines this thread's dispatcher has created.
+    pub fn id(self) -> u32 {
+        self.generation
+    }
+}
+
+impl fmt::Debug for Coroutine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Coroutine({})", self.generation)
+    }
+}
+
+/// A coroutine's name, generated lazily so that naming costs nothing per connection.
+#[derive(Clone)]
+pub(crate) enum TaskName {
+    /// `thread_<id>`.
+    Anonymous,
+    Static(&'static str),
+    /// `<server>:handler_<n>` for a connection handler.
+    Handler { server: Rc<str>, n: u64 },
+    /// `<server>:handler` for a UDP server's single handler.
+    UdpHandler { server: Rc<str> },
+    Owned(Rc<str>),
+}
+
+impl TaskName {
+    pub(crate) fn write(&self, id: u32, out: &mut impl fmt::Write) -> fmt::Result {
+        match self {
+            TaskName::Anonymous => write!(out, "thread_{id}"),
+            TaskName::Static(s) => out.write_str(s),
+            TaskName::Handler { server, n } => write!(out, "{server}:handler_{n}"),
+            TaskName::UdpHandler { server } => write!(out, "{server}:handler"),
+            TaskName::Owned(s) => out.write_str(s),
+        }
+    }
+
+    pub(crate) fn render(&self, id: u32) -> String {
+        let mut s = String::new();
+        let _ = self.write(id, &mut s);
+        s
+    }
+}
+
+/// What a coroutine is doing, as far as the dispatcher is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Being resumed right now.
+    Running,
+    /// In the ready list, to be resumed in the coming run phase.
+    Ready,
+    /// `pause(d)`: until its timer fires or `wakeup`.
+    Sleep,
+    /// `pauseforever()`: until `wakeup`.
+    PausedForever,
+    /// Parked by a synchronisation primitive, until unparked (or its timer fires).
+    Park,
+    /// Waiting for a socket to become readable (`write == false`) or writable.
+    Io { source: u32, write: bool },
+}
+
+/// Why a waiting coroutine was resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The socket it waited on reported readiness.
+    Event,
+    /// Its deadline passed.
+    Timeout,
+    /// The socket it waited on was closed through copas.
+    Closed,
+    /// `wakeup`, `unpark`, or `exit` released it.
+    Woken,
+    /// It is being cancelled; it must not wait again.
+    Cancelled,
+}
+
+/// Something a coroutine holds that error reports name, and that autoclose closes when the
+/// coroutine ends (the accepted connection of a server handler).
+pub(crate) trait TaskSocket {
+    fn close(&self);
+    fn name(&self) -> String;
+}
+
+/// One coroutine's entry in the dispatcher's table.
+pub(crate) struct Task {
+    pub(crate) generation: u32,
+    /// `None` while it runs (the dispatcher holds it on its own stack then).
+    pub(crate) coro: Option<Coro>,
+    pub(crate) name: TaskName,
+    pub(crate) wait: Wait,
+    pub(crate) wake: Wake,
+    /// The timer that ends the current wait, if it has a deadline.
+    pub(crate) timer: Option<TimerKey>,
+    /// The `copas::timeout` armed for this coroutine.
+    pub(crate) timeout: Option<TimerKey>,
+    pub(crate) handler: Option<ErrorHandler>,
+    pub(crate) socket: Option<Rc<dyn TaskSocket>>,
+    /// Closed when the coroutine ends (a server's accepted connection).
+    pub(crate) autoclose: bool,
+    /// `removethread` was called while it ran: drop it when it next suspends.
+    pub(crate) cancelled: bool,
+}

@@ -1,0 +1,260 @@
+//! The one error type of copas.
+//!
+//! Copas reports failures as `nil, "timeout"`, `nil, "closed", partial` and so on. Here they
+//! are an [`Error`] with an [`ErrorKind`] instead of a string, and the extra values Copas
+//! returns travel with it: a receive error carries the bytes received before it
+//! ([`Error::partial`]), a send error how many bytes went out ([`Error::sent`]). No byte read
+//! from the kernel is ever dropped.
+
+use std::fmt;
+use std::io;
+
+/// A `Result` whose error is [`copas::Error`](Error).
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, as Copas names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The operation's timeout expired (Copas `"timeout"`).
+    Timeout,
+    /// The connection is closed: the peer closed or reset it, or it was closed through
+    /// copas while the operation waited (Copas `"closed"`).
+    Closed,
+    /// The peer refused the connection (Copas `"connection refused"`).
+    Refused,
+    /// A TLS handshake or record failed.
+    Tls,
+    /// A peer-controlled amount went past its limit (for example a line longer than the
+    /// socket's line limit). The data received so far is kept in [`Error::partial`].
+    LimitExceeded,
+    /// The object waited on was destroyed (a lock, semaphore or queue).
+    Destroyed,
+    /// The waiting coroutine was cancelled (removed with `removethread`, `cancelall`, or
+    /// dropped) while it waited.
+    Cancelled,
+    /// The call needs a coroutine, a running dispatcher, or another context it was not given.
+    InvalidState,
+    /// Any other I/O error; [`Error::io_error`] holds it.
+    Io,
+}
+
+impl ErrorKind {
+    /// Copas's own word for this kind (`"timeout"`, `"closed"`, …).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Refused => "connection refused",
+            ErrorKind::Tls => "tls error",
+            ErrorKind::LimitExceeded => "limit exceeded",
+            ErrorKind::Destroyed => "destroyed",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::InvalidState => "invalid state",
+            ErrorKind::Io => "i/o error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A copas error: a kind, an optional cause, and what had been transferred before it.
+///
+/// Converts to and from [`io::Error`], so `?` works in functions returning either.
+pub struct Error {
+    kind: ErrorKind,
+    source: Option<io::Error>,
+    message: Option<Box<str>>,
+    partial: Vec<u8>,
+    sent: usize,
+}
+
+impl Error {
+    /// An error of `kind` with nothing else attached.
+    pub fn new(kind: ErrorKind) -> Error {
+        Error {
+            kind,
+            source: None,
+            message: None,
+            partial: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// An error of `kind` with a message saying more.
+    pub fn with_message(kind: ErrorKind, message: impl Into<String>) -> Error {
+        let mut e = Error::new(kind);
+        e.message = Some(message.into().into_boxed_str());
+        e
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The bytes received before the error (receive operations); empty otherwise.
+    pub fn partial(&self) -> &[u8] {
+        &self.partial
+    }
+
+    /// Takes the bytes received before the error, leaving none behind.
+    pub fn take_partial(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.partial)
+    }
+
+    /// How many bytes a send operation had sent before the error.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// The operating-system error behind this one, if any.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref()
+    }
+
+    pub(crate) fn with_partial(mut self, partial: Vec<u8>) -> Error {
+        self.partial = partial;
+        self
+    }
+
+    pub(crate) fn with_sent(mut self, sent: usize) -> Error {
+        self.sent = sent;
+        self
+    }
+
+    /// Whether `kind` tells of a connection the peer closed or reset.
+    fn io_kind_closes(kind: io::ErrorKind) -> bool {
+        matches!(
+            kind,
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::UnexpectedEof
+        )
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Error {
+        // An io::Error that wraps a copas Error (see the conversion below) comes back whole.
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(inner) = err.into_inner() {
+                if let Ok(e) = inner.downcast::<Error>() {
+                    return *e;
+                }
+            }
+            return Error::new(ErrorKind::Io);
+        }
+        let kind = match err.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
+            k if Error::io_kind_closes(k) => ErrorKind::Closed,
+            _ => ErrorKind::Io,
+        };
+        let mut e = Error::new(kind);
+        e.source = Some(err);
+        e
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        let kind = match err.kind {
+            ErrorKind::Timeout => io::ErrorKind::TimedOut,
+            ErrorKind::Closed => match &err.source {
+                Some(s) => s.kind(),
+                None => io::ErrorKind::ConnectionAborted,
+            },
+            ErrorKind::Refused => io::ErrorKind::ConnectionRefused,
+            ErrorKind::LimitExceeded => io::ErrorKind::InvalidData,
+            ErrorKind::InvalidState => io::ErrorKind::Unsupported,
+            ErrorKind::Io => match &err.source {
+                Some(s) => s.kind(),
+                None => io::ErrorKind::Other,
+            },
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(m) = &self.message {
+            d.field("message", m);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        if !self.partial.is_empty() {
+            d.field("partial_len", &self.partial.len());
+        }
+        if self.sent != 0 {
+            d.field("sent", &self.sent);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.as_str())?;
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_copas_kinds() {
+        let k = |k| Error::from(io::Error::from(k)).kind();
+        assert_eq!(k(io::ErrorKind::TimedOut), ErrorKind::Timeout);
+        assert_eq!(k(io::ErrorKind::ConnectionRefused), ErrorKind::Refused);
+        assert_eq!(k(io::ErrorKind::ConnectionReset), ErrorKind::Closed);
+        assert_eq!(k(io::ErrorKind::BrokenPipe), ErrorKind::Closed);
+        assert_eq!(k(io::ErrorKind::PermissionDenied), ErrorKind::Io);
+    }
+
+    #[test]
+    fn round_trip_through_io_error_keeps_partial_data() {
+        let e = Error::new(ErrorKind::Timeout).with_partial(b"abc".to_vec());
+        let io: io::Error = e.into();
+        assert_eq!(io.kind(), io::ErrorKind::TimedOut);
+        let back = Error::from(io);
+        assert_eq!(back.kind(), ErrorKind::Timeout);
+        assert_eq!(back.partial(), b"abc");
+    }
+
+    #[test]
+    fn display_uses_copas_words() {
+        assert_eq!(Error::new(ErrorKind::Closed).to_string(), "closed");
+        assert_eq!(
+            Error::with_message(ErrorKind::LimitExceeded, "line longer than 10 bytes").to_string(),
+            "limit exceeded: line longer than 10 bytes"
+        );
+    }
+}
