@@ -1,1 +1,374 @@
-//! copas
+//! # copas — Copas for Rust
+//!
+//! A coroutine dispatcher for network code that reads like blocking code. Every server
+//! handler, task and timer runs in its own stackful coroutine; a call such as
+//! [`Socket::receive`] or [`pause`] that would block suspends only that coroutine, and the
+//! dispatcher resumes it when its socket is ready, its deadline passes, or what it waits on
+//! is closed. One thread serves thousands of connections with plain sequential handlers,
+//! no `async` anywhere. It is a port of Lua's [Copas](https://github.com/lunarmodules/copas)
+//! and keeps its names and semantics (see `docs/copas-to-rust.md`).
+//!
+//! ## A first server
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use copas::{Pattern, Socket};
+//!
+//! fn echo(mut sock: Socket) {
+//!     while let Ok(line) = sock.receive(Pattern::Line) {
+//!         if line == b"quit" {
+//!             break;
+//!         }
+//!         if sock.send(&[&line[..], b"\n"].concat()).is_err() {
+//!             break;
+//!         }
+//!     }
+//! } // the connection is closed when the handler returns
+//!
+//! fn main() -> copas::Result<()> {
+//!     let listener = TcpListener::bind("127.0.0.1:9000")?;
+//!     copas::addserver(listener, echo)?;
+//!     copas::run() // until nothing is left to do
+//! }
+//! ```
+//!
+//! ## The model
+//!
+//! * One dispatcher per OS thread, created on first use. Coroutines, sockets and servers
+//!   belong to the thread that made them (they are not `Send`).
+//! * [`addthread`] schedules a coroutine: it starts in the next [`step`]. A server's
+//!   handler starts as soon as its connection is accepted.
+//! * [`run`] steps until nothing is left: no server, no socket wait, no ready or sleeping
+//!   coroutine. A coroutine in [`pauseforever`] does not keep it alive. The first time the
+//!   loop finds nothing to do it calls [`exit`], releasing [`waitforexit`] waiters, which may
+//!   add work.
+//! * Applications with their own main loop call [`step`] instead.
+//! * A panic in a coroutine is caught, reported to its error handler (see
+//!   [`seterrorhandler`]), its accepted connection is closed, and the loop goes on.
+//! * Outside any coroutine, socket calls block the calling thread, so the same code (and
+//!   the protocol clients) work from plain `main`.
+//!
+//! ## Cooperative scheduling
+//!
+//! Coroutines switch only inside copas calls. A coroutine that computes for a second
+//! delays every other one by a second; one that calls blocking `std` I/O blocks the whole
+//! dispatcher. Socket operations that keep completing without waiting yield every 128
+//! operations, so a busy stream cannot starve the others.
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod dispatcher;
+mod error;
+mod net;
+mod sys;
+
+use std::net::{TcpListener, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub use dispatcher::{Coroutine, ErrorHandler, PanicReport, Status};
+pub use error::{Error, ErrorKind, Result};
+pub use net::server::{Server, ServerOptions};
+pub use net::socket::{Pattern, Socket, DEFAULT_LINE_LIMIT};
+
+pub use copas_coro::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
+
+use dispatcher::TaskName;
+
+// ----- the loop ---------------------------------------------------------------------------
+
+/// Runs the dispatcher until nothing is left to do (Copas `loop`).
+///
+/// Returns when there is no server, no coroutine waiting on a socket, no ready or sleeping
+/// coroutine, and no `timeout` that could wake a paused one. The first time it finds that,
+/// it calls [`exit`] and goes on, so [`waitforexit`] waiters run once and may add work.
+///
+/// # Errors
+///
+/// Only the dispatcher's own failures (the poller failing); panics in coroutines go to
+/// their error handlers. [`ErrorKind::InvalidState`] when called from inside a coroutine or
+/// while the loop already runs.
+pub fn run() -> Result<()> {
+    dispatcher::with(|d| d.run(None, None))
+}
+
+/// Runs `init` as a coroutine named `copas_initializer`, then [`run`]s (Copas
+/// `loop(init)`).
+///
+/// # Errors
+///
+/// As [`run`], and the error of [`addthread`] if no coroutine can be created.
+pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
+    dispatcher::with(|d| d.run(Some(Box::new(init)), None))
+}
+
+/// One iteration of the dispatcher (Copas `step`): waits up to `timeout` for an event or
+/// the next deadline (`None`: as long as needed), then runs everything that became ready.
+/// Returns whether any I/O event was handled.
+///
+/// Use it from an application's own main loop; see `examples/embed.rs`.
+///
+/// # Errors
+///
+/// The poller's error, or [`ErrorKind::InvalidState`] when called from inside a coroutine.
+pub fn step(timeout: Option<Duration>) -> Result<bool> {
+    dispatcher::with(|d| d.step(timeout))
+}
+
+/// Whether the dispatcher has nothing left to do (what ends [`run`]).
+pub fn finished() -> bool {
+    dispatcher::with(|d| d.finished())
+}
+
+/// Signals exit (Copas `exit`): sets [`exiting`] and releases every [`waitforexit`] waiter.
+/// Stops nothing by force; idempotent.
+pub fn exit() {
+    dispatcher::with(|d| d.exit())
+}
+
+/// Whether [`exit`] was called since the loop started.
+pub fn exiting() -> bool {
+    dispatcher::with(|d| d.exiting())
+}
+
+/// Suspends the calling coroutine until [`exit`] is called (by the loop when it runs out of
+/// work, or explicitly). Returns at once if it already was.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidState`] outside a coroutine; [`ErrorKind::Cancelled`] if the
+/// coroutine is cancelled while it waits.
+pub fn waitforexit() -> Result<()> {
+    dispatcher::with(|d| d.waitforexit())
+}
+
+/// Abandons everything (Copas `cancelall`): every coroutine is dropped (its stack unwound,
+/// so its locals and sockets are released), every server and every socket with waiters is
+/// closed, every timer forgotten, and [`exit`] is called. The loop then ends promptly; a
+/// later [`run`] starts afresh.
+pub fn cancelall() {
+    dispatcher::with(|d| d.cancelall())
+}
+
+/// Whether [`run`] is running.
+pub fn running() -> bool {
+    dispatcher::with(|d| d.running())
+}
+
+// ----- coroutines -------------------------------------------------------------------------
+
+/// Adds a coroutine running `f` (Copas `addthread`). It is scheduled: it starts in the next
+/// [`step`], not inside this call.
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`] (out of memory) when no stack can be mapped for it.
+pub fn addthread(f: impl FnOnce() + 'static) -> Result<Coroutine> {
+    dispatcher::with(|d| d.spawn(TaskName::Anonymous, None, false, f))
+}
+
+/// Like [`addthread`], with a name (see [`getthreadname`]).
+///
+/// # Errors
+///
+/// As [`addthread`].
+pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutine> {
+    dispatcher::with(|d| d.spawn(TaskName::Owned(Rc::from(name)), None, false, f))
+}
+
+/// Removes a coroutine (Copas `removethread`): it is never resumed again; its stack is
+/// unwound (dropping its locals) at once, or, when it removes itself, as soon as it next
+/// waits. Returns false for a coroutine that already ended.
+pub fn removethread(co: Coroutine) -> bool {
+    dispatcher::with(|d| d.removethread(co))
+}
+
+/// The coroutine running now, or `None` outside any coroutine.
+pub fn current() -> Option<Coroutine> {
+    dispatcher::with(|d| d.current())
+}
+
+/// Suspends the calling coroutine for `delay` (Copas `pause`); `Duration::ZERO` yields: it
+/// runs again in the next step, after the others that are ready. Returns the time actually
+/// paused. Outside a coroutine it sleeps the thread.
+pub fn pause(delay: Duration) -> Duration {
+    dispatcher::with(|d| d.pause(delay))
+}
+
+/// Suspends the calling coroutine until [`wakeup`] (Copas `pauseforever`). Returns the time
+/// paused. Such a coroutine does not keep [`run`] going; if nothing wakes it, it is
+/// abandoned when the loop ends. Outside a coroutine it returns at once.
+pub fn pauseforever() -> Duration {
+    dispatcher::with(|d| d.pauseforever())
+}
+
+/// Wakes a coroutine in [`pause`] or [`pauseforever`] (Copas `wakeup`); it runs in the next
+/// step. Returns false if it was not pausing (a coroutine waiting on a socket is not woken).
+pub fn wakeup(co: Coroutine) -> bool {
+    dispatcher::with(|d| d.wakeup(co))
+}
+
+/// Arms a timeout for the calling coroutine (Copas `timeout`): after `delay`, `callback`
+/// runs on the dispatcher with the coroutine's handle (typically to [`wakeup`] it). A new
+/// call replaces the previous timeout; `Duration::ZERO` only cancels it. A panic in the
+/// callback goes to the default error handler, reported as coroutine `copas_core_timer`.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidState`] outside a coroutine.
+pub fn timeout(delay: Duration, callback: impl FnOnce(Coroutine) + 'static) -> Result<()> {
+    let callback: Option<Box<dyn FnOnce(Coroutine)>> = if delay.is_zero() {
+        None
+    } else {
+        Some(Box::new(callback))
+    };
+    dispatcher::with(|d| d.timeout(delay, callback))
+}
+
+/// The dispatcher's clock: monotonic, unaffected by changes to the wall clock (Copas
+/// `gettime`, which uses the wall clock, is issue #100 upstream).
+pub fn gettime() -> Instant {
+    Instant::now()
+}
+
+/// Sets the stack size of coroutines created from now on (default
+/// [`DEFAULT_STACK_SIZE`], at least [`MIN_STACK_SIZE`]). See `docs/stacks.md`.
+pub fn set_stack_size(bytes: usize) {
+    dispatcher::with(|d| d.set_stack_size(bytes))
+}
+
+/// The stack size of new coroutines.
+pub fn stack_size() -> usize {
+    dispatcher::with(|d| d.stack_size())
+}
+
+/// How many finished coroutines' stacks the dispatcher keeps for reuse (default 1024).
+pub fn set_pooled_stacks(max: usize) {
+    dispatcher::with(|d| d.set_pooled_stacks(max))
+}
+
+// ----- names, errors, status --------------------------------------------------------------
+
+/// Names a coroutine (`None`: the calling one). Returns false if there is no such
+/// coroutine.
+pub fn setthreadname(name: &str, co: Option<Coroutine>) -> bool {
+    dispatcher::with(|d| d.set_name(co, name))
+}
+
+/// A coroutine's name (`None`: the calling one): the name given, or a generated one
+/// (`thread_<id>`, `<server>:handler_<n>`, `copas_initializer`).
+pub fn getthreadname(co: Option<Coroutine>) -> Option<String> {
+    dispatcher::with(|d| d.name(co))
+}
+
+/// Names a socket (Copas `setsocketname`).
+pub fn setsocketname(name: &str, socket: &Socket) {
+    socket.set_name(name)
+}
+
+/// A socket's name (Copas `getsocketname`): the name given, `<server>:client_<n>` for an
+/// accepted connection, or `tcp{client}:<fd>`.
+pub fn getsocketname(socket: &Socket) -> String {
+    socket.name()
+}
+
+/// Sets the error handler of the calling coroutine; outside a coroutine, sets the thread's
+/// default handler (Copas `seterrorhandler`). The handler is called once with the report
+/// of a panic in that coroutine.
+pub fn seterrorhandler(handler: impl Fn(&PanicReport) + 'static) {
+    let handler: ErrorHandler = Rc::new(handler);
+    let set = dispatcher::with(|d| d.set_handler(Some(handler.clone())));
+    if !set {
+        setdefaulterrorhandler_rc(handler);
+    }
+}
+
+/// Sets the thread's default error handler, used by coroutines without their own (Copas
+/// `seterrorhandler(fn, true)`). The initial one prints
+/// `copas: <message> (coroutine: <name>, socket: <name>)` on standard error.
+pub fn setdefaulterrorhandler(handler: impl Fn(&PanicReport) + 'static) {
+    setdefaulterrorhandler_rc(Rc::new(handler))
+}
+
+fn setdefaulterrorhandler_rc(handler: ErrorHandler) {
+    dispatcher::with(|d| d.set_default_handler(handler))
+}
+
+/// The error handler of a coroutine (`None`: the calling one), or the default handler
+/// (Copas `geterrorhandler`).
+pub fn geterrorhandler(co: Option<Coroutine>) -> ErrorHandler {
+    dispatcher::with(|d| d.handler(co))
+}
+
+/// Counts of what the dispatcher holds (Copas `status`).
+pub fn status() -> Status {
+    dispatcher::with(|d| d.status())
+}
+
+// ----- sockets and servers ----------------------------------------------------------------
+
+/// Registers a listening TCP socket (Copas `addserver`): `handler` runs in a new coroutine
+/// for each accepted connection, started as soon as it is accepted, and the connection is
+/// closed when the handler returns or panics.
+///
+/// Accepts a `std::net::TcpListener` or a `socket2::Socket` that listens.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidState`] for a socket that is not a TCP socket; the system's error if
+/// it cannot be made non-blocking or registered.
+pub fn addserver(
+    listener: impl Into<socket2::Socket>,
+    handler: impl Fn(Socket) + 'static,
+) -> Result<Server> {
+    net::server::addserver(listener.into(), ServerOptions::new(), Rc::new(handler))
+}
+
+/// Like [`addserver`], with a name and a timeout that accepted connections inherit.
+///
+/// # Errors
+///
+/// As [`addserver`].
+pub fn addserver_with(
+    listener: impl Into<socket2::Socket>,
+    options: ServerOptions,
+    handler: impl Fn(Socket) + 'static,
+) -> Result<Server> {
+    net::server::addserver(listener.into(), options, Rc::new(handler))
+}
+
+/// Unregisters a server (Copas `removeserver`). Connections it accepted go on. With
+/// `keep_open` the listener is handed back (in blocking mode) so it can be used or added
+/// again; otherwise it is closed and `None` is returned.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidState`] if the server was already removed.
+pub fn removeserver(server: Server, keep_open: bool) -> Result<Option<TcpListener>> {
+    net::server::removeserver(server, keep_open)
+}
+
+/// Takes over a connected TCP stream (Copas `wrap`).
+///
+/// # Errors
+///
+/// The system's error if the socket cannot be made non-blocking or registered.
+pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
+    net::connect::wrap(stream.into())
+}
+
+/// Opens a TCP connection (Copas `connect`), trying each address `addr` resolves to in
+/// turn, within `timeout` for the whole attempt (`None`: the system's own limit). The
+/// socket's connect timeout is set to `timeout`.
+///
+/// Inside a coroutine only the coroutine waits. Resolving a host name blocks the thread;
+/// pass a `SocketAddr` to avoid that.
+///
+/// # Errors
+///
+/// [`ErrorKind::Refused`] when nobody listens, [`ErrorKind::Timeout`] when the attempt
+/// takes longer than `timeout`, or the system's error.
+pub fn connect(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Socket> {
+    net::connect::connect(addr, timeout)
+}

@@ -173,7 +173,7 @@ impl Coro {
 
     /// Whether the coroutine has run to its end (returned or panicked).
     pub fn is_done(&self) -> bool {
-        self.inner.as_ref().map_or(true, |c| c.done())
+        self.inner.as_ref().is_none_or(|c| c.done())
     }
 
     /// Whether the coroutine has been resumed at least once.

@@ -18,7 +18,6 @@ mod task;
 mod timers;
 
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -38,7 +37,7 @@ pub(crate) use task::{TaskName, TaskSocket, Wake};
 
 use reactor::Source;
 use task::{Task, Wait};
-use timers::{TimerKey, TimerQueue};
+use timers::TimerQueue;
 
 /// How many idle stacks a dispatcher keeps for reuse by default.
 const DEFAULT_POOLED_STACKS: usize = 1024;
@@ -130,8 +129,6 @@ struct State {
     default_handler: ErrorHandler,
     /// Removed coroutines, to be unwound where no borrow is held.
     graveyard: Vec<Coro>,
-    /// Sources closed while the state was borrowed, to be removed later.
-    closed_sources: Vec<SourceKey>,
 }
 
 /// One thread's dispatcher. Reached through [`with`].
@@ -142,6 +139,8 @@ pub(crate) struct Dispatcher {
     pool: RefCell<StackPool>,
     /// Operations completed without waiting since the running coroutine was resumed.
     budget: Cell<u32>,
+    /// Sources closed while the state was borrowed, to be removed by `reap`.
+    closed_sources: RefCell<Vec<SourceKey>>,
 }
 
 /// A fixed buffer for a coroutine's stack-overflow label (names are formatted without
@@ -338,8 +337,8 @@ impl Dispatcher {
                 exit_waiters: Vec::new(),
                 default_handler: report::default_handler(),
                 graveyard: Vec::new(),
-                closed_sources: Vec::new(),
             }),
+            closed_sources: RefCell::new(Vec::new()),
             poller: Poller::new().map_err(|e| e.to_string()),
             events: RefCell::new(Events::with_capacity(
                 NonZeroUsize::new(EVENT_CAPACITY).expect("non-zero"),
@@ -351,7 +350,10 @@ impl Dispatcher {
 
     fn poller(&self) -> Result<&Poller> {
         self.poller.as_ref().map_err(|e| {
-            Error::with_message(ErrorKind::Io, format!("the poller could not be created: {e}"))
+            Error::with_message(
+                ErrorKind::Io,
+                format!("the poller could not be created: {e}"),
+            )
         })
     }
 
@@ -399,6 +401,7 @@ impl Dispatcher {
                 socket,
                 autoclose,
                 cancelled: false,
+                relabel: false,
             });
             if !start_now {
                 st.ready.push(co);
@@ -450,14 +453,8 @@ impl Dispatcher {
                     drop(removed);
                     return;
                 }
-                let label_changed = {
-                    let mut buf = LabelBuf::of(&task.name, co.generation);
-                    let _ = write!(buf, "");
-                    coro.label() != buf.as_str()
-                };
-                if label_changed {
-                    let label = LabelBuf::of(&task.name, co.generation);
-                    coro.set_label(label.as_str());
+                if std::mem::take(&mut task.relabel) {
+                    coro.set_label(LabelBuf::of(&task.name, co.generation).as_str());
                 }
                 task.coro = Some(coro);
             }
@@ -512,13 +509,8 @@ impl Dispatcher {
     /// Unwinds removed coroutines and removes sources closed under a borrow.
     fn reap(&self) {
         loop {
-            let (graves, closed) = {
-                let mut st = self.state.borrow_mut();
-                (
-                    std::mem::take(&mut st.graveyard),
-                    std::mem::take(&mut st.closed_sources),
-                )
-            };
+            let graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
+            let closed = std::mem::take(&mut *self.closed_sources.borrow_mut());
             if graves.is_empty() && closed.is_empty() {
                 return;
             }
@@ -836,11 +828,7 @@ impl Dispatcher {
                 }
                 Some(_) => {}
             }
-            let removed = self.take_task(&mut st, co);
-            if let Some((task, _)) = &removed {
-                let _ = task;
-            }
-            removed
+            self.take_task(&mut st, co)
         };
         if let Some((mut task, callback)) = removed {
             drop(callback);
@@ -1073,8 +1061,10 @@ impl Dispatcher {
             return false;
         };
         task.name = TaskName::Owned(Rc::from(name));
-        if let Some(coro) = task.coro.as_mut() {
-            coro.set_label(name);
+        match task.coro.as_mut() {
+            Some(coro) => coro.set_label(name),
+            // It runs: its coroutine is on the dispatcher's stack; relabel when it suspends.
+            None => task.relabel = true,
         }
         true
     }
@@ -1211,24 +1201,20 @@ impl Dispatcher {
                     drop(st);
                     drop(removed);
                 }
-                Err(_) => {
-                    // Closed while the dispatcher's state is in use (from a destructor):
-                    // the poller no longer reports it; finish the removal in the next reap.
-                    if let Some(mut st) = self.state.try_borrow_mut().ok() {
-                        st.closed_sources.push(key);
-                    } else {
-                        self.deferred_removal(key);
-                    }
-                }
+                // Closed from a destructor while the state is in use further up this call
+                // stack: the poller no longer reports it; `reap` finishes the removal.
+                Err(_) => self.closed_sources.borrow_mut().push(key),
             }
         }
         Some(sock)
     }
 
-    fn deferred_removal(&self, key: SourceKey) {
-        // The state is borrowed further up this very call stack; remember the key in a
-        // side list that `reap` drains.
-        DEFERRED.with(|d| d.borrow_mut().push(key));
+    /// The socket of a registered server.
+    pub(crate) fn source_io(&self, key: SourceKey) -> Option<Rc<IoSource>> {
+        let mut st = self.state.borrow_mut();
+        st.source_mut(key)
+            .filter(|s| s.acceptor.is_some())
+            .map(|s| s.io.clone())
     }
 
     /// Closes a socket through copas: deregisters it, wakes its waiters with `Closed`,
@@ -1237,11 +1223,6 @@ impl Dispatcher {
         let sock = self.deregister(io);
         drop(sock);
     }
-}
-
-thread_local! {
-    /// Sources closed while the dispatcher state was borrowed.
-    static DEFERRED: RefCell<Vec<SourceKey>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Calls an error handler; a handler that panics is reported and otherwise ignored.
@@ -1290,14 +1271,4 @@ impl Error {
         };
         Error::with_message(kind, text)
     }
-}
-
-/// The current time on the dispatcher's monotonic clock.
-pub(crate) fn now() -> Instant {
-    Instant::now()
-}
-
-#[allow(dead_code)]
-fn _assert_timer_key_is_copy(k: TimerKey) -> TimerKey {
-    k
 }

@@ -76,8 +76,6 @@ impl SourceKey {
 pub(crate) trait Acceptor {
     /// Accepts what is pending, up to a budget, starting a handler for each connection.
     fn accept_ready(&self) -> AcceptOutcome;
-    /// The server's name, for `status` and reports.
-    fn name(&self) -> String;
 }
 
 /// What one [`Acceptor::accept_ready`] round found.

@@ -51,9 +51,10 @@ pub(crate) enum TaskName {
     Anonymous,
     Static(&'static str),
     /// `<server>:handler_<n>` for a connection handler.
-    Handler { server: Rc<str>, n: u64 },
-    /// `<server>:handler` for a UDP server's single handler.
-    UdpHandler { server: Rc<str> },
+    Handler {
+        server: Rc<str>,
+        n: u64,
+    },
     Owned(Rc<str>),
 }
 
@@ -63,7 +64,6 @@ impl TaskName {
             TaskName::Anonymous => write!(out, "thread_{id}"),
             TaskName::Static(s) => out.write_str(s),
             TaskName::Handler { server, n } => write!(out, "{server}:handler_{n}"),
-            TaskName::UdpHandler { server } => write!(out, "{server}:handler"),
             TaskName::Owned(s) => out.write_str(s),
         }
     }
@@ -132,4 +132,6 @@ pub(crate) struct Task {
     pub(crate) autoclose: bool,
     /// `removethread` was called while it ran: drop it when it next suspends.
     pub(crate) cancelled: bool,
+    /// Renamed while running: its stack-overflow label needs updating when it suspends.
+    pub(crate) relabel: bool,
 }

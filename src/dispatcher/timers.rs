@@ -17,13 +17,6 @@ pub(crate) struct TimerKey {
     seq: u64,
 }
 
-impl TimerKey {
-    /// When the timer fires.
-    pub(crate) fn deadline(&self) -> Instant {
-        self.at
-    }
-}
-
 /// Deadlines with a value each, fired in deadline order.
 #[derive(Debug)]
 pub(crate) struct TimerQueue<T> {
@@ -65,17 +58,9 @@ impl<T> TimerQueue<T> {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.map.clear();
-    }
-
-    /// Removes every timer whose value matches `pred`.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.map.retain(|_, v| keep(v));
     }
 }
 
@@ -111,7 +96,11 @@ mod tests {
             assert!(q.remove(*k).is_some());
         }
         assert_eq!(q.len(), 1000);
-        assert_eq!(q.remove(keys[5000]), None, "a cancelled timer cannot be cancelled twice");
+        assert_eq!(
+            q.remove(keys[5000]),
+            None,
+            "a cancelled timer cannot be cancelled twice"
+        );
         let mut fired = Vec::new();
         while let Some(v) = q.pop_expired(t0 + Duration::from_secs(2)) {
             fired.push(v);

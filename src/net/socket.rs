@@ -1,0 +1,780 @@
+//! `Socket`: a TCP connection with blocking-looking operations that suspend the calling
+//! coroutine instead of the thread.
+//!
+//! Every operation follows one pattern (async-io's, may's): try the system call; if the
+//! kernel says it would block, wait for the socket's readiness, then try again. Inside a
+//! coroutine the wait suspends it and the dispatcher resumes it on the readiness event, the
+//! deadline, or a `close`; outside any coroutine the wait is a `poll(2)` that blocks the
+//! thread, so the same code runs in `main` and in handlers.
+//!
+//! A timeout covers a whole call (as in Copas 4.11), not each chunk: the deadline is taken
+//! when the call starts.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::dispatcher::{self, IoSource, TaskSocket, Wake};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+
+/// The longest line [`Pattern::Line`] accepts by default: 64 KiB.
+///
+/// A peer that never sends a line feed cannot make the socket buffer more than this; the
+/// receive fails with [`ErrorKind::LimitExceeded`] and hands over what it had. Change it per
+/// socket with [`Socket::set_line_limit`].
+pub const DEFAULT_LINE_LIMIT: usize = 64 * 1024;
+
+/// Size of the first read buffer; it grows only as far as a line needs.
+const INITIAL_BUFFER: usize = 4 * 1024;
+
+/// Free space a buffer fill asks for, so reads are never tiny.
+const FILL_MIN: usize = 1024;
+
+/// Chunk size for reading `Pattern::All` and large exact reads straight into the result.
+const BULK_CHUNK: usize = 64 * 1024;
+
+/// What [`Socket::receive`] reads (LuaSocket's receive patterns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// One line, terminated by LF; the LF and any CR are removed (Copas `"*l"`).
+    Line,
+    /// Everything until the peer closes the connection (Copas `"*a"`).
+    All,
+    /// Exactly this many bytes, counting the prefix (Copas's numeric pattern).
+    Exact(usize),
+}
+
+/// Timeouts of one socket; `None` waits forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Option<Duration>,
+    pub(crate) send: Option<Duration>,
+    pub(crate) receive: Option<Duration>,
+}
+
+/// A socket's name, generated lazily.
+pub(crate) enum SocketName {
+    /// `tcp{client}:<fd>`.
+    Default,
+    /// `<server>:client_<n>` for an accepted connection.
+    Client {
+        server: Rc<str>,
+        n: u64,
+    },
+    Owned(String),
+}
+
+/// The part of a connection shared by all its handles and by the dispatcher's autoclose.
+pub(crate) struct Connection {
+    pub(crate) io: Rc<IoSource>,
+    timeouts: Cell<Timeouts>,
+    name: RefCell<SocketName>,
+    line_limit: Cell<usize>,
+    /// The peer closed its sending side; reads return end-of-stream without a system call.
+    eof: Cell<bool>,
+    fd: RawFd,
+}
+
+impl Connection {
+    /// Registers `sock` (already non-blocking) with this thread's dispatcher.
+    pub(crate) fn register(
+        sock: socket2::Socket,
+        timeouts: Timeouts,
+        name: SocketName,
+    ) -> Result<Rc<Connection>> {
+        let fd = sock.as_raw_fd();
+        let io = Rc::new(IoSource::new(sock));
+        dispatcher::with(|d| d.register(&io, None))?;
+        Ok(Rc::new(Connection {
+            io,
+            timeouts: Cell::new(timeouts),
+            name: RefCell::new(name),
+            line_limit: Cell::new(DEFAULT_LINE_LIMIT),
+            eof: Cell::new(false),
+            fd,
+        }))
+    }
+
+    pub(crate) fn close(&self) {
+        if self.io.is_closed() {
+            return;
+        }
+        let done = dispatcher::try_with(|d| d.close_source(&self.io)).is_some();
+        if !done {
+            // The thread's dispatcher is gone (thread exit): just release the descriptor.
+            self.io.sock.borrow_mut().take();
+        }
+    }
+
+    fn name(&self) -> String {
+        match &*self.name.borrow() {
+            SocketName::Default => format!("tcp{{client}}:{}", self.fd),
+            SocketName::Client { server, n } => format!("{server}:client_{n}"),
+            SocketName::Owned(s) => s.clone(),
+        }
+    }
+
+    /// Waits for readiness in one direction until `deadline`.
+    fn wait(&self, write: bool, deadline: Option<Instant>) -> Result<()> {
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return Err(Error::new(ErrorKind::Timeout));
+        }
+        if copas_coro::in_coroutine() {
+            let wake = dispatcher::with(|d| d.wait_io(&self.io, write, deadline));
+            return match wake {
+                Wake::Event | Wake::Woken => Ok(()),
+                Wake::Timeout => Err(Error::new(ErrorKind::Timeout)),
+                Wake::Closed => Err(Error::new(ErrorKind::Closed)),
+                Wake::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+            };
+        }
+        if self.io.is_closed() {
+            return Err(Error::new(ErrorKind::Closed));
+        }
+        if sys::poll_fd(self.fd, write, deadline)? {
+            if write {
+                self.io.writable.set(true);
+            } else {
+                self.io.readable.set(true);
+            }
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Timeout))
+        }
+    }
+
+    /// Waits for a non-blocking connect to finish and reports its outcome.
+    pub(crate) fn wait_connected(&self, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            if self.io.writable.get() {
+                let sock = self.io.sock.borrow();
+                let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
+                return match sock.take_error()? {
+                    Some(e) => Err(e.into()),
+                    None => Ok(()),
+                };
+            }
+            self.wait(true, deadline)?;
+        }
+    }
+
+    /// Lets the next coroutine waiting on this socket run if it is still ready.
+    fn pass_on(&self, write: bool) {
+        let ready = if write {
+            self.io.writable.get()
+        } else {
+            self.io.readable.get()
+        };
+        if ready && self.io.waiting.get() > 0 {
+            dispatcher::with(|d| d.pass_on(&self.io, write));
+        }
+    }
+}
+
+impl TaskSocket for Connection {
+    fn close(&self) {
+        Connection::close(self);
+    }
+
+    fn name(&self) -> String {
+        Connection::name(self)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A TCP connection driven by copas (plain TCP; TLS comes through the same type).
+///
+/// Get one from [`connect`](crate::connect), from [`wrap`](crate::wrap), or as the argument
+/// of a server handler. Operations look blocking: inside a coroutine they suspend only the
+/// calling coroutine; outside any coroutine they block the thread.
+///
+/// Several handles ([`Socket::share`]) may refer to one connection, so that one coroutine
+/// can read while another writes, or close it while others wait: every waiter then wakes
+/// with [`ErrorKind::Closed`]. Each handle has its own read buffer.
+///
+/// Dropping the last handle closes the connection. Writes never raise `SIGPIPE`.
+///
+/// # Example
+///
+/// ```no_run
+/// use copas::{Pattern, Socket};
+///
+/// fn greet(mut sock: Socket) -> copas::Result<()> {
+///     sock.settimeout(Some(std::time::Duration::from_secs(10)));
+///     let name = sock.receive(Pattern::Line)?;
+///     sock.send(b"hello, ")?;
+///     sock.send(&name)?;
+///     sock.send(b"\n")?;
+///     Ok(())
+/// }
+/// ```
+pub struct Socket {
+    conn: Rc<Connection>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("name", &self.conn.name())
+            .field("fd", &self.conn.fd)
+            .field("closed", &self.conn.io.is_closed())
+            .field("buffered", &(self.end - self.start))
+            .finish()
+    }
+}
+
+impl Socket {
+    pub(crate) fn from_connection(conn: Rc<Connection>) -> Socket {
+        Socket {
+            conn,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Another handle to the same connection, with its own (empty) read buffer.
+    ///
+    /// Closing through any handle closes the connection for all of them.
+    pub fn share(&self) -> Socket {
+        Socket::from_connection(self.conn.clone())
+    }
+
+    fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+        timeout.and_then(|t| Instant::now().checked_add(t))
+    }
+
+    /// Yields now and then when operations keep completing without waiting, so that a
+    /// stream that is always ready does not starve other coroutines.
+    fn fair_share(&self) {
+        if copas_coro::in_coroutine() && dispatcher::with(|d| d.spend_budget()) {
+            dispatcher::with(|d| d.pause(Duration::ZERO));
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Makes room at the end of the buffer for at least `min` more bytes.
+    fn reserve(&mut self, min: usize) {
+        if self.buf.len() - self.end >= min {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < min {
+            let want = (self.end + min).max(INITIAL_BUFFER).next_power_of_two();
+            self.buf.resize(want, 0);
+        }
+    }
+
+    /// One `recv` into `dst`. Clears the readable bit on `WouldBlock` and on a short read.
+    fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
+        let io = &self.conn.io;
+        let sock = io.sock.borrow();
+        let Some(sock) = sock.as_ref() else {
+            return Err(io::Error::from(io::ErrorKind::NotConnected));
+        };
+        loop {
+            match (&*sock).read(dst) {
+                Ok(0) if !dst.is_empty() => {
+                    self.conn.eof.set(true);
+                    return Ok(0);
+                }
+                Ok(n) => {
+                    if n < dst.len() {
+                        io.readable.set(false);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        io.readable.set(false);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Reads at least one byte into `dst` (or 0 at end of stream), waiting if needed.
+    fn read_waiting(&self, dst: &mut [u8], deadline: Option<Instant>) -> Result<usize> {
+        loop {
+            if self.conn.io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            if self.conn.eof.get() {
+                return Ok(0);
+            }
+            if self.conn.io.readable.get() {
+                match self.recv_into(dst) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.conn.wait(false, deadline)?;
+        }
+    }
+
+    /// Reads more bytes into the buffer; 0 at end of stream.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<usize> {
+        self.reserve(FILL_MIN);
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.read_waiting(&mut buf[self.end..], deadline);
+        self.buf = buf;
+        let n = result?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Removes and returns everything buffered.
+    fn take_buffered(&mut self) -> Vec<u8> {
+        let out = self.buffered().to_vec();
+        self.start = 0;
+        self.end = 0;
+        out
+    }
+
+    /// Receives data according to `pattern` (Copas `receive`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the peer closes before the pattern completes (for
+    /// [`Pattern::Line`] and [`Pattern::Exact`]), or when the socket is closed while
+    /// waiting; [`ErrorKind::Timeout`] when the receive timeout expires;
+    /// [`ErrorKind::LimitExceeded`] for a line longer than the line limit. In every case
+    /// the bytes received so far are in [`Error::partial`] and are no longer buffered.
+    pub fn receive(&mut self, pattern: Pattern) -> Result<Vec<u8>> {
+        self.receive_with_prefix(pattern, &[])
+    }
+
+    /// Like [`Socket::receive`], with `prefix` put in front of the data (Copas's `prefix`
+    /// argument). For [`Pattern::Exact`] the prefix counts towards the length: a prefix
+    /// as long as the pattern is returned as is, without reading.
+    pub fn receive_with_prefix(&mut self, pattern: Pattern, prefix: &[u8]) -> Result<Vec<u8>> {
+        self.fair_share();
+        let deadline = Self::deadline(self.conn.timeouts.get().receive);
+        let result = match pattern {
+            Pattern::Line => self.receive_line_bytes(prefix, deadline),
+            Pattern::All => self.receive_all(prefix, deadline),
+            Pattern::Exact(n) => self.receive_exact(prefix, n, deadline),
+        };
+        self.conn.pass_on(false);
+        result
+    }
+
+    /// Receives one line as text, without its line ending.
+    ///
+    /// # Errors
+    ///
+    /// As [`Socket::receive`]; a line that is not UTF-8 is an [`ErrorKind::Io`] error of
+    /// kind `InvalidData` with the line in [`Error::partial`].
+    pub fn receive_line(&mut self) -> Result<String> {
+        let line = self.receive(Pattern::Line)?;
+        String::from_utf8(line).map_err(|e| {
+            Error::from(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "line is not valid UTF-8",
+            ))
+            .with_partial(e.into_bytes())
+        })
+    }
+
+    fn receive_line_bytes(&mut self, prefix: &[u8], deadline: Option<Instant>) -> Result<Vec<u8>> {
+        let mut scanned = 0;
+        loop {
+            if let Some(pos) = self.buffered()[scanned..].iter().position(|&b| b == b'\n') {
+                let line_end = self.start + scanned + pos;
+                let mut line = Vec::with_capacity(prefix.len() + line_end - self.start);
+                line.extend_from_slice(prefix);
+                line.extend(
+                    self.buf[self.start..line_end]
+                        .iter()
+                        .filter(|&&b| b != b'\r'),
+                );
+                self.start = line_end + 1;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                return Ok(line);
+            }
+            scanned = self.end - self.start;
+            let limit = self.conn.line_limit.get();
+            if scanned >= limit {
+                let partial = [prefix, &self.take_buffered()].concat();
+                return Err(Error::with_message(
+                    ErrorKind::LimitExceeded,
+                    format!("line longer than {limit} bytes"),
+                )
+                .with_partial(partial));
+            }
+            let got = self.fill(deadline);
+            match got {
+                Ok(0) => {
+                    let partial = [prefix, &self.take_buffered()].concat();
+                    return Err(Error::new(ErrorKind::Closed).with_partial(partial));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let partial = [prefix, &self.take_buffered()].concat();
+                    return Err(e.with_partial(partial));
+                }
+            }
+        }
+    }
+
+    fn receive_all(&mut self, prefix: &[u8], deadline: Option<Instant>) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(prefix.len() + self.end - self.start);
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(self.buffered());
+        self.start = 0;
+        self.end = 0;
+        loop {
+            let len = out.len();
+            out.resize(len + BULK_CHUNK, 0);
+            let got = self.read_waiting(&mut out[len..], deadline);
+            match got {
+                Ok(0) => {
+                    out.truncate(len);
+                    return Ok(out);
+                }
+                Ok(n) => out.truncate(len + n),
+                Err(e) => {
+                    out.truncate(len);
+                    return Err(e.with_partial(out));
+                }
+            }
+            self.fair_share();
+        }
+    }
+
+    fn receive_exact(
+        &mut self,
+        prefix: &[u8],
+        n: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>> {
+        if prefix.len() >= n {
+            return Ok(prefix.to_vec());
+        }
+        let mut out = Vec::with_capacity(n);
+        out.extend_from_slice(prefix);
+        let from_buffer = (n - out.len()).min(self.end - self.start);
+        out.extend_from_slice(&self.buf[self.start..self.start + from_buffer]);
+        self.start += from_buffer;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        while out.len() < n {
+            let missing = n - out.len();
+            if missing < INITIAL_BUFFER {
+                // Small remainder: read through the buffer so we can read ahead.
+                match self.fill(deadline) {
+                    Ok(0) => return Err(Error::new(ErrorKind::Closed).with_partial(out)),
+                    Ok(_) => {
+                        let take = missing.min(self.end - self.start);
+                        out.extend_from_slice(&self.buf[self.start..self.start + take]);
+                        self.start += take;
+                    }
+                    Err(e) => return Err(e.with_partial(out)),
+                }
+            } else {
+                let len = out.len();
+                out.resize(len + missing.min(BULK_CHUNK), 0);
+                match self.read_waiting(&mut out[len..], deadline) {
+                    Ok(0) => {
+                        out.truncate(len);
+                        return Err(Error::new(ErrorKind::Closed).with_partial(out));
+                    }
+                    Ok(got) => out.truncate(len + got),
+                    Err(e) => {
+                        out.truncate(len);
+                        return Err(e.with_partial(out));
+                    }
+                }
+                self.fair_share();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns as soon as some data is there: up to `max` bytes, at least one, or an empty
+    /// vector at end of stream (Copas `receivepartial`; see `docs/copas-to-rust.md`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when nothing arrived before the receive timeout,
+    /// [`ErrorKind::Closed`] when the socket was closed or reset.
+    pub fn receivepartial(&mut self, max: usize) -> Result<Vec<u8>> {
+        self.fair_share();
+        if self.start < self.end || max == 0 {
+            let take = max.min(self.end - self.start);
+            let out = self.buf[self.start..self.start + take].to_vec();
+            self.start += take;
+            return Ok(out);
+        }
+        let deadline = Self::deadline(self.conn.timeouts.get().receive);
+        let mut out = vec![0; max.min(BULK_CHUNK)];
+        let n = self.read_waiting(&mut out, deadline)?;
+        out.truncate(n);
+        self.conn.pass_on(false);
+        Ok(out)
+    }
+
+    /// Sends all of `data`, waiting as needed (Copas `send`). Returns `data.len()`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the peer reset the connection or the socket was closed,
+    /// [`ErrorKind::Timeout`] when the send timeout expired; [`Error::sent`] tells how
+    /// many bytes went out before.
+    pub fn send(&mut self, data: &[u8]) -> Result<usize> {
+        self.fair_share();
+        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        let mut sent = 0;
+        while sent < data.len() {
+            match self.send_some(&data[sent..], deadline) {
+                Ok(n) => sent += n,
+                Err(e) => return Err(e.with_sent(sent)),
+            }
+        }
+        self.conn.pass_on(true);
+        Ok(sent)
+    }
+
+    /// One successful `send` of at least one byte, waiting for writability as needed.
+    fn send_some(&self, data: &[u8], deadline: Option<Instant>) -> Result<usize> {
+        let io = &self.conn.io;
+        loop {
+            if io.writable.get() {
+                let result = {
+                    let sock = io.sock.borrow();
+                    let Some(sock) = sock.as_ref() else {
+                        return Err(Error::new(ErrorKind::Closed));
+                    };
+                    // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
+                    sock.send_with_flags(data, libc::MSG_NOSIGNAL)
+                };
+                match result {
+                    Ok(n) => {
+                        if n < data.len() {
+                            io.writable.set(false);
+                        }
+                        if n > 0 {
+                            return Ok(n);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable.set(false),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.conn.wait(true, deadline)?;
+        }
+    }
+
+    /// Sets the connect, send and receive timeouts at once (`None`: wait forever;
+    /// `Some(Duration::ZERO)`: never wait, fail with `Timeout` when the call would block).
+    pub fn settimeout(&self, timeout: Option<Duration>) {
+        self.settimeouts(timeout, timeout, timeout);
+    }
+
+    /// Sets the connect, send and receive timeouts separately.
+    pub fn settimeouts(
+        &self,
+        connect: Option<Duration>,
+        send: Option<Duration>,
+        receive: Option<Duration>,
+    ) {
+        self.conn.timeouts.set(Timeouts {
+            connect,
+            send,
+            receive,
+        });
+    }
+
+    /// The connect, send and receive timeouts, in that order.
+    pub fn gettimeouts(&self) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
+        let t = self.conn.timeouts.get();
+        (t.connect, t.send, t.receive)
+    }
+
+    /// The longest line [`Pattern::Line`] accepts on this connection.
+    pub fn line_limit(&self) -> usize {
+        self.conn.line_limit.get()
+    }
+
+    /// Changes the longest line [`Pattern::Line`] accepts (default [`DEFAULT_LINE_LIMIT`]).
+    pub fn set_line_limit(&self, limit: usize) {
+        self.conn.line_limit.set(limit.max(1));
+    }
+
+    /// Closes the connection for every handle. Every coroutine waiting on it wakes with
+    /// [`ErrorKind::Closed`]; later operations fail with it. Closing twice does nothing.
+    pub fn close(&self) {
+        self.conn.close();
+    }
+
+    /// Whether the connection was closed through copas.
+    pub fn is_closed(&self) -> bool {
+        self.conn.io.is_closed()
+    }
+
+    /// Shuts down the reading side, the writing side, or both (the descriptor stays open).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] if the socket was closed, or the system's error.
+    pub fn shutdown(&self, how: Shutdown) -> Result<()> {
+        let sock = self.conn.io.sock.borrow();
+        let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
+        sock.shutdown(how)?;
+        Ok(())
+    }
+
+    fn with_socket<T>(&self, f: impl FnOnce(&socket2::Socket) -> io::Result<T>) -> Result<T> {
+        let sock = self.conn.io.sock.borrow();
+        let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
+        Ok(f(sock)?)
+    }
+
+    /// The address of the remote end.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] after `close`, or the system's error.
+    pub fn peer_addr(&self) -> Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.peer_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
+        })
+    }
+
+    /// The address of the local end.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] after `close`, or the system's error.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
+        })
+    }
+
+    /// Turns Nagle's algorithm off (`true`) or on.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] after `close`, or the system's error.
+    pub fn set_nodelay(&self, nodelay: bool) -> Result<()> {
+        self.with_socket(|s| s.set_tcp_nodelay(nodelay))
+    }
+
+    /// Sets `SO_LINGER`; `Some(Duration::ZERO)` makes `close` reset the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] after `close`, or the system's error.
+    pub fn set_linger(&self, linger: Option<Duration>) -> Result<()> {
+        self.with_socket(|s| s.set_linger(linger))
+    }
+
+    /// The connection's name (Copas `getsocketname`).
+    pub fn name(&self) -> String {
+        self.conn.name()
+    }
+
+    /// Renames the connection (Copas `setsocketname`).
+    pub fn set_name(&self, name: &str) {
+        *self.conn.name.borrow_mut() = SocketName::Owned(name.to_string());
+    }
+}
+
+impl AsRawFd for Socket {
+    /// The descriptor (it stays valid until the connection is closed).
+    fn as_raw_fd(&self) -> RawFd {
+        self.conn.fd
+    }
+}
+
+fn to_io(e: Error) -> io::Error {
+    e.into()
+}
+
+impl Read for Socket {
+    /// Reads what is available (at least one byte), waiting if nothing is; 0 at end of
+    /// stream. The receive timeout applies.
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.start == self.end && out.len() >= INITIAL_BUFFER {
+            self.fair_share();
+            let deadline = Self::deadline(self.conn.timeouts.get().receive);
+            return self.read_waiting(out, deadline).map_err(to_io);
+        }
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Socket {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.start == self.end {
+            self.fair_share();
+            self.start = 0;
+            self.end = 0;
+            let deadline = Self::deadline(self.conn.timeouts.get().receive);
+            self.fill(deadline).map_err(to_io)?;
+        }
+        Ok(&self.buf[self.start..self.end])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.start = (self.start + amt).min(self.end);
+    }
+}
+
+impl Write for Socket {
+    /// Sends as much of `data` as the kernel takes at once (at least one byte), waiting if
+    /// it takes none. The send timeout applies.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.fair_share();
+        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        self.send_some(data, deadline).map_err(to_io)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
