@@ -165,7 +165,7 @@ pub fn running() -> bool {
 ///
 /// [`ErrorKind::Io`] (out of memory) when no stack can be mapped for it.
 pub fn addthread(f: impl FnOnce() + 'static) -> Result<Coroutine> {
-    dispatcher::with(|d| d.spawn(TaskName::Anonymous, None, false, f))
+    dispatcher::with(|d| d.spawn(TaskName::Anonymous, None, false, false, f))
 }
 
 /// Like [`addthread`], with a name (see [`getthreadname`]).
@@ -174,7 +174,7 @@ pub fn addthread(f: impl FnOnce() + 'static) -> Result<Coroutine> {
 ///
 /// As [`addthread`].
 pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutine> {
-    dispatcher::with(|d| d.spawn(TaskName::Owned(Rc::from(name)), None, false, f))
+    dispatcher::with(|d| d.spawn(TaskName::Owned(Rc::from(name)), None, false, false, f))
 }
 
 /// Removes a coroutine (Copas `removethread`): it is never resumed again; its stack is
@@ -241,6 +241,18 @@ pub fn set_stack_size(bytes: usize) {
 /// The stack size of new coroutines.
 pub fn stack_size() -> usize {
     dispatcher::with(|d| d.stack_size())
+}
+
+/// Whether connections accepted from now on are closed when their handler returns or
+/// panics (Copas `autoclose`, default true; sampled at accept time). With it off, a
+/// connection lives until its last [`Socket`] handle is closed or dropped.
+pub fn set_autoclose(on: bool) {
+    dispatcher::with(|d| d.set_autoclose(on))
+}
+
+/// See [`set_autoclose`].
+pub fn autoclose() -> bool {
+    dispatcher::with(|d| d.autoclose())
 }
 
 /// How many finished coroutines' stacks the dispatcher keeps for reuse (default 1024).

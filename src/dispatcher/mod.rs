@@ -141,6 +141,8 @@ pub(crate) struct Dispatcher {
     budget: Cell<u32>,
     /// Sources closed while the state was borrowed, to be removed by `reap`.
     closed_sources: RefCell<Vec<SourceKey>>,
+    /// Whether connections accepted from now on are closed when their handler ends.
+    autoclose: Cell<bool>,
 }
 
 /// A fixed buffer for a coroutine's stack-overflow label (names are formatted without
@@ -339,6 +341,7 @@ impl Dispatcher {
                 graveyard: Vec::new(),
             }),
             closed_sources: RefCell::new(Vec::new()),
+            autoclose: Cell::new(true),
             poller: Poller::new().map_err(|e| e.to_string()),
             events: RefCell::new(Events::with_capacity(
                 NonZeroUsize::new(EVENT_CAPACITY).expect("non-zero"),
@@ -371,6 +374,7 @@ impl Dispatcher {
         &self,
         name: TaskName,
         socket: Option<Rc<dyn TaskSocket>>,
+        autoclose: bool,
         start_now: bool,
         body: impl FnOnce() + 'static,
     ) -> Result<Coroutine> {
@@ -386,7 +390,6 @@ impl Dispatcher {
         };
         let label = LabelBuf::of(&name, co.generation);
         let coro = Coro::new(stack, co.tag(), label.as_str(), body);
-        let autoclose = socket.is_some();
         {
             let mut st = self.state.borrow_mut();
             st.tasks.insert(Task {
@@ -691,7 +694,7 @@ impl Dispatcher {
             ));
         }
         if let Some(init) = init {
-            self.spawn(TaskName::Static("copas_initializer"), None, false, init)?;
+            self.spawn(TaskName::Static("copas_initializer"), None, false, false, init)?;
         }
         {
             let mut st = self.state.borrow_mut();
@@ -1117,6 +1120,14 @@ impl Dispatcher {
             sockets: st.sources.len(),
             pooled_stacks: self.pool.borrow().idle(),
         }
+    }
+
+    pub(crate) fn autoclose(&self) -> bool {
+        self.autoclose.get()
+    }
+
+    pub(crate) fn set_autoclose(&self, on: bool) {
+        self.autoclose.set(on);
     }
 
     pub(crate) fn set_stack_size(&self, size: usize) {

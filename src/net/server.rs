@@ -112,7 +112,10 @@ impl Listener {
             n,
         };
         let spawned = dispatcher::with(|d| {
-            d.spawn(task_name, Some(conn.clone()), true, move || handler(socket))
+            let autoclose = d.autoclose();
+            d.spawn(task_name, Some(conn.clone()), autoclose, true, move || {
+                handler(socket)
+            })
         });
         if let Err(e) = spawned {
             // No stack for a handler: shed the connection rather than fail the server.
