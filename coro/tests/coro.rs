@@ -708,11 +708,9 @@ fn a_suspended_coroutine_can_be_moved() {
 
 // ---------------------------------------------------------------------------------------------
 // Regressions: resuming a finished coroutine, and suspending during a panic's unwind.
-/// `Coro::resume` documents "# Panics: When the coroutine has already finished", but the
-/// `inner` option is never emptied when the coroutine finishes, so the `expect` at
-/// coroutine.rs:160 never fires; corosensei's own panic ("attempt to resume a completed
-/// coroutine") is raised inside the `catch_unwind` of coroutine.rs:162 and returned as
-/// `Resumed::Panicked`, which a dispatcher would report as a panic of the handler.
+
+/// Resuming a finished coroutine panics in the caller (it must not come back as
+/// `Resumed::Panicked`, which a dispatcher would report as a panic of the handler).
 #[test]
 #[should_panic(expected = "finished coroutine")]
 fn resuming_a_finished_coroutine_panics() {
@@ -724,10 +722,9 @@ fn resuming_a_finished_coroutine_panics() {
     drop(r);
 }
 
-/// A destructor that runs while the coroutine unwinds from an ordinary panic may currently
-/// suspend (the `unwinding` flag is only set by `Coro::unwind`): the coroutine then sits
-/// suspended in the middle of a panic, `std::thread::panicking()` is true in the resumer,
-/// and dropping that coroutine aborts the process ("panic in a destructor during cleanup").
+/// A destructor running while the coroutine unwinds from an ordinary panic may not suspend:
+/// the coroutine would sit suspended in the middle of a panic, and dropping it later would
+/// abort the process ("panic in a destructor during cleanup").
 #[test]
 fn suspend_while_the_coroutine_panics_is_refused() {
     struct SuspendsOnDrop(Rc<Cell<Option<Result<(), SuspendError>>>>);
