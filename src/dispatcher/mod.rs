@@ -202,14 +202,12 @@ impl State {
     }
 
     /// Puts the coroutine into `wait`, with a timer when `deadline` is given. False when
-    /// the coroutine is unknown or cancelled (it must not wait then).
+    /// the coroutine is unknown. A cancelled coroutine waits too: `resume` drops it as soon
+    /// as it suspends.
     fn enter_wait(&mut self, co: Coroutine, wait: Wait, deadline: Option<Instant>) -> bool {
         let Some(task) = self.task_mut(co) else {
             return false;
         };
-        if task.cancelled {
-            return false;
-        }
         task.wait = wait;
         let timed = deadline.is_some();
         if let Some(at) = deadline {
@@ -484,7 +482,10 @@ impl Dispatcher {
             let mut st = self.state.borrow_mut();
             self.take_task(&mut st, co)
         };
-        self.pool.borrow_mut().recycle(coro.into_stack());
+        // Unwind first (a coroutine that suspended outside copas is still live): the
+        // destructors on its stack may call into the dispatcher.
+        let stack = coro.into_stack();
+        self.pool.borrow_mut().recycle(stack);
         let Some((task, callback)) = removed else {
             return;
         };
@@ -694,7 +695,13 @@ impl Dispatcher {
             ));
         }
         if let Some(init) = init {
-            self.spawn(TaskName::Static("copas_initializer"), None, false, false, init)?;
+            self.spawn(
+                TaskName::Static("copas_initializer"),
+                None,
+                false,
+                false,
+                init,
+            )?;
         }
         {
             let mut st = self.state.borrow_mut();
@@ -764,7 +771,11 @@ impl Dispatcher {
                     generation,
                 };
                 if Some(co) == current {
-                    st.tasks[index].cancelled = true;
+                    let task = &mut st.tasks[index];
+                    task.cancelled = true;
+                    // Its timer goes with the old queue below, and the counts are reset.
+                    task.timeout = None;
+                    task.timer = None;
                     continue;
                 }
                 if let Some(removed) = self.take_task(&mut st, co) {
@@ -974,7 +985,7 @@ impl Dispatcher {
             let mut st = self.state.borrow_mut();
             let entered = if delay.is_zero() {
                 match st.task_mut(co) {
-                    Some(task) if !task.cancelled => {
+                    Some(task) => {
                         task.wait = Wait::Ready;
                         task.wake = Wake::Woken;
                         st.ready.push(co);

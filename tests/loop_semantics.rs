@@ -1,0 +1,1157 @@
+//! Ports of Copas's own core loop tests (`exit.lua`, `exittest.lua`, `loop_starter.lua`,
+//! `pause.lua`, `removethread.lua`, `cancelall.lua`) and of the loop semantics the design
+//! keeps from Copas: `timeout` callbacks, `status` counts and `step`.
+//!
+//! Every test runs on its own thread, so it has its own dispatcher. Every loop is bounded
+//! in count and in time (a `Watchdog` or `util::run_bounded`), and timing assertions use
+//! generous upper bounds.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::{Coroutine, ErrorKind, Pattern};
+use util::Watchdog;
+
+/// Longest any single loop in these tests may run before the watchdog fails the test.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Counts how many times it is dropped: shows when a coroutine's locals are released.
+struct DropGuard(Rc<Cell<u32>>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+/// A value a coroutine hands back to the test.
+type Slot<T> = Rc<RefCell<Option<T>>>;
+
+/// The outcome of a copas call, reduced to its error kind.
+type Outcome<T> = Result<T, ErrorKind>;
+
+/// A shared, ordered record of what the coroutines did.
+#[derive(Clone, Default)]
+struct Log(Rc<RefCell<Vec<&'static str>>>);
+
+impl Log {
+    fn push(&self, what: &'static str) {
+        self.0.borrow_mut().push(what);
+    }
+
+    fn entries(&self) -> Vec<&'static str> {
+        self.0.borrow().clone()
+    }
+}
+
+/// Replaces the default error handler with one that records panic messages (keeps the
+/// expected panics of a test out of the way and lets the test check them).
+fn record_panics() -> Rc<RefCell<Vec<String>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let rec = seen.clone();
+    copas::setdefaulterrorhandler(move |report| {
+        rec.borrow_mut().push(report.message().to_string())
+    });
+    seen
+}
+
+/// The Copas `status()` counts as a tuple, for compact assertions:
+/// (read, write, active, timer, inactive, timeout).
+fn counts() -> (usize, usize, usize, usize, usize, usize) {
+    let s = copas::status();
+    (s.read, s.write, s.active, s.timer, s.inactive, s.timeout)
+}
+
+// ----- exit.lua ---------------------------------------------------------------------------
+
+#[test]
+fn exit_loop_returns_when_a_thread_yields_five_times_and_ends() {
+    let count = Rc::new(Cell::new(0u32));
+    let done = Rc::new(Cell::new(false));
+    {
+        let (count, done) = (count.clone(), done.clone());
+        copas::addthread(move || {
+            for _ in 0..5 {
+                copas::pause(Duration::ZERO);
+                count.set(count.get() + 1);
+            }
+            done.set(true);
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(LIMIT);
+    assert_eq!(count.get(), 5);
+    assert!(done.get(), "loop returned before the thread finished");
+    assert!(copas::finished());
+    assert!(!copas::running());
+}
+
+#[test]
+fn exit_loop_returns_when_the_handler_removes_its_server() {
+    let (listener, addr) = util::local_listener();
+    let received: Slot<Outcome<Vec<u8>>> = Rc::default();
+    let sent: Slot<Outcome<usize>> = Rc::default();
+    let removed: Rc<Cell<bool>> = Rc::default();
+    let slot: Rc<Cell<Option<copas::Server>>> = Rc::default();
+    let server = {
+        let (received, removed, slot) = (received.clone(), removed.clone(), slot.clone());
+        copas::addserver(listener, move |mut sock: copas::Socket| {
+            let line = sock.receive(Pattern::Line).map_err(|e| e.kind());
+            *received.borrow_mut() = Some(line);
+            let server = slot.take().expect("the server handle was stored");
+            removed.set(copas::removeserver(server, false).is_ok());
+        })
+        .expect("addserver")
+    };
+    slot.set(Some(server));
+    {
+        let sent = sent.clone();
+        copas::addthread(move || {
+            let mut sock =
+                copas::connect(addr, Some(Duration::from_secs(5))).expect("connect to own server");
+            *sent.borrow_mut() = Some(sock.send(b"Hello world!\n").map_err(|e| e.kind()));
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(LIMIT);
+    assert_eq!(*received.borrow(), Some(Ok(b"Hello world!".to_vec())));
+    assert_eq!(
+        *sent.borrow(),
+        Some(Ok(13)),
+        "send returns the number of bytes sent"
+    );
+    assert!(removed.get(), "removeserver from the handler failed");
+    assert_eq!(copas::status().servers, 0);
+}
+
+// ----- exittest.lua -----------------------------------------------------------------------
+
+#[test]
+fn exittest_loop_exits_when_a_task_finishes_in_the_first_step() {
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    copas::addthread(move || r.set(true)).expect("addthread");
+    assert!(!ran.get(), "addthread must schedule the body, not run it");
+    util::run_bounded(LIMIT);
+    assert!(ran.get());
+}
+
+#[test]
+fn exittest_loop_exits_when_a_task_finishes_inside_the_loop() {
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    copas::addthread(move || {
+        copas::pause(ms(100)); // until the loop runs
+        copas::pause(ms(100)); // and not in its first step
+        r.set(true);
+    })
+    .expect("addthread");
+    let took = util::run_bounded(LIMIT);
+    assert!(ran.get());
+    assert!(
+        took >= ms(200),
+        "the loop returned after {took:?}, before the task ended"
+    );
+    assert!(took < Duration::from_secs(5), "the loop took {took:?}");
+}
+
+#[test]
+fn exittest_loop_exits_when_a_task_panics_in_the_first_step() {
+    let panics = record_panics();
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    copas::addthread(move || {
+        r.set(true);
+        panic!("error on purpose");
+    })
+    .expect("addthread");
+    util::run_bounded(LIMIT);
+    assert!(ran.get());
+    assert_eq!(*panics.borrow(), ["error on purpose"]);
+}
+
+#[test]
+fn exittest_loop_exits_when_a_task_panics_inside_the_loop() {
+    let panics = record_panics();
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    copas::addthread(move || {
+        copas::pause(ms(100));
+        copas::pause(ms(100));
+        r.set(true);
+        panic!("error on purpose");
+    })
+    .expect("addthread");
+    let took = util::run_bounded(LIMIT);
+    assert!(ran.get());
+    assert!(took >= ms(200));
+    assert_eq!(*panics.borrow(), ["error on purpose"]);
+}
+
+#[test]
+fn exittest_loop_exits_when_a_task_pauses_forever_in_the_first_step() {
+    let ran = Rc::new(Cell::new(false));
+    let woke = Rc::new(Cell::new(false));
+    let (r, w) = (ran.clone(), woke.clone());
+    copas::addthread(move || {
+        r.set(true);
+        copas::pauseforever();
+        w.set(true);
+    })
+    .expect("addthread");
+    let took = util::run_bounded(LIMIT);
+    assert!(ran.get());
+    assert!(!woke.get(), "nothing woke it, yet it was resumed");
+    assert!(took < Duration::from_secs(5), "the loop took {took:?}");
+}
+
+#[test]
+fn exittest_loop_exits_when_a_task_pauses_forever_inside_the_loop() {
+    let ran = Rc::new(Cell::new(false));
+    let woke = Rc::new(Cell::new(false));
+    let (r, w) = (ran.clone(), woke.clone());
+    copas::addthread(move || {
+        copas::pause(ms(100));
+        copas::pause(ms(100));
+        r.set(true);
+        copas::pauseforever();
+        w.set(true);
+    })
+    .expect("addthread");
+    let took = util::run_bounded(LIMIT);
+    assert!(ran.get());
+    assert!(!woke.get(), "nothing woke it, yet it was resumed");
+    assert!(
+        took >= ms(200) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn exittest_implicit_exit_releases_a_waitforexit_waiter() {
+    let released: Slot<(Outcome<()>, bool)> = Rc::default();
+    let r = released.clone();
+    copas::addthread(move || {
+        copas::addthread(move || {
+            let waited = copas::waitforexit().map_err(|e| e.kind());
+            *r.borrow_mut() = Some((waited, copas::exiting()));
+        })
+        .expect("addthread");
+    })
+    .expect("addthread");
+    util::run_bounded(LIMIT);
+    assert_eq!(
+        *released.borrow(),
+        Some((Ok(()), true)),
+        "the waiter must be released by the loop's own exit, with exiting() true"
+    );
+}
+
+#[test]
+fn exittest_explicit_exit_lets_an_exit_waiter_schedule_more_work() {
+    let counter = Rc::new(Cell::new(0u32));
+    let log = Log::default();
+    {
+        let (counter, log) = (counter.clone(), log.clone());
+        copas::addthread(move || {
+            let (c1, l1) = (counter.clone(), log.clone());
+            copas::addthread(move || {
+                for _ in 0..10 {
+                    copas::pause(ms(100));
+                    c1.set(c1.get() + 1);
+                    if c1.get() == 3 {
+                        l1.push("exit");
+                        copas::exit();
+                        break;
+                    }
+                }
+            })
+            .expect("addthread ticker");
+            let (c2, l2) = (counter.clone(), log.clone());
+            copas::addthread(move || {
+                copas::waitforexit().expect("waitforexit");
+                l2.push("exit signal");
+                c2.set(c2.get() + 1); // 4
+                let (c3, l3) = (c2.clone(), l2.clone());
+                copas::addthread(move || {
+                    copas::pause(Duration::from_secs(1));
+                    c3.set(c3.get() + 1); // 5
+                    l3.push("late task done");
+                })
+                .expect("addthread from exit handler");
+            })
+            .expect("addthread waiter");
+        })
+        .expect("addthread");
+    }
+    let took = util::run_bounded(LIMIT);
+    assert_eq!(counter.get(), 5);
+    assert_eq!(log.entries(), ["exit", "exit signal", "late task done"]);
+    assert!(copas::exiting(), "exiting() stays true after the loop");
+    assert!(
+        took >= ms(1250),
+        "the late task cannot be done after {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+// ----- loop_starter.lua -------------------------------------------------------------------
+
+#[test]
+fn loop_starter_runs_the_init_function_as_copas_initializer() {
+    let seen: Slot<(Option<String>, bool, bool)> = Rc::default();
+    let s = seen.clone();
+    {
+        let _dog = Watchdog::new("run_with", LIMIT);
+        copas::run_with(move || {
+            *s.borrow_mut() = Some((
+                copas::getthreadname(None),
+                copas::running(),
+                copas::current().is_some(),
+            ));
+        })
+        .expect("run_with");
+    }
+    assert_eq!(
+        *seen.borrow(),
+        Some((Some("copas_initializer".to_string()), true, true))
+    );
+    assert!(!copas::running());
+}
+
+// ----- pause.lua and pause semantics --------------------------------------------------------
+
+#[test]
+fn pauseforever_does_not_prevent_exit_and_a_later_run_can_wake_it() {
+    let log = Log::default();
+    let l = log.clone();
+    let co = copas::addthread(move || {
+        l.push("start");
+        copas::pauseforever();
+        l.push("woken");
+    })
+    .expect("addthread");
+    util::run_bounded(LIMIT);
+    assert_eq!(log.entries(), ["start"]);
+    assert_eq!(copas::status().inactive, 1, "the paused coroutine is kept");
+    // As in Copas, a paused coroutine someone still knows can be woken later.
+    assert!(copas::wakeup(co));
+    util::run_bounded(LIMIT);
+    assert_eq!(log.entries(), ["start", "woken"]);
+    assert_eq!(copas::status().inactive, 0);
+    assert_eq!(copas::status().coroutines, 0);
+    assert!(!copas::wakeup(co), "a finished coroutine cannot be woken");
+    // Outside any coroutine nothing could wake the thread: it returns at once.
+    assert_eq!(copas::pauseforever(), Duration::ZERO);
+}
+
+#[test]
+fn pause_returns_the_time_actually_paused() {
+    let slept: Rc<Cell<Option<Duration>>> = Rc::default();
+    let s = slept.clone();
+    copas::addthread(move || s.set(Some(copas::pause(ms(150))))).expect("addthread");
+    let took = util::run_bounded(LIMIT);
+    let slept = slept.get().expect("the thread ran");
+    assert!(slept >= ms(150), "pause(150 ms) returned {slept:?}");
+    assert!(
+        slept < Duration::from_secs(3),
+        "pause(150 ms) returned {slept:?}"
+    );
+    assert!(took >= ms(150));
+    // Outside a coroutine it sleeps the thread.
+    let outside = copas::pause(ms(20));
+    assert!(
+        outside >= ms(20) && outside < Duration::from_secs(3),
+        "{outside:?}"
+    );
+}
+
+#[test]
+fn addthread_schedules_the_body_for_the_first_step() {
+    let _dog = Watchdog::new("steps", LIMIT);
+    let log = Log::default();
+    let l = log.clone();
+    copas::addthread(move || l.push("body")).expect("addthread");
+    assert!(
+        log.entries().is_empty(),
+        "addthread ran the body synchronously"
+    );
+    assert_eq!(copas::status().active, 1);
+    assert!(!copas::finished());
+    copas::step(Some(Duration::ZERO)).expect("step");
+    assert_eq!(
+        log.entries(),
+        ["body"],
+        "the body runs during the first step"
+    );
+    assert!(copas::finished());
+}
+
+#[test]
+fn pause_zero_resumes_in_the_next_step_after_the_others() {
+    let _dog = Watchdog::new("steps", LIMIT);
+    let log = Log::default();
+    let spins = Rc::new(Cell::new(0u32));
+    {
+        let l = log.clone();
+        copas::addthread(move || {
+            l.push("a1");
+            copas::pause(Duration::ZERO);
+            l.push("a2");
+            copas::pause(Duration::ZERO);
+            l.push("a3");
+        })
+        .expect("addthread a");
+    }
+    {
+        let l = log.clone();
+        copas::addthread(move || {
+            l.push("b1");
+            copas::pause(Duration::ZERO);
+            l.push("b2");
+        })
+        .expect("addthread b");
+    }
+    {
+        let l = log.clone();
+        copas::addthread(move || {
+            l.push("c");
+        })
+        .expect("addthread c");
+    }
+    {
+        let spins = spins.clone();
+        copas::addthread(move || {
+            for _ in 0..1000 {
+                spins.set(spins.get() + 1);
+                copas::pause(Duration::ZERO);
+            }
+        })
+        .expect("addthread spinner");
+    }
+    copas::step(Some(Duration::ZERO)).expect("step 1");
+    assert_eq!(log.entries(), ["a1", "b1", "c"]);
+    assert_eq!(
+        spins.get(),
+        1,
+        "a pause(0) loop must not spin inside one step"
+    );
+    copas::step(Some(Duration::ZERO)).expect("step 2");
+    assert_eq!(log.entries(), ["a1", "b1", "c", "a2", "b2"]);
+    assert_eq!(spins.get(), 2);
+    copas::step(Some(Duration::ZERO)).expect("step 3");
+    assert_eq!(log.entries(), ["a1", "b1", "c", "a2", "b2", "a3"]);
+    assert_eq!(spins.get(), 3);
+    copas::cancelall();
+}
+
+#[test]
+fn wakeup_ends_a_timed_pause_early_but_not_a_socket_wait() {
+    let (listener, addr) = util::local_listener(); // never accepts: the reader waits
+    let slept: Rc<Cell<Option<Duration>>> = Rc::default();
+    let results: Rc<RefCell<Vec<bool>>> = Rc::default();
+    let sleeper = {
+        let slept = slept.clone();
+        copas::addthread(move || slept.set(Some(copas::pause(Duration::from_secs(10)))))
+            .expect("addthread sleeper")
+    };
+    let reader = copas::addthread(move || {
+        let mut sock = copas::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+        let _ = sock.receive(Pattern::Line);
+    })
+    .expect("addthread reader");
+    {
+        let results = results.clone();
+        copas::addthread(move || {
+            copas::pause(ms(100));
+            results.borrow_mut().push(copas::wakeup(reader));
+            results.borrow_mut().push(copas::wakeup(sleeper));
+            results.borrow_mut().push(copas::wakeup(sleeper)); // already woken
+            copas::pause(ms(100));
+            copas::cancelall(); // ends the reader's wait
+        })
+        .expect("addthread waker");
+    }
+    let took = util::run_bounded(LIMIT);
+    assert_eq!(
+        *results.borrow(),
+        [false, true, false],
+        "wakeup: a socket waiter is not woken, a sleeper is, once"
+    );
+    let slept = slept.get().expect("the sleeper was woken");
+    assert!(
+        slept >= ms(100) && slept < Duration::from_secs(3),
+        "{slept:?}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(listener);
+}
+
+#[test]
+fn waitforexit_after_exit_returns_at_once_and_run_resets_exiting() {
+    let _dog = Watchdog::new("steps", LIMIT);
+    let log = Log::default();
+    let l = log.clone();
+    copas::addthread(move || {
+        copas::exit();
+        copas::waitforexit().expect("waitforexit");
+        l.push("not suspended");
+    })
+    .expect("addthread");
+    copas::step(Some(Duration::ZERO)).expect("step");
+    assert_eq!(
+        log.entries(),
+        ["not suspended"],
+        "waitforexit after exit must not wait"
+    );
+    assert!(copas::exiting());
+    let inside: Rc<Cell<Option<bool>>> = Rc::default();
+    let i = inside.clone();
+    copas::run_with(move || i.set(Some(copas::exiting()))).expect("run_with");
+    assert_eq!(inside.get(), Some(false), "run starts with exiting() false");
+    assert!(copas::exiting(), "the loop's own exit sets it");
+    let err = copas::waitforexit().expect_err("waitforexit outside a coroutine");
+    assert_eq!(err.kind(), ErrorKind::InvalidState);
+}
+
+// ----- removethread.lua -------------------------------------------------------------------
+
+#[test]
+fn removethread_stops_an_endless_ticker() {
+    let drops = Rc::new(Cell::new(0u32));
+    let ticks = Rc::new(Cell::new(0u32));
+    let ticks_at_removal: Rc<Cell<Option<u32>>> = Rc::default();
+    let removed: Rc<Cell<bool>> = Rc::default();
+    let ticker = {
+        let (drops, ticks) = (drops.clone(), ticks.clone());
+        copas::addthread(move || {
+            let _guard = DropGuard(drops);
+            for _ in 0..100 {
+                ticks.set(ticks.get() + 1);
+                copas::pause(ms(500));
+            }
+        })
+        .expect("addthread ticker")
+    };
+    {
+        let (drops, ticks, at, removed) = (
+            drops.clone(),
+            ticks.clone(),
+            ticks_at_removal.clone(),
+            removed.clone(),
+        );
+        copas::addthread(move || {
+            let _guard = DropGuard(drops);
+            for _ in 0..5 {
+                copas::pause(ms(600));
+            }
+            at.set(Some(ticks.get()));
+            removed.set(copas::removethread(ticker));
+        })
+        .expect("addthread remover");
+    }
+    let took = util::run_bounded(LIMIT);
+    assert!(
+        removed.get(),
+        "removethread returned false for a live coroutine"
+    );
+    let at = ticks_at_removal.get().expect("the remover ran");
+    assert!((3..=8).contains(&at), "{at} ticks in 3 s of 0.5 s ticks");
+    assert_eq!(ticks.get(), at, "the ticker ticked after its removal");
+    assert_eq!(drops.get(), 2, "both coroutines' locals must be released");
+    assert!(took >= Duration::from_secs(3), "took {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the loop went on after the removal: {took:?}"
+    );
+    assert_eq!(copas::status().coroutines, 0);
+}
+
+#[test]
+fn removethread_of_a_sleeper_lets_the_loop_exit_at_once() {
+    let woke = Rc::new(Cell::new(false));
+    let sleeper = {
+        let woke = woke.clone();
+        copas::addthread(move || {
+            copas::pause(Duration::from_secs(2));
+            woke.set(true);
+        })
+        .expect("addthread")
+    };
+    let removed = Rc::new(Cell::new(false));
+    let r = removed.clone();
+    let start = Instant::now();
+    {
+        let _dog = Watchdog::new("run_with", LIMIT);
+        copas::run_with(move || {
+            copas::pause(ms(500));
+            r.set(copas::removethread(sleeper));
+        })
+        .expect("run_with");
+    }
+    let took = start.elapsed();
+    assert!(removed.get());
+    assert!(!woke.get(), "the removed sleeper was resumed");
+    assert!(took >= ms(500), "took {took:?}");
+    assert!(
+        took < ms(1500),
+        "expected an exit right after the removal, took {took:?}"
+    );
+}
+
+#[test]
+fn removethread_drops_the_coroutine_locals_at_once() {
+    let _dog = Watchdog::new("steps", LIMIT);
+    let drops = Rc::new(Cell::new(0u32));
+    let resumed = Rc::new(Cell::new(false));
+    // A coroutine that never started: its closure (and what it captured) is dropped.
+    let started = Rc::new(Cell::new(false));
+    let guard = DropGuard(drops.clone());
+    let unstarted = {
+        let started = started.clone();
+        copas::addthread(move || {
+            let _guard = guard;
+            started.set(true);
+        })
+        .expect("addthread")
+    };
+    assert!(copas::removethread(unstarted));
+    assert_eq!(
+        drops.get(),
+        1,
+        "the unstarted coroutine's closure was not dropped"
+    );
+    // A sleeping coroutine: its stack is unwound.
+    let sleeper = {
+        let (drops, resumed) = (drops.clone(), resumed.clone());
+        copas::addthread(move || {
+            let _guard = DropGuard(drops);
+            copas::pause(Duration::from_secs(10));
+            resumed.set(true);
+        })
+        .expect("addthread")
+    };
+    copas::step(Some(Duration::ZERO)).expect("step");
+    assert_eq!(counts(), (0, 0, 0, 1, 0, 0), "the sleeper sleeps");
+    assert!(copas::removethread(sleeper));
+    assert_eq!(
+        drops.get(),
+        2,
+        "the sleeper's locals were not dropped at once"
+    );
+    assert_eq!(counts(), (0, 0, 0, 0, 0, 0));
+    assert!(!copas::removethread(sleeper), "removing twice");
+    assert!(copas::finished());
+    copas::step(Some(Duration::ZERO)).expect("step");
+    assert!(!started.get() && !resumed.get());
+}
+
+#[test]
+fn removethread_of_a_socket_waiter_releases_its_socket() {
+    let _dog = Watchdog::new("steps", LIMIT);
+    let (listener, addr) = util::local_listener(); // never accepts: the reader waits
+    let drops = Rc::new(Cell::new(0u32));
+    let result: Slot<Outcome<Vec<u8>>> = Rc::default();
+    let reader = {
+        let (drops, result) = (drops.clone(), result.clone());
+        copas::addthread(move || {
+            let _guard = DropGuard(drops);
+            let mut sock = copas::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+            *result.borrow_mut() = Some(sock.receive(Pattern::Line).map_err(|e| e.kind()));
+        })
+        .expect("addthread")
+    };
+    assert!(util::step_until(Duration::from_secs(5), || copas::status()
+        .read
+        == 1));
+    assert_eq!(copas::status().sockets, 1);
+    assert!(copas::removethread(reader));
+    assert_eq!(drops.get(), 1);
+    assert_eq!(copas::status().read, 0);
+    assert_eq!(
+        copas::status().sockets,
+        0,
+        "the reader's socket was not closed"
+    );
+    assert!(copas::finished());
+    assert!(result.borrow().is_none(), "the removed reader was resumed");
+    drop(listener);
+}
+
+#[test]
+fn removethread_on_itself_takes_effect_at_its_next_wait() {
+    let log = Log::default();
+    let drops = Rc::new(Cell::new(0u32));
+    let removed = Rc::new(Cell::new(false));
+    {
+        let (log, drops, removed) = (log.clone(), drops.clone(), removed.clone());
+        copas::addthread(move || {
+            let _guard = DropGuard(drops);
+            log.push("before");
+            let me = copas::current().expect("inside a coroutine");
+            removed.set(copas::removethread(me));
+            log.push("after removethread");
+            copas::pause(ms(10));
+            log.push("after first wait");
+            copas::pause(Duration::ZERO);
+            log.push("after second wait");
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(LIMIT);
+    assert!(removed.get());
+    assert_eq!(
+        log.entries(),
+        ["before", "after removethread"],
+        "a coroutine that removed itself must not come back from its next wait"
+    );
+    assert_eq!(drops.get(), 1);
+    assert_eq!(copas::status().coroutines, 0);
+}
+
+// ----- cancelall.lua ----------------------------------------------------------------------
+
+const CANCELALL_CHILD: &str = "COPAS_TEST_CANCELALL_CHILD";
+
+/// Runs in a child process (started by the same test) so that no other test's sockets
+/// change the process's descriptor count.
+#[test]
+fn cancelall_ends_a_loop_with_a_server_a_sleeper_and_a_blocked_reader() {
+    if !util::is_child(CANCELALL_CHILD) {
+        let out = util::run_child(
+            "cancelall_ends_a_loop_with_a_server_a_sleeper_and_a_blocked_reader",
+            CANCELALL_CHILD,
+            Duration::from_secs(60),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed ({:?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            out.status
+        );
+        return;
+    }
+
+    copas::status(); // creates the dispatcher (and its poller's descriptors) first
+    let fds_before = util::fd_count();
+    let drops = Rc::new(Cell::new(0u32));
+    let reader_result: Slot<Outcome<Vec<u8>>> = Rc::default();
+    let cancelled = Rc::new(Cell::new(false));
+    let start = Instant::now();
+    {
+        let (drops, reader_result, cancelled) =
+            (drops.clone(), reader_result.clone(), cancelled.clone());
+        let _dog = Watchdog::new("run after cancelall", Duration::from_secs(5));
+        copas::run_with(move || {
+            let (listener, addr) = util::local_listener();
+            // A server whose handler never serves its connections.
+            let d = drops.clone();
+            copas::addserver(listener, move |_sock| {
+                let _guard = DropGuard(d.clone());
+                copas::pause(Duration::from_secs(3600));
+            })
+            .expect("addserver");
+            // A thread that sleeps for an hour.
+            let d = drops.clone();
+            copas::addthread(move || {
+                let _guard = DropGuard(d);
+                copas::pause(Duration::from_secs(3600));
+            })
+            .expect("addthread sleeper");
+            // A client blocked reading from the server that never answers.
+            let d = drops.clone();
+            copas::addthread(move || {
+                let _guard = DropGuard(d);
+                let mut sock = copas::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+                *reader_result.borrow_mut() =
+                    Some(sock.receive(Pattern::Line).map_err(|e| e.kind()));
+            })
+            .expect("addthread reader");
+            // The teardown hammer.
+            copas::addthread(move || {
+                copas::pause(ms(500));
+                copas::cancelall();
+                cancelled.set(true);
+            })
+            .expect("addthread cancel");
+        })
+        .expect("run_with");
+    }
+    let took = start.elapsed();
+    assert!(cancelled.get());
+    assert!(took >= ms(500), "took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the loop did not end promptly: {took:?}"
+    );
+    assert_eq!(
+        drops.get(),
+        3,
+        "handler, sleeper and reader must be unwound"
+    );
+    assert!(
+        reader_result.borrow().is_none(),
+        "an abandoned coroutine was resumed"
+    );
+    assert_eq!(counts(), (0, 0, 0, 0, 0, 0));
+    assert_eq!(copas::status().servers, 0);
+    assert_eq!(copas::status().coroutines, 0);
+    assert_eq!(copas::status().sockets, 0);
+
+    // A fresh loop afterwards works normally.
+    let done = Rc::new(Cell::new(false));
+    {
+        let done = done.clone();
+        let _dog = Watchdog::new("second run", Duration::from_secs(5));
+        copas::run_with(move || {
+            let done = done.clone();
+            copas::addthread(move || {
+                copas::pause(ms(50));
+                done.set(true);
+            })
+            .expect("addthread");
+        })
+        .expect("second run_with");
+    }
+    assert!(done.get(), "the second loop did not complete its task");
+    assert_eq!(util::fd_count(), fds_before, "descriptors leaked");
+}
+
+#[test]
+fn cancelall_from_a_coroutine_with_a_pending_timeout() {
+    let finished_body = Rc::new(Cell::new(false));
+    let fb = finished_body.clone();
+    copas::addthread(|| {
+        copas::pause(Duration::from_secs(3600));
+    })
+    .expect("addthread");
+    copas::addthread(move || {
+        // A safety timeout, as a test teardown would arm.
+        copas::timeout(Duration::from_secs(60), |_| {}).expect("timeout");
+        copas::pause(ms(50));
+        copas::cancelall();
+        fb.set(true);
+    })
+    .expect("addthread");
+    let _dog = Watchdog::new("run", LIMIT);
+    let start = Instant::now();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(copas::run));
+    let took = start.elapsed();
+    assert!(
+        matches!(outcome, Ok(Ok(()))),
+        "run must end normally after cancelall (a panic escaped the dispatcher: {})",
+        match &outcome {
+            Err(p) => p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+            Ok(r) => format!("{r:?}"),
+        }
+    );
+    assert!(finished_body.get());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(counts(), (0, 0, 0, 0, 0, 0));
+}
+
+// ----- copas.timeout ----------------------------------------------------------------------
+
+#[test]
+fn timeout_callback_wakes_a_coroutine_paused_forever() {
+    let slept: Rc<Cell<Option<Duration>>> = Rc::default();
+    let callback_got: Rc<Cell<Option<(Coroutine, Coroutine)>>> = Rc::default();
+    {
+        let (slept, callback_got) = (slept.clone(), callback_got.clone());
+        copas::addthread(move || {
+            let me = copas::current().expect("inside a coroutine");
+            copas::timeout(ms(100), move |co| {
+                callback_got.set(Some((co, me)));
+                copas::wakeup(co);
+            })
+            .expect("timeout");
+            slept.set(Some(copas::pauseforever()));
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(LIMIT);
+    let (got, me) = callback_got.get().expect("the callback ran");
+    assert_eq!(got, me, "the callback gets the coroutine that armed it");
+    let slept = slept.get().expect("the coroutine was woken");
+    assert!(
+        slept >= ms(100) && slept < Duration::from_secs(3),
+        "{slept:?}"
+    );
+}
+
+#[test]
+fn timeout_a_new_call_replaces_the_previous_one() {
+    let log = Log::default();
+    let pending: Rc<Cell<Option<usize>>> = Rc::default();
+    let slept: Rc<Cell<Option<Duration>>> = Rc::default();
+    {
+        let (log, pending, slept) = (log.clone(), pending.clone(), slept.clone());
+        copas::addthread(move || {
+            let l1 = log.clone();
+            copas::timeout(ms(100), move |co| {
+                l1.push("first");
+                copas::wakeup(co);
+            })
+            .expect("timeout");
+            let l2 = log.clone();
+            copas::timeout(ms(300), move |co| {
+                l2.push("second");
+                copas::wakeup(co);
+            })
+            .expect("timeout");
+            pending.set(Some(copas::status().timeout));
+            slept.set(Some(copas::pauseforever()));
+            log.push("woken");
+            copas::pause(ms(100));
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(LIMIT);
+    assert_eq!(pending.get(), Some(1), "one timeout per coroutine");
+    assert_eq!(log.entries(), ["second", "woken"]);
+    let slept = slept.get().expect("woken");
+    assert!(
+        slept >= ms(300) && slept < Duration::from_secs(3),
+        "{slept:?}"
+    );
+}
+
+#[test]
+fn timeout_zero_cancels_the_pending_timeout() {
+    let log = Log::default();
+    let pending: Rc<RefCell<Vec<usize>>> = Rc::default();
+    {
+        let (log, pending) = (log.clone(), pending.clone());
+        copas::addthread(move || {
+            let l = log.clone();
+            copas::timeout(ms(100), move |_| l.push("fired")).expect("timeout");
+            pending.borrow_mut().push(copas::status().timeout);
+            copas::timeout(Duration::ZERO, |_| unreachable!("never armed")).expect("cancel");
+            pending.borrow_mut().push(copas::status().timeout);
+            copas::pause(ms(300));
+            log.push("slept");
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(LIMIT);
+    assert_eq!(*pending.borrow(), [1, 0]);
+    assert_eq!(log.entries(), ["slept"], "a cancelled timeout fired");
+    // Outside a coroutine there is nothing to arm a timeout for.
+    let err = copas::timeout(ms(10), |_| {}).expect_err("timeout outside a coroutine");
+    assert_eq!(err.kind(), ErrorKind::InvalidState);
+}
+
+#[test]
+fn timeout_pending_keeps_a_paused_coroutine_loop_alive_until_it_fires() {
+    let fired_at: Rc<Cell<Option<Duration>>> = Rc::default();
+    let resumed = Rc::new(Cell::new(false));
+    let start = Instant::now();
+    {
+        let (fired_at, resumed) = (fired_at.clone(), resumed.clone());
+        copas::addthread(move || {
+            copas::timeout(ms(300), move |_co| fired_at.set(Some(start.elapsed())))
+                .expect("timeout");
+            copas::pauseforever();
+            resumed.set(true);
+        })
+        .expect("addthread");
+    }
+    let took = util::run_bounded(LIMIT);
+    let fired_at = fired_at
+        .get()
+        .expect("the loop ended before the timeout fired");
+    assert!(fired_at >= ms(300), "fired after {fired_at:?}");
+    assert!(
+        took >= ms(300) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert!(
+        !resumed.get(),
+        "the callback did not wake it, yet it was resumed"
+    );
+    assert_eq!(copas::status().timeout, 0);
+    assert_eq!(copas::status().inactive, 1);
+}
+
+// ----- status -----------------------------------------------------------------------------
+
+#[test]
+fn status_counts_what_the_dispatcher_holds() {
+    let _dog = Watchdog::new("steps", LIMIT);
+    let s = copas::status();
+    assert!(!s.running);
+    assert_eq!(
+        counts(),
+        (0, 0, 0, 0, 0, 0),
+        "a fresh dispatcher holds nothing"
+    );
+
+    // A sleeper, a coroutine paused forever, and one paused forever with a timeout.
+    copas::addthread(|| {
+        copas::pause(Duration::from_secs(60));
+    })
+    .expect("addthread");
+    copas::addthread(|| {
+        copas::pauseforever();
+    })
+    .expect("addthread");
+    copas::addthread(|| {
+        copas::timeout(Duration::from_secs(60), |_| {}).expect("timeout");
+        copas::pauseforever();
+    })
+    .expect("addthread");
+    assert_eq!(counts(), (0, 0, 3, 0, 0, 0), "three ready to start");
+    copas::step(Some(Duration::ZERO)).expect("step");
+    assert_eq!(counts(), (0, 0, 0, 1, 2, 1));
+    assert!(
+        !copas::finished(),
+        "a pending timeout and a paused coroutine"
+    );
+
+    // A server counts as a reader; so do a client and the handler it talks to.
+    let (listener, addr) = util::local_listener();
+    copas::addserver(listener, |mut sock| {
+        let _ = sock.receive(Pattern::Line);
+    })
+    .expect("addserver");
+    assert_eq!(copas::status().read, 1);
+    assert_eq!(copas::status().servers, 1);
+    copas::addthread(move || {
+        let mut sock = copas::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+        let _ = sock.receive(Pattern::Line);
+    })
+    .expect("addthread");
+    assert!(
+        util::step_until(Duration::from_secs(5), || copas::status().read == 3),
+        "server, client and handler should be reading: {:?}",
+        copas::status()
+    );
+
+    // A writer blocked by a peer that never reads.
+    let slow =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    slow.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    slow.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .expect("bind");
+    slow.listen(1).expect("listen");
+    let slow_addr = slow.local_addr().unwrap().as_socket().unwrap();
+    copas::addthread(move || {
+        let mut sock =
+            copas::connect(slow_addr, Some(Duration::from_secs(5))).expect("connect slow");
+        let _ = sock.send(&vec![0u8; 16 << 20]);
+    })
+    .expect("addthread");
+    assert!(
+        util::step_until(Duration::from_secs(5), || copas::status().write == 1),
+        "the writer should be blocked: {:?}",
+        copas::status()
+    );
+    assert_eq!(counts(), (3, 1, 0, 1, 2, 1));
+    assert_eq!(copas::status().coroutines, 6);
+
+    copas::cancelall();
+    assert_eq!(counts(), (0, 0, 0, 0, 0, 0), "cancelall leaves nothing");
+    assert_eq!(copas::status().servers, 0);
+    assert_eq!(copas::status().coroutines, 0);
+    assert_eq!(copas::status().sockets, 0);
+
+    // Inside the loop.
+    let inside: Rc<Cell<Option<copas::Status>>> = Rc::default();
+    let i = inside.clone();
+    copas::run_with(move || i.set(Some(copas::status()))).expect("run_with");
+    let inside = inside.get().expect("init ran");
+    assert!(inside.running);
+    assert_eq!(inside.coroutines, 1, "only the initializer");
+    assert!(!copas::status().running);
+    drop(slow);
+}
+
+// ----- step -------------------------------------------------------------------------------
+
+#[test]
+fn step_returns_false_after_an_idle_timeout() {
+    let _dog = Watchdog::new("step", LIMIT);
+    let start = Instant::now();
+    let events = copas::step(Some(ms(200))).expect("step");
+    let took = start.elapsed();
+    assert!(!events, "nothing happened, yet step reported events");
+    assert!(
+        took >= ms(150),
+        "step returned after {took:?}, before its timeout"
+    );
+    assert!(took < Duration::from_secs(3), "step took {took:?}");
+
+    // An I/O event makes it return true.
+    let (listener, addr) = util::local_listener();
+    let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    let _sock = copas::wrap(accepted).expect("wrap");
+    std::io::Write::write_all(&mut peer, b"ping\n").expect("write");
+    let mut handled = false;
+    for _ in 0..50 {
+        if copas::step(Some(ms(100))).expect("step") {
+            handled = true;
+            break;
+        }
+    }
+    assert!(handled, "step never reported the socket's events");
+}
+
+#[test]
+fn step_and_run_refuse_to_run_inside_the_dispatcher() {
+    let from_coroutine: Rc<RefCell<Vec<Outcome<()>>>> = Rc::default();
+    let from_callback: Rc<RefCell<Vec<Outcome<()>>>> = Rc::default();
+    {
+        let (fco, fcb) = (from_coroutine.clone(), from_callback.clone());
+        copas::addthread(move || {
+            fco.borrow_mut().push(
+                copas::step(Some(Duration::ZERO))
+                    .map(|_| ())
+                    .map_err(|e| e.kind()),
+            );
+            fco.borrow_mut().push(copas::run().map_err(|e| e.kind()));
+            copas::timeout(ms(20), move |co| {
+                fcb.borrow_mut().push(
+                    copas::step(Some(Duration::ZERO))
+                        .map(|_| ())
+                        .map_err(|e| e.kind()),
+                );
+                fcb.borrow_mut().push(copas::run().map_err(|e| e.kind()));
+                copas::wakeup(co);
+            })
+            .expect("timeout");
+            copas::pauseforever();
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(LIMIT);
+    let invalid = Err(ErrorKind::InvalidState);
+    assert_eq!(
+        *from_coroutine.borrow(),
+        [invalid, invalid],
+        "from a coroutine"
+    );
+    assert_eq!(
+        *from_callback.borrow(),
+        [invalid, invalid],
+        "from a timeout callback"
+    );
+    assert!(!copas::running());
+}
