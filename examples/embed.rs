@@ -30,7 +30,9 @@ fn main() -> copas::Result<()> {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(DEFAULT_PORT);
-    let max_ticks: Option<u64> = std::env::var("EMBED_TICKS").ok().and_then(|v| v.parse().ok());
+    let max_ticks: Option<u64> = std::env::var("EMBED_TICKS")
+        .ok()
+        .and_then(|v| v.parse().ok());
 
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     println!("embed: echo server on {}", listener.local_addr()?);

@@ -1,0 +1,465 @@
+//! The examples, run as programs and checked from outside (gevent's `test__example_*`).
+//!
+//! `cargo test` builds the examples into `target/<profile>/examples/`, but
+//! `cargo test --test examples` does not, and a binary left from an older build would test
+//! old code; so the first test that needs them runs `cargo build --example …` for the
+//! profile this test binary was built with (a no-op when they are up to date).
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Limit for building the examples (a release build from scratch takes a while).
+const BUILD_LIMIT: Duration = Duration::from_secs(300);
+
+/// Limit for an example to print a line we wait for.
+const LINE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Socket timeouts of the test clients.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `cmd` to its end, killing it after `limit`; returns its output.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let stdout = read_all_in_thread(child.stdout.take());
+    let stderr = read_all_in_thread(child.stderr.take());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            eprintln!("{cmd:?} killed after {limit:?}");
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn read_all_in_thread(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut out);
+        }
+        out
+    })
+}
+
+/// Builds the examples for this binary's profile (once per process) and returns the path
+/// of example `name`.
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(build_examples)
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "example binary {} is missing",
+        path.display()
+    );
+    path
+}
+
+fn build_examples() -> Result<PathBuf, String> {
+    // This binary is target/<profile>/deps/examples-<hash>.
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("no profile directory above {}", exe.display()))?;
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| format!("no target directory above {}", profile_dir.display()))?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => return Err(format!("odd profile directory {}", profile_dir.display())),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--example",
+        "echo",
+        "--example",
+        "embed",
+    ])
+    .args(["--profile", profile])
+    .arg("--manifest-path")
+    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+    .env("CARGO_TARGET_DIR", target_dir)
+    .stdin(Stdio::null());
+    let out = output_within(cmd, BUILD_LIMIT);
+    if !out.status.success() {
+        return Err(format!(
+            "building the examples failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(profile_dir.join("examples"))
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// A running example: killed and awaited when dropped, whatever happened.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    /// Every stdout line received so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Running {
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let lines = lines_in_thread(child.stdout.take().expect("stdout"));
+        let stderr = Some(read_all_in_thread(child.stderr.take()));
+        Running {
+            child,
+            lines,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next stdout line, if one comes within `limit`; `None` at end of output.
+    fn next_line(&mut self, limit: Duration) -> Option<String> {
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no output within {limit:?}; so far: {:?}", self.seen)
+            }
+        }
+    }
+
+    /// Reads stdout lines until one satisfies `wanted`, which it returns.
+    fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + LINE_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some(line) if wanted(&line) => return line,
+                Some(_) => {}
+                None => panic!("output ended before {what}; it was: {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the process to end on its own within `limit`, reading the rest of its
+    /// output; returns the exit status and the lines read by this call.
+    fn wait_for_exit(&mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + limit;
+        let mut rest = Vec::new();
+        while let Some(line) = self.next_line(deadline.saturating_duration_since(Instant::now())) {
+            rest.push(line);
+        }
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the example did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (status, rest)
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Its standard error so far; only once it has ended (or been killed).
+    fn stderr(&mut self) -> String {
+        let bytes = self
+            .stderr
+            .take()
+            .map(|h| h.join().expect("stderr reader"))
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines_in_thread(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A blocking line client.
+struct Client {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("timeout");
+        stream
+            .set_write_timeout(Some(CLIENT_TIMEOUT))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("try_clone"));
+        Client {
+            writer: stream,
+            reader,
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) {
+        self.writer.write_all(data).expect("send");
+    }
+
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read a line");
+        line
+    }
+
+    fn echo(&mut self, line: &str) {
+        self.send(format!("{line}\n").as_bytes());
+        assert_eq!(self.read_line(), format!("{line}\n"));
+    }
+
+    /// Sends "quit" and checks that the server closes the connection (end of stream).
+    fn quit(&mut self) {
+        self.send(b"quit\n");
+        let mut rest = Vec::new();
+        let n = self
+            .reader
+            .read_to_end(&mut rest)
+            .expect("end of stream after quit");
+        assert_eq!(
+            n,
+            0,
+            "nothing after quit, got {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+/// `nc` talks to the echo server like a person at a terminal would.
+fn check_with_nc(port: u16) {
+    let nc = Path::new("/usr/bin/nc");
+    if !nc.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "/usr/bin/nc is missing, and CI is set: install netcat"
+        );
+        println!("note: /usr/bin/nc is missing; skipping the nc part of the echo test");
+        return;
+    }
+    let mut child = Command::new(nc)
+        .args(["127.0.0.1", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nc");
+    let stdout = read_all_in_thread(child.stdout.take());
+    let stderr = read_all_in_thread(child.stderr.take());
+    {
+        let mut stdin = child.stdin.take().expect("nc stdin");
+        stdin.write_all(b"hello\nquit\n").expect("write to nc");
+    } // end of input; nc keeps reading until the server closes
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = stdout.join().expect("nc stdout");
+    let stderr = stderr.join().expect("nc stderr");
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "nc did not end: the server did not close after quit; stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        )
+    });
+    assert!(
+        status.success(),
+        "nc failed ({status}): {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&stdout), "hello\n");
+}
+
+#[test]
+fn echo_example_echoes_lines_and_quit_closes() {
+    let _dog = util::Watchdog::new("echo example test", Duration::from_secs(400));
+    let echo = example("echo");
+    let port = free_port();
+    let mut server = Running::start(&echo, &[&port.to_string()], &[]);
+    let banner = server.wait_for_line("the listening line", |l| l.contains("listening on"));
+    assert!(
+        banner.contains(&format!("127.0.0.1:{port}")),
+        "it listens on the port given: {banner:?}"
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let mut client = Client::connect(addr);
+    client.echo("hello, copas");
+    // Several lines in one write, one of them ended by CRLF, one empty.
+    client.send(b"first\ncrlf line\r\n\nlast\n");
+    assert_eq!(client.read_line(), "first\n");
+    assert_eq!(client.read_line(), "crlf line\n", "the CR is removed");
+    assert_eq!(client.read_line(), "\n");
+    assert_eq!(client.read_line(), "last\n");
+    client.quit();
+
+    // Two clients at once: the server serves both, and the first quitting ends only its own
+    // session.
+    let mut a = Client::connect(addr);
+    let mut b = Client::connect(addr);
+    a.echo("from a");
+    b.echo("from b");
+    a.quit();
+    b.echo("b goes on");
+    b.quit();
+
+    check_with_nc(port);
+
+    if !server.still_running() {
+        let _ = server.child.wait();
+        panic!(
+            "the server must keep running after its sessions end; stderr: {}",
+            server.stderr()
+        );
+    }
+}
+
+#[test]
+fn embed_example_serves_a_client_while_its_own_loop_keeps_counting() {
+    let _dog = util::Watchdog::new("embed example test", Duration::from_secs(400));
+    let embed = example("embed");
+    let port = free_port();
+    let mut app = Running::start(&embed, &[&port.to_string()], &[("EMBED_TICKS", "300")]);
+    let banner = app.wait_for_line("the server line", |l| l.contains("echo server on"));
+    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner:?}");
+
+    let tick_of = |line: &str| -> Option<u64> {
+        line.strip_prefix("embed: tick ")
+            .and_then(|n| n.trim().parse().ok())
+    };
+    // Its own loop counts before any client comes.
+    let first_tick = app.wait_for_line("a tick line", |l| tick_of(l).is_some());
+    let before = tick_of(&first_tick).expect("tick number");
+
+    let mut client = Client::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    client.echo("embedded echo");
+    client.send(b"crlf\r\nsecond\n");
+    assert_eq!(client.read_line(), "crlf\n");
+    assert_eq!(client.read_line(), "second\n");
+    client.quit();
+    // Every tick line read so far was printed before the exchange ended.
+    let latest_before_end = app.seen.iter().filter_map(|l| tick_of(l)).max();
+
+    let (status, rest) = app.wait_for_exit(Duration::from_secs(60));
+    let stderr = app.stderr();
+    assert!(status.success(), "embed failed ({status}): {stderr}");
+    let after: Vec<u64> = rest.iter().filter_map(|l| tick_of(l)).collect();
+    assert!(
+        after.iter().any(|&t| Some(t) > latest_before_end),
+        "it kept counting after the exchange: ticks before {before} (latest {latest_before_end:?}), \
+         after {after:?}"
+    );
+    // The tick-300 line comes after the last step, so after everything the server did.
+    assert!(after.contains(&300), "ticks after the exchange: {after:?}");
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("embed: done after 300 ticks"),
+        "all output: {:?}",
+        app.seen
+    );
+}
+
+#[test]
+fn echo_example_rejects_a_bad_port_argument() {
+    let _dog = util::Watchdog::new("echo bad port test", Duration::from_secs(400));
+    let echo = example("echo");
+    for bad in ["notaport", "70000", "-1"] {
+        let mut cmd = Command::new(&echo);
+        cmd.arg(bad).env("RUST_BACKTRACE", "0").stdin(Stdio::null());
+        let out = output_within(cmd, Duration::from_secs(30));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && out.status.code().is_some(),
+            "port {bad:?}: expected a non-zero exit code, got {}; stderr: {stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "port {bad:?}: an error, not a panic: {stderr}"
+        );
+        assert!(
+            stderr.contains("bad port") && stderr.contains(bad),
+            "port {bad:?}: the error names the argument: {stderr}"
+        );
+        assert!(
+            !stdout.contains("listening"),
+            "port {bad:?}: it must not listen: {stdout}"
+        );
+    }
+}
