@@ -3,8 +3,8 @@
 //! Each socket is registered with the poller once, edge-triggered, for both directions, for
 //! its whole life: no `epoll_ctl` per wait. Because an edge is reported once, every event
 //! sets the socket's readiness bits whether or not anybody waits; socket operations clear a
-//! bit when the kernel says `WouldBlock` or when a read comes back short (the receive queue
-//! was drained), so a drained socket is not read again just to learn it is empty.
+//! bit only when the kernel says `WouldBlock`. (A short read does not prove the socket
+//! drained: an end of stream or a reset queued behind the data raises no further edge.)
 //!
 //! Each entry keeps a FIFO of coroutines waiting to read and one of those waiting to write.
 //! A waiter that times out or is cancelled is taken out of its FIFO at once, so a later

@@ -24,7 +24,7 @@ use crate::sys;
 
 /// The longest line [`Pattern::Line`] accepts by default: 64 KiB.
 ///
-/// A peer that never sends a line feed cannot make the socket buffer more than this; the
+/// A peer that never sends a line feed cannot make the socket hold more than this of a line; the
 /// receive fails with [`ErrorKind::LimitExceeded`] and hands over what it had. Change it per
 /// socket with [`Socket::set_line_limit`].
 pub const DEFAULT_LINE_LIMIT: usize = 64 * 1024;
@@ -299,9 +299,8 @@ impl Socket {
                     return Ok(0);
                 }
                 Ok(n) => {
-                    if n < dst.len() {
-                        io.readable.set(false);
-                    }
+                    // A short read does not prove the socket drained: an end of stream
+                    // (FIN) or a reset queued behind the data raises no further edge.
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -337,9 +336,15 @@ impl Socket {
 
     /// Reads more bytes into the buffer; 0 at end of stream.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<usize> {
-        self.reserve(FILL_MIN);
+        self.fill_at_most(usize::MAX, deadline)
+    }
+
+    /// Reads at most `max` (≥ 1) more bytes into the buffer; 0 at end of stream.
+    fn fill_at_most(&mut self, max: usize, deadline: Option<Instant>) -> Result<usize> {
+        self.reserve(FILL_MIN.min(max));
+        let to = self.buf.len().min(self.end.saturating_add(max));
         let mut buf = std::mem::take(&mut self.buf);
-        let result = self.read_waiting(&mut buf[self.end..], deadline);
+        let result = self.read_waiting(&mut buf[self.end..to], deadline);
         self.buf = buf;
         let n = result?;
         self.end += n;
@@ -400,9 +405,14 @@ impl Socket {
     }
 
     fn receive_line_bytes(&mut self, prefix: &[u8], deadline: Option<Instant>) -> Result<Vec<u8>> {
+        let limit = self.conn.line_limit.get();
+        // A line has at most `limit` bytes before its LF: look at no more than that.
+        let window = limit.saturating_add(1);
         let mut scanned = 0;
         loop {
-            if let Some(pos) = self.buffered()[scanned..].iter().position(|&b| b == b'\n') {
+            let upto = (self.end - self.start).min(window);
+            let fresh = &self.buf[self.start + scanned..self.start + upto];
+            if let Some(pos) = fresh.iter().position(|&b| b == b'\n') {
                 let line_end = self.start + scanned + pos;
                 let mut line = Vec::with_capacity(prefix.len() + line_end - self.start);
                 line.extend_from_slice(prefix);
@@ -418,17 +428,19 @@ impl Socket {
                 }
                 return Ok(line);
             }
-            scanned = self.end - self.start;
-            let limit = self.conn.line_limit.get();
-            if scanned >= limit {
-                let partial = [prefix, &self.take_buffered()].concat();
+            scanned = upto;
+            if scanned >= window {
+                // Hand over the first `limit` bytes; the rest stays buffered.
+                let partial = [prefix, &self.buf[self.start..self.start + limit]].concat();
+                self.start += limit;
                 return Err(Error::with_message(
                     ErrorKind::LimitExceeded,
                     format!("line longer than {limit} bytes"),
                 )
                 .with_partial(partial));
             }
-            let got = self.fill(deadline);
+            // Never buffer more of a line than the limit allows.
+            let got = self.fill_at_most(window - scanned, deadline);
             match got {
                 Ok(0) => {
                     let partial = [prefix, &self.take_buffered()].concat();

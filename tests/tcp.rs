@@ -1,0 +1,1517 @@
+//! Socket behaviour over real loopback sockets.
+//!
+//! Copas's own TCP scenarios (`removeserver`, `tcptimeout`, `close`, `largetransfer`,
+//! `starve`, see copas-reference.md §6), then the socket contract: receive patterns and
+//! their errors, several waiters on one socket, resets and `SIGPIPE`, half-close, blocking
+//! use outside any coroutine, the std I/O traits, refused connects and descriptor leaks.
+//!
+//! Panics inside coroutines are caught by the dispatcher, so every test that runs the
+//! dispatcher goes through [`run_checked`], which turns a coroutine panic into a test
+//! failure. Every run has a watchdog; every loop is bounded.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use copas::{Coroutine, ErrorKind, Pattern, Server, ServerOptions, Socket};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The timeout every socket of these tests gets unless the test sets its own: a socket
+/// that should have been woken and is not then fails the test with `Timeout` instead of
+/// hanging until a watchdog kills the whole test binary.
+const GUARD: Duration = Duration::from_secs(10);
+
+// ----- helpers ----------------------------------------------------------------------------
+
+/// A value shared between the coroutines of one test and the test itself.
+type Shared<T> = Rc<RefCell<T>>;
+
+/// Runs the dispatcher to its end under a watchdog of `limit` and fails the test if any
+/// coroutine panicked (the dispatcher catches those panics, so an assertion failing inside
+/// a coroutine would otherwise go unnoticed). Returns how long the run took.
+fn run_checked(limit: Duration) -> Duration {
+    let reports = Rc::new(RefCell::new(Vec::<String>::new()));
+    let sink = reports.clone();
+    copas::setdefaulterrorhandler(move |report| sink.borrow_mut().push(report.to_string()));
+    let took = util::run_bounded(limit);
+    let reports = reports.borrow();
+    assert!(reports.is_empty(), "a coroutine panicked: {reports:#?}");
+    took
+}
+
+/// Adds a server that hands its first connection to `handler` and removes itself at once.
+/// The connection's timeouts are [`GUARD`].
+fn serve_once(handler: impl FnOnce(Socket) + 'static) -> SocketAddr {
+    let (listener, addr) = util::local_listener();
+    let handler = RefCell::new(Some(handler));
+    let me: Rc<Cell<Option<Server>>> = Rc::new(Cell::new(None));
+    let me2 = me.clone();
+    let server = copas::addserver(listener, move |sock| {
+        if let Some(server) = me2.take() {
+            copas::removeserver(server, false).expect("removeserver");
+        }
+        sock.settimeout(Some(GUARD));
+        let handler = handler.borrow_mut().take();
+        if let Some(handler) = handler {
+            handler(sock);
+        }
+    })
+    .expect("addserver");
+    me.set(Some(server));
+    addr
+}
+
+/// Connects (inside a coroutine or not), with [`GUARD`] as the socket's timeouts.
+fn connect(addr: SocketAddr) -> Socket {
+    let sock = copas::connect(addr, Some(GUARD)).expect("connect");
+    sock.settimeout(Some(GUARD));
+    sock
+}
+
+/// Runs `peer` on an OS thread with a plain std connection to `addr`.
+fn std_peer(addr: SocketAddr, peer: impl FnOnce(TcpStream) + Send + 'static) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let stream = TcpStream::connect(addr).expect("peer: connect");
+        stream.set_read_timeout(Some(secs(10))).expect("timeout");
+        stream.set_write_timeout(Some(secs(10))).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        peer(stream)
+    })
+}
+
+fn join(handle: JoinHandle<()>) {
+    if let Err(panic) = handle.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// One connection: `handler` runs in copas as the server's handler, `peer` on an OS thread
+/// as the client. Returns how long the dispatcher ran.
+fn with_peer(
+    peer: impl FnOnce(TcpStream) + Send + 'static,
+    handler: impl FnOnce(Socket) + 'static,
+) -> Duration {
+    let addr = serve_once(handler);
+    let peer = std_peer(addr, peer);
+    let took = run_checked(secs(20));
+    join(peer);
+    took
+}
+
+/// Writes `data` in pieces of `piece` bytes with `gap` between them.
+fn trickle(stream: &mut TcpStream, data: &[u8], piece: usize, gap: Duration) {
+    for chunk in data.chunks(piece) {
+        stream.write_all(chunk).expect("peer: write");
+        thread::sleep(gap);
+    }
+}
+
+/// Reads until the copas side closes the connection (so the peer outlives the handler).
+fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("peer: read to end");
+    rest
+}
+
+/// Deterministic, non-repeating bytes (xorshift64).
+fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let take = (len - out.len()).min(8);
+        out.extend_from_slice(&x.to_le_bytes()[..take]);
+    }
+    out
+}
+
+/// Steps a bounded loop inside a coroutine until `cond` holds (5 ms pauses, `limit` at
+/// most); returns whether it held.
+fn pause_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        copas::pause(ms(5));
+    }
+    cond()
+}
+
+/// Counts parties down as their guards drop (also when one panics), and wakes the
+/// registered coroutines when the last one is done.
+#[derive(Clone)]
+struct Countdown(Rc<CountdownState>);
+
+struct CountdownState {
+    left: Cell<usize>,
+    finished_at: Cell<Option<Instant>>,
+    sleepers: RefCell<Vec<Coroutine>>,
+}
+
+struct CountdownGuard(Countdown);
+
+impl Countdown {
+    fn new(parties: usize) -> Countdown {
+        Countdown(Rc::new(CountdownState {
+            left: Cell::new(parties),
+            finished_at: Cell::new(None),
+            sleepers: RefCell::new(Vec::new()),
+        }))
+    }
+
+    fn guard(&self) -> CountdownGuard {
+        CountdownGuard(self.clone())
+    }
+
+    fn done(&self) -> bool {
+        self.0.left.get() == 0
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.0.finished_at.get()
+    }
+
+    /// `co` is woken (from `pause`) when the count reaches zero.
+    fn wake_when_done(&self, co: Coroutine) {
+        self.0.sleepers.borrow_mut().push(co);
+    }
+}
+
+impl Drop for CountdownGuard {
+    fn drop(&mut self) {
+        let state = &self.0 .0;
+        state.left.set(state.left.get() - 1);
+        if state.left.get() == 0 {
+            state.finished_at.set(Some(Instant::now()));
+            let sleepers = std::mem::take(&mut *state.sleepers.borrow_mut());
+            for co in sleepers {
+                copas::wakeup(co);
+            }
+        }
+    }
+}
+
+// ----- Copas removeserver.lua -------------------------------------------------------------
+
+#[test]
+fn removeserver_keep_open_hands_back_a_listener_that_can_be_added_again() {
+    let (listener, addr) = util::local_listener();
+    let slot: Rc<RefCell<Option<TcpListener>>> = Rc::new(RefCell::new(Some(listener)));
+    let lines = Rc::new(RefCell::new(Vec::<String>::new()));
+    let (slot2, lines2) = (slot.clone(), lines.clone());
+    copas::addthread(move || {
+        for n in 1..=3 {
+            let listener = slot2
+                .borrow_mut()
+                .take()
+                .expect("the listener was handed back");
+            let server_cell: Rc<Cell<Option<Server>>> = Rc::new(Cell::new(None));
+            let (slot3, lines3, cell) = (slot2.clone(), lines2.clone(), server_cell.clone());
+            let server = copas::addserver(listener, move |mut sock: Socket| {
+                let line = sock.receive_line().expect("handler: receive");
+                lines3.borrow_mut().push(line);
+                let server = cell.get().expect("server handle");
+                let back = copas::removeserver(server, true).expect("removeserver");
+                assert!(back.is_some(), "keep_open must hand the listener back");
+                *slot3.borrow_mut() = back;
+            })
+            .expect("addserver (again)");
+            server_cell.set(Some(server));
+            assert_eq!(copas::status().servers, 1);
+
+            let mut client = connect(addr);
+            client
+                .send(format!("hi {n}\n").as_bytes())
+                .expect("client: send");
+            // The handler ends after removing its server, which closes the connection.
+            let rest = client.receive(Pattern::All).expect("client: receive");
+            assert!(rest.is_empty(), "unexpected reply {rest:?}");
+            assert_eq!(copas::status().servers, 0, "round {n}: server not removed");
+            let again = copas::removeserver(server, true).expect_err("removed twice");
+            assert_eq!(again.kind(), ErrorKind::InvalidState);
+        }
+    })
+    .expect("addthread");
+    let took = run_checked(secs(10));
+    assert!(took < secs(5), "three rounds took {took:?}");
+    assert_eq!(*lines.borrow(), ["hi 1", "hi 2", "hi 3"]);
+    let listener = slot
+        .borrow_mut()
+        .take()
+        .expect("listener back after round 3");
+    assert_eq!(listener.local_addr().expect("local_addr"), addr);
+    assert_eq!(copas::status().sockets, 0);
+}
+
+// ----- Copas tcptimeout.lua ---------------------------------------------------------------
+
+#[test]
+fn tcptimeout_a_empty_loop_exits() {
+    let took = run_checked(secs(5));
+    assert!(took < secs(1), "an empty loop took {took:?}");
+}
+
+#[test]
+fn tcptimeout_b_connect_and_close_exits() {
+    let (_listener, addr) = util::local_listener();
+    let closed = Rc::new(Cell::new(false));
+    let closed2 = closed.clone();
+    copas::addthread(move || {
+        let sock = connect(addr);
+        sock.close();
+        closed2.set(sock.is_closed());
+    })
+    .expect("addthread");
+    let took = run_checked(secs(5));
+    assert!(closed.get(), "the socket does not report closed");
+    assert!(took < secs(2), "connect + close took {took:?}");
+    assert_eq!(copas::status().sockets, 0);
+}
+
+/// A listener with backlog 0 whose accept queue is already full: the kernel drops further
+/// SYNs, so a connect can only end by its timeout.
+fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<TcpStream>) {
+    use socket2::{Domain, Protocol, Type};
+    let listener =
+        socket2::Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    listener.bind(&any.into()).expect("bind");
+    listener.listen(0).expect("listen(0)");
+    let addr = listener
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet");
+    // Fill the accept queue; once it is full, connects hang (SYN dropped) and time out.
+    let fillers: Vec<TcpStream> = (0..3)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, ms(100)).ok())
+        .collect();
+    assert!(!fillers.is_empty(), "not even one connection was queued");
+    (listener, addr, fillers)
+}
+
+#[test]
+fn tcptimeout_c_connect_to_full_backlog_times_out() {
+    let (_listener, addr, _fillers) = full_backlog_listener();
+    let outcome = Rc::new(RefCell::new(None));
+    let outcome2 = outcome.clone();
+    copas::addthread(move || {
+        let start = Instant::now();
+        let result = copas::connect(addr, Some(ms(10)));
+        *outcome2.borrow_mut() = Some((result.map(|_| ()), start.elapsed()));
+    })
+    .expect("addthread");
+    run_checked(secs(5));
+    let (result, took) = outcome.borrow_mut().take().expect("connect returned");
+    let err = result.expect_err("connect to a full backlog succeeded");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(took >= ms(10), "timed out early: {took:?}");
+    assert!(took < secs(1), "timed out late: {took:?}");
+    assert_eq!(
+        copas::status().sockets,
+        0,
+        "the failed socket is still registered"
+    );
+}
+
+#[test]
+fn tcptimeout_e_receive_after_echo_round_trip_times_out() {
+    let result = Rc::new(RefCell::new(None));
+    let result2 = result.clone();
+    let addr = serve_once(|mut sock| {
+        while let Ok(line) = sock.receive(Pattern::Line) {
+            if sock.send(&[&line[..], b"\n"].concat()).is_err() {
+                break;
+            }
+        }
+    });
+    copas::addthread(move || {
+        let mut sock = connect(addr);
+        sock.send(b"hello\n").expect("send");
+        assert_eq!(sock.receive(Pattern::Line).expect("echo"), b"hello");
+        sock.settimeout(Some(ms(10)));
+        let start = Instant::now();
+        let err = sock
+            .receive(Pattern::Line)
+            .expect_err("nothing more was sent");
+        *result2.borrow_mut() = Some((err.kind(), err.partial().to_vec(), start.elapsed()));
+    })
+    .expect("addthread");
+    run_checked(secs(5));
+    let (kind, partial, took) = result.borrow_mut().take().expect("client finished");
+    assert_eq!(kind, ErrorKind::Timeout);
+    assert!(partial.is_empty(), "partial {partial:?}");
+    assert!(took >= ms(10), "timed out early: {took:?}");
+    assert!(took < secs(1), "timed out late: {took:?}");
+}
+
+#[test]
+fn tcptimeout_f_handler_receive_timeout_leaves_no_bookkeeping() {
+    let (listener, addr) = util::local_listener();
+    let server_cell: Rc<Cell<Option<Server>>> = Rc::new(Cell::new(None));
+    let seen = Rc::new(RefCell::new(None));
+    let (cell, seen2) = (server_cell.clone(), seen.clone());
+    let options = ServerOptions::new().timeout(ms(200));
+    let server = copas::addserver_with(listener, options, move |mut sock: Socket| {
+        let t = Some(ms(200));
+        assert_eq!(sock.gettimeouts(), (t, t, t), "timeouts not inherited");
+        let start = Instant::now();
+        let err = sock.receive(Pattern::Line).expect_err("nothing was sent");
+        let took = start.elapsed();
+        copas::removeserver(cell.get().expect("server"), false).expect("removeserver");
+        // The client waits in its receive; nothing else waits, sleeps or has a timer.
+        *seen2.borrow_mut() = Some((err.kind(), took, copas::status()));
+    })
+    .expect("addserver");
+    server_cell.set(Some(server));
+    let client_err = Rc::new(Cell::new(None));
+    let client_err2 = client_err.clone();
+    copas::addthread(move || {
+        let mut sock = connect(addr);
+        let err = sock
+            .receive(Pattern::Line)
+            .expect_err("the server sends nothing");
+        client_err2.set(Some(err.kind()));
+    })
+    .expect("addthread");
+    run_checked(secs(5));
+
+    let (kind, took, st) = seen.borrow_mut().take().expect("handler finished");
+    assert_eq!(kind, ErrorKind::Timeout);
+    assert!(
+        took >= ms(200) && took < secs(2),
+        "handler timeout after {took:?}"
+    );
+    assert_eq!(
+        (
+            st.read,
+            st.write,
+            st.timer,
+            st.inactive,
+            st.timeout,
+            st.servers
+        ),
+        (1, 0, 0, 0, 0, 0),
+        "after the handler's timeout: {st:?}"
+    );
+    assert_eq!(client_err.get(), Some(ErrorKind::Closed));
+    let st = copas::status();
+    assert_eq!(
+        (
+            st.read,
+            st.write,
+            st.active,
+            st.timer,
+            st.inactive,
+            st.timeout
+        ),
+        (0, 0, 0, 0, 0, 0),
+        "after the run: {st:?}"
+    );
+    assert_eq!((st.coroutines, st.sockets, st.servers), (0, 0, 0), "{st:?}");
+}
+
+// ----- Copas close.lua --------------------------------------------------------------------
+
+#[test]
+fn close_wakes_blocked_reader_and_writer_with_closed() {
+    let (listener, addr) = util::local_listener();
+    let server_cell: Rc<Cell<Option<Server>>> = Rc::new(Cell::new(None));
+    let handler_co: Rc<Cell<Option<Coroutine>>> = Rc::new(Cell::new(None));
+    let co_cell = handler_co.clone();
+    // The server accepts and does nothing: it keeps the connection open, reading nothing.
+    let server = copas::addserver(listener, move |sock: Socket| {
+        co_cell.set(copas::current());
+        let _keep = sock;
+        copas::pauseforever();
+    })
+    .expect("addserver");
+    server_cell.set(Some(server));
+
+    struct Outcome {
+        kind: ErrorKind,
+        at: Instant,
+    }
+    let reader_out: Rc<RefCell<Option<Outcome>>> = Rc::default();
+    let writer_out: Rc<RefCell<Option<(Outcome, usize)>>> = Rc::default();
+    let closed_at: Rc<Cell<Option<Instant>>> = Rc::default();
+    let status_at_close = Rc::new(Cell::new(None));
+    let (r_out, w_out, c_at, st_cell) = (
+        reader_out.clone(),
+        writer_out.clone(),
+        closed_at.clone(),
+        status_at_close.clone(),
+    );
+    copas::addthread(move || {
+        let sock = connect(addr);
+        let mut reader = sock.share();
+        copas::addthread(move || {
+            let err = reader
+                .receive(Pattern::Exact(1))
+                .expect_err("nothing is sent");
+            assert!(err.partial().is_empty());
+            *r_out.borrow_mut() = Some(Outcome {
+                kind: err.kind(),
+                at: Instant::now(),
+            });
+        })
+        .expect("reader");
+        let mut writer = sock.share();
+        copas::addthread(move || {
+            let chunk = [b'x'; 1100];
+            let mut chunks = 0;
+            // Far more than the kernel buffers: the sender blocks long before.
+            for _ in 0..200_000 {
+                match writer.send(&chunk) {
+                    Ok(n) => {
+                        assert_eq!(n, chunk.len());
+                        chunks += 1;
+                    }
+                    Err(e) => {
+                        let at = Instant::now();
+                        *w_out.borrow_mut() = Some((Outcome { kind: e.kind(), at }, chunks));
+                        return;
+                    }
+                }
+            }
+            panic!("the sender never blocked");
+        })
+        .expect("writer");
+        let closer = sock.share();
+        copas::addthread(move || {
+            copas::pause(ms(500));
+            st_cell.set(Some(copas::status()));
+            c_at.set(Some(Instant::now()));
+            closer.close();
+            copas::removeserver(server_cell.get().expect("server"), false).expect("remove");
+            copas::wakeup(handler_co.get().expect("handler started"));
+        })
+        .expect("closer");
+    })
+    .expect("client");
+    let took = run_checked(secs(10));
+
+    let st: copas::Status = status_at_close.get().expect("closer ran");
+    assert_eq!(
+        st.write, 1,
+        "the sender was not blocked at close time: {st:?}"
+    );
+    // The reader and the server's listener.
+    assert_eq!(
+        st.read, 2,
+        "the reader was not blocked at close time: {st:?}"
+    );
+    let closed_at = closed_at.get().expect("closed");
+    let reader = reader_out.borrow_mut().take().expect("reader returned");
+    let (writer, chunks) = writer_out.borrow_mut().take().expect("writer returned");
+    assert_eq!(reader.kind, ErrorKind::Closed);
+    assert_eq!(writer.kind, ErrorKind::Closed);
+    assert!(chunks > 0, "the sender sent nothing");
+    for (what, at) in [("receive", reader.at), ("send", writer.at)] {
+        assert!(at >= closed_at, "{what} returned before the close");
+        let late = at - closed_at;
+        assert!(late < secs(1), "{what} returned {late:?} after the close");
+    }
+    assert!(took < secs(3), "run took {took:?}");
+}
+
+// ----- Copas largetransfer.lua ------------------------------------------------------------
+
+#[test]
+fn largetransfer_two_servers_receive_50_mib_while_tickers_tick() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    // A timeout covers a whole call, here the whole transfer.
+    const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
+    const HEARTBEAT: Duration = Duration::from_millis(20);
+    let _dog = util::Watchdog::new("largetransfer", secs(120));
+    let made = Instant::now();
+    let bodies = [
+        Rc::new(pattern_bytes(SIZE, 0x1234_5678)),
+        Rc::new(pattern_bytes(SIZE, 0x8765_4321)),
+    ];
+    eprintln!("largetransfer: bodies made in {:?}", made.elapsed());
+
+    let servers = Countdown::new(2);
+    let results: Shared<Vec<(&'static str, usize, bool)>> = Rc::default();
+
+    // Server A: one receive(All).
+    let (want, done, res) = (bodies[0].clone(), servers.clone(), results.clone());
+    let addr_a = serve_once(move |mut sock| {
+        let _done = done.guard();
+        sock.settimeout(Some(TRANSFER_TIMEOUT));
+        let got = sock.receive(Pattern::All).expect("receive(All)");
+        res.borrow_mut().push(("all", got.len(), got == *want));
+    });
+    // Server B: a receivepartial loop.
+    let (want, done, res) = (bodies[1].clone(), servers.clone(), results.clone());
+    let addr_b = serve_once(move |mut sock| {
+        let _done = done.guard();
+        sock.settimeout(Some(TRANSFER_TIMEOUT));
+        let mut got = Vec::with_capacity(SIZE);
+        let mut calls = 0usize;
+        loop {
+            let chunk = sock.receivepartial(64 * 1024).expect("receivepartial");
+            calls += 1;
+            assert!(calls <= SIZE + 1, "receivepartial loop does not end");
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        res.borrow_mut().push(("partial", got.len(), got == *want));
+    });
+
+    let started = Rc::new(Cell::new(None));
+    for (addr, body) in [(addr_a, bodies[0].clone()), (addr_b, bodies[1].clone())] {
+        let started = started.clone();
+        copas::addthread(move || {
+            started.set(started.get().or(Some(Instant::now())));
+            let mut sock = connect(addr);
+            sock.settimeout(Some(TRANSFER_TIMEOUT));
+            assert_eq!(sock.send(&body).expect("send"), SIZE);
+            // Dropping the socket closes it: the end of the body.
+        })
+        .expect("client");
+    }
+
+    // Copas's 1 s ticker, and a 20 ms heartbeat that makes the check meaningful when the
+    // transfer takes less than a second or two.
+    let tickers = [(secs(1), 120), (HEARTBEAT, 6000)].map(|(period, max)| {
+        let ticks = Rc::new(Cell::new(0u32));
+        let worst = Rc::new(Cell::new(Duration::ZERO));
+        let (ticks2, worst2, servers2) = (ticks.clone(), worst.clone(), servers.clone());
+        let co = copas::addthread(move || {
+            for _ in 0..max {
+                if servers2.done() {
+                    break;
+                }
+                let slept = copas::pause(period);
+                if slept >= period {
+                    ticks2.set(ticks2.get() + 1);
+                    worst2.set(worst2.get().max(slept - period));
+                }
+            }
+        })
+        .expect("ticker");
+        servers.wake_when_done(co);
+        (ticks, worst)
+    });
+
+    let took = run_checked(secs(100));
+    let transfer = servers.finished_at().expect("finished") - started.get().expect("started");
+    let [(ticks, worst), (beats, worst_beat)] = tickers.map(|(t, w)| (t.get(), w.get()));
+    eprintln!(
+        "largetransfer: 2 x 50 MiB in {transfer:?} (run {took:?}); 1 s ticker: {ticks} ticks, \
+         worst {worst:?} late; 20 ms heartbeat: {beats} beats, worst {worst_beat:?} late"
+    );
+    let mut results = results.borrow().clone();
+    results.sort();
+    assert_eq!(results, [("all", SIZE, true), ("partial", SIZE, true)]);
+    let whole_secs = transfer.as_secs() as u32;
+    assert!(
+        ticks + 1 >= whole_secs,
+        "{ticks} ticks in {transfer:?}: the ticker was starved"
+    );
+    assert!(worst < ms(500), "a tick came {worst:?} late");
+    assert!(worst_beat < ms(300), "a heartbeat came {worst_beat:?} late");
+    assert!(took < secs(60), "the transfer took {took:?}");
+}
+
+// ----- Copas starve.lua (5 s instead of 30 s) ----------------------------------------------
+
+#[test]
+fn starve_one_byte_reader_under_flood_does_not_delay_a_ticker() {
+    const READ_FOR: Duration = Duration::from_secs(5);
+    let bytes_read = Rc::new(Cell::new(0usize));
+    let server = Countdown::new(1);
+    let server_ok = Rc::new(Cell::new(false));
+    let (read2, done2, ok2) = (bytes_read.clone(), server.clone(), server_ok.clone());
+    let addr = serve_once(move |mut sock| {
+        let _done = done2.guard();
+        let start = Instant::now();
+        while start.elapsed() < READ_FOR {
+            let byte = sock.receive(Pattern::Exact(1)).expect("receive(1)");
+            assert_eq!(byte.len(), 1);
+            read2.set(read2.get() + 1);
+        }
+        ok2.set(true);
+        // Returning closes the connection with unread data: the client's send fails.
+    });
+
+    let client_err = Rc::new(Cell::new(None));
+    let client_err2 = client_err.clone();
+    copas::addthread(move || {
+        let mut sock = connect(addr);
+        let chunk = vec![b'z'; 64 * 1024];
+        // 100_000 x 64 KiB is far more than 5 s of 1-byte reads can take.
+        for _ in 0..100_000 {
+            if let Err(e) = sock.send(&chunk) {
+                client_err2.set(Some(e.kind()));
+                return;
+            }
+        }
+    })
+    .expect("client");
+
+    let ticks = Rc::new(Cell::new(0u32));
+    let worst_drift = Rc::new(Cell::new(Duration::ZERO));
+    let (ticks2, drift2, done3) = (ticks.clone(), worst_drift.clone(), server.clone());
+    copas::addthread(move || {
+        let start = Instant::now();
+        for n in 1..=200u32 {
+            if done3.done() {
+                break;
+            }
+            let due = start + ms(100) * n;
+            copas::pause(due.saturating_duration_since(Instant::now()));
+            // The tick count against the wall clock.
+            let drift = Instant::now().saturating_duration_since(due);
+            drift2.set(drift2.get().max(drift));
+            ticks2.set(n);
+        }
+    })
+    .expect("ticker");
+
+    let took = run_checked(secs(30));
+    eprintln!(
+        "starve: {} bytes read one at a time in {took:?}, {} ticks, worst drift {:?}",
+        bytes_read.get(),
+        ticks.get(),
+        worst_drift.get()
+    );
+    assert!(server_ok.get());
+    assert_eq!(client_err.get(), Some(ErrorKind::Closed));
+    assert!(
+        bytes_read.get() > 10_000,
+        "only {} bytes read",
+        bytes_read.get()
+    );
+    assert!(ticks.get() >= 45, "only {} ticks", ticks.get());
+    assert!(
+        worst_drift.get() < ms(200),
+        "the ticker drifted {:?} from wall time",
+        worst_drift.get()
+    );
+}
+
+// ----- several waiters on one socket ------------------------------------------------------
+
+#[test]
+fn two_readers_on_one_socket_are_both_served() {
+    let got: Shared<Vec<(&'static str, Vec<u8>)>> = Rc::default();
+    let got2 = got.clone();
+    let addr = serve_once(move |mut sock| {
+        // Send each line only once both readers wait (each handle has its own buffer).
+        assert!(
+            pause_until(secs(5), || copas::status().read >= 2),
+            "the readers never waited"
+        );
+        sock.send(b"first\n").expect("send");
+        assert!(pause_until(secs(5), || got2.borrow().len() == 1));
+        sock.send(b"second\n").expect("send");
+        assert!(pause_until(secs(5), || got2.borrow().len() == 2));
+    });
+    let got3 = got.clone();
+    copas::addthread(move || {
+        let sock = connect(addr);
+        for name in ["a", "b"] {
+            let mut reader = sock.share();
+            let got = got3.clone();
+            copas::addthread(move || {
+                let line = reader.receive(Pattern::Line).expect("receive");
+                got.borrow_mut().push((name, line));
+            })
+            .expect("reader");
+        }
+    })
+    .expect("client");
+    run_checked(secs(10));
+    // Both served, in the order they started waiting.
+    assert_eq!(
+        *got.borrow(),
+        [("a", b"first".to_vec()), ("b", b"second".to_vec())]
+    );
+}
+
+#[test]
+fn timed_out_reader_is_never_resumed_by_later_socket_events() {
+    let got: Shared<Vec<(&'static str, Vec<u8>)>> = Rc::default();
+    let got2 = got.clone();
+    let addr = serve_once(move |mut sock| {
+        assert!(
+            pause_until(secs(5), || copas::status().read >= 2),
+            "the two new readers never waited"
+        );
+        sock.send(b"one\n").expect("send");
+        assert!(pause_until(secs(5), || got2.borrow().len() == 1));
+        sock.send(b"two\n").expect("send");
+        assert!(pause_until(secs(5), || got2.borrow().len() == 2));
+    });
+    let slept = Rc::new(Cell::new(None));
+    let (got3, slept2) = (got.clone(), slept.clone());
+    copas::addthread(move || {
+        let sock = connect(addr);
+        let mut stale = sock.share();
+        sock.settimeout(Some(ms(10)));
+        for _ in 0..5 {
+            let start = Instant::now();
+            let err = stale.receive(Pattern::Line).expect_err("nothing sent yet");
+            assert_eq!(err.kind(), ErrorKind::Timeout);
+            assert!(start.elapsed() >= ms(10));
+        }
+        sock.settimeout(Some(GUARD));
+        for name in ["a", "b"] {
+            let mut reader = sock.share();
+            let got = got3.clone();
+            copas::addthread(move || {
+                let line = reader.receive(Pattern::Line).expect("receive");
+                got.borrow_mut().push((name, line));
+            })
+            .expect("reader");
+        }
+        // If a stale entry of this coroutine were left in the socket's queue, the data
+        // events would resume it here, early.
+        slept2.set(Some(copas::pause(secs(1))));
+    })
+    .expect("client");
+    run_checked(secs(10));
+    assert_eq!(
+        *got.borrow(),
+        [("a", b"one".to_vec()), ("b", b"two".to_vec())]
+    );
+    let slept = slept.get().expect("the timed-out coroutine finished");
+    assert!(
+        slept >= secs(1),
+        "the timed-out reader was resumed after {slept:?} by a socket event"
+    );
+}
+
+// ----- receive patterns -------------------------------------------------------------------
+
+#[test]
+fn line_strips_lf_and_every_cr() {
+    let lines = Rc::new(RefCell::new(Vec::new()));
+    let lines2 = lines.clone();
+    with_peer(
+        |mut s| {
+            s.write_all(b"plain\nwin\r\n\ra\rb\r\r\n\n").expect("write");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            for _ in 0..4 {
+                lines2
+                    .borrow_mut()
+                    .push(sock.receive(Pattern::Line).expect("line"));
+            }
+        },
+    );
+    let want: [&[u8]; 4] = [b"plain", b"win", b"ab", b""];
+    assert_eq!(*lines.borrow(), want);
+}
+
+#[test]
+fn line_split_across_one_byte_writes() {
+    let lines = Rc::new(RefCell::new(Vec::new()));
+    let lines2 = lines.clone();
+    with_peer(
+        |mut s| {
+            trickle(&mut s, b"hello copas\r\nsecond\n", 1, ms(2));
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            for _ in 0..2 {
+                lines2
+                    .borrow_mut()
+                    .push(sock.receive(Pattern::Line).expect("line"));
+            }
+        },
+    );
+    let want: [&[u8]; 2] = [b"hello copas", b"second"];
+    assert_eq!(*lines.borrow(), want);
+}
+
+#[test]
+fn all_returns_everything_at_peer_close() {
+    let body = pattern_bytes(300 * 1024, 7);
+    let sent = body.clone();
+    let got = Rc::new(RefCell::new(None));
+    let got2 = got.clone();
+    with_peer(
+        move |mut s| {
+            s.write_all(b"head\n").expect("write");
+            thread::sleep(ms(20));
+            trickle(&mut s, &sent, 64 * 1024, ms(5));
+            // Dropping the stream closes it: the end of `All`.
+        },
+        move |mut sock| {
+            assert_eq!(sock.receive(Pattern::Line).expect("line"), b"head");
+            *got2.borrow_mut() = Some(sock.receive(Pattern::All).expect("all"));
+        },
+    );
+    let got = got.borrow_mut().take().expect("handler ran");
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the data differs");
+}
+
+/// The peer's data and its end of stream are both queued before the handler reads: the
+/// read that drains the data is short, and no further readiness edge will come, yet the end
+/// of stream must be seen (`All` returns, `Line` fails with `Closed`).
+#[test]
+fn end_of_stream_queued_behind_data_is_seen() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let out = Rc::new(RefCell::new(None));
+    let out2 = out.clone();
+    with_peer(
+        move |mut s| {
+            s.write_all(b"first\nall the rest").expect("write");
+            s.shutdown(Shutdown::Write).expect("shutdown");
+            tx.send(()).expect("handler alive");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            assert!(
+                pause_until(secs(10), || rx.try_recv().is_ok()),
+                "the peer did not write"
+            );
+            copas::pause(ms(50)); // the dispatcher sees the readiness edge first
+            sock.settimeout(Some(secs(2)));
+            let first = sock.receive(Pattern::Line).expect("first line");
+            let start = Instant::now();
+            let rest = sock.receive(Pattern::All);
+            let took = start.elapsed();
+            let rest = rest.map_err(|e| (e.kind(), e.partial().to_vec()));
+            *out2.borrow_mut() = Some((first, rest, took));
+        },
+    );
+    let (first, rest, took) = out.borrow_mut().take().expect("handler ran");
+    assert_eq!(first, b"first");
+    assert_eq!(
+        rest,
+        Ok(b"all the rest".to_vec()),
+        "receive(All) did not see the end of stream (after {took:?})"
+    );
+    assert!(took < secs(1), "the end of stream was seen after {took:?}");
+}
+
+#[test]
+fn exact_spans_several_writes() {
+    let big = pattern_bytes(100_000, 99);
+    let sent = big.clone();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let got2 = got.clone();
+    with_peer(
+        move |mut s| {
+            trickle(&mut s, b"abcdef", 2, ms(10));
+            trickle(&mut s, &sent, 10_000, ms(5));
+            s.write_all(b"tail").expect("write");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            // (No RefCell borrow is held across a receive: that would span a yield.)
+            let got = vec![
+                sock.receive(Pattern::Exact(6)).expect("exact 6"),
+                sock.receive(Pattern::Exact(100_000)).expect("exact 100000"),
+                sock.receive(Pattern::Exact(4)).expect("exact 4"),
+            ];
+            *got2.borrow_mut() = got;
+        },
+    );
+    let got = got.borrow();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], b"abcdef");
+    assert!(got[1] == big, "the 100 000 bytes differ");
+    assert_eq!(got[2], b"tail");
+}
+
+#[test]
+fn receive_with_prefix_counts_the_prefix_and_a_long_prefix_reads_nothing() {
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let got2 = got.clone();
+    with_peer(
+        |mut s| {
+            s.write_all(b"abcdefgh\nrest").expect("write");
+            // Closing ends the final `All`.
+        },
+        move |mut sock| {
+            let got = vec![
+                // Exact counts the prefix: 3 + 2 bytes read.
+                sock.receive_with_prefix(Pattern::Exact(5), b"PF-")
+                    .expect("a"),
+                // A prefix as long as the pattern (or longer) is returned, nothing is read.
+                sock.receive_with_prefix(Pattern::Exact(2), b"XY")
+                    .expect("b"),
+                sock.receive_with_prefix(Pattern::Exact(2), b"XYZ")
+                    .expect("c"),
+                sock.receive_with_prefix(Pattern::Line, b">").expect("d"),
+                sock.receive_with_prefix(Pattern::All, b"<").expect("e"),
+            ];
+            *got2.borrow_mut() = got;
+        },
+    );
+    let want: [&[u8]; 5] = [b"PF-ab", b"XY", b"XYZ", b">cdefgh", b"<rest"];
+    assert_eq!(*got.borrow(), want);
+}
+
+#[test]
+fn peer_closing_mid_line_gives_closed_with_partial() {
+    let errs = Rc::new(RefCell::new(Vec::new()));
+    let errs2 = errs.clone();
+    with_peer(
+        |mut s| {
+            s.write_all(b"abc\ndefghij tail").expect("write");
+            // Closed here, mid-line.
+        },
+        move |mut sock| {
+            assert_eq!(sock.receive(Pattern::Line).expect("first line"), b"abc");
+            let e = sock
+                .receive(Pattern::Line)
+                .expect_err("the line never ends");
+            errs2.borrow_mut().push((e.kind(), e.partial().to_vec()));
+            // Nothing is left behind: the partial data is not read twice.
+            let e = sock
+                .receive(Pattern::Exact(3))
+                .expect_err("at end of stream");
+            errs2.borrow_mut().push((e.kind(), e.partial().to_vec()));
+        },
+    );
+    assert_eq!(
+        *errs.borrow(),
+        [
+            (ErrorKind::Closed, b"defghij tail".to_vec()),
+            (ErrorKind::Closed, Vec::new())
+        ]
+    );
+}
+
+#[test]
+fn peer_closing_mid_exact_gives_closed_with_partial() {
+    let err = Rc::new(RefCell::new(None));
+    let err2 = err.clone();
+    with_peer(
+        |mut s| {
+            trickle(&mut s, b"0123456789", 5, ms(10));
+        },
+        move |mut sock| {
+            let e = sock
+                .receive(Pattern::Exact(100))
+                .expect_err("only 10 bytes");
+            *err2.borrow_mut() = Some((e.kind(), e.partial().to_vec()));
+        },
+    );
+    assert_eq!(
+        err.borrow_mut().take(),
+        Some((ErrorKind::Closed, b"0123456789".to_vec()))
+    );
+}
+
+#[test]
+fn receive_timeout_mid_line_gives_timeout_with_partial_and_the_socket_goes_on() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let out = Rc::new(RefCell::new(None));
+    let out2 = out.clone();
+    with_peer(
+        move |mut s| {
+            s.write_all(b"abc").expect("write");
+            rx.recv_timeout(secs(10)).expect("the handler timed out");
+            s.write_all(b"def\n").expect("write");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            sock.settimeout(Some(ms(100)));
+            let start = Instant::now();
+            let e = sock.receive(Pattern::Line).expect_err("no end of line");
+            let took = start.elapsed();
+            tx.send(()).expect("peer alive");
+            sock.settimeout(Some(secs(5)));
+            let next = sock.receive(Pattern::Line).expect("the rest of the line");
+            *out2.borrow_mut() = Some((e.kind(), e.partial().to_vec(), took, next));
+        },
+    );
+    let (kind, partial, took, next) = out.borrow_mut().take().expect("handler ran");
+    assert_eq!(kind, ErrorKind::Timeout);
+    assert_eq!(partial, b"abc");
+    assert!(
+        took >= ms(100) && took < secs(2),
+        "timed out after {took:?}"
+    );
+    // The partial bytes were handed over, not kept: the next line is only what followed.
+    assert_eq!(next, b"def");
+}
+
+#[test]
+fn endless_line_fails_with_limit_exceeded_and_the_socket_stays_usable() {
+    const LIMIT: usize = 1000;
+    let out = Rc::new(RefCell::new(None));
+    let out2 = out.clone();
+    let (tx, rx) = mpsc::channel::<()>();
+    with_peer(
+        move |mut s| {
+            s.write_all(&[b'x'; 3 * LIMIT]).expect("write");
+            rx.recv_timeout(secs(10))
+                .expect("the handler hit the limit");
+            s.write_all(b"\nnext\n").expect("write");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            sock.set_line_limit(LIMIT);
+            assert_eq!(sock.line_limit(), LIMIT);
+            let mut e = sock.receive(Pattern::Line).expect_err("no line feed");
+            tx.send(()).expect("peer alive");
+            let kind = e.kind();
+            let partial = e.take_partial();
+            // Read on: the rest of the long line (as lines or errors), then "next".
+            let mut rest = Vec::new();
+            let mut next = None;
+            for _ in 0..10 {
+                match sock.receive(Pattern::Line) {
+                    Ok(line) if line == b"next" => {
+                        next = Some(line);
+                        break;
+                    }
+                    Ok(line) => rest.extend_from_slice(&line),
+                    Err(mut e) if e.kind() == ErrorKind::LimitExceeded => {
+                        rest.extend_from_slice(&e.take_partial())
+                    }
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+            *out2.borrow_mut() = Some((kind, partial, rest, next));
+        },
+    );
+    let (kind, partial, rest, next) = out.borrow_mut().take().expect("handler ran");
+    assert_eq!(kind, ErrorKind::LimitExceeded);
+    assert!(
+        partial.len() >= LIMIT,
+        "failed before the limit: {} bytes",
+        partial.len()
+    );
+    assert!(partial.iter().all(|&b| b == b'x'));
+    // No byte is lost: the partial data and what followed make up the long line.
+    assert_eq!(partial.len() + rest.len(), 3 * LIMIT);
+    assert!(rest.iter().all(|&b| b == b'x'));
+    assert_eq!(
+        next.as_deref(),
+        Some(&b"next"[..]),
+        "the socket is not usable"
+    );
+}
+
+/// The line limit bounds what a peer can make the socket buffer: a line never grows past
+/// the limit, however the bytes arrive (reliability scenario B.2 #13, `DEFAULT_LINE_LIMIT`
+/// docs: "cannot make the socket buffer more than this").
+#[test]
+fn line_limit_bounds_the_buffered_line() {
+    const LIMIT: usize = 1000;
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let out2 = out.clone();
+    let (tx, rx) = mpsc::channel::<()>();
+    let addr = serve_once(move |mut sock| {
+        sock.set_line_limit(LIMIT);
+        // 1: a line of 3 x LIMIT bytes that arrives in one piece, with its line feed.
+        let r = sock.receive(Pattern::Line);
+        out2.borrow_mut().push(match r {
+            Ok(line) => Ok(line.len()),
+            Err(e) => Err((e.kind(), e.partial().len())),
+        });
+        // Skip the rest of that line, up to the marker line.
+        let mut skipped = 0;
+        while sock.receive(Pattern::Line).ok().as_deref() != Some(&b"--"[..]) {
+            skipped += 1;
+            assert!(skipped < 10, "no marker line");
+        }
+        tx.send(()).expect("peer alive");
+        // 2: with the default limit, 64 KiB minus 100 bytes, a pause, then much more.
+        sock.set_line_limit(copas::DEFAULT_LINE_LIMIT);
+        let r = sock.receive(Pattern::Line);
+        out2.borrow_mut().push(match r {
+            Ok(line) => Ok(line.len()),
+            Err(e) => Err((e.kind(), e.partial().len())),
+        });
+    });
+    let peer = std_peer(addr, move |mut s| {
+        let mut first = vec![b'x'; 3 * LIMIT];
+        first.extend_from_slice(b"\n--\n");
+        s.write_all(&first).expect("write");
+        rx.recv_timeout(secs(10)).expect("handler went on");
+        s.write_all(&vec![b'y'; copas::DEFAULT_LINE_LIMIT - 100])
+            .expect("write");
+        thread::sleep(ms(200));
+        // The peer may stop being read at any moment now; ignore write errors.
+        let _ = s.write_all(&vec![b'y'; 4 * copas::DEFAULT_LINE_LIMIT]);
+        // The handler ends with unread data: its close may reset the connection.
+        let _ = s.read_to_end(&mut Vec::new());
+    });
+    run_checked(secs(20));
+    join(peer);
+    // 1: a 3 x LIMIT-byte line with LIMIT as the limit; 2: an endless line, default limit.
+    assert_eq!(
+        *out.borrow(),
+        [
+            Err((ErrorKind::LimitExceeded, LIMIT)),
+            Err((ErrorKind::LimitExceeded, copas::DEFAULT_LINE_LIMIT))
+        ],
+        "a line may not grow past the line limit"
+    );
+}
+
+#[test]
+fn invalid_utf8_line_is_an_error_with_the_bytes() {
+    let out = Rc::new(RefCell::new(None));
+    let out2 = out.clone();
+    with_peer(
+        |mut s| {
+            s.write_all(b"ab\xffcd\r\nok\n").expect("write");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            let e = sock.receive_line().expect_err("not UTF-8");
+            let io_kind = e.io_error().map(|e| e.kind());
+            let next = sock.receive_line().expect("the next line");
+            *out2.borrow_mut() = Some((e.kind(), io_kind, e.partial().to_vec(), next));
+        },
+    );
+    let (kind, io_kind, partial, next) = out.borrow_mut().take().expect("handler ran");
+    assert_eq!(kind, ErrorKind::Io);
+    assert_eq!(io_kind, Some(io::ErrorKind::InvalidData));
+    assert_eq!(partial, b"ab\xffcd");
+    assert_eq!(next, "ok");
+}
+
+// ----- resets and SIGPIPE -----------------------------------------------------------------
+
+/// A std listener thread that accepts one connection, reads `read_first` bytes, then
+/// resets the connection (SO_LINGER 0 and close).
+fn resetting_peer(read_first: usize) -> (SocketAddr, JoinHandle<()>) {
+    let (listener, addr) = util::local_listener();
+    let handle = thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(secs(10))).expect("timeout");
+        let mut buf = vec![0; read_first];
+        s.read_exact(&mut buf).expect("read");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(s);
+    });
+    (addr, handle)
+}
+
+/// Sends far more than the kernel buffers to a peer that resets after 1 KiB, then once
+/// more; both sends must fail with `Closed`. Returns the first error's `sent()`.
+fn send_into_reset() -> usize {
+    const BIG: usize = 16 * 1024 * 1024;
+    let (addr, peer) = resetting_peer(1024);
+    let mut sock = connect(addr);
+    let e = sock
+        .send(&vec![b's'; BIG])
+        .expect_err("send to a reset peer");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e:?}");
+    let sent = e.sent();
+    assert!(
+        (1024..BIG).contains(&sent),
+        "sent() = {sent}: the peer read 1024 bytes of {BIG}"
+    );
+    // Now the connection is known dead: this is where SIGPIPE would strike.
+    let e = sock.send(b"more").expect_err("send after the reset");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e:?}");
+    assert_eq!(e.sent(), 0);
+    join(peer);
+    sent
+}
+
+const SIGPIPE_CHILD: &str = "COPAS_TCP_SIGPIPE_CHILD";
+
+#[test]
+fn send_to_reset_peer_is_closed_and_raises_no_sigpipe() {
+    if !util::is_child(SIGPIPE_CHILD) {
+        let out = util::run_child(
+            "send_to_reset_peer_is_closed_and_raises_no_sigpipe",
+            SIGPIPE_CHILD,
+            secs(60),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "child failed: {:?} (signal {:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status,
+            out.status.signal()
+        );
+        assert!(
+            stdout.contains("sigpipe-child: survived"),
+            "stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        return;
+    }
+    // SAFETY: `signal` with SIG_DFL installs no handler code; the child process runs only
+    // this test, so no other thread depends on the SIGPIPE disposition.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    assert_ne!(previous, libc::SIG_ERR, "signal(SIGPIPE, SIG_DFL) failed");
+
+    // Inside a coroutine.
+    let sent_in_coroutine = Rc::new(Cell::new(None));
+    let sent2 = sent_in_coroutine.clone();
+    copas::addthread(move || sent2.set(Some(send_into_reset()))).expect("addthread");
+    run_checked(secs(30));
+    let in_coroutine = sent_in_coroutine.get().expect("the coroutine finished");
+
+    // Outside any coroutine (blocking calls).
+    let _dog = util::Watchdog::new("blocking send to a reset peer", secs(30));
+    let outside = send_into_reset();
+    println!("sigpipe-child: survived (sent {in_coroutine} / {outside} bytes before the reset)");
+}
+
+// ----- half-close -------------------------------------------------------------------------
+
+#[test]
+fn half_close_lets_the_server_read_all_and_still_reply() {
+    const REPLY: usize = 1024 * 1024;
+    let request = pattern_bytes(200 * 1024, 3);
+    let reply = Rc::new(pattern_bytes(REPLY, 4));
+    let (want, reply2) = (request.clone(), reply.clone());
+    let server_got = Rc::new(Cell::new(None));
+    let server_got2 = server_got.clone();
+    let addr = serve_once(move |mut sock| {
+        let got = sock.receive(Pattern::All).expect("receive(All)");
+        server_got2.set(Some(got == want));
+        assert_eq!(sock.send(&reply2).expect("reply"), REPLY);
+    });
+    let client = Rc::new(RefCell::new(None));
+    let client2 = client.clone();
+    copas::addthread(move || {
+        let mut sock = connect(addr);
+        sock.send(&request).expect("request");
+        sock.shutdown(Shutdown::Write).expect("shutdown");
+        // A second shutdown is harmless (Ok or an error, never a panic).
+        let _ = sock.shutdown(Shutdown::Write);
+        let after = sock.send(b"late").expect_err("send after shutdown(Write)");
+        let got = sock.receive(Pattern::All).expect("the reply");
+        *client2.borrow_mut() = Some((after.kind(), got));
+    })
+    .expect("client");
+    run_checked(secs(20));
+    assert_eq!(server_got.get(), Some(true), "the server got other data");
+    let (after_kind, got) = client.borrow_mut().take().expect("client finished");
+    assert_eq!(after_kind, ErrorKind::Closed);
+    assert_eq!(got.len(), REPLY);
+    assert!(got == *reply, "the reply differs");
+}
+
+// ----- outside any coroutine --------------------------------------------------------------
+
+#[test]
+fn blocking_use_outside_a_coroutine() {
+    let _dog = util::Watchdog::new("blocking socket calls", secs(20));
+    let (listener, addr) = util::local_listener();
+    let server = thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(secs(10))).expect("timeout");
+        let mut w = s.try_clone().expect("clone");
+        for line in io::BufReader::new(s).lines() {
+            let line = line.expect("read");
+            w.write_all(format!("{line}\n").as_bytes()).expect("write");
+        }
+    });
+    assert!(copas::current().is_none());
+    let mut sock = connect(addr);
+    assert_eq!(sock.send(b"ping\n").expect("send"), 5);
+    assert_eq!(sock.receive(Pattern::Line).expect("echo"), b"ping");
+
+    sock.settimeout(Some(ms(100)));
+    let start = Instant::now();
+    let e = sock.receive(Pattern::Line).expect_err("nothing sent");
+    let took = start.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    assert!(
+        took >= ms(100) && took < secs(2),
+        "timed out after {took:?}"
+    );
+
+    // Still usable after the timeout.
+    sock.settimeout(Some(secs(5)));
+    sock.send(b"bye\n").expect("send");
+    assert_eq!(sock.receive(Pattern::Line).expect("echo"), b"bye");
+    drop(sock);
+    join(server);
+}
+
+// ----- Read / BufRead / Write -------------------------------------------------------------
+
+#[test]
+fn std_io_traits_lines_and_write_all() {
+    const REPLY: usize = 1024 * 1024;
+    let reply = pattern_bytes(REPLY, 11);
+    let want = reply.clone();
+    let lines: Rc<RefCell<Option<Vec<String>>>> = Rc::default();
+    let lines2 = lines.clone();
+    let (tx, rx) = mpsc::channel();
+    with_peer(
+        move |mut s| {
+            s.write_all(b"one\ntwo\r\nthree\n").expect("write");
+            s.shutdown(Shutdown::Write).expect("shutdown");
+            tx.send(read_to_close(&mut s)).expect("send result");
+        },
+        move |mut sock| {
+            let got: io::Result<Vec<String>> = (&mut sock).lines().collect();
+            *lines2.borrow_mut() = Some(got.expect("lines"));
+            sock.write_all(&reply).expect("write_all");
+            sock.flush().expect("flush");
+        },
+    );
+    assert_eq!(
+        lines.borrow_mut().take().expect("handler ran"),
+        ["one", "two", "three"]
+    );
+    let got = rx.recv_timeout(secs(1)).expect("peer finished");
+    assert_eq!(got.len(), REPLY);
+    assert!(got == want, "the reply differs");
+}
+
+#[test]
+fn read_trait_reads_what_is_there() {
+    let out = Rc::new(RefCell::new(None));
+    let out2 = out.clone();
+    with_peer(
+        |mut s| {
+            s.write_all(b"hello").expect("write");
+            thread::sleep(ms(50));
+            s.write_all(b" world").expect("write");
+        },
+        move |mut sock| {
+            let mut buf = [0u8; 3];
+            let n = sock.read(&mut buf).expect("read");
+            let mut rest = Vec::new();
+            sock.read_to_end(&mut rest).expect("read_to_end");
+            *out2.borrow_mut() = Some((buf[..n].to_vec(), rest));
+        },
+    );
+    let (first, rest) = out.borrow_mut().take().expect("handler ran");
+    assert_eq!(first, b"hel");
+    assert_eq!(rest, b"lo world");
+}
+
+// ----- connect failures -------------------------------------------------------------------
+
+#[test]
+fn connect_to_a_closed_port_is_refused_quickly() {
+    // A bound socket that does not listen: connects to it are refused, and no other test
+    // can take its port meanwhile.
+    let closed_port = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    closed_port.bind(&any.into()).expect("bind");
+    let addr = closed_port
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet");
+    let inside = Rc::new(RefCell::new(None));
+    let inside2 = inside.clone();
+    copas::addthread(move || {
+        let start = Instant::now();
+        let r = copas::connect(addr, Some(secs(5))).map(|_| ());
+        *inside2.borrow_mut() = Some((r, start.elapsed()));
+    })
+    .expect("addthread");
+    run_checked(secs(10));
+    let (r, took) = inside.borrow_mut().take().expect("coroutine finished");
+    assert_eq!(r.expect_err("nobody listens").kind(), ErrorKind::Refused);
+    assert!(took < secs(1), "refused after {took:?}");
+
+    let _dog = util::Watchdog::new("blocking connect", secs(10));
+    let start = Instant::now();
+    let e = copas::connect(addr, Some(secs(5))).expect_err("nobody listens");
+    assert_eq!(e.kind(), ErrorKind::Refused);
+    assert!(
+        start.elapsed() < secs(1),
+        "refused after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(copas::status().sockets, 0);
+}
+
+// ----- descriptors ------------------------------------------------------------------------
+
+const FD_CHILD: &str = "COPAS_TCP_FD_CHILD";
+
+/// Runs in a child process: the descriptor count is per process and other tests run in
+/// parallel threads.
+#[test]
+fn no_descriptor_leak_after_100_connections() {
+    if !util::is_child(FD_CHILD) {
+        let out = util::run_child(
+            "no_descriptor_leak_after_100_connections",
+            FD_CHILD,
+            secs(60),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("fd-child: ok"),
+            "child: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+        return;
+    }
+    const CONNECTIONS: usize = 100;
+    let _ = copas::status(); // the dispatcher and its poller exist from here on
+    let before = util::fd_count();
+
+    let (listener, addr) = util::local_listener();
+    let served = Rc::new(Cell::new(0usize));
+    let server_cell: Rc<Cell<Option<Server>>> = Rc::default();
+    let (served2, cell) = (served.clone(), server_cell.clone());
+    let server = copas::addserver(listener, move |mut sock: Socket| {
+        let line = sock.receive(Pattern::Line).expect("receive");
+        sock.send(&[&line[..], b"\n"].concat()).expect("send");
+        served2.set(served2.get() + 1);
+        if served2.get() == CONNECTIONS {
+            copas::removeserver(cell.get().expect("server"), false).expect("removeserver");
+        }
+    })
+    .expect("addserver");
+    server_cell.set(Some(server));
+    let ok = Rc::new(Cell::new(0usize));
+    for i in 0..CONNECTIONS {
+        let ok = ok.clone();
+        copas::addthread(move || {
+            let mut sock = connect(addr);
+            let msg = format!("client {i}");
+            sock.send(format!("{msg}\n").as_bytes()).expect("send");
+            assert_eq!(sock.receive(Pattern::Line).expect("echo"), msg.as_bytes());
+            if i % 2 == 0 {
+                sock.close(); // half of them close explicitly, the others by drop
+            }
+            ok.set(ok.get() + 1);
+        })
+        .expect("addthread");
+    }
+    run_checked(secs(30));
+    assert_eq!((served.get(), ok.get()), (CONNECTIONS, CONNECTIONS));
+    let after = util::fd_count();
+    let st = copas::status();
+    assert_eq!((st.sockets, st.coroutines), (0, 0), "{st:?}");
+    assert_eq!(after, before, "descriptors before and after the run");
+    println!("fd-child: ok ({before} descriptors before and after)");
+}
