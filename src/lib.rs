@@ -189,9 +189,10 @@ pub fn current() -> Option<Coroutine> {
     dispatcher::with(|d| d.current())
 }
 
-/// Suspends the calling coroutine for `delay` (Copas `pause`); `Duration::ZERO` yields: it
-/// runs again in the next step, after the others that are ready. Returns the time actually
-/// paused. Outside a coroutine it sleeps the thread.
+/// Suspends the calling coroutine for `delay` (Copas `pause`) and returns the time actually
+/// paused. `Duration::ZERO` yields: the coroutine runs again in the next step, after the
+/// others that are ready, and `Duration::ZERO` is returned without reading the clock (this
+/// is the hot path of cooperative loops). Outside a coroutine it sleeps the thread.
 pub fn pause(delay: Duration) -> Duration {
     dispatcher::with(|d| d.pause(delay))
 }

@@ -15,12 +15,9 @@ use std::ptr;
 use corosensei::stack::Stack as _;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
+use crate::label::Label;
 use crate::overflow;
 use crate::stack::{page_size, Stack};
-
-/// How many bytes of a coroutine's label are kept (longer labels are truncated); the label
-/// lives inline so the stack-overflow reporter can print it without allocating.
-pub const LABEL_CAPACITY: usize = 64;
 
 /// What a running coroutine exposes to code on its stack and to the fault handler.
 pub(crate) struct Frame {
@@ -34,8 +31,7 @@ pub(crate) struct Frame {
     pub(crate) guard: (usize, usize),
     /// Usable stack bytes, for the overflow message.
     pub(crate) stack_size: usize,
-    pub(crate) label: [u8; LABEL_CAPACITY],
-    pub(crate) label_len: usize,
+    pub(crate) label: Label,
 }
 
 thread_local! {
@@ -45,6 +41,7 @@ thread_local! {
 
 /// The frame of the running coroutine, or null. Async-signal-safe: a const-initialised
 /// thread-local without destructor is a plain TLS load.
+#[inline]
 pub(crate) fn current_frame() -> *const Frame {
     CURRENT.with(|c| c.get())
 }
@@ -92,6 +89,9 @@ impl std::error::Error for SuspendError {}
 
 /// A stackful coroutine running a closure on a [`Stack`].
 ///
+/// Its state is boxed, so moving a `Coro` (for example in and out of a table between
+/// resumes) moves one pointer.
+///
 /// # Dropping a coroutine
 ///
 /// Dropping a coroutine that is suspended unwinds its stack: the pending [`suspend`] panics
@@ -104,6 +104,10 @@ impl std::error::Error for SuspendError {}
 ///
 /// `Coro` is neither `Send` nor `Sync`: everything on its stack would have to be `Send`.
 pub struct Coro {
+    state: Box<State>,
+}
+
+struct State {
     inner: Option<Coroutine<(), (), (), Stack>>,
     frame: Frame,
 }
@@ -111,7 +115,7 @@ pub struct Coro {
 impl fmt::Debug for Coro {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coro")
-            .field("tag", &self.frame.tag)
+            .field("tag", &self.state.frame.tag)
             .field("label", &self.label())
             .field("done", &self.is_done())
             .finish()
@@ -121,7 +125,7 @@ impl fmt::Debug for Coro {
 impl Coro {
     /// A coroutine that will run `body` on `stack` when first resumed. `tag` is returned by
     /// [`current`] while it runs; `label` names it in the stack-overflow message.
-    pub fn new<F>(stack: Stack, tag: u64, label: &str, body: F) -> Coro
+    pub fn new<F>(stack: Stack, tag: u64, label: impl Into<Label>, body: F) -> Coro
     where
         F: FnOnce() + 'static,
     {
@@ -135,20 +139,19 @@ impl Coro {
             unsafe { (*frame).yielder.set(yielder) };
             body();
         });
-        let mut coro = Coro {
-            inner: Some(inner),
-            frame: Frame {
-                yielder: Cell::new(ptr::null()),
-                unwinding: Cell::new(false),
-                tag,
-                guard: (limit, limit + page_size()),
-                stack_size,
-                label: [0; LABEL_CAPACITY],
-                label_len: 0,
-            },
-        };
-        coro.set_label(label);
-        coro
+        Coro {
+            state: Box::new(State {
+                inner: Some(inner),
+                frame: Frame {
+                    yielder: Cell::new(ptr::null()),
+                    unwinding: Cell::new(false),
+                    tag,
+                    guard: (limit, limit + page_size()),
+                    stack_size,
+                    label: label.into(),
+                },
+            }),
+        }
     }
 
     /// Runs the coroutine until it suspends, returns or panics.
@@ -156,12 +159,14 @@ impl Coro {
     /// # Panics
     ///
     /// When the coroutine has already finished.
+    #[inline]
     pub fn resume(&mut self) -> Resumed {
-        let inner = match self.inner.as_mut() {
+        let state = &mut *self.state;
+        let inner = match state.inner.as_mut() {
             Some(inner) if !inner.done() => inner,
             _ => panic!("resume of a finished coroutine"),
         };
-        let prev = CURRENT.with(|c| c.replace(&self.frame));
+        let prev = CURRENT.with(|c| c.replace(&state.frame));
         let result = catch_unwind(AssertUnwindSafe(|| inner.resume(())));
         CURRENT.with(|c| c.set(prev));
         match result {
@@ -173,51 +178,45 @@ impl Coro {
 
     /// Whether the coroutine has run to its end (returned or panicked).
     pub fn is_done(&self) -> bool {
-        self.inner.as_ref().is_none_or(|c| c.done())
+        self.state.inner.as_ref().is_none_or(|c| c.done())
     }
 
     /// Whether the coroutine has been resumed at least once.
     pub fn is_started(&self) -> bool {
-        self.inner.as_ref().is_some_and(|c| c.started())
+        self.state.inner.as_ref().is_some_and(|c| c.started())
     }
 
     /// The identity tag given to [`Coro::new`].
     pub fn tag(&self) -> u64 {
-        self.frame.tag
+        self.state.frame.tag
     }
 
-    /// The label printed if this coroutine overflows its stack.
-    pub fn label(&self) -> &str {
-        let bytes = &self.frame.label[..self.frame.label_len];
-        // The label is cut at a char boundary by `set_label`, so it is valid UTF-8.
-        std::str::from_utf8(bytes).unwrap_or("")
+    /// The name printed if this coroutine overflows its stack.
+    pub fn label(&self) -> &Label {
+        &self.state.frame.label
     }
 
-    /// Changes the label (truncated to [`LABEL_CAPACITY`] bytes at a char boundary).
-    pub fn set_label(&mut self, label: &str) {
-        let mut len = label.len().min(LABEL_CAPACITY);
-        while !label.is_char_boundary(len) {
-            len -= 1;
-        }
-        self.frame.label[..len].copy_from_slice(&label.as_bytes()[..len]);
-        self.frame.label_len = len;
+    /// Changes the name printed if this coroutine overflows its stack.
+    pub fn set_label(&mut self, label: impl Into<Label>) {
+        self.state.frame.label = label.into();
     }
 
     /// Finishes the coroutine (unwinding it if it is suspended) and gives back its stack for
     /// reuse.
     pub fn into_stack(mut self) -> Stack {
         self.unwind();
-        let inner = self.inner.take().expect("coroutine already consumed");
+        let inner = self.state.inner.take().expect("coroutine already consumed");
         inner.into_stack()
     }
 
     /// Unwinds a suspended coroutine's stack, dropping its locals, with this coroutine marked
     /// as the running one so code in its destructors sees the right identity.
     fn unwind(&mut self) {
-        if let Some(inner) = self.inner.as_mut() {
+        let state = &mut *self.state;
+        if let Some(inner) = state.inner.as_mut() {
             if inner.started() && !inner.done() {
-                self.frame.unwinding.set(true);
-                let prev = CURRENT.with(|c| c.replace(&self.frame));
+                state.frame.unwinding.set(true);
+                let prev = CURRENT.with(|c| c.replace(&state.frame));
                 inner.force_unwind();
                 CURRENT.with(|c| c.set(prev));
             } else if !inner.started() {
@@ -242,6 +241,7 @@ impl Drop for Coro {
 /// [`SuspendError::NotInCoroutine`] outside any coroutine, and
 /// [`SuspendError::Unwinding`] while the coroutine is being dropped or is unwinding from a
 /// panic (a destructor running during the unwind may not wait).
+#[inline]
 pub fn suspend() -> Result<(), SuspendError> {
     let frame = current_frame();
     if frame.is_null() {
@@ -262,6 +262,7 @@ pub fn suspend() -> Result<(), SuspendError> {
 }
 
 /// The tag of the coroutine running on this thread, or `None` outside any coroutine.
+#[inline]
 pub fn current() -> Option<u64> {
     let frame = current_frame();
     if frame.is_null() {
@@ -273,6 +274,7 @@ pub fn current() -> Option<u64> {
 }
 
 /// Whether the calling code runs inside a coroutine.
+#[inline]
 pub fn in_coroutine() -> bool {
     !current_frame().is_null()
 }

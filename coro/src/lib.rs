@@ -55,10 +55,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod coroutine;
+mod label;
 mod overflow;
 mod panic;
 mod stack;
 
-pub use coroutine::{current, in_coroutine, suspend, Coro, Resumed, SuspendError, LABEL_CAPACITY};
+pub use coroutine::{current, in_coroutine, suspend, Coro, Resumed, SuspendError};
+pub use label::Label;
 pub use panic::panic_message;
 pub use stack::{Stack, StackPool, DEFAULT_STACK_SIZE, MIN_STACK_SIZE};

@@ -122,7 +122,8 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         // and a fault inside it happens while it runs.
         let frame = unsafe { &*frame };
         if addr >= frame.guard.0 && addr < frame.guard.1 {
-            report_overflow(&frame.label[..frame.label_len], frame.stack_size);
+            let (text, infix, number) = frame.label.parts();
+            report_overflow(text.as_bytes(), infix.as_bytes(), number, frame.stack_size);
         }
     }
     let prev = if sig == libc::SIGSEGV {
@@ -158,12 +159,19 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
 }
 
 /// Writes the overflow message with async-signal-safe calls only, then aborts.
-fn report_overflow(label: &[u8], stack_size: usize) -> ! {
+fn report_overflow(text: &[u8], infix: &[u8], number: Option<u64>, stack_size: usize) -> ! {
     let mut digits = [0u8; 20];
     let kib = format_decimal(stack_size / 1024, &mut digits);
+    let mut number_digits = [0u8; 20];
+    let number = match number {
+        Some(n) => format_decimal(n as usize, &mut number_digits),
+        None => b"",
+    };
     for part in [
         b"\ncopas: coroutine '".as_slice(),
-        label,
+        text,
+        infix,
+        number,
         b"' has overflowed its stack (",
         kib,
         b" KiB); give it a larger stack (copas::set_stack_size) or recurse less\n",

@@ -7,10 +7,100 @@
 //! example past `vm.max_map_count`) the caller gets an `io::Error` and can refuse the work,
 //! where `corosensei::Coroutine::new` would panic.
 
-use corosensei::stack::Stack as _;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use corosensei::stack::{DefaultStack, Stack as _, StackPointer};
+
+/// Memory mappings left to the rest of the process when stacks near `vm.max_map_count`:
+/// past the limit even `malloc` fails, and the process aborts instead of refusing work.
+const MAP_RESERVE: usize = 4096;
+
+/// Stacks mapped now, in all pools of the process (each costs two mappings).
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// A coroutine stack: lazily committed memory with a guard page below it.
-pub type Stack = corosensei::stack::DefaultStack;
+///
+/// Counts itself against the process's map limit while it exists.
+pub struct Stack {
+    inner: DefaultStack,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("size", &usable_size(self))
+            .finish()
+    }
+}
+
+impl Stack {
+    /// Maps a stack of `size` usable bytes (plus its guard page).
+    ///
+    /// # Errors
+    ///
+    /// `OutOfMemory` when so many stacks are mapped that the process would run out of memory
+    /// mappings (`vm.max_map_count`, less a reserve of 4,096 for the rest of the process), or
+    /// the error of `mmap`/`mprotect`.
+    pub fn new(size: usize) -> io::Result<Stack> {
+        let mapped = MAPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        if mapped * 2 + MAP_RESERVE > max_map_count() {
+            MAPPED.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "{} coroutine stacks are mapped, near vm.max_map_count ({}); raise it to run more coroutines",
+                    mapped - 1,
+                    max_map_count()
+                ),
+            ));
+        }
+        match DefaultStack::new(size) {
+            Ok(inner) => Ok(Stack { inner }),
+            Err(e) => {
+                MAPPED.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// How many stacks are mapped in this process now.
+    pub fn mapped() -> usize {
+        MAPPED.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        MAPPED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: delegates to `DefaultStack`, whose base and limit describe a mapping that lives as
+// long as the `Stack` (the guard page included in the limit, as the trait requires).
+unsafe impl corosensei::stack::Stack for Stack {
+    #[inline]
+    fn base(&self) -> StackPointer {
+        self.inner.base()
+    }
+
+    #[inline]
+    fn limit(&self) -> StackPointer {
+        self.inner.limit()
+    }
+}
+
+/// `vm.max_map_count`, read once (65,530, Linux's default, if it cannot be read).
+fn max_map_count() -> usize {
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(65_530)
+    })
+}
 
 /// The default usable size of a coroutine stack: 256 KiB.
 ///
@@ -70,9 +160,8 @@ impl StackPool {
     ///
     /// # Errors
     ///
-    /// The error of `mmap` or `mprotect` when no new stack can be mapped (`ENOMEM`, for
-    /// example once `vm.max_map_count` is reached).
-    pub fn allocate(&mut self) -> std::io::Result<Stack> {
+    /// As [`Stack::new`]: `OutOfMemory` near `vm.max_map_count`, or the error of `mmap`.
+    pub fn allocate(&mut self) -> io::Result<Stack> {
         match self.idle.pop() {
             Some(stack) => Ok(stack),
             None => Stack::new(self.size),

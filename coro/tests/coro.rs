@@ -432,7 +432,7 @@ fn many_coroutines_interleave() {
             Some(Coro::new(
                 pool.allocate().unwrap(),
                 tag,
-                &format!("worker-{i}"),
+                format!("worker-{i}"),
                 move || {
                     for step in 0..SUSPENDS {
                         assert_eq!(current(), Some(tag));

@@ -2,7 +2,9 @@
 //!
 //! A step (Copas `step`) is: wait in the poller until an event or the next deadline; turn
 //! events into ready coroutines (and accept rounds for servers); fire expired timers; then
-//! resume every coroutine that was ready when the run phase began, once. Coroutines made
+//! resume every coroutine that was ready when the run phase began, once (at most
+//! [`MAX_RESUMES_PER_STEP`] of them; the rest keep their place for the next step, so timers
+//! and I/O are looked at regularly even when tens of thousands are ready). Coroutines made
 //! ready during the run phase run in the next step, so a `pause(0)` loop cannot spin inside
 //! one step.
 //!
@@ -11,6 +13,7 @@
 //! dropped (dropping a socket closes it, which needs the state). Functions here move such
 //! values out of the borrow's scope before letting them go.
 
+mod poller;
 mod reactor;
 mod report;
 mod status;
@@ -18,23 +21,25 @@ mod task;
 mod timers;
 
 use std::cell::{Cell, RefCell};
-use std::num::NonZeroUsize;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use copas_coro::{Coro, Resumed, StackPool, DEFAULT_STACK_SIZE};
-use polling::{Event, Events, PollMode, Poller};
 use slab::Slab;
+use std::os::fd::AsRawFd;
 
 use crate::error::{Error, ErrorKind, Result};
 
+pub(crate) use poller::SHORT_READ_DRAINS;
 pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
 pub use report::{ErrorHandler, PanicReport};
 pub use status::Status;
 pub use task::Coroutine;
 pub(crate) use task::{TaskName, TaskSocket, Wake};
 
+use poller::{Poller, Readiness};
 use reactor::Source;
 use task::{Task, Wait};
 use timers::TimerQueue;
@@ -44,6 +49,9 @@ const DEFAULT_POOLED_STACKS: usize = 1024;
 
 /// How many events one poller wait can return.
 const EVENT_CAPACITY: usize = 1024;
+
+/// The most coroutines one step resumes; more wait for the next step, after timers and I/O.
+const MAX_RESUMES_PER_STEP: usize = 1024;
 
 /// Socket operations a coroutine may complete without waiting before it is made to yield,
 /// so that a stream that is always ready cannot starve the others.
@@ -111,10 +119,8 @@ impl Counts {
 struct State {
     tasks: Slab<Task>,
     next_generation: u32,
-    /// Coroutines to resume in the next run phase (may hold stale handles).
-    ready: Vec<Coroutine>,
-    /// The previous run phase's list, kept for its capacity.
-    spare_ready: Vec<Coroutine>,
+    /// Coroutines to resume, in order (may hold stale handles, which are skipped).
+    ready: VecDeque<Coroutine>,
     timers: TimerQueue<TimerAction>,
     sources: Slab<Source>,
     next_source_generation: u32,
@@ -135,7 +141,7 @@ struct State {
 pub(crate) struct Dispatcher {
     state: RefCell<State>,
     poller: std::result::Result<Poller, String>,
-    events: RefCell<Events>,
+    events: RefCell<Vec<Readiness>>,
     pool: RefCell<StackPool>,
     /// Operations completed without waiting since the running coroutine was resumed.
     budget: Cell<u32>,
@@ -143,43 +149,6 @@ pub(crate) struct Dispatcher {
     closed_sources: RefCell<Vec<SourceKey>>,
     /// Whether connections accepted from now on are closed when their handler ends.
     autoclose: Cell<bool>,
-}
-
-/// A fixed buffer for a coroutine's stack-overflow label (names are formatted without
-/// allocating).
-struct LabelBuf {
-    buf: [u8; copas_coro::LABEL_CAPACITY],
-    len: usize,
-}
-
-impl std::fmt::Write for LabelBuf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        for ch in s.chars() {
-            let mut tmp = [0u8; 4];
-            let bytes = ch.encode_utf8(&mut tmp).as_bytes();
-            if self.len + bytes.len() > self.buf.len() {
-                return Err(std::fmt::Error);
-            }
-            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-            self.len += bytes.len();
-        }
-        Ok(())
-    }
-}
-
-impl LabelBuf {
-    fn of(name: &TaskName, id: u32) -> LabelBuf {
-        let mut label = LabelBuf {
-            buf: [0; copas_coro::LABEL_CAPACITY],
-            len: 0,
-        };
-        let _ = name.write(id, &mut label);
-        label
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
 }
 
 impl State {
@@ -258,12 +227,12 @@ impl State {
             task.wait = Wait::Ready;
             task.wake = why;
         }
-        self.ready.push(co);
+        self.ready.push_back(co);
         true
     }
 
     /// Handles one poller event.
-    fn on_event(&mut self, ev: Event) {
+    fn on_event(&mut self, ev: Readiness) {
         let key = SourceKey::from_poll_key(ev.key);
         let Some(src) = self.source_mut(key) else {
             return;
@@ -276,6 +245,9 @@ impl State {
             return;
         }
         let mut woken = [None, None];
+        if ev.read_closed {
+            src.io.read_closed.set(true);
+        }
         if ev.readable {
             src.io.readable.set(true);
             woken[0] = src.readers.pop_front();
@@ -323,8 +295,7 @@ impl Dispatcher {
             state: RefCell::new(State {
                 tasks: Slab::new(),
                 next_generation: 1,
-                ready: Vec::new(),
-                spare_ready: Vec::new(),
+                ready: VecDeque::new(),
                 timers: TimerQueue::new(),
                 sources: Slab::new(),
                 next_source_generation: 1,
@@ -341,9 +312,7 @@ impl Dispatcher {
             closed_sources: RefCell::new(Vec::new()),
             autoclose: Cell::new(true),
             poller: Poller::new().map_err(|e| e.to_string()),
-            events: RefCell::new(Events::with_capacity(
-                NonZeroUsize::new(EVENT_CAPACITY).expect("non-zero"),
-            )),
+            events: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
             pool: RefCell::new(StackPool::new(DEFAULT_STACK_SIZE, DEFAULT_POOLED_STACKS)),
             budget: Cell::new(0),
         }
@@ -386,8 +355,7 @@ impl Dispatcher {
             let index = st.tasks.vacant_key() as u32;
             Coroutine { index, generation }
         };
-        let label = LabelBuf::of(&name, co.generation);
-        let coro = Coro::new(stack, co.tag(), label.as_str(), body);
+        let coro = Coro::new(stack, co.tag(), name.label(co.generation), body);
         {
             let mut st = self.state.borrow_mut();
             st.tasks.insert(Task {
@@ -405,7 +373,7 @@ impl Dispatcher {
                 relabel: false,
             });
             if !start_now {
-                st.ready.push(co);
+                st.ready.push_back(co);
             }
         }
         if start_now {
@@ -455,7 +423,7 @@ impl Dispatcher {
                     return;
                 }
                 if std::mem::take(&mut task.relabel) {
-                    coro.set_label(LabelBuf::of(&task.name, co.generation).as_str());
+                    coro.set_label(task.name.label(co.generation));
                 }
                 task.coro = Some(coro);
             }
@@ -571,7 +539,7 @@ impl Dispatcher {
             events.clear();
             poller.wait(&mut events, wait_for)?;
             let mut st = self.state.borrow_mut();
-            for ev in events.iter() {
+            for &ev in events.iter() {
                 st.on_event(ev);
             }
             !events.is_empty()
@@ -580,21 +548,13 @@ impl Dispatcher {
         self.accept_pending();
         self.fire_timers();
 
-        let batch = {
-            let mut st = self.state.borrow_mut();
-            let mut batch = std::mem::take(&mut st.spare_ready);
-            std::mem::swap(&mut batch, &mut st.ready);
-            batch
-        };
-        for &co in &batch {
-            self.resume(co);
-        }
-        {
-            let mut batch = batch;
-            batch.clear();
-            let mut st = self.state.borrow_mut();
-            if st.spare_ready.capacity() < batch.capacity() {
-                st.spare_ready = batch;
+        // Resume those ready now; those made ready meanwhile go after them, next step.
+        let batch = self.state.borrow().ready.len().min(MAX_RESUMES_PER_STEP);
+        for _ in 0..batch {
+            let next = self.state.borrow_mut().ready.pop_front();
+            match next {
+                Some(co) => self.resume(co),
+                None => break,
             }
         }
         self.reap();
@@ -811,7 +771,7 @@ impl Dispatcher {
         for src in &sources {
             let sock = src.io.sock.borrow_mut().take();
             if let (Some(sock), Ok(poller)) = (sock, self.poller()) {
-                let _ = poller.delete(&sock);
+                let _ = poller.delete(sock.as_raw_fd());
             }
         }
         drop(sources);
@@ -976,35 +936,41 @@ impl Dispatcher {
     }
 
     pub(crate) fn pause(&self, delay: Duration) -> Duration {
+        if delay.is_zero() {
+            // A plain yield: no clock reads (it is the hot path of cooperative loops).
+            if let Some(co) = self.current() {
+                let queued = {
+                    let mut st = self.state.borrow_mut();
+                    match st.task_mut(co) {
+                        Some(task) => {
+                            task.wait = Wait::Ready;
+                            task.wake = Wake::Woken;
+                            st.ready.push_back(co);
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if queued {
+                    self.suspend(co);
+                }
+            }
+            return Duration::ZERO;
+        }
         let start = Instant::now();
         let Some(co) = self.current() else {
             std::thread::sleep(delay);
             return start.elapsed();
         };
-        {
-            let mut st = self.state.borrow_mut();
-            let entered = if delay.is_zero() {
-                match st.task_mut(co) {
-                    Some(task) => {
-                        task.wait = Wait::Ready;
-                        task.wake = Wake::Woken;
-                        st.ready.push(co);
-                        true
-                    }
-                    _ => false,
-                }
-            } else {
-                let deadline = start.checked_add(delay);
-                let wait = if deadline.is_some() {
-                    Wait::Sleep
-                } else {
-                    Wait::PausedForever
-                };
-                st.enter_wait(co, wait, deadline)
-            };
-            if !entered {
-                return start.elapsed();
-            }
+        let deadline = start.checked_add(delay);
+        // A delay past the end of time is forever.
+        let wait = if deadline.is_some() {
+            Wait::Sleep
+        } else {
+            Wait::PausedForever
+        };
+        if !self.state.borrow_mut().enter_wait(co, wait, deadline) {
+            return start.elapsed();
         }
         self.suspend(co);
         start.elapsed()
@@ -1074,7 +1040,8 @@ impl Dispatcher {
         let Some(task) = st.task_mut(co) else {
             return false;
         };
-        task.name = TaskName::Owned(Rc::from(name));
+        let name: Rc<str> = Rc::from(name);
+        task.name = TaskName::Owned(name.clone());
         match task.coro.as_mut() {
             Some(coro) => coro.set_label(name),
             // It runs: its coroutine is on the dispatcher's stack; relabel when it suspends.
@@ -1180,12 +1147,7 @@ impl Dispatcher {
         let added = {
             let sock = io.sock.borrow();
             match sock.as_ref() {
-                // SAFETY: the descriptor is deleted from the poller before it is closed:
-                // `close_source` and `deregister` delete it first, and the `IoSource` that
-                // owns it is only dropped through them or after the poller is gone.
-                Some(sock) => unsafe {
-                    poller.add_with_mode(sock, Event::all(key.poll_key()), PollMode::Edge)
-                },
+                Some(sock) => poller.add(sock.as_raw_fd(), key.poll_key()),
                 None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
             }
         };
@@ -1214,7 +1176,7 @@ impl Dispatcher {
     pub(crate) fn deregister(&self, io: &IoSource) -> Option<socket2::Socket> {
         let sock = io.sock.borrow_mut().take()?;
         if let Ok(poller) = self.poller() {
-            let _ = poller.delete(&sock);
+            let _ = poller.delete(sock.as_raw_fd());
         }
         if let Some(key) = io.key.take() {
             match self.state.try_borrow_mut() {
@@ -1276,7 +1238,7 @@ impl Drop for Dispatcher {
             src.io.key.set(None);
             if let Some(sock) = src.io.sock.borrow_mut().take() {
                 if let Ok(poller) = &self.poller {
-                    let _ = poller.delete(&sock);
+                    let _ = poller.delete(sock.as_raw_fd());
                 }
             }
         }

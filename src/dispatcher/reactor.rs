@@ -3,8 +3,10 @@
 //! Each socket is registered with the poller once, edge-triggered, for both directions, for
 //! its whole life: no `epoll_ctl` per wait. Because an edge is reported once, every event
 //! sets the socket's readiness bits whether or not anybody waits; socket operations clear a
-//! bit only when the kernel says `WouldBlock`. (A short read does not prove the socket
-//! drained: an end of stream or a reset queued behind the data raises no further edge.)
+//! bit when the kernel says `WouldBlock` and, where the poller reports end of stream on its
+//! own (epoll's `EPOLLRDHUP`, see `poller.rs`), when a read comes back short: the receive
+//! queue was drained, and a FIN queued behind the data is remembered in `read_closed`. So a
+//! drained socket is not read again just to learn it is empty.
 //!
 //! Each entry keeps a FIFO of coroutines waiting to read and one of those waiting to write.
 //! A waiter that times out or is cancelled is taken out of its FIFO at once, so a later
@@ -26,6 +28,9 @@ pub(crate) struct IoSource {
     pub(crate) readable: Cell<bool>,
     /// Likewise for writing.
     pub(crate) writable: Cell<bool>,
+    /// The poller reported end of stream (or a reset or error): reads no longer block,
+    /// whatever `readable` says. Never cleared.
+    pub(crate) read_closed: Cell<bool>,
     /// Coroutines waiting on this socket, both directions; lets a finished operation skip
     /// the dispatcher when nobody else waits.
     pub(crate) waiting: Cell<u32>,
@@ -39,6 +44,7 @@ impl IoSource {
             sock: RefCell::new(Some(sock)),
             readable: Cell::new(true),
             writable: Cell::new(true),
+            read_closed: Cell::new(false),
             waiting: Cell::new(0),
             key: Cell::new(None),
         }
@@ -59,11 +65,11 @@ pub(crate) struct SourceKey {
 }
 
 impl SourceKey {
-    pub(crate) fn poll_key(self) -> usize {
-        ((self.generation as usize) << 32) | self.index as usize
+    pub(crate) fn poll_key(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
     }
 
-    pub(crate) fn from_poll_key(key: usize) -> SourceKey {
+    pub(crate) fn from_poll_key(key: u64) -> SourceKey {
         SourceKey {
             index: key as u32,
             generation: (key >> 32) as u32,

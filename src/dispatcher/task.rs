@@ -4,7 +4,7 @@
 use std::fmt;
 use std::rc::Rc;
 
-use copas_coro::Coro;
+use copas_coro::{Coro, Label};
 
 use super::report::ErrorHandler;
 use super::timers::TimerKey;
@@ -65,6 +65,18 @@ impl TaskName {
             TaskName::Static(s) => out.write_str(s),
             TaskName::Handler { server, n } => write!(out, "{server}:handler_{n}"),
             TaskName::Owned(s) => out.write_str(s),
+        }
+    }
+
+    /// The name as the coroutine layer keeps it (no formatting).
+    pub(crate) fn label(&self, id: u32) -> Label {
+        match self {
+            TaskName::Anonymous => Label::new("").numbered("thread_", u64::from(id)),
+            TaskName::Static(s) => Label::new(s),
+            TaskName::Handler { server, n } => {
+                Label::shared(server.clone()).numbered(":handler_", *n)
+            }
+            TaskName::Owned(s) => Label::shared(s.clone()),
         }
     }
 

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::dispatcher::{self, IoSource, TaskSocket, Wake};
+use crate::dispatcher::{self, IoSource, TaskSocket, Wake, SHORT_READ_DRAINS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
@@ -299,8 +299,12 @@ impl Socket {
                     return Ok(0);
                 }
                 Ok(n) => {
-                    // A short read does not prove the socket drained: an end of stream
-                    // (FIN) or a reset queued behind the data raises no further edge.
+                    // A short read drained the receive queue: wait for the next edge rather
+                    // than read again to learn it is empty. Safe only where the poller
+                    // reports a FIN queued behind the data separately (`read_closed`).
+                    if n < dst.len() && SHORT_READ_DRAINS {
+                        io.readable.set(false);
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -323,7 +327,7 @@ impl Socket {
             if self.conn.eof.get() {
                 return Ok(0);
             }
-            if self.conn.io.readable.get() {
+            if self.conn.io.readable.get() || self.conn.io.read_closed.get() {
                 match self.recv_into(dst) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

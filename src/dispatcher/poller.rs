@@ -1,0 +1,302 @@
+//! The readiness source: registering descriptors and waiting for their events.
+//!
+//! On Linux this talks to epoll directly; elsewhere it uses the `polling` crate. Linux gets its
+//! own backend for two reasons, both measured (docs/design.md, "The poller"):
+//!
+//! * **End of stream.** A short read means the receive queue was drained, so the socket need
+//!   not be read again until its next edge — except when the peer's FIN (or a reset) was queued
+//!   behind the data: that raises no further edge. epoll reports it as `EPOLLRDHUP`, which
+//!   `polling` neither registers nor exposes; with it, a FIN is remembered in a bit of its own
+//!   and the short-read rule is safe. Without it (other platforms) only `WouldBlock` may clear
+//!   readiness, at the price of one more read per message.
+//! * **Cost per wait.** `polling`'s `wait` makes five system calls on Linux (it re-arms a
+//!   timerfd and an eventfd each time); here a wait is one `epoll_pwait2` (one `epoll_wait`
+//!   on kernels before 5.11, with the timeout rounded up to a millisecond).
+//!
+//! Every descriptor is registered once, edge-triggered, for both directions.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// One readiness event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    pub(crate) key: u64,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    /// The peer will send nothing more (FIN, reset, or error): reads no longer block.
+    pub(crate) read_closed: bool,
+}
+
+/// Whether a short read proves the socket drained on this platform (it does when the
+/// poller reports end of stream separately; see the module docs).
+pub(crate) const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
+
+/// The key reserved for the poller's own wake-up descriptor.
+pub(crate) const NOTIFY_KEY: u64 = u64::MAX;
+
+#[cfg(target_os = "linux")]
+pub(crate) use linux::Poller;
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) use portable::Poller;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// How many events one wait can return.
+    const EVENT_CAPACITY: usize = 1024;
+
+    /// An epoll instance with an eventfd for wake-ups from other threads.
+    #[derive(Debug)]
+    pub(crate) struct Poller {
+        epoll: OwnedFd,
+        notify: OwnedFd,
+        buffer: RefCell<Vec<libc::epoll_event>>,
+        /// `epoll_pwait2` is missing (kernel before 5.11): use `epoll_wait`.
+        no_pwait2: Cell<bool>,
+    }
+
+    fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    impl Poller {
+        pub(crate) fn new() -> io::Result<Poller> {
+            // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new
+            // descriptor that we own.
+            let epoll =
+                unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+            // SAFETY: as above, for eventfd.
+            let notify = unsafe {
+                OwnedFd::from_raw_fd(check(libc::eventfd(
+                    0,
+                    libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+                ))?)
+            };
+            let poller = Poller {
+                epoll,
+                notify,
+                buffer: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
+                no_pwait2: Cell::new(false),
+            };
+            poller.ctl(
+                libc::EPOLL_CTL_ADD,
+                poller.notify.as_raw_fd(),
+                (libc::EPOLLIN | libc::EPOLLET) as u32,
+                NOTIFY_KEY,
+            )?;
+            Ok(poller)
+        }
+
+        fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+            let mut event = libc::epoll_event { events, u64: key };
+            // SAFETY: `event` is a valid epoll_event; epoll ignores it for EPOLL_CTL_DEL.
+            check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) })?;
+            Ok(())
+        }
+
+        /// Registers `fd` for both directions, edge-triggered, with end-of-stream reports.
+        pub(crate) fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
+            let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+            self.ctl(libc::EPOLL_CTL_ADD, fd, events as u32, key)
+        }
+
+        /// Unregisters `fd` (before it is closed).
+        pub(crate) fn delete(&self, fd: RawFd) -> io::Result<()> {
+            self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+        }
+
+        /// Wakes a thread blocked in [`Poller::wait`] (or its next call). Any thread may call it.
+        #[allow(dead_code)]
+        pub(crate) fn notify(&self) -> io::Result<()> {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+            let n = unsafe { libc::write(self.notify.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                // A full counter already guarantees a wake-up.
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+
+        /// Waits up to `timeout` (`None`: indefinitely) and appends the events to `out`.
+        /// Interrupted waits (`EINTR`) return with no events rather than an error.
+        pub(crate) fn wait(
+            &self,
+            out: &mut Vec<Readiness>,
+            timeout: Option<Duration>,
+        ) -> io::Result<()> {
+            let mut buffer = self.buffer.borrow_mut();
+            buffer.clear();
+            let n = self.wait_raw(&mut buffer, timeout)?;
+            // SAFETY: the kernel initialised the first `n` entries.
+            unsafe { buffer.set_len(n) };
+            for ev in buffer.iter() {
+                let key = ev.u64;
+                if key == NOTIFY_KEY {
+                    self.drain_notify();
+                    continue;
+                }
+                let flags = ev.events as libc::c_int;
+                out.push(Readiness {
+                    key,
+                    readable: flags
+                        & (libc::EPOLLIN
+                            | libc::EPOLLRDHUP
+                            | libc::EPOLLHUP
+                            | libc::EPOLLERR
+                            | libc::EPOLLPRI)
+                        != 0,
+                    writable: flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) != 0,
+                    read_closed: flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0,
+                });
+            }
+            Ok(())
+        }
+
+        fn wait_raw(
+            &self,
+            buffer: &mut Vec<libc::epoll_event>,
+            timeout: Option<Duration>,
+        ) -> io::Result<usize> {
+            let epfd = self.epoll.as_raw_fd();
+            let max = buffer.capacity() as libc::c_int;
+            let events = buffer.as_mut_ptr();
+            if !self.no_pwait2.get() {
+                let ts = timeout.map(|t| libc::timespec {
+                    tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                    tv_nsec: t.subsec_nanos() as libc::c_long,
+                });
+                let ts_ptr = ts
+                    .as_ref()
+                    .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+                // SAFETY: `events` has room for `max` entries; `ts_ptr` is null or points at
+                // a timespec that outlives the call; no signal mask is passed.
+                let ret = unsafe {
+                    libc::syscall(
+                        libc::SYS_epoll_pwait2,
+                        epfd,
+                        events,
+                        max,
+                        ts_ptr,
+                        std::ptr::null::<libc::sigset_t>(),
+                        0usize,
+                    )
+                };
+                if ret >= 0 {
+                    return Ok(ret as usize);
+                }
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => return Ok(0),
+                    Some(libc::ENOSYS) => self.no_pwait2.set(true),
+                    _ => return Err(err),
+                }
+            }
+            let ms = match timeout {
+                None => -1,
+                Some(t) => t
+                    .as_nanos()
+                    .div_ceil(1_000_000)
+                    .min(libc::c_int::MAX as u128) as libc::c_int,
+            };
+            // SAFETY: `events` has room for `max` entries.
+            let ret = unsafe { libc::epoll_wait(epfd, events, max, ms) };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EINTR) {
+                    return Ok(0);
+                }
+                return Err(err);
+            }
+            Ok(ret as usize)
+        }
+
+        fn drain_notify(&self) {
+            let mut value: u64 = 0;
+            // SAFETY: reads at most 8 bytes into a valid u64 from our non-blocking eventfd.
+            unsafe {
+                libc::read(self.notify.as_raw_fd(), (&mut value as *mut u64).cast(), 8);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod portable {
+    use super::*;
+    use std::cell::RefCell;
+    use std::num::NonZeroUsize;
+
+    /// The `polling` crate's poller, for platforms without the epoll backend.
+    #[derive(Debug)]
+    pub(crate) struct Poller {
+        inner: polling::Poller,
+        events: RefCell<polling::Events>,
+    }
+
+    impl Poller {
+        pub(crate) fn new() -> io::Result<Poller> {
+            Ok(Poller {
+                inner: polling::Poller::new()?,
+                events: RefCell::new(polling::Events::with_capacity(
+                    NonZeroUsize::new(1024).expect("non-zero"),
+                )),
+            })
+        }
+
+        pub(crate) fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
+            // SAFETY: copas deletes every descriptor from the poller before closing it
+            // (`Dispatcher::deregister`), which is what `polling` requires.
+            unsafe {
+                self.inner.add_with_mode(
+                    fd,
+                    polling::Event::all(key as usize),
+                    polling::PollMode::Edge,
+                )
+            }
+        }
+
+        pub(crate) fn delete(&self, fd: RawFd) -> io::Result<()> {
+            // SAFETY: `fd` is open (it is deleted before it is closed).
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            self.inner.delete(fd)
+        }
+
+        #[allow(dead_code)]
+        pub(crate) fn notify(&self) -> io::Result<()> {
+            self.inner.notify()
+        }
+
+        pub(crate) fn wait(
+            &self,
+            out: &mut Vec<Readiness>,
+            timeout: Option<Duration>,
+        ) -> io::Result<()> {
+            let mut events = self.events.borrow_mut();
+            events.clear();
+            self.inner.wait(&mut events, timeout)?;
+            for ev in events.iter() {
+                out.push(Readiness {
+                    key: ev.key as u64,
+                    readable: ev.readable,
+                    writable: ev.writable,
+                    read_closed: false,
+                });
+            }
+            Ok(())
+        }
+    }
+}
