@@ -30,8 +30,24 @@ pub enum ErrorKind {
     LimitExceeded,
     /// The object waited on was destroyed (a lock, semaphore or queue).
     Destroyed,
+    /// More was asked of a semaphore than it can ever hold, or given back than fits under
+    /// its maximum (Copas `"too many"`).
+    TooMany,
+    /// A lock was released by a coroutine that does not own it (Copas
+    /// `"cannot release a lock not owned"`).
+    NotOwned,
+    /// A timer was armed while it already was (Copas `"already armed"`).
+    AlreadyArmed,
+    /// A timer was cancelled while it was not armed (Copas `"not armed"`).
+    NotArmed,
+    /// A queue that was told to stop refused an item (Copas `"stopping"`).
+    Stopping,
+    /// The task behind a [`Future`](crate::future::Future) panicked; the error's message is
+    /// the panic's (Copas hands back the error message itself).
+    Panicked,
     /// The waiting coroutine was cancelled (removed with `removethread`, `cancelall`, or
-    /// dropped) while it waited.
+    /// dropped) while it waited, or the task of a [`Future`](crate::future::Future) was
+    /// cancelled or removed before it finished (Copas `"cancelled"`).
     Cancelled,
     /// The call needs a coroutine, a running dispatcher, or another context it was not given.
     InvalidState,
@@ -49,6 +65,12 @@ impl ErrorKind {
             ErrorKind::Tls => "tls error",
             ErrorKind::LimitExceeded => "limit exceeded",
             ErrorKind::Destroyed => "destroyed",
+            ErrorKind::TooMany => "too many",
+            ErrorKind::NotOwned => "cannot release a lock not owned",
+            ErrorKind::AlreadyArmed => "already armed",
+            ErrorKind::NotArmed => "not armed",
+            ErrorKind::Stopping => "stopping",
+            ErrorKind::Panicked => "panicked",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::InvalidState => "invalid state",
             ErrorKind::Io => "i/o error",
@@ -110,6 +132,12 @@ impl Error {
     /// How many bytes a send operation had sent before the error.
     pub fn sent(&self) -> usize {
         self.sent
+    }
+
+    /// The message saying more about the error, if it has one (for
+    /// [`ErrorKind::Panicked`], the panic's message).
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
     }
 
     /// The operating-system error behind this one, if any.
@@ -247,6 +275,21 @@ mod tests {
         let back = Error::from(io);
         assert_eq!(back.kind(), ErrorKind::Timeout);
         assert_eq!(back.partial(), b"abc");
+    }
+
+    #[test]
+    fn synchronisation_kinds_use_copas_words() {
+        assert_eq!(ErrorKind::TooMany.as_str(), "too many");
+        assert_eq!(
+            ErrorKind::NotOwned.as_str(),
+            "cannot release a lock not owned"
+        );
+        assert_eq!(ErrorKind::AlreadyArmed.as_str(), "already armed");
+        assert_eq!(ErrorKind::NotArmed.as_str(), "not armed");
+        assert_eq!(ErrorKind::Stopping.as_str(), "stopping");
+        let e = Error::with_message(ErrorKind::Panicked, "boom");
+        assert_eq!(e.message(), Some("boom"));
+        assert_eq!(e.to_string(), "panicked: boom");
     }
 
     #[test]

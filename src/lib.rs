@@ -48,6 +48,26 @@
 //! * Outside any coroutine, socket calls block the calling thread, so the same code (and
 //!   the protocol clients) work from plain `main`.
 //!
+//! ## Synchronisation
+//!
+//! Copas's submodules keep their names: [`timer`] (one-shot and recurring timers),
+//! [`lock`] (a re-entrant lock with a FIFO line), [`semaphore`] (counted permits, strict
+//! FIFO), [`queue`] (a FIFO queue with workers) and [`future`] (the result of a coroutine).
+//! Waiting in them suspends only the calling coroutine. As in Copas, a timeout of `None`
+//! means the object's default (10 s) and [`FOREVER`] means no timeout; a coroutine waiting
+//! with a timeout keeps [`run`] going, one waiting forever does not.
+//!
+//! ```
+//! use copas::queue::Queue;
+//!
+//! let jobs: Queue<u32> = Queue::new();
+//! jobs.add_worker(|n| println!("job {n}")).unwrap();
+//! jobs.push(1).unwrap();
+//! jobs.push(2).unwrap();
+//! let q = jobs.clone();
+//! copas::run_with(move || q.finish(None, false).unwrap()).unwrap();
+//! ```
+//!
 //! ## Cooperative scheduling
 //!
 //! Coroutines switch only inside copas calls. A coroutine that computes for a second
@@ -61,6 +81,7 @@
 mod dispatcher;
 mod error;
 mod net;
+mod sync;
 mod sys;
 
 use std::net::{TcpListener, ToSocketAddrs};
@@ -71,6 +92,7 @@ pub use dispatcher::{Coroutine, ErrorHandler, PanicReport, Status};
 pub use error::{Error, ErrorKind, Result};
 pub use net::server::{Server, ServerOptions};
 pub use net::socket::{Pattern, Socket, DEFAULT_LINE_LIMIT};
+pub use sync::{future, lock, queue, semaphore, timer, FOREVER};
 
 pub use copas_coro::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 

@@ -1,0 +1,293 @@
+//! `copas::semaphore`: counted permits for coroutines (Copas `copas.semaphore`).
+//!
+//! A [`Semaphore`] holds up to `max` permits. [`take`](Semaphore::take) gets some, waiting
+//! in line while there are not enough; [`give`](Semaphore::give) returns some and serves the
+//! waiters in order. The line is strictly first come first served: a request succeeds at
+//! once only when nobody waits before it, and a large request at the head holds back small
+//! ones behind it.
+//!
+//! Differences from Copas 4.11:
+//!
+//! * Destroying a semaphore cancels its waiters' timeouts with them, so none fires later
+//!   (Copas issue #118), and wakes every waiter, also those whose request would not fit
+//!   under `max` (Copas leaves those to time out).
+//! * A waiter at the head that times out or is removed lets the ones behind it be served at
+//!   once if enough permits are there (Copas waits for the next `give`).
+//! * [`get_wait`](Semaphore::get_wait) never goes below zero.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub use super::DEFAULT_TIMEOUT;
+
+use super::{Outcome, Slot, WaitList};
+use crate::error::{Error, ErrorKind, Result};
+
+/// What a waiter is handed.
+#[derive(Clone, Copy)]
+enum Signal {
+    /// Its permits.
+    Granted,
+    /// The semaphore was destroyed.
+    Destroyed,
+}
+
+struct State {
+    max: usize,
+    count: usize,
+    /// Used by `take(n, None)`.
+    timeout: Duration,
+    /// Waiting coroutines with how many permits each asked for.
+    waiters: WaitList<Signal, usize>,
+    destroyed: bool,
+}
+
+impl State {
+    /// Serves waiters from the head of the line while there are enough permits.
+    fn serve(&mut self) {
+        while let Some(head) = self.waiters.front() {
+            let wanted = head.data;
+            if wanted > self.count {
+                return;
+            }
+            let Some(head) = self.waiters.pop_front() else {
+                return;
+            };
+            if head.grant(Signal::Granted).is_ok() {
+                self.count -= wanted;
+            }
+        }
+    }
+}
+
+/// A counting semaphore for coroutines (Copas `copas.semaphore`). Cloning gives another
+/// handle to the same semaphore.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use copas::semaphore::Semaphore;
+///
+/// // At most 2 of the 5 workers at a time.
+/// let sema = Semaphore::new(2, 2, None);
+/// for _ in 0..5 {
+///     let sema = sema.clone();
+///     copas::addthread(move || {
+///         sema.take(1, None).expect("permit");
+///         copas::pause(Duration::from_millis(10));
+///         sema.give(1).expect("give back");
+///     })
+///     .unwrap();
+/// }
+/// copas::run().unwrap();
+/// assert_eq!(sema.get_count().unwrap(), 2);
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    state: Rc<RefCell<State>>,
+}
+
+impl Semaphore {
+    /// A semaphore of at most `max` permits, `start` of them available (Copas
+    /// `semaphore.new(max, start, timeout)`). `timeout` is the default of
+    /// [`take`](Semaphore::take) (`None`: 10 s, [`FOREVER`](crate::FOREVER): no timeout).
+    ///
+    /// # Panics
+    ///
+    /// When `max` is 0 or `start` is more than `max`.
+    pub fn new(max: usize, start: usize, timeout: impl Into<Option<Duration>>) -> Semaphore {
+        assert!(max >= 1, "a semaphore needs a maximum of at least 1");
+        assert!(
+            start <= max,
+            "a semaphore cannot start with more than its maximum ({start} > {max})"
+        );
+        Semaphore {
+            state: Rc::new(RefCell::new(State {
+                max,
+                count: start,
+                timeout: timeout.into().unwrap_or(DEFAULT_TIMEOUT),
+                waiters: WaitList::new(),
+                destroyed: false,
+            })),
+        }
+    }
+
+    /// Takes `n` permits (Copas `semaphore:take(n, timeout)`), waiting in line up to
+    /// `timeout` (`None`: the semaphore's default) when someone waits already or there are
+    /// not enough. A zero timeout never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::TooMany`] at once when `n` is more than the maximum;
+    /// [`ErrorKind::Timeout`]; [`ErrorKind::Destroyed`] when the semaphore is or gets
+    /// destroyed; [`ErrorKind::InvalidState`] when it would have to wait outside a
+    /// coroutine; [`ErrorKind::Cancelled`] when the waiting coroutine is being removed.
+    pub fn take(&self, n: usize, timeout: impl Into<Option<Duration>>) -> Result<()> {
+        let (ticket, slot, deadline) = {
+            let mut st = self.state.borrow_mut();
+            if st.destroyed {
+                return Err(Error::new(ErrorKind::Destroyed));
+            }
+            if st.waiters.is_empty() && st.count >= n {
+                st.count -= n;
+                return Ok(());
+            }
+            if n > st.max {
+                return Err(Error::new(ErrorKind::TooMany));
+            }
+            let timeout = timeout.into().unwrap_or(st.timeout);
+            if timeout.is_zero() {
+                return Err(Error::new(ErrorKind::Timeout));
+            }
+            let co = super::current().ok_or_else(|| super::outside_coroutine("Semaphore::take"))?;
+            let (ticket, slot) = st.waiters.push(co, n);
+            (ticket, slot, super::deadline(timeout))
+        };
+        let guard = Ticket {
+            state: &self.state,
+            ticket,
+            slot,
+            n,
+        };
+        let outcome = super::wait(&guard.slot, deadline);
+        drop(guard);
+        match outcome {
+            // Destroyed after the permits were handed over but before this coroutine ran:
+            // "destroyed" wins, as in Copas.
+            Outcome::Signalled(Signal::Granted) if self.state.borrow().destroyed => {
+                Err(Error::new(ErrorKind::Destroyed))
+            }
+            Outcome::Signalled(Signal::Granted) => Ok(()),
+            Outcome::Signalled(Signal::Destroyed) => Err(Error::new(ErrorKind::Destroyed)),
+            Outcome::TimedOut => Err(Error::new(ErrorKind::Timeout)),
+            Outcome::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+        }
+    }
+
+    /// Gives back `n` permits (Copas `semaphore:give(n)`) and serves the waiters in order
+    /// while there are enough for the one at the head.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::TooMany`] when the count would go over the maximum: it is capped at the
+    /// maximum (and the waiters are served all the same); [`ErrorKind::Destroyed`].
+    pub fn give(&self, n: usize) -> Result<()> {
+        let mut st = self.state.borrow_mut();
+        if st.destroyed {
+            return Err(Error::new(ErrorKind::Destroyed));
+        }
+        let mut result = Ok(());
+        st.count = match st.count.checked_add(n) {
+            Some(count) if count <= st.max => count,
+            _ => {
+                result = Err(Error::new(ErrorKind::TooMany));
+                st.max
+            }
+        };
+        st.serve();
+        result
+    }
+
+    /// The permits available now (Copas `semaphore:get_count`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Destroyed`].
+    pub fn get_count(&self) -> Result<usize> {
+        let st = self.state.borrow();
+        if st.destroyed {
+            return Err(Error::new(ErrorKind::Destroyed));
+        }
+        Ok(st.count)
+    }
+
+    /// How many more permits the waiters need than are available (Copas
+    /// `semaphore:get_wait`): `give(get_wait()?)` serves everyone in line and leaves none.
+    /// Zero when nobody waits (Copas returns the negative surplus then).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Destroyed`].
+    pub fn get_wait(&self) -> Result<usize> {
+        let st = self.state.borrow();
+        if st.destroyed {
+            return Err(Error::new(ErrorKind::Destroyed));
+        }
+        let wanted: usize = st.waiters.iter().map(|e| e.data).sum();
+        Ok(wanted.saturating_sub(st.count))
+    }
+
+    /// The most permits it holds.
+    pub fn max(&self) -> usize {
+        self.state.borrow().max
+    }
+
+    /// How many coroutines wait in line.
+    pub fn waiting(&self) -> usize {
+        self.state.borrow().waiters.len()
+    }
+
+    /// Destroys the semaphore (Copas `semaphore:destroy`): every waiter fails with
+    /// [`ErrorKind::Destroyed`] at once (its timeout is cancelled), also one that was handed
+    /// its permits but has not run yet, and from now on every method does.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Destroyed`] when it already was.
+    pub fn destroy(&self) -> Result<()> {
+        let mut st = self.state.borrow_mut();
+        if st.destroyed {
+            return Err(Error::new(ErrorKind::Destroyed));
+        }
+        st.destroyed = true;
+        st.waiters.grant_all(Signal::Destroyed);
+        Ok(())
+    }
+
+    /// Whether [`destroy`](Semaphore::destroy) was called.
+    pub fn is_destroyed(&self) -> bool {
+        self.state.borrow().destroyed
+    }
+}
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state.borrow();
+        f.debug_struct("Semaphore")
+            .field("count", &st.count)
+            .field("max", &st.max)
+            .field("waiting", &st.waiters.len())
+            .field("timeout", &st.timeout)
+            .field("destroyed", &st.destroyed)
+            .finish()
+    }
+}
+
+/// A waiter's place in line. Dropping it (after the wait, or while a removed coroutine
+/// unwinds) takes the waiter out of the line, gives back permits handed to it that it never
+/// took, and lets the next waiters be served.
+struct Ticket<'a> {
+    state: &'a RefCell<State>,
+    ticket: u64,
+    slot: Slot<Signal>,
+    n: usize,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let Ok(mut st) = self.state.try_borrow_mut() else {
+            return;
+        };
+        st.waiters.remove(self.ticket);
+        if st.destroyed {
+            return;
+        }
+        if let Some(Signal::Granted) = self.slot.take() {
+            st.count = (st.count + self.n).min(st.max);
+        }
+        st.serve();
+    }
+}

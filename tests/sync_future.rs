@@ -1,0 +1,320 @@
+//! `copas::future`: a port of Copas's `future.lua` (each of its cases), and what the port
+//! adds: a panicking task gives a failed future carrying the panic's message (without
+//! reaching the error handler), a task removed by other means gives a cancelled future, and
+//! a waiter that goes away leaves the line.
+//!
+//! Every test runs on its own thread, so it has its own dispatcher; every loop is bounded by
+//! a watchdog, and timing assertions have generous upper bounds.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::future::{self, State};
+use copas::ErrorKind;
+use util::{run_bounded, Watchdog};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The outcome of a copas call, reduced to its error kind.
+fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
+    r.map_err(|e| e.kind())
+}
+
+/// Runs `init` as the initializer and the loop to its end, under a watchdog; fails the test
+/// unless `init` ran to its end.
+fn run_to_completion(init: impl FnOnce() + 'static) -> Duration {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    let _dog = Watchdog::new("copas::run_with", LIMIT);
+    let start = Instant::now();
+    copas::run_with(move || {
+        init();
+        finished.set(true);
+    })
+    .expect("run_with");
+    assert!(done.get(), "the test body did not complete");
+    start.elapsed()
+}
+
+/// Replaces the default error handler with one that records panic messages.
+fn record_panics() -> Rc<RefCell<Vec<String>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let rec = seen.clone();
+    copas::setdefaulterrorhandler(move |report| {
+        rec.borrow_mut().push(report.message().to_string())
+    });
+    seen
+}
+
+// ----- future.lua ---------------------------------------------------------------------------
+
+#[test]
+fn future_lua_get_waits_and_returns_the_results() {
+    run_to_completion(|| {
+        let f = future::addthread(|| {
+            copas::pause(ms(50));
+            ("hello", "world")
+        })
+        .unwrap();
+        let start = Instant::now();
+        assert_eq!(f.get().unwrap(), ("hello", "world"));
+        assert!(start.elapsed() >= ms(50));
+    });
+}
+
+#[test]
+fn future_lua_get_returns_the_error_of_a_failing_task() {
+    let panics = record_panics();
+    run_to_completion(|| {
+        let f = future::addthread(|| -> i32 { panic!("boom") }).unwrap();
+        let err = f.get().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Panicked);
+        assert_eq!(err.message(), Some("boom"));
+        assert!(err.to_string().contains("boom"), "{err}");
+    });
+    assert!(
+        panics.borrow().is_empty(),
+        "a future's panic is its result, not the error handler's: {:?}",
+        panics.borrow()
+    );
+}
+
+#[test]
+fn future_lua_get_is_idempotent() {
+    run_to_completion(|| {
+        let f = future::addthread(|| 42).unwrap();
+        assert_eq!(f.get().unwrap(), 42);
+        assert_eq!(f.get().unwrap(), 42);
+    });
+}
+
+// future.lua's "callable future" (`f()` as `f:get()`) has no Rust form: `get` is the call.
+
+#[test]
+fn future_lua_five_waiters_all_receive_the_result() {
+    run_to_completion(|| {
+        let f = future::addthread(|| {
+            copas::pause(ms(100));
+            "shared".to_string()
+        })
+        .unwrap();
+        let results = Rc::new(RefCell::new(vec![None; 5]));
+        for i in 0..5 {
+            let (f, results) = (f.clone(), results.clone());
+            copas::addthread(move || {
+                let value = f.get().unwrap();
+                results.borrow_mut()[i] = Some(value);
+            })
+            .unwrap();
+        }
+        copas::pause(ms(300));
+        for (i, r) in results.borrow().iter().enumerate() {
+            assert_eq!(r.as_deref(), Some("shared"), "waiter {i}");
+        }
+    });
+}
+
+#[test]
+fn future_lua_try_is_pending_while_the_task_runs() {
+    run_to_completion(|| {
+        let f = future::addthread(|| {
+            copas::pause(ms(200));
+            "done"
+        })
+        .unwrap();
+        assert_eq!(f.try_get(), State::Pending);
+        assert!(!f.is_done());
+        f.get().unwrap();
+        assert!(f.is_done());
+    });
+}
+
+#[test]
+fn future_lua_try_gives_the_results_after_success() {
+    run_to_completion(|| {
+        let f = future::addthread(|| (1, 2, 3)).unwrap();
+        f.get().unwrap();
+        assert_eq!(f.try_get(), State::Ready((1, 2, 3)));
+    });
+}
+
+#[test]
+fn future_lua_try_gives_the_error_after_a_failure() {
+    record_panics();
+    run_to_completion(|| {
+        let f = future::addthread(|| -> u8 { panic!("oh no") }).unwrap();
+        let _ = f.get();
+        assert_eq!(
+            f.try_get(),
+            State::Failed(ErrorKind::Panicked, Some("oh no".to_string()))
+        );
+    });
+}
+
+#[test]
+fn future_lua_cancel_a_pending_task() {
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    run_to_completion(move || {
+        let f = future::addthread(move || {
+            copas::pause(Duration::from_secs(5));
+            r.set(true);
+            "should not reach"
+        })
+        .unwrap();
+        assert!(f.cancel(), "a pending task is cancelled");
+        assert_eq!(kind(f.get()), Err(ErrorKind::Cancelled));
+        copas::pause(ms(100));
+    });
+    assert!(!ran.get(), "the body must not run after cancel");
+}
+
+#[test]
+fn future_lua_try_after_cancel_is_an_error() {
+    let took = run_to_completion(|| {
+        let f = future::addthread(|| {
+            copas::pause(Duration::from_secs(5));
+        })
+        .unwrap();
+        f.cancel();
+        assert_eq!(f.try_get(), State::Failed(ErrorKind::Cancelled, None));
+    });
+    assert!(
+        took < Duration::from_secs(4),
+        "the cancelled task kept the loop: {took:?}"
+    );
+}
+
+#[test]
+fn future_lua_cancel_after_completion_returns_false() {
+    run_to_completion(|| {
+        let f = future::addthread(|| "done").unwrap();
+        f.get().unwrap();
+        assert!(!f.cancel());
+        assert_eq!(f.get().unwrap(), "done");
+    });
+}
+
+#[test]
+fn future_lua_addnamedthread() {
+    run_to_completion(|| {
+        let f = future::addnamedthread("test-task", || copas::getthreadname(None)).unwrap();
+        assert_eq!(f.get().unwrap().as_deref(), Some("test-task"));
+    });
+}
+
+// future.lua's typo guard (`future.PNEDING` raises an error naming the field) is a compile
+// error in Rust; see the `compile_fail` doctest of `copas::future`.
+
+// ----- beyond future.lua --------------------------------------------------------------------
+
+#[test]
+fn cancel_releases_waiters_blocked_in_get() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    run_to_completion(move || {
+        let f = future::addthread(|| {
+            copas::pause(Duration::from_secs(10));
+            1
+        })
+        .unwrap();
+        for _ in 0..3 {
+            let (f, s) = (f.clone(), s.clone());
+            copas::addthread(move || {
+                let outcome = kind(f.get()); // no borrow of `s` across the wait
+                s.borrow_mut().push(outcome);
+            })
+            .unwrap();
+        }
+        copas::pause(ms(20));
+        assert!(f.cancel());
+        copas::pause(ms(20));
+    });
+    assert_eq!(*seen.borrow(), [Err(ErrorKind::Cancelled); 3]);
+}
+
+#[test]
+fn a_task_removed_by_removethread_gives_a_cancelled_future() {
+    run_to_completion(|| {
+        let f = future::addthread(|| {
+            copas::pause(Duration::from_secs(10));
+            1
+        })
+        .unwrap();
+        let task = f.coroutine().expect("task coroutine");
+        copas::pause(ms(10)); // it has started and sleeps
+        let waiter = {
+            let f = f.clone();
+            future::addthread(move || kind(f.get())).unwrap()
+        };
+        copas::pause(ms(10));
+        assert!(copas::removethread(task));
+        assert_eq!(waiter.get().unwrap(), Err(ErrorKind::Cancelled));
+        assert_eq!(f.try_get(), State::Failed(ErrorKind::Cancelled, None));
+        assert_eq!(f.coroutine(), None);
+    });
+}
+
+#[test]
+fn a_removed_waiter_leaves_and_the_others_still_get_the_value() {
+    let got = Rc::new(Cell::new(0));
+    let g = got.clone();
+    run_to_completion(move || {
+        let f = future::addthread(|| {
+            copas::pause(ms(50));
+            7
+        })
+        .unwrap();
+        let mut waiters = Vec::new();
+        for _ in 0..2 {
+            let (f, g) = (f.clone(), g.clone());
+            waiters.push(
+                copas::addthread(move || {
+                    assert_eq!(f.get().unwrap(), 7);
+                    g.set(g.get() + 1);
+                })
+                .unwrap(),
+            );
+        }
+        copas::pause(ms(10));
+        copas::removethread(waiters[0]);
+        assert_eq!(f.get().unwrap(), 7);
+        copas::pause(ms(10));
+    });
+    assert_eq!(got.get(), 1);
+}
+
+#[test]
+fn outside_a_coroutine_get_returns_only_what_is_there() {
+    let f = future::addthread(|| vec![1, 2]).unwrap();
+    assert_eq!(kind(f.get()), Err(ErrorKind::InvalidState));
+    assert_eq!(f.try_get(), State::Pending);
+    run_bounded(LIMIT);
+    assert_eq!(f.get().unwrap(), [1, 2]);
+    assert!(format!("{f:?}").contains("ready"));
+}
+
+#[test]
+fn a_future_nobody_completes_does_not_keep_the_loop_alive() {
+    let f = future::addthread(|| {
+        copas::pauseforever();
+    })
+    .unwrap();
+    let g = f.clone();
+    copas::addthread(move || {
+        let _ = g.get();
+    })
+    .unwrap();
+    let took = run_bounded(LIMIT);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(f.try_get(), State::Pending);
+    copas::cancelall();
+    assert_eq!(f.try_get(), State::Failed(ErrorKind::Cancelled, None));
+}

@@ -1,0 +1,314 @@
+//! `copas::lock`: a port of Copas's `lock.lua` (with its timings and counts), and the
+//! properties Copas lacks: a zero-timeout `get` leaves no trace (reference §4.6), the line is
+//! first come first served, and a waiter that goes away leaves it at once.
+//!
+//! Every test runs on its own thread, so it has its own dispatcher; every loop is bounded by
+//! a watchdog, and timing assertions have generous upper bounds.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::lock::Lock;
+use copas::{ErrorKind, FOREVER};
+use util::{run_bounded, Watchdog};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The outcome of a copas call, reduced to its error kind.
+fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
+    r.map_err(|e| e.kind())
+}
+
+/// Runs `init` as the initializer and the loop to its end, under a watchdog.
+fn run_with(init: impl FnOnce() + 'static) -> Duration {
+    let _dog = Watchdog::new("copas::run_with", LIMIT);
+    let start = Instant::now();
+    copas::run_with(init).expect("run_with");
+    start.elapsed()
+}
+
+// ----- lock.lua -----------------------------------------------------------------------------
+
+#[test]
+fn lock_lua_non_reentrant_owner_times_out_then_release_and_destroy() {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    run_with(move || {
+        let lock = Lock::new(None, true); // not re-entrant
+        lock.get(None).expect("first get");
+        let start = Instant::now();
+        assert_eq!(kind(lock.get(secs(1))), Err(ErrorKind::Timeout));
+        let waited = start.elapsed();
+        assert!(
+            waited >= secs(1) && waited < ms(1500),
+            "expected a 1 s timeout, took {waited:?}"
+        );
+
+        // Let go and take again.
+        lock.release().expect("release");
+        assert_eq!(kind(lock.release()), Err(ErrorKind::NotOwned));
+        assert_eq!(
+            lock.release().unwrap_err().to_string(),
+            "cannot release a lock not owned"
+        );
+        lock.get(None).expect("get again");
+        lock.destroy().expect("destroy");
+        assert_eq!(kind(lock.release()), Err(ErrorKind::Destroyed));
+        finished.set(true);
+    });
+    assert!(done.get(), "the test body did not complete");
+}
+
+#[test]
+fn lock_lua_750_contenders_end_250_acquired_250_timed_out_250_destroyed() {
+    const SIZE: usize = 750; // a multiple of 3
+    #[derive(Default)]
+    struct Tally {
+        acquired: Cell<usize>,
+        timed_out: Cell<usize>,
+        destroyed: Cell<usize>,
+        running: Cell<usize>,
+    }
+    let tally = Rc::new(Tally::default());
+    let t = tally.clone();
+    let took = run_with(move || {
+        let lock = Lock::new(secs(10), false);
+        lock.get(None).expect("grab the lock");
+        for i in 1..=SIZE {
+            let (lock, t) = (lock.clone(), t.clone());
+            t.running.set(t.running.get() + 1);
+            copas::addthread(move || {
+                let timeout = if i > SIZE * 2 / 3 {
+                    secs(60) // these hit "destroyed"
+                } else if i > SIZE / 3 {
+                    secs(2) // these hit "timeout"
+                } else {
+                    secs(1) // these succeed
+                };
+                match kind(lock.get(timeout)) {
+                    Ok(_) => {
+                        t.acquired.set(t.acquired.get() + 1);
+                        if i == SIZE / 3 {
+                            // Hold it long enough for the second third to time out.
+                            copas::pause(secs(3));
+                            lock.release().expect("release");
+                            // The last third fails with "destroyed".
+                            lock.destroy().expect("destroy");
+                        } else {
+                            lock.release().expect("release");
+                        }
+                    }
+                    Err(ErrorKind::Timeout) => t.timed_out.set(t.timed_out.get() + 1),
+                    Err(ErrorKind::Destroyed) => t.destroyed.set(t.destroyed.get() + 1),
+                    Err(other) => panic!("thread {i}: unexpected error {other:?}"),
+                }
+                t.running.set(t.running.get() - 1);
+            })
+            .expect("addthread");
+        }
+        lock.release().expect("release to the threads");
+        while t.running.get() > 0 {
+            copas::pause(ms(100));
+        }
+    });
+    assert_eq!(
+        (
+            tally.acquired.get(),
+            tally.timed_out.get(),
+            tally.destroyed.get()
+        ),
+        (SIZE / 3, SIZE / 3, SIZE / 3)
+    );
+    assert!(took >= secs(3), "the holder kept it 3 s: {took:?}");
+    assert!(took < secs(10), "{took:?}");
+}
+
+// ----- beyond lock.lua ----------------------------------------------------------------------
+
+#[test]
+fn zero_timeout_get_on_a_held_lock_fails_at_once_and_leaves_no_trace() {
+    let lock = Lock::default();
+    let (l1, l2) = (lock.clone(), lock.clone());
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let (log1, log2) = (log.clone(), log.clone());
+    copas::addthread(move || {
+        l1.get(None).expect("holder gets it");
+        copas::pause(ms(50));
+        l1.release().expect("holder releases");
+        log1.borrow_mut()
+            .push(format!("released, owner {:?}", l1.owner()));
+    })
+    .unwrap();
+    copas::addthread(move || {
+        let start = Instant::now();
+        assert_eq!(kind(l2.get(Duration::ZERO)), Err(ErrorKind::Timeout));
+        assert!(start.elapsed() < ms(20), "a zero timeout must not wait");
+        assert_eq!(l2.waiting(), 0, "the failed get left an entry in the line");
+        log2.borrow_mut()
+            .push("zero-timeout get failed".to_string());
+    })
+    .unwrap();
+    run_bounded(LIMIT);
+    assert_eq!(
+        *log.borrow(),
+        ["zero-timeout get failed", "released, owner None"],
+        "the lock must be free after the release (Copas hands it to the failed caller)"
+    );
+    assert!(!lock.is_locked());
+}
+
+#[test]
+fn reentrant_lock_counts_nesting_and_frees_after_as_many_releases() {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    run_with(move || {
+        let lock = Lock::default();
+        assert_eq!(lock.get(None).unwrap(), Duration::ZERO);
+        assert_eq!(lock.get(None).unwrap(), Duration::ZERO);
+        assert_eq!(lock.get(Duration::ZERO).unwrap(), Duration::ZERO);
+        let me = copas::current();
+        assert_eq!(lock.owner(), me);
+        lock.release().unwrap();
+        lock.release().unwrap();
+        assert!(lock.is_locked(), "still held once");
+        lock.release().unwrap();
+        assert!(!lock.is_locked());
+        assert_eq!(kind(lock.release()), Err(ErrorKind::NotOwned));
+        finished.set(true);
+    });
+    assert!(done.get());
+}
+
+#[test]
+fn waiters_get_the_lock_first_come_first_served_and_nobody_slips_in() {
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let lock = Lock::default();
+    {
+        let (lock, order) = (lock.clone(), order.clone());
+        copas::addthread(move || {
+            lock.get(None).unwrap();
+            copas::pause(ms(20)); // everyone else queues meanwhile
+            lock.release().unwrap();
+            // A newcomer after the release must queue behind the five.
+            let waited = lock.get(None).unwrap();
+            order.borrow_mut().push(99);
+            assert!(waited > Duration::ZERO);
+            lock.release().unwrap();
+        })
+        .unwrap();
+    }
+    for i in 0..5 {
+        let (lock, order) = (lock.clone(), order.clone());
+        copas::addthread(move || {
+            lock.get(None).unwrap();
+            order.borrow_mut().push(i);
+            copas::pause(Duration::ZERO);
+            lock.release().unwrap();
+        })
+        .unwrap();
+    }
+    run_bounded(LIMIT);
+    assert_eq!(*order.borrow(), [0, 1, 2, 3, 4, 99]);
+}
+
+#[test]
+fn a_removed_waiter_leaves_the_line_and_a_lock_handed_to_it_moves_on() {
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let got2 = got.clone();
+    run_with(move || {
+        let lock = Lock::default();
+        lock.get(None).unwrap();
+        let mut waiters = Vec::new();
+        for i in 0..3 {
+            let (lock, got) = (lock.clone(), got2.clone());
+            waiters.push(
+                copas::addthread(move || {
+                    lock.get(None).unwrap();
+                    got.borrow_mut().push(i);
+                    lock.release().unwrap();
+                })
+                .unwrap(),
+            );
+        }
+        copas::pause(ms(10));
+        assert_eq!(lock.waiting(), 3);
+        // Removed while waiting: out of the line at once.
+        assert!(copas::removethread(waiters[0]));
+        copas::pause(Duration::ZERO); // the removal unwinds at the end of the step
+        assert_eq!(lock.waiting(), 2);
+        // Handed the lock, then removed before it could run: the lock goes to the next.
+        lock.release().unwrap();
+        assert_eq!(lock.owner(), Some(waiters[1]));
+        assert!(copas::removethread(waiters[1]));
+        copas::pause(Duration::ZERO);
+        assert_eq!(lock.owner(), Some(waiters[2]));
+        copas::pause(ms(10));
+        assert!(!lock.is_locked());
+        assert_eq!(lock.waiting(), 0);
+    });
+    assert_eq!(*got.borrow(), [2]);
+}
+
+#[test]
+fn a_timed_wait_keeps_the_loop_alive_a_forever_wait_does_not() {
+    // With a timeout: the loop runs until it expires.
+    let result = Rc::new(Cell::new(None));
+    let r = result.clone();
+    let lock = Lock::default();
+    lock.get(None).unwrap(); // held by the code outside coroutines, never released
+    let l = lock.clone();
+    copas::addthread(move || r.set(Some(kind(l.get(ms(200)))))).unwrap();
+    let took = run_bounded(LIMIT);
+    assert_eq!(result.get(), Some(Err(ErrorKind::Timeout)));
+    assert!(took >= ms(200), "{took:?}");
+
+    // Without one: nothing can ever release it, and the loop does not wait for it.
+    let r = result.clone();
+    result.set(None);
+    let l = lock.clone();
+    copas::addthread(move || r.set(Some(kind(l.get(FOREVER))))).unwrap();
+    let took = run_bounded(LIMIT);
+    assert_eq!(result.get(), None, "the waiter is abandoned, not woken");
+    assert!(took < secs(2), "{took:?}");
+    assert_eq!(lock.waiting(), 1);
+    copas::cancelall(); // drops the abandoned waiter, which leaves the line
+    assert_eq!(lock.waiting(), 0);
+}
+
+#[test]
+fn outside_a_coroutine_a_free_lock_is_taken_but_a_held_one_cannot_be_waited_for() {
+    let lock = Lock::default();
+    assert_eq!(lock.get(None).unwrap(), Duration::ZERO);
+    assert!(lock.is_locked());
+    assert_eq!(lock.owner(), None, "owned by the code outside coroutines");
+    let l = lock.clone();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    copas::addthread(move || {
+        s.borrow_mut().push(kind(l.release()));
+        s.borrow_mut().push(kind(l.get(Duration::ZERO).map(|_| ())));
+    })
+    .unwrap();
+    run_bounded(LIMIT);
+    assert_eq!(
+        *seen.borrow(),
+        [Err(ErrorKind::NotOwned), Err(ErrorKind::Timeout)]
+    );
+    let other = Lock::new(None, true);
+    other.get(None).unwrap();
+    assert_eq!(kind(other.get(ms(10))), Err(ErrorKind::InvalidState));
+    assert_eq!(kind(other.get(Duration::ZERO)), Err(ErrorKind::Timeout));
+    lock.release().unwrap();
+    other.release().unwrap();
+}

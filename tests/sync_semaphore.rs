@@ -1,0 +1,337 @@
+//! `copas::semaphore`: a port of Copas's `semaphore.lua` (with its timings and counts,
+//! including issue #118: a destroyed semaphore's pending timeouts never fire), strict FIFO
+//! service, waiters that go away, and 20,000 coroutines sharing 10 permits.
+//!
+//! Every test runs on its own thread, so it has its own dispatcher; every loop is bounded by
+//! a watchdog, and timing assertions have generous upper bounds.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::semaphore::Semaphore;
+use copas::ErrorKind;
+use util::{run_bounded, Watchdog};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The outcome of a copas call, reduced to its error kind.
+fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
+    r.map_err(|e| e.kind())
+}
+
+/// Runs `init` as the initializer and the loop to its end, under a watchdog.
+fn run_with(init: impl FnOnce() + 'static) -> Duration {
+    let _dog = Watchdog::new("copas::run_with", LIMIT);
+    let start = Instant::now();
+    copas::run_with(init).expect("run_with");
+    start.elapsed()
+}
+
+/// "Immediate": did not wait for anything (generous for a loaded machine).
+const IMMEDIATE: Duration = Duration::from_millis(20);
+
+// ----- semaphore.lua ------------------------------------------------------------------------
+
+#[test]
+fn semaphore_lua() {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    run_with(move || {
+        let sema = Semaphore::new(10, 5, Duration::from_secs(1));
+        assert_eq!(sema.get_count().unwrap(), 5);
+
+        sema.take(3, None).unwrap();
+        assert_eq!(sema.get_count().unwrap(), 2);
+
+        let start = Instant::now();
+        assert_eq!(kind(sema.take(3, Duration::ZERO)), Err(ErrorKind::Timeout)); // 1 too many
+        assert!(start.elapsed() < IMMEDIATE, "a zero timeout must not wait");
+
+        let start = Instant::now();
+        assert_eq!(kind(sema.take(10, Duration::ZERO)), Err(ErrorKind::Timeout));
+        assert!(start.elapsed() < IMMEDIATE);
+
+        let start = Instant::now();
+        assert_eq!(kind(sema.take(11, None)), Err(ErrorKind::TooMany)); // more than max
+        assert!(start.elapsed() < IMMEDIATE, "too many must not wait");
+
+        let start = Instant::now();
+        assert_eq!(kind(sema.take(10, None)), Err(ErrorKind::Timeout)); // the 1 s default
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        assert_eq!(sema.get_count().unwrap(), 2);
+
+        // Waiters are served in order.
+        let state = Rc::new(Cell::new(0));
+        for add in [1, 2] {
+            let (sema, state) = (sema.clone(), state.clone());
+            copas::addthread(move || {
+                sema.take(5, None).expect("take 5");
+                state.set(state.get() + add);
+            })
+            .unwrap();
+        }
+        copas::pause(ms(100));
+        assert_eq!(state.get(), 0, "nobody served yet");
+        assert_eq!(sema.get_count().unwrap(), 2, "still 2 available");
+
+        sema.give(4).unwrap();
+        assert_eq!(
+            sema.get_count().unwrap(),
+            1,
+            "6 available, 5 handed to the first"
+        );
+        copas::pause(ms(100));
+        assert_eq!(state.get(), 1, "the first was served");
+
+        sema.give(4).unwrap();
+        assert_eq!(
+            sema.get_count().unwrap(),
+            0,
+            "5 available, all handed to the second"
+        );
+        copas::pause(ms(100));
+        assert_eq!(state.get(), 3, "the second was served");
+
+        assert_eq!(kind(sema.give(100)), Err(ErrorKind::TooMany));
+        assert_eq!(sema.get_count().unwrap(), 10, "capped at the maximum");
+
+        // Destroying releases the waiters with "destroyed".
+        sema.take(sema.get_count().unwrap(), None).unwrap();
+        assert_eq!(sema.get_count().unwrap(), 0);
+        let state = Rc::new(Cell::new(0));
+        for _ in 0..2 {
+            let (sema, state) = (sema.clone(), state.clone());
+            copas::addthread(move || match kind(sema.take(5, None)) {
+                Err(ErrorKind::Destroyed) => state.set(state.get() + 1),
+                other => panic!("expected destroyed, got {other:?}"),
+            })
+            .unwrap();
+        }
+        copas::pause(ms(100));
+        sema.destroy().unwrap();
+        copas::pause(ms(100));
+        assert_eq!(state.get(), 2, "both waiters failed with destroyed");
+
+        // Only errors from now on, from every method.
+        assert_eq!(kind(sema.destroy()), Err(ErrorKind::Destroyed));
+        assert_eq!(kind(sema.give(1)), Err(ErrorKind::Destroyed));
+        assert_eq!(kind(sema.take(1, None)), Err(ErrorKind::Destroyed));
+        assert_eq!(kind(sema.get_count()), Err(ErrorKind::Destroyed));
+        assert_eq!(kind(sema.get_wait()), Err(ErrorKind::Destroyed));
+
+        // Issue #118: timeouts are cancelled on destruction; the 0.5 s one must not fire.
+        let sema = Semaphore::new(10, 0, ms(500));
+        let state = Rc::new(Cell::new(0));
+        {
+            let (sema, state) = (sema.clone(), state.clone());
+            copas::addthread(move || match kind(sema.take(1, None)) {
+                Err(ErrorKind::Destroyed) => state.set(state.get() + 1),
+                other => panic!("expected destroyed, got {other:?}"),
+            })
+            .unwrap();
+        }
+        copas::pause(ms(100));
+        sema.destroy().unwrap();
+        copas::pause(ms(100));
+        assert_eq!(state.get(), 1, "the waiter failed with destroyed");
+        drop(sema);
+        let errors = Rc::new(Cell::new(0));
+        let e = errors.clone();
+        copas::setdefaulterrorhandler(move |report| {
+            eprintln!("unexpected error: {report}");
+            e.set(e.get() + 1);
+        });
+        copas::pause(ms(500)); // the timeout would have expired by now
+        assert_eq!(errors.get(), 0, "expected no errors");
+        assert_eq!(copas::status().timer, 0, "no deadline is left pending");
+        finished.set(true);
+    });
+    assert!(done.get(), "the test body did not complete");
+}
+
+// ----- beyond semaphore.lua -----------------------------------------------------------------
+
+#[test]
+fn destroying_cancels_waiters_deadlines_so_the_loop_ends_at_once() {
+    let took = run_with(|| {
+        let sema = Semaphore::new(3, 0, Duration::from_secs(60));
+        let s = sema.clone();
+        copas::addthread(move || assert_eq!(kind(s.take(3, None)), Err(ErrorKind::Destroyed)))
+            .unwrap();
+        // More than could ever be served under max is woken too (Copas leaves it to time out).
+        let s = sema.clone();
+        copas::addthread(move || assert_eq!(kind(s.take(2, None)), Err(ErrorKind::Destroyed)))
+            .unwrap();
+        copas::pause(ms(50));
+        assert_eq!(sema.waiting(), 2);
+        sema.destroy().unwrap();
+    });
+    assert!(
+        took < Duration::from_secs(5),
+        "a 60 s deadline kept the loop: {took:?}"
+    );
+}
+
+#[test]
+fn strict_fifo_a_large_request_at_the_head_holds_back_small_ones() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    run_with(move || {
+        let sema = Semaphore::new(10, 0, None);
+        for (name, n) in [("big", 5), ("small", 1)] {
+            let (sema, log) = (sema.clone(), l.clone());
+            copas::addthread(move || {
+                sema.take(n, None).unwrap();
+                log.borrow_mut().push(name);
+            })
+            .unwrap();
+        }
+        copas::pause(ms(10));
+        assert_eq!(sema.get_wait().unwrap(), 6);
+        sema.give(1).unwrap();
+        copas::pause(ms(10));
+        assert!(
+            l.borrow().is_empty(),
+            "the small request must not pass the big one"
+        );
+        assert_eq!(sema.get_count().unwrap(), 1);
+        // A newcomer that could be served from what is there queues too.
+        assert_eq!(kind(sema.take(1, Duration::ZERO)), Err(ErrorKind::Timeout));
+        sema.give(sema.get_wait().unwrap()).unwrap();
+        copas::pause(ms(10));
+        assert_eq!(sema.get_count().unwrap(), 0);
+        assert_eq!(sema.get_wait().unwrap(), 0);
+    });
+    assert_eq!(*log.borrow(), ["big", "small"]);
+}
+
+#[test]
+fn a_head_that_times_out_lets_the_next_be_served_from_what_is_there() {
+    let served_after = Rc::new(Cell::new(None));
+    let s2 = served_after.clone();
+    run_with(move || {
+        let sema = Semaphore::new(10, 1, None);
+        let s = sema.clone();
+        copas::addthread(move || assert_eq!(kind(s.take(5, ms(100))), Err(ErrorKind::Timeout)))
+            .unwrap();
+        let s = sema.clone();
+        let start = Instant::now();
+        copas::addthread(move || {
+            s.take(1, Duration::from_secs(5)).unwrap();
+            s2.set(Some(start.elapsed()));
+        })
+        .unwrap();
+        copas::pause(ms(300));
+        assert_eq!(sema.get_count().unwrap(), 0);
+    });
+    let after = served_after.get().expect("the second waiter was served");
+    assert!(
+        after >= ms(100) && after < Duration::from_secs(2),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn a_removed_waiter_leaves_the_line_and_permits_handed_to_it_come_back() {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    run_with(move || {
+        let sema = Semaphore::new(10, 0, None);
+        let spawn = |n: usize| {
+            let s = sema.clone();
+            copas::addthread(move || {
+                s.take(n, None).unwrap();
+                panic!("a removed waiter must never run on");
+            })
+            .unwrap()
+        };
+        let a = spawn(4);
+        let b = spawn(2);
+        copas::pause(ms(10));
+        assert_eq!(sema.waiting(), 2);
+        assert_eq!(sema.get_wait().unwrap(), 6);
+        copas::removethread(a);
+        copas::pause(Duration::ZERO);
+        assert_eq!(sema.waiting(), 1);
+        assert_eq!(sema.get_wait().unwrap(), 2);
+        // Handed to b, which is removed before it can run: the permits come back.
+        sema.give(2).unwrap();
+        assert_eq!(sema.get_count().unwrap(), 0);
+        copas::removethread(b);
+        copas::pause(Duration::ZERO);
+        assert_eq!(sema.get_count().unwrap(), 2);
+        assert_eq!(sema.waiting(), 0);
+        finished.set(true);
+    });
+    assert!(done.get());
+}
+
+#[test]
+fn twenty_thousand_coroutines_share_ten_permits_and_the_loop_exits() {
+    const COROUTINES: usize = 20_000;
+    const PERMITS: usize = 10;
+    let sema = Semaphore::new(PERMITS, PERMITS, None);
+    let holding = Rc::new(Cell::new(0usize));
+    let most = Rc::new(Cell::new(0usize));
+    let completed = Rc::new(Cell::new(0usize));
+    for _ in 0..COROUTINES {
+        let (sema, holding, most, completed) = (
+            sema.clone(),
+            holding.clone(),
+            most.clone(),
+            completed.clone(),
+        );
+        copas::addthread(move || {
+            sema.take(1, None).expect("take");
+            holding.set(holding.get() + 1);
+            most.set(most.get().max(holding.get()));
+            copas::pause(Duration::ZERO); // hold it across a step
+            holding.set(holding.get() - 1);
+            sema.give(1).expect("give");
+            completed.set(completed.get() + 1);
+        })
+        .unwrap();
+    }
+    let took = run_bounded(Duration::from_secs(120));
+    assert_eq!(completed.get(), COROUTINES);
+    assert_eq!(most.get(), PERMITS, "never more holders than permits");
+    assert_eq!(sema.get_count().unwrap(), PERMITS);
+    assert_eq!(sema.waiting(), 0);
+    assert_eq!(copas::status().coroutines, 0);
+    eprintln!("{COROUTINES} coroutines through {PERMITS} permits in {took:?}");
+}
+
+#[test]
+fn outside_a_coroutine_take_succeeds_or_fails_but_never_waits() {
+    let sema = Semaphore::new(2, 1, None);
+    sema.take(1, None).unwrap();
+    assert_eq!(kind(sema.take(1, Duration::ZERO)), Err(ErrorKind::Timeout));
+    assert_eq!(kind(sema.take(1, None)), Err(ErrorKind::InvalidState));
+    sema.give(2).unwrap();
+    assert_eq!(sema.get_count().unwrap(), 2);
+}
+
+#[test]
+fn a_waiter_handed_its_permits_but_not_yet_run_gets_destroyed_as_in_copas() {
+    let outcome = Rc::new(Cell::new(None));
+    let o = outcome.clone();
+    run_with(move || {
+        let sema = Semaphore::new(5, 0, None);
+        let s = sema.clone();
+        copas::addthread(move || o.set(Some(kind(s.take(2, None))))).unwrap();
+        copas::pause(ms(10));
+        sema.give(2).unwrap(); // handed over; the taker runs in the next step
+        sema.destroy().unwrap();
+        copas::pause(ms(10));
+    });
+    assert_eq!(outcome.get(), Some(Err(ErrorKind::Destroyed)));
+}

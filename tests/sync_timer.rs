@@ -1,0 +1,363 @@
+//! `copas::timer`: a port of Copas's `timer.lua` (its 15 checks, with their timings: the
+//! recurring 0.5 s timer fires exactly 6 times in 3.3 s) and of `timeout_errors.lua`, and
+//! what the port adds: recurring timers do not drift and skip the firings an overrunning
+//! callback missed, a panicking callback does not stop a recurring timer, and `arm`/`cancel`
+//! report their misuse.
+//!
+//! Every test runs on its own thread, so it has its own dispatcher; every loop is bounded by
+//! a watchdog, and timing assertions have exact lower bounds (timers never fire early) and
+//! generous upper bounds.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::timer::{self, Timer, TimerOptions};
+use copas::ErrorKind;
+use util::{run_bounded, Watchdog};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The outcome of a copas call, reduced to its error kind.
+fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
+    r.map_err(|e| e.kind())
+}
+
+/// Replaces the default error handler with one that records every report.
+fn record_panics() -> Rc<RefCell<Vec<String>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let rec = seen.clone();
+    copas::setdefaulterrorhandler(move |report| rec.borrow_mut().push(report.to_string()));
+    seen
+}
+
+/// Counts the checks that passed, like `timer.lua`'s `successes`.
+#[derive(Clone, Default)]
+struct Successes(Rc<Cell<u32>>);
+
+impl Successes {
+    fn add(&self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+// ----- timer.lua ----------------------------------------------------------------------------
+
+#[test]
+fn timer_lua_fifteen_checks() {
+    let unexpected = record_panics();
+    let successes = Successes::default();
+    let s = successes.clone();
+    let _dog = Watchdog::new("timer.lua", LIMIT);
+    copas::run_with(move || {
+        // A recurring 0.5 s timer with params: 6 firings to come.
+        let count_t1 = Rc::new(Cell::new(0u32));
+        let t1 = {
+            let (s, count) = (s.clone(), count_t1.clone());
+            let params = "hello world"; // Copas's `params`: what the closure captures
+            timer::new(
+                TimerOptions::new(ms(500)).recurring(true),
+                move |_t: &Timer| {
+                    assert_eq!(params, "hello world", "params are passed");
+                    s.add();
+                    count.set(count.get() + 1);
+                    println!("{params} {}", count.get());
+                },
+            )
+            .unwrap()
+        };
+
+        // A one-shot timer whose initial delay (0.1 s) overrides its delay (0.2 s): 1 to come.
+        let t2 = {
+            let s = s.clone();
+            let start_time = Instant::now();
+            let fired = Rc::new(Cell::new(0));
+            timer::new(
+                TimerOptions::new(ms(200)).initial_delay(ms(100)),
+                move |_t: &Timer| {
+                    fired.set(fired.get() + 1);
+                    let after = start_time.elapsed();
+                    assert_eq!(fired.get(), 1, "recurred");
+                    assert!(after >= ms(100), "fired early: {after:?}");
+                    // Its delay of 0.2 s would put it at 200 ms or later.
+                    assert!(
+                        after < ms(200),
+                        "didn't honour the initial delay: {after:?}"
+                    );
+                    s.add();
+                },
+            )
+            .unwrap()
+        };
+
+        // At 3.3 s: stop t1 (it ran 6 times) and check t2 is no longer armed: 2 to come.
+        {
+            let (s, count) = (s.clone(), count_t1.clone());
+            timer::new(TimerOptions::new(ms(3300)), move |me: &Timer| {
+                t1.cancel().expect("cancel t1");
+                assert_eq!(kind(t2.cancel()), Err(ErrorKind::NotArmed));
+                s.add();
+                assert_eq!(count.get(), 6, "expected t1 to run 6 times");
+                s.add();
+                let _ = me.cancel(); // not armed any more (one-shot): as in Copas, ignored
+            })
+            .unwrap();
+        }
+
+        // A recurring timer cannot arm itself again: 1 to come.
+        {
+            let s = s.clone();
+            timer::new(
+                TimerOptions::new(ms(100)).recurring(true),
+                move |me: &Timer| {
+                    assert_eq!(kind(me.arm(Some(ms(1000)))), Err(ErrorKind::AlreadyArmed));
+                    s.add();
+                    me.cancel().expect("cancel myself");
+                },
+            )
+            .unwrap();
+        }
+
+        // A one-shot timer may arm itself again, and then fires 3 s later: 3 to come.
+        {
+            let s = s.clone();
+            let touched: Rc<Cell<Option<Instant>>> = Rc::default();
+            timer::new(
+                TimerOptions::new(ms(100)),
+                move |me: &Timer| match touched.get() {
+                    None => {
+                        me.arm(Some(ms(3000))).expect("re-arm a one-shot timer");
+                        touched.set(Some(Instant::now()));
+                        s.add();
+                    }
+                    Some(at) => {
+                        s.add();
+                        let after = at.elapsed();
+                        assert!(
+                            after >= ms(3000) && after < ms(3250),
+                            "expected a 3 s delay for the re-armed timer, got {after:?}"
+                        );
+                        s.add();
+                    }
+                },
+            )
+            .unwrap();
+        }
+
+        // A panicking recurring timer goes on, reporting to its own handler: 2 to come.
+        {
+            let s = s.clone();
+            let count = Rc::new(Cell::new(0u32));
+            let params_in = Rc::new(vec![1, 2, 3]);
+            let params = params_in.clone();
+            timer::new(
+                TimerOptions::new(ms(100))
+                    .recurring(true)
+                    .name("error-test")
+                    .errorhandler(move |report| {
+                        let errmsg = report.to_string();
+                        assert!(errmsg.contains("error-test"), "no thread name: {errmsg}");
+                        assert!(
+                            errmsg.contains("error 1!") || errmsg.contains("error 2!"),
+                            "no message: {errmsg}"
+                        );
+                        s.add();
+                    }),
+                move |me: &Timer| {
+                    assert!(
+                        Rc::ptr_eq(&params, &params_in),
+                        "params were not passed along"
+                    );
+                    count.set(count.get() + 1);
+                    if count.get() == 2 {
+                        me.cancel().expect("cancel myself"); // 2nd call: done
+                    }
+                    panic!("error {}!", count.get());
+                },
+            )
+            .unwrap();
+        }
+    })
+    .expect("run_with");
+    assert_eq!(*unexpected.borrow(), Vec::<String>::new());
+    assert_eq!(successes.0.get(), 15, "number of successes didn't match");
+}
+
+// ----- timeout_errors.lua -------------------------------------------------------------------
+
+#[test]
+fn timeout_errors_lua_a_panicking_timeout_callback_reaches_the_default_handler() {
+    let received = Rc::new(RefCell::new(None));
+    let continued = Rc::new(Cell::new(false));
+    let (r, c) = (received.clone(), continued.clone());
+    copas::addthread(move || {
+        let rec = r.clone();
+        copas::setdefaulterrorhandler(move |report| {
+            *rec.borrow_mut() = Some(report.message().to_string())
+        });
+        copas::timeout(ms(100), |_| panic!("oops...")).unwrap();
+        copas::pause(Duration::from_secs(1));
+        let got = r.borrow().clone().unwrap_or_default();
+        assert!(got.contains("oops..."), "expected 'oops...', got {got:?}");
+        c.set(true);
+    })
+    .unwrap();
+    run_bounded(LIMIT);
+    assert!(
+        continued.get(),
+        "the thread continues after the callback's panic"
+    );
+}
+
+// ----- beyond timer.lua ---------------------------------------------------------------------
+
+#[test]
+fn recurring_timers_do_not_drift() {
+    const FIRINGS: usize = 10;
+    let fired = Rc::new(RefCell::new(Vec::new()));
+    let f = fired.clone();
+    let armed = Instant::now();
+    timer::new(
+        TimerOptions::new(ms(100)).recurring(true),
+        move |t: &Timer| {
+            f.borrow_mut().push(armed.elapsed());
+            // The callback's own run time (blocking on purpose): Copas adds it to every period.
+            std::thread::sleep(ms(40));
+            if f.borrow().len() == FIRINGS {
+                t.cancel().unwrap();
+            }
+        },
+    )
+    .unwrap();
+    run_bounded(LIMIT);
+    let fired = fired.borrow();
+    assert_eq!(fired.len(), FIRINGS);
+    for (i, at) in fired.iter().enumerate() {
+        let due = ms(100) * (i as u32 + 1);
+        assert!(*at >= due, "firing {} at {at:?}, before {due:?}", i + 1);
+    }
+    // On the grid the 10th firing is due at 1.0 s; drifting by the callbacks alone it would
+    // come at 1.36 s or later.
+    let last = fired[FIRINGS - 1];
+    assert!(
+        last < ms(1300),
+        "the timer drifted: 10th firing at {last:?}"
+    );
+}
+
+#[test]
+fn an_overrunning_callback_skips_the_missed_firings_and_stays_on_the_grid() {
+    let fired = Rc::new(RefCell::new(Vec::new()));
+    let f = fired.clone();
+    let armed = Instant::now();
+    timer::new(
+        TimerOptions::new(ms(50)).recurring(true),
+        move |t: &Timer| {
+            f.borrow_mut().push(armed.elapsed());
+            let n = f.borrow().len();
+            if n == 1 {
+                std::thread::sleep(ms(120)); // overruns the 100 and 150 ms firings
+            }
+            if n == 4 {
+                t.cancel().unwrap();
+            }
+        },
+    )
+    .unwrap();
+    run_bounded(LIMIT);
+    let fired = fired.borrow();
+    assert_eq!(fired.len(), 4);
+    assert!(fired[0] >= ms(50), "{fired:?}");
+    // Not at once after the overrun (catching up), but at the next grid point.
+    assert!(fired[1] >= ms(200), "{fired:?}");
+    assert!(fired[2] >= ms(250), "{fired:?}");
+    assert!(fired[3] >= ms(300), "{fired:?}");
+}
+
+#[test]
+fn a_panicking_recurring_callback_goes_to_the_default_handler_and_the_timer_goes_on() {
+    let reports = record_panics();
+    let ticks = Rc::new(Cell::new(0));
+    let t = ticks.clone();
+    let name = Rc::new(RefCell::new(String::new()));
+    let n = name.clone();
+    timer::new(
+        TimerOptions::new(ms(20)).recurring(true),
+        move |me: &Timer| {
+            t.set(t.get() + 1);
+            *n.borrow_mut() = me.name().to_string();
+            if t.get() == 3 {
+                me.cancel().unwrap();
+            }
+            panic!("tick {}", t.get());
+        },
+    )
+    .unwrap();
+    run_bounded(LIMIT);
+    assert_eq!(ticks.get(), 3, "3 ticks");
+    let name = name.borrow();
+    assert!(name.starts_with("copas_timer_"), "{name}");
+    let expected: Vec<String> = (1..=3)
+        .map(|i| format!("tick {i} (coroutine: {name}, socket: nil)"))
+        .collect();
+    assert_eq!(*reports.borrow(), expected, "3 errors");
+}
+
+#[test]
+fn arm_and_cancel_report_misuse() {
+    let fired = Rc::new(Cell::new(0));
+    let f = fired.clone();
+    let t = timer::new(TimerOptions::new(ms(50)).name("once"), move |_t: &Timer| {
+        f.set(f.get() + 1)
+    })
+    .unwrap();
+    assert!(t.is_armed());
+    assert_eq!(t.name(), "once");
+    assert_eq!(copas::getthreadname(t.coroutine()).as_deref(), Some("once"));
+    assert_eq!(kind(t.arm(None)), Err(ErrorKind::AlreadyArmed));
+    run_bounded(LIMIT);
+    assert_eq!(fired.get(), 1);
+    assert!(!t.is_armed(), "a one-shot timer is disarmed once it fired");
+    assert_eq!(kind(t.cancel()), Err(ErrorKind::NotArmed));
+    assert_eq!(t.cancel().unwrap_err().to_string(), "not armed");
+
+    // Cancelled before it fires: it never does, and the loop does not wait for it.
+    t.arm(Some(Duration::from_secs(10))).unwrap();
+    t.cancel().unwrap();
+    assert_eq!(kind(t.cancel()), Err(ErrorKind::NotArmed));
+    let took = run_bounded(LIMIT);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(fired.get(), 1);
+
+    // Armed again with its own delay.
+    let start = Instant::now();
+    t.arm(None).unwrap();
+    run_bounded(LIMIT);
+    assert_eq!(fired.get(), 2);
+    assert!(start.elapsed() >= ms(50));
+}
+
+#[test]
+fn cancelling_a_sleeping_recurring_timer_from_another_coroutine_stops_it() {
+    let ticks = Rc::new(Cell::new(0));
+    let t = ticks.clone();
+    let timer = timer::new(
+        TimerOptions::new(ms(30)).recurring(true),
+        move |_t: &Timer| t.set(t.get() + 1),
+    )
+    .unwrap();
+    copas::addthread(move || {
+        copas::pause(ms(100));
+        timer.cancel().unwrap();
+    })
+    .unwrap();
+    let took = run_bounded(LIMIT);
+    assert!((1..=4).contains(&ticks.get()), "{}", ticks.get());
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
