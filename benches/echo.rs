@@ -1,2 +1,1469 @@
-//! Placeholder; replaced by the benchmark.
-fn main() {}
+//! Echo and HTTP benchmarks: copas against a hand-written `polling` loop (the limit for this
+//! design), tokio `current_thread` and may with one worker, in one run, interleaved.
+//!
+//! ```text
+//! cargo bench --bench echo                 # echo table + system calls per message (~4 min)
+//! cargo bench --bench echo -- echo         # only the echo throughput/latency table
+//! cargo bench --bench echo -- syscalls     # only system calls per message (needs `perf`)
+//! cargo bench --bench echo -- http         # wrk against examples/http_hello and a tokio twin
+//! cargo bench --bench echo -- all          # all three
+//! ```
+//!
+//! One binary, several roles chosen by its first argument; the orchestrator re-executes
+//! itself (`std::env::current_exe`) for every server and load-generator process, so each
+//! cell gets a fresh server process on a fresh port. Servers pin themselves to CPU 0, the
+//! load generator to CPU 1 (`sched_setaffinity`; `ECHO_SERVER_CPU` / `ECHO_LOAD_CPU`).
+//!
+//! The load generator is one thread driving level-triggered epoll directly (libc): C
+//! connections in a closed loop, each sends an S-byte message and waits for the whole echo
+//! before sending the next. It records every round trip of the measured window and reads
+//! the server's utime+stime from `/proc/PID/stat` at the window's start and end.
+//!
+//! Environment (defaults in brackets): `ECHO_ROUNDS` [3], `ECHO_WARMUP` seconds [1],
+//! `ECHO_SECS` measured seconds [5], `ECHO_SERVERS` [copas,polling,tokio,may; also
+//! `copas_read`: copas with `std::io::Read` into a stack buffer instead of
+//! `receivepartial`; `copas@<KiB>` and `copas_read@<KiB>`: with that coroutine stack
+//! size], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
+//! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
+//! [50], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
+//! seconds to wait before each cell for other processes to go quiet [0: do not wait],
+//! `ECHO_QUIET_PCT` [25], `ECHO_NOTE` (printed in the header).
+//!
+//! Hidden roles, useful for profiling by hand (see docs/benchmarks.md):
+//! `__server <kind>` prints `port=<n>` and serves forever; `__load <port> <server pid>
+//! <conns> <size> <warm-up s> <secs> <perf 0|1>` prints one `key=value` result line.
+
+use std::collections::BTreeMap;
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::num::NonZeroUsize;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Largest read of every echo server.
+const READ_MAX: usize = 4096;
+
+/// The servers of the default run, in the order they are interleaved.
+const DEFAULT_SERVERS: &str = "copas,polling,tokio,may";
+
+/// Tracepoints counted in the system-call mode; the first is the total.
+const SYSCALL_EVENTS: &[&str] = &[
+    "raw_syscalls:sys_enter",
+    "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_enter_read",
+    "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_epoll_pwait",
+    "syscalls:sys_enter_epoll_pwait2",
+    "syscalls:sys_enter_epoll_ctl",
+    "syscalls:sys_enter_timerfd_settime",
+    "syscalls:sys_enter_futex",
+];
+
+fn main() {
+    // `cargo bench` appends `--bench`; ignore every flag.
+    let under_cargo_bench = env::args().any(|a| a == "--bench");
+    let args: Vec<String> = env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rest = args.get(1..).unwrap_or(&[]);
+    match args.first().map(String::as_str) {
+        Some("__server") => server_role(rest),
+        Some("__load") => load_role(rest),
+        Some("__http_tokio") => http_tokio_role(),
+        Some("echo") => {
+            echo_mode();
+        }
+        Some("syscalls") => {
+            syscall_mode();
+        }
+        Some("http") => {
+            http_mode();
+        }
+        Some("all") => {
+            echo_mode();
+            syscall_mode();
+            http_mode();
+        }
+        // `cargo test --benches` runs this binary without `--bench`: do not start a
+        // four-minute measurement there.
+        None if !under_cargo_bench => {
+            println!(
+                "echo bench: run it with `cargo bench --bench echo [-- echo|syscalls|http|all]`"
+            );
+        }
+        None => {
+            echo_mode();
+            syscall_mode();
+        }
+        Some(other) => {
+            eprintln!("unknown mode {other:?}: use echo, syscalls, http or all");
+            std::process::exit(2);
+        }
+    }
+}
+
+// ----- small helpers ----------------------------------------------------------------------
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} does not parse")),
+        Err(_) => default,
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `"50x64"` → (50, 64).
+fn parse_load(spec: &str) -> (usize, usize) {
+    let (c, s) = spec
+        .split_once('x')
+        .unwrap_or_else(|| panic!("load {spec:?} is not CONNSxSIZE"));
+    (c.parse().expect("connections"), s.parse().expect("size"))
+}
+
+fn ncpus() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+fn server_cpu() -> usize {
+    env_or("ECHO_SERVER_CPU", 0)
+}
+
+fn load_cpu() -> usize {
+    env_or("ECHO_LOAD_CPU", 1)
+}
+
+/// Pins the calling thread (and the threads it creates later) to `cpu`. Does nothing on a
+/// one-CPU machine.
+fn pin(cpu: usize) {
+    if ncpus() < 2 {
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity only touch the set we
+    // own and the calling thread's affinity.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        eprintln!(
+            "echo bench: cannot pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Makes a child pin itself to `cpu` between fork and exec.
+fn pinned(cmd: &mut Command, cpu: usize) -> &mut Command {
+    if ncpus() < 2 {
+        return cmd;
+    }
+    // SAFETY: the closure only calls sched_setaffinity, which is async-signal-safe, on
+    // stack data; no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// (utime, stime) in clock ticks of a whole process, from `/proc/PID/stat`.
+fn proc_times(pid: u32) -> (u64, u64) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return (0, 0);
+    };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the command: state(3) ... utime(14) stime(15).
+    let get = |i: usize| f.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (get(11), get(12))
+}
+
+/// (busy, steal) clock ticks summed over all CPUs, from `/proc/stat`.
+fn system_times() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let g = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    (g(0) + g(1) + g(2) + g(5) + g(6), g(7))
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+fn kilo(x: f64) -> String {
+    if x.is_nan() {
+        "–".into()
+    } else if x >= 10_000.0 {
+        format!("{:.0}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() || b == 0.0 {
+        "–".into()
+    } else {
+        format!("{:.2}", a / b)
+    }
+}
+
+fn out_dir() -> PathBuf {
+    let dir = env::var_os("ECHO_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // current_exe = <target>/release/deps/echo-<hash>
+            let exe = env::current_exe().expect("current_exe");
+            exe.ancestors()
+                .nth(3)
+                .map(|t| t.join("echo-bench"))
+                .unwrap_or_else(|| PathBuf::from("echo-bench"))
+        });
+    fs::create_dir_all(&dir).expect("create output directory");
+    dir
+}
+
+fn machine_header() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("?".to_string(), |s| s.trim().to_string());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let git = Command::new("git")
+        .args(["-C", manifest, "describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let git = if git.is_empty() {
+        format!("{manifest} (not a git checkout)")
+    } else {
+        format!("{manifest} at {git}")
+    };
+    let note = env::var("ECHO_NOTE").map_or(String::new(), |n| format!("; {n}"));
+    format!(
+        "machine: {} CPUs, {model}, kernel {}; loadavg {}; copas {git}; server on CPU {}, load on CPU {}{note}",
+        ncpus(),
+        kernel.trim(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        server_cpu(),
+        load_cpu(),
+    )
+}
+
+/// With `ECHO_QUIET_WAIT=<s>`, waits up to that long before a cell until the other
+/// processes on the machine use less than `ECHO_QUIET_PCT` [25] % of one CPU (sampled over
+/// 0.5 s while no benchmark process runs). Returns the last sample, in % of one CPU.
+fn wait_for_quiet() -> f64 {
+    let max_wait: f64 = env_or("ECHO_QUIET_WAIT", 0.0);
+    let threshold: f64 = env_or("ECHO_QUIET_PCT", 25.0);
+    let give_up = Instant::now() + Duration::from_secs_f64(max_wait);
+    loop {
+        let (b0, _) = system_times();
+        std::thread::sleep(Duration::from_millis(500));
+        let (b1, _) = system_times();
+        let busy = (b1 - b0) as f64 / clock_ticks() / 0.5 * 100.0;
+        if max_wait <= 0.0 || busy < threshold || Instant::now() >= give_up {
+            return busy;
+        }
+    }
+}
+
+// ----- server processes -------------------------------------------------------------------
+
+/// A running server process and its port.
+struct ServerProc {
+    child: Child,
+    port: u16,
+}
+
+impl ServerProc {
+    /// Starts `cmd` (stdout piped) and waits for a line containing the port: `port=<n>` or
+    /// an address `...:<n>`.
+    fn start(mut cmd: Command) -> Result<ServerProc, String> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let port = line
+            .trim()
+            .trim_end_matches('/')
+            .rsplit([':', '='])
+            .next()
+            .and_then(|p| p.parse().ok());
+        match port {
+            Some(port) => Ok(ServerProc { child, port }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("server said {line:?} instead of its port"))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_echo_server(kind: &str) -> Result<ServerProc, String> {
+    let mut cmd = Command::new(env::current_exe().expect("current_exe"));
+    cmd.args(["__server", kind]);
+    ServerProc::start(cmd)
+}
+
+fn bind_any() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+fn announce(port: u16) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "port={port}").expect("stdout");
+    out.flush().expect("stdout");
+}
+
+fn server_role(args: &[String]) {
+    pin(server_cpu());
+    match args.first().map(String::as_str) {
+        // `copas@<KiB>`: the same with that coroutine stack size (for diagnosis).
+        Some(kind) if kind.starts_with("copas") => {
+            let (name, stack) = match kind.split_once('@') {
+                Some((name, kib)) => (name, Some(kib.parse::<usize>().expect("KiB") * 1024)),
+                None => (kind, None),
+            };
+            match name {
+                "copas" => copas_server(false, stack),
+                "copas_read" => copas_server(true, stack),
+                _ => {
+                    eprintln!("unknown server {kind:?}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        Some("polling") => polling_server(),
+        Some("tokio") => tokio_server(),
+        Some("may") => may_server(),
+        other => {
+            eprintln!("unknown server {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// copas: a handler loop of `receivepartial(4096)` then `send` (or, with `read_trait`,
+/// `std::io::Read::read` into a stack buffer, which skips the per-message `Vec`).
+fn copas_server(read_trait: bool, stack: Option<usize>) {
+    let listener = bind_any();
+    let port = listener.local_addr().expect("local_addr").port();
+    let handler = move |mut sock: copas::Socket| {
+        let _ = sock.set_nodelay(true);
+        if read_trait {
+            let mut buf = [0u8; READ_MAX];
+            loop {
+                match sock.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sock.send(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        } else {
+            while let Ok(data) = sock.receivepartial(READ_MAX) {
+                if data.is_empty() || sock.send(&data).is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    if let Some(bytes) = stack {
+        copas::set_stack_size(bytes);
+    }
+    copas::addserver(listener, handler).expect("addserver");
+    announce(port);
+    copas::run().expect("copas::run");
+}
+
+/// The limit: a level-triggered `polling` readiness loop, no coroutines. One read of up to
+/// 4096 bytes per readiness event, written straight back; a short write parks the rest and
+/// switches the interest to writable until it is out.
+fn polling_server() {
+    use polling::{Event, Events, PollMode, Poller};
+
+    struct Conn {
+        stream: TcpStream,
+        buf: Box<[u8; READ_MAX]>,
+        /// Unsent part of `buf` (start, end); empty when reading.
+        pending: (usize, usize),
+    }
+
+    const LISTENER: usize = usize::MAX - 1; // polling reserves usize::MAX
+    let listener = bind_any();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("local_addr").port();
+    let poller = Poller::new().expect("poller");
+    // SAFETY: the listener outlives its registration (it lives until the process exits).
+    unsafe { poller.add_with_mode(&listener, Event::readable(LISTENER), PollMode::Level) }
+        .expect("register listener");
+    let mut conns: slab::Slab<Conn> = slab::Slab::new();
+    let mut events = Events::with_capacity(NonZeroUsize::new(1024).expect("non-zero"));
+    announce(port);
+    loop {
+        events.clear();
+        poller.wait(&mut events, None).expect("wait");
+        for ev in events.iter() {
+            if ev.key == LISTENER {
+                for _ in 0..64 {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(true).expect("nonblocking");
+                            let _ = stream.set_nodelay(true);
+                            let entry = conns.vacant_entry();
+                            let key = entry.key();
+                            // SAFETY: the stream is deleted from the poller before it is
+                            // dropped (see `close` below).
+                            unsafe {
+                                poller.add_with_mode(&stream, Event::readable(key), PollMode::Level)
+                            }
+                            .expect("register");
+                            entry.insert(Conn {
+                                stream,
+                                buf: Box::new([0; READ_MAX]),
+                                pending: (0, 0),
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                }
+                continue;
+            }
+            let key = ev.key;
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            let mut close = false;
+            if conn.pending.0 == conn.pending.1 {
+                match conn.stream.read(&mut conn.buf[..]) {
+                    Ok(0) => close = true,
+                    Ok(n) => conn.pending = (0, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => close = true,
+                }
+                if conn.pending.0 < conn.pending.1 {
+                    close |= flush(&poller, key, conn, true);
+                }
+            } else {
+                close |= flush(&poller, key, conn, false);
+            }
+            if close {
+                let conn = conns.remove(key);
+                let _ = poller.delete(&conn.stream);
+            }
+        }
+    }
+
+    /// Writes the pending bytes; switches the interest when the state changes. Returns
+    /// whether the connection is to be closed.
+    fn flush(poller: &Poller, key: usize, conn: &mut Conn, was_reading: bool) -> bool {
+        let (start, end) = conn.pending;
+        match conn.stream.write(&conn.buf[start..end]) {
+            Ok(n) => conn.pending.0 += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+        let done = conn.pending.0 == conn.pending.1;
+        if done {
+            conn.pending = (0, 0);
+        }
+        let interest = if done && !was_reading {
+            Some(Event::readable(key))
+        } else if !done && was_reading {
+            Some(Event::writable(key))
+        } else {
+            None
+        };
+        if let Some(interest) = interest {
+            poller
+                .modify_with_mode(&conn.stream, interest, PollMode::Level)
+                .is_err()
+        } else {
+            false
+        }
+    }
+}
+
+/// tokio `current_thread`, the same handler.
+fn tokio_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std({
+            let l = bind_any();
+            l.set_nonblocking(true).expect("nonblocking");
+            l
+        })
+        .expect("listener");
+        announce(listener.local_addr().expect("local_addr").port());
+        loop {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut buf = [0u8; READ_MAX];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// may with one worker, its own pinning off (this process is already pinned).
+fn may_server() {
+    may::config().set_workers(1);
+    may::config().set_worker_pin(false);
+    let main = may::go!(|| {
+        let listener = may::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        announce(listener.local_addr().expect("local_addr").port());
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            may::go!(move || {
+                let _ = stream.set_nodelay(true);
+                let mut buf = [0u8; READ_MAX];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let _ = main.join();
+}
+
+// ----- the load generator -----------------------------------------------------------------
+
+/// `perf stat` attached to the server with its events disabled, switched on and off
+/// through control FIFOs so the count covers exactly the measured window.
+struct PerfCounter {
+    child: Child,
+    ctl: fs::File,
+    ack: BufReader<fs::File>,
+    dir: PathBuf,
+}
+
+impl PerfCounter {
+    fn attach(pid: u32) -> Result<PerfCounter, String> {
+        let dir = env::temp_dir().join(format!("echo-perf-{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ctl_path = dir.join("ctl");
+        let ack_path = dir.join("ack");
+        for p in [&ctl_path, &ack_path] {
+            let _ = fs::remove_file(p);
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: c is a valid NUL-terminated path.
+            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                return Err(format!("mkfifo: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-D",
+                "-1",
+                "-e",
+                &SYSCALL_EVENTS.join(","),
+            ])
+            .arg("--control")
+            .arg(format!(
+                "fifo:{},{}",
+                ctl_path.display(),
+                ack_path.display()
+            ))
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("perf: {e}"))?;
+        // Opening blocks until perf has opened its ends.
+        let ctl = fs::OpenOptions::new()
+            .write(true)
+            .open(&ctl_path)
+            .map_err(|e| e.to_string())?;
+        let ack = BufReader::new(fs::File::open(&ack_path).map_err(|e| e.to_string())?);
+        Ok(PerfCounter {
+            child,
+            ctl,
+            ack,
+            dir,
+        })
+    }
+
+    fn command(&mut self, what: &str) {
+        writeln!(self.ctl, "{what}").expect("perf control");
+        let mut line = String::new();
+        let _ = self.ack.read_line(&mut line);
+    }
+
+    /// Stops perf and returns the count of each event.
+    fn finish(mut self) -> BTreeMap<String, u64> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+        let mut counts = BTreeMap::new();
+        for line in err.lines() {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() > 2 {
+                if let Ok(n) = f[0].parse::<u64>() {
+                    counts.insert(f[2].to_string(), n);
+                }
+            }
+        }
+        counts
+    }
+}
+
+fn load_role(args: &[String]) {
+    pin(load_cpu());
+    let arg = |i: usize| -> &str { args.get(i).map_or("", String::as_str) };
+    let port: u16 = arg(0).parse().expect("port");
+    let server_pid: u32 = arg(1).parse().expect("server pid");
+    let conns: usize = arg(2).parse().expect("conns");
+    let size: usize = arg(3).parse().expect("size");
+    let warm: f64 = arg(4).parse().expect("warm-up");
+    let secs: f64 = arg(5).parse().expect("secs");
+    let with_perf = arg(6) == "1";
+    match run_load(port, server_pid, conns, size, warm, secs, with_perf) {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            eprintln!("load: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_load(
+    port: u16,
+    server_pid: u32,
+    conns: usize,
+    size: usize,
+    warm: f64,
+    secs: f64,
+    with_perf: bool,
+) -> Result<String, String> {
+    let mut perf = if with_perf {
+        Some(PerfCounter::attach(server_pid)?)
+    } else {
+        None
+    };
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        streams.push(s);
+    }
+    // SAFETY: epoll_create1 has no memory-safety preconditions.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(format!("epoll: {}", std::io::Error::last_os_error()));
+    }
+    for (i, s) in streams.iter().enumerate() {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: ev is a valid epoll_event; the descriptor is open.
+        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } != 0 {
+            return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+        }
+    }
+    let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut scratch = vec![0u8; size.max(1)];
+    let mut got = vec![0usize; conns];
+    let mut sent_at = vec![Instant::now(); conns];
+    let send = |fd: i32| -> Result<(), String> {
+        // SAFETY: msg is a valid buffer of msg.len() bytes.
+        let n = unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+        if n != msg.len() as isize {
+            return Err(format!(
+                "short or failed send ({n}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    };
+    let start = Instant::now();
+    for (i, s) in streams.iter().enumerate() {
+        sent_at[i] = Instant::now();
+        send(s.as_raw_fd())?;
+    }
+    let measure_from = start + Duration::from_secs_f64(warm);
+    let measure_to = measure_from + Duration::from_secs_f64(secs);
+    let give_up = measure_to + Duration::from_secs(10);
+    let mut rtts: Vec<u32> = Vec::with_capacity(((secs * 400_000.0) as usize).min(8 << 20));
+    let mut measuring = false;
+    let mut window_start = start;
+    let mut msgs: u64 = 0;
+    let mut all_msgs: u64 = 0;
+    let mut srv0 = (0, 0);
+    let mut sys0 = (0, 0);
+    let mut self0 = (0, 0);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let stats = loop {
+        // SAFETY: events is a valid buffer of events.len() entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 100) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("epoll_wait: {e}"));
+        }
+        for ev in &events[..n as usize] {
+            let i = ev.u64 as usize;
+            let fd = streams[i].as_raw_fd();
+            let want = size - got[i];
+            // SAFETY: scratch has at least `want` bytes.
+            let r = unsafe { libc::recv(fd, scratch.as_mut_ptr().cast(), want, 0) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                return Err(format!("recv: {e}"));
+            }
+            if r == 0 {
+                return Err("server closed a connection".into());
+            }
+            got[i] += r as usize;
+            if got[i] == size {
+                got[i] = 0;
+                let now = Instant::now();
+                all_msgs += 1;
+                if measuring {
+                    let rtt = now.duration_since(sent_at[i]).as_nanos();
+                    rtts.push(rtt.min(u32::MAX as u128) as u32);
+                    msgs += 1;
+                }
+                sent_at[i] = now;
+                send(fd)?;
+            }
+        }
+        let now = Instant::now();
+        if !measuring && now >= measure_from {
+            if let Some(p) = perf.as_mut() {
+                p.command("enable");
+            }
+            measuring = true;
+            window_start = Instant::now();
+            srv0 = proc_times(server_pid);
+            sys0 = system_times();
+            self0 = proc_times(std::process::id());
+        } else if measuring && now >= measure_to {
+            let window = window_start.elapsed().as_secs_f64();
+            if let Some(p) = perf.as_mut() {
+                p.command("disable");
+            }
+            let srv1 = proc_times(server_pid);
+            let sys1 = system_times();
+            let self1 = proc_times(std::process::id());
+            break (window, srv1, sys1, self1);
+        } else if now >= give_up {
+            return Err("no progress".into());
+        }
+    };
+    let (window, srv1, sys1, self1) = stats;
+    let counts = perf.map(PerfCounter::finish).unwrap_or_default();
+    rtts.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if rtts.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((rtts.len() as f64 * p).ceil() as usize).clamp(1, rtts.len()) - 1;
+        rtts[i] as f64 / 1000.0
+    };
+    let tick = clock_ticks();
+    let srv_user = (srv1.0 - srv0.0) as f64 / tick;
+    let srv_sys = (srv1.1 - srv0.1) as f64 / tick;
+    let load_cpu = ((self1.0 + self1.1) - (self0.0 + self0.1)) as f64 / tick;
+    let busy = (sys1.0 - sys0.0) as f64 / tick;
+    let steal = (sys1.1 - sys0.1) as f64 / tick;
+    let mut line = format!(
+        "msgs={msgs} all_msgs={all_msgs} window={window:.4} p50_us={:.1} p99_us={:.1} srv_user_s={srv_user:.3} \
+         srv_sys_s={srv_sys:.3} load_cpu_s={load_cpu:.3} others_s={:.3} steal_s={steal:.3}",
+        pct(0.50),
+        pct(0.99),
+        (busy - srv_user - srv_sys - load_cpu).max(0.0),
+    );
+    for (name, n) in &counts {
+        let _ = write!(line, " perf:{name}={n}");
+    }
+    drop(streams);
+    Ok(line)
+}
+
+/// Runs one load-generator process against `server` and parses its result line.
+fn run_cell(
+    server: &ServerProc,
+    conns: usize,
+    size: usize,
+    warm: f64,
+    secs: f64,
+    with_perf: bool,
+) -> Result<BTreeMap<String, String>, String> {
+    let out = Command::new(env::current_exe().expect("current_exe"))
+        .args([
+            "__load",
+            &server.port.to_string(),
+            &server.pid().to_string(),
+        ])
+        .args([conns.to_string(), size.to_string()])
+        .args([warm.to_string(), secs.to_string()])
+        .arg(if with_perf { "1" } else { "0" })
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("load: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("load generator failed ({})", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+fn num(map: &BTreeMap<String, String>, key: &str) -> f64 {
+    map.get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+// ----- mode: echo throughput and latency --------------------------------------------------
+
+/// One measured cell.
+struct EchoCell {
+    server: String,
+    conns: usize,
+    size: usize,
+    msgs_s: f64,
+    p50: f64,
+    p99: f64,
+    cpu_us: f64,
+    user_us: f64,
+    srv_pct: f64,
+    load_pct: f64,
+    others_pct: f64,
+    steal_pct: f64,
+    /// Other processes' CPU just before the cell (% of one CPU).
+    before_pct: f64,
+}
+
+fn echo_mode() {
+    let rounds: usize = env_or("ECHO_ROUNDS", 3);
+    let warm: f64 = env_or("ECHO_WARMUP", 1.0);
+    let secs: f64 = env_or("ECHO_SECS", 5.0);
+    let servers = env_list("ECHO_SERVERS", DEFAULT_SERVERS);
+    let loads: Vec<(usize, usize)> = env_list("ECHO_LOADS", "50x64,1000x1024")
+        .iter()
+        .map(|s| parse_load(s))
+        .collect();
+    println!("## echo: closed loop, {rounds} interleaved rounds, {warm} s warm-up + {secs} s measured per cell");
+    println!("{}", machine_header());
+    let mut cells: Vec<EchoCell> = Vec::new();
+    let mut csv = String::from(
+        "round,server,conns,size,msgs_per_s,p50_us,p99_us,cpu_us_per_msg,user_us_per_msg,server_cpu_pct,load_cpu_pct,others_cpu_pct,steal_pct,others_before_pct\n",
+    );
+    for round in 1..=rounds {
+        for &(conns, size) in &loads {
+            for server in &servers {
+                let before = wait_for_quiet();
+                let result = spawn_echo_server(server)
+                    .and_then(|srv| run_cell(&srv, conns, size, warm, secs, false));
+                let r = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("round {round} {server} C={conns} S={size}: {e}");
+                        continue;
+                    }
+                };
+                let window = num(&r, "window");
+                let msgs = num(&r, "msgs");
+                let user = num(&r, "srv_user_s");
+                let sys = num(&r, "srv_sys_s");
+                let cell = EchoCell {
+                    server: server.clone(),
+                    conns,
+                    size,
+                    msgs_s: msgs / window,
+                    p50: num(&r, "p50_us"),
+                    p99: num(&r, "p99_us"),
+                    cpu_us: (user + sys) * 1e6 / msgs,
+                    user_us: user * 1e6 / msgs,
+                    srv_pct: (user + sys) * 100.0 / window,
+                    load_pct: num(&r, "load_cpu_s") * 100.0 / window,
+                    others_pct: num(&r, "others_s") * 100.0 / window,
+                    steal_pct: num(&r, "steal_s") * 100.0 / window,
+                    before_pct: before,
+                };
+                println!(
+                    "round {round} C={conns:<4} S={size:<4} {server:<10} {:>8.0} msgs/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {:.2} µs/msg ({:.3} user), CPU server {:.0} % load {:.0} % others {:.0} % steal {:.0} % (others before: {:.0} %)",
+                    cell.msgs_s, cell.p50, cell.p99, cell.cpu_us, cell.user_us, cell.srv_pct, cell.load_pct, cell.others_pct, cell.steal_pct, cell.before_pct
+                );
+                let _ = writeln!(
+                    csv,
+                    "{round},{server},{conns},{size},{:.1},{:.1},{:.1},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{:.1}",
+                    cell.msgs_s, cell.p50, cell.p99, cell.cpu_us, cell.user_us, cell.srv_pct, cell.load_pct, cell.others_pct, cell.steal_pct, cell.before_pct
+                );
+                cells.push(cell);
+            }
+        }
+    }
+    let path = out_dir().join("echo.csv");
+    fs::write(&path, csv).expect("write echo.csv");
+    println!();
+    for &(conns, size) in &loads {
+        print_echo_table(&cells, &servers, conns, size);
+    }
+    println!("cells written to {}", path.display());
+}
+
+fn print_echo_table(cells: &[EchoCell], servers: &[String], conns: usize, size: usize) {
+    let of = |server: &str| -> Vec<&EchoCell> {
+        cells
+            .iter()
+            .filter(|c| c.server == server && c.conns == conns && c.size == size)
+            .collect()
+    };
+    let med = |server: &str, f: fn(&EchoCell) -> f64| -> f64 {
+        median(&of(server).iter().map(|c| f(c)).collect::<Vec<_>>())
+    };
+    let polling = med("polling", |c| c.msgs_s);
+    let tokio = med("tokio", |c| c.msgs_s);
+    println!("### C={conns}, S={size} bytes (median of rounds [min..max])");
+    println!();
+    println!("| server | n | msgs/s median [min..max] | vs polling | vs tokio | p50 µs | p99 µs | server CPU µs/msg | of which user µs/msg | server CPU % | load CPU % | others CPU % | steal % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for server in servers {
+        let v = of(server);
+        if v.is_empty() {
+            println!("| {server} | 0 | failed | | | | | | | | | | |");
+            continue;
+        }
+        let rates: Vec<f64> = v.iter().map(|c| c.msgs_s).collect();
+        let (lo, hi) = min_max(&rates);
+        let m = median(&rates);
+        println!(
+            "| {server} | {} | {} [{}..{}] | {} | {} | {:.0} | {:.0} | {:.2} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            v.len(),
+            kilo(m),
+            kilo(lo),
+            kilo(hi),
+            ratio(m, polling),
+            ratio(m, tokio),
+            med(server, |c| c.p50),
+            med(server, |c| c.p99),
+            med(server, |c| c.cpu_us),
+            med(server, |c| c.user_us),
+            med(server, |c| c.srv_pct),
+            med(server, |c| c.load_pct),
+            med(server, |c| c.others_pct),
+            med(server, |c| c.steal_pct),
+        );
+    }
+    let copas = med("copas", |c| c.msgs_s);
+    println!();
+    println!(
+        "copas median / polling median = {}; copas median / tokio median = {}",
+        ratio(copas, polling),
+        ratio(copas, tokio)
+    );
+    println!();
+}
+
+// ----- mode: system calls per message -----------------------------------------------------
+
+fn perf_works() -> Result<(), String> {
+    let out = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "true"])
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run perf: {e} (Debian package linux-perf)"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let counted = err.lines().any(|l| {
+        l.split(',')
+            .next()
+            .is_some_and(|n| n.parse::<u64>().is_ok())
+    });
+    if out.status.success() && counted {
+        Ok(())
+    } else {
+        Err(format!(
+            "`perf stat -e raw_syscalls:sys_enter true` failed: {}",
+            err.trim()
+        ))
+    }
+}
+
+fn syscall_mode() {
+    let warm: f64 = env_or("ECHO_WARMUP", 1.0);
+    let secs: f64 = env_or("ECHO_SYSCALL_SECS", 3.0);
+    let servers = env_list("ECHO_SERVERS", DEFAULT_SERVERS);
+    let loads: Vec<(usize, usize)> = env_list("ECHO_SYSCALL_LOADS", "1x64,50x64,1000x1024")
+        .iter()
+        .map(|s| parse_load(s))
+        .collect();
+    println!("## system calls per echoed message (perf stat tracepoints on the server, {secs} s window after {warm} s warm-up)");
+    if let Err(e) = perf_works() {
+        println!("skipped: {e}");
+        return;
+    }
+    let short = |e: &str| e.trim_start_matches("syscalls:sys_enter_").to_string();
+    let mut csv = String::from("server,conns,size,msgs,total");
+    for e in &SYSCALL_EVENTS[1..] {
+        let _ = write!(csv, ",{}", short(e));
+    }
+    csv.push('\n');
+    let mut table: BTreeMap<(String, usize, usize), f64> = BTreeMap::new();
+    let mut detail = String::new();
+    for &(conns, size) in &loads {
+        for server in &servers {
+            let result = spawn_echo_server(server)
+                .and_then(|srv| run_cell(&srv, conns, size, warm, secs, true));
+            let r = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{server} C={conns} S={size}: {e}");
+                    continue;
+                }
+            };
+            let msgs = num(&r, "msgs");
+            let per = |e: &str| num(&r, &format!("perf:{e}")) / msgs;
+            let total = per(SYSCALL_EVENTS[0]);
+            table.insert((server.clone(), conns, size), total);
+            let _ = write!(csv, "{server},{conns},{size},{msgs},{total:.4}");
+            let _ = write!(
+                detail,
+                "| {server} | {conns}x{size} | {:.0} | {total:.2} |",
+                msgs / num(&r, "window")
+            );
+            for e in &SYSCALL_EVENTS[1..] {
+                let _ = write!(csv, ",{:.4}", per(e));
+                let _ = write!(detail, " {:.2} |", per(e));
+            }
+            csv.push('\n');
+            detail.push('\n');
+        }
+    }
+    let path = out_dir().join("syscalls.csv");
+    fs::write(&path, csv).expect("write syscalls.csv");
+    println!();
+    print!("| server |");
+    for (c, s) in &loads {
+        print!(" C={c}, S={s} |");
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(loads.len()));
+    for server in &servers {
+        print!("| {server} |");
+        for &(c, s) in &loads {
+            match table.get(&(server.clone(), c, s)) {
+                Some(v) => print!(" {v:.2} |"),
+                None => print!(" – |"),
+            }
+        }
+        println!();
+    }
+    println!();
+    println!("per message, by system call:");
+    println!();
+    print!("| server | load | msgs/s (under perf) | total |");
+    for e in &SYSCALL_EVENTS[1..] {
+        print!(" {} |", short(e));
+    }
+    println!();
+    println!(
+        "|---|---|---|---|{}",
+        "---|".repeat(SYSCALL_EVENTS.len() - 1)
+    );
+    print!("{detail}");
+    println!();
+    println!("written to {}", path.display());
+}
+
+// ----- mode: HTTP hello world under wrk ---------------------------------------------------
+
+const HTTP_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nContent-Type: text/plain\r\n\r\nhello world";
+
+/// The tokio twin of examples/http_hello.rs: read request lines until the empty line,
+/// answer, keep the connection open unless the client asked to close it.
+fn http_tokio_role() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    pin(server_cpu());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        announce(listener.local_addr().expect("local_addr").port());
+        loop {
+            let (stream, _) = listener.accept().await.expect("accept");
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                loop {
+                    // Request line.
+                    line.clear();
+                    match stream.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let mut close = line.trim_end().ends_with("HTTP/1.0");
+                    let mut body = 0usize;
+                    // Headers until the empty line.
+                    loop {
+                        line.clear();
+                        match stream.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let header = line.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':') {
+                            let value = value.trim();
+                            if name.eq_ignore_ascii_case("connection") {
+                                if value.eq_ignore_ascii_case("close") {
+                                    close = true;
+                                } else if value.eq_ignore_ascii_case("keep-alive") {
+                                    close = false;
+                                }
+                            } else if name.eq_ignore_ascii_case("content-length") {
+                                body = value.parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    if body > 0 {
+                        let mut skip = vec![0u8; body];
+                        if stream.read_exact(&mut skip).await.is_err() {
+                            return;
+                        }
+                    }
+                    if stream.get_mut().write_all(HTTP_RESPONSE).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The copas example binary, built on demand next to this bench binary.
+fn http_hello_binary() -> Result<PathBuf, String> {
+    let exe = env::current_exe().map_err(|e| e.to_string())?;
+    // <target>/release/deps/echo-<hash> → <target>/release/examples/http_hello
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?;
+    let target_dir = profile_dir
+        .parent()
+        .ok_or("cannot locate the target directory")?;
+    let bin = profile_dir.join("examples").join("http_hello");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("building the example: cargo build --release --example http_hello");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--example",
+            "http_hello",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() && !bin.exists() {
+        return Err("cargo build --release --example http_hello failed".into());
+    }
+    if !bin.exists() {
+        return Err(format!("{} not found after building", bin.display()));
+    }
+    Ok(bin)
+}
+
+/// Parses a wrk latency figure such as `215.00us`, `1.20ms`, `2.00s` into µs.
+fn wrk_time_us(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e6)
+    } else {
+        (s, f64::NAN)
+    };
+    num.parse::<f64>().map_or(f64::NAN, |v| v * scale)
+}
+
+struct WrkResult {
+    req_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn run_wrk(port: u16, conns: usize, secs: u64) -> Result<WrkResult, String> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ])
+    .arg(format!("http://127.0.0.1:{port}/"));
+    let out = pinned(&mut cmd, load_cpu())
+        .output()
+        .map_err(|e| format!("wrk: {e} (Debian package wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("wrk failed: {text}"));
+    }
+    let mut r = WrkResult {
+        req_s: f64::NAN,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+    };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => r.req_s = v.parse().unwrap_or(f64::NAN),
+            ["50%", v] => r.p50_us = wrk_time_us(v),
+            ["99%", v] => r.p99_us = wrk_time_us(v),
+            _ => {}
+        }
+        if line.contains("Non-2xx") || line.contains("Socket errors") {
+            eprintln!("wrk: {}", line.trim());
+        }
+    }
+    Ok(r)
+}
+
+fn http_mode() {
+    let rounds: usize = env_or("ECHO_ROUNDS", 3);
+    let secs: u64 = env_or("ECHO_HTTP_SECS", 5);
+    let conns: usize = env_or("ECHO_HTTP_CONNS", 50);
+    println!("## http: wrk -t1 -c{conns} -d{secs}s against examples/http_hello (copas) and a tokio current_thread twin; {rounds} interleaved rounds, 1 s wrk warm-up each");
+    println!("{}", machine_header());
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("skipped: wrk not found (apt-get install wrk)");
+        return;
+    }
+    let hello = match http_hello_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    let servers = ["copas", "tokio"];
+    let mut results: BTreeMap<&str, Vec<(WrkResult, f64)>> = BTreeMap::new();
+    let mut csv = String::from("round,server,req_per_s,p50_us,p99_us,cpu_us_per_req\n");
+    for round in 1..=rounds {
+        for server in servers {
+            wait_for_quiet();
+            let proc = if server == "copas" {
+                // A free port: bind, note it, release it for the example.
+                let port = bind_any().local_addr().expect("local_addr").port();
+                let mut cmd = Command::new(&hello);
+                cmd.arg(port.to_string());
+                pinned(&mut cmd, server_cpu());
+                ServerProc::start(cmd)
+            } else {
+                let mut cmd = Command::new(env::current_exe().expect("current_exe"));
+                cmd.arg("__http_tokio");
+                ServerProc::start(cmd)
+            };
+            let proc = match proc {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("round {round} {server}: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = run_wrk(proc.port, conns, 1) {
+                eprintln!("round {round} {server} warm-up: {e}");
+                continue;
+            }
+            let t0 = proc_times(proc.pid());
+            let r = match run_wrk(proc.port, conns, secs) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("round {round} {server}: {e}");
+                    continue;
+                }
+            };
+            let t1 = proc_times(proc.pid());
+            let cpu_s = ((t1.0 + t1.1) - (t0.0 + t0.1)) as f64 / clock_ticks();
+            let cpu_us = cpu_s * 1e6 / (r.req_s * secs as f64);
+            println!(
+                "round {round} {server:<6} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {cpu_us:.2} µs/req",
+                r.req_s, r.p50_us, r.p99_us
+            );
+            let _ = writeln!(
+                csv,
+                "{round},{server},{:.1},{:.1},{:.1},{cpu_us:.4}",
+                r.req_s, r.p50_us, r.p99_us
+            );
+            results.entry(server).or_default().push((r, cpu_us));
+        }
+    }
+    let path = out_dir().join("http.csv");
+    fs::write(&path, csv).expect("write http.csv");
+    println!();
+    println!(
+        "| server | n | req/s median [min..max] | vs tokio | p50 µs | p99 µs | server CPU µs/req |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let med_of = |server: &str, f: fn(&(WrkResult, f64)) -> f64| -> f64 {
+        results
+            .get(server)
+            .map_or(f64::NAN, |v| median(&v.iter().map(f).collect::<Vec<_>>()))
+    };
+    let tokio = med_of("tokio", |r| r.0.req_s);
+    for server in servers {
+        let Some(v) = results.get(server) else {
+            println!("| {server} | 0 | failed | | | | |");
+            continue;
+        };
+        let rates: Vec<f64> = v.iter().map(|r| r.0.req_s).collect();
+        let (lo, hi) = min_max(&rates);
+        let m = median(&rates);
+        println!(
+            "| {server} | {} | {} [{}..{}] | {} | {:.0} | {:.0} | {:.2} |",
+            v.len(),
+            kilo(m),
+            kilo(lo),
+            kilo(hi),
+            ratio(m, tokio),
+            med_of(server, |r| r.0.p50_us),
+            med_of(server, |r| r.0.p99_us),
+            med_of(server, |r| r.1),
+        );
+    }
+    println!();
+    println!(
+        "copas median / tokio median = {}",
+        ratio(med_of("copas", |r| r.0.req_s), tokio)
+    );
+    println!("written to {}", path.display());
+}

@@ -1,0 +1,112 @@
+//! An HTTP/1.1 keep-alive "hello world" server: a line protocol on copas.
+//!
+//! ```text
+//! cargo run --release --example http_hello            # listens on 127.0.0.1:9080
+//! cargo run --release --example http_hello -- 9180    # or on the port you give
+//! curl -v http://127.0.0.1:9080/
+//! wrk -t1 -c50 -d5s http://127.0.0.1:9080/            # see docs/benchmarks.md
+//! ```
+//!
+//! Each connection runs `serve`, a plain loop: read the request line and the headers with
+//! `receive(Pattern::Line)` until the empty line, answer `hello world` with a
+//! `Content-Length`, and go round again for the next request on the same connection. The
+//! connection ends at end of stream, on `Connection: close`, or after an HTTP/1.0 request
+//! that did not ask for keep-alive.
+
+use std::net::TcpListener;
+
+use copas::{Pattern, Socket};
+
+/// The port used when none is given on the command line.
+const DEFAULT_PORT: u16 = 9080;
+
+/// The whole response, sent with one `send`.
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nContent-Type: text/plain\r\n\r\nhello world";
+
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// What the headers of one request say about the connection.
+struct Request {
+    close: bool,
+    body: usize,
+}
+
+/// Reads one request head (request line and headers up to the empty line). `Ok(None)` at a
+/// clean end of stream between requests.
+fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
+    let line = match sock.receive(Pattern::Line) {
+        Ok(line) => line,
+        Err(e) if e.kind() == copas::ErrorKind::Closed && e.partial().is_empty() => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    // HTTP/1.0 closes by default, HTTP/1.1 keeps the connection open.
+    let mut req = Request {
+        close: line.ends_with(b"HTTP/1.0"),
+        body: 0,
+    };
+    loop {
+        let header = sock.receive(Pattern::Line)?;
+        if header.is_empty() {
+            return Ok(Some(req));
+        }
+        let Some(colon) = header.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&header[..colon], header[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"connection") {
+            if value.eq_ignore_ascii_case(b"close") {
+                req.close = true;
+            } else if value.eq_ignore_ascii_case(b"keep-alive") {
+                req.close = false;
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            req.body = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+}
+
+fn serve(mut sock: Socket) {
+    let _ = sock.set_nodelay(true);
+    loop {
+        let req = match read_request(&mut sock) {
+            Ok(Some(req)) => req,
+            Ok(None) => break,
+            Err(e) => {
+                if e.kind() == copas::ErrorKind::LimitExceeded {
+                    let _ = sock.send(BAD_REQUEST);
+                }
+                break;
+            }
+        };
+        // A body (none for GET) is read and ignored.
+        if req.body > 0 && sock.receive(Pattern::Exact(req.body)).is_err() {
+            break;
+        }
+        if sock.send(RESPONSE).is_err() || req.close {
+            break;
+        }
+    }
+    // Returning closes the connection.
+}
+
+fn main() -> copas::Result<()> {
+    let port = match std::env::args().nth(1) {
+        Some(arg) => arg.parse().map_err(|_| {
+            copas::Error::with_message(copas::ErrorKind::InvalidState, format!("bad port {arg:?}"))
+        })?,
+        None => DEFAULT_PORT,
+    };
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    println!("http_hello listening on http://{}/", listener.local_addr()?);
+    // Stdout may be a pipe (the benchmark reads the address from it): flush now.
+    std::io::Write::flush(&mut std::io::stdout())?;
+    copas::addserver(listener, serve)?;
+    copas::run()
+}
