@@ -40,7 +40,7 @@ pub use task::Coroutine;
 pub(crate) use task::{TaskName, TaskSocket, Wake};
 
 use poller::{Poller, Readiness};
-use reactor::Source;
+use reactor::{Source, WaitQueue};
 use task::{Task, Wait};
 use timers::TimerQueue;
 
@@ -206,8 +206,7 @@ impl State {
                 } else {
                     &mut src.readers
                 };
-                if let Some(pos) = queue.iter().position(|c| *c == co) {
-                    queue.remove(pos);
+                if queue.remove(co) {
                     src.io.waiting.set(src.io.waiting.get() - 1);
                 }
             }
@@ -231,6 +230,22 @@ impl State {
         true
     }
 
+    /// Wakes a coroutine already taken out of its socket's queue by an event.
+    fn wake_popped(&mut self, co: Coroutine) {
+        let Some(task) = self.task_mut(co) else {
+            return;
+        };
+        let wait = task.wait;
+        let timer = task.timer.take();
+        task.wait = Wait::Ready;
+        task.wake = Wake::Event;
+        self.counts.leave(wait, timer.is_some());
+        if let Some(key) = timer {
+            self.timers.remove(key);
+        }
+        self.ready.push_back(co);
+    }
+
     /// Handles one poller event.
     fn on_event(&mut self, ev: Readiness) {
         let key = SourceKey::from_poll_key(ev.key);
@@ -250,16 +265,18 @@ impl State {
         }
         if ev.readable {
             src.io.readable.set(true);
-            woken[0] = src.readers.pop_front();
+            woken[0] = src.readers.pop();
         }
         if ev.writable {
             src.io.writable.set(true);
-            woken[1] = src.writers.pop_front();
+            woken[1] = src.writers.pop();
         }
         let popped = woken.iter().flatten().count() as u32;
-        src.io.waiting.set(src.io.waiting.get() - popped);
-        for co in woken.into_iter().flatten() {
-            self.wake(co, Wake::Event);
+        if popped > 0 {
+            src.io.waiting.set(src.io.waiting.get() - popped);
+            for co in woken.into_iter().flatten() {
+                self.wake_popped(co);
+            }
         }
     }
 
@@ -272,7 +289,8 @@ impl State {
         }
         src.io.key.set(None);
         src.io.waiting.set(0);
-        for co in src.readers.drain(..).chain(src.writers.drain(..)) {
+        let waiters: Vec<Coroutine> = src.readers.drain().chain(src.writers.drain()).collect();
+        for co in waiters {
             self.wake(co, Wake::Closed);
         }
         Some(src)
@@ -855,18 +873,22 @@ impl Dispatcher {
         let Some(key) = io.key.get() else {
             return Wake::Closed;
         };
-        let Some(co) = self.current() else {
+        let Some(tag) = copas_coro::current() else {
             return Wake::Cancelled;
         };
+        let co = Coroutine::from_tag(tag);
         {
             let mut st = self.state.borrow_mut();
+            if st.task(co).is_none() {
+                return Wake::Cancelled;
+            }
             let Some(src) = st.source_mut(key) else {
                 return Wake::Closed;
             };
             if write {
-                src.writers.push_back(co);
+                src.writers.push(co);
             } else {
-                src.readers.push_back(co);
+                src.readers.push(co);
             }
             io.waiting.set(io.waiting.get() + 1);
             let wait = Wait::Io {
@@ -897,13 +919,13 @@ impl Dispatcher {
             return;
         };
         let next = if write {
-            src.writers.pop_front()
+            src.writers.pop()
         } else {
-            src.readers.pop_front()
+            src.readers.pop()
         };
         if let Some(co) = next {
             src.io.waiting.set(src.io.waiting.get() - 1);
-            st.wake(co, Wake::Event);
+            st.wake_popped(co);
         }
     }
 
@@ -1137,8 +1159,8 @@ impl Dispatcher {
             let index = st.sources.insert(Source {
                 generation,
                 io: io.clone(),
-                readers: Default::default(),
-                writers: Default::default(),
+                readers: WaitQueue::default(),
+                writers: WaitQueue::default(),
                 acceptor,
                 accept_scheduled: false,
             }) as u32;

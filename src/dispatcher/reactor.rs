@@ -96,14 +96,99 @@ pub(crate) enum AcceptOutcome {
     BackOff(std::time::Duration),
 }
 
+/// Coroutines waiting on one socket in one direction, first come first served.
+///
+/// Nearly always there is at most one, so the first lives inline and the queue behind it
+/// allocates only when several coroutines wait on the same socket at once.
+#[derive(Debug, Default)]
+pub(crate) struct WaitQueue {
+    first: Option<Coroutine>,
+    rest: VecDeque<Coroutine>,
+}
+
+impl WaitQueue {
+    pub(crate) fn push(&mut self, co: Coroutine) {
+        if self.first.is_none() {
+            self.first = Some(co);
+        } else {
+            self.rest.push_back(co);
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Coroutine> {
+        let first = self.first.take()?;
+        self.first = self.rest.pop_front();
+        Some(first)
+    }
+
+    /// Removes `co` wherever it is; false if it was not there.
+    pub(crate) fn remove(&mut self, co: Coroutine) -> bool {
+        if self.first == Some(co) {
+            self.first = self.rest.pop_front();
+            return true;
+        }
+        match self.rest.iter().position(|c| *c == co) {
+            Some(pos) => {
+                self.rest.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the most recent waiter back (undoing a `push`).
+    pub(crate) fn pop_back(&mut self) -> Option<Coroutine> {
+        self.rest.pop_back().or_else(|| self.first.take())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Empties the queue, returning the waiters in order.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Coroutine> + '_ {
+        self.first.take().into_iter().chain(self.rest.drain(..))
+    }
+}
+
 /// The dispatcher's entry for one registered socket.
 pub(crate) struct Source {
     pub(crate) generation: u32,
     pub(crate) io: Rc<IoSource>,
-    pub(crate) readers: VecDeque<Coroutine>,
-    pub(crate) writers: VecDeque<Coroutine>,
+    pub(crate) readers: WaitQueue,
+    pub(crate) writers: WaitQueue,
     /// Set for listening sockets added with `addserver`.
     pub(crate) acceptor: Option<Rc<dyn Acceptor>>,
     /// An accept round is already scheduled (pending list or back-off timer).
     pub(crate) accept_scheduled: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn co(n: u32) -> Coroutine {
+        Coroutine {
+            index: n,
+            generation: n,
+        }
+    }
+
+    #[test]
+    fn wait_queue_is_fifo_and_removes_anywhere() {
+        let mut q = WaitQueue::default();
+        assert!(q.is_empty());
+        for n in 1..=4 {
+            q.push(co(n));
+        }
+        assert!(q.remove(co(1)));
+        assert!(q.remove(co(3)));
+        assert!(!q.remove(co(3)));
+        assert_eq!(q.pop(), Some(co(2)));
+        q.push(co(5));
+        assert_eq!(q.pop_back(), Some(co(5)));
+        assert_eq!(q.drain().collect::<Vec<_>>(), vec![co(4)]);
+        assert!(q.is_empty());
+        assert_eq!(q.pop(), None);
+    }
 }

@@ -544,16 +544,21 @@ impl Socket {
     /// [`ErrorKind::Closed`] when the socket was closed or reset.
     pub fn receivepartial(&mut self, max: usize) -> Result<Vec<u8>> {
         self.fair_share();
-        if self.start < self.end || max == 0 {
-            let take = max.min(self.end - self.start);
-            let out = self.buf[self.start..self.start + take].to_vec();
-            self.start += take;
-            return Ok(out);
+        if max == 0 {
+            return Ok(Vec::new());
         }
-        let deadline = Self::deadline(self.conn.timeouts.get().receive);
-        let mut out = vec![0; max.min(BULK_CHUNK)];
-        let n = self.read_waiting(&mut out, deadline)?;
-        out.truncate(n);
+        if self.start == self.end {
+            // Read into the socket's own buffer (allocated once), not a fresh one per call.
+            self.start = 0;
+            self.end = 0;
+            let deadline = Self::deadline(self.conn.timeouts.get().receive);
+            // Room for what was asked (up to a bulk chunk) so big reads stay few.
+            self.reserve(max.min(BULK_CHUNK));
+            self.fill_at_most(max.min(BULK_CHUNK), deadline)?;
+        }
+        let take = max.min(self.end - self.start);
+        let out = self.buf[self.start..self.start + take].to_vec();
+        self.start += take;
         self.conn.pass_on(false);
         Ok(out)
     }
