@@ -26,7 +26,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use copas_coro::{Coro, Resumed, StackPool, DEFAULT_STACK_SIZE};
+use copas_coro::{Coro, ResumeHint, Resumed, StackPool, DEFAULT_STACK_SIZE};
 use slab::Slab;
 use std::os::fd::AsRawFd;
 
@@ -81,6 +81,13 @@ enum TimerAction {
     Accept(SourceKey),
 }
 
+/// A coroutine in the ready queue, with where its resume will touch memory first.
+#[derive(Debug, Clone, Copy)]
+struct ReadyEntry {
+    co: Coroutine,
+    hint: ResumeHint,
+}
+
 /// How many coroutines are in each kind of wait (Copas's `status` counts).
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -120,7 +127,7 @@ struct State {
     tasks: Slab<Task>,
     next_generation: u32,
     /// Coroutines to resume, in order (may hold stale handles, which are skipped).
-    ready: VecDeque<Coroutine>,
+    ready: VecDeque<ReadyEntry>,
     timers: TimerQueue<TimerAction>,
     sources: Slab<Source>,
     next_source_generation: u32,
@@ -222,11 +229,13 @@ impl State {
             _ => return false,
         }
         self.detach(co);
+        let mut hint = ResumeHint::default();
         if let Some(task) = self.task_mut(co) {
             task.wait = Wait::Ready;
             task.wake = why;
+            hint = task.hint;
         }
-        self.ready.push_back(co);
+        self.ready.push_back(ReadyEntry { co, hint });
         true
     }
 
@@ -239,11 +248,12 @@ impl State {
         let timer = task.timer.take();
         task.wait = Wait::Ready;
         task.wake = Wake::Event;
+        let hint = task.hint;
         self.counts.leave(wait, timer.is_some());
         if let Some(key) = timer {
             self.timers.remove(key);
         }
-        self.ready.push_back(co);
+        self.ready.push_back(ReadyEntry { co, hint });
     }
 
     /// Handles one poller event.
@@ -374,6 +384,7 @@ impl Dispatcher {
             Coroutine { index, generation }
         };
         let coro = Coro::new(stack, co.tag(), name.label(co.generation), body);
+        let hint = coro.resume_hint();
         {
             let mut st = self.state.borrow_mut();
             st.tasks.insert(Task {
@@ -389,9 +400,10 @@ impl Dispatcher {
                 autoclose,
                 cancelled: false,
                 relabel: false,
+                hint,
             });
             if !start_now {
-                st.ready.push_back(co);
+                st.ready.push_back(ReadyEntry { co, hint });
             }
         }
         if start_now {
@@ -443,6 +455,7 @@ impl Dispatcher {
                 if std::mem::take(&mut task.relabel) {
                     coro.set_label(task.name.label(co.generation));
                 }
+                task.hint = coro.resume_hint();
                 task.coro = Some(coro);
             }
             Resumed::Finished => self.finish(co, coro, None),
@@ -568,10 +581,22 @@ impl Dispatcher {
 
         // Resume those ready now; those made ready meanwhile go after them, next step.
         let batch = self.state.borrow().ready.len().min(MAX_RESUMES_PER_STEP);
-        for _ in 0..batch {
-            let next = self.state.borrow_mut().ready.pop_front();
+        for i in 0..batch {
+            let next = {
+                let mut st = self.state.borrow_mut();
+                let next = st.ready.pop_front();
+                // With many connections, each resume starts with cache and TLB misses on
+                // the coroutine's state and stack. Start loading the next one's now, from
+                // the hint kept in the ready queue, so the misses overlap with this one.
+                if i + 1 < batch {
+                    if let Some(after) = st.ready.front() {
+                        after.hint.prefetch();
+                    }
+                }
+                next
+            };
             match next {
-                Some(co) => self.resume(co),
+                Some(entry) => self.resume(entry.co),
                 None => break,
             }
         }
@@ -967,7 +992,9 @@ impl Dispatcher {
                         Some(task) => {
                             task.wait = Wait::Ready;
                             task.wake = Wake::Woken;
-                            st.ready.push_back(co);
+                            // Running: its stack is hot already, no hint needed.
+                            let hint = ResumeHint::default();
+                            st.ready.push_back(ReadyEntry { co, hint });
                             true
                         }
                         None => false,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::rc::Rc;
 
-use copas_coro::{Coro, Label};
+use copas_coro::{Coro, Label, ResumeHint};
 
 use super::report::ErrorHandler;
 use super::timers::TimerKey;
@@ -146,4 +146,6 @@ pub(crate) struct Task {
     pub(crate) cancelled: bool,
     /// Renamed while running: its stack-overflow label needs updating when it suspends.
     pub(crate) relabel: bool,
+    /// Where resuming it touches memory first, copied into the ready queue for prefetching.
+    pub(crate) hint: ResumeHint,
 }
