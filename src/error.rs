@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Closed,
     /// The peer refused the connection (Copas `"connection refused"`).
     Refused,
+    /// A host name could not be resolved to any address (LuaSocket's `"host not found"`).
+    /// The resolver's own error, when there is one, is in [`Error::io_error`].
+    HostNotFound,
     /// A TLS handshake or record failed.
     Tls,
     /// A peer-controlled amount went past its limit (for example a line longer than the
@@ -62,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Closed => "closed",
             ErrorKind::Refused => "connection refused",
+            ErrorKind::HostNotFound => "host not found",
             ErrorKind::Tls => "tls error",
             ErrorKind::LimitExceeded => "limit exceeded",
             ErrorKind::Destroyed => "destroyed",
@@ -150,6 +154,13 @@ impl Error {
         self
     }
 
+    /// An error of `kind` caused by `source`, with a message saying more.
+    pub(crate) fn from_io(kind: ErrorKind, source: io::Error, message: impl Into<String>) -> Error {
+        let mut e = Error::with_message(kind, message);
+        e.source = Some(source);
+        e
+    }
+
     pub(crate) fn with_sent(mut self, sent: usize) -> Error {
         self.sent = sent;
         self
@@ -200,6 +211,7 @@ impl From<Error> for io::Error {
                 None => io::ErrorKind::ConnectionAborted,
             },
             ErrorKind::Refused => io::ErrorKind::ConnectionRefused,
+            ErrorKind::HostNotFound => io::ErrorKind::NotFound,
             ErrorKind::LimitExceeded => io::ErrorKind::InvalidData,
             ErrorKind::InvalidState => io::ErrorKind::Unsupported,
             ErrorKind::Io => match &err.source {

@@ -72,8 +72,10 @@
 //!
 //! Coroutines switch only inside copas calls. A coroutine that computes for a second
 //! delays every other one by a second; one that calls blocking `std` I/O blocks the whole
-//! dispatcher. Socket operations that keep completing without waiting yield every 128
-//! operations, so a busy stream cannot starve the others.
+//! dispatcher. Hand such work to [`offload`], which runs it on a helper thread while only
+//! the calling coroutine waits ([`connect`] resolves host names that way). Socket
+//! operations that keep completing without waiting yield every 128 operations, so a busy
+//! stream cannot starve the others.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -84,14 +86,16 @@ mod net;
 mod sync;
 mod sys;
 
-use std::net::{TcpListener, ToSocketAddrs};
+use std::net::TcpListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub use dispatcher::{Coroutine, ErrorHandler, PanicReport, Status};
 pub use error::{Error, ErrorKind, Result};
+pub use net::connect::ToAddrs;
 pub use net::server::{Server, ServerOptions};
 pub use net::socket::{Pattern, Socket, DEFAULT_LINE_LIMIT};
+pub use net::udp::{UdpSocket, DATAGRAM_SIZE};
 pub use sync::{future, lock, queue, semaphore, timer, FOREVER};
 
 pub use copas_coro::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
@@ -393,17 +397,124 @@ pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
     net::connect::wrap(stream.into())
 }
 
-/// Opens a TCP connection (Copas `connect`), trying each address `addr` resolves to in
-/// turn, within `timeout` for the whole attempt (`None`: the system's own limit). The
-/// socket's connect timeout is set to `timeout`.
+/// Opens a TCP connection (Copas `connect`), trying each address `addr` stands for in
+/// turn, within `timeout` for the whole attempt, name resolution included (`None`: the
+/// system's own limit). The socket's connect timeout is set to `timeout`.
 ///
-/// Inside a coroutine only the coroutine waits. Resolving a host name blocks the thread;
-/// pass a `SocketAddr` to avoid that.
+/// `addr` is anything [`ToAddrs`] takes: a `SocketAddr` is used as is; a host name
+/// (`"localhost:9000"`, `("example.org", 80)`) is resolved with the system resolver on a
+/// helper thread ([`offload`]), so inside a coroutine only the coroutine waits, for the
+/// resolution as for the connection. Outside any coroutine the thread waits.
 ///
 /// # Errors
 ///
-/// [`ErrorKind::Refused`] when nobody listens, [`ErrorKind::Timeout`] when the attempt
-/// takes longer than `timeout`, or the system's error.
-pub fn connect(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Socket> {
+/// [`ErrorKind::Refused`] when nobody listens (on any of the addresses),
+/// [`ErrorKind::Timeout`] when the attempt takes longer than `timeout`,
+/// [`ErrorKind::HostNotFound`] when the name does not resolve, [`ErrorKind::Cancelled`]
+/// when the coroutine is cancelled meanwhile, or the system's error for the last address
+/// tried.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// copas::addthread(|| {
+///     match copas::connect("localhost:9000", Some(Duration::from_secs(5))) {
+///         Ok(mut sock) => {
+///             let _ = sock.send(b"hello\n");
+///         }
+///         Err(e) => eprintln!("connect: {e}"),
+///     }
+/// })
+/// .unwrap();
+/// copas::run().unwrap();
+/// ```
+pub fn connect(addr: impl ToAddrs, timeout: Option<Duration>) -> Result<Socket> {
     net::connect::connect(addr, timeout)
+}
+
+/// Runs a blocking closure on a helper thread and returns its result, suspending only the
+/// calling coroutine meanwhile (beyond Copas: its documentation warns that anything
+/// blocking, name resolution included, stops the whole scheduler).
+///
+/// Use it for what has no non-blocking form: name resolution, file I/O, a blocking
+/// library call, a long computation. The helpers are a small process-wide pool (at most
+/// four threads, started on demand, leaving after ten idle seconds); closures beyond that
+/// wait their turn in order. The dispatcher sleeps while it waits (the helper wakes it
+/// through its poller), and a coroutine waiting here keeps [`run`] going.
+///
+/// Outside a coroutine `f` simply runs on the calling thread.
+///
+/// # Errors
+///
+/// [`ErrorKind::Panicked`] when `f` panics (with the panic's message; the helper thread
+/// survives); [`ErrorKind::Cancelled`] when the coroutine is cancelled while it waits: `f`
+/// still runs to its end on its helper, and its result is dropped there;
+/// [`ErrorKind::Io`] if no helper thread can be started.
+///
+/// # Example
+///
+/// ```
+/// copas::addthread(|| {
+///     let text = copas::offload(|| std::fs::read_to_string("Cargo.toml"));
+///     assert!(text.unwrap().is_ok());
+/// })
+/// .unwrap();
+/// copas::run().unwrap();
+/// ```
+pub fn offload<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    dispatcher::remote::offload(f, None)
+}
+
+/// Registers a UDP socket as a server (Copas `addserver` with a UDP socket): one
+/// coroutine, named `<server>:handler`, runs `handler` with the socket, started at once
+/// (when called from inside a coroutine: in the next step). The handler typically loops on
+/// [`UdpSocket::receivefrom`] and [`UdpSocket::sendto`]. Returns the handler's coroutine.
+///
+/// Accepts a `std::net::UdpSocket` or a UDP `socket2::Socket`. The server's default name
+/// is `udp{server}:<address>` (see [`addudpserver_with`]); its socket carries that name.
+/// A UDP server is not counted in [`status`]`().servers`: its handler's wait keeps the loop
+/// going, and it ends when the handler returns. Stop it by closing the socket (the waiting
+/// handler then gets [`ErrorKind::Closed`]) or with [`removethread`].
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidState`] for a socket that is not a UDP socket; the system's error
+/// if it cannot be made non-blocking or registered; [`ErrorKind::Io`] when no stack can be
+/// mapped for the handler.
+pub fn addudpserver(
+    socket: impl Into<socket2::Socket>,
+    handler: impl FnOnce(UdpSocket) + 'static,
+) -> Result<Coroutine> {
+    net::udp::addudpserver(socket.into(), ServerOptions::new(), Box::new(handler))
+}
+
+/// Like [`addudpserver`], with a name (the handler is then `<name>:handler`) and a timeout
+/// set on the socket for send and receive.
+///
+/// # Errors
+///
+/// As [`addudpserver`].
+pub fn addudpserver_with(
+    socket: impl Into<socket2::Socket>,
+    options: ServerOptions,
+    handler: impl FnOnce(UdpSocket) + 'static,
+) -> Result<Coroutine> {
+    net::udp::addudpserver(socket.into(), options, Box::new(handler))
+}
+
+/// Takes over a UDP socket (Copas `wrap` of a UDP socket): a `std::net::UdpSocket` or a
+/// UDP `socket2::Socket`, bound or not.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidState`] for a socket that is not a UDP socket, or the system's error
+/// if it cannot be made non-blocking or registered.
+pub fn wrapudp(socket: impl Into<socket2::Socket>) -> Result<UdpSocket> {
+    UdpSocket::wrap(socket.into())
 }

@@ -42,3 +42,55 @@ pub(crate) fn poll_fd(fd: RawFd, write: bool, deadline: Option<Instant>) -> io::
         }
     }
 }
+
+/// One received datagram.
+#[derive(Debug)]
+pub(crate) struct Datagram {
+    /// The bytes that fitted in the buffer.
+    pub(crate) data: Vec<u8>,
+    /// The datagram's real length: larger than `data.len()` when it was cut (on Linux the
+    /// kernel tells it, through `MSG_TRUNC`; elsewhere only that it was cut, so
+    /// `data.len() + 1`).
+    pub(crate) len: usize,
+    /// The sender.
+    pub(crate) from: Option<std::net::SocketAddr>,
+}
+
+impl Datagram {
+    pub(crate) fn truncated(&self) -> bool {
+        self.len > self.data.len()
+    }
+}
+
+/// Receives one datagram of at most `size` bytes with `recvmsg`, learning whether it was cut
+/// (and, on Linux, its real size). `EINTR` is retried.
+pub(crate) fn recv_datagram(sock: &socket2::Socket, size: usize) -> io::Result<Datagram> {
+    #[cfg(target_os = "linux")]
+    const FLAGS: libc::c_int = libc::MSG_TRUNC;
+    #[cfg(not(target_os = "linux"))]
+    const FLAGS: libc::c_int = 0;
+    let mut data: Vec<u8> = Vec::with_capacity(size);
+    loop {
+        let spare = &mut data.spare_capacity_mut()[..size];
+        let mut bufs = [socket2::MaybeUninitSlice::new(spare)];
+        match sock.recv_from_vectored_with_flags(&mut bufs, FLAGS) {
+            Ok((n, flags, from)) => {
+                let got = n.min(size);
+                // SAFETY: `recvmsg` wrote the first `min(n, size)` bytes of the spare
+                // capacity (with `MSG_TRUNC`, `n` is the datagram's real length, which may
+                // exceed what was written, hence the `min`), and `size` is within the
+                // capacity reserved above.
+                unsafe { data.set_len(got) };
+                let cut = flags.is_truncated() || n > size;
+                let len = if cut { n.max(size + 1) } else { got };
+                return Ok(Datagram {
+                    data,
+                    len,
+                    from: from.as_socket(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

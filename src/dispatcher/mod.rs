@@ -15,6 +15,7 @@
 
 mod poller;
 mod reactor;
+pub(crate) mod remote;
 mod report;
 mod status;
 mod task;
@@ -156,6 +157,8 @@ pub(crate) struct Dispatcher {
     closed_sources: RefCell<Vec<SourceKey>>,
     /// Whether connections accepted from now on are closed when their handler ends.
     autoclose: Cell<bool>,
+    /// What other threads may reach: offload completions (see `remote.rs`).
+    remote: remote::RemoteSlot,
 }
 
 impl State {
@@ -339,6 +342,7 @@ impl Dispatcher {
             }),
             closed_sources: RefCell::new(Vec::new()),
             autoclose: Cell::new(true),
+            remote: remote::RemoteSlot::default(),
             poller: Poller::new().map_err(|e| e.to_string()),
             events: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
             pool: RefCell::new(StackPool::new(DEFAULT_STACK_SIZE, DEFAULT_POOLED_STACKS)),
@@ -576,6 +580,7 @@ impl Dispatcher {
             !events.is_empty()
         };
 
+        self.drain_remote();
         self.accept_pending();
         self.fire_timers();
 
@@ -682,7 +687,7 @@ impl Dispatcher {
     }
 
     pub(crate) fn finished(&self) -> bool {
-        self.state.borrow().finished()
+        self.state.borrow().finished() && !self.remote_keeps_alive()
     }
 
     /// Copas `loop`: steps until nothing is left to do.

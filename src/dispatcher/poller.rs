@@ -37,10 +37,10 @@ pub(crate) const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 pub(crate) const NOTIFY_KEY: u64 = u64::MAX;
 
 #[cfg(target_os = "linux")]
-pub(crate) use linux::Poller;
+pub(crate) use linux::{Poller, Waker};
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) use portable::Poller;
+pub(crate) use portable::{Poller, Waker};
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -67,6 +67,34 @@ mod linux {
         } else {
             Ok(ret)
         }
+    }
+
+    /// Wakes a [`Poller`] from another thread (see [`Poller::waker`]).
+    #[derive(Debug)]
+    pub(crate) struct Waker {
+        notify: OwnedFd,
+    }
+
+    impl Waker {
+        /// Makes the poller's current or next wait return. Any thread may call it.
+        pub(crate) fn wake(&self) -> io::Result<()> {
+            write_eventfd(self.notify.as_raw_fd())
+        }
+    }
+
+    /// Adds one to an eventfd's counter.
+    fn write_eventfd(fd: RawFd) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd the caller keeps open.
+        let n = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            // A full counter already guarantees a wake-up.
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     impl Poller {
@@ -115,20 +143,18 @@ mod linux {
             self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
         }
 
-        /// Wakes a thread blocked in [`Poller::wait`] (or its next call). Any thread may call it.
+        /// Wakes a thread blocked in [`Poller::wait`] (or its next call).
         #[allow(dead_code)]
         pub(crate) fn notify(&self) -> io::Result<()> {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-            let n = unsafe { libc::write(self.notify.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                // A full counter already guarantees a wake-up.
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    return Err(e);
-                }
-            }
-            Ok(())
+            write_eventfd(self.notify.as_raw_fd())
+        }
+
+        /// A handle that wakes this poller from any thread: a duplicate of its eventfd, so
+        /// it stays valid (writing to it is harmless) even after the poller is gone.
+        pub(crate) fn waker(&self) -> io::Result<Waker> {
+            Ok(Waker {
+                notify: self.notify.try_clone()?,
+            })
         }
 
         /// Waits up to `timeout` (`None`: indefinitely) and appends the events to `out`.
@@ -239,18 +265,33 @@ mod portable {
     use super::*;
     use std::cell::RefCell;
     use std::num::NonZeroUsize;
+    use std::sync::Arc;
 
     /// The `polling` crate's poller, for platforms without the epoll backend.
     #[derive(Debug)]
     pub(crate) struct Poller {
-        inner: polling::Poller,
+        /// Shared with the [`Waker`]s (`polling::Poller` is `Send + Sync`).
+        inner: Arc<polling::Poller>,
         events: RefCell<polling::Events>,
+    }
+
+    /// Wakes a [`Poller`] from another thread (see [`Poller::waker`]).
+    #[derive(Debug)]
+    pub(crate) struct Waker {
+        poller: Arc<polling::Poller>,
+    }
+
+    impl Waker {
+        /// Makes the poller's current or next wait return. Any thread may call it.
+        pub(crate) fn wake(&self) -> io::Result<()> {
+            self.poller.notify()
+        }
     }
 
     impl Poller {
         pub(crate) fn new() -> io::Result<Poller> {
             Ok(Poller {
-                inner: polling::Poller::new()?,
+                inner: Arc::new(polling::Poller::new()?),
                 events: RefCell::new(polling::Events::with_capacity(
                     NonZeroUsize::new(1024).expect("non-zero"),
                 )),
@@ -278,6 +319,13 @@ mod portable {
         #[allow(dead_code)]
         pub(crate) fn notify(&self) -> io::Result<()> {
             self.inner.notify()
+        }
+
+        /// A handle that wakes this poller from any thread.
+        pub(crate) fn waker(&self) -> io::Result<Waker> {
+            Ok(Waker {
+                poller: self.inner.clone(),
+            })
         }
 
         pub(crate) fn wait(

@@ -1,32 +1,214 @@
-//! Client connections: `connect` and `wrap`.
+//! Client connections: `connect`, `wrap`, and the addresses they take.
 //!
 //! A connect is non-blocking: the socket is created non-blocking, registered, and the
 //! coroutine waits for writability (the kernel's "connect finished"), then reads
 //! `SO_ERROR`. Several addresses are tried in turn within one deadline.
+//!
+//! A host name is resolved with the system resolver (`getaddrinfo`, through std's
+//! `ToSocketAddrs`) on a helper thread ([`offload`](crate::offload)), so only the calling
+//! coroutine waits for it. An address given as numbers is used as is, without a helper.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use crate::dispatcher::remote;
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::socket::{Connection, Socket, SocketName, Timeouts};
 
-/// Connects to `addr` (each resolved address in turn) with an optional timeout for the
-/// whole attempt.
+mod sealed {
+    use std::net::SocketAddr;
+
+    /// What an address argument stands for, before resolution.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Target {
+        /// Addresses given as numbers: nothing to resolve.
+        Addrs(Vec<SocketAddr>),
+        /// A host name and a port, to be resolved.
+        Host(String, u16),
+    }
+
+    pub trait Sealed {
+        fn target(&self) -> std::io::Result<Target>;
+    }
+}
+
+use sealed::Target;
+
+/// An address [`connect`](crate::connect) and
+/// [`UdpSocket::setpeername`](crate::UdpSocket::setpeername) accept: a socket address given
+/// as numbers, used as is, or a host name with a port, resolved on a helper thread so that
+/// only the calling coroutine waits.
 ///
-/// Name resolution (`addr` given as `"host:port"`) uses the system resolver and blocks the
-/// thread while it runs; pass a `SocketAddr` to avoid it.
-pub(crate) fn connect(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Socket> {
+/// Implemented for the types std's `ToSocketAddrs` takes: `SocketAddr` (and the V4/V6
+/// forms), `(IpAddr, u16)` (and the V4/V6 forms), `"host:port"` as `&str` or `String`
+/// (`"127.0.0.1:80"` and `"[::1]:80"` are numbers, not names), `(&str, u16)` and
+/// `(String, u16)`, slices and vectors of `SocketAddr`, and references to all of these.
+/// It is sealed: the resolution must be one copas knows how to run off the dispatcher.
+pub trait ToAddrs: sealed::Sealed {}
+
+impl<T: sealed::Sealed + ?Sized> ToAddrs for T {}
+
+fn numbers(addr: impl Into<SocketAddr>) -> io::Result<Target> {
+    Ok(Target::Addrs(vec![addr.into()]))
+}
+
+fn host_port(host: &str, port: u16) -> Target {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Target::Addrs(vec![SocketAddr::new(ip, port)]),
+        Err(_) => Target::Host(host.to_string(), port),
+    }
+}
+
+impl sealed::Sealed for SocketAddr {
+    fn target(&self) -> io::Result<Target> {
+        numbers(*self)
+    }
+}
+
+impl sealed::Sealed for SocketAddrV4 {
+    fn target(&self) -> io::Result<Target> {
+        numbers(*self)
+    }
+}
+
+impl sealed::Sealed for SocketAddrV6 {
+    fn target(&self) -> io::Result<Target> {
+        numbers(*self)
+    }
+}
+
+impl sealed::Sealed for (IpAddr, u16) {
+    fn target(&self) -> io::Result<Target> {
+        numbers(*self)
+    }
+}
+
+impl sealed::Sealed for (Ipv4Addr, u16) {
+    fn target(&self) -> io::Result<Target> {
+        numbers(*self)
+    }
+}
+
+impl sealed::Sealed for (Ipv6Addr, u16) {
+    fn target(&self) -> io::Result<Target> {
+        numbers(*self)
+    }
+}
+
+impl sealed::Sealed for [SocketAddr] {
+    fn target(&self) -> io::Result<Target> {
+        Ok(Target::Addrs(self.to_vec()))
+    }
+}
+
+impl sealed::Sealed for Vec<SocketAddr> {
+    fn target(&self) -> io::Result<Target> {
+        Ok(Target::Addrs(self.clone()))
+    }
+}
+
+impl sealed::Sealed for str {
+    fn target(&self) -> io::Result<Target> {
+        if let Ok(addr) = self.parse::<SocketAddr>() {
+            return numbers(addr);
+        }
+        let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "invalid socket address");
+        let (host, port) = self.rsplit_once(':').ok_or_else(invalid)?;
+        let port: u16 = port.parse().map_err(|_| invalid())?;
+        Ok(host_port(host, port))
+    }
+}
+
+impl sealed::Sealed for String {
+    fn target(&self) -> io::Result<Target> {
+        self.as_str().target()
+    }
+}
+
+impl sealed::Sealed for (&str, u16) {
+    fn target(&self) -> io::Result<Target> {
+        Ok(host_port(self.0, self.1))
+    }
+}
+
+impl sealed::Sealed for (String, u16) {
+    fn target(&self) -> io::Result<Target> {
+        Ok(host_port(&self.0, self.1))
+    }
+}
+
+impl<T: sealed::Sealed + ?Sized> sealed::Sealed for &T {
+    fn target(&self) -> io::Result<Target> {
+        (**self).target()
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Addrs(addrs) => match addrs.as_slice() {
+                [one] => write!(f, "{one}"),
+                many => write!(f, "{many:?}"),
+            },
+            Target::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Resolves `addr` to its addresses; a host name on a helper thread, until `deadline`.
+///
+/// # Errors
+///
+/// [`ErrorKind::HostNotFound`] when the name does not resolve (or resolves to nothing),
+/// [`ErrorKind::Timeout`] when `deadline` passes first, [`ErrorKind::Io`] of kind
+/// `InvalidInput` for a malformed `"host:port"`.
+pub(crate) fn resolve(
+    addr: &(impl ToAddrs + ?Sized),
+    deadline: Option<Instant>,
+) -> Result<Vec<SocketAddr>> {
+    let (host, port) = match addr.target()? {
+        Target::Addrs(addrs) if addrs.is_empty() => {
+            return Err(Error::with_message(
+                ErrorKind::HostNotFound,
+                "no address given",
+            ))
+        }
+        Target::Addrs(addrs) => return Ok(addrs),
+        Target::Host(host, port) => (host, port),
+    };
+    let name = host.clone();
+    let resolved = remote::offload(
+        move || -> io::Result<Vec<SocketAddr>> {
+            Ok((host.as_str(), port).to_socket_addrs()?.collect())
+        },
+        deadline,
+    )?;
+    match resolved {
+        Ok(addrs) if addrs.is_empty() => Err(Error::with_message(ErrorKind::HostNotFound, name)),
+        Ok(addrs) => Ok(addrs),
+        Err(e) => Err(Error::from_io(ErrorKind::HostNotFound, e, name)),
+    }
+}
+
+/// Connects to `addr` (each resolved address in turn) with an optional timeout for the
+/// whole attempt, resolution included.
+pub(crate) fn connect(addr: impl ToAddrs, timeout: Option<Duration>) -> Result<Socket> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-    let mut last = Error::with_message(ErrorKind::Io, "no address to connect to");
+    let addrs = resolve(&addr, deadline)?;
+    let mut last = None;
     for addr in addrs {
         match connect_one(addr, deadline, timeout) {
             Ok(sock) => return Ok(sock),
-            Err(e) if e.kind() == ErrorKind::Timeout => return Err(e),
-            Err(e) => last = e,
+            // The deadline covers every address; a cancelled coroutine must not wait again.
+            Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Cancelled) => {
+                return Err(e)
+            }
+            Err(e) => last = Some(e),
         }
     }
-    Err(last)
+    Err(last.unwrap_or_else(|| Error::new(ErrorKind::HostNotFound)))
 }
 
 fn connect_one(
@@ -62,4 +244,32 @@ pub(crate) fn wrap(sock: socket2::Socket) -> Result<Socket> {
     sock.set_nonblocking(true)?;
     let conn = Connection::register(sock, Timeouts::default(), SocketName::Default)?;
     Ok(Socket::from_connection(conn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sealed::Sealed;
+    use super::*;
+
+    #[test]
+    fn numbers_are_not_names() {
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!("127.0.0.1:80".target().unwrap(), Target::Addrs(vec![v4]));
+        assert_eq!("[::1]:80".target().unwrap(), Target::Addrs(vec![v6]));
+        assert_eq!(("::1", 80).target().unwrap(), Target::Addrs(vec![v6]));
+        assert_eq!(v4.target().unwrap(), Target::Addrs(vec![v4]));
+        let by_ref: &SocketAddr = &v4;
+        assert_eq!(Sealed::target(&by_ref).unwrap(), Target::Addrs(vec![v4]));
+        assert_eq!(
+            "localhost:9000".target().unwrap(),
+            Target::Host("localhost".into(), 9000)
+        );
+        assert_eq!(
+            ("example.org".to_string(), 443).target().unwrap(),
+            Target::Host("example.org".into(), 443)
+        );
+        assert!("no-port".target().is_err());
+        assert!("host:99999".target().is_err());
+    }
 }

@@ -66,6 +66,11 @@ impl ServerOptions {
         self.timeout = Some(timeout);
         self
     }
+
+    /// The name and timeout given (for the UDP server, `net/udp.rs`).
+    pub(crate) fn parts(&self) -> (Option<&str>, Option<Duration>) {
+        (self.name.as_deref(), self.timeout)
+    }
 }
 
 /// A listening socket and what to do with its connections.

@@ -1,0 +1,280 @@
+//! Work that crosses threads: the blocking-offload pool, and the dispatcher's inbox that
+//! other threads post to.
+//!
+//! A dispatcher lives on one thread and nothing in it is `Send`. What other threads may
+//! touch is a [`Remote`]: a mutex-guarded list of [`Message`]s and a [`Waker`] for the
+//! dispatcher's poller (a duplicate of its eventfd on Linux), shared through an `Arc`.
+//! Posting a message pushes it and wakes the poller; on its next step, right after the
+//! poller wait and before the timers, the dispatcher drains the list
+//! ([`Dispatcher::drain_remote`]).
+//!
+//! [`offload`] runs a closure on a small process-wide pool of helper threads (started on
+//! demand, at most [`MAX_THREADS`], leaving after [`IDLE_EXIT`] without work) while the
+//! calling coroutine is parked. The worker stores the result in a slot shared with the
+//! coroutine and posts [`Message::Complete`]; the dispatcher unparks the coroutine, which takes
+//! the result. The message holds the slot only weakly: a coroutine that stopped waiting
+//! (cancelled, or past its deadline) has dropped its strong reference, so a late completion
+//! wakes nobody, and the result is dropped on the worker thread.
+
+use std::any::Any;
+use std::cell::OnceCell;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use super::poller::Waker;
+use super::{Dispatcher, Wake};
+use crate::dispatcher::Coroutine;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The most helper threads the offload pool runs at once (process-wide).
+pub(crate) const MAX_THREADS: usize = 4;
+
+/// How long a helper thread waits for work before it exits.
+pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// Something another thread asks a dispatcher to do.
+pub(crate) enum Message {
+    /// An offloaded closure finished: unpark `co` if it still waits for it (`token` alive).
+    Complete {
+        co: Coroutine,
+        token: Weak<dyn Any + Send + Sync>,
+    },
+}
+
+/// The part of a dispatcher that other threads may use: post messages and wake it.
+pub(crate) struct Remote {
+    inbox: Mutex<Vec<Message>>,
+    waker: Waker,
+    /// Coroutines of this dispatcher waiting for an offloaded closure: they keep `run`
+    /// going although they are parked without a deadline.
+    waiting: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Remote {
+    /// Queues `msg` for the dispatcher and wakes it. Any thread may call it.
+    pub(crate) fn post(&self, msg: Message) {
+        let was_empty = {
+            let mut inbox = lock(&self.inbox);
+            inbox.push(msg);
+            inbox.len() == 1
+        };
+        // Whoever found the inbox empty wakes the dispatcher, after its push; later posts
+        // before the drain ride on that wake-up.
+        if was_empty {
+            if let Err(e) = self.waker.wake() {
+                eprintln!("copas: could not wake the dispatcher: {e}");
+            }
+        }
+    }
+}
+
+/// Counts a coroutine as waiting for an offload while it lives.
+struct Waiting<'a>(&'a Remote);
+
+impl<'a> Waiting<'a> {
+    fn new(remote: &'a Remote) -> Waiting<'a> {
+        remote.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(remote)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The dispatcher's end: its [`Remote`], created on first use.
+#[derive(Default)]
+pub(crate) struct RemoteSlot {
+    remote: OnceCell<Arc<Remote>>,
+}
+
+impl Dispatcher {
+    /// This dispatcher's [`Remote`], created on first use.
+    pub(crate) fn remote(&self) -> Result<Arc<Remote>> {
+        if let Some(remote) = self.remote.remote.get() {
+            return Ok(remote.clone());
+        }
+        let waker = self.poller()?.waker().map_err(|e| {
+            Error::from(e).with_context("no wake-up handle for the dispatcher's poller")
+        })?;
+        let remote = Arc::new(Remote {
+            inbox: Mutex::new(Vec::new()),
+            waker,
+            waiting: AtomicUsize::new(0),
+        });
+        Ok(self.remote.remote.get_or_init(|| remote).clone())
+    }
+
+    /// Acts on what other threads posted. Called once per step, after the poller wait.
+    pub(crate) fn drain_remote(&self) {
+        let Some(remote) = self.remote.remote.get() else {
+            return;
+        };
+        let messages = std::mem::take(&mut *lock(&remote.inbox));
+        for msg in messages {
+            match msg {
+                Message::Complete { co, token } => {
+                    if token.strong_count() > 0 {
+                        self.unpark(co);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a coroutine waits for an offloaded closure (which keeps `run` going).
+    pub(crate) fn remote_keeps_alive(&self) -> bool {
+        self.remote
+            .remote
+            .get()
+            .is_some_and(|r| r.waiting.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// Where a worker leaves an offloaded closure's outcome for the coroutine.
+struct Slot<T> {
+    result: Mutex<Option<std::thread::Result<T>>>,
+}
+
+fn panicked(payload: Box<dyn Any + Send>) -> Error {
+    Error::with_message(
+        ErrorKind::Panicked,
+        copas_coro::panic_message(&*payload).to_string(),
+    )
+}
+
+/// Runs `f` on a helper thread while the calling coroutine waits (until `deadline`, if
+/// given); outside a coroutine, runs it inline. See `copas::offload`.
+pub(crate) fn offload<T, F>(f: F, deadline: Option<Instant>) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let context = super::with(|d| match d.current() {
+        Some(co) => d.remote().map(|r| Some((co, r))),
+        None => Ok(None),
+    })?;
+    let Some((co, remote)) = context else {
+        return catch_unwind(AssertUnwindSafe(f)).map_err(panicked);
+    };
+    if deadline.is_some_and(|at| Instant::now() >= at) {
+        return Err(Error::new(ErrorKind::Timeout));
+    }
+    let slot: Arc<Slot<T>> = Arc::new(Slot {
+        result: Mutex::new(None),
+    });
+    let token: Weak<dyn Any + Send + Sync> = Arc::downgrade(&slot) as Weak<dyn Any + Send + Sync>;
+    let worker_slot = slot.clone();
+    let worker_remote = remote.clone();
+    let _waiting = Waiting::new(&remote);
+    POOL.submit(Box::new(move || {
+        let result = catch_unwind(AssertUnwindSafe(f));
+        *lock(&worker_slot.result) = Some(result);
+        // Only the coroutine's reference may keep the token alive now.
+        drop(worker_slot);
+        worker_remote.post(Message::Complete { co, token });
+    }))?;
+    // The completion cannot be handled before this coroutine parks: the dispatcher drains
+    // its inbox only between resumes, on this thread.
+    loop {
+        let wake = super::with(|d| d.park(deadline))?;
+        if let Some(result) = lock(&slot.result).take() {
+            return result.map_err(panicked);
+        }
+        match wake {
+            Wake::Cancelled => return Err(Error::new(ErrorKind::Cancelled)),
+            Wake::Timeout => return Err(Error::new(ErrorKind::Timeout)),
+            Wake::Closed => return Err(Error::new(ErrorKind::Closed)),
+            Wake::Event | Wake::Woken => {} // not ours: wait on
+        }
+    }
+}
+
+// ----- the helper threads -----------------------------------------------------------------
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The process-wide pool of helper threads.
+struct Pool {
+    state: Mutex<PoolState>,
+    work: Condvar,
+}
+
+struct PoolState {
+    jobs: VecDeque<Job>,
+    threads: usize,
+    idle: usize,
+}
+
+static POOL: Pool = Pool {
+    state: Mutex::new(PoolState {
+        jobs: VecDeque::new(),
+        threads: 0,
+        idle: 0,
+    }),
+    work: Condvar::new(),
+};
+
+impl Pool {
+    /// Queues `job`, starting a helper thread when there are more jobs than idle helpers
+    /// and fewer than [`MAX_THREADS`] helpers.
+    fn submit(&'static self, job: Job) -> Result<()> {
+        let mut st = lock(&self.state);
+        st.jobs.push_back(job);
+        if st.jobs.len() > st.idle && st.threads < MAX_THREADS {
+            st.threads += 1;
+            let spawned = std::thread::Builder::new()
+                .name("copas-offload".to_string())
+                .spawn(move || self.work_loop());
+            if let Err(e) = spawned {
+                st.threads -= 1;
+                if st.threads == 0 {
+                    // Nobody would ever run it.
+                    let job = st.jobs.pop_back();
+                    drop(st);
+                    drop(job);
+                    return Err(Error::from(e).with_context("no helper thread could be started"));
+                }
+            }
+        }
+        drop(st);
+        self.work.notify_one();
+        Ok(())
+    }
+
+    fn work_loop(&self) {
+        loop {
+            let job = {
+                let mut st = lock(&self.state);
+                loop {
+                    if let Some(job) = st.jobs.pop_front() {
+                        break job;
+                    }
+                    st.idle += 1;
+                    let (guard, waited) = self
+                        .work
+                        .wait_timeout(st, IDLE_EXIT)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    st = guard;
+                    st.idle -= 1;
+                    if waited.timed_out() && st.jobs.is_empty() {
+                        st.threads -= 1;
+                        return;
+                    }
+                }
+            };
+            // Jobs catch their closure's panic themselves.
+            job();
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! `UdpSocket`: datagrams with blocking-looking operations that suspend the calling
+//! coroutine, and `addudpserver`.
+//!
+//! Readiness works as for TCP (`socket.rs`): try the system call, and when the kernel says
+//! it would block, wait for the socket's edge (inside a coroutine) or `poll(2)` (outside).
+//! Unlike TCP there is no short-read rule: each `recv` takes one datagram whatever its size,
+//! so only `WouldBlock` clears the readable bit. A datagram larger than the buffer is not
+//! cut silently: it is reported with [`ErrorKind::LimitExceeded`] (the kernel's `MSG_TRUNC`).
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::dispatcher::{self, Coroutine, IoSource, TaskName, TaskSocket, Wake};
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::connect::{resolve, ToAddrs};
+use crate::net::server::ServerOptions;
+use crate::net::socket::Timeouts;
+use crate::sys;
+
+/// LuaSocket's default datagram size (`socket._DATAGRAMSIZE`, 8 KiB): a good `size` for
+/// [`UdpSocket::receive`] and [`UdpSocket::receivefrom`] unless the protocol says otherwise.
+/// The largest UDP payload over IPv4 is 65,507 bytes.
+pub const DATAGRAM_SIZE: usize = 8192;
+
+/// The socket shared by the clones of one [`UdpSocket`].
+struct UdpInner {
+    io: Rc<IoSource>,
+    timeouts: Cell<Timeouts>,
+    name: RefCell<Option<Rc<str>>>,
+    fd: RawFd,
+}
+
+impl UdpInner {
+    fn close(&self) {
+        if self.io.is_closed() {
+            return;
+        }
+        let done = dispatcher::try_with(|d| d.close_source(&self.io)).is_some();
+        if !done {
+            // The thread's dispatcher is gone (thread exit): just release the descriptor.
+            self.io.sock.borrow_mut().take();
+        }
+    }
+
+    fn name(&self) -> String {
+        if let Some(name) = &*self.name.borrow() {
+            return name.to_string();
+        }
+        let connected = self
+            .io
+            .sock
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.peer_addr().is_ok());
+        let state = if connected {
+            "connected"
+        } else {
+            "unconnected"
+        };
+        format!("udp{{{state}}}:{}", self.fd)
+    }
+
+    /// Waits for readiness in one direction until `deadline`.
+    fn wait(&self, write: bool, deadline: Option<Instant>) -> Result<()> {
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return Err(Error::new(ErrorKind::Timeout));
+        }
+        if copas_coro::in_coroutine() {
+            let wake = dispatcher::with(|d| d.wait_io(&self.io, write, deadline));
+            return match wake {
+                Wake::Event | Wake::Woken => Ok(()),
+                Wake::Timeout => Err(Error::new(ErrorKind::Timeout)),
+                Wake::Closed => Err(Error::new(ErrorKind::Closed)),
+                Wake::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+            };
+        }
+        if self.io.is_closed() {
+            return Err(Error::new(ErrorKind::Closed));
+        }
+        if sys::poll_fd(self.fd, write, deadline)? {
+            if write {
+                self.io.writable.set(true);
+            } else {
+                self.io.readable.set(true);
+            }
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Timeout))
+        }
+    }
+
+    /// Lets the next coroutine waiting on this socket run if it is still ready.
+    fn pass_on(&self, write: bool) {
+        let ready = if write {
+            self.io.writable.get()
+        } else {
+            self.io.readable.get()
+        };
+        if ready && self.io.waiting.get() > 0 {
+            dispatcher::with(|d| d.pass_on(&self.io, write));
+        }
+    }
+}
+
+impl TaskSocket for UdpInner {
+    fn close(&self) {
+        UdpInner::close(self);
+    }
+
+    fn name(&self) -> String {
+        UdpInner::name(self)
+    }
+}
+
+impl Drop for UdpInner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A UDP socket driven by copas (Copas's UDP wrapper).
+///
+/// Make one with [`UdpSocket::bind`] or [`wrapudp`](crate::wrapudp), or get one as the
+/// argument of an [`addudpserver`](crate::addudpserver) handler. Operations look blocking:
+/// inside a coroutine they suspend only the calling coroutine; outside any coroutine they
+/// block the thread. Each receive takes exactly one datagram.
+///
+/// Clones are handles to the same socket (one coroutine may receive while another sends);
+/// [`close`](UdpSocket::close) through any of them closes it for all and wakes every waiter
+/// with [`ErrorKind::Closed`]. Dropping the last handle closes the socket. (Copas's UDP
+/// wrapper never closes; here `close` does what it says.)
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// fn ask(server: std::net::SocketAddr) -> copas::Result<Vec<u8>> {
+///     let sock = copas::UdpSocket::bind("127.0.0.1:0")?;
+///     sock.settimeout(Some(Duration::from_secs(1)));
+///     sock.setpeername(server)?;
+///     sock.send(b"ping")?;
+///     sock.receive(copas::DATAGRAM_SIZE)
+/// }
+/// ```
+#[derive(Clone)]
+pub struct UdpSocket {
+    inner: Rc<UdpInner>,
+}
+
+impl fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdpSocket")
+            .field("name", &self.inner.name())
+            .field("fd", &self.inner.fd)
+            .field("closed", &self.inner.io.is_closed())
+            .finish()
+    }
+}
+
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+impl UdpSocket {
+    /// Creates a UDP socket bound to `addr` (port 0: any free port), trying each address a
+    /// host name resolves to (on a helper thread) until one binds.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::HostNotFound`] for a name that does not resolve, or the system's error
+    /// (for example `AddrInUse`) for the last address tried.
+    pub fn bind(addr: impl ToAddrs) -> Result<UdpSocket> {
+        let mut last = None;
+        for addr in resolve(&addr, None)? {
+            let bound = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM.nonblocking().cloexec(),
+                Some(socket2::Protocol::UDP),
+            )
+            .and_then(|sock| sock.bind(&addr.into()).map(|()| sock));
+            match bound {
+                Ok(sock) => return UdpSocket::register(sock),
+                Err(e) => last = Some(e.into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new(ErrorKind::HostNotFound)))
+    }
+
+    /// Takes over a UDP socket: made non-blocking and registered with this thread's
+    /// dispatcher.
+    pub(crate) fn wrap(sock: socket2::Socket) -> Result<UdpSocket> {
+        if sock.r#type()? != socket2::Type::DGRAM {
+            return Err(Error::with_message(
+                ErrorKind::InvalidState,
+                "not a UDP socket (use copas::wrap for TCP)",
+            ));
+        }
+        sock.set_nonblocking(true)?;
+        UdpSocket::register(sock)
+    }
+
+    fn register(sock: socket2::Socket) -> Result<UdpSocket> {
+        let fd = sock.as_raw_fd();
+        let io = Rc::new(IoSource::new(sock));
+        dispatcher::with(|d| d.register(&io, None))?;
+        Ok(UdpSocket {
+            inner: Rc::new(UdpInner {
+                io,
+                timeouts: Cell::new(Timeouts::default()),
+                name: RefCell::new(None),
+                fd,
+            }),
+        })
+    }
+
+    /// Yields now and then when operations keep completing without waiting, so that a
+    /// flood of datagrams does not starve other coroutines.
+    fn fair_share(&self) {
+        if copas_coro::in_coroutine() && dispatcher::with(|d| d.spend_budget()) {
+            dispatcher::with(|d| d.pause(Duration::ZERO));
+        }
+    }
+
+    fn with_socket<T>(&self, f: impl FnOnce(&socket2::Socket) -> io::Result<T>) -> Result<T> {
+        let sock = self.inner.io.sock.borrow();
+        let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
+        Ok(f(sock)?)
+    }
+
+    /// Receives one datagram, waiting under the receive timeout.
+    fn recv_one(&self, size: usize) -> Result<sys::Datagram> {
+        self.fair_share();
+        let deadline = deadline(self.inner.timeouts.get().receive);
+        let io = &self.inner.io;
+        loop {
+            if io.readable.get() {
+                let got = self.with_socket(|s| sys::recv_datagram(s, size));
+                match got {
+                    Ok(dgram) => {
+                        self.inner.pass_on(false);
+                        return Ok(dgram);
+                    }
+                    Err(e)
+                        if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::WouldBlock) =>
+                    {
+                        io.readable.set(false)
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            self.inner.wait(false, deadline)?;
+        }
+    }
+
+    /// Turns a datagram that did not fit into an error carrying what fitted.
+    fn whole(dgram: sys::Datagram, size: usize) -> Result<sys::Datagram> {
+        if !dgram.truncated() {
+            return Ok(dgram);
+        }
+        let from = dgram
+            .from
+            .map_or_else(String::new, |a| format!(" from {a}"));
+        let message = if cfg!(target_os = "linux") {
+            format!(
+                "datagram of {} bytes{from} is larger than the {size}-byte buffer",
+                dgram.len
+            )
+        } else {
+            format!("datagram{from} is larger than the {size}-byte buffer")
+        };
+        Err(Error::with_message(ErrorKind::LimitExceeded, message).with_partial(dgram.data))
+    }
+
+    /// Receives one datagram of at most `size` bytes (Copas `receive(size)` on a UDP
+    /// socket), waiting under the receive timeout. On a socket with a peer
+    /// ([`setpeername`](UdpSocket::setpeername)) only the peer's datagrams arrive.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LimitExceeded`] when the datagram was larger than `size`: the first
+    /// `size` bytes are in [`Error::partial`] and the rest is lost (the datagram is consumed);
+    /// [`ErrorKind::Timeout`] when nothing arrived in time; [`ErrorKind::Closed`] when the
+    /// socket was closed; [`ErrorKind::Refused`] when an earlier datagram to the peer was
+    /// refused (an ICMP "port unreachable" reported on a connected socket).
+    pub fn receive(&self, size: usize) -> Result<Vec<u8>> {
+        let dgram = self.recv_one(size)?;
+        Ok(Self::whole(dgram, size)?.data)
+    }
+
+    /// Receives one datagram of at most `size` bytes and its sender (Copas `receivefrom`,
+    /// which returns `data, ip, port`).
+    ///
+    /// # Errors
+    ///
+    /// As [`receive`](UdpSocket::receive); the sender of a datagram that did not fit is
+    /// named in the error's message.
+    pub fn receivefrom(&self, size: usize) -> Result<(Vec<u8>, SocketAddr)> {
+        let dgram = self.recv_one(size)?;
+        let dgram = Self::whole(dgram, size)?;
+        let from = dgram
+            .from
+            .ok_or_else(|| Error::with_message(ErrorKind::Io, "datagram from a non-IP sender"))?;
+        Ok((dgram.data, from))
+    }
+
+    /// Sends one datagram, to `to` or to the peer.
+    fn send_one(&self, data: &[u8], to: Option<SocketAddr>) -> Result<usize> {
+        self.fair_share();
+        let deadline = deadline(self.inner.timeouts.get().send);
+        let io = &self.inner.io;
+        loop {
+            if io.writable.get() {
+                let sent = self.with_socket(|s| loop {
+                    let r = match to {
+                        Some(addr) => s.send_to(data, &addr.into()),
+                        None => s.send(data),
+                    };
+                    match r {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        r => return r,
+                    }
+                });
+                match sent {
+                    Ok(n) => {
+                        self.inner.pass_on(true);
+                        return Ok(n);
+                    }
+                    Err(e)
+                        if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::WouldBlock) =>
+                    {
+                        io.writable.set(false)
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            self.inner.wait(true, deadline)?;
+        }
+    }
+
+    /// Sends `data` as one datagram to the peer set with
+    /// [`setpeername`](UdpSocket::setpeername) (Copas `send` on a UDP socket). Returns
+    /// `data.len()`. Waits (under the send timeout) only in the rare case that the kernel's
+    /// send buffer is full.
+    ///
+    /// # Errors
+    ///
+    /// The system's error: for example `NotConnected` without a peer, `EMSGSIZE`
+    /// ([`ErrorKind::Io`]) for a datagram too large to send, [`ErrorKind::Refused`] when an
+    /// earlier datagram to the peer was refused; [`ErrorKind::Timeout`],
+    /// [`ErrorKind::Closed`].
+    pub fn send(&self, data: &[u8]) -> Result<usize> {
+        self.send_one(data, None)
+    }
+
+    /// Sends `data` as one datagram to `to` (Copas `sendto(data, ip, port)`). As in
+    /// LuaSocket, the address is given as numbers: resolve names beforehand (for example
+    /// with [`offload`](crate::offload)) so that sending never waits for a resolver.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](UdpSocket::send); on a socket with a peer, some systems refuse another
+    /// destination (`EISCONN`).
+    pub fn sendto(&self, data: &[u8], to: SocketAddr) -> Result<usize> {
+        self.send_one(data, Some(to))
+    }
+
+    /// Sets the socket's peer (Copas `setpeername(host, port)`): from now on
+    /// [`send`](UdpSocket::send) goes there and only its datagrams are received. A host
+    /// name is resolved on a helper thread, under the connect timeout; each address it
+    /// resolves to is tried in turn.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::HostNotFound`], [`ErrorKind::Timeout`] (resolution took longer than the
+    /// connect timeout), [`ErrorKind::Closed`], or the system's error.
+    pub fn setpeername(&self, addr: impl ToAddrs) -> Result<()> {
+        let deadline = deadline(self.inner.timeouts.get().connect);
+        let mut last = None;
+        for addr in resolve(&addr, deadline)? {
+            match self.with_socket(|s| s.connect(&addr.into())) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Closed => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new(ErrorKind::HostNotFound)))
+    }
+
+    /// Sets the connect, send and receive timeouts at once (`None`: wait forever;
+    /// `Some(Duration::ZERO)`: never wait, fail with `Timeout` when the call would block).
+    /// The connect timeout bounds the name resolution of
+    /// [`setpeername`](UdpSocket::setpeername).
+    pub fn settimeout(&self, timeout: Option<Duration>) {
+        self.settimeouts(timeout, timeout, timeout);
+    }
+
+    /// Sets the connect, send and receive timeouts separately.
+    pub fn settimeouts(
+        &self,
+        connect: Option<Duration>,
+        send: Option<Duration>,
+        receive: Option<Duration>,
+    ) {
+        self.inner.timeouts.set(Timeouts {
+            connect,
+            send,
+            receive,
+        });
+    }
+
+    /// The connect, send and receive timeouts, in that order.
+    pub fn gettimeouts(&self) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
+        let t = self.inner.timeouts.get();
+        (t.connect, t.send, t.receive)
+    }
+
+    /// Closes the socket for every handle. Every coroutine waiting on it wakes with
+    /// [`ErrorKind::Closed`]; later operations fail with it. Closing twice does nothing.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Whether the socket was closed through copas.
+    pub fn is_closed(&self) -> bool {
+        self.inner.io.is_closed()
+    }
+
+    /// The local address (Copas `getsockname`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] after `close`, or the system's error.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
+        })
+    }
+
+    /// The peer set with [`setpeername`](UdpSocket::setpeername) (Copas `getpeername`).
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` ([`ErrorKind::Closed`]) without a peer, or the system's error.
+    pub fn peer_addr(&self) -> Result<SocketAddr> {
+        self.with_socket(|s| {
+            s.peer_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
+        })
+    }
+
+    /// Allows sending to broadcast addresses (`SO_BROADCAST`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] after `close`, or the system's error.
+    pub fn set_broadcast(&self, on: bool) -> Result<()> {
+        self.with_socket(|s| s.set_broadcast(on))
+    }
+
+    /// The socket's name (Copas `getsocketname`): the name given, the server's name for an
+    /// [`addudpserver`](crate::addudpserver) socket, or `udp{connected}:<fd>` /
+    /// `udp{unconnected}:<fd>` (LuaSocket's class names).
+    pub fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    /// Renames the socket (Copas `setsocketname`).
+    pub fn set_name(&self, name: &str) {
+        *self.inner.name.borrow_mut() = Some(Rc::from(name));
+    }
+}
+
+impl AsRawFd for UdpSocket {
+    /// The descriptor (it stays valid until the socket is closed).
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.fd
+    }
+}
+
+/// Registers a UDP socket as a server: one coroutine named `<server>:handler` runs
+/// `handler` with it, started at once (from inside a coroutine: in the next step).
+pub(crate) fn addudpserver(
+    sock: socket2::Socket,
+    options: ServerOptions,
+    handler: Box<dyn FnOnce(UdpSocket)>,
+) -> Result<Coroutine> {
+    let udp = UdpSocket::wrap(sock)?;
+    let (name, timeout) = options.parts();
+    let name: Rc<str> = match name {
+        Some(name) => Rc::from(name),
+        None => {
+            let addr = udp
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            Rc::from(format!("udp{{server}}:{addr}"))
+        }
+    };
+    *udp.inner.name.borrow_mut() = Some(name.clone());
+    if timeout.is_some() {
+        udp.settimeout(timeout);
+    }
+    let task_name = TaskName::Owned(Rc::from(format!("{name}:handler")));
+    let socket: Rc<dyn TaskSocket> = udp.inner.clone();
+    // Resuming a coroutine from inside another is left to the dispatcher's own loop.
+    let start_now = !copas_coro::in_coroutine();
+    dispatcher::with(|d| {
+        let autoclose = d.autoclose();
+        d.spawn(task_name, Some(socket), autoclose, start_now, move || {
+            handler(udp)
+        })
+    })
+}

@@ -1,0 +1,229 @@
+//! The examples of issue 4 (`udp_echo`, `echo_client`), run as programs and checked from
+//! outside, as `tests/examples.rs` does for the others.
+//!
+//! `cargo test --test examples_net` does not build examples, and a binary left from an
+//! older build would test old code; so the first test that needs them runs
+//! `cargo build --example …` for this binary's profile (a no-op when up to date).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Limit for building the examples.
+const BUILD_LIMIT: Duration = Duration::from_secs(300);
+
+/// Limit for a program to answer.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` with `input` on its stdin to its end, killing it after `limit`.
+fn output_within(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            eprintln!("{cmd:?} killed after {limit:?}");
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Builds the examples for this binary's profile (once) and returns example `name`'s path.
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(build_examples)
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join(name);
+    assert!(path.is_file(), "example {} is missing", path.display());
+    path
+}
+
+fn build_examples() -> Result<PathBuf, String> {
+    // This binary is target/<profile>/deps/examples_net-<hash>.
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("no profile directory above {}", exe.display()))?;
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| format!("no target directory above {}", profile_dir.display()))?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => return Err(format!("odd profile directory {}", profile_dir.display())),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"])
+        .args(["--example", "echo", "--example", "udp_echo"])
+        .args(["--example", "echo_client"])
+        .args(["--profile", profile])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target_dir);
+    let out = output_within(cmd, b"", BUILD_LIMIT);
+    if !out.status.success() {
+        return Err(format!(
+            "building the examples failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(profile_dir.join("examples"))
+}
+
+/// A server example started on port 0: killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `name` with port 0 and reads the address from its "… listening on <addr>" line.
+    fn start(name: &str) -> Server {
+        let mut child = Command::new(example(name))
+            .arg("0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(LIMIT).expect("the server's first line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Server { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn udp_echo_example_echoes_datagrams() {
+    let server = Server::start("udp_echo");
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 70_000];
+    for payload in [&b"hello"[..], &[7u8; 1000][..], &[9u8; 60_000][..]] {
+        sock.send_to(payload, server.addr).expect("send_to");
+        let (n, from) = sock.recv_from(&mut buf).expect("echo");
+        assert_eq!(from, server.addr);
+        assert_eq!(&buf[..n], payload);
+    }
+}
+
+#[test]
+fn echo_client_example_talks_to_the_echo_example_by_host_name() {
+    let server = Server::start("echo");
+    let target = format!("localhost:{}", server.addr.port());
+
+    // Lines given as arguments.
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.args([target.as_str(), "hello", "two words"]);
+    let out = output_within(cmd, b"", LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\ntwo words\n");
+    assert!(stderr.contains("connected to"), "{stderr}");
+
+    // Lines from standard input.
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.arg(&target);
+    let out = output_within(cmd, b"one\r\ntwo\nthree", LIMIT);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\nthree\n");
+}
+
+#[test]
+fn echo_client_example_reports_typed_errors() {
+    // A port nobody listens on: bound (so nobody else takes it), not listening.
+    let closed =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    closed.bind(&any.into()).expect("bind");
+    let port = closed
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.args([format!("localhost:{port}").as_str(), "x"]);
+    let out = output_within(cmd, b"", LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("connection refused"), "{stderr}");
+
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.args(["no-such-host.invalid:9000", "x"]);
+    let out = output_within(cmd, b"", LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("host not found"), "{stderr}");
+}

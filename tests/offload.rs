@@ -1,0 +1,484 @@
+//! `copas::offload` and connecting by host name (issue 4, item 1).
+//!
+//! A blocking closure runs on a helper thread while only the calling coroutine waits: a
+//! 10 ms ticker keeps ticking through a 500 ms offload, the dispatcher sleeps (no busy
+//! wait) meanwhile, results come back in order, many offloads at once all complete, panics
+//! come back as errors, and a coroutine cancelled while it waits leaves nothing behind when
+//! the result arrives later. `connect` resolves host names that way; its errors are typed.
+//!
+//! Loopback only; every run has a watchdog and every loop is bounded.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use copas::{ErrorKind, Pattern, Socket};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Runs the dispatcher to its end under a watchdog and fails the test if any coroutine
+/// panicked. Returns how long the run took.
+fn run_checked(limit: Duration) -> Duration {
+    let reports = Rc::new(RefCell::new(Vec::<String>::new()));
+    let sink = reports.clone();
+    copas::setdefaulterrorhandler(move |report| sink.borrow_mut().push(report.to_string()));
+    let took = util::run_bounded(limit);
+    let reports = reports.borrow();
+    assert!(reports.is_empty(), "a coroutine panicked: {reports:#?}");
+    took
+}
+
+/// Ticks of a 10 ms ticker coroutine, and the longest gap between two of them.
+#[derive(Default)]
+struct Ticks {
+    count: Cell<u32>,
+    longest_gap: Cell<Duration>,
+    stop: Cell<bool>,
+}
+
+/// Starts a ticker that pauses 10 ms at a time until `stop` is set (at most 10 s).
+fn ticker() -> Rc<Ticks> {
+    let ticks = Rc::new(Ticks::default());
+    let t = ticks.clone();
+    copas::addthread(move || {
+        let mut last = Instant::now();
+        for _ in 0..1000 {
+            if t.stop.get() {
+                break;
+            }
+            copas::pause(ms(10));
+            let now = Instant::now();
+            t.count.set(t.count.get() + 1);
+            t.longest_gap.set(t.longest_gap.get().max(now - last));
+            last = now;
+        }
+    })
+    .expect("addthread ticker");
+    ticks
+}
+
+/// CPU time used by the calling thread (the dispatcher's), user and system.
+fn thread_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given; RUSAGE_THREAD is Linux's per-thread
+    // figure.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+// ----- offload ----------------------------------------------------------------------------
+
+/// Issue 4 acceptance: a resolution that takes long (a 500 ms offload) does not stop a
+/// 10 ms ticker.
+#[test]
+fn slow_offload_does_not_stop_a_10ms_ticker() {
+    let ticks = ticker();
+    let outcome = Rc::new(RefCell::new(None));
+    let (t, out) = (ticks.clone(), outcome.clone());
+    copas::addthread(move || {
+        let start = Instant::now();
+        let r = copas::offload(|| {
+            std::thread::sleep(ms(500));
+            42
+        });
+        *out.borrow_mut() = Some((r, start.elapsed(), t.count.get()));
+        t.stop.set(true);
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let (r, took, during) = outcome.borrow_mut().take().expect("offload returned");
+    assert_eq!(r.expect("offload"), 42);
+    assert!(took >= ms(500), "returned early: {took:?}");
+    assert!(took < secs(5), "returned late: {took:?}");
+    // 50 ticks if the ticker is never delayed; a loaded machine gets a generous margin.
+    assert!(during >= 30, "only {during} ticks during a 500 ms offload");
+    assert!(
+        ticks.longest_gap.get() < ms(200),
+        "the ticker stalled for {:?}",
+        ticks.longest_gap.get()
+    );
+}
+
+/// The dispatcher sleeps in its poller while a coroutine waits for an offload: its thread
+/// uses (almost) no CPU over a 300 ms offload.
+#[test]
+fn dispatcher_sleeps_while_waiting_for_an_offload() {
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    copas::addthread(move || {
+        copas::offload(|| std::thread::sleep(ms(300))).expect("offload");
+        d.set(true);
+    })
+    .expect("addthread");
+    let cpu_before = thread_cpu_time();
+    let took = run_checked(secs(20));
+    let cpu = thread_cpu_time() - cpu_before;
+    assert!(done.get());
+    assert!(took >= ms(300), "returned early: {took:?}");
+    // A busy wait would burn ~300 ms; starting the helper and two steps cost well under 1.
+    assert!(
+        cpu < ms(100),
+        "the dispatcher used {cpu:?} of CPU while waiting"
+    );
+}
+
+/// A dispatcher driven by `step(None)` (wait as long as needed) is woken by the helper.
+#[test]
+fn step_without_timeout_is_woken_by_the_completion() {
+    let _dog = util::Watchdog::new("step(None)", secs(20));
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    copas::addthread(move || {
+        let v = copas::offload(|| {
+            std::thread::sleep(ms(50));
+            "done"
+        })
+        .expect("offload");
+        assert_eq!(v, "done");
+        d.set(true);
+    })
+    .expect("addthread");
+    let mut steps = 0;
+    while !done.get() && steps < 20 {
+        copas::step(None).expect("step");
+        steps += 1;
+    }
+    assert!(done.get(), "not done after {steps} steps");
+    // Start, the wait, the wake-up: a handful of steps, not one per millisecond.
+    assert!(steps <= 5, "{steps} steps");
+}
+
+#[test]
+fn results_arrive_in_order_per_coroutine() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    copas::addthread(move || {
+        for i in 0..20u64 {
+            // Later closures are quicker: order must not depend on finishing order.
+            let v = copas::offload(move || {
+                std::thread::sleep(ms(20 - i));
+                i
+            })
+            .expect("offload");
+            s.borrow_mut().push(v);
+        }
+    })
+    .expect("addthread");
+    run_checked(secs(30));
+    assert_eq!(*seen.borrow(), (0..20).collect::<Vec<u64>>());
+}
+
+#[test]
+fn two_hundred_concurrent_offloads_all_complete() {
+    const N: u64 = 200;
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..N {
+        let (r, ran) = (results.clone(), ran.clone());
+        copas::addthread(move || {
+            let v = copas::offload(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(ms(1));
+                i * 2
+            })
+            .expect("offload");
+            r.borrow_mut().push((i, v));
+        })
+        .expect("addthread");
+    }
+    run_checked(secs(30));
+    let mut results = results.borrow().clone();
+    results.sort();
+    assert_eq!(results.len() as u64, N);
+    assert!(results.iter().all(|&(i, v)| v == i * 2), "wrong results");
+    assert_eq!(ran.load(Ordering::SeqCst) as u64, N);
+}
+
+#[test]
+fn a_panic_in_the_closure_comes_back_as_an_error() {
+    let outcome = Rc::new(RefCell::new(None));
+    let out = outcome.clone();
+    copas::addthread(move || {
+        let first = copas::offload(|| -> u32 { panic!("resolver exploded") });
+        // The helper survives its closure's panic.
+        let second = copas::offload(|| 7u32);
+        *out.borrow_mut() = Some((first, second));
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let (first, second) = outcome.borrow_mut().take().expect("coroutine finished");
+    let e = first.expect_err("a panicking closure succeeded");
+    assert_eq!(e.kind(), ErrorKind::Panicked);
+    assert_eq!(e.message(), Some("resolver exploded"));
+    assert_eq!(second.expect("offload after a panic"), 7);
+}
+
+#[test]
+fn outside_a_coroutine_the_closure_runs_inline() {
+    let here = std::thread::current().id();
+    let there = copas::offload(move || std::thread::current().id()).expect("offload");
+    assert_eq!(here, there);
+    let e = copas::offload(|| -> () { panic!("inline") }).expect_err("panicked");
+    assert_eq!(e.kind(), ErrorKind::Panicked);
+    assert_eq!(e.message(), Some("inline"));
+}
+
+/// Dropped on whatever thread drops it; records that it was dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A coroutine removed while it waits neither keeps the loop alive nor is disturbed (nor
+/// anybody else) when its result arrives later; the result is dropped on the helper.
+#[test]
+fn cancelled_waiter_does_not_leak_or_crash_when_the_result_arrives() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let (dr, fin) = (dropped.clone(), finished.clone());
+    let returned = Rc::new(RefCell::new(None));
+    let ret = returned.clone();
+    let waiter = copas::addthread(move || {
+        let r = copas::offload(move || {
+            std::thread::sleep(ms(200));
+            fin.store(true, Ordering::SeqCst);
+            DropFlag(dr)
+        });
+        // Never reached: removethread unwinds the coroutine's stack from inside its wait.
+        *ret.borrow_mut() = Some(r.map(|_| ()).map_err(|e| e.kind()));
+    })
+    .expect("addthread");
+    copas::addthread(move || {
+        copas::pause(ms(20));
+        assert!(copas::removethread(waiter));
+    })
+    .expect("addthread");
+    let took = run_checked(secs(20));
+    assert!(
+        took < ms(150),
+        "the loop waited {took:?} for a removed coroutine's offload"
+    );
+    assert_eq!(*returned.borrow(), None, "the removed coroutine went on");
+    assert!(!finished.load(Ordering::SeqCst), "the closure ended early");
+
+    // Meanwhile another coroutine parks; the stale completion must not wake it.
+    let woken_early = Rc::new(Cell::new(false));
+    let w = woken_early.clone();
+    copas::addthread(move || {
+        let start = Instant::now();
+        let v = copas::offload(|| {
+            std::thread::sleep(ms(400));
+            1
+        })
+        .expect("offload");
+        assert_eq!(v, 1);
+        w.set(start.elapsed() < ms(400));
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    assert!(!woken_early.get(), "a stale completion woke another wait");
+    assert!(finished.load(Ordering::SeqCst));
+    assert!(
+        util::wait_until(secs(5), || dropped.load(Ordering::SeqCst)),
+        "the abandoned result was never dropped"
+    );
+}
+
+// ----- connect by host name ---------------------------------------------------------------
+
+/// An echo server (one line per round) on 127.0.0.1, for the tests below.
+fn echo_server() -> SocketAddr {
+    let (listener, addr) = util::local_listener();
+    let server = Rc::new(Cell::new(None));
+    let s = server.clone();
+    let srv = copas::addserver(listener, move |mut sock: Socket| {
+        sock.settimeout(Some(secs(10)));
+        if let Some(server) = s.take() {
+            copas::removeserver(server, false).expect("removeserver");
+        }
+        while let Ok(line) = sock.receive(Pattern::Line) {
+            if sock.send(&[&line[..], b"\n"].concat()).is_err() {
+                break;
+            }
+        }
+    })
+    .expect("addserver");
+    server.set(Some(srv));
+    addr
+}
+
+#[test]
+fn connect_by_host_name_resolves_off_the_dispatcher() {
+    let addr = echo_server();
+    let outcome = Rc::new(RefCell::new(None));
+    let out = outcome.clone();
+    copas::addthread(move || {
+        let run = || -> copas::Result<Vec<u8>> {
+            let mut sock = copas::connect(format!("localhost:{}", addr.port()), Some(secs(10)))?;
+            sock.settimeout(Some(secs(10)));
+            sock.send(b"hello\n")?;
+            let reply = sock.receive(Pattern::Line)?;
+            assert_eq!(sock.peer_addr()?.port(), addr.port());
+            Ok(reply)
+        };
+        *out.borrow_mut() = Some(run());
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let reply = outcome.borrow_mut().take().expect("client finished");
+    assert_eq!(reply.expect("round trip"), b"hello");
+    // The tuple and String forms go the same way.
+    let addr2 = echo_server();
+    copas::addthread(move || {
+        let sock = copas::connect(("localhost", addr2.port()), Some(secs(10))).expect("connect");
+        sock.close();
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+}
+
+/// A name that does not resolve gives `HostNotFound`, and the dispatcher keeps ticking.
+#[test]
+fn unresolvable_name_gives_host_not_found_without_blocking() {
+    let ticks = ticker();
+    let outcome = Rc::new(RefCell::new(None));
+    let (t, out) = (ticks.clone(), outcome.clone());
+    copas::addthread(move || {
+        let r = copas::connect("no-such-host.invalid:80", Some(secs(20))).map(|_| ());
+        // Keep the ticker going a little after, so its gaps cover the whole resolution.
+        copas::pause(ms(50));
+        t.stop.set(true);
+        *out.borrow_mut() = Some(r);
+    })
+    .expect("addthread");
+    run_checked(secs(30));
+    let e = outcome
+        .borrow_mut()
+        .take()
+        .expect("connect returned")
+        .expect_err("no-such-host.invalid resolved");
+    assert_eq!(e.kind(), ErrorKind::HostNotFound, "{e:?}");
+    assert!(e.to_string().contains("no-such-host.invalid"), "{e}");
+    assert!(
+        ticks.longest_gap.get() < ms(200),
+        "the ticker stalled for {:?}",
+        ticks.longest_gap.get()
+    );
+    // Outside a coroutine the same error, resolved on this thread.
+    let e = copas::connect(("no-such-host.invalid", 80), Some(secs(20))).expect_err("resolved");
+    assert_eq!(e.kind(), ErrorKind::HostNotFound);
+    // A malformed address is not a missing host.
+    let e = copas::connect("localhost", Some(secs(1))).expect_err("no port");
+    assert_eq!(e.kind(), ErrorKind::Io);
+}
+
+/// A closed port, reached by name, is refused at once.
+#[test]
+fn connect_by_name_to_a_closed_port_is_refused_at_once() {
+    // Bound but not listening: nobody else gets this port meanwhile.
+    let closed =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    closed.bind(&any.into()).expect("bind");
+    let port = closed
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    let outcome = Rc::new(RefCell::new(None));
+    let out = outcome.clone();
+    copas::addthread(move || {
+        let start = Instant::now();
+        let r = copas::connect(format!("localhost:{port}"), Some(secs(5))).map(|_| ());
+        *out.borrow_mut() = Some((r, start.elapsed()));
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let (r, took) = outcome.borrow_mut().take().expect("connect returned");
+    assert_eq!(r.expect_err("nobody listens").kind(), ErrorKind::Refused);
+    assert!(took < secs(1), "refused after {took:?}");
+    assert_eq!(copas::status().sockets, 0);
+}
+
+/// A listener whose accept queue is full: further connects hang (the SYN is dropped).
+fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<TcpStream>) {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    listener.bind(&any.into()).expect("bind");
+    listener.listen(0).expect("listen");
+    let addr = listener
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet");
+    let fillers: Vec<TcpStream> = (0..3)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, ms(100)).ok())
+        .collect();
+    assert!(!fillers.is_empty(), "not even one connection was queued");
+    (listener, addr, fillers)
+}
+
+/// A full backlog, reached by name, times out within the connect timeout.
+#[test]
+fn connect_by_name_to_a_full_backlog_times_out() {
+    let (_listener, addr, _fillers) = full_backlog_listener();
+    let outcome = Rc::new(RefCell::new(None));
+    let out = outcome.clone();
+    copas::addthread(move || {
+        let start = Instant::now();
+        let r = copas::connect(format!("localhost:{}", addr.port()), Some(ms(200))).map(|_| ());
+        *out.borrow_mut() = Some((r, start.elapsed()));
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let (r, took) = outcome.borrow_mut().take().expect("connect returned");
+    let e = r.expect_err("connect to a full backlog succeeded");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+    assert!(took >= ms(200), "timed out early: {took:?}");
+    assert!(took < secs(2), "timed out late: {took:?}");
+    assert_eq!(copas::status().sockets, 0);
+}
+
+/// A numeric string is parsed, not resolved, and connects as a `SocketAddr` does.
+#[test]
+fn numeric_addresses_are_not_resolved() {
+    // Connections complete in the kernel's accept queue; nobody needs to accept them.
+    let (_listener, addr) = util::local_listener();
+    let done = Rc::new(Cell::new(0));
+    let d = done.clone();
+    copas::addthread(move || {
+        for target in [addr.to_string(), format!("127.0.0.1:{}", addr.port())] {
+            let sock = copas::connect(target.as_str(), Some(secs(5))).expect("connect");
+            assert_eq!(sock.peer_addr().expect("peer_addr"), addr);
+            sock.close();
+            d.set(d.get() + 1);
+        }
+        let by_ref: &SocketAddr = &addr;
+        let sock = copas::connect(by_ref, Some(secs(5))).expect("connect &SocketAddr");
+        sock.close();
+        d.set(d.get() + 1);
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    assert_eq!(done.get(), 3);
+}

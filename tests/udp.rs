@@ -1,0 +1,345 @@
+//! UDP over loopback (issue 4, item 2).
+//!
+//! Copas's `udptimeout` (an echo round trip, then a 10 ms timeout, with `setpeername` +
+//! `send`/`receive` and with `sendto`/`receivefrom`), then the contract: a datagram larger
+//! than the buffer is reported with what fitted, each receive takes one datagram, `close`
+//! wakes a waiting receiver, the UDP server's names, and the same calls blocking the thread
+//! outside any coroutine.
+//!
+//! Every run has a watchdog; every loop is bounded.
+
+mod util;
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::{ErrorKind, ServerOptions, UdpSocket, DATAGRAM_SIZE};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Runs the dispatcher to its end under a watchdog and fails the test if any coroutine
+/// panicked. Returns how long the run took.
+fn run_checked(limit: Duration) -> Duration {
+    let reports = Rc::new(RefCell::new(Vec::<String>::new()));
+    let sink = reports.clone();
+    copas::setdefaulterrorhandler(move |report| sink.borrow_mut().push(report.to_string()));
+    let took = util::run_bounded(limit);
+    let reports = reports.borrow();
+    assert!(reports.is_empty(), "a coroutine panicked: {reports:#?}");
+    took
+}
+
+/// A UDP echo server as in Copas's `udptimeout`: a wrapped server socket looping on
+/// `receivefrom`/`sendto`. Returns its address and a handle to close it with.
+fn echo_server() -> (SocketAddr, UdpSocket) {
+    let sock = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = sock.local_addr().expect("local_addr");
+    let handle: Rc<RefCell<Option<UdpSocket>>> = Rc::new(RefCell::new(None));
+    let h = handle.clone();
+    copas::addudpserver(sock, move |server| {
+        *h.borrow_mut() = Some(server.clone());
+        // Ends when the test closes the socket.
+        for _ in 0..1000 {
+            let Ok((data, from)) = server.receivefrom(DATAGRAM_SIZE) else {
+                break;
+            };
+            if server.sendto(&data, from).is_err() {
+                break;
+            }
+        }
+    })
+    .expect("addudpserver");
+    // The handler started at once and is waiting in receivefrom.
+    let server = handle.borrow_mut().take().expect("handler started at once");
+    (addr, server)
+}
+
+/// Copas `udptimeout`, first half: `setpeername` + `send`/`receive`.
+#[test]
+fn udptimeout_with_setpeername_send_receive() {
+    let (addr, server) = echo_server();
+    let outcome = Rc::new(RefCell::new(None));
+    let out = outcome.clone();
+    copas::addthread(move || {
+        let run = || -> copas::Result<(Vec<u8>, copas::Error, Duration)> {
+            let client = UdpSocket::bind("127.0.0.1:0")?;
+            // Copas uses 10 ms throughout; the reply gets more room on a loaded machine.
+            client.settimeout(Some(secs(5)));
+            client.setpeername(addr)?;
+            assert_eq!(client.peer_addr()?, addr);
+            client.send(b"foo")?;
+            let echoed = client.receive(DATAGRAM_SIZE)?;
+            client.settimeout(Some(ms(10)));
+            let start = Instant::now();
+            let e = client.receive(DATAGRAM_SIZE).expect_err("a second reply");
+            Ok((echoed, e, start.elapsed()))
+        };
+        *out.borrow_mut() = Some(run());
+        server.close();
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let (echoed, e, took) = outcome
+        .borrow_mut()
+        .take()
+        .expect("client finished")
+        .expect("client");
+    assert_eq!(echoed, b"foo");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+    assert!(took >= ms(10), "timed out early: {took:?}");
+    assert!(took < secs(1), "timed out late: {took:?}");
+}
+
+/// Copas `udptimeout`, second half: `sendto`/`receivefrom`.
+#[test]
+fn udptimeout_with_sendto_receivefrom() {
+    let (addr, server) = echo_server();
+    let outcome = Rc::new(RefCell::new(None));
+    let out = outcome.clone();
+    copas::addthread(move || {
+        let run = || -> copas::Result<(Vec<u8>, SocketAddr, copas::Error, Duration)> {
+            let client = UdpSocket::bind("127.0.0.1:0")?;
+            client.settimeout(Some(secs(5)));
+            client.sendto(b"foo", addr)?;
+            let (echoed, from) = client.receivefrom(DATAGRAM_SIZE)?;
+            client.settimeout(Some(ms(10)));
+            let start = Instant::now();
+            let e = client
+                .receivefrom(DATAGRAM_SIZE)
+                .expect_err("a second reply");
+            Ok((echoed, from, e, start.elapsed()))
+        };
+        *out.borrow_mut() = Some(run());
+        server.close();
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let (echoed, from, e, took) = outcome
+        .borrow_mut()
+        .take()
+        .expect("client finished")
+        .expect("client");
+    assert_eq!(echoed, b"foo");
+    assert_eq!(from, addr);
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+    assert!(took >= ms(10), "timed out early: {took:?}");
+    assert!(took < secs(1), "timed out late: {took:?}");
+}
+
+/// A datagram larger than the buffer is reported with what fitted, and consumed; the next
+/// one arrives whole. Inside a coroutine and outside.
+#[test]
+fn oversized_datagram_is_reported_not_cut() {
+    fn check(receiver: &UdpSocket, sender: &StdUdpSocket) {
+        let to = receiver.local_addr().expect("local_addr");
+        let big: Vec<u8> = (0..100u8).collect();
+        sender.send_to(&big, to).expect("send big");
+        sender.send_to(b"small", to).expect("send small");
+        let e = receiver.receive(10).expect_err("100 bytes fitted in 10");
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e:?}");
+        assert_eq!(e.partial(), &big[..10]);
+        if cfg!(target_os = "linux") {
+            assert!(e.to_string().contains("100 bytes"), "{e}");
+        }
+        assert_eq!(receiver.receive(10).expect("small"), b"small");
+
+        sender.send_to(&big, to).expect("send big");
+        let e = receiver
+            .receivefrom(99)
+            .expect_err("100 bytes fitted in 99");
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+        assert_eq!(e.partial(), &big[..99]);
+        let from = sender.local_addr().expect("sender addr");
+        assert!(e.to_string().contains(&from.to_string()), "{e}");
+        // Exactly the buffer's size fits.
+        sender.send_to(&big, to).expect("send big");
+        let (data, got_from) = receiver.receivefrom(100).expect("exact fit");
+        assert_eq!((data, got_from), (big, from));
+    }
+
+    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    // Outside any coroutine the calls block the thread.
+    let _dog = util::Watchdog::new("blocking receive", secs(20));
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    receiver.settimeout(Some(secs(5)));
+    check(&receiver, &sender);
+
+    let done = Rc::new(RefCell::new(false));
+    let d = done.clone();
+    copas::addthread(move || {
+        check(&receiver, &sender);
+        *d.borrow_mut() = true;
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    assert!(*done.borrow());
+}
+
+/// Each receive takes exactly one datagram, however many are queued.
+#[test]
+fn each_receive_takes_one_datagram() {
+    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    receiver.settimeout(Some(secs(5)));
+    let to = receiver.local_addr().expect("local_addr");
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let g = got.clone();
+    copas::addthread(move || {
+        for i in 0..50u8 {
+            sender.send_to(&[i; 3], to).expect("send");
+        }
+        for _ in 0..50 {
+            g.borrow_mut()
+                .push(receiver.receive(DATAGRAM_SIZE).expect("receive"));
+        }
+        receiver.settimeout(Some(ms(10)));
+        let e = receiver
+            .receive(DATAGRAM_SIZE)
+            .expect_err("a 51st datagram");
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let expected: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 3]).collect();
+    assert_eq!(*got.borrow(), expected);
+}
+
+/// Closing the socket wakes a coroutine waiting to receive, with `Closed`.
+#[test]
+fn close_wakes_a_waiting_receiver() {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let outcome = Rc::new(RefCell::new(None));
+    let (s, out) = (sock.clone(), outcome.clone());
+    copas::addthread(move || {
+        let start = Instant::now();
+        let r = s.receivefrom(DATAGRAM_SIZE).map(|_| ());
+        *out.borrow_mut() = Some((r, start.elapsed()));
+    })
+    .expect("addthread");
+    copas::addthread(move || {
+        copas::pause(ms(20));
+        sock.close();
+        assert!(sock.is_closed());
+        assert_eq!(
+            sock.send(b"x").expect_err("send after close").kind(),
+            ErrorKind::Closed
+        );
+    })
+    .expect("addthread");
+    run_checked(secs(20));
+    let (r, took) = outcome.borrow_mut().take().expect("receiver returned");
+    assert_eq!(r.expect_err("received").kind(), ErrorKind::Closed);
+    assert!(took < secs(1), "woken after {took:?}");
+    assert_eq!(copas::status().sockets, 0);
+}
+
+/// The UDP server's coroutine is `<server>:handler`, started at once; its socket carries
+/// the server's name; the timeout given applies to it.
+#[test]
+fn udp_server_names_and_timeout() {
+    let seen = Rc::new(RefCell::new(None));
+    let s = seen.clone();
+    let std_sock = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = std_sock.local_addr().expect("local_addr");
+    let co = copas::addudpserver_with(
+        std_sock,
+        ServerOptions::new().name("dns").timeout(ms(10)),
+        move |sock| {
+            let thread = copas::getthreadname(None);
+            let e = sock.receive(DATAGRAM_SIZE).expect_err("nobody sends");
+            *s.borrow_mut() = Some((thread, sock.name(), sock.gettimeouts(), e.kind()));
+        },
+    )
+    .expect("addudpserver_with");
+    // Started at once: it is already waiting.
+    assert_eq!(
+        copas::getthreadname(Some(co)).as_deref(),
+        Some("dns:handler")
+    );
+    assert_eq!(copas::status().read, 1);
+    run_checked(secs(20));
+    let (thread, name, timeouts, kind) = seen.borrow_mut().take().expect("handler ran");
+    assert_eq!(thread.as_deref(), Some("dns:handler"));
+    assert_eq!(name, "dns");
+    assert_eq!(timeouts, (Some(ms(10)), Some(ms(10)), Some(ms(10))));
+    assert_eq!(kind, ErrorKind::Timeout);
+
+    // The default name comes from the address.
+    let std_sock = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr2 = std_sock.local_addr().expect("local_addr");
+    let co = copas::addudpserver(std_sock, |sock| sock.close()).expect("addudpserver");
+    assert_eq!(
+        copas::getthreadname(Some(co)),
+        None,
+        "the handler ran to its end at once"
+    );
+    let _ = (addr, addr2);
+    run_checked(secs(20));
+}
+
+#[test]
+fn default_names_tell_connected_from_unconnected() {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    assert_eq!(sock.name(), format!("udp{{unconnected}}:{fd}"));
+    let peer = StdUdpSocket::bind("127.0.0.1:0").expect("bind peer");
+    sock.setpeername(peer.local_addr().expect("addr"))
+        .expect("setpeername");
+    assert_eq!(sock.name(), format!("udp{{connected}}:{fd}"));
+    sock.set_name("mine");
+    assert_eq!(sock.name(), "mine");
+
+    let std_sock = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = std_sock.local_addr().expect("local_addr");
+    let name = Rc::new(RefCell::new(String::new()));
+    let n = name.clone();
+    copas::addudpserver(std_sock, move |sock| *n.borrow_mut() = sock.name()).expect("addudpserver");
+    assert_eq!(*name.borrow(), format!("udp{{server}}:{addr}"));
+    run_checked(secs(20));
+}
+
+#[test]
+fn tcp_sockets_are_refused() {
+    let (listener, _) = util::local_listener();
+    let e = copas::addudpserver(listener, |_| {}).expect_err("a TCP listener");
+    assert_eq!(e.kind(), ErrorKind::InvalidState);
+    let (listener, _) = util::local_listener();
+    let e = copas::wrapudp(listener).expect_err("a TCP listener");
+    assert_eq!(e.kind(), ErrorKind::InvalidState);
+}
+
+/// Outside any coroutine: a receive timeout blocks the thread for that long, then
+/// `Timeout`; `setpeername` by host name resolves (inline) and `send`/`receive` work.
+#[test]
+fn blocking_use_outside_a_coroutine() {
+    let _dog = util::Watchdog::new("blocking udp", secs(20));
+    let peer = StdUdpSocket::bind("127.0.0.1:0").expect("bind peer");
+    let port = peer.local_addr().expect("addr").port();
+    let sock = UdpSocket::bind(("localhost", 0)).expect("bind by name");
+    sock.settimeout(Some(ms(30)));
+    let start = Instant::now();
+    let e = sock.receive(DATAGRAM_SIZE).expect_err("nothing sent");
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    assert!(start.elapsed() >= ms(30), "{:?}", start.elapsed());
+    sock.setpeername(format!("localhost:{port}"))
+        .expect("setpeername by name");
+    sock.send(b"ping").expect("send");
+    let mut buf = [0u8; 16];
+    let (n, from) = peer.recv_from(&mut buf).expect("peer recv");
+    assert_eq!(&buf[..n], b"ping");
+    peer.send_to(b"pong", from).expect("peer send");
+    sock.settimeout(Some(secs(5)));
+    assert_eq!(sock.receive(DATAGRAM_SIZE).expect("receive"), b"pong");
+    let e = sock
+        .setpeername("no-such-host.invalid:53")
+        .expect_err("resolved");
+    assert_eq!(e.kind(), ErrorKind::HostNotFound);
+}
