@@ -48,6 +48,36 @@
 //! * Outside any coroutine, socket calls block the calling thread, so the same code (and
 //!   the protocol clients) work from plain `main`.
 //!
+//! ## TLS
+//!
+//! TLS runs over [`native-tls`](native_tls) (re-exported as [`copas::native_tls`](native_tls),
+//! OpenSSL on Linux), non-blocking: a TLS [`Socket`] has the same API as a plain one.
+//! Clients use [`connect_tls`], or [`Socket::dohandshake`] to upgrade a connected socket in
+//! place (`STARTTLS`); servers wrap their handler with [`handler`], which does the
+//! handshake under the connection's timeout and runs the handler only on success.
+//! Certificates and host names are verified by default; only the connector's
+//! `danger_accept_invalid_certs`/`danger_accept_invalid_hostnames` turn that off.
+//! `native-tls` cannot select a server certificate by SNI or demand client certificates.
+//!
+//! ```no_run
+//! use copas::native_tls::TlsConnector;
+//! use copas::Pattern;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! copas::run_with(|| {
+//!     let connector = TlsConnector::new().unwrap();
+//!     let timeout = Some(std::time::Duration::from_secs(10));
+//!     // The name is resolved off the dispatcher; the certificate must be valid for it.
+//!     let mut sock = copas::connect_tls("example.com:443", "example.com", &connector, timeout)
+//!         .unwrap();
+//!     sock.send(b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n").unwrap();
+//!     let status = sock.receive(Pattern::Line).unwrap();
+//!     println!("{}", String::from_utf8_lossy(&status));
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Synchronisation
 //!
 //! Copas's submodules keep their names: [`timer`] (one-shot and recurring timers),
@@ -95,10 +125,15 @@ pub use error::{Error, ErrorKind, Result};
 pub use net::connect::ToAddrs;
 pub use net::server::{Server, ServerOptions};
 pub use net::socket::{Pattern, Socket, DEFAULT_LINE_LIMIT};
+pub use net::tls::{handler, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use net::udp::{UdpSocket, DATAGRAM_SIZE};
 pub use sync::{future, lock, queue, semaphore, timer, FOREVER};
 
 pub use copas_coro::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
+
+/// The `native-tls` crate copas's TLS is built on, for its `TlsConnector`, `TlsAcceptor`,
+/// `Certificate` and `Identity`.
+pub use native_tls;
 
 use dispatcher::TaskName;
 
@@ -517,4 +552,35 @@ pub fn addudpserver_with(
 /// if it cannot be made non-blocking or registered.
 pub fn wrapudp(socket: impl Into<socket2::Socket>) -> Result<UdpSocket> {
     UdpSocket::wrap(socket.into())
+}
+
+/// Opens a TLS connection (Copas `connect` on a socket wrapped with TLS parameters):
+/// [`connect`]s to `addr`, then does the TLS client handshake with `connector`, all within
+/// `timeout` (`None`: no limit). `server_name` is sent as SNI and the server's certificate
+/// must be valid for it.
+///
+/// Verification is on by default. Trust a private CA with
+/// `TlsConnector::builder().add_root_certificate(..)`; present a client certificate with
+/// `.identity(..)`. Turning verification off is explicit and named as dangerous:
+/// `danger_accept_invalid_certs(true)`, `danger_accept_invalid_hostnames(true)`.
+///
+/// # Errors
+///
+/// As [`connect`]; then [`ErrorKind::Tls`] when the handshake fails (untrusted
+/// certificate, host-name mismatch, a server that does not speak TLS…),
+/// [`ErrorKind::Timeout`] when `timeout` passes first. See [`Socket::dohandshake`].
+pub fn connect_tls(
+    addr: impl ToAddrs,
+    server_name: &str,
+    connector: &native_tls::TlsConnector,
+    timeout: Option<Duration>,
+) -> Result<Socket> {
+    let started = Instant::now();
+    net::tls::connect_tls(
+        connect(addr, timeout),
+        started,
+        server_name,
+        connector,
+        timeout,
+    )
 }

@@ -23,8 +23,13 @@ pub struct PanicReport {
 }
 
 impl PanicReport {
-    /// The panic's message (or a placeholder when the payload is not a string).
+    /// The panic's message (or a placeholder when the payload is not a string). For a
+    /// [`copas::Error`](crate::Error) payload (how [`handler`](crate::handler) reports a
+    /// failed TLS handshake), the error's message, or its kind's word.
     pub fn message(&self) -> &str {
+        if let Some(e) = self.payload.downcast_ref::<crate::Error>() {
+            return e.message().unwrap_or(e.kind().as_str());
+        }
         copas_coro::panic_message(&*self.payload)
     }
 

@@ -9,8 +9,12 @@
 //!
 //! A timeout covers a whole call (as in Copas 4.11), not each chunk: the deadline is taken
 //! when the call starts.
+//!
+//! A TLS connection is the same `Socket`: its `Connection` carries a `TlsLayer`
+//! (`net/tls.rs`), and the two places that touch the kernel (`read_waiting`, `send_some`)
+//! hand over to it with one branch; buffering, patterns, timeouts and `close` are shared.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::dispatcher::{self, IoSource, TaskSocket, Wake, SHORT_READ_DRAINS};
 use crate::error::{Error, ErrorKind, Result};
+use crate::net::tls::TlsLayer;
 use crate::sys;
 
 /// The longest line [`Pattern::Line`] accepts by default: 64 KiB.
@@ -76,7 +81,9 @@ pub(crate) struct Connection {
     name: RefCell<SocketName>,
     line_limit: Cell<usize>,
     /// The peer closed its sending side; reads return end-of-stream without a system call.
-    eof: Cell<bool>,
+    pub(crate) eof: Cell<bool>,
+    /// The TLS session, once a handshake completed (`net/tls.rs`).
+    pub(crate) tls: OnceCell<TlsLayer>,
     fd: RawFd,
 }
 
@@ -96,6 +103,7 @@ impl Connection {
             name: RefCell::new(name),
             line_limit: Cell::new(DEFAULT_LINE_LIMIT),
             eof: Cell::new(false),
+            tls: OnceCell::new(),
             fd,
         }))
     }
@@ -103,6 +111,9 @@ impl Connection {
     pub(crate) fn close(&self) {
         if self.io.is_closed() {
             return;
+        }
+        if let Some(tls) = self.tls.get() {
+            tls.close_notify();
         }
         let done = dispatcher::try_with(|d| d.close_source(&self.io)).is_some();
         if !done {
@@ -120,7 +131,7 @@ impl Connection {
     }
 
     /// Waits for readiness in one direction until `deadline`.
-    fn wait(&self, write: bool, deadline: Option<Instant>) -> Result<()> {
+    pub(crate) fn wait(&self, write: bool, deadline: Option<Instant>) -> Result<()> {
         if deadline.is_some_and(|at| Instant::now() >= at) {
             return Err(Error::new(ErrorKind::Timeout));
         }
@@ -165,12 +176,16 @@ impl Connection {
 
     /// Lets the next coroutine waiting on this socket run if it is still ready.
     fn pass_on(&self, write: bool) {
+        if self.io.waiting.get() == 0 {
+            return;
+        }
         let ready = if write {
             self.io.writable.get()
         } else {
-            self.io.readable.get()
+            // Over TLS, bytes the TLS layer holds are ready too: no edge will announce them.
+            self.io.readable.get() || self.tls.get().is_some_and(TlsLayer::has_buffered)
         };
-        if ready && self.io.waiting.get() > 0 {
+        if ready {
             dispatcher::with(|d| d.pass_on(&self.io, write));
         }
     }
@@ -192,10 +207,12 @@ impl Drop for Connection {
     }
 }
 
-/// A TCP connection driven by copas (plain TCP; TLS comes through the same type).
+/// A TCP connection driven by copas, plain or TLS.
 ///
-/// Get one from [`connect`](crate::connect), from [`wrap`](crate::wrap), or as the argument
-/// of a server handler. Operations look blocking: inside a coroutine they suspend only the
+/// Get one from [`connect`](crate::connect), [`connect_tls`](crate::connect_tls), from
+/// [`wrap`](crate::wrap), or as the argument of a server handler (a TLS one through
+/// [`handler`](crate::handler)); upgrade a plain one to TLS in place with
+/// [`Socket::dohandshake`]. Operations look blocking: inside a coroutine they suspend only the
 /// calling coroutine; outside any coroutine they block the thread.
 ///
 /// Several handles ([`Socket::share`]) may refer to one connection, so that one coroutine
@@ -232,6 +249,7 @@ impl fmt::Debug for Socket {
             .field("fd", &self.conn.fd)
             .field("closed", &self.conn.io.is_closed())
             .field("buffered", &(self.end - self.start))
+            .field("tls", &self.conn.tls.get().is_some())
             .finish()
     }
 }
@@ -244,6 +262,10 @@ impl Socket {
             start: 0,
             end: 0,
         }
+    }
+
+    pub(crate) fn connection(&self) -> &Rc<Connection> {
+        &self.conn
     }
 
     /// Another handle to the same connection, with its own (empty) read buffer.
@@ -320,6 +342,9 @@ impl Socket {
 
     /// Reads at least one byte into `dst` (or 0 at end of stream), waiting if needed.
     fn read_waiting(&self, dst: &mut [u8], deadline: Option<Instant>) -> Result<usize> {
+        if let Some(tls) = self.conn.tls.get() {
+            return tls.read_waiting(&self.conn, dst, deadline);
+        }
         loop {
             if self.conn.io.is_closed() {
                 return Err(Error::new(ErrorKind::Closed));
@@ -356,7 +381,7 @@ impl Socket {
     }
 
     /// Removes and returns everything buffered.
-    fn take_buffered(&mut self) -> Vec<u8> {
+    pub(crate) fn take_buffered(&mut self) -> Vec<u8> {
         let out = self.buffered().to_vec();
         self.start = 0;
         self.end = 0;
@@ -569,7 +594,9 @@ impl Socket {
     ///
     /// [`ErrorKind::Closed`] when the peer reset the connection or the socket was closed,
     /// [`ErrorKind::Timeout`] when the send timeout expired; [`Error::sent`] tells how
-    /// many bytes went out before.
+    /// many bytes went out before. Over TLS, after a `Timeout` the next send must start with
+    /// the bytes not yet sent, or the connection be closed: the TLS layer has already
+    /// committed the record it was writing.
     pub fn send(&mut self, data: &[u8]) -> Result<usize> {
         self.fair_share();
         let deadline = Self::deadline(self.conn.timeouts.get().send);
@@ -586,6 +613,9 @@ impl Socket {
 
     /// One successful `send` of at least one byte, waiting for writability as needed.
     fn send_some(&self, data: &[u8], deadline: Option<Instant>) -> Result<usize> {
+        if let Some(tls) = self.conn.tls.get() {
+            return tls.send_some(&self.conn, data, deadline);
+        }
         let io = &self.conn.io;
         loop {
             if io.writable.get() {
@@ -653,6 +683,7 @@ impl Socket {
 
     /// Closes the connection for every handle. Every coroutine waiting on it wakes with
     /// [`ErrorKind::Closed`]; later operations fail with it. Closing twice does nothing.
+    /// A TLS connection first sends a `close_notify` alert if the socket takes it at once.
     pub fn close(&self) {
         self.conn.close();
     }
@@ -663,11 +694,16 @@ impl Socket {
     }
 
     /// Shuts down the reading side, the writing side, or both (the descriptor stays open).
+    /// Over TLS, shutting down the writing side first sends a `close_notify` alert if the
+    /// socket takes it at once.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] if the socket was closed, or the system's error.
     pub fn shutdown(&self, how: Shutdown) -> Result<()> {
+        if let (Some(tls), Shutdown::Write | Shutdown::Both) = (self.conn.tls.get(), how) {
+            tls.close_notify();
+        }
         let sock = self.conn.io.sock.borrow();
         let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
         sock.shutdown(how)?;

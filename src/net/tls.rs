@@ -1,0 +1,582 @@
+//! TLS over `native-tls`, non-blocking end to end.
+//!
+//! A TLS [`Socket`] is the same `Socket` with a [`TlsLayer`] in its connection: a
+//! `native_tls::TlsStream` over [`FdIo`], an adapter that implements `Read`/`Write` on the
+//! non-blocking descriptor and records which direction blocked. When the TLS layer returns
+//! `WouldBlock` the operation waits for exactly that direction: a read may have to wait for
+//! writability (the TLS layer has a record to flush first) and a write or a handshake for
+//! readability. It never spins and never waits for the wrong direction.
+//!
+//! Readiness: the adapter honours the socket's readiness bits at the level of the kernel
+//! (it does not call `recv` on a socket known to be drained, and a short `recv` marks it
+//! drained where the poller reports a FIN on its own, see `SHORT_READ_DRAINS`), but the TLS
+//! read path never skips the TLS layer because of those bits: it may hold decrypted bytes,
+//! or raw bytes in the adapter's buffer, that need no system call. So every TLS read calls
+//! the TLS layer first and waits only when it says `WouldBlock`.
+//!
+//! The adapter reads the kernel in chunks of up to [`RAW_BUFFER`] bytes (OpenSSL without
+//! read-ahead would ask for a 5-byte record header, then the body: two `recv`s per record).
+//!
+//! Limits of `native-tls`: a server cannot pick its certificate by the SNI name the client
+//! sent, nor demand a client certificate. A client sends SNI and may present an identity
+//! (`TlsConnectorBuilder::identity`).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use native_tls::{HandshakeError, TlsAcceptor, TlsConnector, TlsStream};
+
+use crate::dispatcher::{IoSource, SHORT_READ_DRAINS};
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::socket::{Connection, Socket};
+
+/// How long [`handler`] waits for a client's TLS handshake when the server gave its
+/// connections no timeout (see [`ServerOptions::timeout`](crate::ServerOptions::timeout)):
+/// 30 s. A client that stalls its handshake must not hold a coroutine forever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Size of the adapter's buffer for raw (encrypted) bytes: one full TLS record and more.
+const RAW_BUFFER: usize = 17 * 1024;
+
+/// `Read`/`Write` over the connection's non-blocking descriptor, for `native-tls`.
+///
+/// It never waits: where the descriptor would block it returns `WouldBlock` and remembers
+/// the direction in `blocked`, which the caller reads right after the TLS call (nothing
+/// runs in between, so the record is that call's).
+pub(crate) struct FdIo {
+    io: Rc<IoSource>,
+    /// Raw bytes read from the kernel that the TLS layer has not taken yet.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The direction of the last `WouldBlock`: `Some(true)` for writing.
+    blocked: Option<bool>,
+    /// The kernel reported end of stream.
+    eof: bool,
+}
+
+impl fmt::Debug for FdIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FdIo")
+            .field("buffered", &(self.end - self.start))
+            .field("blocked", &self.blocked)
+            .field("eof", &self.eof)
+            .finish()
+    }
+}
+
+impl FdIo {
+    /// An adapter whose first bytes are `prefill` (bytes already read from the kernel by
+    /// the plain socket, e.g. a ClientHello that came right behind a STARTTLS command).
+    fn new(io: Rc<IoSource>, prefill: Vec<u8>) -> FdIo {
+        let end = prefill.len();
+        FdIo {
+            io,
+            buf: prefill,
+            start: 0,
+            end,
+            blocked: None,
+            eof: false,
+        }
+    }
+
+    /// Which direction the last `WouldBlock` was for (true: writing); resets the record.
+    fn take_blocked(&mut self) -> bool {
+        let blocked = self.blocked.take();
+        debug_assert!(blocked.is_some(), "WouldBlock not from the adapter");
+        blocked.unwrap_or(false)
+    }
+
+    fn would_block(&mut self, write: bool) -> io::Error {
+        self.blocked = Some(write);
+        io::Error::from(io::ErrorKind::WouldBlock)
+    }
+
+    fn copy_buffered(&mut self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.end - self.start);
+        dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        n
+    }
+}
+
+impl Read for FdIo {
+    fn read(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        if dst.is_empty() {
+            return Ok(0);
+        }
+        if self.start < self.end {
+            return Ok(self.copy_buffered(dst));
+        }
+        let io = self.io.clone();
+        if !io.readable.get() && !io.read_closed.get() {
+            // Known to be drained: no system call just to hear EAGAIN.
+            return Err(self.would_block(false));
+        }
+        let sock = io.sock.borrow();
+        let Some(sock) = sock.as_ref() else {
+            return Err(io::Error::from(io::ErrorKind::NotConnected));
+        };
+        let direct = dst.len() >= RAW_BUFFER;
+        if !direct && self.buf.len() < RAW_BUFFER {
+            self.buf.resize(RAW_BUFFER, 0);
+        }
+        loop {
+            let target: &mut [u8] = if direct { &mut *dst } else { &mut self.buf };
+            let want = target.len();
+            match (&*sock).read(target) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(0);
+                }
+                Ok(n) => {
+                    // The kernel queue is drained (see the module's notes on readiness).
+                    if n < want && SHORT_READ_DRAINS {
+                        io.readable.set(false);
+                    }
+                    if direct {
+                        return Ok(n);
+                    }
+                    self.start = 0;
+                    self.end = n;
+                    return Ok(self.copy_buffered(dst));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    io.readable.set(false);
+                    return Err(self.would_block(false));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Write for FdIo {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let io = self.io.clone();
+        if !io.writable.get() {
+            return Err(self.would_block(true));
+        }
+        let sock = io.sock.borrow();
+        let Some(sock) = sock.as_ref() else {
+            return Err(io::Error::from(io::ErrorKind::NotConnected));
+        };
+        loop {
+            // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
+            match sock.send_with_flags(data, libc::MSG_NOSIGNAL) {
+                Ok(n) => {
+                    if n < data.len() {
+                        io.writable.set(false);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    io.writable.set(false);
+                    return Err(self.would_block(true));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The TLS session of a connection, shared by all its handles.
+///
+/// The stream is borrowed only for the length of one non-blocking TLS call, never across a
+/// wait, so several coroutines may read and write one TLS connection.
+pub(crate) struct TlsLayer {
+    stream: RefCell<TlsStream<FdIo>>,
+}
+
+impl fmt::Debug for TlsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsLayer").finish_non_exhaustive()
+    }
+}
+
+impl TlsLayer {
+    /// Reads at least one byte into `dst` (or 0 at end of stream), waiting if needed (the
+    /// TLS counterpart of `Socket::read_waiting`).
+    ///
+    /// End of stream is the peer's `close_notify`, or (as LuaSec and `native-tls` have it) a
+    /// TCP close without one between records: a protocol that delimits its data by closing
+    /// the connection cannot tell that from a truncation. A close in the middle of a record
+    /// is an error.
+    pub(crate) fn read_waiting(
+        &self,
+        conn: &Connection,
+        dst: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
+        loop {
+            if conn.io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            if conn.eof.get() {
+                return Ok(0);
+            }
+            let (result, write, eof) = {
+                let mut stream = self.stream.borrow_mut();
+                let result = stream.read(dst);
+                let adapter = stream.get_mut();
+                (result, adapter.blocked.take(), adapter.eof)
+            };
+            match result {
+                Ok(0) => {
+                    if !dst.is_empty() {
+                        conn.eof.set(true);
+                    }
+                    return Ok(0);
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    debug_assert!(write.is_some(), "WouldBlock not from the adapter");
+                    conn.wait(write.unwrap_or(false), deadline)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failure(conn, e, eof)),
+            }
+        }
+    }
+
+    /// One successful TLS write of at least one byte, waiting as needed (the TLS
+    /// counterpart of `Socket::send_some`).
+    pub(crate) fn send_some(
+        &self,
+        conn: &Connection,
+        data: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
+        loop {
+            if conn.io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            let (result, write) = {
+                let mut stream = self.stream.borrow_mut();
+                let result = stream.write(data);
+                (result, stream.get_mut().blocked.take())
+            };
+            match result {
+                Ok(0) if !data.is_empty() => {
+                    return Err(Error::new(ErrorKind::Closed));
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    debug_assert!(write.is_some(), "WouldBlock not from the adapter");
+                    conn.wait(write.unwrap_or(true), deadline)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failure(conn, e, false)),
+            }
+        }
+    }
+
+    /// Whether a read can make progress without the kernel: decrypted bytes in the TLS
+    /// layer or raw bytes in the adapter.
+    pub(crate) fn has_buffered(&self) -> bool {
+        match self.stream.try_borrow() {
+            Ok(stream) => {
+                let adapter = stream.get_ref();
+                adapter.start < adapter.end || stream.buffered_read_size().unwrap_or(0) > 0
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sends a `close_notify` alert if the socket takes it at once; never waits.
+    pub(crate) fn close_notify(&self) {
+        if let Ok(mut stream) = self.stream.try_borrow_mut() {
+            let _ = stream.shutdown();
+            stream.get_mut().blocked = None;
+        }
+    }
+
+    fn peer_certificate(&self) -> Result<Option<native_tls::Certificate>> {
+        self.stream
+            .borrow()
+            .peer_certificate()
+            .map_err(|e| Error::from_io(ErrorKind::Tls, io::Error::other(e), "peer certificate"))
+    }
+}
+
+/// The error of a failed TLS read or write; `eof`: a read that met the end of the TCP
+/// stream.
+fn failure(conn: &Connection, e: io::Error, eof: bool) -> Error {
+    if conn.io.is_closed() {
+        return Error::new(ErrorKind::Closed);
+    }
+    if eof {
+        // The peer closed the TCP connection in the middle of a TLS record.
+        return Error::from(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed the connection in the middle of a TLS record",
+        ));
+    }
+    match e.kind() {
+        // OpenSSL's own errors (bad record MAC, unexpected message, …) come as `Other`.
+        io::ErrorKind::Other => Error::from_io(ErrorKind::Tls, e, "TLS record failed"),
+        _ => Error::from(e),
+    }
+}
+
+/// Which side of the handshake we play.
+enum Role<'a> {
+    Client {
+        connector: &'a TlsConnector,
+        server_name: &'a str,
+    },
+    Server(&'a TlsAcceptor),
+}
+
+/// Runs a TLS handshake on `conn` until it completes, fails, or `deadline` passes.
+fn handshake(
+    conn: &Connection,
+    role: Role<'_>,
+    prefill: Vec<u8>,
+    deadline: Option<Instant>,
+) -> Result<TlsLayer> {
+    let adapter = FdIo::new(conn.io.clone(), prefill);
+    let mut attempt = match role {
+        Role::Client {
+            connector,
+            server_name,
+        } => connector.connect(server_name, adapter),
+        Role::Server(acceptor) => acceptor.accept(adapter),
+    };
+    loop {
+        match attempt {
+            Ok(stream) => {
+                return Ok(TlsLayer {
+                    stream: RefCell::new(stream),
+                })
+            }
+            Err(HandshakeError::Failure(e)) => {
+                if conn.io.is_closed() {
+                    return Err(Error::new(ErrorKind::Closed));
+                }
+                return Err(Error::from_io(
+                    ErrorKind::Tls,
+                    io::Error::other(e),
+                    "handshake failed",
+                ));
+            }
+            Err(HandshakeError::WouldBlock(mut mid)) => {
+                let write = mid.get_mut().take_blocked();
+                conn.wait(write, deadline)?;
+                attempt = mid.handshake();
+            }
+        }
+    }
+}
+
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+impl Socket {
+    /// Upgrades this connection to TLS as a client, in place (Copas `dohandshake`): the
+    /// way to `STARTTLS` in SMTP, FTPS, IMAP… and what [`connect_tls`](crate::connect_tls)
+    /// does after connecting.
+    ///
+    /// `server_name` is sent as SNI and the server's certificate must be valid for it
+    /// (host name or IP address). Certificates and host names are verified unless the
+    /// connector was built with `danger_accept_invalid_certs` or
+    /// `danger_accept_invalid_hostnames`; add a private CA with `add_root_certificate`.
+    ///
+    /// The handshake runs under the socket's connect timeout (see
+    /// [`Socket::settimeouts`]), as in Copas. Bytes this handle had already read from the
+    /// peer but not handed out are given to the TLS layer (they are the peer's first TLS
+    /// bytes), so nothing read from the kernel is lost. Every handle of the connection is
+    /// TLS afterwards. On a socket that already is TLS it does nothing. Do not use other
+    /// handles of the connection while the handshake runs.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Tls`] when the handshake fails (certificate not trusted, name
+    /// mismatch, a peer that does not speak TLS…; `err.io_error()` holds the
+    /// `native_tls::Error`), [`ErrorKind::Timeout`] when it stalls past the connect
+    /// timeout, [`ErrorKind::Closed`] when the socket is closed meanwhile. After an error
+    /// the connection is closed: it never goes on in plaintext (Copas #189).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use copas::native_tls::{Certificate, TlsConnector};
+    /// use copas::Pattern;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = Certificate::from_pem(&std::fs::read("ca.pem")?)?;
+    /// let connector = TlsConnector::builder().add_root_certificate(ca).build()?;
+    /// let mut sock = copas::connect("127.0.0.1:2525", Some(std::time::Duration::from_secs(5)))?;
+    /// sock.receive(Pattern::Line)?; // 220 greeting
+    /// sock.send(b"STARTTLS\r\n")?;
+    /// sock.receive(Pattern::Line)?; // 220 ready
+    /// sock.dohandshake(&connector, "mail.example.com")?;
+    /// sock.send(b"EHLO me\r\n")?; // encrypted from here on
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dohandshake(&mut self, connector: &TlsConnector, server_name: &str) -> Result<()> {
+        let deadline = deadline(self.gettimeouts().0);
+        self.upgrade(
+            Role::Client {
+                connector,
+                server_name,
+            },
+            deadline,
+        )
+    }
+
+    /// Upgrades this connection to TLS as a server, in place: the server side of
+    /// `STARTTLS`. [`handler`] does this for every accepted connection.
+    ///
+    /// `native-tls` cannot choose a certificate by the name the client asked for (SNI) nor
+    /// demand a client certificate: the acceptor's identity is presented to every client.
+    ///
+    /// # Errors
+    ///
+    /// As [`Socket::dohandshake`]; the connection is closed after an error.
+    pub fn dohandshake_server(&mut self, acceptor: &TlsAcceptor) -> Result<()> {
+        let deadline = deadline(self.gettimeouts().0);
+        self.upgrade(Role::Server(acceptor), deadline)
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.connection().tls.get().is_some()
+    }
+
+    /// The certificate the peer presented, on a TLS connection (`None` on a plain one, or
+    /// when the peer presented none).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Tls`] when the certificate cannot be read.
+    pub fn peer_certificate(&self) -> Result<Option<native_tls::Certificate>> {
+        match self.connection().tls.get() {
+            Some(tls) => tls.peer_certificate(),
+            None => Ok(None),
+        }
+    }
+
+    fn upgrade(&mut self, role: Role<'_>, deadline: Option<Instant>) -> Result<()> {
+        let conn = self.connection().clone();
+        if conn.tls.get().is_some() {
+            return Ok(());
+        }
+        if conn.io.is_closed() {
+            return Err(Error::new(ErrorKind::Closed));
+        }
+        let prefill = self.take_buffered();
+        match handshake(&conn, role, prefill, deadline) {
+            Ok(layer) => {
+                if conn.tls.set(layer).is_err() {
+                    conn.close();
+                    return Err(Error::with_message(
+                        ErrorKind::InvalidState,
+                        "two TLS handshakes at once on one connection",
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                conn.close();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Connects and does the TLS client handshake, within `timeout` for both.
+pub(crate) fn connect_tls(
+    sock: Result<Socket>,
+    started: Instant,
+    server_name: &str,
+    connector: &TlsConnector,
+    timeout: Option<Duration>,
+) -> Result<Socket> {
+    let mut sock = sock?;
+    let deadline = timeout.and_then(|t| started.checked_add(t));
+    sock.upgrade(
+        Role::Client {
+            connector,
+            server_name,
+        },
+        deadline,
+    )?;
+    Ok(sock)
+}
+
+/// Wraps a connection handler for TLS (Copas `handler(fn, sslparams)`): the returned
+/// handler, given to [`addserver`](crate::addserver), does the server side of the TLS
+/// handshake on each accepted connection and calls `f` only with an established TLS
+/// socket.
+///
+/// The handshake runs under the connection's connect timeout (set for all connections
+/// with [`ServerOptions::timeout`](crate::ServerOptions::timeout)), or
+/// [`DEFAULT_HANDSHAKE_TIMEOUT`] when there is none.
+///
+/// A handshake that fails or times out goes to the coroutine's error handler like a panic
+/// (Copas throws "TLS/SSL handshake failed: …"); the socket is closed and `f` never runs
+/// (Copas #189). The report is typed: its [`payload`](crate::PanicReport::payload) is a
+/// [`copas::Error`](crate::Error) of kind [`ErrorKind::Tls`], [`ErrorKind::Timeout`] or
+/// [`ErrorKind::Closed`], and its [`message`](crate::PanicReport::message) is
+/// `TLS/SSL handshake failed: <reason>`. The panic hook is not called, so nothing is
+/// printed besides what the error handler prints.
+///
+/// `native-tls` cannot pick a certificate by the client's SNI name or demand client
+/// certificates: every client gets the acceptor's identity (Copas's `tls-sni` server case
+/// has no equivalent).
+///
+/// # Example
+///
+/// ```no_run
+/// use std::net::TcpListener;
+/// use copas::native_tls::{Identity, TlsAcceptor};
+/// use copas::{Pattern, Socket};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let id = Identity::from_pkcs8(&std::fs::read("cert.pem")?, &std::fs::read("key.pem")?)?;
+/// let acceptor = TlsAcceptor::new(id)?;
+/// let echo = |mut sock: Socket| {
+///     while let Ok(line) = sock.receive(Pattern::Line) {
+///         if sock.send(&[&line[..], b"\n"].concat()).is_err() {
+///             break;
+///         }
+///     }
+/// };
+/// copas::addserver(TcpListener::bind("127.0.0.1:9443")?, copas::handler(echo, acceptor))?;
+/// copas::run()?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn handler(f: impl Fn(Socket) + 'static, acceptor: TlsAcceptor) -> impl Fn(Socket) + 'static {
+    move |mut sock: Socket| {
+        let timeout = sock.gettimeouts().0.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+        if let Err(e) = sock.upgrade(Role::Server(&acceptor), deadline(Some(timeout))) {
+            sock.close();
+            drop(sock);
+            let reason = match (e.kind(), e.io_error()) {
+                (ErrorKind::Tls, Some(source)) => source.to_string(),
+                _ => e.to_string(),
+            };
+            let report =
+                Error::with_message(e.kind(), format!("TLS/SSL handshake failed: {reason}"));
+            // Not `panic!`: the failure is reported by the error handler, not the panic hook.
+            std::panic::resume_unwind(Box::new(report));
+        }
+        f(sock)
+    }
+}
