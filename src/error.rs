@@ -54,6 +54,13 @@ pub enum ErrorKind {
     Cancelled,
     /// The call needs a coroutine, a running dispatcher, or another context it was not given.
     InvalidState,
+    /// A protocol peer sent something that does not follow its protocol (a malformed
+    /// reply line, a bad chunk size, conflicting lengths…).
+    Protocol,
+    /// A protocol server answered with a reply code that means failure (an SMTP `550`, an
+    /// FTP `530`, an HTTP redirect that is not allowed…); [`Error::reply_code`] has the code
+    /// and the message the server's text.
+    Rejected,
     /// Any other I/O error; [`Error::io_error`] holds it.
     Io,
 }
@@ -77,6 +84,8 @@ impl ErrorKind {
             ErrorKind::Panicked => "panicked",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::InvalidState => "invalid state",
+            ErrorKind::Protocol => "protocol error",
+            ErrorKind::Rejected => "rejected",
             ErrorKind::Io => "i/o error",
         }
     }
@@ -97,6 +106,7 @@ pub struct Error {
     message: Option<Box<str>>,
     partial: Vec<u8>,
     sent: usize,
+    reply_code: Option<u16>,
 }
 
 impl Error {
@@ -108,6 +118,7 @@ impl Error {
             message: None,
             partial: Vec::new(),
             sent: 0,
+            reply_code: None,
         }
     }
 
@@ -116,6 +127,18 @@ impl Error {
         let mut e = Error::new(kind);
         e.message = Some(message.into().into_boxed_str());
         e
+    }
+
+    /// A [`ErrorKind::Rejected`] error for a server's reply `code` and `text`.
+    pub fn rejected(code: u16, text: impl Into<String>) -> Error {
+        let mut e = Error::with_message(ErrorKind::Rejected, text);
+        e.reply_code = Some(code);
+        e
+    }
+
+    /// The protocol reply code behind an [`ErrorKind::Rejected`] error (SMTP, FTP, HTTP).
+    pub fn reply_code(&self) -> Option<u16> {
+        self.reply_code
     }
 
     /// What went wrong.
@@ -247,7 +270,12 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.kind.as_str())?;
-        if let Some(m) = &self.message {
+        if let Some(code) = self.reply_code {
+            write!(f, ": {code}")?;
+            if let Some(m) = &self.message {
+                write!(f, " {m}")?;
+            }
+        } else if let Some(m) = &self.message {
             write!(f, ": {m}")?;
         }
         if let Some(s) = &self.source {

@@ -110,6 +110,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod client;
 mod dispatcher;
 mod error;
 mod net;
