@@ -5,6 +5,33 @@
 //! `poll(2)` on its descriptor with the operation's deadline. `socket2` offers no `poll`.
 
 use std::io;
+
+/// Flags for every `send`: a write to a reset peer must fail with `EPIPE`, not raise
+/// `SIGPIPE` (which kills a process that did not ignore it, e.g. under a C host).
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos",
+    target_os = "solaris"
+))]
+pub(crate) const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+
+/// Apple platforms have no `MSG_NOSIGNAL`; `socket2` sets `SO_NOSIGPIPE` on their sockets.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos",
+    target_os = "solaris"
+)))]
+pub(crate) const SEND_FLAGS: libc::c_int = 0;
 use std::os::fd::RawFd;
 use std::time::Instant;
 

@@ -625,7 +625,7 @@ impl Socket {
                         return Err(Error::new(ErrorKind::Closed));
                     };
                     // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
-                    sock.send_with_flags(data, libc::MSG_NOSIGNAL)
+                    sock.send_with_flags(data, crate::sys::SEND_FLAGS)
                 };
                 match result {
                     Ok(n) => {

@@ -170,7 +170,7 @@ impl Write for FdIo {
         };
         loop {
             // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
-            match sock.send_with_flags(data, libc::MSG_NOSIGNAL) {
+            match sock.send_with_flags(data, crate::sys::SEND_FLAGS) {
                 Ok(n) => {
                     if n < data.len() {
                         io.writable.set(false);
