@@ -12,12 +12,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Limit for building the examples (a release build from scratch takes a while).
-const BUILD_LIMIT: Duration = Duration::from_secs(300);
 
 /// Limit for an example to print a line we wait for.
 const LINE_LIMIT: Duration = Duration::from_secs(30);
@@ -64,62 +60,9 @@ fn read_all_in_thread(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Ve
     })
 }
 
-/// Builds the examples for this binary's profile (once per process) and returns the path
-/// of example `name`.
+/// The path of example `name`, built for this binary's profile.
 fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = BUILT
-        .get_or_init(build_examples)
-        .as_ref()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "example binary {} is missing",
-        path.display()
-    );
-    path
-}
-
-fn build_examples() -> Result<PathBuf, String> {
-    // This binary is target/<profile>/deps/examples-<hash>.
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| format!("no profile directory above {}", exe.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or_else(|| format!("no target directory above {}", profile_dir.display()))?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => return Err(format!("odd profile directory {}", profile_dir.display())),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "--example",
-        "echo",
-        "--example",
-        "embed",
-    ])
-    .args(["--profile", profile])
-    .arg("--manifest-path")
-    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-    .env("CARGO_TARGET_DIR", target_dir)
-    .stdin(Stdio::null());
-    let out = output_within(cmd, BUILD_LIMIT);
-    if !out.status.success() {
-        return Err(format!(
-            "building the examples failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(profile_dir.join("examples"))
+    util::example_binary(name)
 }
 
 /// A port nobody listens on right now.

@@ -5,15 +5,13 @@
 //! older build would test old code; so the first test that needs them runs
 //! `cargo build --example …` for this binary's profile (a no-op when up to date).
 
+mod util;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// Limit for building the examples.
-const BUILD_LIMIT: Duration = Duration::from_secs(300);
 
 /// Limit for a program to answer.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -70,51 +68,9 @@ fn output_within(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
     }
 }
 
-/// Builds the examples for this binary's profile (once) and returns example `name`'s path.
+/// The path of example `name`, built for this binary's profile.
 fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = BUILT
-        .get_or_init(build_examples)
-        .as_ref()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.join(name);
-    assert!(path.is_file(), "example {} is missing", path.display());
-    path
-}
-
-fn build_examples() -> Result<PathBuf, String> {
-    // This binary is target/<profile>/deps/examples_net-<hash>.
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| format!("no profile directory above {}", exe.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or_else(|| format!("no target directory above {}", profile_dir.display()))?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => return Err(format!("odd profile directory {}", profile_dir.display())),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet"])
-        .args(["--example", "echo", "--example", "udp_echo"])
-        .args(["--example", "echo_client"])
-        .args(["--profile", profile])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", target_dir);
-    let out = output_within(cmd, b"", BUILD_LIMIT);
-    if !out.status.success() {
-        return Err(format!(
-            "building the examples failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(profile_dir.join("examples"))
+    util::example_binary(name)
 }
 
 /// A server example started on port 0: killed when dropped.

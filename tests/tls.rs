@@ -1116,52 +1116,9 @@ fn dohandshake_upgrades_a_plain_connection_in_place() {
 
 // ----- the example ------------------------------------------------------------------------
 
-/// Builds `examples/tls_echo.rs` for this binary's profile (a no-op when up to date; as in
-/// `tests/examples.rs`) and returns its path.
+/// The path of `examples/tls_echo.rs`, built for this binary's profile.
 fn tls_echo_example() -> PathBuf {
-    // This binary is target/<profile>/deps/tls-<hash>.
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => panic!("odd profile directory {}", profile_dir.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let child = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "tls_echo",
-            "--profile",
-            profile,
-        ])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", target_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cargo build");
-    let mut build = ChildGuard(child);
-    let errors = lines_of(build.0.stderr.take().expect("stderr"));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = build.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < secs(300),
-            "building tls_echo took too long"
-        );
-        std::thread::sleep(ms(20));
-    };
-    let errors: Vec<String> = errors.try_iter().collect();
-    assert!(status.success(), "building tls_echo failed: {errors:#?}");
-    profile_dir.join("examples").join("tls_echo")
+    util::example_binary("tls_echo")
 }
 
 #[test]

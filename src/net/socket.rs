@@ -722,11 +722,7 @@ impl Socket {
     ///
     /// [`ErrorKind::Closed`] after `close`, or the system's error.
     pub fn peer_addr(&self) -> Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.peer_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
-        })
+        self.with_socket(|s| crate::net::socket_addr(s.peer_addr()?))
     }
 
     /// The address of the local end.
@@ -735,11 +731,7 @@ impl Socket {
     ///
     /// [`ErrorKind::Closed`] after `close`, or the system's error.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
-        })
+        self.with_socket(|s| crate::net::socket_addr(s.local_addr()?))
     }
 
     /// Turns Nagle's algorithm off (`true`) or on.

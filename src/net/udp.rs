@@ -441,11 +441,7 @@ impl UdpSocket {
     ///
     /// [`ErrorKind::Closed`] after `close`, or the system's error.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
-        })
+        self.with_socket(|s| crate::net::socket_addr(s.local_addr()?))
     }
 
     /// The peer set with [`setpeername`](UdpSocket::setpeername) (Copas `getpeername`).
@@ -454,11 +450,7 @@ impl UdpSocket {
     ///
     /// `NotConnected` ([`ErrorKind::Closed`]) without a peer, or the system's error.
     pub fn peer_addr(&self) -> Result<SocketAddr> {
-        self.with_socket(|s| {
-            s.peer_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))
-        })
+        self.with_socket(|s| crate::net::socket_addr(s.peer_addr()?))
     }
 
     /// Allows sending to broadcast addresses (`SO_BROADCAST`).

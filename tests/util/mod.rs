@@ -111,3 +111,62 @@ pub fn run_bounded(limit: Duration) -> Duration {
     copas::run().expect("run");
     start.elapsed()
 }
+
+/// Builds example `name` for this test binary's profile and target directory (a no-op
+/// when it is up to date: `cargo test --test X` alone does not build examples) and returns
+/// the path of its binary. Panics with cargo's output if the build fails or takes longer
+/// than five minutes.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    use std::path::Path;
+    // This binary is target/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("odd profile directory {}", profile_dir.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(["build", "--quiet", "--example", name, "--profile", profile])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cargo build");
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+        text
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let errors = reader.join().unwrap_or_default();
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("building example {name} failed ({s}):\n{errors}"),
+        None => panic!("building example {name} took more than 300 s"),
+    }
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "example binary {} is missing",
+        path.display()
+    );
+    path
+}
