@@ -1,0 +1,1368 @@
+//! HTTP/1.1 client, plain and over TLS (Copas `copas.http`), built on copas sockets.
+//!
+//! [`request`] fetches a URL; [`Request`] builds anything else: method, headers, a body from
+//! bytes or from any [`Read`] (sent chunked when its length is unknown), timeouts, TLS
+//! options and redirect policy. The response body comes back as bytes ([`Request::send`]),
+//! into any [`Write`] ([`Request::send_to`]) or as a streaming [`Read`]
+//! ([`Request::stream`]), so a large download needs no more memory than its buffers.
+//!
+//! Inside a coroutine only that coroutine waits on the network (many requests can be in
+//! flight at once); from plain `main` the calls block the thread.
+//!
+//! Beyond Copas: certificates are verified by default, schemes are case-insensitive
+//! (`HTTPS://` is https), and connections are kept alive: a small per-thread pool keeps up
+//! to [`POOL_PER_HOST`] idle connections per scheme, host and port for [`POOL_IDLE`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! let response = copas::client::http::request("http://127.0.0.1:8080/").unwrap();
+//! println!("{} {}", response.status(), String::from_utf8_lossy(response.body()));
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::{self, BufRead, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+use crate::native_tls::{Certificate, TlsConnector};
+use crate::{Error, ErrorKind, Result, Socket};
+
+/// The default timeout for connecting, sending and receiving (Copas `http.TIMEOUT`).
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+/// The default port of `http` URLs (Copas `http.PORT`).
+pub const PORT: u16 = 80;
+/// The default port of `https` URLs (Copas `http.SSLPORT`).
+pub const SSLPORT: u16 = 443;
+/// The `User-Agent` sent unless the request sets one (Copas `http.USERAGENT`).
+pub const USERAGENT: &str = concat!("copas-rs/", env!("CARGO_PKG_VERSION"));
+/// How many redirects are followed by default.
+pub const MAX_REDIRECTS: usize = 5;
+/// The default limit on the number of response header fields.
+pub const MAX_HEADERS: usize = 100;
+/// The default limit on the size of a response head (status line and header fields), and
+/// on the trailer section of a chunked body.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The longest chunk-size line of a chunked body.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// How many idle connections the per-thread pool keeps per scheme, host and port.
+pub const POOL_PER_HOST: usize = 4;
+/// How long an idle connection stays in the pool.
+pub const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// Which redirects a request follows (Copas's `redirect` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Redirect {
+    /// Follow none: a 3xx response is returned as is (Copas `redirect = false`).
+    None,
+    /// The default: follow 301/302/303/307/308 for GET and HEAD, and a 303 for any method
+    /// (as a GET); never from https to http.
+    #[default]
+    Safe,
+    /// Also follow redirects of other methods (301/302 turn into GET, 307/308 resend the
+    /// body when it is bytes) and from https to http (Copas `redirect = "all"`).
+    All,
+}
+
+enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    Reader(Box<dyn Read>, Option<u64>),
+}
+
+/// An HTTP request being built; [`send`](Request::send), [`send_to`](Request::send_to) or
+/// [`stream`](Request::stream) it (Copas `http.request{...}`).
+///
+/// # Example
+///
+/// ```no_run
+/// use copas::client::http::Request;
+/// use std::time::Duration;
+///
+/// let response = Request::post("http://127.0.0.1:8080/echo-body")
+///     .header("Content-Type", "text/plain")
+///     .body("hello")
+///     .timeout(Duration::from_secs(5))
+///     .send()
+///     .unwrap();
+/// assert_eq!(response.status(), 200);
+/// ```
+pub struct Request {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Body,
+    connect_timeout: Option<Duration>,
+    send_timeout: Option<Duration>,
+    receive_timeout: Option<Duration>,
+    redirect: Redirect,
+    max_redirects: usize,
+    root: Option<Certificate>,
+    connector: Option<TlsConnector>,
+    max_headers: usize,
+    max_head_bytes: usize,
+    keep_alive: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fetches `url` with GET and returns the response with its body (Copas
+/// `http.request(url)`). See [`Request`] for everything else.
+///
+/// # Errors
+///
+/// As [`Request::send`].
+///
+/// # Example
+///
+/// ```no_run
+/// let r = copas::client::http::request("http://127.0.0.1:8080/index.html").unwrap();
+/// assert_eq!(r.status(), 200);
+/// ```
+pub fn request(url: &str) -> Result<Response> {
+    Request::get(url).send()
+}
+
+impl Request {
+    /// A request with `method` (sent as given, e.g. `"GET"`, `"PUT"`) for `url`.
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::new("OPTIONS", "http://127.0.0.1/");
+    /// # drop(r);
+    /// ```
+    pub fn new(method: &str, url: &str) -> Request {
+        Request {
+            method: method.to_string(),
+            url: url.to_string(),
+            headers: Vec::new(),
+            body: Body::Empty,
+            connect_timeout: Some(TIMEOUT),
+            send_timeout: Some(TIMEOUT),
+            receive_timeout: Some(TIMEOUT),
+            redirect: Redirect::Safe,
+            max_redirects: MAX_REDIRECTS,
+            root: None,
+            connector: None,
+            max_headers: MAX_HEADERS,
+            max_head_bytes: MAX_HEAD_BYTES,
+            keep_alive: true,
+        }
+    }
+
+    /// A GET request for `url`.
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/");
+    /// # drop(r);
+    /// ```
+    pub fn get(url: &str) -> Request {
+        Request::new("GET", url)
+    }
+
+    /// A HEAD request for `url` (the response has no body).
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::head("http://127.0.0.1/");
+    /// # drop(r);
+    /// ```
+    pub fn head(url: &str) -> Request {
+        Request::new("HEAD", url)
+    }
+
+    /// A POST request for `url`; give it a [`body`](Request::body).
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::post("http://127.0.0.1/").body("a=1");
+    /// # drop(r);
+    /// ```
+    pub fn post(url: &str) -> Request {
+        Request::new("POST", url)
+    }
+
+    /// Adds a header field (several with the same name are all sent). A field named like
+    /// one the client sets (`Host`, `User-Agent`, `Connection`, `Content-Length`,
+    /// `Transfer-Encoding`) replaces the client's. Names or values containing CR or LF make
+    /// the request fail before anything is sent.
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/").header("Accept", "*/*");
+    /// # drop(r);
+    /// ```
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The body, as bytes (sent with a `Content-Length`).
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::post("http://127.0.0.1/").body(vec![1u8, 2, 3]);
+    /// # drop(r);
+    /// ```
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = Body::Bytes(body.into());
+        self
+    }
+
+    /// The body, read from `reader` while sending: with a `Content-Length` when `length` is
+    /// given (the reader must then yield exactly that many bytes), chunked otherwise.
+    ///
+    /// ```
+    /// let file = std::io::Cursor::new(vec![0u8; 1000]);
+    /// let r = copas::client::http::Request::post("http://127.0.0.1/").body_reader(file, None);
+    /// # drop(r);
+    /// ```
+    pub fn body_reader(mut self, reader: impl Read + 'static, length: Option<u64>) -> Request {
+        self.body = Body::Reader(Box::new(reader), length);
+        self
+    }
+
+    /// Sets the connect, send and receive timeouts at once (default [`TIMEOUT`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/").timeout(Duration::from_secs(5));
+    /// # drop(r);
+    /// ```
+    pub fn timeout(self, timeout: Duration) -> Request {
+        self.timeouts(Some(timeout), Some(timeout), Some(timeout))
+    }
+
+    /// Sets the connect (TLS handshake included), send and receive timeouts separately
+    /// (Copas's timeout table); `None` waits forever. The send and receive timeouts apply
+    /// to each operation, not to the whole request.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let s = Some(Duration::from_secs(2));
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/").timeouts(s, s, None);
+    /// # drop(r);
+    /// ```
+    pub fn timeouts(
+        mut self,
+        connect: Option<Duration>,
+        send: Option<Duration>,
+        receive: Option<Duration>,
+    ) -> Request {
+        self.connect_timeout = connect;
+        self.send_timeout = send;
+        self.receive_timeout = receive;
+        self
+    }
+
+    /// Which redirects to follow (default [`Redirect::Safe`]).
+    ///
+    /// ```
+    /// use copas::client::http::{Redirect, Request};
+    /// let r = Request::get("http://127.0.0.1/").redirect(Redirect::None);
+    /// # drop(r);
+    /// ```
+    pub fn redirect(mut self, policy: Redirect) -> Request {
+        self.redirect = policy;
+        self
+    }
+
+    /// How many redirects to follow at most (default [`MAX_REDIRECTS`]); one more is an
+    /// [`ErrorKind::LimitExceeded`] error.
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/").max_redirects(2);
+    /// # drop(r);
+    /// ```
+    pub fn max_redirects(mut self, max: usize) -> Request {
+        self.max_redirects = max;
+        self
+    }
+
+    /// Trusts `certificate` as a root in addition to the system's (for https).
+    /// Verification stays on.
+    ///
+    /// ```no_run
+    /// use copas::native_tls::Certificate;
+    /// let ca = Certificate::from_pem(&std::fs::read("ca.pem").unwrap()).unwrap();
+    /// let r = copas::client::http::Request::get("https://localhost/").root_certificate(ca);
+    /// # drop(r);
+    /// ```
+    pub fn root_certificate(mut self, certificate: Certificate) -> Request {
+        self.root = Some(certificate);
+        self
+    }
+
+    /// Uses `connector` for https (client certificates, protocol versions…); it replaces
+    /// [`root_certificate`](Request::root_certificate). Connections made with a custom
+    /// connector are not pooled.
+    ///
+    /// ```
+    /// let c = copas::native_tls::TlsConnector::new().unwrap();
+    /// let r = copas::client::http::Request::get("https://localhost/").tls_connector(c);
+    /// # drop(r);
+    /// ```
+    pub fn tls_connector(mut self, connector: TlsConnector) -> Request {
+        self.connector = Some(connector);
+        self
+    }
+
+    /// Limits on the response head: at most `max_headers` fields and `max_bytes` bytes
+    /// (defaults [`MAX_HEADERS`], [`MAX_HEAD_BYTES`]); beyond either the request fails with
+    /// [`ErrorKind::LimitExceeded`].
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/").head_limits(20, 8192);
+    /// # drop(r);
+    /// ```
+    pub fn head_limits(mut self, max_headers: usize, max_bytes: usize) -> Request {
+        self.max_headers = max_headers.max(1);
+        self.max_head_bytes = max_bytes.max(16);
+        self
+    }
+
+    /// Whether the connection may be kept for later requests (default `true`); `false`
+    /// sends `Connection: close` and neither takes from nor gives to the pool.
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/").keep_alive(false);
+    /// # drop(r);
+    /// ```
+    pub fn keep_alive(mut self, keep: bool) -> Request {
+        self.keep_alive = keep;
+        self
+    }
+
+    /// Sends the request, follows redirects, and returns the response with its whole body
+    /// in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidState`] for a URL that does not parse, an unknown scheme or a
+    /// header with CR or LF; the connection's errors ([`ErrorKind::Refused`],
+    /// [`ErrorKind::HostNotFound`], [`ErrorKind::Tls`], [`ErrorKind::Timeout`],
+    /// [`ErrorKind::Closed`]…); [`ErrorKind::Protocol`] for a malformed response (bad
+    /// status line, bad chunk, conflicting or invalid `Content-Length`);
+    /// [`ErrorKind::LimitExceeded`] for a head, chunk line or trailer past its limit or
+    /// too many redirects; [`ErrorKind::Rejected`] (with the redirect's code) for a
+    /// redirect from https to http, with Copas's message `"Unallowed insecure redirect https
+    /// to http"`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::Request::get("http://127.0.0.1:8080/").send().unwrap();
+    /// println!("{}", r.status());
+    /// ```
+    pub fn send(self) -> Result<Response> {
+        let (mut response, mut reader) = self.stream()?;
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body).map_err(Error::from)?;
+        response.trailers = reader.trailers.clone();
+        response.body = body;
+        Ok(response)
+    }
+
+    /// Like [`send`](Request::send), writing the body into `out` instead; the returned
+    /// response has an empty body.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Request::send), and `out`'s errors (as [`ErrorKind::Io`]).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// let mut file = std::fs::File::create("index.html").unwrap();
+    /// copas::client::http::Request::get("http://127.0.0.1:8080/").send_to(&mut file).unwrap();
+    /// ```
+    pub fn send_to(self, out: &mut dyn Write) -> Result<Response> {
+        let (mut response, mut reader) = self.stream()?;
+        io::copy(&mut reader, out).map_err(Error::from)?;
+        response.trailers = reader.trailers.clone();
+        Ok(response)
+    }
+
+    /// Sends the request and returns the response head (empty body) with a [`BodyReader`]
+    /// that streams the body: memory stays bounded whatever its size. Read it to its end
+    /// for the connection to go back to the pool; dropping it earlier closes the connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Request::send); reading the body gives the body's errors as
+    /// [`io::Error`]s that convert back into copas [`Error`]s.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// let (response, mut body) = copas::client::http::Request::get("http://127.0.0.1:8080/big")
+    ///     .stream()
+    ///     .unwrap();
+    /// let n = std::io::copy(&mut body, &mut std::io::sink()).unwrap();
+    /// println!("{} bytes, status {}", n, response.status());
+    /// ```
+    pub fn stream(mut self) -> Result<(Response, BodyReader)> {
+        for (n, v) in &self.headers {
+            if has_crlf(n) || has_crlf(v) || n.is_empty() {
+                return Err(Error::with_message(
+                    ErrorKind::InvalidState,
+                    format!("invalid header field {n:?}"),
+                ));
+            }
+        }
+        if has_crlf(&self.method) || self.method.contains(' ') || self.method.is_empty() {
+            return Err(Error::with_message(
+                ErrorKind::InvalidState,
+                "invalid method",
+            ));
+        }
+        let mut url = parse_url(&self.url)?;
+        let mut redirects = 0;
+        loop {
+            let (response, mut reader) = self.exchange(&url)?;
+            let Some(next) = self.redirect_target(&url, &response)? else {
+                return Ok((response, reader));
+            };
+            if redirects >= self.max_redirects {
+                return Err(Error::with_message(
+                    ErrorKind::LimitExceeded,
+                    format!("more than {} redirects", self.max_redirects),
+                ));
+            }
+            redirects += 1;
+            reader.drain();
+            let status = response.status;
+            if status == 303
+                || (matches!(status, 301 | 302) && self.method != "GET" && self.method != "HEAD")
+            {
+                if self.method != "HEAD" {
+                    self.method = "GET".to_string();
+                }
+                self.body = Body::Empty;
+                self.headers.retain(|(n, _)| {
+                    !n.eq_ignore_ascii_case("content-length")
+                        && !n.eq_ignore_ascii_case("content-type")
+                        && !n.eq_ignore_ascii_case("transfer-encoding")
+                });
+            }
+            url = next;
+        }
+    }
+
+    /// Where a response redirects to, if this request follows it.
+    fn redirect_target(&self, url: &Url, response: &Response) -> Result<Option<Url>> {
+        let status = response.status;
+        if !matches!(status, 301 | 302 | 303 | 307 | 308) || self.redirect == Redirect::None {
+            return Ok(None);
+        }
+        let Some(location) = response.header("location").filter(|l| !l.is_empty()) else {
+            return Ok(None);
+        };
+        let safe_method = self.method == "GET" || self.method == "HEAD";
+        let follow = match self.redirect {
+            Redirect::None => false,
+            Redirect::Safe => safe_method || status == 303,
+            Redirect::All => {
+                // 307/308 keep the method and body: only a body we still have can go again.
+                safe_method
+                    || !matches!(status, 307 | 308)
+                    || !matches!(self.body, Body::Reader(..))
+            }
+        };
+        if !follow {
+            return Ok(None);
+        }
+        let next = url.join(location).map_err(|e| {
+            Error::with_message(
+                ErrorKind::Protocol,
+                format!("bad Location {location:?}: {e}"),
+            )
+        })?;
+        let scheme = next.scheme();
+        if scheme != "http" && scheme != "https" {
+            return Err(Error::with_message(
+                ErrorKind::Protocol,
+                format!("redirect to unsupported scheme {scheme:?}"),
+            ));
+        }
+        if url.scheme() == "https" && scheme == "http" && self.redirect != Redirect::All {
+            return Err(Error::rejected(
+                status,
+                "Unallowed insecure redirect https to http",
+            ));
+        }
+        Ok(Some(next))
+    }
+
+    /// One request and its response head, on a pooled or fresh connection.
+    fn exchange(&mut self, url: &Url) -> Result<(Response, BodyReader)> {
+        let target = Target::of(url, self)?;
+        let replayable = !matches!(self.body, Body::Reader(..));
+        let idempotent = matches!(
+            self.method.as_str(),
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+        );
+        if self.keep_alive {
+            if let Some(sock) = pool_take(&target.key) {
+                match self.exchange_on(sock, url, &target) {
+                    Ok(r) => return Ok(r),
+                    // A reused connection the server had closed: once more on a fresh one.
+                    Err((e, nothing_back)) => {
+                        let stale =
+                            nothing_back && matches!(e.kind(), ErrorKind::Closed | ErrorKind::Io);
+                        if !(stale && replayable && idempotent) {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        let sock = self.open(&target)?;
+        self.exchange_on(sock, url, &target).map_err(|(e, _)| e)
+    }
+
+    fn open(&self, target: &Target) -> Result<Socket> {
+        let addr = (target.host.as_str(), target.port);
+        let sock = if target.tls {
+            let built;
+            let connector = match &self.connector {
+                Some(c) => c,
+                None => {
+                    let mut b = TlsConnector::builder();
+                    if let Some(root) = &self.root {
+                        b.add_root_certificate(root.clone());
+                    }
+                    built = b.build().map_err(|e| {
+                        Error::with_message(ErrorKind::Tls, format!("TLS setup: {e}"))
+                    })?;
+                    &built
+                }
+            };
+            match target.ip {
+                Some(ip) => crate::connect_tls(
+                    SocketAddr::new(ip, target.port),
+                    &target.host,
+                    connector,
+                    self.connect_timeout,
+                )?,
+                None => crate::connect_tls(addr, &target.host, connector, self.connect_timeout)?,
+            }
+        } else {
+            match target.ip {
+                Some(ip) => crate::connect(SocketAddr::new(ip, target.port), self.connect_timeout)?,
+                None => crate::connect(addr, self.connect_timeout)?,
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        Ok(sock)
+    }
+
+    /// Sends the request on `sock` and reads the response head. On failure, tells whether
+    /// no byte of a response had come back.
+    fn exchange_on(
+        &mut self,
+        mut sock: Socket,
+        url: &Url,
+        target: &Target,
+    ) -> std::result::Result<(Response, BodyReader), (Error, bool)> {
+        sock.settimeouts(
+            self.connect_timeout,
+            self.send_timeout,
+            self.receive_timeout,
+        );
+        self.send_request(&mut sock, url, target)
+            .map_err(|e| (e, true))?;
+        let head_only = self.method == "HEAD";
+        let mut first = true;
+        loop {
+            let head = read_head(&mut sock, self.max_head_bytes).map_err(|e| {
+                let nothing = first && e.partial().is_empty();
+                (e, nothing)
+            })?;
+            first = false;
+            let mut response = parse_head(&head, self.max_headers).map_err(|e| (e, false))?;
+            response.url = url.clone();
+            let status = response.status;
+            if (100..200).contains(&status) && status != 101 {
+                continue; // 100 Continue and other interim responses
+            }
+            let framing = if head_only || status == 204 || status == 304 || status < 200 {
+                Framing::Length(0)
+            } else {
+                framing(&response).map_err(|e| (e, false))?
+            };
+            let reusable = self.keep_alive
+                && response.version == 1
+                && !matches!(framing, Framing::UntilClose)
+                && !response
+                    .header_values("connection")
+                    .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                && status != 101;
+            let key = if reusable && self.connector.is_none() {
+                Some(target.key.clone())
+            } else {
+                None
+            };
+            let mut reader = BodyReader {
+                sock: Some(sock),
+                framing,
+                chunk_left: 0,
+                key,
+                trailers: Vec::new(),
+                max_head_bytes: self.max_head_bytes,
+                done: false,
+            };
+            reader.finish_if_done();
+            return Ok((response, reader));
+        }
+    }
+
+    fn send_request(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
+        let mut path = url.path().to_string();
+        if path.is_empty() {
+            path.push('/');
+        }
+        if let Some(q) = url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        let mut head = format!("{} {} HTTP/1.1\r\n", self.method, path);
+        let has = |name: &str| {
+            self.headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        if !has("host") {
+            head.push_str(&format!("Host: {}\r\n", target.host_header));
+        }
+        if !has("user-agent") {
+            head.push_str(&format!("User-Agent: {USERAGENT}\r\n"));
+        }
+        if !self.keep_alive && !has("connection") {
+            head.push_str("Connection: close\r\n");
+        }
+        if !url.username().is_empty() && !has("authorization") {
+            use base64::Engine as _;
+            let user = percent_decode(url.username());
+            let pass = percent_decode(url.password().unwrap_or(""));
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            head.push_str(&format!("Authorization: Basic {token}\r\n"));
+        }
+        let chunked = match &self.body {
+            Body::Empty => {
+                if matches!(self.method.as_str(), "POST" | "PUT" | "PATCH")
+                    && !has("content-length")
+                {
+                    head.push_str("Content-Length: 0\r\n");
+                }
+                false
+            }
+            Body::Bytes(b) => {
+                if !has("content-length") {
+                    head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+                }
+                false
+            }
+            Body::Reader(_, Some(n)) => {
+                if !has("content-length") {
+                    head.push_str(&format!("Content-Length: {n}\r\n"));
+                }
+                false
+            }
+            Body::Reader(_, None) => {
+                if has("content-length") {
+                    false
+                } else {
+                    if !has("transfer-encoding") {
+                        head.push_str("Transfer-Encoding: chunked\r\n");
+                    }
+                    true
+                }
+            }
+        };
+        for (n, v) in &self.headers {
+            head.push_str(n);
+            head.push_str(": ");
+            head.push_str(v);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        match &mut self.body {
+            Body::Empty => {
+                sock.send(&out)?;
+            }
+            Body::Bytes(b) => {
+                if b.len() <= 64 * 1024 {
+                    out.extend_from_slice(b);
+                    sock.send(&out)?;
+                } else {
+                    sock.send(&out)?;
+                    sock.send(b)?;
+                }
+            }
+            Body::Reader(r, _) => {
+                sock.send(&out)?;
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match r.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if chunked {
+                        let mut chunk = format!("{n:x}\r\n").into_bytes();
+                        chunk.extend_from_slice(&buf[..n]);
+                        chunk.extend_from_slice(b"\r\n");
+                        if n == 0 {
+                            chunk.extend_from_slice(b"\r\n");
+                            chunk.truncate(chunk.len() - 2); // "0\r\n\r\n"
+                        }
+                        sock.send(&chunk)?;
+                    } else if n > 0 {
+                        sock.send(&buf[..n])?;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn has_crlf(s: &str) -> bool {
+    s.contains('\r') || s.contains('\n')
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_url(s: &str) -> Result<Url> {
+    let url = Url::parse(s.trim()).map_err(|e| {
+        Error::with_message(ErrorKind::InvalidState, format!("invalid URL {s:?}: {e}"))
+    })?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(Error::with_message(
+            ErrorKind::InvalidState,
+            format!("unsupported URL scheme {other:?} (http and https are)"),
+        )),
+    }
+}
+
+/// Where to connect for a URL.
+struct Target {
+    tls: bool,
+    host: String,
+    ip: Option<IpAddr>,
+    port: u16,
+    host_header: String,
+    key: String,
+}
+
+impl Target {
+    fn of(url: &Url, request: &Request) -> Result<Target> {
+        let tls = url.scheme() == "https";
+        let default = if tls { SSLPORT } else { PORT };
+        let port = url.port().unwrap_or(default);
+        let (host, ip) = match url.host() {
+            Some(url::Host::Domain(d)) => (d.to_string(), None),
+            Some(url::Host::Ipv4(a)) => (a.to_string(), Some(IpAddr::V4(a))),
+            Some(url::Host::Ipv6(a)) => (a.to_string(), Some(IpAddr::V6(a))),
+            None => {
+                return Err(Error::with_message(
+                    ErrorKind::InvalidState,
+                    "URL without a host",
+                ))
+            }
+        };
+        let shown = url.host_str().unwrap_or_default();
+        let host_header = if port == default {
+            shown.to_string()
+        } else {
+            format!("{shown}:{port}")
+        };
+        let mut key = format!("{}://{}:{}", url.scheme(), shown, port);
+        if tls {
+            if let Some(root) = &request.root {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                root.to_der().unwrap_or_default().hash(&mut h);
+                key.push_str(&format!("#{:x}", h.finish()));
+            }
+        }
+        Ok(Target {
+            tls,
+            host,
+            ip,
+            port,
+            host_header,
+            key,
+        })
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<String, Vec<(Socket, Instant)>>> = RefCell::new(HashMap::new());
+}
+
+/// An idle, still open connection for `key`, if the pool has one.
+fn pool_take(key: &str) -> Option<Socket> {
+    loop {
+        let entry = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let list = p.get_mut(key)?;
+            list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
+            let e = list.pop();
+            if list.is_empty() {
+                p.remove(key);
+            }
+            e
+        })?;
+        let mut sock = entry.0;
+        if sock.is_closed() {
+            continue;
+        }
+        // Never waits: an idle connection with something to read (end of stream, or bytes
+        // nobody asked for) is no good.
+        let (c, s, r) = sock.gettimeouts();
+        sock.settimeouts(c, s, Some(Duration::ZERO));
+        let alive = match sock.fill_buf() {
+            Err(e) => Error::from(e).kind() == ErrorKind::Timeout,
+            Ok(_) => false,
+        };
+        sock.settimeouts(c, s, r);
+        if alive {
+            return Some(sock);
+        }
+    }
+}
+
+fn pool_put(key: String, sock: Socket) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.entry(key).or_default();
+        list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
+        if list.len() < POOL_PER_HOST {
+            list.push((sock, Instant::now()));
+        }
+    });
+}
+
+/// Reads a response head up to and including its empty line.
+fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
+    let mut head = Vec::new();
+    loop {
+        let buf = match sock.fill_buf() {
+            Ok(b) => b,
+            Err(e) => return Err(Error::from(e).with_partial(head)),
+        };
+        if buf.is_empty() {
+            return Err(Error::with_message(
+                ErrorKind::Closed,
+                "connection closed before the response head",
+            )
+            .with_partial(head));
+        }
+        let mut used = 0;
+        let mut complete = false;
+        for &b in buf {
+            used += 1;
+            head.push(b);
+            if b == b'\n' && (head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n")) {
+                // Blank lines before the status line are skipped (RFC 9112 §2.2).
+                if head.iter().all(|&c| c == b'\r' || c == b'\n') {
+                    head.clear();
+                    continue;
+                }
+                complete = true;
+                break;
+            }
+            if head.len() > max {
+                sock.consume(used);
+                return Err(Error::with_message(
+                    ErrorKind::LimitExceeded,
+                    format!("response head longer than {max} bytes"),
+                ));
+            }
+        }
+        sock.consume(used);
+        if complete {
+            return Ok(head);
+        }
+    }
+}
+
+fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
+    let mut fields = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut parsed = httparse::Response::new(&mut fields);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(Error::with_message(
+                ErrorKind::Protocol,
+                "incomplete response head",
+            ))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("more than {max_headers} response header fields"),
+            ))
+        }
+        Err(e) => {
+            return Err(Error::with_message(
+                ErrorKind::Protocol,
+                format!("malformed response head: {e}"),
+            ))
+        }
+    }
+    let status = parsed.code.unwrap_or(0);
+    let headers = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
+        .collect();
+    Ok(Response {
+        status,
+        reason: parsed.reason.unwrap_or("").to_string(),
+        version: parsed.version.unwrap_or(1),
+        headers,
+        trailers: Vec::new(),
+        body: Vec::new(),
+        url: Url::parse("http://localhost/").expect("static URL"),
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn framing(response: &Response) -> Result<Framing> {
+    let te: Vec<&str> = response.header_values("transfer-encoding").collect();
+    if !te.is_empty() {
+        let last = te
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty())
+            .unwrap_or("");
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in response.header_values("content-length") {
+        for part in value.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::with_message(
+                    ErrorKind::Protocol,
+                    format!("invalid Content-Length {value:?}"),
+                ));
+            }
+            let n: u64 = part.parse().map_err(|_| {
+                Error::with_message(
+                    ErrorKind::Protocol,
+                    format!("invalid Content-Length {value:?}"),
+                )
+            })?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::with_message(
+                    ErrorKind::Protocol,
+                    "conflicting Content-Length values",
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// An HTTP response: status, reason, header fields (in order, repeated ones kept), the
+/// body (empty when it was streamed) and the URL it came from after redirects.
+#[derive(Debug, Clone)]
+pub struct Response {
+    status: u16,
+    reason: String,
+    version: u8,
+    headers: Vec<(String, String)>,
+    trailers: Vec<(String, String)>,
+    body: Vec<u8>,
+    url: Url,
+}
+
+impl Response {
+    /// The status code (Copas's `code`).
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// assert_eq!(r.status(), 200);
+    /// ```
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The reason phrase of the status line (`"OK"`).
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// println!("{}", r.reason());
+    /// ```
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The status line as Copas gives it (`"HTTP/1.1 200 OK"`).
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// println!("{}", r.status_line());
+    /// ```
+    pub fn status_line(&self) -> String {
+        format!("HTTP/1.{} {} {}", self.version, self.status, self.reason)
+    }
+
+    /// Every header field, in the order received (repeated names kept, as sent).
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// for (name, value) in r.headers() { println!("{name}: {value}"); }
+    /// ```
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// println!("{:?}", r.header("content-type"));
+    /// ```
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (case-insensitive), in order.
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// let cookies: Vec<&str> = r.header_values("set-cookie").collect();
+    /// ```
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The trailer fields of a chunked body (after [`Request::send`] or
+    /// [`Request::send_to`]; with [`Request::stream`] see [`BodyReader::trailers`]).
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// assert!(r.trailers().len() < 100);
+    /// ```
+    pub fn trailers(&self) -> &[(String, String)] {
+        &self.trailers
+    }
+
+    /// The body.
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/").unwrap();
+    /// println!("{}", String::from_utf8_lossy(r.body()));
+    /// ```
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Takes the body out.
+    ///
+    /// ```no_run
+    /// let body: Vec<u8> = copas::client::http::request("http://127.0.0.1/").unwrap().into_body();
+    /// ```
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+
+    /// The URL this response came from, after redirects.
+    ///
+    /// ```no_run
+    /// let r = copas::client::http::request("http://127.0.0.1/redirect").unwrap();
+    /// println!("{}", r.url());
+    /// ```
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+/// The body of a response, read as it arrives ([`Request::stream`]). Read to its end, the
+/// connection goes back to the per-thread pool when it can be reused; dropped earlier, the
+/// connection is closed. Errors are [`io::Error`]s wrapping copas [`Error`]s
+/// (`Error::from(io_error)` gives the copas error back, with its kind).
+pub struct BodyReader {
+    sock: Option<Socket>,
+    framing: Framing,
+    chunk_left: u64,
+    key: Option<String>,
+    trailers: Vec<(String, String)>,
+    max_head_bytes: usize,
+    done: bool,
+}
+
+impl std::fmt::Debug for BodyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyReader")
+            .field("framing", &self.framing)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyReader {
+    /// The trailer fields of a chunked body, once it has been read to its end.
+    ///
+    /// ```no_run
+    /// use std::io::Read;
+    /// let (_, mut body) = copas::client::http::Request::get("http://127.0.0.1/chunked")
+    ///     .stream()
+    ///     .unwrap();
+    /// std::io::copy(&mut body, &mut std::io::sink()).unwrap();
+    /// println!("{:?}", body.trailers());
+    /// ```
+    pub fn trailers(&self) -> &[(String, String)] {
+        &self.trailers
+    }
+
+    fn finish_if_done(&mut self) {
+        if matches!(self.framing, Framing::Length(0)) && !self.done {
+            self.finish();
+        }
+    }
+
+    /// The body ended: the connection goes back to the pool, when it can.
+    fn finish(&mut self) {
+        self.done = true;
+        if let (Some(sock), Some(key)) = (self.sock.take(), self.key.take()) {
+            pool_put(key, sock);
+        }
+    }
+
+    /// Reads and drops what is left of a body (a redirect's), up to a bound; beyond it the
+    /// connection is closed instead.
+    fn drain(&mut self) {
+        let mut sink = [0u8; 8192];
+        let mut total = 0usize;
+        while !self.done && total < 256 * 1024 {
+            match self.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        if !self.done {
+            self.sock = None;
+            self.done = true;
+        }
+    }
+
+    fn sock(&mut self) -> Result<&mut Socket> {
+        self.sock
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Closed))
+    }
+
+    /// Reads a line of at most `limit` bytes (without its line ending).
+    fn line(&mut self, limit: usize) -> Result<Vec<u8>> {
+        let sock = self.sock()?;
+        let mut line = Vec::new();
+        loop {
+            let buf = sock.fill_buf().map_err(Error::from)?;
+            if buf.is_empty() {
+                return Err(Error::with_message(
+                    ErrorKind::Closed,
+                    "connection closed inside a chunked body",
+                ));
+            }
+            let (n, found) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            line.extend_from_slice(&buf[..n]);
+            sock.consume(n);
+            if line.len() > limit + 2 {
+                return Err(Error::with_message(
+                    ErrorKind::LimitExceeded,
+                    format!("chunked-body line longer than {limit} bytes"),
+                ));
+            }
+            if found {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+        }
+    }
+
+    fn next_chunk(&mut self) -> Result<()> {
+        let line = self.line(MAX_CHUNK_LINE)?;
+        let text = String::from_utf8_lossy(&line);
+        let size = text.split(';').next().unwrap_or("").trim();
+        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::with_message(
+                ErrorKind::Protocol,
+                format!("bad chunk size {size:?}"),
+            ));
+        }
+        let n = u64::from_str_radix(size, 16).map_err(|_| {
+            Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("chunk size {size} too large"),
+            )
+        })?;
+        if n == 0 {
+            let mut total = 0;
+            loop {
+                let line = self.line(self.max_head_bytes)?;
+                if line.is_empty() {
+                    break;
+                }
+                total += line.len();
+                if total > self.max_head_bytes || self.trailers.len() >= MAX_HEADERS {
+                    return Err(Error::with_message(
+                        ErrorKind::LimitExceeded,
+                        "chunked-body trailers too large",
+                    ));
+                }
+                let line = String::from_utf8_lossy(&line);
+                let (name, value) = line.split_once(':').ok_or_else(|| {
+                    Error::with_message(ErrorKind::Protocol, format!("bad trailer {line:?}"))
+                })?;
+                self.trailers
+                    .push((name.trim().to_string(), value.trim().to_string()));
+            }
+            self.finish();
+        } else {
+            self.chunk_left = n;
+        }
+        Ok(())
+    }
+
+    fn read_body(&mut self, out: &mut [u8]) -> Result<usize> {
+        if self.done || out.is_empty() {
+            return Ok(0);
+        }
+        match self.framing {
+            Framing::Length(left) => {
+                let want = (out.len() as u64).min(left) as usize;
+                let n = self.sock()?.read(&mut out[..want]).map_err(Error::from)?;
+                if n == 0 {
+                    self.sock = None;
+                    return Err(Error::with_message(
+                        ErrorKind::Closed,
+                        format!("connection closed with {left} body bytes missing"),
+                    ));
+                }
+                let left = left - n as u64;
+                self.framing = Framing::Length(left);
+                if left == 0 {
+                    self.finish();
+                }
+                Ok(n)
+            }
+            Framing::UntilClose => {
+                let n = self.sock()?.read(out).map_err(Error::from)?;
+                if n == 0 {
+                    self.sock = None;
+                    self.done = true;
+                }
+                Ok(n)
+            }
+            Framing::Chunked => {
+                if self.chunk_left == 0 {
+                    self.next_chunk()?;
+                    if self.done {
+                        return Ok(0);
+                    }
+                }
+                let want = (out.len() as u64).min(self.chunk_left) as usize;
+                let n = self.sock()?.read(&mut out[..want]).map_err(Error::from)?;
+                if n == 0 {
+                    self.sock = None;
+                    return Err(Error::with_message(
+                        ErrorKind::Closed,
+                        "connection closed inside a chunk",
+                    ));
+                }
+                self.chunk_left -= n as u64;
+                if self.chunk_left == 0 {
+                    let end = self.line(0)?;
+                    if !end.is_empty() {
+                        return Err(Error::with_message(
+                            ErrorKind::Protocol,
+                            "chunk data not followed by CRLF",
+                        ));
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self.read_body(out) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                // A connection left mid-body can never be reused.
+                self.sock = None;
+                self.key = None;
+                self.done = true;
+                Err(e.into())
+            }
+        }
+    }
+}

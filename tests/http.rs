@@ -1,0 +1,686 @@
+//! `client::http` against a real nginx on loopback (plain and HTTPS with a CA made at test
+//! time with the openssl CLI, `../shared/test-peers.md` A.1–A.2), and Copas's
+//! `http-timeout` scenarios against a small copas server.
+//!
+//! Without nginx (or openssl) the nginx tests are skipped with a note, and fail when `CI`
+//! is set.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::client::http::{self, Redirect, Request};
+use copas::native_tls::Certificate;
+use copas::{ErrorKind, Socket};
+use util::{run_bounded, Watchdog};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn have(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn openssl(dir: &Path, args: &str) {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const BIG: usize = 50 * 1024 * 1024;
+
+fn big_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) % 251) as u8
+}
+
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    http: u16,
+    https: u16,
+    ca: Vec<u8>,
+}
+
+impl Nginx {
+    fn start() -> Option<Nginx> {
+        let module = "/usr/lib/nginx/modules/ngx_http_echo_module.so";
+        if !have("nginx", "-v") || !have("openssl", "version") || !Path::new(module).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "nginx (with its echo module) and openssl are required in CI"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: nginx with the echo module or openssl not found; skipping the nginx tests"
+            );
+            return None;
+        }
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = root.join(format!("http-nginx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["pki", "tmp", "www"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        }
+        let pki = dir.join("pki");
+        openssl(
+            &pki,
+            "req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=copas-test-ca \
+             -keyout ca.key -out ca.pem -addext basicConstraints=critical,CA:TRUE \
+             -addext keyUsage=critical,keyCertSign,cRLSign",
+        );
+        openssl(
+            &pki,
+            "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+        );
+        std::fs::write(
+            pki.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("server.ext");
+        openssl(
+            &pki,
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+             -sha256 -extfile server.ext -out server.pem",
+        );
+        let ca = std::fs::read(pki.join("ca.pem")).expect("ca.pem");
+        let chain = [
+            std::fs::read(pki.join("server.pem")).expect("server.pem"),
+            ca.clone(),
+        ]
+        .concat();
+        std::fs::write(pki.join("server-chain.pem"), chain).expect("chain");
+        std::fs::write(dir.join("www/index.html"), "hello static\n").expect("index");
+        let big: Vec<u8> = (0..BIG).map(big_byte).collect();
+        std::fs::write(dir.join("www/big.bin"), big).expect("big.bin");
+        let http = free_port();
+        let https = free_port();
+        let conf = format!(
+            r#"load_module {module};
+worker_processes 1;
+pid nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fcgi;
+    uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
+    default_type text/plain;
+    keepalive_timeout 65; keepalive_requests 1000; client_body_buffer_size 1m;
+    server {{
+        listen 127.0.0.1:{http} backlog=1024;
+        listen 127.0.0.1:{https} ssl backlog=1024;
+        ssl_certificate     pki/server-chain.pem;
+        ssl_certificate_key pki/server.key;
+        root www;
+        location = /redirect      {{ return 302 /index.html; }}
+        location = /chain1        {{ return 302 /chain2; }}
+        location = /chain2        {{ return 301 http://127.0.0.1:{http}/index.html; }}
+        location = /to-http       {{ return 302 http://127.0.0.1:{http}/index.html; }}
+        location = /redirect-loop {{ return 302 /redirect-loop; }}
+        location = /chunked  {{ echo "chunk one"; echo_flush; echo_sleep 0.05; echo "chunk two"; }}
+        location = /empty    {{ return 204; }}
+        location = /conn     {{ return 200 "$connection\n"; }}
+        location = /status/404 {{ return 404 "nope\n"; }}
+        location = /echo-body {{ echo_read_request_body; echo_request_body; }}
+        location = /headers   {{ echo $echo_client_request_headers; }}
+    }}
+}}
+"#
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
+        let p = dir.to_string_lossy().into_owned();
+        let conf = dir.join("nginx.conf").to_string_lossy().into_owned();
+        let child = Command::new("nginx")
+            .args(["-e", "stderr", "-p", &p, "-c", &conf, "-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        let nginx = Nginx {
+            child,
+            dir,
+            http,
+            https,
+            ca,
+        };
+        let ready = util::wait_until(secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", https)).is_ok()
+        });
+        assert!(ready, "nginx did not start listening");
+        Some(nginx)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.http, path)
+    }
+
+    fn surl(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.https, path)
+    }
+
+    fn ca(&self) -> Certificate {
+        Certificate::from_pem(&self.ca).expect("ca")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SIGQUIT: graceful stop.
+        unsafe {
+            libc::kill(pid, libc::SIGQUIT);
+        }
+        let start = Instant::now();
+        loop {
+            if self.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if start.elapsed() > secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(ms(10));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Every nginx scenario, one nginx for all, from plain `main` and from coroutines.
+#[test]
+fn against_nginx() {
+    let _dog = Watchdog::new("against_nginx", secs(120));
+    let Some(ng) = Nginx::start() else { return };
+
+    // GET
+    let r = http::request(&ng.url("/index.html")).expect("GET");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.reason(), "OK");
+    assert_eq!(r.body(), b"hello static\n");
+    assert_eq!(r.header("content-length"), Some("13"));
+    assert!(r.header("Server").is_some_and(|s| s.starts_with("nginx")));
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+
+    // 404 is a response, not an error
+    let r = http::request(&ng.url("/status/404")).expect("404");
+    assert_eq!((r.status(), r.body()), (404, &b"nope\n"[..]));
+
+    // POST with a body, bytes and a reader of unknown length (chunked)
+    let r = Request::post(&ng.url("/echo-body"))
+        .header("Content-Type", "text/plain")
+        .body("hello body")
+        .send()
+        .expect("POST");
+    assert_eq!((r.status(), r.body()), (200, &b"hello body"[..]));
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 26) as u8 + b'a').collect();
+    let r = Request::post(&ng.url("/echo-body"))
+        .body_reader(std::io::Cursor::new(data.clone()), None)
+        .send()
+        .expect("POST chunked");
+    assert_eq!(r.status(), 200);
+    assert!(r.body() == data, "chunked request body echoed");
+    let r = Request::new("PUT", &ng.url("/echo-body"))
+        .body_reader(std::io::Cursor::new(data.clone()), Some(data.len() as u64))
+        .send()
+        .expect("PUT with length");
+    assert!(r.body() == data);
+
+    // Request headers arrive (and a repeated one is sent twice)
+    let r = Request::get(&ng.url("/headers"))
+        .header("X-Test", "one")
+        .header("X-Test", "two")
+        .send()
+        .expect("headers");
+    let text = String::from_utf8_lossy(r.body()).to_string();
+    assert!(
+        text.contains("X-Test: one") && text.contains("X-Test: two"),
+        "{text}"
+    );
+    assert!(text.contains(http::USERAGENT), "{text}");
+
+    // Chunked response
+    let r = http::request(&ng.url("/chunked")).expect("chunked");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body(), b"chunk one\nchunk two\n");
+
+    // HEAD and 204: no body, and the connection stays usable
+    let r = Request::head(&ng.url("/index.html")).send().expect("HEAD");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.header("content-length"), Some("13"));
+    assert!(r.body().is_empty());
+    let r = http::request(&ng.url("/empty")).expect("204");
+    assert_eq!(r.status(), 204);
+    assert!(r.body().is_empty());
+    assert_eq!(
+        http::request(&ng.url("/index.html"))
+            .expect("after")
+            .status(),
+        200
+    );
+
+    // Redirects: a chain 302 -> 301 -> 200, the final URL reported
+    let r = http::request(&ng.url("/chain1")).expect("chain");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), b"hello static\n");
+    assert_eq!(r.url().as_str(), ng.url("/index.html"));
+    let r = Request::get(&ng.url("/chain1"))
+        .redirect(Redirect::None)
+        .send()
+        .expect("no follow");
+    assert_eq!(r.status(), 302);
+    assert!(r.header("location").is_some_and(|l| l.ends_with("/chain2")));
+    // The limit
+    let e = http::request(&ng.url("/redirect-loop")).expect_err("loop");
+    assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e}");
+    let e = Request::get(&ng.url("/chain1"))
+        .max_redirects(1)
+        .send()
+        .expect_err("limit 1");
+    assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+    let r = Request::get(&ng.url("/chain1"))
+        .max_redirects(2)
+        .send()
+        .expect("limit 2");
+    assert_eq!(r.status(), 200);
+
+    // HTTPS, verified against the test CA; scheme case-insensitive
+    let r = Request::get(&ng.surl("/index.html"))
+        .root_certificate(ng.ca())
+        .send()
+        .expect("https");
+    assert_eq!((r.status(), r.body()), (200, &b"hello static\n"[..]));
+    let upper = format!("HTTPS://127.0.0.1:{}/index.html", ng.https);
+    let r = Request::get(&upper)
+        .root_certificate(ng.ca())
+        .send()
+        .expect("HTTPS://");
+    assert_eq!(r.url().scheme(), "https");
+    assert_eq!(r.status(), 200);
+    // Without the CA: the certificate is refused
+    let e = http::request(&ng.surl("/index.html")).expect_err("untrusted");
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    // https -> http refused unless Redirect::All
+    let e = Request::get(&ng.surl("/to-http"))
+        .root_certificate(ng.ca())
+        .send()
+        .expect_err("https->http");
+    assert_eq!(e.kind(), ErrorKind::Rejected);
+    assert_eq!(e.reply_code(), Some(302));
+    assert_eq!(
+        e.message(),
+        Some("Unallowed insecure redirect https to http")
+    );
+    let r = Request::get(&ng.surl("/to-http"))
+        .root_certificate(ng.ca())
+        .redirect(Redirect::All)
+        .send()
+        .expect("all");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.url().scheme(), "http");
+    // Unknown scheme
+    let e = http::request("gopher://127.0.0.1/").expect_err("gopher");
+    assert_eq!(e.kind(), ErrorKind::InvalidState);
+
+    // Keep-alive: 10 sequential requests on one TCP connection (nginx's $connection)
+    let conns: Vec<String> = (0..10)
+        .map(|_| {
+            let r = http::request(&ng.url("/conn")).expect("conn");
+            String::from_utf8_lossy(r.body()).trim().to_string()
+        })
+        .collect();
+    assert!(conns.iter().all(|c| c == &conns[0]), "{conns:?}");
+    // ... and over TLS
+    let conns: Vec<String> = (0..10)
+        .map(|_| {
+            let r = Request::get(&ng.surl("/conn"))
+                .root_certificate(ng.ca())
+                .send()
+                .expect("conn tls");
+            String::from_utf8_lossy(r.body()).trim().to_string()
+        })
+        .collect();
+    assert!(conns.iter().all(|c| c == &conns[0]), "{conns:?}");
+    // keep_alive(false): a new connection each time
+    let a = Request::get(&ng.url("/conn"))
+        .keep_alive(false)
+        .send()
+        .expect("close");
+    let b = Request::get(&ng.url("/conn"))
+        .keep_alive(false)
+        .send()
+        .expect("close");
+    assert_ne!(a.body(), b.body());
+
+    // send_to a Write
+    let mut out = Vec::new();
+    let r = Request::get(&ng.url("/chunked"))
+        .send_to(&mut out)
+        .expect("send_to");
+    assert_eq!(r.status(), 200);
+    assert_eq!(out, b"chunk one\nchunk two\n");
+
+    // 50 MiB streamed with bounded memory, checked byte by byte
+    let before = vm_rss_kib();
+    let (r, mut body) = Request::get(&ng.url("/big.bin")).stream().expect("stream");
+    assert_eq!(r.status(), 200);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = body.read(&mut buf).expect("read big");
+        if n == 0 {
+            break;
+        }
+        for (k, &b) in buf[..n].iter().enumerate() {
+            assert_eq!(b, big_byte(total + k), "byte {}", total + k);
+        }
+        total += n;
+    }
+    assert_eq!(total, BIG);
+    let grown = vm_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 20 * 1024,
+        "VmRSS grew by {grown} KiB for a 50 MiB download"
+    );
+
+    // From coroutines: 200 concurrent requests while a 10 ms ticker keeps ticking
+    let ok = Rc::new(Cell::new(0usize));
+    let ticks = Rc::new(Cell::new(0usize));
+    let max_gap = Rc::new(Cell::new(Duration::ZERO));
+    let running = Rc::new(Cell::new(true));
+    {
+        let (ticks, max_gap, running) = (ticks.clone(), max_gap.clone(), running.clone());
+        copas::addthread(move || {
+            let mut last = Instant::now();
+            while running.get() {
+                copas::pause(ms(10));
+                ticks.set(ticks.get() + 1);
+                max_gap.set(max_gap.get().max(last.elapsed()));
+                last = Instant::now();
+            }
+        })
+        .expect("ticker");
+    }
+    let errors = Rc::new(RefCell::new(Vec::new()));
+    let left = Rc::new(Cell::new(200usize));
+    for i in 0..200 {
+        let (ok, errors, left, running) =
+            (ok.clone(), errors.clone(), left.clone(), running.clone());
+        let url = if i % 2 == 0 {
+            ng.url("/chunked")
+        } else {
+            ng.url("/index.html")
+        };
+        copas::addthread(move || {
+            match Request::get(&url).timeout(secs(30)).send() {
+                Ok(r) if r.status() == 200 && !r.body().is_empty() => ok.set(ok.get() + 1),
+                Ok(r) => errors.borrow_mut().push(format!("status {}", r.status())),
+                Err(e) => errors.borrow_mut().push(e.to_string()),
+            }
+            left.set(left.get() - 1);
+            if left.get() == 0 {
+                running.set(false);
+            }
+        })
+        .expect("addthread");
+    }
+    let took = run_bounded(secs(60));
+    assert_eq!(ok.get(), 200, "errors: {:?}", errors.borrow());
+    assert!(ticks.get() >= 1, "ticker ticked");
+    let expected = (took.as_millis() / 10) as usize;
+    assert!(
+        ticks.get() * 3 >= expected,
+        "ticker ticked {} times in {took:?}",
+        ticks.get()
+    );
+    assert!(max_gap.get() < ms(500), "ticker gap {:?}", max_gap.get());
+}
+
+/// Copas's http-timeout scenarios: a server that stalls at a given point of the exchange.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stall {
+    None,
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+}
+
+const BODY_LEN: usize = 1024;
+
+fn serve(mut sock: Socket, stall: Stall) {
+    sock.settimeout(Some(secs(5)));
+    let stall_for = || {
+        copas::pause(secs(2));
+    };
+    // Request head
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let Ok(b) = sock.receive(copas::Pattern::Exact(1)) else {
+            return;
+        };
+        head.extend_from_slice(&b);
+        if stall == Stall::RequestHeaders && head.len() == 100 {
+            stall_for();
+            return;
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if stall == Stall::RequestBody {
+        let _ = sock.receive(copas::Pattern::Exact(len / 2));
+        stall_for();
+        return;
+    }
+    let Ok(body) = sock.receive(copas::Pattern::Exact(len)) else {
+        return;
+    };
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if stall == Stall::ResponseHeaders {
+        let _ = sock.send(&response.as_bytes()[..100.min(response.len() - 1)]);
+        stall_for();
+        return;
+    }
+    let _ = sock.send(response.as_bytes());
+    if stall == Stall::ResponseBody {
+        let _ = sock.send(&body[..body.len() / 2]);
+        stall_for();
+        return;
+    }
+    let _ = sock.send(&body);
+}
+
+#[test]
+fn http_timeout_scenarios() {
+    let (listener, addr) = util::local_listener();
+    let stall = Rc::new(Cell::new(Stall::None));
+    let server = {
+        let stall = stall.clone();
+        copas::addserver(listener, move |sock| serve(sock, stall.get())).expect("addserver")
+    };
+    let results = Rc::new(RefCell::new(Vec::new()));
+    {
+        let (stall, results) = (stall.clone(), results.clone());
+        copas::addthread(move || {
+            let body: Vec<u8> = (0..BODY_LEN).map(|i| b'a' + (i % 26) as u8).collect();
+            for s in [
+                Stall::None,
+                Stall::RequestHeaders,
+                Stall::RequestBody,
+                Stall::ResponseHeaders,
+                Stall::ResponseBody,
+                Stall::None,
+            ] {
+                stall.set(s);
+                let mut req = Request::post(&format!("http://{addr}/"))
+                    .timeout(ms(500))
+                    .body(body.clone());
+                for i in 1..=6 {
+                    req = req.header(&format!("X-Custom-{i}"), &"x".repeat(20));
+                }
+                let started = Instant::now();
+                let outcome = match req.send() {
+                    Ok(r) => {
+                        assert_eq!(r.body(), &body[..]);
+                        Ok(r.status())
+                    }
+                    Err(e) => Err(e.kind()),
+                };
+                results.borrow_mut().push((s, outcome, started.elapsed()));
+            }
+            copas::removeserver(server, false).expect("removeserver");
+        })
+        .expect("client");
+    }
+    run_bounded(secs(30));
+    let results = results.borrow();
+    assert_eq!(results.len(), 6, "{results:?}");
+    for (s, outcome, took) in results.iter() {
+        match s {
+            Stall::None => assert_eq!(*outcome, Ok(200), "{results:?}"),
+            _ => {
+                assert_eq!(*outcome, Err(ErrorKind::Timeout), "{s:?}: {results:?}");
+                assert!(*took < secs(2), "{s:?} took {took:?}");
+            }
+        }
+    }
+}
+
+/// Malformed responses give typed errors (a tiny copas server sends canned replies).
+#[test]
+fn framing_errors() {
+    let cases: Vec<(&'static str, Result<&'static [u8], ErrorKind>)> = vec![
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            Err(ErrorKind::Protocol),
+        ),
+        ("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Err(ErrorKind::Protocol)),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            Err(ErrorKind::Protocol),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+            Ok(b"hello world"),
+        ),
+        (
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            Ok(b"ok"),
+        ),
+        ("HTTP/1.0 200 OK\r\n\r\nuntil close", Ok(b"until close")),
+        ("garbage\r\n\r\n", Err(ErrorKind::Protocol)),
+    ];
+    let many = format!(
+        "HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n",
+        "X-H: v\r\n".repeat(200)
+    );
+    let long_chunk = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1{}\r\n",
+        ";".repeat(10_000)
+    );
+    let huge = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "v".repeat(100_000));
+    let mut cases: Vec<(String, Result<Vec<u8>, ErrorKind>)> = cases
+        .into_iter()
+        .map(|(s, r)| (s.to_string(), r.map(|b| b.to_vec())))
+        .collect();
+    cases.push((many, Err(ErrorKind::LimitExceeded)));
+    cases.push((long_chunk, Err(ErrorKind::LimitExceeded)));
+    cases.push((huge, Err(ErrorKind::LimitExceeded)));
+    let n = cases.len();
+    let replies: Rc<Vec<String>> = Rc::new(cases.iter().map(|(s, _)| s.clone()).collect());
+    let (listener, addr) = util::local_listener();
+    let next = Rc::new(Cell::new(0usize));
+    let server = {
+        let (replies, next) = (replies.clone(), next.clone());
+        copas::addserver(listener, move |mut sock| {
+            sock.settimeout(Some(secs(5)));
+            let i = next.get();
+            next.set(i + 1);
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                match sock.receive(copas::Pattern::Exact(1)) {
+                    Ok(b) => head.extend_from_slice(&b),
+                    Err(_) => return,
+                }
+            }
+            let _ = sock.send(replies[i].as_bytes());
+            sock.close();
+        })
+        .expect("addserver")
+    };
+    let got = Rc::new(RefCell::new(Vec::new()));
+    {
+        let got = got.clone();
+        copas::addthread(move || {
+            for _ in 0..n {
+                let r = Request::get(&format!("http://{addr}/"))
+                    .timeout(secs(5))
+                    .keep_alive(false)
+                    .send();
+                got.borrow_mut()
+                    .push(r.map(|r| r.into_body()).map_err(|e| e.kind()));
+            }
+            copas::removeserver(server, false).expect("removeserver");
+        })
+        .expect("client");
+    }
+    run_bounded(secs(30));
+    let got = got.borrow();
+    for (i, (case, expected)) in cases.iter().enumerate() {
+        assert_eq!(
+            &got[i],
+            expected,
+            "case {i}: {:?}",
+            &case[..case.len().min(80)]
+        );
+    }
+}
