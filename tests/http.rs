@@ -149,6 +149,7 @@ http {{
         location = /redirect-loop {{ return 302 /redirect-loop; }}
         location = /chunked  {{ echo "chunk one"; echo_flush; echo_sleep 0.05; echo "chunk two"; }}
         location = /empty    {{ return 204; }}
+        location = /not-modified {{ return 304; }}
         location = /conn     {{ return 200 "$connection\n"; }}
         location = /status/404 {{ return 404 "nope\n"; }}
         location = /echo-body {{ echo_read_request_body; echo_request_body; }}
@@ -683,4 +684,60 @@ fn framing_errors() {
             &case[..case.len().min(80)]
         );
     }
+}
+
+/// A pooled connection the server closes when the next request arrives: an idempotent
+/// request is retried once on a fresh connection; a POST is not.
+#[test]
+fn stale_pooled_connection_is_retried_once() {
+    let (listener, addr) = util::local_listener();
+    let accepted = Rc::new(Cell::new(0usize));
+    let server = {
+        let accepted = accepted.clone();
+        copas::addserver(listener, move |mut sock| {
+            accepted.set(accepted.get() + 1);
+            sock.settimeout(Some(secs(5)));
+            let mut served = 0;
+            loop {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match sock.receive(copas::Pattern::Exact(1)) {
+                        Ok(b) => head.extend_from_slice(&b),
+                        Err(_) => return,
+                    }
+                }
+                if served == 1 {
+                    // The keep-alive race: the server gives up on the connection just as
+                    // the next request arrives.
+                    sock.close();
+                    return;
+                }
+                served += 1;
+                let _ = sock.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        })
+        .expect("addserver")
+    };
+    let got = Rc::new(RefCell::new(Vec::new()));
+    {
+        let got = got.clone();
+        copas::addthread(move || {
+            let url = format!("http://{addr}/");
+            let mut push = |r: copas::Result<http::Response>| {
+                got.borrow_mut()
+                    .push(r.map(|r| r.status()).map_err(|e| e.kind()))
+            };
+            push(Request::get(&url).timeout(secs(5)).send()); // connection 1, pooled
+            push(Request::get(&url).timeout(secs(5)).send()); // reuse fails, retried on 2
+            push(Request::post(&url).body("x").timeout(secs(5)).send()); // reuse of 2 fails: no retry
+            copas::removeserver(server, false).expect("removeserver");
+        })
+        .expect("client");
+    }
+    run_bounded(secs(30));
+    let got = got.borrow();
+    assert_eq!(got[0], Ok(200));
+    assert_eq!(got[1], Ok(200));
+    assert_eq!(got[2], Err(ErrorKind::Closed), "{got:?}");
+    assert_eq!(accepted.get(), 2);
 }
