@@ -723,7 +723,7 @@ fn stale_pooled_connection_is_retried_once() {
         let got = got.clone();
         copas::addthread(move || {
             let url = format!("http://{addr}/");
-            let mut push = |r: copas::Result<http::Response>| {
+            let push = |r: copas::Result<http::Response>| {
                 got.borrow_mut()
                     .push(r.map(|r| r.status()).map_err(|e| e.kind()))
             };
