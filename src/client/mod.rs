@@ -5,5 +5,6 @@
 //! plain `main` (blocking). Every buffer a server can grow is bounded, and every reply is
 //! checked; failures are typed [`Error`](crate::Error)s that carry the server's reply.
 
+pub mod ftp;
 pub mod http;
 pub mod reply;

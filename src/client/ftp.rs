@@ -1,0 +1,1278 @@
+//! An FTP client (Copas `copas.ftp`, LuaSocket's `socket.ftp`), on copas sockets.
+//!
+//! The one-call functions [`get`], [`put`], [`list`] and [`command`] take an `ftp://` URL;
+//! [`Client`] is the command interface: one logged-in control connection on which
+//! transfers run one after the other. Inside a coroutine every wait suspends only that
+//! coroutine, so many transfers run at once; from plain `main` the calls block.
+//!
+//! * Login is anonymous (`anonymous` / `anonymous@`) unless the URL (`ftp://user:pass@host/`,
+//!   percent-decoded) or [`Options`] give a user and password.
+//! * Transfers are binary (`TYPE I`; `;type=a` at the end of a URL asks for ASCII) and
+//!   passive: `EPSV` first, then `PASV` when the server does not know `EPSV`. The data
+//!   connection always goes to the control connection's peer address: a `PASV` reply that
+//!   points at another host is refused with [`ErrorKind::Protocol`] (it would let a server
+//!   aim the client at a third party), an unspecified `0.0.0.0` means the server itself.
+//! * Every reply code is checked; a failing one becomes [`ErrorKind::Rejected`] with the
+//!   code in [`Error::reply_code`] (a missing file: `550`).
+//! * Commands and arguments containing CR, LF or NUL are refused before anything is sent
+//!   (an [`ErrorKind::Io`] error of kind `InvalidInput`).
+//!
+//! ```no_run
+//! use copas::client::ftp;
+//!
+//! # fn main() -> copas::Result<()> {
+//! ftp::put("ftp://user:secret@127.0.0.1:2121/hello.txt", b"hello")?;
+//! let data = ftp::get("ftp://user:secret@127.0.0.1:2121/hello.txt")?;
+//! assert_eq!(data, b"hello");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::client::reply::{read_reply, Reply};
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::socket::Socket;
+
+/// The FTP control port used when a URL names none (LuaSocket `PORT`).
+pub const DEFAULT_PORT: u16 = 21;
+
+/// The timeout of every connect, send and receive unless [`Options::timeout`] says
+/// otherwise (LuaSocket `TIMEOUT`, 60 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The user name of an anonymous login (LuaSocket `USER`; servers know `anonymous`).
+pub const ANONYMOUS_USER: &str = "anonymous";
+
+/// The password of an anonymous login (LuaSocket `PASSWORD`).
+pub const ANONYMOUS_PASSWORD: &str = "anonymous@";
+
+/// The largest listing [`Client::list`] and [`Client::nlst`] accept: 64 MiB.
+pub const MAX_LISTING: usize = 64 * 1024 * 1024;
+
+const CHUNK: usize = 64 * 1024;
+
+fn invalid_input(message: impl Into<String>) -> Error {
+    Error::from(io::Error::new(io::ErrorKind::InvalidInput, message.into()))
+}
+
+fn protocol(message: impl Into<String>) -> Error {
+    Error::with_message(ErrorKind::Protocol, message)
+}
+
+/// Refuses text that would end a command line early (CR, LF) or that no server accepts
+/// (NUL), before anything is sent.
+fn check_text(what: &str, text: &str) -> Result<()> {
+    if text.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(invalid_input(format!(
+            "{what} contains CR, LF or NUL: {text:?}"
+        )));
+    }
+    Ok(())
+}
+
+// ----- options and URLs ----------------------------------------------------------------------
+
+/// Settings of the one-call functions and [`Client::open`] (Copas's `ftp.PORT`,
+/// `ftp.TIMEOUT`, `ftp.USER`, `ftp.PASSWORD`, per call instead of global).
+///
+/// ```
+/// use std::time::Duration;
+/// use copas::client::ftp::Options;
+///
+/// let opts = Options::new()
+///     .timeout(Some(Duration::from_secs(5)))
+///     .user("user", "secret")
+///     .epsv(false);
+/// assert_eq!(opts.get_timeout(), Some(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    timeout: Option<Duration>,
+    user: Option<(String, String)>,
+    port: u16,
+    epsv: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            timeout: Some(DEFAULT_TIMEOUT),
+            user: None,
+            port: DEFAULT_PORT,
+            epsv: true,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults: a 60 s timeout, anonymous login, port 21, `EPSV` then `PASV`.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// The timeout of each connect, send and receive (`None`: wait forever).
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Options {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The configured timeout.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Logs in as `user` with `password` when the URL names no user.
+    pub fn user(mut self, user: &str, password: &str) -> Options {
+        self.user = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// The control port used when the URL names none (default [`DEFAULT_PORT`]).
+    pub fn port(mut self, port: u16) -> Options {
+        self.port = port;
+        self
+    }
+
+    /// Whether to try `EPSV` before `PASV` (default true). With false only `PASV` is used.
+    pub fn epsv(mut self, epsv: bool) -> Options {
+        self.epsv = epsv;
+        self
+    }
+}
+
+/// An `ftp://` URL taken apart (Copas `ftp.parseRequest`, which in Copas 4.11.0 builds
+/// this table but forgets to return it; here it is returned).
+///
+/// ```
+/// use copas::client::ftp::Request;
+///
+/// let r = Request::parse("ftp://us%65r:p%40ss@example.com:2121/dir/a%20b.txt").unwrap();
+/// assert_eq!(r.host, "example.com");
+/// assert_eq!(r.port, Some(2121));
+/// assert_eq!(r.user.as_deref(), Some("user"));
+/// assert_eq!(r.password.as_deref(), Some("p@ss"));
+/// assert_eq!(r.path, "dir/a b.txt");
+/// assert!(!r.ascii);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The host name or address (IPv6 without brackets).
+    pub host: String,
+    /// The port, when the URL gives one.
+    pub port: Option<u16>,
+    /// The percent-decoded user name, when the URL gives one.
+    pub user: Option<String>,
+    /// The percent-decoded password, when the URL gives one.
+    pub password: Option<String>,
+    /// The percent-decoded path without its leading `/`, relative to the login directory
+    /// (as LuaSocket sends it). Empty for `ftp://host/`.
+    pub path: String,
+    /// `;type=a` asked for an ASCII transfer.
+    pub ascii: bool,
+}
+
+impl Request {
+    /// Parses an `ftp://` URL (the scheme is case-insensitive).
+    ///
+    /// # Errors
+    ///
+    /// An [`ErrorKind::Io`] error of kind `InvalidInput` for a URL that does not parse, a
+    /// scheme other than `ftp`, no host, an unknown `;type=`, percent escapes that are not
+    /// UTF-8, or CR, LF or NUL in the user, password or path.
+    pub fn parse(url: &str) -> Result<Request> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| invalid_input(format!("bad URL {url:?}: {e}")))?;
+        if parsed.scheme() != "ftp" {
+            return Err(invalid_input(format!(
+                "not an ftp:// URL: scheme {:?}",
+                parsed.scheme()
+            )));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(invalid_input(format!("no host in {url:?}"))),
+        };
+        let user = match parsed.username() {
+            "" => None,
+            u => Some(percent_decode(u)?),
+        };
+        let password = parsed.password().map(percent_decode).transpose()?;
+        let mut raw_path = parsed.path();
+        let mut ascii = false;
+        if let Some(pos) = raw_path.rfind(";type=") {
+            match &raw_path[pos + 6..] {
+                "a" | "A" => ascii = true,
+                "i" | "I" => {}
+                t => return Err(invalid_input(format!("unknown transfer type {t:?}"))),
+            }
+            raw_path = &raw_path[..pos];
+        }
+        let path = percent_decode(raw_path.strip_prefix('/').unwrap_or(raw_path))?;
+        for (what, text) in [
+            ("user", user.as_deref()),
+            ("password", password.as_deref()),
+            ("path", Some(path.as_str())),
+        ] {
+            if let Some(text) = text {
+                check_text(what, text)?;
+            }
+        }
+        Ok(Request {
+            host,
+            port: parsed.port(),
+            user,
+            password,
+            path,
+            ascii,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| invalid_input("percent-decoded URL part is not UTF-8"))
+}
+
+// ----- passive-mode replies ----------------------------------------------------------------
+
+/// Parses a `227` reply's text (`Entering Passive Mode (h1,h2,h3,h4,p1,p2)`) into the address
+/// and port it names. The six numbers are found anywhere in the text, with or without
+/// parentheses (RFC 1123 §4.1.2.6). Never panics.
+///
+/// ```
+/// use std::net::Ipv4Addr;
+/// use copas::client::ftp::parse_pasv;
+///
+/// assert_eq!(
+///     parse_pasv("Entering passive mode (127,0,0,1,70,182)."),
+///     Some((Ipv4Addr::new(127, 0, 0, 1), 70 * 256 + 182))
+/// );
+/// assert_eq!(parse_pasv("(127,0,0,1,256,1)"), None); // not a byte
+/// assert_eq!(parse_pasv("(127,0,0,1,0,0)"), None); // port 0
+/// ```
+pub fn parse_pasv(text: &str) -> Option<(Ipv4Addr, u16)> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b',') {
+            i += 1;
+        }
+        // A run after a minus sign is a negative number, not an address.
+        let negative = start > 0 && bytes[start - 1] == b'-';
+        if let Some(found) = six_numbers(&text[start..i]).filter(|_| !negative) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn six_numbers(run: &str) -> Option<(Ipv4Addr, u16)> {
+    let mut n = [0u8; 6];
+    let mut fields = run.split(',');
+    for slot in n.iter_mut() {
+        let field = fields.next()?;
+        if field.is_empty() || field.len() > 3 {
+            return None;
+        }
+        *slot = field.parse::<u8>().ok()?;
+    }
+    if fields.next().is_some_and(|f| !f.is_empty()) {
+        return None;
+    }
+    let port = u16::from(n[4]) << 8 | u16::from(n[5]);
+    if port == 0 {
+        return None;
+    }
+    Some((Ipv4Addr::new(n[0], n[1], n[2], n[3]), port))
+}
+
+/// Parses a `229` reply's text (`Entering Extended Passive Mode (|||port|)`, RFC 2428) into
+/// its port. The delimiter may be any printable ASCII character other than a digit, used
+/// the same throughout. Never panics.
+///
+/// ```
+/// use copas::client::ftp::parse_epsv;
+///
+/// assert_eq!(parse_epsv("Entering extended passive mode (|||6446|)."), Some(6446));
+/// assert_eq!(parse_epsv("(!!!21!)"), Some(21));
+/// assert_eq!(parse_epsv("(|||70000|)"), None);
+/// assert_eq!(parse_epsv("(|||0|)"), None);
+/// ```
+pub fn parse_epsv(text: &str) -> Option<u16> {
+    let open = text.find('(')?;
+    let rest = &text[open + 1..];
+    let close = rest.find(')')?;
+    let inner = &rest.as_bytes()[..close];
+    let d = *inner.first()?;
+    if !(33..=126).contains(&d) || d.is_ascii_digit() {
+        return None;
+    }
+    if inner.len() < 5 || inner[1] != d || inner[2] != d || inner[inner.len() - 1] != d {
+        return None;
+    }
+    let digits = &inner[3..inner.len() - 1];
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let port = digits
+        .iter()
+        .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Some(p),
+        _ => None,
+    }
+}
+
+/// Where a `227` reply's data connection goes, given the control connection's `peer`.
+///
+/// The address in the reply must be the peer's (or unspecified, `0.0.0.0`); the connection
+/// always goes to `peer`'s IP.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use copas::client::ftp::pasv_target;
+/// use copas::ErrorKind;
+///
+/// let peer: IpAddr = "127.0.0.1".parse().unwrap();
+/// let ok = pasv_target("Entering passive mode (127,0,0,1,4,0)", peer).unwrap();
+/// assert_eq!(ok.port(), 1024);
+/// let err = pasv_target("Entering passive mode (10,0,0,9,4,0)", peer).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Protocol);
+/// ```
+///
+/// # Errors
+///
+/// [`ErrorKind::Protocol`] when the text has no valid address and port, or names a host
+/// other than `peer`.
+pub fn pasv_target(text: &str, peer: IpAddr) -> Result<SocketAddr> {
+    let (ip, port) =
+        parse_pasv(text).ok_or_else(|| protocol(format!("malformed PASV reply: {text:?}")))?;
+    let peer_v4 = match peer {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    if ip.is_unspecified() || Some(ip) == peer_v4 {
+        Ok(SocketAddr::new(peer, port))
+    } else {
+        Err(protocol(format!(
+            "PASV reply points at {ip}, not at the server {peer}: refused"
+        )))
+    }
+}
+
+// ----- the client ----------------------------------------------------------------------------
+
+/// Whether the next command first has to read a transfer's final reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    None,
+    /// A transfer was abandoned: its final reply (whatever it says) is still to come.
+    Discard,
+}
+
+/// One FTP control connection: the command interface (Copas `ftp.command`, and LuaSocket's
+/// `ftp.open` object).
+///
+/// Transfers run one at a time on the connection; each opens its own passive data
+/// connection. Dropping the client closes the connection without `QUIT`; call
+/// [`Client::quit`] to end politely.
+///
+/// ```no_run
+/// use copas::client::ftp::Client;
+///
+/// # fn main() -> copas::Result<()> {
+/// let mut ftp = Client::connect("127.0.0.1:2121", None)?;
+/// ftp.login("user", "secret")?;
+/// ftp.binary()?;
+/// ftp.mkd("reports")?;
+/// ftp.cwd("reports")?;
+/// ftp.stor("q1.csv", &mut &b"a,b\n1,2\n"[..])?;
+/// println!("{:?} in {}", ftp.nlst(None)?, ftp.pwd()?);
+/// let mut out = Vec::new();
+/// ftp.retr("q1.csv", &mut out)?;
+/// ftp.dele("q1.csv")?;
+/// ftp.quit()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Client {
+    ctrl: Socket,
+    peer: SocketAddr,
+    timeout: Option<Duration>,
+    epsv: bool,
+    pending: Pending,
+    greeting: Reply,
+}
+
+impl Client {
+    /// Connects to an FTP server and reads its greeting (`220`). `timeout` applies to the
+    /// connect and to every later send and receive, on the control and data connections
+    /// (`None`: [`DEFAULT_TIMEOUT`]; use [`Client::set_timeout`] for no timeout).
+    ///
+    /// # Errors
+    ///
+    /// The connect's errors; [`ErrorKind::Rejected`] when the greeting is not `220` (a
+    /// `421` from a full server); the reply reader's errors.
+    pub fn connect(addr: impl crate::ToAddrs, timeout: Option<Duration>) -> Result<Client> {
+        let timeout = timeout.or(Some(DEFAULT_TIMEOUT));
+        let ctrl = crate::connect(addr, timeout)?;
+        ctrl.settimeout(timeout);
+        let mut ctrl = ctrl;
+        let peer = ctrl.peer_addr()?;
+        // 120 "ready in n minutes" comes before the 220.
+        let mut reply = read_reply(&mut ctrl)?;
+        if reply.code() == 120 {
+            reply = read_reply(&mut ctrl)?;
+        }
+        let greeting = reply.expect(&[220])?;
+        Ok(Client {
+            ctrl,
+            peer,
+            timeout,
+            epsv: true,
+            pending: Pending::None,
+            greeting,
+        })
+    }
+
+    /// Connects to the server of `url`, logs in (URL credentials, else those of `opts`, else
+    /// anonymous) and selects the URL's transfer type (binary unless `;type=a`). Returns
+    /// the client and the parsed URL.
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::parse`], [`Client::connect`], [`Client::login`].
+    pub fn open(url: &str, opts: &Options) -> Result<(Client, Request)> {
+        let req = Request::parse(url)?;
+        let port = req.port.unwrap_or(opts.port);
+        let mut client = Client::connect((req.host.as_str(), port), opts.timeout)?;
+        if opts.timeout.is_none() {
+            client.set_timeout(None);
+        }
+        client.epsv = opts.epsv;
+        let (user, password) = match (&req.user, &opts.user) {
+            (Some(u), _) => (u.as_str(), req.password.as_deref().unwrap_or("")),
+            (None, Some((u, p))) => (u.as_str(), p.as_str()),
+            (None, None) => (ANONYMOUS_USER, ANONYMOUS_PASSWORD),
+        };
+        client.login(user, password)?;
+        if req.ascii {
+            client.ascii()?;
+        } else {
+            client.binary()?;
+        }
+        Ok((client, req))
+    }
+
+    /// The server's greeting.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// The control connection's peer: data connections go to its IP.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Changes the timeout of every later send and receive, and of data connects.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+        self.ctrl.settimeout(timeout);
+    }
+
+    /// Whether passive mode tries `EPSV` before `PASV` (default true; it turns false by
+    /// itself once a server rejects `EPSV`).
+    pub fn set_epsv(&mut self, epsv: bool) {
+        self.epsv = epsv;
+    }
+
+    fn read(&mut self) -> Result<Reply> {
+        read_reply(&mut self.ctrl)
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        if self.pending == Pending::Discard {
+            self.pending = Pending::None;
+            let _ = self.read()?;
+        }
+        Ok(())
+    }
+
+    fn send_line(&mut self, cmd: &str, arg: Option<&str>) -> Result<()> {
+        check_text("command", cmd)?;
+        if cmd.is_empty() || cmd.contains(' ') {
+            return Err(invalid_input(format!("bad command name {cmd:?}")));
+        }
+        if let Some(arg) = arg {
+            check_text("argument", arg)?;
+        }
+        self.settle()?;
+        let line = match arg {
+            Some(arg) => format!("{cmd} {arg}\r\n"),
+            None => format!("{cmd}\r\n"),
+        };
+        self.ctrl.send(line.as_bytes())?;
+        Ok(())
+    }
+
+    /// Sends `cmd` (with `arg`, if any) and returns the server's reply, whatever its code
+    /// (Copas `ftp.command`). Use it for commands without a method here (`SITE`, `SIZE`,
+    /// `RNFR`/`RNTO`, `FEAT`…).
+    ///
+    /// # Errors
+    ///
+    /// An [`ErrorKind::Io`] error of kind `InvalidInput` when `cmd` or `arg` contains CR,
+    /// LF or NUL (or `cmd` is empty or has a space), before anything is sent; the socket's
+    /// and the reply reader's errors.
+    pub fn command(&mut self, cmd: &str, arg: Option<&str>) -> Result<Reply> {
+        self.send_line(cmd, arg)?;
+        self.read()
+    }
+
+    /// [`Client::command`], with a reply of class 2 (completion) required.
+    fn ok(&mut self, cmd: &str, arg: Option<&str>) -> Result<Reply> {
+        self.command(cmd, arg)?.expect_class(2)
+    }
+
+    /// Logs in: `USER`, then `PASS` when asked for (`331`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the server's reply (`530` for a wrong password or a
+    /// refused anonymous login); an account request (`332`) is rejected too.
+    pub fn login(&mut self, user: &str, password: &str) -> Result<Reply> {
+        let reply = self.command("USER", Some(user))?;
+        match reply.code() {
+            230 | 202 => Ok(reply),
+            331 => self.command("PASS", Some(password))?.expect(&[230, 202]),
+            _ => Err(reply.to_error()),
+        }
+    }
+
+    /// Changes the working directory (`CWD`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply (`550` for a missing directory).
+    pub fn cwd(&mut self, dir: &str) -> Result<Reply> {
+        self.ok("CWD", Some(dir))
+    }
+
+    /// The working directory (`PWD`), from the quoted path of its `257` reply.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply; [`ErrorKind::Protocol`] when it has no quoted
+    /// path.
+    pub fn pwd(&mut self) -> Result<String> {
+        let reply = self.command("PWD", None)?.expect(&[257])?;
+        parse_quoted(&reply.text())
+            .ok_or_else(|| protocol(format!("no quoted path in PWD reply {:?}", reply.text())))
+    }
+
+    /// Creates a directory (`MKD`); returns the reply.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply (`550` when it exists or is not allowed).
+    pub fn mkd(&mut self, dir: &str) -> Result<Reply> {
+        self.ok("MKD", Some(dir))
+    }
+
+    /// Removes a directory (`RMD`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply.
+    pub fn rmd(&mut self, dir: &str) -> Result<Reply> {
+        self.ok("RMD", Some(dir))
+    }
+
+    /// Deletes a file (`DELE`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply (`550` for a missing file).
+    pub fn dele(&mut self, path: &str) -> Result<Reply> {
+        self.ok("DELE", Some(path))
+    }
+
+    /// The size of a file in bytes (`SIZE`, RFC 3659).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply; [`ErrorKind::Protocol`] when it is no number.
+    pub fn size(&mut self, path: &str) -> Result<u64> {
+        let reply = self.command("SIZE", Some(path))?.expect(&[213])?;
+        reply
+            .text()
+            .trim()
+            .parse()
+            .map_err(|_| protocol(format!("bad SIZE reply {:?}", reply.text())))
+    }
+
+    /// Binary transfers from now on (`TYPE I`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply.
+    pub fn binary(&mut self) -> Result<Reply> {
+        self.ok("TYPE", Some("I"))
+    }
+
+    /// ASCII transfers from now on (`TYPE A`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply.
+    pub fn ascii(&mut self) -> Result<Reply> {
+        self.ok("TYPE", Some("A"))
+    }
+
+    /// Ends the session (`QUIT`, `221`) and closes the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply; the socket's errors.
+    pub fn quit(mut self) -> Result<Reply> {
+        let result = self.command("QUIT", None).and_then(|r| r.expect(&[221]));
+        self.ctrl.close();
+        result
+    }
+
+    /// Opens a passive data connection: `EPSV`, else `PASV`.
+    fn passive(&mut self) -> Result<Socket> {
+        let target = if self.epsv {
+            let reply = self.command("EPSV", None)?;
+            match reply.code() {
+                229 => {
+                    let port = parse_epsv(&reply.text()).ok_or_else(|| {
+                        protocol(format!("malformed EPSV reply: {:?}", reply.text()))
+                    })?;
+                    Some(SocketAddr::new(self.peer.ip(), port))
+                }
+                // Not understood or not implemented: fall back to PASV from now on.
+                500 | 501 | 502 | 504 | 522 => {
+                    self.epsv = false;
+                    None
+                }
+                _ => return Err(reply.to_error()),
+            }
+        } else {
+            None
+        };
+        let target = match target {
+            Some(t) => t,
+            None => {
+                let reply = self.command("PASV", None)?.expect(&[227])?;
+                pasv_target(&reply.text(), self.peer.ip())?
+            }
+        };
+        let data = crate::connect(target, self.timeout)?;
+        data.settimeout(self.timeout);
+        Ok(data)
+    }
+
+    /// Opens a data connection and starts `cmd`; on success the server has answered with a
+    /// preliminary `1xx` and the data connection is ready.
+    fn start_transfer(&mut self, cmd: &str, arg: Option<&str>) -> Result<Socket> {
+        // Check before PASV so a bad argument sends nothing at all.
+        check_text("command", cmd)?;
+        if let Some(arg) = arg {
+            check_text("argument", arg)?;
+        }
+        let data = self.passive()?;
+        let reply = self.command(cmd, arg)?;
+        match reply.class() {
+            1 => Ok(data),
+            _ => {
+                data.close();
+                Err(reply.to_error())
+            }
+        }
+    }
+
+    /// Reads the final reply of a transfer (`226` or `250`).
+    fn finish_transfer(&mut self) -> Result<Reply> {
+        self.read()?.expect_class(2)
+    }
+
+    /// After a failed transfer: close the data connection and expect a final reply later.
+    fn abandon(&mut self, data: &Socket) {
+        data.close();
+        self.pending = Pending::Discard;
+    }
+
+    /// Downloads `path` (`RETR`) into `out`; returns the number of bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply (`550` for a missing file); the data
+    /// connection's errors; `out`'s errors (as [`ErrorKind::Io`]).
+    pub fn retr(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let mut data = self.start_transfer("RETR", Some(path))?;
+        match copy_from_socket(&mut data, out, u64::MAX) {
+            Ok(n) => {
+                data.close();
+                self.finish_transfer()?;
+                Ok(n)
+            }
+            Err(e) => {
+                self.abandon(&data);
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads everything `input` yields to `path` (`STOR`); returns the number of bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the reply (`550` when writing is not allowed); the data
+    /// connection's errors; `input`'s errors (as [`ErrorKind::Io`]).
+    pub fn stor(&mut self, path: &str, input: &mut dyn Read) -> Result<u64> {
+        let mut data = self.start_transfer("STOR", Some(path))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.abandon(&data);
+                    return Err(e.into());
+                }
+            };
+            if let Err(e) = data.send(&buf[..n]) {
+                self.abandon(&data);
+                return Err(e);
+            }
+            total += n as u64;
+        }
+        data.close();
+        self.finish_transfer()?;
+        Ok(total)
+    }
+
+    fn listing(&mut self, cmd: &str, path: Option<&str>) -> Result<Vec<String>> {
+        let mut data = self.start_transfer(cmd, path)?;
+        let mut raw = Vec::new();
+        match copy_from_socket(&mut data, &mut raw, MAX_LISTING as u64) {
+            Ok(_) => {
+                data.close();
+                self.finish_transfer()?;
+            }
+            Err(e) => {
+                self.abandon(&data);
+                return Err(e);
+            }
+        }
+        Ok(String::from_utf8_lossy(&raw)
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    /// The names in a directory (`NLST`; the working directory when `path` is `None`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::retr`]; [`ErrorKind::LimitExceeded`] beyond [`MAX_LISTING`] bytes.
+    pub fn nlst(&mut self, path: Option<&str>) -> Result<Vec<String>> {
+        self.listing("NLST", path)
+    }
+
+    /// The server's long listing of a directory (`LIST`), one line per entry, in the
+    /// server's format (usually `ls -l`'s).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::nlst`].
+    pub fn list(&mut self, path: Option<&str>) -> Result<Vec<String>> {
+        self.listing("LIST", path)
+    }
+
+    /// Starts downloading `path` and returns a [`Read`] over the data (a download of any
+    /// size in bounded memory). Call [`DataReader::finish`] after the end to check the
+    /// server's final reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::retr`].
+    pub fn retr_reader(&mut self, path: &str) -> Result<DataReader<'_>> {
+        let data = self.start_transfer("RETR", Some(path))?;
+        Ok(DataReader {
+            client: self,
+            data,
+            eof: false,
+            finished: false,
+        })
+    }
+
+    /// Starts uploading to `path` and returns a [`Write`] for the data. Call
+    /// [`DataWriter::finish`] to end the upload and check the server's final reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::stor`].
+    pub fn stor_writer(&mut self, path: &str) -> Result<DataWriter<'_>> {
+        let data = self.start_transfer("STOR", Some(path))?;
+        Ok(DataWriter {
+            client: self,
+            data,
+            written: 0,
+            finished: false,
+        })
+    }
+}
+
+/// Copies a data connection into `out` until the server closes it; at most `max` bytes.
+fn copy_from_socket(data: &mut Socket, out: &mut dyn Write, max: u64) -> Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let chunk = data.receivepartial(CHUNK)?;
+        if chunk.is_empty() {
+            return Ok(total);
+        }
+        total += chunk.len() as u64;
+        if total > max {
+            return Err(Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("data longer than {max} bytes"),
+            ));
+        }
+        out.write_all(&chunk)?;
+    }
+}
+
+/// The text between the first pair of double quotes, with `""` as a quote (RFC 959 257).
+fn parse_quoted(text: &str) -> Option<String> {
+    let start = text.find('"')? + 1;
+    let mut out = String::new();
+    let mut chars = text[start..].chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                out.push('"');
+            } else {
+                return Some(out);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+/// A download in progress ([`Client::retr_reader`]): reads the file's bytes.
+///
+/// Dropping it before [`DataReader::finish`] abandons the transfer; the client stays usable.
+#[derive(Debug)]
+pub struct DataReader<'a> {
+    client: &'a mut Client,
+    data: Socket,
+    eof: bool,
+    finished: bool,
+}
+
+impl Read for DataReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.eof || out.is_empty() {
+            return Ok(0);
+        }
+        let n = self.data.read(out)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+}
+
+impl DataReader<'_> {
+    /// Ends the download and returns the server's final reply. If not all data was read,
+    /// the rest is discarded (the data connection is closed) and the transfer counts as
+    /// aborted.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with a final reply that is not a completion (`426` for an
+    /// aborted transfer); the reply reader's errors.
+    pub fn finish(mut self) -> Result<Reply> {
+        self.finished = true;
+        self.data.close();
+        self.client.finish_transfer()
+    }
+}
+
+impl Drop for DataReader<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.client.abandon(&self.data);
+        }
+    }
+}
+
+/// An upload in progress ([`Client::stor_writer`]): writes go to the file.
+///
+/// Dropping it before [`DataWriter::finish`] closes the data connection without checking
+/// the server's reply; the client stays usable.
+#[derive(Debug)]
+pub struct DataWriter<'a> {
+    client: &'a mut Client,
+    data: Socket,
+    written: u64,
+    finished: bool,
+}
+
+impl Write for DataWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.data.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl DataWriter<'_> {
+    /// Ends the upload (closes the data connection) and checks the server's final reply;
+    /// returns the number of bytes written.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with a final reply that is not a completion; the reply
+    /// reader's errors.
+    pub fn finish(mut self) -> Result<u64> {
+        self.finished = true;
+        self.data.close();
+        self.client.finish_transfer()?;
+        Ok(self.written)
+    }
+}
+
+impl Drop for DataWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.client.abandon(&self.data);
+        }
+    }
+}
+
+// ----- one-call functions --------------------------------------------------------------------
+
+/// Downloads an `ftp://` URL (Copas `ftp.get(url)`).
+///
+/// ```no_run
+/// let readme = copas::client::ftp::get("ftp://127.0.0.1:2121/README").unwrap();
+/// println!("{} bytes", readme.len());
+/// ```
+///
+/// # Errors
+///
+/// As [`get_to`].
+pub fn get(url: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    get_to(url, &Options::default(), &mut out)?;
+    Ok(out)
+}
+
+/// Downloads an `ftp://` URL into any [`Write`] (Copas's `ftp.get{url=…, sink=…}`); returns
+/// the number of bytes.
+///
+/// ```no_run
+/// use copas::client::ftp::{self, Options};
+///
+/// let mut file = std::fs::File::create("big.iso").unwrap();
+/// let n = ftp::get_to("ftp://127.0.0.1:2121/big.iso", &Options::new(), &mut file).unwrap();
+/// println!("{n} bytes");
+/// ```
+///
+/// # Errors
+///
+/// As [`Request::parse`], [`Client::open`] and [`Client::retr`]; an empty path is an
+/// [`ErrorKind::Io`] error of kind `InvalidInput`.
+pub fn get_to(url: &str, opts: &Options, out: &mut dyn Write) -> Result<u64> {
+    let (mut client, req) = Client::open(url, opts)?;
+    if req.path.is_empty() {
+        return Err(invalid_input("no file in the URL"));
+    }
+    let n = client.retr(&req.path, out)?;
+    let _ = client.quit();
+    Ok(n)
+}
+
+/// Uploads `data` to an `ftp://` URL (Copas `ftp.put(url, content)`).
+///
+/// ```no_run
+/// copas::client::ftp::put("ftp://user:secret@127.0.0.1:2121/note.txt", b"hi").unwrap();
+/// ```
+///
+/// # Errors
+///
+/// As [`put_from`].
+pub fn put(url: &str, data: &[u8]) -> Result<()> {
+    put_from(url, &Options::default(), &mut &data[..]).map(|_| ())
+}
+
+/// Uploads everything `input` yields to an `ftp://` URL (Copas's
+/// `ftp.put{url=…, source=…}`); returns the number of bytes.
+///
+/// ```no_run
+/// use copas::client::ftp::{self, Options};
+///
+/// let mut file = std::fs::File::open("backup.tar").unwrap();
+/// let opts = Options::new().user("user", "secret");
+/// ftp::put_from("ftp://127.0.0.1:2121/backup.tar", &opts, &mut file).unwrap();
+/// ```
+///
+/// # Errors
+///
+/// As [`Request::parse`], [`Client::open`] and [`Client::stor`]; an empty path is an
+/// [`ErrorKind::Io`] error of kind `InvalidInput`.
+pub fn put_from(url: &str, opts: &Options, input: &mut dyn Read) -> Result<u64> {
+    let (mut client, req) = Client::open(url, opts)?;
+    if req.path.is_empty() {
+        return Err(invalid_input("no file in the URL"));
+    }
+    let n = client.stor(&req.path, input)?;
+    let _ = client.quit();
+    Ok(n)
+}
+
+/// The names in the directory an `ftp://` URL names (`NLST`; the login directory for
+/// `ftp://host/`).
+///
+/// ```no_run
+/// for name in copas::client::ftp::list("ftp://127.0.0.1:2121/pub/").unwrap() {
+///     println!("{name}");
+/// }
+/// ```
+///
+/// # Errors
+///
+/// As [`Client::open`] and [`Client::nlst`].
+pub fn list(url: &str) -> Result<Vec<String>> {
+    let (mut client, req) = Client::open(url, &Options::default())?;
+    let path = req.path.trim_end_matches('/');
+    let names = client.nlst(if path.is_empty() { None } else { Some(path) })?;
+    let _ = client.quit();
+    Ok(names)
+}
+
+/// Logs in to the server of an `ftp://` URL, sends one command and returns its reply,
+/// whatever its code (Copas `ftp.command{url=…, command=…, argument=…}`).
+///
+/// ```no_run
+/// use copas::client::ftp::{self, Options};
+///
+/// let reply = ftp::command("ftp://127.0.0.1:2121/", &Options::new(), "SYST", None).unwrap();
+/// println!("{} {}", reply.code(), reply.text());
+/// ```
+///
+/// # Errors
+///
+/// As [`Client::open`] and [`Client::command`].
+pub fn command(url: &str, opts: &Options, cmd: &str, arg: Option<&str>) -> Result<Reply> {
+    let (mut client, _) = Client::open(url, opts)?;
+    let reply = client.command(cmd, arg)?;
+    let _ = client.quit();
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pasv_parsing_is_robust() {
+        let ip = Ipv4Addr::new(127, 0, 0, 1);
+        assert_eq!(
+            parse_pasv("Entering Passive Mode (127,0,0,1,4,1)"),
+            Some((ip, 1025))
+        );
+        assert_eq!(
+            parse_pasv("Entering Passive Mode 127,0,0,1,4,1"),
+            Some((ip, 1025))
+        );
+        assert_eq!(parse_pasv("=127,0,0,1,255,255"), Some((ip, 65535)));
+        // Other digits before the six numbers do not confuse it.
+        assert_eq!(parse_pasv("227 ok 1999 (127,0,0,1,4,1)"), Some((ip, 1025)));
+        for bad in [
+            "",
+            "(",
+            "()",
+            "(127,0,0,1,4)",
+            "(127,0,0,1,4,1,9)",
+            "(127,0,0,1,4,)",
+            "(256,0,0,1,4,1)",
+            "(127,0,0,1,4,1000)",
+            "(127,0,0,1,0004,1)",
+            "(127,0,0,1,0,0)",
+            "(-1,0,0,1,4,1)",
+            ",,,,,",
+            "99999999999999999999,1,1,1,1,1",
+            "(é,0,0,1,4,1)",
+        ] {
+            assert_eq!(parse_pasv(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pasv_must_point_at_the_control_peer() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            pasv_target("(127,0,0,1,4,1)", peer).unwrap(),
+            "127.0.0.1:1025".parse().unwrap()
+        );
+        // 0.0.0.0 means "the server itself".
+        assert_eq!(
+            pasv_target("(0,0,0,0,4,1)", peer).unwrap(),
+            "127.0.0.1:1025".parse().unwrap()
+        );
+        let err = pasv_target("(192,168,1,20,4,1)", peer).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.to_string().contains("192.168.1.20"), "{err}");
+        let err = pasv_target("garbage", peer).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        // An IPv4-mapped IPv6 peer matches its IPv4 form.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(pasv_target("(127,0,0,1,4,1)", mapped).is_ok());
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert!(pasv_target("(127,0,0,1,4,1)", v6).is_err());
+    }
+
+    #[test]
+    fn epsv_parsing_is_robust() {
+        assert_eq!(
+            parse_epsv("Entering Extended Passive Mode (|||6446|)"),
+            Some(6446)
+        );
+        assert_eq!(parse_epsv("(|||65535|)"), Some(65535));
+        assert_eq!(parse_epsv("(###1#)"), Some(1));
+        for bad in [
+            "",
+            "(",
+            "(|||",
+            "()",
+            "(|||6446)",
+            "(||6446|)",
+            "(|||6446|",
+            "(|||65536|)",
+            "(|||0|)",
+            "(|||-1|)",
+            "(|||12a|)",
+            "(||||)",
+            "(|#|6446|)",
+            "(1116461)",
+            "(   6446 )",
+            "(|||999999999999999999|)",
+            "(ééé6446é)",
+            ")(|||21|",
+        ] {
+            assert_eq!(parse_epsv(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parsers_never_panic_on_arbitrary_bytes() {
+        // A small deterministic fuzz over short strings of the interesting characters.
+        let alphabet = ['(', ')', '|', ',', '0', '1', '9', '2', '5', ' ', 'é', '#'];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let s: String = (0..len)
+                .map(|i| alphabet[((seed >> (i % 60)) as usize + i * 7) % alphabet.len()])
+                .collect();
+            let _ = parse_pasv(&s);
+            let _ = parse_epsv(&s);
+            let _ = parse_quoted(&s);
+            if let Some(port) = parse_epsv(&s) {
+                assert_ne!(port, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn urls_are_parsed_and_decoded() {
+        let r = Request::parse("FTP://a%3Ab:c%2Fd@[::1]/x/y%20z;type=a").unwrap();
+        assert_eq!(r.host, "::1");
+        assert_eq!(r.port, None);
+        assert_eq!(r.user.as_deref(), Some("a:b"));
+        assert_eq!(r.password.as_deref(), Some("c/d"));
+        assert_eq!(r.path, "x/y z");
+        assert!(r.ascii);
+        let r = Request::parse("ftp://host").unwrap();
+        assert_eq!((r.path.as_str(), r.user.clone()), ("", None));
+        for bad in [
+            "http://host/x",
+            "ftp://",
+            "ftp://host/a%0D%0ADELE%20b",
+            "ftp://u%0A:p@host/x",
+            "ftp://host/x;type=z",
+            "ftp://host/%ff",
+            "not a url",
+        ] {
+            let err = Request::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Io, "{bad}");
+            assert_eq!(
+                err.io_error().map(io::Error::kind),
+                Some(io::ErrorKind::InvalidInput),
+                "{bad}"
+            );
+        }
+        assert_eq!(percent_decode("%4").unwrap(), "%4");
+        assert_eq!(percent_decode("%").unwrap(), "%");
+        assert_eq!(percent_decode("a%41").unwrap(), "aA");
+        assert_eq!(percent_decode("%zz").unwrap(), "%zz");
+    }
+
+    #[test]
+    fn pwd_replies_are_unquoted() {
+        assert_eq!(
+            parse_quoted("\"/a \"\"b\"\"\" is the current directory").as_deref(),
+            Some("/a \"b\"")
+        );
+        assert_eq!(parse_quoted("no quotes"), None);
+        assert_eq!(parse_quoted("\"open"), None);
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        assert!(check_text("path", "a\r\nDELE b").is_err());
+        assert!(check_text("path", "a\0").is_err());
+        assert!(check_text("path", "a b/c").is_ok());
+    }
+}

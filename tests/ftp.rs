@@ -1,0 +1,462 @@
+//! `client::ftp` against a real pyftpdlib (PyPI) started by each test on loopback.
+//!
+//! Without python3 or pyftpdlib the tests print a note and pass, unless `CI` is set: then
+//! they fail.
+
+mod util;
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use copas::client::ftp::{self, Client, Options};
+use copas::ErrorKind;
+use util::Watchdog;
+
+const LIMIT: Duration = Duration::from_secs(90);
+const PASSIVE_PORTS: u16 = 60;
+
+fn pyftpdlib_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import pyftpdlib"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("python3 with pyftpdlib is required when CI is set");
+        }
+        eprintln!("note: python3 or pyftpdlib missing; skipping the FTP peer test");
+    }
+    ok
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU16 = AtomicU16::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "copas-ftp-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound, then released for the server).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A range of `PASSIVE_PORTS` ports that are free now, away from the ephemeral range.
+fn free_range() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    for _ in 0..100 {
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+        let offset = (std::process::id() as u16).wrapping_mul(7919) % 100 + slot;
+        let base = 20000 + (offset % 120) * PASSIVE_PORTS;
+        let free =
+            (base..base + PASSIVE_PORTS).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free passive port range");
+}
+
+/// A pyftpdlib server, killed (TERM) and reaped on drop.
+struct Ftpd {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Ftpd {
+    /// Starts `python3 -m pyftpdlib` serving `dir`; `user` adds `-u user -P secret`,
+    /// `write` adds `-w`.
+    fn start(dir: &Path, user: bool, write: bool) -> Ftpd {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let base = free_range();
+            let log = dir.with_extension(format!("{port}.log"));
+            let file = std::fs::File::create(&log).expect("log file");
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "pyftpdlib", "-i", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .arg("-r")
+                .arg(format!("{base}-{}", base + PASSIVE_PORTS - 1))
+                .arg("-d")
+                .arg(dir);
+            if write {
+                cmd.arg("-w");
+            }
+            if user {
+                cmd.args(["-u", "user", "-P", "secret"]);
+            }
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log clone"))
+                .stderr(file)
+                .spawn()
+                .expect("spawn pyftpdlib");
+            let mut ftpd = Ftpd { child, port, log };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if ftpd.log_text().contains("starting FTP server") {
+                    return ftpd;
+                }
+                if ftpd.child.try_wait().expect("try_wait").is_some() {
+                    break; // lost a port race: try other ports
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("pyftpdlib did not start:\n{}", ftpd.log_text());
+        }
+        panic!("pyftpdlib did not start after 5 attempts");
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self, cred: &str, path: &str) -> String {
+        format!("ftp://{cred}127.0.0.1:{}/{path}", self.port)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Ftpd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the id of a child we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_file(&self.log);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn opts() -> Options {
+    Options::new().timeout(Some(Duration::from_secs(20)))
+}
+
+#[test]
+fn put_then_get_10_mib_round_trips_and_lists() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp round trip", LIMIT);
+    let root = TempDir::new("rt");
+    let server = Ftpd::start(&root.0, true, true);
+    let body = data(10 * 1024 * 1024, 7);
+
+    ftp::put(&server.url("user:secret@", "big.bin"), &body).expect("put");
+    let on_disk = std::fs::read(root.0.join("big.bin")).expect("file on disk");
+    assert!(on_disk == body, "the stored file differs");
+    let back = ftp::get(&server.url("user:secret@", "big.bin")).expect("get");
+    assert_eq!(back.len(), body.len());
+    assert!(back == body, "the downloaded file differs");
+
+    // Listing through the URL function and through the command interface.
+    let names = ftp::list(&server.url("user:secret@", "")).expect("list");
+    assert!(names.iter().any(|n| n == "big.bin"), "{names:?}");
+    let mut c = Client::connect(server.addr(), Some(Duration::from_secs(20))).expect("connect");
+    assert_eq!(c.greeting().code(), 220);
+    c.login("user", "secret").expect("login");
+    c.binary().expect("TYPE I");
+    let long = c.list(None).expect("LIST");
+    assert!(
+        long.iter()
+            .any(|l| l.ends_with(" big.bin") && l.contains(&body.len().to_string())),
+        "{long:?}"
+    );
+    assert_eq!(c.size("big.bin").expect("SIZE"), body.len() as u64);
+    assert_eq!(c.pwd().expect("PWD"), "/");
+    c.mkd("sub").expect("MKD");
+    c.cwd("sub").expect("CWD");
+    assert_eq!(c.pwd().expect("PWD"), "/sub");
+
+    // Streaming: stor from a Read, retr into a Write, and the Read/Write adapters.
+    let small = data(300_000, 9);
+    assert_eq!(
+        c.stor("s.bin", &mut &small[..]).unwrap(),
+        small.len() as u64
+    );
+    let mut out = Vec::new();
+    assert_eq!(c.retr("s.bin", &mut out).unwrap(), small.len() as u64);
+    assert!(out == small);
+    let mut w = c.stor_writer("w.bin").expect("STOR writer");
+    for chunk in small.chunks(7000) {
+        w.write_all(chunk).unwrap();
+    }
+    assert_eq!(w.finish().expect("finish upload"), small.len() as u64);
+    assert!(std::fs::read(root.0.join("sub/w.bin")).unwrap() == small);
+    let mut r = c.retr_reader("w.bin").expect("RETR reader");
+    let mut streamed = Vec::new();
+    r.read_to_end(&mut streamed).unwrap();
+    assert_eq!(r.finish().expect("finish download").code() / 100, 2);
+    assert!(streamed == small);
+    // A download abandoned half way leaves the session usable.
+    let err = c.retr_reader("big.bin").map(|_| ()).unwrap_err();
+    assert_eq!(err.reply_code(), Some(550)); // not in sub/
+    c.cwd("/").unwrap();
+    {
+        let mut r = c.retr_reader("big.bin").unwrap();
+        let mut some = [0u8; 1000];
+        r.read_exact(&mut some).unwrap();
+        assert_eq!(&some[..], &body[..1000]);
+    }
+    assert_eq!(c.nlst(Some("sub")).unwrap().len(), 2);
+
+    // PASV (without EPSV) works the same.
+    c.set_epsv(false);
+    let mut out = Vec::new();
+    c.retr("sub/s.bin", &mut out).unwrap();
+    assert!(out == small);
+    c.dele("sub/s.bin").expect("DELE");
+    c.dele("sub/w.bin").expect("DELE");
+    assert_eq!(
+        c.dele("sub/w.bin").unwrap_err().reply_code(),
+        Some(550),
+        "deleting twice"
+    );
+    c.rmd("sub").expect("RMD");
+    let raw = c.command("NOOP", None).expect("raw command");
+    assert_eq!(raw.code(), 200);
+    assert_eq!(c.quit().expect("QUIT").code(), 221);
+}
+
+#[test]
+fn anonymous_login_on_a_read_only_server() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp anonymous", LIMIT);
+    let root = TempDir::new("anon");
+    let body = data(123_457, 3);
+    std::fs::write(root.0.join("pub.bin"), &body).unwrap();
+    let server = Ftpd::start(&root.0, false, false);
+
+    assert!(ftp::get(&server.url("", "pub.bin")).unwrap() == body);
+    let names = ftp::list(&server.url("", "")).unwrap();
+    assert_eq!(names, vec!["pub.bin".to_string()]);
+    // Read-only: an upload is refused with the server's 550.
+    let err = ftp::put(&server.url("", "new.bin"), b"x").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    assert_eq!(err.reply_code(), Some(550), "{err}");
+    assert!(!root.0.join("new.bin").exists());
+    // ASCII type through the URL.
+    std::fs::write(root.0.join("t.txt"), b"a\nb\n").unwrap();
+    let text = ftp::get(&server.url("", "t.txt;type=a")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&text).replace("\r\n", "\n"),
+        "a\nb\n"
+    );
+}
+
+#[test]
+fn logins_are_checked() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp login", LIMIT);
+    let root = TempDir::new("login");
+    std::fs::write(root.0.join("f"), b"secret data").unwrap();
+    let server = Ftpd::start(&root.0, true, false);
+
+    // Password from the URL, percent-decoded; and from the options.
+    assert_eq!(
+        ftp::get(&server.url("us%65r:s%65cret@", "f")).unwrap(),
+        b"secret data"
+    );
+    let mut out = Vec::new();
+    ftp::get_to(
+        &server.url("", "f"),
+        &opts().user("user", "secret"),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out, b"secret data");
+    // A wrong password: 530 (pyftpdlib answers after a delay of about 3 s).
+    let err = ftp::get(&server.url("user:wrong@", "f")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert_eq!(err.reply_code(), Some(530), "{err}");
+    // Anonymous where only the user is allowed: 530 too.
+    let err = ftp::get(&server.url("", "f")).unwrap_err();
+    assert_eq!(err.reply_code(), Some(530), "{err}");
+}
+
+#[test]
+fn missing_file_and_crlf_are_errors() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp errors", LIMIT);
+    let root = TempDir::new("err");
+    std::fs::write(root.0.join("keep"), b"k").unwrap();
+    let server = Ftpd::start(&root.0, true, true);
+
+    let err = ftp::get(&server.url("user:secret@", "nope.bin")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    assert_eq!(err.reply_code(), Some(550));
+    assert!(err.to_string().starts_with("rejected: 550"), "{err}");
+
+    // CR/LF in a URL path: refused before connecting.
+    let err = ftp::get(&server.url("user:secret@", "keep%0D%0ADELE%20keep")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.io_error().map(|e| e.kind()),
+        Some(std::io::ErrorKind::InvalidInput)
+    );
+    // ... and in the command interface: nothing is sent, the session goes on.
+    let mut c = Client::connect(server.addr(), None).unwrap();
+    c.login("user", "secret").unwrap();
+    for bad in ["keep\r\nDELE keep", "keep\nDELE keep", "keep\rDELE keep"] {
+        let mut sink = Vec::new();
+        let err = c.retr(bad, &mut sink).unwrap_err();
+        assert_eq!(
+            err.io_error().map(|e| e.kind()),
+            Some(std::io::ErrorKind::InvalidInput)
+        );
+        assert!(c.dele(bad).is_err());
+        assert!(c.stor(bad, &mut &b"x"[..]).is_err());
+        assert!(c.command("NOOP\r\nDELE", None).is_err());
+        assert!(c.command("SITE", Some(bad)).is_err());
+    }
+    assert_eq!(c.command("NOOP", None).unwrap().code(), 200);
+    let mut sink = Vec::new();
+    c.retr("keep", &mut sink).unwrap();
+    assert_eq!(sink, b"k");
+    c.quit().unwrap();
+    assert!(root.0.join("keep").exists(), "the file was deleted");
+    assert!(!server.log_text().contains("DELE"), "{}", server.log_text());
+}
+
+#[test]
+fn twenty_concurrent_gets_from_coroutines() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp concurrent", LIMIT);
+    let root = TempDir::new("conc");
+    let body = Rc::new(data(512 * 1024, 11));
+    std::fs::write(root.0.join("c.bin"), &*body).unwrap();
+    let server = Ftpd::start(&root.0, true, false);
+    let url = Rc::new(server.url("user:secret@", "c.bin"));
+
+    let ok = Rc::new(RefCell::new(0usize));
+    let errors = Rc::new(RefCell::new(Vec::new()));
+    let in_flight = Rc::new(RefCell::new((0usize, 0usize))); // (now, most)
+    for _ in 0..20 {
+        let (url, body, ok, errors, in_flight) = (
+            url.clone(),
+            body.clone(),
+            ok.clone(),
+            errors.clone(),
+            in_flight.clone(),
+        );
+        copas::addthread(move || {
+            {
+                let mut f = in_flight.borrow_mut();
+                f.0 += 1;
+                f.1 = f.1.max(f.0);
+            }
+            match ftp::get_to(&url, &opts(), &mut Vec::new()).and_then(|_| ftp::get(&url)) {
+                Ok(got) if got == *body => *ok.borrow_mut() += 1,
+                Ok(got) => errors
+                    .borrow_mut()
+                    .push(format!("{} bytes differ", got.len())),
+                Err(e) => errors.borrow_mut().push(e.to_string()),
+            }
+            in_flight.borrow_mut().0 -= 1;
+        })
+        .unwrap();
+    }
+    util::run_bounded(LIMIT);
+    assert_eq!(*errors.borrow(), Vec::<String>::new());
+    assert_eq!(*ok.borrow(), 20);
+    assert!(in_flight.borrow().1 > 1, "the gets did not overlap");
+}
+
+#[test]
+fn ftp_get_example_downloads_to_stdout_and_to_a_file() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp_get example", Duration::from_secs(400));
+    let root = TempDir::new("ex");
+    let body = data(200_000, 5);
+    std::fs::write(root.0.join("e.bin"), &body).unwrap();
+    let server = Ftpd::start(&root.0, false, false);
+    let exe = util::example_binary("ftp_get");
+
+    let out = Command::new(&exe)
+        .arg(server.url("", "e.bin"))
+        .output()
+        .expect("run ftp_get");
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout == body, "stdout differs");
+
+    let dest = root.0.join("copy.bin");
+    let out = Command::new(&exe)
+        .arg(server.url("", "e.bin"))
+        .arg(&dest)
+        .output()
+        .expect("run ftp_get");
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::read(&dest).unwrap() == body);
+
+    let out = Command::new(&exe)
+        .arg(server.url("", "missing.bin"))
+        .output()
+        .expect("run ftp_get");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("550"), "{err}");
+}
