@@ -8,3 +8,4 @@
 pub mod ftp;
 pub mod http;
 pub mod reply;
+pub mod smtp;

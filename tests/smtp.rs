@@ -1,0 +1,772 @@
+//! `client::smtp` against a real aiosmtpd (tests/peers/smtp_peer.py) on loopback.
+//!
+//! Each test starts its own server on a free port and checks what it stored
+//! (OUTDIR/NNNN.eml and .json). Without python3 + aiosmtpd the tests skip with a note,
+//! unless `CI` is set, where they fail.
+
+mod util;
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use copas::client::smtp::{self, AuthMechanism, Mail, Message, StartTls};
+use copas::native_tls::Certificate;
+use copas::ErrorKind;
+use util::Watchdog;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "copas-smtp-{}-{}-{what}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Whether python3 with aiosmtpd is here; panics under CI when not.
+fn have_aiosmtpd() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("python3 with aiosmtpd is required under CI (pip3 install aiosmtpd)");
+        }
+        eprintln!("note: python3 or aiosmtpd missing; skipping the smtp test");
+    }
+    ok
+}
+
+/// A running smtp_peer.py; stopped with SIGTERM when dropped.
+struct Peer {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Peer {
+    fn start(args: &[&str]) -> Peer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_peer.py");
+        let out = temp_dir("out");
+        for _attempt in 0..3 {
+            let port = {
+                let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+                l.local_addr().unwrap().port()
+            };
+            let mut child = Command::new("python3")
+                .arg(&script)
+                .arg(port.to_string())
+                .arg(&out)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn python3");
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+            let ready = loop {
+                match rx.recv_timeout(Duration::from_secs(15)) {
+                    Ok(line) if line.starts_with("READY") => break true,
+                    Ok(_) => continue,
+                    Err(_) => break false,
+                }
+            };
+            if ready {
+                // Keep draining its output in the reader thread (the channel is dropped).
+                return Peer { child, port, out };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("smtp_peer.py did not get READY");
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn stored(&self, n: usize) -> (Vec<u8>, String) {
+        let base = self.out.join(format!("{n:04}"));
+        let eml = std::fs::read(base.with_extension("eml")).expect("stored .eml");
+        let json = std::fs::read_to_string(base.with_extension("json")).expect("stored .json");
+        (eml, json)
+    }
+
+    fn count(&self) -> usize {
+        std::fs::read_dir(&self.out)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its id.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                let _ = std::fs::remove_dir_all(&self.out);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.out);
+    }
+}
+
+/// The test PKI of test-peers.md A.1: a CA, a server certificate for localhost and
+/// 127.0.0.1, and an unrelated CA.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn make() -> Pki {
+        let dir = temp_dir("pki");
+        let run = |args: &[&str]| {
+            let st = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl CLI");
+            assert!(st.success(), "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=copas-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "825",
+            "-sha256",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let chain = [
+            std::fs::read(dir.join("server.pem")).unwrap(),
+            std::fs::read(dir.join("ca.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(dir.join("server-chain.pem"), chain).unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+        ]);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn cert(&self, name: &str) -> Certificate {
+        Certificate::from_pem(&std::fs::read(self.dir.join(name)).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn mail(peer: &Peer) -> Mail {
+    Mail::new(peer.addr(), "sender@example.org")
+        .domain("client.test")
+        .timeout(TIMEOUT)
+}
+
+#[test]
+fn three_recipients_with_dot_stuffing_from_coroutines() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("smtp three recipients", Duration::from_secs(60));
+    let peer = Peer::start(&[]);
+    let message = b"From: sender@example.org\r\nTo: a@example.org\r\nSubject: dots\r\n\r\n\
+first line\r\n.dot line\r\n..two dots\r\n.\r\nlast line\r\n"
+        .to_vec();
+    let m = mail(&peer)
+        .to("a@example.org")
+        .to("b@example.org")
+        .to("c@example.org")
+        .message(message.clone());
+
+    // Inside a coroutine, with a ticker that must keep ticking meanwhile.
+    let result = Rc::new(RefCell::new(None));
+    let ticks = Rc::new(RefCell::new(0u32));
+    {
+        let slot = result.clone();
+        copas::addthread(move || {
+            *slot.borrow_mut() = Some(smtp::send(&m).map(|r| r.code()));
+        })
+        .unwrap();
+        let result = result.clone();
+        let ticks = ticks.clone();
+        copas::addthread(move || {
+            for _ in 0..2000 {
+                if result.borrow().is_some() {
+                    break;
+                }
+                *ticks.borrow_mut() += 1;
+                copas::pause(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    }
+    copas::run().unwrap();
+    let code = result.borrow_mut().take().expect("send finished");
+    assert_eq!(code.expect("send"), 250);
+    assert!(*ticks.borrow() > 0);
+
+    let (eml, json) = peer.stored(1);
+    assert_eq!(eml, message, "stored:\n{}", String::from_utf8_lossy(&eml));
+    assert!(
+        json.contains(r#""mail_from": "sender@example.org""#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#""rcpt_tos": ["a@example.org", "b@example.org", "c@example.org"]"#),
+        "{json}"
+    );
+    assert!(json.contains(r#""tls": false"#), "{json}");
+
+    // Bare LF is sent as CRLF; from plain main (blocking).
+    let reply = mail(&peer)
+        .to("d@example.org")
+        .message(b"Subject: lf\n\n.x\nend".to_vec())
+        .send()
+        .expect("send from main");
+    assert_eq!(reply.code(), 250);
+    let (eml, _) = peer.stored(2);
+    assert_eq!(eml, b"Subject: lf\r\n\r\n.x\r\nend\r\n");
+}
+
+#[test]
+fn auth_plain_and_login() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("smtp auth", Duration::from_secs(60));
+    let peer = Peer::start(&["--require-auth"]);
+    let body = b"Subject: auth\r\n\r\nhello\r\n".to_vec();
+
+    for (n, mech) in [(1, AuthMechanism::Plain), (2, AuthMechanism::Login)] {
+        mail(&peer)
+            .to("a@example.org")
+            .message(body.clone())
+            .auth("user", "secret")
+            .auth_mechanism(mech)
+            .send()
+            .unwrap_or_else(|e| panic!("{mech:?}: {e}"));
+        let (_, json) = peer.stored(n);
+        assert!(json.contains(r#""authenticated": true"#), "{json}");
+        assert!(json.contains(r#""login": "user""#), "{json}");
+    }
+
+    // Wrong password: the 535 reply comes back.
+    for mech in [AuthMechanism::Auto, AuthMechanism::Login] {
+        let e = mail(&peer)
+            .to("a@example.org")
+            .message(body.clone())
+            .auth("user", "wrong")
+            .auth_mechanism(mech)
+            .send()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+        assert_eq!(e.reply_code(), Some(535), "{e}");
+    }
+
+    // No credentials where they are required: 530 at MAIL FROM.
+    let e = mail(&peer)
+        .to("a@example.org")
+        .message(body)
+        .send()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+    assert_eq!(e.reply_code(), Some(530), "{e}");
+    assert_eq!(peer.count(), 2);
+}
+
+#[test]
+fn starttls_when_offered_and_required() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("smtp starttls", Duration::from_secs(90));
+    let pki = Pki::make();
+    let peer = Peer::start(&[
+        "--tls",
+        &pki.path("server-chain.pem"),
+        &pki.path("server.key"),
+        "--require-auth",
+    ]);
+    let body = b"Subject: tls\r\n\r\nsecret stuff\r\n.dot\r\n".to_vec();
+
+    // Required, with our CA, and AUTH over the encrypted channel.
+    let reply = mail(&peer)
+        .to("a@example.org")
+        .to("b@example.org")
+        .message(body.clone())
+        .starttls(StartTls::Required)
+        .add_root_certificate(pki.cert("ca.pem"))
+        .auth("user", "secret")
+        .send()
+        .expect("STARTTLS send");
+    assert_eq!(reply.code(), 250);
+    let (eml, json) = peer.stored(1);
+    assert_eq!(eml, body);
+    assert!(json.contains(r#""tls": true"#), "{json}");
+    assert!(json.contains(r#""login": "user""#), "{json}");
+
+    // When offered (the default) it is used too; server name "localhost" verifies.
+    mail(&peer)
+        .to("a@example.org")
+        .message(body.clone())
+        .add_root_certificate(pki.cert("ca.pem"))
+        .tls_server_name("localhost")
+        .auth("user", "secret")
+        .send()
+        .expect("STARTTLS when offered");
+    assert!(peer.stored(2).1.contains(r#""tls": true"#));
+
+    // An unrelated CA: the handshake fails, nothing is delivered.
+    let e = mail(&peer)
+        .to("a@example.org")
+        .message(body.clone())
+        .add_root_certificate(pki.cert("other.pem"))
+        .auth("user", "secret")
+        .send()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    assert_eq!(peer.count(), 2);
+
+    // Required but not offered (a plain server): refused before MAIL FROM.
+    let plain = Peer::start(&[]);
+    let e = mail(&plain)
+        .to("a@example.org")
+        .message(body)
+        .starttls(StartTls::Required)
+        .send()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    assert_eq!(plain.count(), 0);
+}
+
+#[test]
+fn rejected_recipient_is_a_typed_error() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("smtp 550", Duration::from_secs(60));
+    let peer = Peer::start(&["--reject-rcpt", "nobody@example.org"]);
+    let e = mail(&peer)
+        .to("a@example.org")
+        .to("nobody@example.org")
+        .message(b"Subject: x\r\n\r\nx\r\n".to_vec())
+        .send()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+    assert_eq!(e.reply_code(), Some(550));
+    assert!(e.to_string().contains("No such user"), "{e}");
+    assert_eq!(peer.count(), 0);
+    // The server is still fine for the next mail.
+    mail(&peer)
+        .to("a@example.org")
+        .message(b"Subject: y\r\n\r\ny\r\n".to_vec())
+        .send()
+        .expect("next send");
+    assert_eq!(peer.count(), 1);
+}
+
+#[test]
+fn crlf_injection_refused_before_connecting() {
+    let _dog = Watchdog::new("smtp crlf", Duration::from_secs(30));
+    let (listener, addr) = util::local_listener();
+    listener.set_nonblocking(true).unwrap();
+    let server = addr.to_string();
+    let cases = [
+        Mail::new(&server, "a@example.org\r\nRCPT TO:<evil@example.org>").to("b@example.org"),
+        Mail::new(&server, "a@example.org").to("b@example.org\nDATA"),
+        Mail::new(&server, "a@example.org")
+            .to("b@example.org")
+            .to("c@example.org\r"),
+        Mail::new(&server, "a@example.org")
+            .to("b@example.org")
+            .domain("x\r\nMAIL FROM:<evil>"),
+        Mail::new(&server, "a@example.org"),
+    ];
+    for m in cases {
+        let e = smtp::send(&m.message(b"x\r\n".to_vec())).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    }
+    for bad in [
+        Message::new().subject("hi\r\nBcc: evil@example.org"),
+        Message::new().from("a@example.org\nBcc: evil@example.org"),
+        Message::new().to("b@example.org\r"),
+        Message::new().header("X-Tag", "a\nb"),
+        Message::new().attach("a\r\n.txt", "text/plain", vec![1]),
+    ] {
+        assert_eq!(bad.build().unwrap_err().kind(), ErrorKind::Protocol);
+    }
+    // Nobody connected.
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+}
+
+/// Finds the base64 body of the part whose headers name `filename`, and decodes it.
+fn attachment(eml: &str, filename: &str) -> Vec<u8> {
+    let at = eml
+        .find(&format!("filename=\"{filename}\""))
+        .unwrap_or_else(|| panic!("no part {filename} in:\n{eml}"));
+    let rest = &eml[at..];
+    let body = &rest[rest.find("\r\n\r\n").expect("part body") + 4..];
+    let mut b64 = String::new();
+    for line in body.split("\r\n") {
+        if line.starts_with("--") || line.is_empty() {
+            break;
+        }
+        assert!(line.len() <= 76, "base64 line of {} chars", line.len());
+        b64.push_str(line);
+    }
+    BASE64.decode(b64).expect("base64")
+}
+
+#[test]
+fn attachments_round_trip() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("smtp attachments", Duration::from_secs(60));
+    let peer = Peer::start(&[]);
+    let binary: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let csv = b"a,b\n1,2\n.3,4\n".to_vec();
+    let message = Message::new()
+        .from("Sender <sender@example.org>")
+        .to("a@example.org")
+        .to("b@example.org")
+        .subject("Report — two files")
+        .header("X-Mailer", "copas tests")
+        .text("Hello,\n.files attached.\n")
+        .attach("data.bin", "application/octet-stream", binary.clone())
+        .attach("table.csv", "text/csv", csv.clone())
+        .build()
+        .expect("build");
+    mail(&peer)
+        .to("a@example.org")
+        .to("b@example.org")
+        .message(message.clone())
+        .send()
+        .expect("send");
+    let (eml, json) = peer.stored(1);
+    assert_eq!(eml, message);
+    assert!(json.contains(r#""rcpt_tos": ["a@example.org", "b@example.org"]"#));
+    let eml = String::from_utf8(eml).unwrap();
+    for header in [
+        "From: Sender <sender@example.org>\r\n",
+        "To: a@example.org, b@example.org\r\n",
+        "Subject: =?UTF-8?B?",
+        "X-Mailer: copas tests\r\n",
+        "MIME-Version: 1.0\r\n",
+        "Content-Type: multipart/mixed; boundary=",
+        "\r\nDate: ",
+        "\r\nMessage-ID: <",
+    ] {
+        assert!(eml.contains(header), "{header:?} missing in:\n{eml}");
+    }
+    assert!(eml.contains("\r\n.files attached.\r\n"));
+    assert_eq!(attachment(&eml, "data.bin"), binary);
+    assert_eq!(attachment(&eml, "table.csv"), csv);
+
+    // Python's email parser agrees.
+    let script = format!(
+        "import email,sys\nm=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
+         parts=[p for p in m.walk() if p.get_filename()]\n\
+         print(str(email.header.make_header(email.header.decode_header(m['Subject']))))\n\
+         print(len(parts), parts[0].get_filename(), len(parts[0].get_payload(decode=True)), \
+         parts[1].get_payload(decode=True)=={csv:?}.encode())",
+        csv = String::from_utf8(csv).unwrap()
+    );
+    let path = peer.out.join("0001.eml");
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out, "Report — two files\n2 data.bin 20000 True\n", "{out}");
+}
+
+#[test]
+fn sendmail_example_delivers() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("sendmail example", Duration::from_secs(360));
+    let bin = util::example_binary("sendmail");
+    let peer = Peer::start(&["--require-auth"]);
+    let mut child = Command::new(bin)
+        .args([
+            &peer.addr(),
+            "me@example.org",
+            "a@example.org,b@example.org",
+            "From the example",
+            "--user",
+            "user",
+            "--password",
+            "secret",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sendmail");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"Hello from sendmail.\n.leading dot\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().expect("sendmail output");
+    assert!(
+        out.status.success(),
+        "sendmail failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sent: 250"));
+    let (eml, json) = peer.stored(1);
+    let eml = String::from_utf8(eml).unwrap();
+    assert!(eml.contains("Subject: From the example\r\n"), "{eml}");
+    assert!(
+        eml.contains("\r\n\r\nHello from sendmail.\r\n.leading dot\r\n"),
+        "{eml}"
+    );
+    assert!(
+        json.contains(r#""rcpt_tos": ["a@example.org", "b@example.org"]"#),
+        "{json}"
+    );
+    assert!(json.contains(r#""login": "user""#), "{json}");
+}
+
+/// A scripted server on a thread that does not know EHLO (an RFC 821 server): the client
+/// must fall back to HELO. Returns the commands it received.
+#[test]
+fn helo_fallback_when_ehlo_is_refused() {
+    use std::io::{BufRead, Write};
+    let _dog = Watchdog::new("smtp helo fallback", Duration::from_secs(30));
+    let (listener, addr) = util::local_listener();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        let mut seen = Vec::new();
+        w.write_all(b"220 old.example ready\r\n").unwrap();
+        let mut in_data = false;
+        for _ in 0..100 {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            let line = line.trim_end_matches("\r\n").to_string();
+            seen.push(line.clone());
+            let answer: &[u8] = if in_data {
+                if line == "." {
+                    in_data = false;
+                    b"250 queued\r\n"
+                } else {
+                    continue;
+                }
+            } else if line.starts_with("EHLO") {
+                b"500 5.5.1 command unrecognized\r\n"
+            } else if line == "DATA" {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if line == "QUIT" {
+                w.write_all(b"221 bye\r\n").unwrap();
+                break;
+            } else {
+                b"250 ok\r\n"
+            };
+            w.write_all(answer).unwrap();
+        }
+        seen
+    });
+    let reply = Mail::new(addr.to_string(), "a@example.org")
+        .domain("client.test")
+        .to("b@example.org")
+        .message(b"Subject: old\r\n\r\n.\r\n".to_vec())
+        .timeout(TIMEOUT)
+        .auth("user", "secret")
+        .auth_mechanism(AuthMechanism::Plain)
+        .send();
+    // AUTH was asked for but a HELO server offers no extensions: AUTH PLAIN is tried anyway
+    // (the mechanism was forced) and this server says 250, which is not 235.
+    let e = reply.unwrap_err();
+    assert_eq!(e.reply_code(), Some(250), "{e}");
+    let seen = server.join().unwrap();
+    assert_eq!(seen[0], "EHLO client.test");
+    assert_eq!(seen[1], "HELO client.test");
+    assert!(seen[2].starts_with("AUTH PLAIN "));
+
+    // Without AUTH the mail goes through, the lone "." line stuffed.
+    let (listener, addr) = util::local_listener();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        let mut seen = Vec::new();
+        w.write_all(b"220 old.example ready\r\n").unwrap();
+        let mut in_data = false;
+        for _ in 0..100 {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            let line = line.trim_end_matches("\r\n").to_string();
+            seen.push(line.clone());
+            let answer: &[u8] = if in_data {
+                if line == "." {
+                    in_data = false;
+                    b"250 queued as 42\r\n"
+                } else {
+                    continue;
+                }
+            } else if line.starts_with("EHLO") {
+                b"502 5.5.2 not implemented\r\n"
+            } else if line == "DATA" {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if line == "QUIT" {
+                w.write_all(b"221 bye\r\n").unwrap();
+                break;
+            } else {
+                b"250 ok\r\n"
+            };
+            w.write_all(answer).unwrap();
+        }
+        seen
+    });
+    let reply = Mail::new(addr.to_string(), "a@example.org")
+        .domain("client.test")
+        .to("b@example.org")
+        .message(b"Subject: old\r\n\r\n.\r\n".to_vec())
+        .timeout(TIMEOUT)
+        .send()
+        .expect("send to a HELO server");
+    assert_eq!(reply.to_string(), "250 queued as 42");
+    let seen = server.join().unwrap();
+    assert_eq!(
+        seen,
+        [
+            "EHLO client.test",
+            "HELO client.test",
+            "MAIL FROM:<a@example.org>",
+            "RCPT TO:<b@example.org>",
+            "DATA",
+            "Subject: old",
+            "",
+            "..",
+            ".",
+            "QUIT"
+        ]
+    );
+}
