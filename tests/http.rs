@@ -232,7 +232,7 @@ fn vm_rss_kib() -> u64 {
 /// Every nginx scenario, one nginx for all, from plain `main` and from coroutines.
 #[test]
 fn against_nginx() {
-    let _dog = Watchdog::new("against_nginx", secs(120));
+    let _dog = Watchdog::new("against_nginx", secs(400));
     let Some(ng) = Nginx::start() else { return };
 
     // GET
@@ -401,6 +401,40 @@ fn against_nginx() {
         .expect("send_to");
     assert_eq!(r.status(), 200);
     assert_eq!(out, b"chunk one\nchunk two\n");
+
+    // The http_get example, over https with the test CA, following a redirect
+    let ca_file = ng.dir.join("pki/ca.pem");
+    let out = Command::new(util::example_binary("http_get"))
+        .arg(ng.surl("/redirect"))
+        .arg("--ca")
+        .arg(&ca_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run http_get");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.contains(&format!("(from {})", ng.surl("/index.html"))),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 13"),
+        "{text}"
+    );
+    assert!(text.ends_with("\n\nhello static\n"), "{text}");
+    // Without the CA it fails, with the TLS error on stderr
+    let out = Command::new(util::example_binary("http_get"))
+        .arg(ng.surl("/index.html"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run http_get");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http_get:"));
 
     // 50 MiB streamed with bounded memory, checked byte by byte
     let before = vm_rss_kib();
