@@ -652,6 +652,10 @@ fn framing_errors() {
             Ok(b"ok"),
         ),
         ("HTTP/1.0 200 OK\r\n\r\nuntil close", Ok(b"until close")),
+        (
+            "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+            Ok(b"ok"),
+        ),
         ("garbage\r\n\r\n", Err(ErrorKind::Protocol)),
     ];
     let many = format!(

@@ -509,7 +509,7 @@ impl Request {
             self.method.as_str(),
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
         );
-        if self.keep_alive {
+        if self.keep_alive && self.connector.is_none() {
             if let Some(sock) = pool_take(&target.key) {
                 match self.exchange_on(sock, url, &target) {
                     Ok(r) => return Ok(r),
@@ -618,6 +618,7 @@ impl Request {
                 trailers: Vec::new(),
                 max_head_bytes: self.max_head_bytes,
                 done: false,
+                failed: false,
             };
             reader.finish_if_done();
             return Ok((response, reader));
@@ -920,7 +921,13 @@ fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
 fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
     let mut fields = vec![httparse::EMPTY_HEADER; max_headers];
     let mut parsed = httparse::Response::new(&mut fields);
-    match parsed.parse(head) {
+    // Obsolete line folding is accepted, as Copas (LuaSocket) does.
+    let config = {
+        let mut c = httparse::ParserConfig::default();
+        c.allow_obsolete_multiline_headers_in_responses(true);
+        c
+    };
+    match config.parse_response(&mut parsed, head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => {
             return Err(Error::with_message(
@@ -948,7 +955,12 @@ fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
         .map(|h| {
             (
                 h.name.to_string(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
+                String::from_utf8_lossy(h.value)
+                    .split(['\r', '\n'])
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
             )
         })
         .collect();
@@ -1149,6 +1161,7 @@ pub struct BodyReader {
     trailers: Vec<(String, String)>,
     max_head_bytes: usize,
     done: bool,
+    failed: bool,
 }
 
 impl std::fmt::Debug for BodyReader {
@@ -1354,6 +1367,13 @@ impl BodyReader {
 
 impl Read for BodyReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(Error::with_message(
+                ErrorKind::Closed,
+                "the body's connection failed earlier",
+            )
+            .into());
+        }
         match self.read_body(out) {
             Ok(n) => Ok(n),
             Err(e) => {
@@ -1361,6 +1381,7 @@ impl Read for BodyReader {
                 self.sock = None;
                 self.key = None;
                 self.done = true;
+                self.failed = true;
                 Err(e.into())
             }
         }
