@@ -770,3 +770,92 @@ fn helo_fallback_when_ehlo_is_refused() {
         ]
     );
 }
+
+#[test]
+fn many_sends_in_flight_from_coroutines() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("smtp concurrent", Duration::from_secs(60));
+    let peer = Peer::start(&[]);
+    const N: usize = 10;
+    let done = Rc::new(RefCell::new(Vec::new()));
+    let ticks = Rc::new(RefCell::new(0u32));
+    for i in 0..N {
+        let m = mail(&peer)
+            .to(format!("r{i}@example.org"))
+            .message(format!("Subject: n{i}\r\n\r\nbody {i}\r\n").into_bytes());
+        let done = done.clone();
+        copas::addthread(move || {
+            let r = smtp::send(&m).map(|r| r.code());
+            done.borrow_mut().push((i, r));
+        })
+        .unwrap();
+    }
+    {
+        let done = done.clone();
+        let ticks = ticks.clone();
+        copas::addthread(move || {
+            for _ in 0..5000 {
+                if done.borrow().len() == N {
+                    break;
+                }
+                *ticks.borrow_mut() += 1;
+                copas::pause(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    }
+    copas::run().unwrap();
+    let done = done.borrow();
+    assert_eq!(done.len(), N);
+    for (i, r) in done.iter() {
+        assert_eq!(r.as_ref().map_err(|e| e.to_string()), Ok(&250), "send {i}");
+    }
+    assert!(*ticks.borrow() > 0);
+    assert_eq!(peer.count(), N);
+    let mut seen: Vec<String> = (1..=N)
+        .map(|n| {
+            let (eml, json) = peer.stored(n);
+            let eml = String::from_utf8(eml).unwrap();
+            let i = eml["Subject: n".len()..]
+                .split("\r\n")
+                .next()
+                .unwrap()
+                .to_string();
+            assert!(eml.ends_with(&format!("body {i}\r\n")), "{eml}");
+            assert!(json.contains(&format!(r#"["r{i}@example.org"]"#)), "{json}");
+            i
+        })
+        .collect();
+    seen.sort_by_key(|i| i.parse::<usize>().unwrap());
+    assert_eq!(seen, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_silent_server_times_out() {
+    let _dog = Watchdog::new("smtp timeout", Duration::from_secs(30));
+    let (listener, addr) = util::local_listener();
+    let holder = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(stream);
+    });
+    let start = std::time::Instant::now();
+    let e = Mail::new(addr.to_string(), "a@example.org")
+        .to("b@example.org")
+        .timeouts(
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_millis(300)),
+        )
+        .send()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        start.elapsed()
+    );
+    holder.join().unwrap();
+}

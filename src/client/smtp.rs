@@ -144,7 +144,7 @@ pub struct Mail {
     recipients: Vec<String>,
     message: Vec<u8>,
     domain: String,
-    timeout: Option<Duration>,
+    timeouts: [Option<Duration>; 3],
     starttls: StartTls,
     connector: Option<TlsConnector>,
     root_certificates: Vec<Certificate>,
@@ -161,7 +161,7 @@ impl fmt::Debug for Mail {
             .field("recipients", &self.recipients)
             .field("message_len", &self.message.len())
             .field("domain", &self.domain)
-            .field("timeout", &self.timeout)
+            .field("timeouts", &self.timeouts)
             .field("starttls", &self.starttls)
             .field("user", &self.credentials.as_ref().map(|c| &c.0))
             .finish_non_exhaustive()
@@ -183,7 +183,7 @@ impl Mail {
             recipients: Vec::new(),
             message: Vec::new(),
             domain: std::env::var("SERVER_NAME").unwrap_or_else(|_| DOMAIN.to_string()),
-            timeout: Some(TIMEOUT),
+            timeouts: [Some(TIMEOUT); 3],
             starttls: StartTls::default(),
             connector: None,
             root_certificates: Vec::new(),
@@ -229,9 +229,35 @@ impl Mail {
         self
     }
 
-    /// The timeout for connecting and for each send and receive (`None`: wait forever).
+    /// The timeout for connecting (and the TLS handshake) and for each send and receive
+    /// (`None`: wait forever).
     pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Mail {
-        self.timeout = timeout.into();
+        self.timeouts = [timeout.into(); 3];
+        self
+    }
+
+    /// The timeouts for connecting (and the TLS handshake), for each send, and for each
+    /// reply, separately (`None`: wait forever). A server may take long to answer the end
+    /// of the data (RFC 5321 §4.5.3.2 suggests 10 minutes), so the receive timeout is the
+    /// one to make generous.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use copas::client::smtp::Mail;
+    ///
+    /// let s = Duration::from_secs;
+    /// let _mail = Mail::new("mail.example.org", "me@example.org")
+    ///     .timeouts(Some(s(10)), Some(s(30)), Some(s(600)));
+    /// ```
+    pub fn timeouts(
+        mut self,
+        connect: Option<Duration>,
+        send: Option<Duration>,
+        receive: Option<Duration>,
+    ) -> Mail {
+        self.timeouts = [connect, send, receive];
         self
     }
 
@@ -341,11 +367,15 @@ pub fn send(mail: &Mail) -> Result<Reply> {
     let (host, port) = split_server(&mail.server)?;
     let data = stuff(&mail.message);
 
-    let mut sock = crate::connect((host.as_str(), port), mail.timeout)?;
-    sock.settimeout(mail.timeout);
+    let [connect, send, receive] = mail.timeouts;
+    let mut sock = crate::connect((host.as_str(), port), connect)?;
+    sock.settimeouts(connect, send, receive);
     let result = session(&mut sock, mail, &host, &data);
-    if result.is_err() && !sock.is_closed() {
-        // Best effort: say goodbye without waiting long for the answer.
+    let polite = matches!(&result, Err(e) if e.kind() == ErrorKind::Rejected);
+    if polite && !sock.is_closed() {
+        // The server refused something and is waiting for the next command: say goodbye,
+        // without waiting long for the answer. (After a timeout or a broken connection
+        // there is nobody to talk to.)
         sock.settimeout(Some(Duration::from_secs(1)));
         if sock.send(b"QUIT\r\n").is_ok() {
             let _ = read_reply(&mut sock);
