@@ -518,6 +518,8 @@ enum Stall {
     None,
     RequestHeaders,
     RequestBody,
+    /// Stalls before reading a 32 MiB chunked body: the client's send itself times out.
+    RequestBodyLarge,
     ResponseHeaders,
     ResponseBody,
 }
@@ -547,7 +549,7 @@ fn serve(mut sock: Socket, stall: Stall) {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    if stall == Stall::RequestBody {
+    if stall == Stall::RequestBody || stall == Stall::RequestBodyLarge {
         let _ = sock.receive(copas::Pattern::Exact(len / 2));
         stall_for();
         return;
@@ -591,14 +593,19 @@ fn http_timeout_scenarios() {
                 Stall::None,
                 Stall::RequestHeaders,
                 Stall::RequestBody,
+                Stall::RequestBodyLarge,
                 Stall::ResponseHeaders,
                 Stall::ResponseBody,
                 Stall::None,
             ] {
                 stall.set(s);
-                let mut req = Request::post(&format!("http://{addr}/"))
-                    .timeout(ms(500))
-                    .body(body.clone());
+                let mut req = Request::post(&format!("http://{addr}/")).timeout(ms(500));
+                req = if s == Stall::RequestBodyLarge {
+                    let big = std::io::Cursor::new(vec![b'z'; 32 << 20]);
+                    req.body_reader(big, None)
+                } else {
+                    req.body(body.clone())
+                };
                 for i in 1..=6 {
                     req = req.header(&format!("X-Custom-{i}"), &"x".repeat(20));
                 }
@@ -618,7 +625,7 @@ fn http_timeout_scenarios() {
     }
     run_bounded(secs(30));
     let results = results.borrow();
-    assert_eq!(results.len(), 6, "{results:?}");
+    assert_eq!(results.len(), 7, "{results:?}");
     for (s, outcome, took) in results.iter() {
         match s {
             Stall::None => assert_eq!(*outcome, Ok(200), "{results:?}"),
