@@ -460,3 +460,81 @@ fn ftp_get_example_downloads_to_stdout_and_to_a_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("550"), "{err}");
 }
+
+/// A scripted control connection (not an FTP server): answers login and `TYPE`, then
+/// `EPSV` and `PASV` with the given replies; records every command it gets.
+fn scripted_server(
+    epsv: &'static str,
+    pasv: &'static str,
+) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::BufRead;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = sock.try_clone().unwrap();
+        let mut lines = std::io::BufReader::new(sock);
+        out.write_all(b"220 scripted\r\n").unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let mut line = String::new();
+            if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let line = line.trim_end().to_string();
+            let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+            seen.push(line);
+            let reply = match verb.as_str() {
+                "USER" => "331 password please",
+                "PASS" => "230 in",
+                "TYPE" => "200 binary",
+                "EPSV" => epsv,
+                "PASV" => pasv,
+                "QUIT" => "221 bye",
+                _ => "500 unexpected",
+            };
+            if out.write_all(format!("{reply}\r\n").as_bytes()).is_err() || verb == "QUIT" {
+                break;
+            }
+        }
+        seen
+    });
+    (format!("ftp://127.0.0.1:{}/f.bin", addr.port()), handle)
+}
+
+#[test]
+fn passive_replies_pointing_elsewhere_or_malformed_are_refused() {
+    let _dog = Watchdog::new("ftp passive refusal", LIMIT);
+    let cases: [(&str, &str, &str); 4] = [
+        // EPSV unknown → PASV fallback, which names another host: an FTP bounce.
+        (
+            "500 what?",
+            "227 Entering Passive Mode (10,1,2,3,4,1)",
+            "10.1.2.3",
+        ),
+        (
+            "502 no",
+            "227 Entering Passive Mode (127,0,0,1,999,1)",
+            "malformed PASV",
+        ),
+        ("502 no", "227 nothing here", "malformed PASV"),
+        (
+            "229 Entering Extended Passive Mode (|||70000|)",
+            "unused",
+            "malformed EPSV",
+        ),
+    ];
+    for (epsv, pasv, expect) in cases {
+        let (url, server) = scripted_server(epsv, pasv);
+        let err = ftp::get(&url).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{epsv} / {pasv}: {err}");
+        assert!(err.to_string().contains(expect), "{err}");
+        let seen = server.join().unwrap();
+        assert!(
+            !seen.iter().any(|c| c.starts_with("RETR")),
+            "RETR was sent: {seen:?}"
+        );
+    }
+}
