@@ -332,6 +332,17 @@ first line\r\n.dot line\r\n..two dots\r\n.\r\nlast line\r\n"
     assert_eq!(reply.code(), 250);
     let (eml, _) = peer.stored(2);
     assert_eq!(eml, b"Subject: lf\r\n\r\n.x\r\nend\r\n");
+
+    // 8-bit content (BODY=8BITMIME, which aiosmtpd offers) arrives byte for byte.
+    let eight = "Subject: 8bit\r\n\r\nGrüße, ünïcödé\r\n"
+        .as_bytes()
+        .to_vec();
+    mail(&peer)
+        .to("e@example.org")
+        .message(eight.clone())
+        .send()
+        .expect("8-bit send");
+    assert_eq!(peer.stored(3).0, eight);
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! [required](StartTls::Required) and not offered), authenticates with `AUTH PLAIN` or
 //! `AUTH LOGIN` when given [credentials](Mail::auth), then sends `MAIL FROM`, one
 //! `RCPT TO` per recipient and `DATA`, with line endings normalized to CRLF and lines that
-//! start with `.` dot-stuffed (RFC 5321 §4.5.2). Every reply code is checked: a reply that
+//! start with `.` dot-stuffed (RFC 5321 §4.5.2), and `BODY=8BITMIME` announced for a
+//! message that is not ASCII when the server offers it. Every reply code is checked: a reply that
 //! is not the expected one ends the session (with `QUIT`) and comes back as an
 //! [`ErrorKind::Rejected`] error carrying its code ([`Error::reply_code`]) and text.
 //!
@@ -424,7 +425,13 @@ fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Re
         authenticate(sock, &extensions, mail.mechanism, user, password)?;
     }
 
-    command(sock, &format!("MAIL FROM:<{}>", mail.from))?.expect(&[250])?;
+    // RFC 6152: announce 8-bit content where the server knows the extension.
+    let body = if !mail.message.is_ascii() && has_extension(&extensions, "8BITMIME") {
+        " BODY=8BITMIME"
+    } else {
+        ""
+    };
+    command(sock, &format!("MAIL FROM:<{}>{body}", mail.from))?.expect(&[250])?;
     for r in &mail.recipients {
         command(sock, &format!("RCPT TO:<{r}>"))?.expect(&[250, 251])?;
     }
