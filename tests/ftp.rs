@@ -347,6 +347,12 @@ fn missing_file_and_crlf_are_errors() {
     assert_eq!(err.reply_code(), Some(550));
     assert!(err.to_string().starts_with("rejected: 550"), "{err}");
 
+    // No file in the URL: refused before connecting (port 9 is discard: nobody listens).
+    let err = ftp::get("ftp://127.0.0.1:9/").unwrap_err();
+    assert_eq!(
+        err.io_error().map(|e| e.kind()),
+        Some(std::io::ErrorKind::InvalidInput)
+    );
     // CR/LF in a URL path: refused before connecting.
     let err = ftp::get(&server.url("user:secret@", "keep%0D%0ADELE%20keep")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);

@@ -1020,12 +1020,12 @@ pub fn get(url: &str) -> Result<Vec<u8>> {
 /// # Errors
 ///
 /// As [`Request::parse`], [`Client::open`] and [`Client::retr`]; an empty path is an
-/// [`ErrorKind::Io`] error of kind `InvalidInput`.
+/// [`ErrorKind::Io`] error of kind `InvalidInput`, before connecting.
 pub fn get_to(url: &str, opts: &Options, out: &mut dyn Write) -> Result<u64> {
-    let (mut client, req) = Client::open(url, opts)?;
-    if req.path.is_empty() {
+    if Request::parse(url)?.path.is_empty() {
         return Err(invalid_input("no file in the URL"));
     }
+    let (mut client, req) = Client::open(url, opts)?;
     let n = client.retr(&req.path, out)?;
     let _ = client.quit();
     Ok(n)
@@ -1058,12 +1058,12 @@ pub fn put(url: &str, data: &[u8]) -> Result<()> {
 /// # Errors
 ///
 /// As [`Request::parse`], [`Client::open`] and [`Client::stor`]; an empty path is an
-/// [`ErrorKind::Io`] error of kind `InvalidInput`.
+/// [`ErrorKind::Io`] error of kind `InvalidInput`, before connecting.
 pub fn put_from(url: &str, opts: &Options, input: &mut dyn Read) -> Result<u64> {
-    let (mut client, req) = Client::open(url, opts)?;
-    if req.path.is_empty() {
+    if Request::parse(url)?.path.is_empty() {
         return Err(invalid_input("no file in the URL"));
     }
+    let (mut client, req) = Client::open(url, opts)?;
     let n = client.stor(&req.path, input)?;
     let _ = client.quit();
     Ok(n)
