@@ -54,6 +54,9 @@ pub enum ErrorKind {
     Cancelled,
     /// The call needs a coroutine, a running dispatcher, or another context it was not given.
     InvalidState,
+    /// The caller passed something unusable, refused before anything was sent: a URL that
+    /// does not parse, an unsupported scheme, CR or LF in an address, header or path.
+    InvalidInput,
     /// A protocol peer sent something that does not follow its protocol (a malformed
     /// reply line, a bad chunk size, conflicting lengths…).
     Protocol,
@@ -84,6 +87,7 @@ impl ErrorKind {
             ErrorKind::Panicked => "panicked",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::InvalidState => "invalid state",
+            ErrorKind::InvalidInput => "invalid input",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Rejected => "rejected",
             ErrorKind::Io => "i/o error",
@@ -216,6 +220,7 @@ impl From<io::Error> for Error {
         let kind = match err.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
             io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
+            io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
             k if Error::io_kind_closes(k) => ErrorKind::Closed,
             _ => ErrorKind::Io,
         };
@@ -236,6 +241,7 @@ impl From<Error> for io::Error {
             ErrorKind::Refused => io::ErrorKind::ConnectionRefused,
             ErrorKind::HostNotFound => io::ErrorKind::NotFound,
             ErrorKind::LimitExceeded => io::ErrorKind::InvalidData,
+            ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
             ErrorKind::InvalidState => io::ErrorKind::Unsupported,
             ErrorKind::Io => match &err.source {
                 Some(s) => s.kind(),

@@ -362,7 +362,7 @@ fn against_nginx() {
     assert_eq!(r.url().scheme(), "http");
     // Unknown scheme
     let e = http::request("gopher://127.0.0.1/").expect_err("gopher");
-    assert_eq!(e.kind(), ErrorKind::InvalidState);
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
 
     // Keep-alive: 10 sequential requests on one TCP connection (nginx's $connection)
     let conns: Vec<String> = (0..10)

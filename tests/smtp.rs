@@ -501,7 +501,7 @@ fn crlf_injection_refused_before_connecting() {
     ];
     for m in cases {
         let e = smtp::send(&m.message(b"x\r\n".to_vec())).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     }
     for bad in [
         Message::new().subject("hi\r\nBcc: evil@example.org"),
@@ -510,7 +510,7 @@ fn crlf_injection_refused_before_connecting() {
         Message::new().header("X-Tag", "a\nb"),
         Message::new().attach("a\r\n.txt", "text/plain", vec![1]),
     ] {
-        assert_eq!(bad.build().unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(bad.build().unwrap_err().kind(), ErrorKind::InvalidInput);
     }
     // Nobody connected.
     assert_eq!(

@@ -15,7 +15,7 @@
 //! * Every reply code is checked; a failing one becomes [`ErrorKind::Rejected`] with the
 //!   code in [`Error::reply_code`] (a missing file: `550`).
 //! * Commands and arguments containing CR, LF or NUL are refused before anything is sent
-//!   (an [`ErrorKind::Io`] error of kind `InvalidInput`).
+//!   (an [`ErrorKind::InvalidInput`] error).
 //!
 //! ```no_run
 //! use copas::client::ftp;
@@ -55,7 +55,7 @@ pub const MAX_LISTING: usize = 64 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 fn invalid_input(message: impl Into<String>) -> Error {
-    Error::from(io::Error::new(io::ErrorKind::InvalidInput, message.into()))
+    Error::with_message(ErrorKind::InvalidInput, message)
 }
 
 fn protocol(message: impl Into<String>) -> Error {
@@ -179,7 +179,7 @@ impl Request {
     ///
     /// # Errors
     ///
-    /// An [`ErrorKind::Io`] error of kind `InvalidInput` for a URL that does not parse, a
+    /// An [`ErrorKind::InvalidInput`] error for a URL that does not parse, a
     /// scheme other than `ftp`, no host, an unknown `;type=`, percent escapes that are not
     /// UTF-8, or CR, LF or NUL in the user, password or path.
     pub fn parse(url: &str) -> Result<Request> {
@@ -546,7 +546,7 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// An [`ErrorKind::Io`] error of kind `InvalidInput` when `cmd` or `arg` contains CR,
+    /// An [`ErrorKind::InvalidInput`] error when `cmd` or `arg` contains CR,
     /// LF or NUL (or `cmd` is empty or has a space), before anything is sent; the socket's
     /// and the reply reader's errors.
     pub fn command(&mut self, cmd: &str, arg: Option<&str>) -> Result<Reply> {
@@ -1020,7 +1020,7 @@ pub fn get(url: &str) -> Result<Vec<u8>> {
 /// # Errors
 ///
 /// As [`Request::parse`], [`Client::open`] and [`Client::retr`]; an empty path is an
-/// [`ErrorKind::Io`] error of kind `InvalidInput`, before connecting.
+/// [`ErrorKind::InvalidInput`] error, before connecting.
 pub fn get_to(url: &str, opts: &Options, out: &mut dyn Write) -> Result<u64> {
     if Request::parse(url)?.path.is_empty() {
         return Err(invalid_input("no file in the URL"));
@@ -1058,7 +1058,7 @@ pub fn put(url: &str, data: &[u8]) -> Result<()> {
 /// # Errors
 ///
 /// As [`Request::parse`], [`Client::open`] and [`Client::stor`]; an empty path is an
-/// [`ErrorKind::Io`] error of kind `InvalidInput`, before connecting.
+/// [`ErrorKind::InvalidInput`] error, before connecting.
 pub fn put_from(url: &str, opts: &Options, input: &mut dyn Read) -> Result<u64> {
     if Request::parse(url)?.path.is_empty() {
         return Err(invalid_input("no file in the URL"));
@@ -1246,12 +1246,7 @@ mod tests {
             "not a url",
         ] {
             let err = Request::parse(bad).unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::Io, "{bad}");
-            assert_eq!(
-                err.io_error().map(io::Error::kind),
-                Some(io::ErrorKind::InvalidInput),
-                "{bad}"
-            );
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
         }
         assert_eq!(percent_decode("%4").unwrap(), "%4");
         assert_eq!(percent_decode("%").unwrap(), "%");

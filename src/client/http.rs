@@ -345,7 +345,7 @@ impl Request {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidState`] for a URL that does not parse, an unknown scheme or a
+    /// [`ErrorKind::InvalidInput`] for a URL that does not parse, an unknown scheme or a
     /// header with CR or LF; the connection's errors ([`ErrorKind::Refused`],
     /// [`ErrorKind::HostNotFound`], [`ErrorKind::Tls`], [`ErrorKind::Timeout`],
     /// [`ErrorKind::Closed`]…); [`ErrorKind::Protocol`] for a malformed response (bad
@@ -412,14 +412,14 @@ impl Request {
         for (n, v) in &self.headers {
             if has_crlf(n) || has_crlf(v) || n.is_empty() {
                 return Err(Error::with_message(
-                    ErrorKind::InvalidState,
+                    ErrorKind::InvalidInput,
                     format!("invalid header field {n:?}"),
                 ));
             }
         }
         if has_crlf(&self.method) || self.method.contains(' ') || self.method.is_empty() {
             return Err(Error::with_message(
-                ErrorKind::InvalidState,
+                ErrorKind::InvalidInput,
                 "invalid method",
             ));
         }
@@ -765,12 +765,12 @@ fn percent_decode(s: &str) -> String {
 
 fn parse_url(s: &str) -> Result<Url> {
     let url = Url::parse(s.trim()).map_err(|e| {
-        Error::with_message(ErrorKind::InvalidState, format!("invalid URL {s:?}: {e}"))
+        Error::with_message(ErrorKind::InvalidInput, format!("invalid URL {s:?}: {e}"))
     })?;
     match url.scheme() {
         "http" | "https" => Ok(url),
         other => Err(Error::with_message(
-            ErrorKind::InvalidState,
+            ErrorKind::InvalidInput,
             format!("unsupported URL scheme {other:?} (http and https are)"),
         )),
     }
@@ -797,7 +797,7 @@ impl Target {
             Some(url::Host::Ipv6(a)) => (a.to_string(), Some(IpAddr::V6(a))),
             None => {
                 return Err(Error::with_message(
-                    ErrorKind::InvalidState,
+                    ErrorKind::InvalidInput,
                     "URL without a host",
                 ))
             }

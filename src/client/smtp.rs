@@ -15,7 +15,7 @@
 //! [`ErrorKind::Rejected`] error carrying its code ([`Error::reply_code`]) and text.
 //!
 //! Addresses, the `EHLO` domain and header values containing CR or LF (or NUL) are refused
-//! with [`ErrorKind::Protocol`] errors *before* anything is connected or sent, so no input
+//! with [`ErrorKind::InvalidInput`] errors *before* anything is connected or sent, so no input
 //! can inject SMTP commands or headers.
 //!
 //! # Example
@@ -317,7 +317,7 @@ impl Mail {
 ///
 /// # Errors
 ///
-/// * [`ErrorKind::Protocol`] before connecting when the sender, a recipient or the domain
+/// * [`ErrorKind::InvalidInput`] before connecting when the sender, a recipient or the domain
 ///   contains CR, LF or NUL, when there are no recipients, or when the server address is
 ///   malformed; after connecting when the server offers no usable `AUTH` mechanism or
 ///   sends a malformed reply.
@@ -516,7 +516,7 @@ fn command(sock: &mut Socket, line: &str) -> Result<Reply> {
 }
 
 fn invalid(message: String) -> Error {
-    Error::with_message(ErrorKind::Protocol, message)
+    Error::with_message(ErrorKind::InvalidInput, message)
 }
 
 /// Refuses `value` when it contains CR, LF or NUL.
@@ -719,7 +719,7 @@ impl Message {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Protocol`] when a header name is not a valid field name, or a header
+    /// [`ErrorKind::InvalidInput`] when a header name is not a valid field name, or a header
     /// value, address, content type or file name contains CR, LF or NUL (or a file name
     /// or content type contains `"`).
     pub fn build(&self) -> Result<Vec<u8>> {
@@ -941,7 +941,7 @@ mod tests {
     #[test]
     fn refuses_line_breaks() {
         let e = send(&Mail::new("127.0.0.1:1", "a@b\r\nRCPT TO:<x>").to("c@d")).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(Message::new().header("X-A", "1\n2").build().is_err());
         assert!(Message::new().header("Bad Name", "1").build().is_err());
         assert!(Message::new()
