@@ -385,9 +385,9 @@ fn unresolvable_name_gives_host_not_found_without_blocking() {
     // Outside a coroutine the same error, resolved on this thread.
     let e = copas::connect(("no-such-host.invalid", 80), Some(secs(20))).expect_err("resolved");
     assert_eq!(e.kind(), ErrorKind::HostNotFound);
-    // A malformed address is not a missing host.
+    // A malformed address is not a missing host: it is the caller's input.
     let e = copas::connect("localhost", Some(secs(1))).expect_err("no port");
-    assert_eq!(e.kind(), ErrorKind::Io);
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
 }
 
 /// A closed port, reached by name, is refused at once.
