@@ -446,9 +446,10 @@ pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
 ///
 /// [`ErrorKind::Refused`] when nobody listens (on any of the addresses),
 /// [`ErrorKind::Timeout`] when the attempt takes longer than `timeout`,
-/// [`ErrorKind::HostNotFound`] when the name does not resolve, [`ErrorKind::Cancelled`]
-/// when the coroutine is cancelled meanwhile, or the system's error for the last address
-/// tried.
+/// [`ErrorKind::HostNotFound`] when the name does not resolve, [`ErrorKind::InvalidInput`]
+/// for an address that does not parse (such as a host without a port),
+/// [`ErrorKind::Cancelled`] when the coroutine is cancelled meanwhile, or the system's error
+/// for the last address tried.
 ///
 /// # Example
 ///
