@@ -19,6 +19,14 @@ use copas::native_tls::Certificate;
 use copas::{ErrorKind, Socket};
 use util::{run_bounded, Watchdog};
 
+/// The tests of this file take turns: `against_nginx` checks the process's VmRSS around a
+/// 50 MiB download, which a sibling test's 32 MiB request body would otherwise distort.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -232,6 +240,7 @@ fn vm_rss_kib() -> u64 {
 /// Every nginx scenario, one nginx for all, from plain `main` and from coroutines.
 #[test]
 fn against_nginx() {
+    let _turn = serial();
     let _dog = Watchdog::new("against_nginx", secs(400));
     let Some(ng) = Nginx::start() else { return };
 
@@ -559,7 +568,7 @@ fn serve(mut sock: Socket, stall: Stall) {
     };
     let response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\n\
-         Content-Length: {}\r\n\r\n",
+         Connection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     if stall == Stall::ResponseHeaders {
@@ -578,6 +587,7 @@ fn serve(mut sock: Socket, stall: Stall) {
 
 #[test]
 fn http_timeout_scenarios() {
+    let _turn = serial();
     let (listener, addr) = util::local_listener();
     let stall = Rc::new(Cell::new(Stall::None));
     let server = {
@@ -640,6 +650,7 @@ fn http_timeout_scenarios() {
 /// Malformed responses give typed errors (a tiny copas server sends canned replies).
 #[test]
 fn framing_errors() {
+    let _turn = serial();
     let cases: Vec<(&'static str, Result<&'static [u8], ErrorKind>)> = vec![
         (
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
@@ -735,6 +746,7 @@ fn framing_errors() {
 /// request is retried once on a fresh connection; a POST is not.
 #[test]
 fn stale_pooled_connection_is_retried_once() {
+    let _turn = serial();
     let (listener, addr) = util::local_listener();
     let accepted = Rc::new(Cell::new(0usize));
     let server = {
