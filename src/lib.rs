@@ -98,6 +98,13 @@
 //! copas::run_with(move || q.finish(None, false).unwrap()).unwrap();
 //! ```
 //!
+//! ## Protocol clients
+//!
+//! [`client::http`] (http and https, keep-alive, redirects, streaming bodies),
+//! [`client::smtp`] (STARTTLS, AUTH, attachments) and [`client::ftp`] (passive mode,
+//! streaming transfers) are built on [`Socket`] alone: in a coroutine each request suspends
+//! only that coroutine, so many can be in flight; from `main` they simply block.
+//!
 //! ## Cooperative scheduling
 //!
 //! Coroutines switch only inside copas calls. A coroutine that computes for a second
