@@ -22,10 +22,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::dispatcher::{self, IoSource, TaskSocket, Wake, SHORT_READ_DRAINS};
+use crate::dispatcher::{self, IoSource, TaskSocket, SHORT_READ_DRAINS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::tls::TlsLayer;
-use crate::sys;
 
 /// The longest line [`Pattern::Line`] accepts by default: 64 KiB.
 ///
@@ -132,31 +131,7 @@ impl Connection {
 
     /// Waits for readiness in one direction until `deadline`.
     pub(crate) fn wait(&self, write: bool, deadline: Option<Instant>) -> Result<()> {
-        if deadline.is_some_and(|at| Instant::now() >= at) {
-            return Err(Error::new(ErrorKind::Timeout));
-        }
-        if copas_coro::in_coroutine() {
-            let wake = dispatcher::with(|d| d.wait_io(&self.io, write, deadline));
-            return match wake {
-                Wake::Event | Wake::Woken => Ok(()),
-                Wake::Timeout => Err(Error::new(ErrorKind::Timeout)),
-                Wake::Closed => Err(Error::new(ErrorKind::Closed)),
-                Wake::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
-            };
-        }
-        if self.io.is_closed() {
-            return Err(Error::new(ErrorKind::Closed));
-        }
-        if sys::poll_fd(self.fd, write, deadline)? {
-            if write {
-                self.io.writable.set(true);
-            } else {
-                self.io.readable.set(true);
-            }
-            Ok(())
-        } else {
-            Err(Error::new(ErrorKind::Timeout))
-        }
+        crate::net::wait_ready(&self.io, self.fd, write, deadline)
     }
 
     /// Waits for a non-blocking connect to finish and reports its outcome.

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::dispatcher::{self, Coroutine, IoSource, TaskName, TaskSocket, Wake};
+use crate::dispatcher::{self, Coroutine, IoSource, TaskName, TaskSocket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::connect::{resolve, ToAddrs};
 use crate::net::server::ServerOptions;
@@ -67,31 +67,7 @@ impl UdpInner {
 
     /// Waits for readiness in one direction until `deadline`.
     fn wait(&self, write: bool, deadline: Option<Instant>) -> Result<()> {
-        if deadline.is_some_and(|at| Instant::now() >= at) {
-            return Err(Error::new(ErrorKind::Timeout));
-        }
-        if copas_coro::in_coroutine() {
-            let wake = dispatcher::with(|d| d.wait_io(&self.io, write, deadline));
-            return match wake {
-                Wake::Event | Wake::Woken => Ok(()),
-                Wake::Timeout => Err(Error::new(ErrorKind::Timeout)),
-                Wake::Closed => Err(Error::new(ErrorKind::Closed)),
-                Wake::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
-            };
-        }
-        if self.io.is_closed() {
-            return Err(Error::new(ErrorKind::Closed));
-        }
-        if sys::poll_fd(self.fd, write, deadline)? {
-            if write {
-                self.io.writable.set(true);
-            } else {
-                self.io.readable.set(true);
-            }
-            Ok(())
-        } else {
-            Err(Error::new(ErrorKind::Timeout))
-        }
+        crate::net::wait_ready(&self.io, self.fd, write, deadline)
     }
 
     /// Lets the next coroutine waiting on this socket run if it is still ready.
