@@ -49,21 +49,6 @@ fn have(cmd: &str, arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn openssl(dir: &Path, args: &str) {
-    let args: Vec<&str> = args.split_whitespace().collect();
-    let out = Command::new("openssl")
-        .args(&args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 const BIG: usize = 50 * 1024 * 1024;
 
 fn big_byte(i: usize) -> u8 {
@@ -99,34 +84,8 @@ impl Nginx {
             std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
         let pki = dir.join("pki");
-        openssl(
-            &pki,
-            "req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=copas-test-ca \
-             -keyout ca.key -out ca.pem -addext basicConstraints=critical,CA:TRUE \
-             -addext keyUsage=critical,keyCertSign,cRLSign",
-        );
-        openssl(
-            &pki,
-            "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
-        );
-        std::fs::write(
-            pki.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("server.ext");
-        openssl(
-            &pki,
-            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
-             -sha256 -extfile server.ext -out server.pem",
-        );
+        util::make_test_pki(&pki);
         let ca = std::fs::read(pki.join("ca.pem")).expect("ca.pem");
-        let chain = [
-            std::fs::read(pki.join("server.pem")).expect("server.pem"),
-            ca.clone(),
-        ]
-        .concat();
-        std::fs::write(pki.join("server-chain.pem"), chain).expect("chain");
         std::fs::write(dir.join("www/index.html"), "hello static\n").expect("index");
         let big: Vec<u8> = (0..BIG).map(big_byte).collect();
         std::fs::write(dir.join("www/big.bin"), big).expect("big.bin");

@@ -86,22 +86,6 @@ impl Pki {
     }
 }
 
-/// Runs the `openssl` CLI in `dir` with `args` (split at whitespace).
-fn openssl(dir: &Path, args: &str) {
-    let args: Vec<&str> = args.split_whitespace().collect();
-    let out = Command::new("openssl")
-        .args(&args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn make_pki() -> Option<Pki> {
     let present = Command::new("openssl")
         .arg("version")
@@ -137,33 +121,7 @@ fn make_pki() -> Option<Pki> {
     let dir = root.join(format!("tls-pki-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("pki dir");
-    openssl(
-        &dir,
-        "req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=copas-test-ca \
-         -keyout ca.key -out ca.pem -addext basicConstraints=critical,CA:TRUE \
-         -addext keyUsage=critical,keyCertSign,cRLSign",
-    );
-    openssl(
-        &dir,
-        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("server.ext");
-    openssl(
-        &dir,
-        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
-         -sha256 -extfile server.ext -out server.pem",
-    );
-    // An unrelated self-signed certificate, for the untrusted-server case.
-    openssl(
-        &dir,
-        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other \
-         -keyout other.key -out other.pem",
-    );
+    util::make_test_pki(&dir);
     let read = |name: &str| std::fs::read(dir.join(name)).expect(name);
     let server_pem = read("server.pem");
     let ca_pem = read("ca.pem");

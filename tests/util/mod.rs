@@ -170,3 +170,56 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// Runs the `openssl` CLI in `dir` with whitespace-separated `args`; panics with its
+/// output if it fails.
+pub fn openssl(dir: &std::path::Path, args: &str) {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes the test PKI of test-peers.md A.1 in `dir` (which must exist): `ca.pem`/`ca.key`
+/// (a CA), `server.pem`/`server.key` (for `localhost` and `127.0.0.1`, signed by the CA),
+/// `server-chain.pem` (server + CA, what servers present) and `other.pem`/`other.key` (an
+/// unrelated self-signed certificate, for untrusted-peer cases).
+pub fn make_test_pki(dir: &std::path::Path) {
+    openssl(
+        dir,
+        "req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=copas-test-ca \
+         -keyout ca.key -out ca.pem -addext basicConstraints=critical,CA:TRUE \
+         -addext keyUsage=critical,keyCertSign,cRLSign",
+    );
+    openssl(
+        dir,
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("server.ext");
+    openssl(
+        dir,
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+         -sha256 -extfile server.ext -out server.pem",
+    );
+    openssl(
+        dir,
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other \
+         -keyout other.key -out other.pem",
+    );
+    let read = |name: &str| std::fs::read(dir.join(name)).expect(name);
+    let chain = [read("server.pem"), read("ca.pem")].concat();
+    std::fs::write(dir.join("server-chain.pem"), chain).expect("server-chain.pem");
+}
