@@ -1,0 +1,278 @@
+//! Faults the operating system throws at the dispatcher: signals interrupting system calls
+//! (`EINTR`) and running out of file descriptors (`EMFILE`) while accepting.
+//!
+//! Both change process-wide state (signal handlers, timers, descriptor limits), so each runs
+//! in a child process started by the test of the same name.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::Pattern;
+
+const EINTR_CHILD: &str = "COPAS_TEST_EINTR_CHILD";
+const EMFILE_CHILD: &str = "COPAS_TEST_EMFILE_CHILD";
+
+/// The byte at position `i` of the transferred stream.
+fn pattern_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) % 251) as u8
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// The CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given; RUSAGE_THREAD is valid on Linux.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+#[test]
+fn signals_interrupting_system_calls_never_reach_handlers() {
+    if util::is_child(EINTR_CHILD) {
+        return eintr_child();
+    }
+    let out = util::run_child(
+        "signals_interrupting_system_calls_never_reach_handlers",
+        EINTR_CHILD,
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("EINTR-OK"),
+        "child failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// 64 MiB through copas, and 50 connect/accept round trips, while the dispatcher's thread
+/// gets a `SIGALRM` every 500 µs whose handler is installed without `SA_RESTART`, so its
+/// blocking system calls (the poller's wait) fail with `EINTR`.
+fn eintr_child() {
+    // SAFETY: installs a handler that does nothing, without SA_RESTART; it only changes this
+    // child process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as usize;
+        action.sa_flags = 0;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    // Signal this (the dispatcher's) thread every 500 µs: a process-wide timer would mostly
+    // interrupt other threads.
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let signaller = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: `me` is the test thread, alive until it joins this thread.
+                unsafe { libc::pthread_kill(me, libc::SIGALRM) };
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    const TOTAL: usize = 64 << 20;
+    let _dog = util::Watchdog::new("eintr child", Duration::from_secs(100));
+    let (listener, addr) = util::local_listener();
+    let received = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let errors = Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let served = Rc::new(std::cell::Cell::new(0usize));
+    let server = {
+        let (received, errors, served) = (received.clone(), errors.clone(), served.clone());
+        copas::addserver(listener, move |mut sock| {
+            sock.settimeout(Some(Duration::from_secs(30)));
+            match sock.receive(Pattern::Line) {
+                Ok(first) if first == b"bulk" => match sock.receive(Pattern::All) {
+                    Ok(data) => *received.borrow_mut() = data,
+                    Err(e) => errors.borrow_mut().push(format!("server receive: {e}")),
+                },
+                Ok(line) => {
+                    let reply = [&line[..], b"\n"].concat();
+                    if let Err(e) = sock.send(&reply) {
+                        errors.borrow_mut().push(format!("server send: {e}"));
+                    }
+                    served.set(served.get() + 1);
+                }
+                Err(e) => errors.borrow_mut().push(format!("server line: {e}")),
+            }
+        })
+        .expect("addserver")
+    };
+    {
+        let errors = errors.clone();
+        copas::addthread(move || {
+            let outcome = (|| -> copas::Result<()> {
+                let mut sock = copas::connect(addr, Some(Duration::from_secs(10)))?;
+                sock.settimeout(Some(Duration::from_secs(30)));
+                sock.send(b"bulk\n")?;
+                let data: Vec<u8> = (0..TOTAL).map(pattern_byte).collect();
+                for chunk in data.chunks(1 << 20) {
+                    sock.send(chunk)?;
+                }
+                sock.close();
+                for i in 0..50 {
+                    let mut s = copas::connect(addr, Some(Duration::from_secs(10)))?;
+                    s.settimeout(Some(Duration::from_secs(10)));
+                    s.send(format!("ping {i}\n").as_bytes())?;
+                    let back = s.receive(Pattern::Line)?;
+                    assert_eq!(back, format!("ping {i}").into_bytes());
+                    copas::pause(Duration::from_millis(2));
+                }
+                Ok(())
+            })();
+            if let Err(e) = outcome {
+                errors.borrow_mut().push(format!("client: {e}"));
+            }
+            // Give the server time to finish the bulk receive, then stop.
+            while copas::status().coroutines > 2 {
+                copas::pause(Duration::from_millis(10));
+            }
+            copas::removeserver(server, false).expect("removeserver");
+        })
+        .expect("client");
+    }
+    let result = copas::run();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    signaller.join().expect("signaller");
+    result.expect("run is not broken by EINTR");
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent > 100, "only {sent} signals were sent");
+    let errors = errors.borrow();
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    let received = received.borrow();
+    assert_eq!(received.len(), TOTAL);
+    assert!(
+        received
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern_byte(i)),
+        "the data was altered"
+    );
+    assert_eq!(served.get(), 50);
+    println!("EINTR-OK {} bytes under {sent} signals", received.len());
+}
+
+#[test]
+fn accept_backs_off_when_out_of_descriptors_and_serves_again() {
+    if util::is_child(EMFILE_CHILD) {
+        return emfile_child();
+    }
+    let out = util::run_child(
+        "accept_backs_off_when_out_of_descriptors_and_serves_again",
+        EMFILE_CHILD,
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("EMFILE-OK"),
+        "child failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Five clients connect while the process has no descriptor left: accepting fails with
+/// `EMFILE`. For a second the dispatcher must back off (little CPU, no handler started); once
+/// descriptors are freed, every client is served.
+fn emfile_child() {
+    let _dog = util::Watchdog::new("emfile child", Duration::from_secs(50));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let started = Rc::new(std::cell::Cell::new(0usize));
+    {
+        let started = started.clone();
+        copas::addserver(listener, move |mut sock| {
+            started.set(started.get() + 1);
+            sock.settimeout(Some(Duration::from_secs(10)));
+            if let Ok(line) = sock.receive(Pattern::Line) {
+                let _ = sock.send(&[&line[..], b"\n"].concat());
+            }
+        })
+        .expect("addserver");
+    }
+    // Clients on a helper thread: connected and waiting for their echo before we run out.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let clients = std::thread::spawn(move || {
+        let mut streams: Vec<TcpStream> = (0..5)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+                s.write_all(format!("client {i}\n").as_bytes())
+                    .expect("write");
+                s
+            })
+            .collect();
+        ready_tx.send(()).expect("ready");
+        let mut ok = 0;
+        for (i, s) in streams.iter_mut().enumerate() {
+            let mut line = String::new();
+            if BufReader::new(s).read_line(&mut line).is_ok() && line == format!("client {i}\n") {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("clients ready");
+    // Use up every descriptor.
+    let mut spare = Vec::new();
+    loop {
+        // SAFETY: dup of standard input; each copy is closed below.
+        let fd = unsafe { libc::dup(0) };
+        if fd < 0 {
+            break;
+        }
+        spare.push(fd);
+        assert!(spare.len() < 100_000, "no descriptor limit?");
+    }
+    // For one second, the server cannot accept: it must back off, not spin.
+    let cpu_before = thread_cpu();
+    let start = Instant::now();
+    let mut steps = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        copas::step(Some(Duration::from_millis(50))).expect("step");
+        steps += 1;
+        assert!(steps < 10_000, "the dispatcher spins");
+    }
+    let cpu = thread_cpu() - cpu_before;
+    assert_eq!(started.get(), 0, "a handler started without a descriptor");
+    assert!(
+        cpu < Duration::from_millis(200),
+        "the dispatcher used {cpu:?} of CPU in 1 s without descriptors"
+    );
+    // Free the descriptors: every client is served.
+    for fd in spare {
+        // SAFETY: closes the copies made above, each once.
+        unsafe { libc::close(fd) };
+    }
+    let start = Instant::now();
+    while started.get() < 5 && start.elapsed() < Duration::from_secs(10) {
+        copas::step(Some(Duration::from_millis(50))).expect("step");
+    }
+    assert_eq!(started.get(), 5, "not every client was accepted");
+    let served_until = Instant::now() + Duration::from_secs(5);
+    while !clients.is_finished() && Instant::now() < served_until {
+        copas::step(Some(Duration::from_millis(20))).expect("step");
+    }
+    let ok = clients.join().expect("clients");
+    assert_eq!(ok, 5, "every client gets its echo");
+    println!("EMFILE-OK steps={steps} cpu={cpu:?}");
+}
