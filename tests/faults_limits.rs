@@ -1,0 +1,267 @@
+//! Peers and loads that push the dispatcher's limits: slow clients that would hold a server
+//! forever without timeouts, and tearing down thousands of waiting coroutines at once.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use copas::{ErrorKind, Pattern, ServerOptions};
+
+const SLOW_CLIENTS: usize = 1000;
+
+/// The tests of this file take turns: each counts the process's descriptors.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes this file's turn, and creates this thread's dispatcher (its poller's descriptors)
+/// before the test counts descriptors.
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = copas::status();
+    guard
+}
+
+/// Counts drops, to show every coroutine's locals were released exactly once.
+struct DropCounter(Rc<Cell<usize>>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn slowloris_clients_are_closed_on_time_while_a_normal_client_is_served() {
+    let _turn = turn();
+    let _dog = util::Watchdog::new("slowloris", Duration::from_secs(60));
+    let fds_before = util::fd_count();
+    let (listener, addr) = util::local_listener();
+    let listener = {
+        // A backlog for 1,000 connections arriving at once.
+        let sock = socket2::Socket::from(listener);
+        sock.listen(2048).expect("listen");
+        std::net::TcpListener::from(sock)
+    };
+    let timeout = Duration::from_secs(2);
+    let server = copas::addserver_with(
+        listener,
+        ServerOptions::new().name("slow").timeout(timeout),
+        |mut sock| {
+            // A line protocol: a client that never finishes its line meets the timeout.
+            while let Ok(line) = sock.receive(Pattern::Line) {
+                if sock.send(&[&line[..], b"\n"].concat()).is_err() {
+                    break;
+                }
+            }
+        },
+    )
+    .expect("addserver");
+
+    let closed_after = Rc::new(RefCell::new(Vec::new()));
+    let start = Instant::now();
+    for _ in 0..SLOW_CLIENTS {
+        let closed_after = closed_after.clone();
+        copas::addthread(move || {
+            let mut sock = copas::connect(addr, Some(Duration::from_secs(10))).expect("connect");
+            let began = Instant::now();
+            // One byte a second, never a line feed, for at most 10 s.
+            for _ in 0..10 {
+                if sock.send(b"x").is_err() {
+                    break;
+                }
+                sock.settimeout(Some(Duration::from_secs(1)));
+                match sock.receivepartial(16) {
+                    Ok(data) if data.is_empty() => break, // closed by the server
+                    Err(e) if e.kind() == ErrorKind::Timeout => {}
+                    _ => break,
+                }
+            }
+            closed_after.borrow_mut().push(began.elapsed());
+        })
+        .expect("slow client");
+    }
+    // A normal client, served while the slow ones trickle.
+    let normal: Rc<RefCell<Vec<Duration>>> = Rc::new(RefCell::new(Vec::new()));
+    {
+        let normal = normal.clone();
+        copas::addthread(move || {
+            copas::pause(Duration::from_millis(500));
+            let mut sock = copas::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+            sock.settimeout(Some(Duration::from_secs(5)));
+            for i in 0..10 {
+                let sent = Instant::now();
+                sock.send(format!("hello {i}\n").as_bytes()).expect("send");
+                let back = sock.receive(Pattern::Line).expect("echo");
+                assert_eq!(back, format!("hello {i}").into_bytes());
+                normal.borrow_mut().push(sent.elapsed());
+                copas::pause(Duration::from_millis(50));
+            }
+        })
+        .expect("normal client");
+    }
+    {
+        let closed_after = closed_after.clone();
+        copas::addthread(move || {
+            while closed_after.borrow().len() < SLOW_CLIENTS
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                copas::pause(Duration::from_millis(100));
+            }
+            copas::removeserver(server, false).expect("removeserver");
+        })
+        .expect("stopper");
+    }
+    util::run_bounded(Duration::from_secs(50));
+
+    let closed = closed_after.borrow();
+    assert_eq!(closed.len(), SLOW_CLIENTS, "every slow client finished");
+    let latest = closed.iter().max().copied().unwrap_or_default();
+    // Closed by the server's 2 s timeout; generous slack for a shared 2-core machine.
+    assert!(
+        latest < timeout + Duration::from_secs(3),
+        "a slow client was held {latest:?}"
+    );
+    let earliest = closed.iter().min().copied().unwrap_or_default();
+    assert!(
+        earliest >= timeout - Duration::from_millis(100),
+        "a slow client was closed before the timeout: {earliest:?}"
+    );
+    let normal = normal.borrow();
+    assert_eq!(normal.len(), 10, "the normal client was served");
+    let worst = normal.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_millis(500),
+        "a round trip took {worst:?}"
+    );
+    // At most as many as before (a previous test's thread may still be closing its poller
+    // when the baseline is taken).
+    let fds_after = util::fd_count();
+    assert!(
+        fds_after <= fds_before,
+        "descriptors left open: {fds_before} → {fds_after}"
+    );
+}
+
+#[test]
+fn cancelall_with_thousands_of_waiters_releases_each_exactly_once() {
+    let _turn = turn();
+    let _dog = util::Watchdog::new("cancelall", Duration::from_secs(60));
+    let fds_before = util::fd_count();
+    let (listener, addr): (_, SocketAddr) = util::local_listener();
+    let listener = {
+        let sock = socket2::Socket::from(listener);
+        sock.listen(2048).expect("listen");
+        std::net::TcpListener::from(sock)
+    };
+    copas::addserver(listener, |mut sock| {
+        // Never answers: the readers below wait forever.
+        let _ = sock.receive(Pattern::Line);
+    })
+    .expect("addserver");
+    let dropped = Rc::new(Cell::new(0usize));
+    let resumed_after_wait = Rc::new(Cell::new(0usize));
+    let lock = Rc::new(copas::lock::Lock::new(copas::FOREVER, false));
+    const READERS: usize = 1000;
+    const SLEEPERS: usize = 2000;
+    const LOCKERS: usize = 1000;
+    // The lock's owner holds it forever.
+    {
+        let lock = lock.clone();
+        copas::addthread(move || {
+            lock.get(None).expect("first get");
+            copas::pauseforever();
+        })
+        .expect("owner");
+    }
+    for _ in 0..READERS {
+        let (dropped, resumed) = (dropped.clone(), resumed_after_wait.clone());
+        copas::addthread(move || {
+            let _guard = DropCounter(dropped);
+            let mut sock = copas::connect(addr, Some(Duration::from_secs(10))).expect("connect");
+            let _ = sock.receive(Pattern::Line);
+            resumed.set(resumed.get() + 1);
+        })
+        .expect("reader");
+    }
+    for _ in 0..SLEEPERS {
+        let (dropped, resumed) = (dropped.clone(), resumed_after_wait.clone());
+        copas::addthread(move || {
+            let _guard = DropCounter(dropped);
+            copas::pause(Duration::from_secs(3600));
+            resumed.set(resumed.get() + 1);
+        })
+        .expect("sleeper");
+    }
+    for _ in 0..LOCKERS {
+        let (dropped, resumed, lock) = (dropped.clone(), resumed_after_wait.clone(), lock.clone());
+        copas::addthread(move || {
+            let _guard = DropCounter(dropped);
+            let _ = lock.get(copas::FOREVER);
+            resumed.set(resumed.get() + 1);
+        })
+        .expect("locker");
+    }
+    let waiting = Rc::new(Cell::new(0usize));
+    {
+        let waiting = waiting.clone();
+        copas::addthread(move || {
+            // Let everybody reach their wait, then pull the plug.
+            let start = Instant::now();
+            loop {
+                let st = copas::status();
+                // The server's handlers read too: READERS client reads + READERS handler reads.
+                if st.read > 2 * READERS && st.timer >= SLEEPERS
+                    || start.elapsed() > Duration::from_secs(20)
+                {
+                    waiting.set(st.read + st.timer + st.inactive);
+                    break;
+                }
+                copas::pause(Duration::from_millis(20));
+            }
+            copas::cancelall();
+        })
+        .expect("canceller");
+    }
+    let took = util::run_bounded(Duration::from_secs(50));
+    assert!(
+        waiting.get() >= 2 * READERS + SLEEPERS + LOCKERS,
+        "not everybody was waiting: {}",
+        waiting.get()
+    );
+    assert_eq!(
+        dropped.get(),
+        READERS + SLEEPERS + LOCKERS,
+        "every coroutine's locals dropped exactly once"
+    );
+    assert_eq!(
+        resumed_after_wait.get(),
+        0,
+        "a cancelled waiter was resumed"
+    );
+    let st = copas::status();
+    assert_eq!(
+        (st.coroutines, st.sockets, st.read, st.timer),
+        (0, 0, 0, 0),
+        "{st:?}"
+    );
+    // At most as many as before (a previous test's thread may still be closing its poller
+    // when the baseline is taken).
+    let fds_after = util::fd_count();
+    assert!(
+        fds_after <= fds_before,
+        "descriptors left open: {fds_before} → {fds_after}"
+    );
+    assert!(took < Duration::from_secs(40), "run took {took:?}");
+    // The dispatcher is usable afterwards.
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    copas::addthread(move || {
+        copas::pause(Duration::from_millis(10));
+        r.set(true);
+    })
+    .expect("after");
+    util::run_bounded(Duration::from_secs(5));
+    assert!(ran.get());
+}
