@@ -978,7 +978,6 @@ impl Dispatcher {
     }
 
     /// Wakes a coroutine parked with [`Dispatcher::park`]. False if it was not parked.
-    #[allow(dead_code)]
     pub(crate) fn unpark(&self, co: Coroutine) -> bool {
         let mut st = self.state.borrow_mut();
         if st.task(co).map(|t| t.wait) != Some(Wait::Park) {

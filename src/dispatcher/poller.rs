@@ -143,12 +143,6 @@ mod linux {
             self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
         }
 
-        /// Wakes a thread blocked in [`Poller::wait`] (or its next call).
-        #[allow(dead_code)]
-        pub(crate) fn notify(&self) -> io::Result<()> {
-            write_eventfd(self.notify.as_raw_fd())
-        }
-
         /// A handle that wakes this poller from any thread: a duplicate of its eventfd, so
         /// it stays valid (writing to it is harmless) even after the poller is gone.
         pub(crate) fn waker(&self) -> io::Result<Waker> {
@@ -314,11 +308,6 @@ mod portable {
             // SAFETY: `fd` is open (it is deleted before it is closed).
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             self.inner.delete(fd)
-        }
-
-        #[allow(dead_code)]
-        pub(crate) fn notify(&self) -> io::Result<()> {
-            self.inner.notify()
         }
 
         /// A handle that wakes this poller from any thread.
