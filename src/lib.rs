@@ -47,6 +47,9 @@
 //!   [`seterrorhandler`]), its accepted connection is closed, and the loop goes on.
 //! * Outside any coroutine, socket calls block the calling thread, so the same code (and
 //!   the protocol clients) work from plain `main`.
+//! * Several cores: [`threads`] runs one dispatcher per thread, their listeners sharing a
+//!   port through [`bind_reuseport`]; other threads reach a dispatcher through its
+//!   [`Handle`] (see `docs/threads.md`).
 //!
 //! ## TLS
 //!
@@ -123,12 +126,13 @@ mod error;
 mod net;
 mod sync;
 mod sys;
+mod threads;
 
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-pub use dispatcher::{Coroutine, ErrorHandler, PanicReport, Status};
+pub use dispatcher::{Coroutine, ErrorHandler, Handle, PanicReport, Status};
 pub use error::{Error, ErrorKind, Result};
 pub use net::connect::ToAddrs;
 pub use net::server::{Server, ServerOptions};
@@ -136,6 +140,7 @@ pub use net::socket::{Pattern, Socket, DEFAULT_LINE_LIMIT};
 pub use net::tls::{handler, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use net::udp::{UdpSocket, DATAGRAM_SIZE};
 pub use sync::{future, lock, queue, semaphore, timer, FOREVER};
+pub use threads::{bind_reuseport, threads};
 
 pub use copas_coro::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 
@@ -513,6 +518,18 @@ where
     T: Send + 'static,
 {
     dispatcher::remote::offload(f, None)
+}
+
+/// A `Send + Clone` [`Handle`] to the calling thread's dispatcher (beyond Copas), for other
+/// threads: [`Handle::spawn`] adds a task to it, [`Handle::exit`] asks it to exit; either
+/// wakes it at once. See `docs/threads.md`.
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`] if the dispatcher's poller could not be created or gives no wake-up
+/// handle.
+pub fn handle() -> Result<Handle> {
+    Handle::current()
 }
 
 /// Registers a UDP socket as a server (Copas `addserver` with a UDP socket): one

@@ -13,6 +13,7 @@
 //! dropped (dropping a socket closes it, which needs the state). Functions here move such
 //! values out of the borrow's scope before letting them go.
 
+mod handle;
 mod poller;
 mod reactor;
 pub(crate) mod remote;
@@ -33,6 +34,7 @@ use std::os::fd::AsRawFd;
 
 use crate::error::{Error, ErrorKind, Result};
 
+pub use handle::Handle;
 pub(crate) use poller::SHORT_READ_DRAINS;
 pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
 pub use report::{ErrorHandler, PanicReport};
@@ -157,7 +159,8 @@ pub(crate) struct Dispatcher {
     closed_sources: RefCell<Vec<SourceKey>>,
     /// Whether connections accepted from now on are closed when their handler ends.
     autoclose: Cell<bool>,
-    /// What other threads may reach: offload completions (see `remote.rs`).
+    /// What other threads may reach: offload completions, handles, channels (see
+    /// `remote.rs`).
     remote: remote::RemoteSlot,
 }
 

@@ -4,9 +4,12 @@
 //! A dispatcher lives on one thread and nothing in it is `Send`. What other threads may
 //! touch is a [`Remote`]: a mutex-guarded list of [`Message`]s and a [`Waker`] for the
 //! dispatcher's poller (a duplicate of its eventfd on Linux), shared through an `Arc`.
-//! Posting a message pushes it and wakes the poller; on its next step, right after the
-//! poller wait and before the timers, the dispatcher drains the list
-//! ([`Dispatcher::drain_remote`]).
+//! Posting a message pushes it and, when the list was empty, wakes the poller (a burst of
+//! posts costs one wake-up); on its next step, right after the poller wait and before the
+//! timers, the dispatcher drains the list ([`Dispatcher::drain_remote`]). When the
+//! dispatcher is dropped (its thread exits) the inbox is closed: later posts are refused
+//! and what was still queued is dropped, so nothing accumulates for a dispatcher that is
+//! gone. The public [`Handle`](crate::Handle) and the channels (`sync/channel.rs`) post here.
 //!
 //! [`offload`] runs a closure on a small process-wide pool of helper threads (started on
 //! demand, at most [`MAX_THREADS`], leaving after [`IDLE_EXIT`] without work) while the
@@ -25,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::poller::Waker;
-use super::{Dispatcher, Wake};
+use super::{Dispatcher, TaskName, Wake};
 use crate::dispatcher::Coroutine;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -37,19 +40,31 @@ pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// Something another thread asks a dispatcher to do.
 pub(crate) enum Message {
-    /// An offloaded closure finished: unpark `co` if it still waits for it (`token` alive).
+    /// What `co` waits for happened (an offloaded closure finished, a channel has an item
+    /// or room): unpark `co` if it still waits for it (`token` alive).
     Complete {
         co: Coroutine,
         token: Weak<dyn Any + Send + Sync>,
     },
+    /// Start a coroutine running this closure (`Handle::spawn`).
+    Spawn(Box<dyn FnOnce() + Send>),
+    /// Call `exit` (`Handle::exit`).
+    Exit,
+}
+
+/// The messages posted and not yet drained, and whether the dispatcher is gone.
+struct Inbox {
+    messages: Vec<Message>,
+    closed: bool,
 }
 
 /// The part of a dispatcher that other threads may use: post messages and wake it.
 pub(crate) struct Remote {
-    inbox: Mutex<Vec<Message>>,
+    inbox: Mutex<Inbox>,
     waker: Waker,
-    /// Coroutines of this dispatcher waiting for an offloaded closure: they keep `run`
-    /// going although they are parked without a deadline.
+    /// Coroutines of this dispatcher parked for something another thread will do (an
+    /// offloaded closure, a channel): they keep `run` going although they are parked
+    /// without a deadline.
     waiting: AtomicUsize,
 }
 
@@ -59,12 +74,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Remote {
-    /// Queues `msg` for the dispatcher and wakes it. Any thread may call it.
-    pub(crate) fn post(&self, msg: Message) {
+    /// Queues `msg` for the dispatcher and wakes it. Any thread may call it. Gives the
+    /// message back when the dispatcher is gone (its thread exited).
+    pub(crate) fn post(&self, msg: Message) -> std::result::Result<(), Message> {
         let was_empty = {
             let mut inbox = lock(&self.inbox);
-            inbox.push(msg);
-            inbox.len() == 1
+            if inbox.closed {
+                return Err(msg);
+            }
+            inbox.messages.push(msg);
+            inbox.messages.len() == 1
         };
         // Whoever found the inbox empty wakes the dispatcher, after its push; later posts
         // before the drain ride on that wake-up.
@@ -73,10 +92,17 @@ impl Remote {
                 eprintln!("copas: could not wake the dispatcher: {e}");
             }
         }
+        Ok(())
+    }
+
+    /// Whether the dispatcher is gone (its thread exited).
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.inbox).closed
     }
 }
 
-/// Counts a coroutine as waiting for an offload while it lives.
+/// Counts a coroutine as parked for another thread's work while it lives (which keeps
+/// `run` going).
 struct Waiting<'a>(&'a Remote);
 
 impl<'a> Waiting<'a> {
@@ -98,6 +124,21 @@ pub(crate) struct RemoteSlot {
     remote: OnceCell<Arc<Remote>>,
 }
 
+impl Drop for RemoteSlot {
+    /// The dispatcher is gone (this runs after `Dispatcher::drop` unwound its coroutines):
+    /// refuse further posts and drop what was queued, here rather than never.
+    fn drop(&mut self) {
+        if let Some(remote) = self.remote.get() {
+            let queued = {
+                let mut inbox = lock(&remote.inbox);
+                inbox.closed = true;
+                std::mem::take(&mut inbox.messages)
+            };
+            drop(queued);
+        }
+    }
+}
+
 impl Dispatcher {
     /// This dispatcher's [`Remote`], created on first use.
     pub(crate) fn remote(&self) -> Result<Arc<Remote>> {
@@ -108,7 +149,10 @@ impl Dispatcher {
             Error::from(e).with_context("no wake-up handle for the dispatcher's poller")
         })?;
         let remote = Arc::new(Remote {
-            inbox: Mutex::new(Vec::new()),
+            inbox: Mutex::new(Inbox {
+                messages: Vec::new(),
+                closed: false,
+            }),
             waker,
             waiting: AtomicUsize::new(0),
         });
@@ -120,7 +164,7 @@ impl Dispatcher {
         let Some(remote) = self.remote.remote.get() else {
             return;
         };
-        let messages = std::mem::take(&mut *lock(&remote.inbox));
+        let messages = std::mem::take(&mut lock(&remote.inbox).messages);
         for msg in messages {
             match msg {
                 Message::Complete { co, token } => {
@@ -128,6 +172,12 @@ impl Dispatcher {
                         self.unpark(co);
                     }
                 }
+                Message::Spawn(f) => {
+                    if let Err(e) = self.spawn(TaskName::Anonymous, None, false, false, f) {
+                        eprintln!("copas: dropping a task posted from another thread: {e}");
+                    }
+                }
+                Message::Exit => self.exit(),
             }
         }
     }
@@ -182,7 +232,8 @@ where
         *lock(&worker_slot.result) = Some(result);
         // Only the coroutine's reference may keep the token alive now.
         drop(worker_slot);
-        worker_remote.post(Message::Complete { co, token });
+        // A dispatcher that is gone has no coroutine left to wake.
+        let _ = worker_remote.post(Message::Complete { co, token });
     }))?;
     // The completion cannot be handled before this coroutine parks: the dispatcher drains
     // its inbox only between resumes, on this thread.

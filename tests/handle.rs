@@ -1,0 +1,163 @@
+//! `copas::Handle` (issue 9): other threads add tasks to a running dispatcher and ask it to
+//! exit, and the dispatcher wakes at once for them.
+//!
+//! A task posted from another thread runs on the dispatcher's thread and interrupts a 20 s
+//! poller wait; `exit` from another thread releases `waitforexit`; 4,000 tasks from four
+//! threads each run once, in order per thread; a handle to a dispatcher whose thread has
+//! exited refuses with `Closed`, and tasks queued for a dispatcher that never ran them are
+//! dropped when its thread exits (nothing leaks).
+//!
+//! Loopback only; every run has a watchdog and every loop is bounded.
+
+mod util;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use copas::ErrorKind;
+
+#[test]
+fn a_task_from_another_thread_runs_on_the_dispatcher_thread_and_wakes_it_at_once() {
+    let sleeper = copas::addthread(|| {
+        copas::pause(Duration::from_secs(20));
+    })
+    .unwrap();
+    let handle = copas::handle().unwrap();
+    let dispatcher_thread = std::thread::current().id();
+    let ran = Arc::new(Mutex::new(None));
+    let ran_in = ran.clone();
+    let poster = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let posted = Instant::now();
+        handle
+            .spawn(move || {
+                *ran_in.lock().unwrap() = Some((std::thread::current().id(), posted.elapsed()));
+                // Ends the 20 s sleep, and with it the loop.
+                assert!(copas::wakeup(sleeper));
+            })
+            .expect("the dispatcher is alive");
+    });
+    let took = util::run_bounded(Duration::from_secs(60));
+    poster.join().unwrap();
+    let (thread, latency) = ran.lock().unwrap().expect("the task ran");
+    assert_eq!(
+        thread, dispatcher_thread,
+        "it ran on the dispatcher's thread"
+    );
+    // Generous bounds: the dispatcher was asleep in a 20 s wait when the task came.
+    assert!(latency < Duration::from_secs(5), "woken after {latency:?}");
+    assert!(took < Duration::from_secs(15), "the loop took {took:?}");
+}
+
+#[test]
+fn exit_from_another_thread_releases_waitforexit_and_the_server_is_removed() {
+    let (listener, _) = util::local_listener();
+    let server = copas::addserver(listener, |_| {}).unwrap();
+    let released = Arc::new(AtomicUsize::new(0));
+    let r = released.clone();
+    copas::addthread(move || {
+        copas::waitforexit().unwrap();
+        r.fetch_add(1, Ordering::Relaxed);
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    let handle = copas::handle().unwrap();
+    let asker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        handle.exit().expect("the dispatcher is alive");
+    });
+    // Without the exit the server would keep the loop going forever.
+    util::run_bounded(Duration::from_secs(60));
+    asker.join().unwrap();
+    assert_eq!(released.load(Ordering::Relaxed), 1);
+    assert_eq!(copas::status().servers, 0);
+}
+
+#[test]
+fn tasks_from_four_threads_each_run_once_in_order_per_thread() {
+    const SENDERS: usize = 4;
+    const TASKS: usize = 1_000;
+    let order = Arc::new(Mutex::new(Vec::with_capacity(SENDERS * TASKS)));
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    // Keeps the loop going until every task has run (bounded: 60 s).
+    copas::addthread(move || {
+        let start = Instant::now();
+        while d.load(Ordering::Relaxed) < SENDERS * TASKS
+            && start.elapsed() < Duration::from_secs(60)
+        {
+            copas::pause(Duration::from_millis(10));
+        }
+    })
+    .unwrap();
+    let handle = copas::handle().unwrap();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|t| {
+            let handle = handle.clone();
+            let order = order.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                for k in 0..TASKS {
+                    let order = order.clone();
+                    let done = done.clone();
+                    handle
+                        .spawn(move || {
+                            order.lock().unwrap().push((t, k));
+                            done.fetch_add(1, Ordering::Relaxed);
+                        })
+                        .expect("the dispatcher is alive");
+                }
+            })
+        })
+        .collect();
+    util::run_bounded(Duration::from_secs(90));
+    for s in senders {
+        s.join().unwrap();
+    }
+    let order = order.lock().unwrap();
+    assert_eq!(order.len(), SENDERS * TASKS, "every task ran once");
+    let mut next = [0usize; SENDERS];
+    for &(t, k) in order.iter() {
+        assert_eq!(k, next[t], "sender {t}'s tasks run in the order posted");
+        next[t] += 1;
+    }
+}
+
+#[test]
+fn a_handle_to_a_dispatcher_whose_thread_exited_refuses_and_drops_the_task() {
+    let handle = std::thread::spawn(|| copas::handle().unwrap())
+        .join()
+        .unwrap();
+    assert!(handle.is_closed());
+    let held = Arc::new(());
+    let in_task = held.clone();
+    let err = handle
+        .spawn(move || drop(in_task))
+        .expect_err("nobody would run it");
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    assert_eq!(Arc::strong_count(&held), 1, "the refused task was dropped");
+    assert_eq!(handle.exit().unwrap_err().kind(), ErrorKind::Closed);
+}
+
+#[test]
+fn tasks_queued_for_a_dispatcher_that_never_runs_them_are_dropped_when_its_thread_exits() {
+    let (give, take) = mpsc::channel();
+    let (finish, finished) = mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        give.send(copas::handle().unwrap()).unwrap();
+        // Never steps: what is posted stays queued until the thread exits.
+        finished.recv().unwrap();
+    });
+    let handle = take.recv().unwrap();
+    let held = Arc::new(());
+    for _ in 0..10 {
+        let in_task = held.clone();
+        handle.spawn(move || drop(in_task)).expect("still alive");
+    }
+    assert_eq!(Arc::strong_count(&held), 11);
+    finish.send(()).unwrap();
+    thread.join().unwrap();
+    assert_eq!(Arc::strong_count(&held), 1, "the queued tasks were dropped");
+    assert!(handle.is_closed());
+}
