@@ -17,6 +17,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -284,14 +285,32 @@ impl Socket {
 
     /// One `recv` into `dst`. Clears the readable bit on `WouldBlock` and on a short read.
     fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
+        let len = dst.len();
+        self.recv_with(len, |sock| (&*sock).read(dst))
+    }
+
+    /// Like [`Socket::recv_into`], into memory not yet initialised: the first `n` bytes
+    /// of `dst` are initialised when `Ok(n)` comes back (`recv(2)` wrote them).
+    fn recv_into_uninit(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        let len = dst.len();
+        self.recv_with(len, |sock| sock.recv(dst))
+    }
+
+    /// Runs one `recv` of up to `len` bytes through `recv`, retrying on `EINTR`, and keeps
+    /// the readiness bits and the end-of-stream flag up to date.
+    fn recv_with(
+        &self,
+        len: usize,
+        mut recv: impl FnMut(&socket2::Socket) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         let io = &self.conn.io;
         let sock = io.sock.borrow();
         let Some(sock) = sock.as_ref() else {
             return Err(io::Error::from(io::ErrorKind::NotConnected));
         };
         loop {
-            match (&*sock).read(dst) {
-                Ok(0) if !dst.is_empty() => {
+            match recv(sock) {
+                Ok(0) if len > 0 => {
                     self.conn.eof.set(true);
                     return Ok(0);
                 }
@@ -299,7 +318,7 @@ impl Socket {
                     // A short read drained the receive queue: wait for the next edge rather
                     // than read again to learn it is empty. Safe only where the poller
                     // reports a FIN queued behind the data separately (`read_closed`).
-                    if n < dst.len() && SHORT_READ_DRAINS {
+                    if n < len && SHORT_READ_DRAINS {
                         io.readable.set(false);
                     }
                     return Ok(n);
@@ -312,6 +331,38 @@ impl Socket {
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// Reads up to `max` (≥ 1) bytes into a new vector, waiting until the socket is
+    /// readable; an empty vector at end of stream. Not for TLS (see `read_waiting`).
+    ///
+    /// The vector is allocated only once there is something to read, and freed by the
+    /// caller soon after: so the allocator hands the same warm block to the next connection
+    /// served, where a per-connection buffer would be one more cold page per message when
+    /// thousands of connections take turns.
+    fn recv_vec_waiting(&self, max: usize, deadline: Option<Instant>) -> Result<Vec<u8>> {
+        loop {
+            if self.conn.io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            if self.conn.eof.get() {
+                return Ok(Vec::new());
+            }
+            if self.conn.io.readable.get() || self.conn.io.read_closed.get() {
+                let mut out = Vec::with_capacity(max);
+                match self.recv_into_uninit(out.spare_capacity_mut()) {
+                    Ok(n) => {
+                        // SAFETY: `recv` initialised the first `n` bytes of the spare
+                        // capacity (socket2's `recv` contract), and `n` ≤ the capacity.
+                        unsafe { out.set_len(n) };
+                        return Ok(out);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.conn.wait(false, deadline)?;
         }
     }
 
@@ -548,10 +599,19 @@ impl Socket {
             return Ok(Vec::new());
         }
         if self.start == self.end {
-            // Read into the socket's own buffer (allocated once), not a fresh one per call.
+            let deadline = Self::deadline(self.conn.timeouts.get().receive);
+            if self.conn.tls.get().is_none() {
+                // Nothing buffered: read straight into the vector returned.
+                let mut out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline)?;
+                if out.capacity() > 4 * INITIAL_BUFFER && out.len() < out.capacity() / 4 {
+                    // A big request answered by a few bytes: don't hand back the slack.
+                    out.shrink_to_fit();
+                }
+                self.conn.pass_on(false);
+                return Ok(out);
+            }
             self.start = 0;
             self.end = 0;
-            let deadline = Self::deadline(self.conn.timeouts.get().receive);
             // Room for what was asked (up to a bulk chunk) so big reads stay few.
             self.reserve(max.min(BULK_CHUNK));
             self.fill_at_most(max.min(BULK_CHUNK), deadline)?;
