@@ -108,6 +108,50 @@
 //! streaming transfers) are built on [`Socket`] alone: in a coroutine each request suspends
 //! only that coroutine, so many can be in flight; from `main` they simply block.
 //!
+//! ## Logging
+//!
+//! copas reports what no caller can be told through the [`log`](https://docs.rs/log)
+//! facade, so an application sees it in its own logger (`env_logger`, `tracing`'s log
+//! bridge, `syslog`…), filtered by target (`copas::…`) and level like its own records:
+//!
+//! | what | level | target |
+//! |---|---|---|
+//! | a coroutine panicked (the default error handler): `<message> (coroutine: <name>, socket: <name>)` | `error` | `copas::dispatcher::report` |
+//! | an error handler panicked itself | `error` | `copas::dispatcher`, `copas::sync` |
+//! | another thread could not wake the dispatcher (its eventfd failed), or no coroutine could be made for a task it posted | `error` | `copas::dispatcher::remote` |
+//! | accepting failed for lack of resources (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): the first failure, with the back-off delay | `warn` | `copas::net::server` |
+//! | … each further failure of that run, with its (doubling) delay | `debug` | `copas::net::server` |
+//! | … accepting again afterwards | `info` | `copas::net::server` |
+//! | any other accept error (the server backs off too) | `warn` | `copas::net::server` |
+//! | an accepted connection dropped because it could not be set up, or no coroutine could be made for it | `warn` | `copas::net::server` |
+//! | a connection that went away before it was accepted | `debug` | `copas::net::server` |
+//!
+//! Without a logger (`log::max_level()` is `Off`, as it is until a logger sets it), nothing
+//! changes from Copas's behaviour: the `error` reports and the `warn` reports other than
+//! the resource back-off print `copas: <message>` on standard error, as they always did, and
+//! the other records are dropped. With a logger, copas writes nothing to standard error itself. A
+//! handler set with [`seterrorhandler`] or [`setdefaulterrorhandler`] replaces the default
+//! report entirely.
+//!
+//! ```
+//! struct Stdout;
+//! impl log::Log for Stdout {
+//!     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+//!         m.level() <= log::Level::Warn
+//!     }
+//!     fn log(&self, r: &log::Record<'_>) {
+//!         println!("[{}] {}: {}", r.level(), r.target(), r.args());
+//!     }
+//!     fn flush(&self) {}
+//! }
+//!
+//! log::set_logger(&Stdout).unwrap();
+//! log::set_max_level(log::LevelFilter::Warn);
+//! copas::addnamedthread("worker", || panic!("out of cheese")).unwrap();
+//! copas::run().unwrap();
+//! // [ERROR] copas::dispatcher::report: out of cheese (coroutine: worker, socket: nil)
+//! ```
+//!
 //! ## Cooperative scheduling
 //!
 //! Coroutines switch only inside copas calls. A coroutine that computes for a second
@@ -372,8 +416,10 @@ pub fn seterrorhandler(handler: impl Fn(&PanicReport) + 'static) {
 }
 
 /// Sets the thread's default error handler, used by coroutines without their own (Copas
-/// `seterrorhandler(fn, true)`). The initial one prints
-/// `copas: <message> (coroutine: <name>, socket: <name>)` on standard error.
+/// `seterrorhandler(fn, true)`). The initial one logs
+/// `<message> (coroutine: <name>, socket: <name>)` as an error record through the `log`
+/// facade, or, when no logger is installed, prints it on standard error after `copas: `
+/// (see [Logging](crate#logging)).
 pub fn setdefaulterrorhandler(handler: impl Fn(&PanicReport) + 'static) {
     setdefaulterrorhandler_rc(Rc::new(handler))
 }

@@ -37,6 +37,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub use handle::Handle;
 pub(crate) use poller::SHORT_READ_DRAINS;
 pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
+pub(crate) use report::log_or_print;
 pub use report::{ErrorHandler, PanicReport};
 pub use status::Status;
 pub use task::Coroutine;
@@ -1268,8 +1269,9 @@ impl Dispatcher {
 /// Calls an error handler; a handler that panics is reported and otherwise ignored.
 fn run_handler(handler: &ErrorHandler, report: &PanicReport) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(report))) {
-        eprintln!(
-            "copas: failed executing error handler: {} (while handling: {report})",
+        log_or_print!(
+            log::Level::Error,
+            "failed executing error handler: {} (while handling: {report})",
             copas_coro::panic_message(&*payload)
         );
     }

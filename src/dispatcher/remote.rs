@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::poller::Waker;
-use super::{Dispatcher, TaskName, Wake};
+use super::{log_or_print, Dispatcher, TaskName, Wake};
 use crate::dispatcher::Coroutine;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -89,7 +89,7 @@ impl Remote {
         // before the drain ride on that wake-up.
         if was_empty {
             if let Err(e) = self.waker.wake() {
-                eprintln!("copas: could not wake the dispatcher: {e}");
+                log_or_print!(log::Level::Error, "could not wake the dispatcher: {e}");
             }
         }
         Ok(())
@@ -174,7 +174,10 @@ impl Dispatcher {
                 }
                 Message::Spawn(f) => {
                     if let Err(e) = self.spawn(TaskName::Anonymous, None, false, false, f) {
-                        eprintln!("copas: dropping a task posted from another thread: {e}");
+                        log_or_print!(
+                            log::Level::Error,
+                            "dropping a task posted from another thread: {e}"
+                        );
                     }
                 }
                 Message::Exit => self.exit(),

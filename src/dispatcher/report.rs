@@ -1,15 +1,40 @@
-//! Error handlers: what happens when a coroutine panics.
+//! Error handlers, and where copas reports what goes wrong outside any caller's reach.
 //!
 //! A panic is caught at the coroutine's boundary and turned into a [`PanicReport`], which
 //! goes to the coroutine's own handler if it set one, else to the thread's default handler.
-//! The default prints the message with the coroutine's and socket's names, as Copas does.
-//! A handler that panics itself is reported on standard error and ignored.
+//! The default reports the message with the coroutine's and socket's names, as Copas does:
+//! as an error record through the `log` facade when the application installed a logger,
+//! else on standard error. A handler that panics itself is reported the same way and
+//! ignored.
+//!
+//! `log_or_print!` is that rule for the dispatcher's other reports (a failed accept, a
+//! connection dropped for lack of resources): a program with a logger sees them in its own
+//! logs, filtered by its own levels, and a program without one still sees on standard
+//! error what Copas would print. Reports that only explain normal behaviour (back-off
+//! steps, aborted connections) use the `log` macros directly: without a logger they stay
+//! silent, as before.
 
 use std::any::Any;
 use std::fmt;
 use std::rc::Rc;
 
 use super::task::Coroutine;
+
+/// Reports through `log` at `$level` (target: the calling module) when a logger is
+/// installed, else prints `copas: <message>` on standard error.
+///
+/// "Installed" means `log::max_level()` is above `Off`: `log` starts at `Off`, and setting
+/// a logger without raising the level would drop every record anyway.
+macro_rules! log_or_print {
+    ($level:expr, $($arg:tt)+) => {
+        if ::log::max_level() == ::log::LevelFilter::Off {
+            ::std::eprintln!("copas: {}", ::std::format_args!($($arg)+));
+        } else {
+            ::log::log!($level, $($arg)+);
+        }
+    };
+}
+pub(crate) use log_or_print;
 
 /// A function that handles coroutine panics (see [`seterrorhandler`](crate::seterrorhandler)).
 pub type ErrorHandler = Rc<dyn Fn(&PanicReport)>;
@@ -78,7 +103,8 @@ impl fmt::Display for PanicReport {
     }
 }
 
-/// The handler every thread starts with: prints the report to standard error.
+/// The handler every thread starts with: an error record `<message> (coroutine: <name>,
+/// socket: <name>)` through `log`, or that line on standard error without a logger.
 pub(crate) fn default_handler() -> ErrorHandler {
-    Rc::new(|report: &PanicReport| eprintln!("copas: {report}"))
+    Rc::new(|report: &PanicReport| log_or_print!(log::Level::Error, "{report}"))
 }

@@ -6,6 +6,12 @@
 //! once, in a coroutine named `<server>:handler_<n>` with the socket named
 //! `<server>:client_<n>`. When accepting fails for lack of resources (`EMFILE`, `ENFILE`,
 //! `ENOBUFS`, `ENOMEM`) the server backs off (10 ms, doubling to 1 s) instead of spinning.
+//!
+//! What it reports through `log` (target `copas::net::server`): the first failure of a
+//! back-off at `warn` with its delay, the following ones at `debug`, accepting again at
+//! `info`; an accept error other than a shortage at `warn` (also on standard error without
+//! a logger, as before); a connection aborted before it was accepted at `debug`; a
+//! connection dropped because it could not be set up at `warn`.
 
 use std::cell::Cell;
 use std::fmt;
@@ -14,7 +20,9 @@ use std::net::TcpListener;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::dispatcher::{self, AcceptOutcome, Acceptor, IoSource, SourceKey, TaskName};
+use crate::dispatcher::{
+    self, log_or_print, AcceptOutcome, Acceptor, IoSource, SourceKey, TaskName,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::socket::{Connection, Socket, SocketName, Timeouts};
 
@@ -96,7 +104,11 @@ impl Listener {
         let n = self.accepted.get() + 1;
         self.accepted.set(n);
         if let Err(e) = sock.set_nonblocking(true) {
-            eprintln!("copas: {}: dropping accepted connection: {e}", self.name);
+            log_or_print!(
+                log::Level::Warn,
+                "{}: dropping accepted connection: {e}",
+                self.name
+            );
             return;
         }
         let name = SocketName::Client {
@@ -106,7 +118,11 @@ impl Listener {
         let conn = match Connection::register(sock, self.timeouts, name) {
             Ok(conn) => conn,
             Err(e) => {
-                eprintln!("copas: {}: dropping accepted connection: {e}", self.name);
+                log_or_print!(
+                    log::Level::Warn,
+                    "{}: dropping accepted connection: {e}",
+                    self.name
+                );
                 return;
             }
         };
@@ -124,7 +140,7 @@ impl Listener {
         });
         if let Err(e) = spawned {
             // No stack for a handler: shed the connection rather than fail the server.
-            eprintln!("copas: {}: refusing connection: {e}", self.name);
+            log_or_print!(log::Level::Warn, "{}: refusing connection: {e}", self.name);
             conn.close();
         }
     }
@@ -142,22 +158,41 @@ impl Acceptor for Listener {
             };
             match accepted {
                 Ok((sock, _addr)) => {
+                    if self.backoff.get() > BACKOFF_MIN {
+                        log::info!("{}: accepting again after backing off", self.name);
+                    }
                     self.backoff.set(BACKOFF_MIN);
                     self.start(sock);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return AcceptOutcome::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
-                    if e.kind() == io::ErrorKind::Interrupted
-                        || e.kind() == io::ErrorKind::ConnectionAborted
+                    if e.kind() == io::ErrorKind::ConnectionAborted
                         || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM)) =>
                 {
-                    continue
+                    // The client gave up (or a firewall refused it) before we accepted:
+                    // normal on a busy server, nothing to act on.
+                    log::debug!("{}: connection lost before accept: {e}", self.name);
+                    continue;
                 }
                 Err(e) => {
                     let delay = self.backoff.get();
                     self.backoff.set((delay * 2).min(BACKOFF_MAX));
                     if !is_resource_shortage(&e) {
-                        eprintln!("copas: {}: accept failed: {e}", self.name);
+                        log_or_print!(
+                            log::Level::Warn,
+                            "{}: accept failed: {e}; backing off {delay:?}",
+                            self.name
+                        );
+                    } else if delay == BACKOFF_MIN {
+                        // The first failure since the last success: the one to act on (raise
+                        // the descriptor limit, shed load). The rest of the run is detail.
+                        log::warn!("{}: accept failed: {e}; backing off {delay:?}", self.name);
+                    } else {
+                        log::debug!(
+                            "{}: accept still failing: {e}; backing off {delay:?}",
+                            self.name
+                        );
                     }
                     return AcceptOutcome::BackOff(delay);
                 }

@@ -223,8 +223,9 @@ pub(crate) fn report_panic(payload: Box<dyn std::any::Any + Send>) {
         payload,
     };
     if let Err(p) = catch_unwind(AssertUnwindSafe(|| handler(&report))) {
-        eprintln!(
-            "copas: failed executing error handler: {} (while handling: {report})",
+        crate::dispatcher::log_or_print!(
+            log::Level::Error,
+            "failed executing error handler: {} (while handling: {report})",
             copas_coro::panic_message(&*p)
         );
     }
