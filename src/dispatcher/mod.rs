@@ -256,6 +256,10 @@ impl State {
         task.wait = Wait::Ready;
         task.wake = Wake::Event;
         let hint = task.hint;
+        // Start loading its stack top and state now: by the time the run phase gets to it,
+        // after the rest of this step's events, the misses are over (at 1,000 connections
+        // every stack is cold).
+        hint.prefetch();
         self.counts.leave(wait, timer.is_some());
         if let Some(key) = timer {
             self.timers.remove(key);
@@ -886,6 +890,10 @@ impl Dispatcher {
     }
 
     /// Suspends the running coroutine after it entered a wait; returns why it was woken.
+    ///
+    /// Inlined: every frame between a handler and the switch is one more cold stack line
+    /// and one more mispredicted return when the coroutine is resumed.
+    #[inline]
     fn suspend(&self, co: Coroutine) -> Wake {
         if copas_coro::suspend().is_err() {
             let mut st = self.state.borrow_mut();
