@@ -14,7 +14,14 @@ use copas::client::reply::parse_line;
 use copas::{ErrorKind, Pattern};
 use proptest::prelude::*;
 
+/// `cases` in `cargo test`; `PROPTEST_CASES=N` runs every property N times instead (the soak
+/// does, see docs/reliability.md). proptest reads that variable only for its default config,
+/// which an explicit count overrides.
 fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     ProptestConfig {
         cases,
         // No regression files: the integration tests have no src/ to put them beside.
