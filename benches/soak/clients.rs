@@ -392,9 +392,21 @@ fn connection(shared: &Shared, behaviour: Behaviour, rng: &mut Rng) -> Result<()
             let part = rng.range(1, msg.len() as u64 - 1) as usize;
             send(&mut sock, &msg[..part])?;
             let most = (timeout / 5).as_millis() as u64;
-            copas::pause(Duration::from_millis(rng.range(most / 10, most)));
+            let stall = Duration::from_millis(rng.range(most / 10, most));
+            let paused = Instant::now();
+            copas::pause(stall);
+            let slept = paused.elapsed();
             send(&mut sock, &msg[part..])?;
-            expect_echo(&mut sock, &msg)?;
+            expect_echo(&mut sock, &msg).map_err(|f| match f {
+                // Say how long the stall really was: a client kept off the CPU past the
+                // server's timeout is closed, as it should be.
+                Fault::Failed(what) => Fault::Failed(format!(
+                    "{what} (stalled {} ms for {} ms asked)",
+                    slept.as_millis(),
+                    stall.as_millis()
+                )),
+                corrupt => corrupt,
+            })?;
             add(&counts.short_stalls);
             counts.exchanged(msg.len());
         }

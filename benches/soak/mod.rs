@@ -70,6 +70,9 @@ pub struct Plan {
     /// figure, or by `rss_margin_kib`, whichever is larger.
     pub rss_margin_pct: u64,
     pub rss_margin_kib: u64,
+    /// How much more memory the server may hold with no connection open after the run
+    /// than before it.
+    pub idle_margin_kib: u64,
     /// The test PKI (TLS only): the clients trust `ca.pem` in it.
     pub pki: Option<PathBuf>,
     /// The server's port; set by [`server::serve`] before the clients start.
@@ -89,6 +92,7 @@ impl Plan {
             report_every: Duration::from_secs(5),
             rss_margin_pct: 10,
             rss_margin_kib: 4 * 1024,
+            idle_margin_kib: 2 * 1024,
             pki: None,
             port: 0,
         }

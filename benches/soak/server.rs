@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use copas::native_tls::{Identity, TlsAcceptor};
-use copas::{ServerOptions, Socket};
+use copas::{ErrorKind, ServerOptions, Socket};
 
 use super::{Kind, Plan, Tally, PLAN_VAR};
 
@@ -22,6 +22,12 @@ const ECHO_CHUNK: usize = 64 * 1024;
 
 /// Listen backlog: the clients open up to their whole number of connections at once.
 const BACKLOG: i32 = 4096;
+
+/// How often the handler count, memory and descriptors are sampled for their peaks.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// copas's default number of pooled stacks, restored after emptying the pool.
+const POOLED_STACKS: usize = 1024;
 
 /// How long the clients may take to finish their last connections after the plan's time,
 /// beyond the server's timeout and their own I/O slack, before they count as hung.
@@ -46,10 +52,19 @@ pub struct Outcome {
     pub rss_warm_kib: u64,
     pub rss_end_kib: u64,
     pub rss_peak_kib: u64,
+    /// Resident memory with no connection open, freed heap memory and idle stacks handed
+    /// back to the system first (`malloc_trim`), before the clients started and after every
+    /// handler ended, KiB: what a leak would leave behind, whatever the concurrency was.
+    pub rss_idle_before_kib: u64,
+    pub rss_idle_after_kib: u64,
     /// Connections the server accepted.
     pub accepted: u64,
-    /// Most handler coroutines alive at once (at the report instants).
+    /// Most handler coroutines alive at once during the warm-up, and over the whole run
+    /// (sampled every 100 ms).
+    pub handlers_peak_warm: usize,
     pub handlers_peak: usize,
+    /// How the echo handlers ended.
+    pub endings: Endings,
     /// Panics in handlers (the error handler's reports that are not TLS handshake failures).
     pub panics: u64,
     /// TLS handshakes that failed (stalled or reset clients), reported by `copas::handler`.
@@ -67,9 +82,21 @@ impl Outcome {
         self.failures.is_empty()
     }
 
-    /// How much memory may grow between the warm-up and the end and still count as flat.
+    /// Resident memory per open connection, as measured at the end of the warm-up.
+    pub fn kib_per_connection(&self) -> u64 {
+        self.rss_warm_kib.saturating_sub(self.rss_idle_before_kib)
+            / self.handlers_peak_warm.max(1) as u64
+    }
+
+    /// How much memory may grow between the warm-up and the end and still count as flat:
+    /// the plan's margin, plus the warm-up's memory per connection for every connection
+    /// open at once beyond the warm-up's peak (memory that follows the number of open
+    /// connections is not a leak; the idle check catches what stays behind).
     pub fn rss_allowance_kib(&self) -> u64 {
-        (self.rss_warm_kib * self.plan.rss_margin_pct / 100).max(self.plan.rss_margin_kib)
+        let margin =
+            (self.rss_warm_kib * self.plan.rss_margin_pct / 100).max(self.plan.rss_margin_kib);
+        let more = self.handlers_peak.saturating_sub(self.handlers_peak_warm) as u64;
+        margin + more * self.kib_per_connection()
     }
 
     /// The end-of-run summary, one `key: value` per line.
@@ -90,8 +117,8 @@ impl Outcome {
             self.plan.server_timeout.as_millis(),
         ));
         line(format!(
-            "  connections: {} opened by the clients, {} accepted by the server, at most {} handlers at once",
-            t.opened, self.accepted, self.handlers_peak
+            "  connections: {} opened by the clients, {} accepted by the server, at most {} handlers at once ({} during the warm-up)",
+            t.opened, self.accepted, self.handlers_peak, self.handlers_peak_warm
         ));
         line(format!(
             "  exchanges completed byte-exact: {} ({:.1} MiB echoed), corrupt: {}, unexpected client errors: {}",
@@ -104,6 +131,11 @@ impl Outcome {
             "  resets: {}, half-closes: {}, stalls shorter than the timeout: {}, longer (closed by the server): {}",
             t.resets, t.half_closes, t.short_stalls, t.long_stalls
         ));
+        let e = &self.endings;
+        line(format!(
+            "  echo handlers ended by: end of stream {}, the server's timeout {}, a reset {}, other errors {}",
+            e.end_of_stream, e.timeout, e.reset, e.other
+        ));
         line(format!(
             "  server descriptors: {} before, {} after (peak {}): {} leaked",
             self.fds_before,
@@ -112,14 +144,21 @@ impl Outcome {
             self.fds_after as i64 - self.fds_before as i64
         ));
         line(format!(
-            "  server RSS: {:.1} MiB after the {} s warm-up, {:.1} MiB at the end ({:+.1} MiB, {:+.1} %; flat means at most +{:.1} MiB), peak {:.1} MiB",
+            "  server RSS under load: {:.1} MiB after the {:.1} s warm-up, {:.1} MiB at the end ({:+.1} MiB, {:+.1} %; flat means at most +{:.1} MiB), peak {:.1} MiB",
             self.rss_warm_kib as f64 / 1024.0,
-            self.plan.warmup.as_secs(),
+            self.plan.warmup.as_secs_f64(),
             self.rss_end_kib as f64 / 1024.0,
             growth / 1024.0,
             100.0 * growth / self.rss_warm_kib.max(1) as f64,
             self.rss_allowance_kib() as f64 / 1024.0,
             self.rss_peak_kib as f64 / 1024.0,
+        ));
+        line(format!(
+            "  server RSS idle (no connection, after malloc_trim): {:.1} MiB before, {:.1} MiB after ({:+.1} MiB; at most +{:.1} MiB)",
+            self.rss_idle_before_kib as f64 / 1024.0,
+            self.rss_idle_after_kib as f64 / 1024.0,
+            (self.rss_idle_after_kib as f64 - self.rss_idle_before_kib as f64) / 1024.0,
+            self.plan.idle_margin_kib as f64 / 1024.0,
         ));
         line(format!(
             "  server thread: {:.1} s on a CPU ({:.0} % of the run), {:.1} s runnable but waiting for a CPU",
@@ -150,21 +189,42 @@ impl Outcome {
     }
 }
 
+/// How the echo handlers ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Endings {
+    /// The client closed (or half-closed) its side; everything was echoed.
+    pub end_of_stream: u64,
+    /// Nothing arrived within the server's timeout (a stalled client).
+    pub timeout: u64,
+    /// The client reset the connection while the handler received or sent.
+    pub reset: u64,
+    /// Any other error.
+    pub other: u64,
+}
+
 /// The echo handler: whatever comes in goes back out until end of stream (the reply to a
 /// half-close is complete when the handler returns and copas closes the socket), a reset,
-/// or the server's timeout.
-fn echo(mut sock: Socket) {
-    loop {
+/// or the server's timeout. Counts how it ended in `endings`.
+fn echo(mut sock: Socket, endings: &Cell<Endings>) {
+    let error = loop {
         match sock.receivepartial(ECHO_CHUNK) {
-            Ok(data) if data.is_empty() => break,
+            Ok(data) if data.is_empty() => break None,
             Ok(data) => {
-                if sock.send(&data).is_err() {
-                    break;
+                if let Err(e) = sock.send(&data) {
+                    break Some(e);
                 }
             }
-            Err(_) => break,
+            Err(e) => break Some(e),
         }
+    };
+    let mut ended = endings.get();
+    match error.map(|e| e.kind()) {
+        None => ended.end_of_stream += 1,
+        Some(ErrorKind::Timeout) => ended.timeout += 1,
+        Some(ErrorKind::Closed) => ended.reset += 1,
+        Some(_) => ended.other += 1,
     }
+    endings.set(ended);
 }
 
 /// Runs the soak of `plan` with the client process that `clients` starts (this module adds
@@ -195,6 +255,11 @@ pub fn serve(mut plan: Plan, mut clients: Command) -> Outcome {
         });
     }
     let accepted = Rc::new(Cell::new(0u64));
+    let endings = Rc::new(Cell::new(Endings::default()));
+    let echo = {
+        let endings = endings.clone();
+        move |sock: Socket| echo(sock, &endings)
+    };
     let handler: Box<dyn Fn(Socket)> = match plan.kind {
         Kind::Tcp => Box::new(echo),
         Kind::Tls => {
@@ -233,6 +298,7 @@ pub fn serve(mut plan: Plan, mut clients: Command) -> Outcome {
     // The dispatcher (its epoll and event descriptors) exists before the first count.
     copas::step(Some(Duration::ZERO)).expect("step");
     let fds_before = fd_count();
+    let rss_idle_before_kib = idle_rss_kib();
 
     let mut child = clients
         .env(PLAN_VAR, plan.encode())
@@ -256,8 +322,12 @@ pub fn serve(mut plan: Plan, mut clients: Command) -> Outcome {
         rss_warm_kib: 0,
         rss_end_kib: 0,
         rss_peak_kib: 0,
+        rss_idle_before_kib,
+        rss_idle_after_kib: 0,
         accepted: 0,
+        handlers_peak_warm: 0,
         handlers_peak: 0,
+        endings: Endings::default(),
         panics: 0,
         handshake_failures: 0,
         cpu: Duration::ZERO,
@@ -266,12 +336,23 @@ pub fn serve(mut plan: Plan, mut clients: Command) -> Outcome {
     };
     let limit = plan.duration + plan.server_timeout + CLIENT_GRACE;
     let mut next_report = start + plan.report_every;
+    let mut next_sample = start;
     let mut warm = false;
     let mut ended = false;
     while !reader.is_finished() {
         copas::step(Some(Duration::from_millis(50))).expect("step");
         let now = Instant::now();
         let elapsed = now - start;
+        if now >= next_sample {
+            next_sample = now + SAMPLE_EVERY;
+            let handlers = copas::status().coroutines;
+            out.handlers_peak = out.handlers_peak.max(handlers);
+            if !warm {
+                out.handlers_peak_warm = out.handlers_peak;
+            }
+            out.rss_peak_kib = out.rss_peak_kib.max(rss_kib());
+            out.fds_peak = out.fds_peak.max(fd_count());
+        }
         if !warm && elapsed >= plan.warmup {
             warm = true;
             out.rss_warm_kib = rss_kib();
@@ -285,12 +366,9 @@ pub fn serve(mut plan: Plan, mut clients: Command) -> Outcome {
             let fds = fd_count();
             let rss = rss_kib();
             let handlers = copas::status().coroutines;
-            out.fds_peak = out.fds_peak.max(fds);
-            out.rss_peak_kib = out.rss_peak_kib.max(rss);
-            out.handlers_peak = out.handlers_peak.max(handlers);
             let tally = latest.lock().expect("tally").0;
             println!(
-                "{:>5.1} s  live {:>5}  opened {:>8}  exchanges {:>8}  {:>9.1} MiB  resets {:>6}  half-closes {:>6}  stalls {:>5}/{:<5}  corrupt {}  errors {}  | server fds {:>5}  RSS {:>6.1} MiB  handlers {:>5}  panics {}",
+                "{:>5.1} s  live {:>5}  opened {:>8}  exchanges {:>8}  {:>9.1} MiB  resets {:>6}  half-closes {:>6}  stalls {:>5}/{:<5}  corrupt {}  errors {}  | server fds {:>5}  RSS {:>6.1} MiB  handlers {:>5}  timeouts {:>5}  panics {}",
                 elapsed.as_secs_f64(),
                 tally.live,
                 tally.opened,
@@ -305,6 +383,7 @@ pub fn serve(mut plan: Plan, mut clients: Command) -> Outcome {
                 fds,
                 rss as f64 / 1024.0,
                 handlers,
+                endings.get().timeout,
                 panics.get(),
             );
         }
@@ -350,10 +429,12 @@ pub fn serve(mut plan: Plan, mut clients: Command) -> Outcome {
         ));
     }
     out.fds_after = fd_count();
+    out.rss_idle_after_kib = idle_rss_kib();
     copas::removeserver(server, false).expect("removeserver");
     copas::step(Some(Duration::ZERO)).expect("step");
 
     out.accepted = accepted.get();
+    out.endings = endings.get();
     out.panics = panics.get();
     out.handshake_failures = handshake_failures.get();
     if !ended {
@@ -391,6 +472,12 @@ fn check(out: &mut Outcome) {
             out.rss_warm_kib,
             out.rss_end_kib,
             out.rss_allowance_kib()
+        ));
+    }
+    if out.rss_idle_after_kib > out.rss_idle_before_kib + out.plan.idle_margin_kib {
+        out.failures.push(format!(
+            "idle memory grew from {} KiB before the run to {} KiB after it (allowed: {} KiB more)",
+            out.rss_idle_before_kib, out.rss_idle_after_kib, out.plan.idle_margin_kib
         ));
     }
     if out.panics > 0 {
@@ -442,6 +529,18 @@ fn schedstat() -> (Duration, Duration) {
         fields.next().unwrap_or_default(),
         fields.next().unwrap_or_default(),
     )
+}
+
+/// Resident memory with idle stacks unmapped and free heap memory returned to the system,
+/// KiB.
+fn idle_rss_kib() -> u64 {
+    copas::set_pooled_stacks(0);
+    copas::set_pooled_stacks(POOLED_STACKS);
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    rss_kib()
 }
 
 /// Descriptors open in this process.

@@ -1,7 +1,9 @@
 //! The dispatcher: one per OS thread, owning the coroutines, the timers and the reactor.
 //!
 //! A step (Copas `step`) is: wait in the poller until an event or the next deadline; turn
-//! events into ready coroutines (and accept rounds for servers); fire expired timers; then
+//! events into ready coroutines (and accept rounds for servers); fire expired timers (after
+//! looking at the poller once more if the thread was held up since the wait, see
+//! [`LATE_AFTER`]); then
 //! resume every coroutine that was ready when the run phase began, once (at most
 //! [`MAX_RESUMES_PER_STEP`] of them; the rest keep their place for the next step, so timers
 //! and I/O are looked at regularly even when tens of thousands are ready). Coroutines made
@@ -56,6 +58,14 @@ const EVENT_CAPACITY: usize = 1024;
 
 /// The most coroutines one step resumes; more wait for the next step, after timers and I/O.
 const MAX_RESUMES_PER_STEP: usize = 1024;
+
+/// When more than this passed between the poller's wait and the firing of expired timers
+/// (handlers started by accept rounds ran in between and one blocked the thread, or the
+/// process was kept off the CPU), the poller is asked again, without waiting, before the
+/// timers fire: an event that came before a deadline, while the thread was held up, wins over
+/// that deadline, so a wait whose data arrived in time is served, not timed out. In an
+/// ordinary step this much never passes and the extra look costs nothing.
+const LATE_AFTER: Duration = Duration::from_millis(1);
 
 /// Socket operations a coroutine may complete without waiting before it is made to yield,
 /// so that a stream that is always ready cannot starve the others.
@@ -577,20 +587,24 @@ impl Dispatcher {
                 }
             }
         };
-        let had_events = {
-            let mut events = self.events.borrow_mut();
-            events.clear();
-            poller.wait(&mut events, wait_for)?;
-            let mut st = self.state.borrow_mut();
-            for &ev in events.iter() {
-                st.on_event(ev);
-            }
-            !events.is_empty()
-        };
+        let had_events = self.dispatch_events(poller, wait_for)?;
+        let waited = Instant::now();
 
         self.drain_remote();
         self.accept_pending();
-        self.fire_timers();
+        let now = Instant::now();
+        if now.duration_since(waited) > LATE_AFTER {
+            let expired = self
+                .state
+                .borrow()
+                .timers
+                .next_deadline()
+                .is_some_and(|at| at <= now);
+            if expired {
+                self.dispatch_events(poller, Some(Duration::ZERO))?;
+            }
+        }
+        self.fire_timers(now);
 
         // Resume those ready now; those made ready meanwhile go after them, next step.
         let batch = self.state.borrow().ready.len().min(MAX_RESUMES_PER_STEP);
@@ -648,8 +662,21 @@ impl Dispatcher {
         }
     }
 
-    fn fire_timers(&self) {
-        let now = Instant::now();
+    /// Waits in the poller up to `wait_for` and turns the events into ready coroutines (and
+    /// accept rounds); returns whether there were any.
+    fn dispatch_events(&self, poller: &Poller, wait_for: Option<Duration>) -> Result<bool> {
+        let mut events = self.events.borrow_mut();
+        events.clear();
+        poller.wait(&mut events, wait_for)?;
+        let mut st = self.state.borrow_mut();
+        for &ev in events.iter() {
+            st.on_event(ev);
+        }
+        Ok(!events.is_empty())
+    }
+
+    /// Fires the timers whose deadline is at or before `now`.
+    fn fire_timers(&self, now: Instant) {
         loop {
             let action = self.state.borrow_mut().timers.pop_expired(now);
             let Some(action) = action else { break };
