@@ -396,6 +396,9 @@ impl Socket {
 
     /// Reads at most `max` (≥ 1) more bytes into the buffer; 0 at end of stream.
     fn fill_at_most(&mut self, max: usize, deadline: Option<Instant>) -> Result<usize> {
+        if self.start == self.end {
+            self.wait_readable_unbuffered(deadline)?;
+        }
         self.reserve(FILL_MIN.min(max));
         let to = self.buf.len().min(self.end.saturating_add(max));
         let mut buf = std::mem::take(&mut self.buf);
@@ -404,6 +407,27 @@ impl Socket {
         let n = result?;
         self.end += n;
         Ok(n)
+    }
+
+    /// With nothing buffered, waits until a read will not block, having given the buffer
+    /// back to the allocator: an idle connection then holds no buffer, and the next one
+    /// comes warm from the allocator rather than as one more cold page per message. Not
+    /// for TLS, whose layer may hold decrypted bytes the readiness bits do not show.
+    fn wait_readable_unbuffered(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if self.conn.tls.get().is_some() {
+            return Ok(());
+        }
+        let io = &self.conn.io;
+        while !(io.is_closed() || self.conn.eof.get() || io.readable.get() || io.read_closed.get())
+        {
+            if self.buf.capacity() > 0 {
+                self.buf = Vec::new();
+                self.start = 0;
+                self.end = 0;
+            }
+            self.conn.wait(false, deadline)?;
+        }
+        Ok(())
     }
 
     /// Removes and returns everything buffered.
