@@ -49,7 +49,7 @@
 //!   the protocol clients) work from plain `main`.
 //! * Several cores: [`threads`] runs one dispatcher per thread, their listeners sharing a
 //!   port through [`bind_reuseport`]; other threads reach a dispatcher through its
-//!   [`Handle`] (see `docs/threads.md`).
+//!   [`Handle`] and send to its coroutines through a [`channel`] (see `docs/threads.md`).
 //!
 //! ## TLS
 //!
@@ -183,7 +183,7 @@ pub use net::server::{Server, ServerOptions};
 pub use net::socket::{Pattern, Socket, DEFAULT_LINE_LIMIT};
 pub use net::tls::{handler, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use net::udp::{UdpSocket, DATAGRAM_SIZE};
-pub use sync::{future, lock, queue, semaphore, timer, FOREVER};
+pub use sync::{channel, future, lock, queue, semaphore, timer, FOREVER};
 pub use threads::{bind_reuseport, threads};
 
 pub use copas_coro::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};

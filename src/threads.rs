@@ -5,8 +5,8 @@
 //! own thread-local dispatcher, so the hot path stays lock-free and nothing needs to be
 //! `Send`. The kernel spreads incoming connections over the listeners bound with
 //! `SO_REUSEPORT` (on Linux by a hash of the connection's addresses and ports). What crosses
-//! threads is explicit: [`Handle`](crate::Handle) and [`offload`](crate::offload). See
-//! `docs/threads.md`.
+//! threads is explicit: [`Handle`](crate::Handle), [`channel`](crate::channel) and
+//! [`offload`](crate::offload). See `docs/threads.md`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};

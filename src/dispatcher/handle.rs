@@ -22,7 +22,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// [`ErrorKind::Closed`]; nothing is queued for it.
 ///
 /// A handle does not keep [`run`](crate::run) going: a dispatcher with nothing to do ends
-/// its loop even if handles to it exist. Keep it alive with a server or other work.
+/// its loop even if handles to it exist. Keep it alive with a server, or a coroutine that
+/// waits on a [`channel`](crate::channel) fed from other threads.
 ///
 /// # Example
 ///
@@ -83,8 +84,8 @@ impl Handle {
     ///
     /// [`ErrorKind::Closed`] when the dispatcher is gone (its thread exited); `f` is
     /// dropped on the calling thread. (If the dispatcher cannot map a stack for the
-    /// coroutine when the message arrives, it reports that on standard error and drops
-    /// `f`.)
+    /// coroutine when the message arrives, it logs that as an error — on standard error
+    /// when no logger is installed — and drops `f`.)
     pub fn spawn(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
         self.remote
             .post(Message::Spawn(Box::new(f)))

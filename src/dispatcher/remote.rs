@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::poller::Waker;
-use super::{log_or_print, Dispatcher, TaskName, Wake};
+use super::{log_or_print, Dispatcher, TaskName, Wait, Wake};
 use crate::dispatcher::Coroutine;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -99,14 +99,49 @@ impl Remote {
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.inbox).closed
     }
+
+    /// Whether this is the calling thread's dispatcher's `Remote`.
+    pub(crate) fn is_local(self: &Arc<Remote>) -> bool {
+        super::try_with(|d| {
+            d.remote
+                .remote
+                .get()
+                .is_some_and(|mine| Arc::ptr_eq(mine, self))
+        })
+        .unwrap_or(false)
+    }
+}
+
+/// Ends the park of `co`, a coroutine of the dispatcher `remote` belongs to, if `token` is
+/// still alive (the coroutine still waits for what the caller hands over). On that
+/// dispatcher's own thread it is done at once when its state is free; otherwise, and from
+/// other threads, through the inbox (which wakes the poller). A dispatcher that is gone
+/// has no coroutine left to wake, so a refused post is ignored.
+pub(crate) fn unpark(remote: &Arc<Remote>, co: Coroutine, token: Weak<dyn Any + Send + Sync>) {
+    if remote.is_local() {
+        let done = super::with(|d| match d.state.try_borrow_mut() {
+            Ok(mut st) => {
+                if token.strong_count() > 0 && st.task(co).map(|t| t.wait) == Some(Wait::Park) {
+                    st.wake(co, Wake::Woken);
+                }
+                true
+            }
+            // Called from a destructor while the state is in use further up this stack.
+            Err(_) => false,
+        });
+        if done {
+            return;
+        }
+    }
+    let _ = remote.post(Message::Complete { co, token });
 }
 
 /// Counts a coroutine as parked for another thread's work while it lives (which keeps
 /// `run` going).
-struct Waiting<'a>(&'a Remote);
+pub(crate) struct Waiting<'a>(&'a Remote);
 
 impl<'a> Waiting<'a> {
-    fn new(remote: &'a Remote) -> Waiting<'a> {
+    pub(crate) fn new(remote: &'a Remote) -> Waiting<'a> {
         remote.waiting.fetch_add(1, Ordering::Relaxed);
         Waiting(remote)
     }

@@ -1,7 +1,7 @@
 //! Copas's submodules — [`timer`], [`lock`], [`semaphore`], [`queue`], [`future`] — and the
-//! one waiting mechanism they share.
+//! one waiting mechanism they share; and, beyond Copas, [`channel`], which crosses threads.
 //!
-//! Every type here is built on the dispatcher's crate-internal wait/wake primitive
+//! Every thread-local type here is built on the dispatcher's crate-internal wait/wake primitive
 //! (`Dispatcher::park` / `Dispatcher::unpark`) and nothing else: a coroutine that has to wait
 //! puts an entry in the object's [`WaitList`] and parks; whoever hands it what it waits for
 //! (a lock's ownership, permits, an item, "destroyed") puts that in the entry's slot and
@@ -9,7 +9,11 @@
 //! as in Copas (a coroutine blocked forever on a queue nobody uses is abandoned when the
 //! loop has nothing else to do).
 //!
-//! Rules every type follows:
+//! [`channel`] is the exception: its waiters may be on any thread, so it keeps its state
+//! under a mutex and wakes coroutines through their dispatcher's cross-thread inbox
+//! (`dispatcher/remote.rs`); a coroutine waiting on it keeps `run` going.
+//!
+//! Rules every thread-local type follows:
 //!
 //! * A hand-over happens only if the unpark succeeds. A waiter whose deadline has passed
 //!   (woken, but not yet run) or that was removed is skipped, and what it would have had
@@ -25,6 +29,7 @@
 //! Timeouts follow Copas: `None` means the object's default (10 s, [`DEFAULT_TIMEOUT`]),
 //! [`FOREVER`] (Copas `math.huge`) never times out, and `Duration::ZERO` never waits.
 
+pub mod channel;
 pub mod future;
 pub mod lock;
 pub mod queue;
