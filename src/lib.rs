@@ -264,9 +264,77 @@ pub fn waitforexit() -> Result<()> {
 /// Abandons everything (Copas `cancelall`): every coroutine is dropped (its stack unwound,
 /// so its locals and sockets are released), every server and every socket with waiters is
 /// closed, every timer forgotten, and [`exit`] is called. The loop then ends promptly; a
-/// later [`run`] starts afresh.
+/// later [`run`] starts afresh. A [`shutdown`] under way ends with it.
 pub fn cancelall() {
     dispatcher::with(|d| d.cancelall())
+}
+
+/// Shuts the dispatcher down gracefully (beyond Copas): stops accepting, lets running
+/// coroutines finish for up to `grace`, then cancels what is left. Callable from a coroutine
+/// or between [`step`]s; returns at once.
+///
+/// At once, every listening server is closed (the kernel refuses new connections from
+/// now on; connections queued but not yet accepted are reset) and [`exit`] is called:
+/// [`exiting`] becomes true and [`waitforexit`] waiters are released. That is how
+/// coroutines learn of it: a handler serving requests in a loop checks [`exiting`] between
+/// requests and ends after the current one; [`shutdown_deadline`] says how long it has.
+/// Everything else goes on as usual: connections already accepted keep working.
+///
+/// The shutdown completes when `grace` has passed or, earlier, when nothing is left that
+/// could run by itself (what ends [`run`]). Completing it is [`cancelall`] — every
+/// coroutine left is unwound (its locals dropped, so its sockets are closed and it leaves
+/// every lock, semaphore or queue line), timers are forgotten — and then every socket still
+/// registered with this dispatcher is closed, whoever holds it. Coroutines paused forever
+/// or waiting without a deadline are cancelled too. [`run`] then returns; the dispatcher
+/// holds nothing, and a later [`run`] starts afresh.
+///
+/// Called again during a shutdown it only brings the deadline forward. `Duration::ZERO`
+/// cancels everything in the coming step; [`FOREVER`] waits as long as coroutines run.
+///
+/// Differences from [`exit`]: `exit` only signals (the loop ends when it runs out of work,
+/// servers keep it going forever); `shutdown` also closes the servers and guarantees the
+/// end by the deadline. UDP servers are coroutines like any other here: their handler sees
+/// [`exiting`], or is cancelled at the deadline.
+///
+/// # Example
+///
+/// ```
+/// use std::net::TcpListener;
+/// use std::time::Duration;
+/// use copas::Pattern;
+///
+/// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+/// copas::addserver(listener, |mut sock| {
+///     // Serve requests until a shutdown begins, finishing the current one.
+///     while !copas::exiting() {
+///         match sock.receive(Pattern::Line) {
+///             Ok(line) => drop(sock.send(&[&line[..], b"\n"].concat())),
+///             Err(_) => break,
+///         }
+///     }
+/// })
+/// .unwrap();
+/// copas::addthread(|| {
+///     copas::pause(Duration::from_millis(50));
+///     copas::shutdown(Duration::from_secs(5));
+/// })
+/// .unwrap();
+/// copas::run().unwrap(); // returns once the shutdown is complete
+/// assert_eq!(copas::status().servers, 0);
+/// ```
+pub fn shutdown(grace: Duration) {
+    dispatcher::with(|d| d.shutdown(grace))
+}
+
+/// Whether a [`shutdown`] is under way (begun and not yet complete).
+pub fn shutting_down() -> bool {
+    dispatcher::with(|d| d.shutting_down())
+}
+
+/// When the [`shutdown`] under way cancels what is left; `None` when no shutdown is under
+/// way or its grace has no end ([`FOREVER`]).
+pub fn shutdown_deadline() -> Option<Instant> {
+    dispatcher::with(|d| d.shutdown_deadline())
 }
 
 /// Whether [`run`] is running.

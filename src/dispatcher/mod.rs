@@ -20,6 +20,7 @@ mod poller;
 mod reactor;
 pub(crate) mod remote;
 mod report;
+mod shutdown;
 mod status;
 mod task;
 mod timers;
@@ -93,6 +94,8 @@ enum TimerAction {
     Callback(Coroutine, Box<dyn FnOnce(Coroutine)>),
     /// Retry accepting on a server after a back-off.
     Accept(SourceKey),
+    /// A graceful shutdown's deadline: only wakes the poller (see `shutdown.rs`).
+    ShutdownDeadline,
 }
 
 /// A coroutine in the ready queue, with where its resume will touch memory first.
@@ -153,6 +156,8 @@ struct State {
     stepping: bool,
     exiting: bool,
     exit_waiters: Vec<Coroutine>,
+    /// A graceful shutdown under way (`shutdown.rs`).
+    shutdown: Option<shutdown::Pending>,
     default_handler: ErrorHandler,
     /// Removed coroutines, to be unwound where no borrow is held.
     graveyard: Vec<Coro>,
@@ -355,6 +360,7 @@ impl Dispatcher {
                 stepping: false,
                 exiting: false,
                 exit_waiters: Vec::new(),
+                shutdown: None,
                 default_handler: report::default_handler(),
                 graveyard: Vec::new(),
             }),
@@ -605,6 +611,10 @@ impl Dispatcher {
             }
         }
         self.fire_timers(now);
+        if self.state.borrow().shutdown.is_some() {
+            // Past a shutdown's deadline nothing more runs.
+            self.settle_shutdown();
+        }
 
         // Resume those ready now; those made ready meanwhile go after them, next step.
         let batch = self.state.borrow().ready.len().min(MAX_RESUMES_PER_STEP);
@@ -628,6 +638,9 @@ impl Dispatcher {
             }
         }
         self.reap();
+        if self.state.borrow().shutdown.is_some() {
+            self.settle_shutdown();
+        }
         Ok(had_events)
     }
 
@@ -717,6 +730,7 @@ impl Dispatcher {
                         st.pending_accept.push(key);
                     }
                 }
+                TimerAction::ShutdownDeadline => {}
             }
         }
     }
@@ -748,11 +762,15 @@ impl Dispatcher {
         }
         {
             let mut st = self.state.borrow_mut();
-            st.exiting = false;
+            // A shutdown started before the loop has told everyone it is exiting.
+            st.exiting = st.shutdown.is_some();
             st.running = true;
         }
         let result = loop {
             if self.finished() {
+                if self.settle_shutdown() {
+                    continue;
+                }
                 if self.exiting() {
                     break Ok(());
                 }
@@ -828,6 +846,8 @@ impl Dispatcher {
             st.ready.clear();
             st.pending_accept.clear();
             st.exit_waiters.clear();
+            // Nothing is left for a shutdown under way to wait for; its timer goes below.
+            st.shutdown = None;
             let mut timers = TimerQueue::new();
             std::mem::swap(&mut timers, &mut st.timers);
             st.counts = Counts::default();
