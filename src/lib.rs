@@ -177,6 +177,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub use dispatcher::{Coroutine, ErrorHandler, Handle, PanicReport, Status};
+pub use dispatcher::{CoroutineInfo, CoroutineState, ObjectKind, SocketInfo, WaitTarget};
 pub use error::{Error, ErrorKind, Result};
 pub use net::connect::ToAddrs;
 pub use net::server::{Server, ServerOptions};
@@ -505,6 +506,51 @@ pub fn geterrorhandler(co: Option<Coroutine>) -> ErrorHandler {
 /// Counts of what the dispatcher holds (Copas `status`).
 pub fn status() -> Status {
     dispatcher::with(|d| d.status())
+}
+
+/// Every coroutine of this thread's dispatcher — its name, what it is doing (running,
+/// ready, sleeping until when, reading or writing which socket, waiting on which lock,
+/// semaphore, queue, future or channel, paused forever) and since when — in the order they were
+/// created (beyond Copas, whose `status` only counts). See [`dump`] for a readable form.
+///
+/// Cheap to keep available: waiting records only a few words in the coroutine's entry;
+/// names and addresses are looked up here.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use copas::CoroutineState;
+///
+/// copas::addnamedthread("sleeper", || drop(copas::pause(Duration::from_secs(1)))).unwrap();
+/// copas::addthread(|| {
+///     copas::pause(Duration::from_millis(10));
+///     let list = copas::coroutines();
+///     let sleeper = list.iter().find(|c| c.name == "sleeper").unwrap();
+///     assert!(matches!(sleeper.state, CoroutineState::Sleeping { .. }));
+///     copas::wakeup(sleeper.coroutine);
+/// })
+/// .unwrap();
+/// copas::run().unwrap();
+/// ```
+pub fn coroutines() -> Vec<CoroutineInfo> {
+    dispatcher::with(|d| d.coroutines())
+}
+
+/// A readable dump of this thread's dispatcher, like Go's goroutine dump: a header with
+/// counts by state, one line per coroutine (see [`coroutines`]) and one per listening
+/// server. Times are relative to now (`for`: how long it has been in its state):
+///
+/// ```text
+/// copas dump of thread "main": 4 coroutines (1 running, 0 ready, 1 sleeping, 0 paused forever, 1 reading, 0 writing, 1 waiting), 1 servers, 2 sockets
+/// coroutine 1 "control:handler_1" [running, for 0.000 s]
+/// coroutine 2 "echo:handler_1" [reading "echo:client_1" (fd 7, local 127.0.0.1:9000, peer 127.0.0.1:50122), for 2.108 s, no deadline]
+/// coroutine 3 "ticker" [sleeping until in 0.492 s, for 0.508 s]
+/// coroutine 4 "worker" [waiting on lock "db" (#1), for 1.955 s, deadline in 8.045 s]
+/// server "echo" [listening on 127.0.0.1:9000, fd 6]
+/// ```
+pub fn dump() -> String {
+    dispatcher::with(|d| d.dump())
 }
 
 // ----- sockets and servers ----------------------------------------------------------------

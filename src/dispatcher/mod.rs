@@ -16,6 +16,7 @@
 //! values out of the borrow's scope before letting them go.
 
 mod handle;
+mod introspect;
 mod poller;
 mod reactor;
 pub(crate) mod remote;
@@ -38,6 +39,8 @@ use std::os::fd::AsRawFd;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use handle::Handle;
+pub(crate) use introspect::{Blocker, ObjectTag};
+pub use introspect::{CoroutineInfo, CoroutineState, ObjectKind, SocketInfo, WaitTarget};
 pub(crate) use poller::SHORT_READ_DRAINS;
 pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
 pub(crate) use report::log_or_print;
@@ -121,8 +124,8 @@ impl Counts {
             Wait::Io { write: false, .. } => Some(&mut self.read),
             Wait::Io { write: true, .. } => Some(&mut self.write),
             Wait::Sleep => Some(&mut self.sleeping),
-            Wait::Park if timed => Some(&mut self.sleeping),
-            Wait::Park | Wait::PausedForever => Some(&mut self.paused),
+            Wait::Park(_) if timed => Some(&mut self.sleeping),
+            Wait::Park(_) | Wait::PausedForever => Some(&mut self.paused),
             Wait::Running | Wait::Ready => None,
         }
     }
@@ -161,6 +164,9 @@ struct State {
     default_handler: ErrorHandler,
     /// Removed coroutines, to be unwound where no borrow is held.
     graveyard: Vec<Coro>,
+    /// The clock, read once per step (after the poller wait) and outside steps when a
+    /// coroutine is created: what changes of state are dated with (`Task::since`).
+    now: Instant,
 }
 
 /// One thread's dispatcher. Reached through [`with`].
@@ -203,10 +209,12 @@ impl State {
     /// the coroutine is unknown. A cancelled coroutine waits too: `resume` drops it as soon
     /// as it suspends.
     fn enter_wait(&mut self, co: Coroutine, wait: Wait, deadline: Option<Instant>) -> bool {
+        let now = self.now;
         let Some(task) = self.task_mut(co) else {
             return false;
         };
         task.wait = wait;
+        task.since = now;
         let timed = deadline.is_some();
         if let Some(at) = deadline {
             let key = self.timers.insert(at, TimerAction::Wake(co));
@@ -247,13 +255,15 @@ impl State {
     /// waiting.
     fn wake(&mut self, co: Coroutine, why: Wake) -> bool {
         match self.task(co).map(|t| t.wait) {
-            Some(Wait::Sleep | Wait::PausedForever | Wait::Park | Wait::Io { .. }) => {}
+            Some(Wait::Sleep | Wait::PausedForever | Wait::Park(_) | Wait::Io { .. }) => {}
             _ => return false,
         }
         self.detach(co);
         let mut hint = ResumeHint::default();
+        let now = self.now;
         if let Some(task) = self.task_mut(co) {
             task.wait = Wait::Ready;
+            task.since = now;
             task.wake = why;
             hint = task.hint;
         }
@@ -263,12 +273,14 @@ impl State {
 
     /// Wakes a coroutine already taken out of its socket's queue by an event.
     fn wake_popped(&mut self, co: Coroutine) {
+        let now = self.now;
         let Some(task) = self.task_mut(co) else {
             return;
         };
         let wait = task.wait;
         let timer = task.timer.take();
         task.wait = Wait::Ready;
+        task.since = now;
         task.wake = Wake::Event;
         let hint = task.hint;
         // Start loading its stack top and state now: by the time the run phase gets to it,
@@ -363,6 +375,7 @@ impl Dispatcher {
                 shutdown: None,
                 default_handler: report::default_handler(),
                 graveyard: Vec::new(),
+                now: Instant::now(),
             }),
             closed_sources: RefCell::new(Vec::new()),
             autoclose: Cell::new(true),
@@ -415,11 +428,17 @@ impl Dispatcher {
         let hint = coro.resume_hint();
         {
             let mut st = self.state.borrow_mut();
+            if !st.stepping {
+                // Between steps the step's clock reading may be old.
+                st.now = Instant::now();
+            }
+            let since = st.now;
             st.tasks.insert(Task {
                 generation: co.generation,
                 coro: Some(coro),
                 name,
                 wait: Wait::Ready,
+                since,
                 wake: Wake::Woken,
                 timer: None,
                 timeout: None,
@@ -444,6 +463,7 @@ impl Dispatcher {
     fn resume(&self, co: Coroutine) {
         let mut coro = {
             let mut st = self.state.borrow_mut();
+            let now = st.now;
             let Some(task) = st.task_mut(co) else {
                 return;
             };
@@ -451,6 +471,7 @@ impl Dispatcher {
                 return; // a stale entry in the ready list
             }
             task.wait = Wait::Running;
+            task.since = now;
             match task.coro.take() {
                 Some(coro) => coro,
                 None => return,
@@ -594,7 +615,7 @@ impl Dispatcher {
             }
         };
         let had_events = self.dispatch_events(poller, wait_for)?;
-        let waited = Instant::now();
+        let waited = self.state.borrow().now;
 
         self.drain_remote();
         self.accept_pending();
@@ -682,6 +703,9 @@ impl Dispatcher {
         events.clear();
         poller.wait(&mut events, wait_for)?;
         let mut st = self.state.borrow_mut();
+        // The step's clock reading after the wait: the date of the changes of state it
+        // brings (`Task::since`), and the start of the step for the timers' lateness check.
+        st.now = Instant::now();
         for &ev in events.iter() {
             st.on_event(ev);
         }
@@ -811,7 +835,7 @@ impl Dispatcher {
             }
             st.exit_waiters.push(co);
         }
-        match self.park(None)? {
+        match self.park(None, Blocker::Exit)? {
             Wake::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
             _ => Ok(()),
         }
@@ -1027,10 +1051,15 @@ impl Dispatcher {
     }
 
     /// Parks the running coroutine until [`Dispatcher::unpark`] or `deadline`. The
-    /// wait/wake primitive the synchronisation types are built on.
-    pub(crate) fn park(&self, deadline: Option<Instant>) -> Result<Wake> {
+    /// wait/wake primitive the synchronisation types are built on; `on` says what it waits
+    /// on, for listings.
+    pub(crate) fn park(&self, deadline: Option<Instant>, on: Blocker) -> Result<Wake> {
         let co = self.require_coroutine("waiting")?;
-        if !self.state.borrow_mut().enter_wait(co, Wait::Park, deadline) {
+        if !self
+            .state
+            .borrow_mut()
+            .enter_wait(co, Wait::Park(on), deadline)
+        {
             return Ok(Wake::Cancelled);
         }
         Ok(self.suspend(co))
@@ -1039,7 +1068,7 @@ impl Dispatcher {
     /// Wakes a coroutine parked with [`Dispatcher::park`]. False if it was not parked.
     pub(crate) fn unpark(&self, co: Coroutine) -> bool {
         let mut st = self.state.borrow_mut();
-        if st.task(co).map(|t| t.wait) != Some(Wait::Park) {
+        if !matches!(st.task(co).map(|t| t.wait), Some(Wait::Park(_))) {
             return false;
         }
         st.wake(co, Wake::Woken)
@@ -1051,9 +1080,11 @@ impl Dispatcher {
             if let Some(co) = self.current() {
                 let queued = {
                     let mut st = self.state.borrow_mut();
+                    let now = st.now;
                     match st.task_mut(co) {
                         Some(task) => {
                             task.wait = Wait::Ready;
+                            task.since = now;
                             task.wake = Wake::Woken;
                             // Running: its stack is hot already, no hint needed.
                             let hint = ResumeHint::default();

@@ -12,11 +12,11 @@
 //! A waiter that times out or is cancelled is taken out of its FIFO at once, so a later
 //! event can never resume a coroutine that stopped waiting (Copas 4.11 defect §4.4).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
-use super::task::Coroutine;
+use super::task::{Coroutine, TaskSocket};
 
 /// What a registered socket shares between its owners (the `Socket` handles) and the
 /// dispatcher: the descriptor itself and its readiness.
@@ -36,6 +36,8 @@ pub(crate) struct IoSource {
     pub(crate) waiting: Cell<u32>,
     /// The dispatcher's key, `None` when not registered (closed, or no dispatcher).
     pub(crate) key: Cell<Option<SourceKey>>,
+    /// The handle that names the socket, for listings (`introspect.rs`).
+    pub(crate) owner: OnceCell<Weak<dyn TaskSocket>>,
 }
 
 impl IoSource {
@@ -47,6 +49,7 @@ impl IoSource {
             read_closed: Cell::new(false),
             waiting: Cell::new(0),
             key: Cell::new(None),
+            owner: OnceCell::new(),
         }
     }
 
@@ -82,6 +85,9 @@ impl SourceKey {
 pub(crate) trait Acceptor {
     /// Accepts what is pending, up to a budget, starting a handler for each connection.
     fn accept_ready(&self) -> AcceptOutcome;
+
+    /// The server's name, for listings.
+    fn name(&self) -> String;
 }
 
 /// What one [`Acceptor::accept_ready`] round found.

@@ -121,7 +121,9 @@ pub(crate) fn unpark(remote: &Arc<Remote>, co: Coroutine, token: Weak<dyn Any + 
     if remote.is_local() {
         let done = super::with(|d| match d.state.try_borrow_mut() {
             Ok(mut st) => {
-                if token.strong_count() > 0 && st.task(co).map(|t| t.wait) == Some(Wait::Park) {
+                if token.strong_count() > 0
+                    && matches!(st.task(co).map(|t| t.wait), Some(Wait::Park(_)))
+                {
                     st.wake(co, Wake::Woken);
                 }
                 true
@@ -276,7 +278,7 @@ where
     // The completion cannot be handled before this coroutine parks: the dispatcher drains
     // its inbox only between resumes, on this thread.
     loop {
-        let wake = super::with(|d| d.park(deadline))?;
+        let wake = super::with(|d| d.park(deadline, super::Blocker::Offload))?;
         if let Some(result) = lock(&slot.result).take() {
             return result.map_err(panicked);
         }

@@ -3,9 +3,11 @@
 
 use std::fmt;
 use std::rc::Rc;
+use std::time::Instant;
 
 use copas_coro::{Coro, Label, ResumeHint};
 
+use super::introspect::Blocker;
 use super::report::ErrorHandler;
 use super::timers::TimerKey;
 
@@ -98,8 +100,9 @@ pub(crate) enum Wait {
     Sleep,
     /// `pauseforever()`: until `wakeup`.
     PausedForever,
-    /// Parked by a synchronisation primitive, until unparked (or its timer fires).
-    Park,
+    /// Parked by a synchronisation primitive, until unparked (or its timer fires); what it
+    /// waits on, for listings.
+    Park(Blocker),
     /// Waiting for a socket to become readable (`write == false`) or writable.
     Io { source: u32, write: bool },
 }
@@ -133,6 +136,8 @@ pub(crate) struct Task {
     pub(crate) coro: Option<Coro>,
     pub(crate) name: TaskName,
     pub(crate) wait: Wait,
+    /// When it entered `wait`, from the dispatcher's clock reading of that step.
+    pub(crate) since: Instant,
     pub(crate) wake: Wake,
     /// The timer that ends the current wait, if it has a deadline.
     pub(crate) timer: Option<TimerKey>,

@@ -17,6 +17,13 @@ pub(crate) struct TimerKey {
     seq: u64,
 }
 
+impl TimerKey {
+    /// When the timer fires.
+    pub(crate) fn at(self) -> Instant {
+        self.at
+    }
+}
+
 /// Deadlines with a value each, fired in deadline order.
 #[derive(Debug)]
 pub(crate) struct TimerQueue<T> {

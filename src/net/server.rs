@@ -200,6 +200,10 @@ impl Acceptor for Listener {
         }
         AcceptOutcome::More
     }
+
+    fn name(&self) -> String {
+        self.name.to_string()
+    }
 }
 
 /// Registers a listening TCP socket; `handler` runs in a new coroutine for every accepted

@@ -20,7 +20,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::dispatcher::{self, IoSource, TaskSocket, SHORT_READ_DRAINS};
@@ -97,7 +97,7 @@ impl Connection {
         let fd = sock.as_raw_fd();
         let io = Rc::new(IoSource::new(sock));
         dispatcher::with(|d| d.register(&io, None))?;
-        Ok(Rc::new(Connection {
+        let conn = Rc::new(Connection {
             io,
             timeouts: Cell::new(timeouts),
             name: RefCell::new(name),
@@ -105,7 +105,11 @@ impl Connection {
             eof: Cell::new(false),
             tls: OnceCell::new(),
             fd,
-        }))
+        });
+        // Weak, so listings can name the socket without keeping it open.
+        let owner: Weak<dyn TaskSocket> = Rc::downgrade(&conn) as Weak<dyn TaskSocket>;
+        let _ = conn.io.owner.set(owner);
+        Ok(conn)
     }
 
     pub(crate) fn close(&self) {

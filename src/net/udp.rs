@@ -12,7 +12,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::dispatcher::{self, Coroutine, IoSource, TaskName, TaskSocket};
@@ -185,14 +185,16 @@ impl UdpSocket {
         let fd = sock.as_raw_fd();
         let io = Rc::new(IoSource::new(sock));
         dispatcher::with(|d| d.register(&io, None))?;
-        Ok(UdpSocket {
-            inner: Rc::new(UdpInner {
-                io,
-                timeouts: Cell::new(Timeouts::default()),
-                name: RefCell::new(None),
-                fd,
-            }),
-        })
+        let inner = Rc::new(UdpInner {
+            io,
+            timeouts: Cell::new(Timeouts::default()),
+            name: RefCell::new(None),
+            fd,
+        });
+        // Weak, so listings can name the socket without keeping it open.
+        let owner: Weak<dyn TaskSocket> = Rc::downgrade(&inner) as Weak<dyn TaskSocket>;
+        let _ = inner.io.owner.set(owner);
+        Ok(UdpSocket { inner })
     }
 
     /// Yields now and then when operations keep completing without waiting, so that a

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::dispatcher::remote::{self, Remote, Waiting};
-use crate::dispatcher::{self, Coroutine, Wake};
+use crate::dispatcher::{self, Blocker, Coroutine, Wake};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A channel without a bound: [`Sender::send`] never waits.
@@ -367,7 +367,10 @@ impl<T> Chan<T> {
                 let waiting = Waiting::new(&remote);
                 // The wake-up cannot come before the park: other threads post to the
                 // inbox, which is drained on this thread between resumes.
-                let wake = dispatcher::with(|d| d.park(deadline));
+                let on = Blocker::Channel {
+                    sending: matches!(side, Side::Sending),
+                };
+                let wake = dispatcher::with(|d| d.park(deadline, on));
                 drop(waiting);
                 let cancelled = matches!(wake, Ok(Wake::Cancelled) | Err(_));
                 registration.leave(cancelled);

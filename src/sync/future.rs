@@ -25,7 +25,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::{Outcome, WaitList};
-use crate::dispatcher::{self, Coroutine, TaskName};
+use crate::dispatcher::{self, Blocker, Coroutine, TaskName};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Why a task has no value.
@@ -206,7 +206,7 @@ impl<T> Future<T> {
         T: Clone,
     {
         loop {
-            let (ticket, slot) = {
+            let (ticket, slot, task) = {
                 let mut st = self.inner.borrow_mut();
                 match &st.result {
                     Some(Ok(value)) => {
@@ -218,13 +218,14 @@ impl<T> Future<T> {
                     None => {}
                 }
                 let co = super::current().ok_or_else(|| super::outside_coroutine("Future::get"))?;
-                st.waiters.push(co, ())
+                let (ticket, slot) = st.waiters.push(co, ());
+                (ticket, slot, st.task)
             };
             let guard = Ticket {
                 inner: &self.inner,
                 ticket,
             };
-            let outcome = super::wait(&slot, None);
+            let outcome = super::wait(&slot, None, Blocker::Future(task));
             drop(guard);
             match outcome {
                 Outcome::Signalled(()) | Outcome::TimedOut => continue,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 pub use super::DEFAULT_TIMEOUT;
 
 use super::{Outcome, Slot, WaitList};
-use crate::dispatcher::Coroutine;
+use crate::dispatcher::{Blocker, Coroutine, ObjectKind, ObjectTag};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Who holds a lock: a coroutine, or (`None`) the thread's code outside any coroutine.
@@ -49,6 +49,8 @@ struct State {
     handed: Option<Slot<Signal>>,
     waiters: WaitList<Signal>,
     destroyed: bool,
+    /// Its number and name in listings.
+    tag: ObjectTag,
 }
 
 impl State {
@@ -110,8 +112,21 @@ impl Lock {
                 handed: None,
                 waiters: WaitList::new(),
                 destroyed: false,
+                tag: ObjectTag::new(),
             })),
         }
+    }
+
+    /// Names the lock for listings ([`copas::dump`](crate::dump),
+    /// [`copas::coroutines`](crate::coroutines)): a coroutine waiting on it shows this name
+    /// (beyond Copas, whose lock has no name). Replaces an earlier name.
+    pub fn set_name(&self, name: &str) {
+        self.state.borrow().tag.set_name(Rc::from(name));
+    }
+
+    /// The name given with [`set_name`](Lock::set_name), if any.
+    pub fn name(&self) -> Option<String> {
+        self.state.borrow().tag.name().map(|n| n.to_string())
     }
 
     /// Takes the lock (Copas `lock:get`), waiting up to `timeout` (`None`: the lock's
@@ -130,7 +145,7 @@ impl Lock {
     /// being removed.
     pub fn get(&self, timeout: impl Into<Option<Duration>>) -> Result<Duration> {
         let me = super::current();
-        let (ticket, slot, deadline) = {
+        let (ticket, slot, deadline, id) = {
             let mut st = self.state.borrow_mut();
             if st.destroyed {
                 return Err(Error::new(ErrorKind::Destroyed));
@@ -153,7 +168,7 @@ impl Lock {
             }
             let co = me.ok_or_else(|| super::outside_coroutine("Lock::get"))?;
             let (ticket, slot) = st.waiters.push(co, ());
-            (ticket, slot, super::deadline(timeout))
+            (ticket, slot, super::deadline(timeout), st.tag.id())
         };
         let start = Instant::now();
         let guard = Ticket {
@@ -161,7 +176,8 @@ impl Lock {
             ticket,
             slot,
         };
-        let outcome = super::wait(&guard.slot, deadline);
+        let on = Blocker::Object(ObjectKind::Lock, id);
+        let outcome = super::wait(&guard.slot, deadline, on);
         drop(guard);
         match outcome {
             Outcome::Signalled(Signal::Granted) => Ok(start.elapsed()),
@@ -250,6 +266,7 @@ impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.state.borrow();
         f.debug_struct("Lock")
+            .field("tag", &st.tag)
             .field("owner", &st.owner)
             .field("depth", &st.depth)
             .field("waiting", &st.waiters.len())

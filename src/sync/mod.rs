@@ -42,7 +42,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::dispatcher::{self, Coroutine, PanicReport, Wake};
+use crate::dispatcher::{self, Blocker, Coroutine, PanicReport, Wake};
 use crate::error::{Error, ErrorKind};
 
 /// A timeout that never expires (Copas `math.huge`): `Duration::MAX`, or any duration too
@@ -156,10 +156,15 @@ pub(crate) enum Outcome<S> {
 }
 
 /// Parks the running coroutine until a waker fills `slot` or `deadline` passes. The caller
-/// has already put itself in a wait list and holds no borrow.
-pub(crate) fn wait<S>(slot: &Cell<Option<S>>, deadline: Option<Instant>) -> Outcome<S> {
+/// has already put itself in a wait list and holds no borrow. `on` names what it waits on
+/// in listings.
+pub(crate) fn wait<S>(
+    slot: &Cell<Option<S>>,
+    deadline: Option<Instant>,
+    on: Blocker,
+) -> Outcome<S> {
     loop {
-        let wake = dispatcher::with(|d| d.park(deadline));
+        let wake = dispatcher::with(|d| d.park(deadline, on));
         // A hand-over counts whatever the wake-up says: it only happens to a parked waiter,
         // and waking it cancels its deadline.
         if let Some(signal) = slot.take() {

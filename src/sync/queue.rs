@@ -25,7 +25,7 @@ use std::time::Duration;
 pub use super::DEFAULT_TIMEOUT;
 
 use super::{Outcome, Slot, WaitList, FOREVER};
-use crate::dispatcher::{self, Coroutine, TaskName};
+use crate::dispatcher::{self, Blocker, Coroutine, ObjectKind, ObjectTag, TaskName};
 use crate::error::{Error, ErrorKind, Result};
 
 thread_local! {
@@ -89,6 +89,8 @@ impl<T> State<T> {
 
 struct Inner<T> {
     name: Rc<str>,
+    /// Its number and name in listings.
+    tag: ObjectTag,
     state: RefCell<State<T>>,
 }
 
@@ -141,9 +143,13 @@ impl<T: 'static> Queue<T> {
     /// An empty queue with a name (Copas `queue.new{name = …}`); its workers are named
     /// `<name>:worker_<n>`.
     pub fn named(name: &str) -> Queue<T> {
+        let name: Rc<str> = Rc::from(name);
+        let tag = ObjectTag::new();
+        tag.set_name(name.clone());
         Queue {
             inner: Rc::new(Inner {
-                name: Rc::from(name),
+                name,
+                tag,
                 state: RefCell::new(State {
                     items: VecDeque::new(),
                     poppers: WaitList::new(),
@@ -216,7 +222,8 @@ impl<T: 'static> Queue<T> {
             ticket,
             slot,
         };
-        let outcome = super::wait(&guard.slot, deadline);
+        let on = Blocker::Object(ObjectKind::QueuePop, self.inner.tag.id());
+        let outcome = super::wait(&guard.slot, deadline, on);
         drop(guard);
         match outcome {
             Outcome::Signalled(Signal::Item(item)) => Ok(item),
@@ -286,7 +293,8 @@ impl<T: 'static> Queue<T> {
                 state: &self.inner.state,
                 ticket,
             };
-            let outcome = super::wait(&slot, deadline);
+            let on = Blocker::Object(ObjectKind::QueueFinish, self.inner.tag.id());
+            let outcome = super::wait(&slot, deadline, on);
             drop(guard);
             match outcome {
                 Outcome::Signalled(()) => continue,

@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use super::DEFAULT_TIMEOUT;
 
 use super::{Outcome, Slot, WaitList};
+use crate::dispatcher::{Blocker, ObjectKind, ObjectTag};
 use crate::error::{Error, ErrorKind, Result};
 
 /// What a waiter is handed.
@@ -42,6 +43,8 @@ struct State {
     /// Waiting coroutines with how many permits each asked for.
     waiters: WaitList<Signal, usize>,
     destroyed: bool,
+    /// Its number and name in listings.
+    tag: ObjectTag,
 }
 
 impl State {
@@ -111,8 +114,21 @@ impl Semaphore {
                 timeout: timeout.into().unwrap_or(DEFAULT_TIMEOUT),
                 waiters: WaitList::new(),
                 destroyed: false,
+                tag: ObjectTag::new(),
             })),
         }
+    }
+
+    /// Names the semaphore for listings ([`copas::dump`](crate::dump),
+    /// [`copas::coroutines`](crate::coroutines)): a coroutine waiting on it shows this name
+    /// (beyond Copas, whose semaphore has no name). Replaces an earlier name.
+    pub fn set_name(&self, name: &str) {
+        self.state.borrow().tag.set_name(Rc::from(name));
+    }
+
+    /// The name given with [`set_name`](Semaphore::set_name), if any.
+    pub fn name(&self) -> Option<String> {
+        self.state.borrow().tag.name().map(|n| n.to_string())
     }
 
     /// Takes `n` permits (Copas `semaphore:take(n, timeout)`), waiting in line up to
@@ -126,7 +142,7 @@ impl Semaphore {
     /// destroyed; [`ErrorKind::InvalidState`] when it would have to wait outside a
     /// coroutine; [`ErrorKind::Cancelled`] when the waiting coroutine is being removed.
     pub fn take(&self, n: usize, timeout: impl Into<Option<Duration>>) -> Result<()> {
-        let (ticket, slot, deadline) = {
+        let (ticket, slot, deadline, id) = {
             let mut st = self.state.borrow_mut();
             if st.destroyed {
                 return Err(Error::new(ErrorKind::Destroyed));
@@ -144,7 +160,7 @@ impl Semaphore {
             }
             let co = super::current().ok_or_else(|| super::outside_coroutine("Semaphore::take"))?;
             let (ticket, slot) = st.waiters.push(co, n);
-            (ticket, slot, super::deadline(timeout))
+            (ticket, slot, super::deadline(timeout), st.tag.id())
         };
         let guard = Ticket {
             state: &self.state,
@@ -152,7 +168,8 @@ impl Semaphore {
             slot,
             n,
         };
-        let outcome = super::wait(&guard.slot, deadline);
+        let on = Blocker::Object(ObjectKind::Semaphore, id);
+        let outcome = super::wait(&guard.slot, deadline, on);
         drop(guard);
         match outcome {
             // Destroyed after the permits were handed over but before this coroutine ran:
@@ -257,6 +274,7 @@ impl fmt::Debug for Semaphore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.state.borrow();
         f.debug_struct("Semaphore")
+            .field("tag", &st.tag)
             .field("count", &st.count)
             .field("max", &st.max)
             .field("waiting", &st.waiters.len())
