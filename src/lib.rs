@@ -770,3 +770,17 @@ pub fn connect_tls(
         timeout,
     )
 }
+
+/// The manual's chapters (`docs/manual/`), compiled and run as doctests so that every code
+/// block in them stays true to the API. Seen only by `cargo test --doc`; not public API.
+#[cfg(doctest)]
+mod manual_doctests {
+    #[doc = include_str!("../docs/manual/01-introduction.md")]
+    struct Introduction;
+    #[doc = include_str!("../docs/manual/02-installing.md")]
+    struct Installing;
+    #[doc = include_str!("../docs/manual/03-first-server.md")]
+    struct FirstServer;
+    #[doc = include_str!("../docs/manual/04-existing-server.md")]
+    struct ExistingServer;
+}
