@@ -783,4 +783,24 @@ mod manual_doctests {
     struct FirstServer;
     #[doc = include_str!("../docs/manual/04-existing-server.md")]
     struct ExistingServer;
+    #[doc = include_str!("../docs/manual/05-step.md")]
+    struct Step;
+    #[doc = include_str!("../docs/manual/06-sockets.md")]
+    struct Sockets;
+    #[doc = include_str!("../docs/manual/07-tls.md")]
+    struct Tls;
+    #[doc = include_str!("../docs/manual/08-udp.md")]
+    struct Udp;
+    #[doc = include_str!("../docs/manual/09-timers-and-sync.md")]
+    struct TimersAndSync;
+    #[doc = include_str!("../docs/manual/10-clients.md")]
+    struct Clients;
+    #[doc = include_str!("../docs/manual/11-errors.md")]
+    struct Errors;
+    #[doc = include_str!("../docs/manual/12-threads.md")]
+    struct Threads;
+    #[doc = include_str!("../docs/manual/13-performance.md")]
+    struct Performance;
+    #[doc = include_str!("../docs/manual/14-from-copas.md")]
+    struct FromCopas;
 }
