@@ -6,7 +6,8 @@
 //! dispatcher resumes it when its socket is ready, its deadline passes, or what it waits on
 //! is closed. One thread serves thousands of connections with plain sequential handlers,
 //! no `async` anywhere. It is a port of Lua's [Copas](https://github.com/lunarmodules/copas)
-//! and keeps its names and semantics (see `docs/copas-to-rust.md`).
+//! and keeps its names and semantics (see `docs/copas-to-rust.md`). New to it? The manual in
+//! `docs/manual/` goes from why coroutines to TLS, timers and the protocol clients.
 //!
 //! ## A first server
 //!
