@@ -651,3 +651,40 @@ fn completing_a_shutdown_closes_sockets_no_coroutine_holds() {
     assert_eq!(peer.join().expect("peer"), b"hello\n");
     assert_eq!(copas::status().sockets, 0);
 }
+
+#[test]
+fn a_shutdown_asked_for_from_another_thread_ends_the_loop_by_its_deadline() {
+    let (listener, addr) = util::local_listener();
+    copas::addserver(listener, |_sock| {}).expect("addserver");
+    let drops = Rc::new(Cell::new(0));
+    let saw_exiting = Rc::new(Cell::new(false));
+    {
+        let (drops, saw_exiting) = (drops.clone(), saw_exiting.clone());
+        copas::addnamedthread("stubborn", move || {
+            let _guard = DropGuard(drops);
+            copas::waitforexit().expect("waitforexit");
+            saw_exiting.set(true);
+            copas::pause(Duration::from_secs(3600));
+        })
+        .expect("addthread");
+    }
+    let handle = copas::handle().expect("handle");
+    let asker = std::thread::spawn(move || {
+        std::thread::sleep(ms(50));
+        handle.shutdown(ms(200)).expect("shutdown");
+        handle
+    });
+    let took = util::run_bounded(Duration::from_secs(30));
+    let handle = asker.join().expect("asker");
+    assert!(saw_exiting.get(), "exiting was signalled");
+    assert_eq!(drops.get(), 1, "the stubborn coroutine was cancelled");
+    assert!(
+        took >= ms(200),
+        "the deadline is 200 ms after the request: {took:?}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_err());
+    let status = copas::status();
+    assert_eq!((status.coroutines, status.sockets), (0, 0), "{status:?}");
+    drop(handle);
+}

@@ -104,6 +104,20 @@ impl Handle {
         self.remote.post(Message::Exit).map_err(|_| gone())
     }
 
+    /// Asks the dispatcher to [`shutdown`](crate::shutdown) gracefully, from any thread
+    /// (a thread waiting for a signal, say): in its next step it closes its servers,
+    /// signals [`exiting`](crate::exiting), and gives its coroutines `grace` before it
+    /// cancels what is left; its [`run`](crate::run) then returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the dispatcher is gone.
+    pub fn shutdown(&self, grace: std::time::Duration) -> Result<()> {
+        self.remote
+            .post(Message::Shutdown(grace))
+            .map_err(|_| gone())
+    }
+
     /// Whether the dispatcher is gone (its thread exited), so that every request fails.
     pub fn is_closed(&self) -> bool {
         self.remote.is_closed()

@@ -50,6 +50,8 @@ pub(crate) enum Message {
     Spawn(Box<dyn FnOnce() + Send>),
     /// Call `exit` (`Handle::exit`).
     Exit,
+    /// Begin a graceful shutdown with this grace (`shutdown.rs`).
+    Shutdown(Duration),
 }
 
 /// The messages posted and not yet drained, and whether the dispatcher is gone.
@@ -218,6 +220,7 @@ impl Dispatcher {
                     }
                 }
                 Message::Exit => self.exit(),
+                Message::Shutdown(grace) => self.shutdown(grace),
             }
         }
     }

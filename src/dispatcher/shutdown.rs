@@ -19,8 +19,8 @@
 //! without a deadline, which would not keep `run` going, is cancelled too: after a shutdown
 //! the dispatcher holds nothing.
 //!
-//! The other thread-facing pieces (`remote.rs`) may call [`Dispatcher::shutdown`] from a
-//! drained message: it needs no coroutine and completes within the step.
+//! Other threads ask for it through a `Handle` (`handle.rs`): the drained message calls
+//! [`Dispatcher::shutdown`], which needs no coroutine; the step that drained it settles it.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
