@@ -188,10 +188,14 @@ pub struct Tally {
     /// Connections that failed where they should not have (an error or early end of stream
     /// in an exchange, a stalled connection the server did not close): must stay 0.
     pub errors: u64,
+    /// Connections the server closed after this client, kept off the CPU, had left it
+    /// waiting longer than its timeout (a short stall that overslept, a handshake that took
+    /// too long): the server was right; counted apart, not as errors.
+    pub late: u64,
 }
 
 impl Tally {
-    const FIELDS: [&'static str; 10] = [
+    const FIELDS: [&'static str; 11] = [
         "live",
         "opened",
         "exchanges",
@@ -202,9 +206,10 @@ impl Tally {
         "long_stalls",
         "corrupt",
         "errors",
+        "late",
     ];
 
-    fn values(&self) -> [u64; 10] {
+    fn values(&self) -> [u64; 11] {
         [
             self.live,
             self.opened,
@@ -216,6 +221,7 @@ impl Tally {
             self.long_stalls,
             self.corrupt,
             self.errors,
+            self.late,
         ]
     }
 
@@ -242,6 +248,7 @@ impl Tally {
             long_stalls: n("long_stalls"),
             corrupt: n("corrupt"),
             errors: n("errors"),
+            late: n("late"),
         }
     }
 }
