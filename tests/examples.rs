@@ -7,16 +7,14 @@
 
 mod util;
 
+use util::running::Running;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Limit for an example to print a line we wait for.
-const LINE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Socket timeouts of the test clients.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,116 +67,6 @@ fn example(name: &str) -> PathBuf {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
-}
-
-/// A running example: killed and awaited when dropped, whatever happened.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-    /// Every stdout line received so far, for failure messages.
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(envs.iter().copied())
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        let lines = lines_in_thread(child.stdout.take().expect("stdout"));
-        let stderr = Some(read_all_in_thread(child.stderr.take()));
-        Running {
-            child,
-            lines,
-            stderr,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next stdout line, if one comes within `limit`; `None` at end of output.
-    fn next_line(&mut self, limit: Duration) -> Option<String> {
-        match self.lines.recv_timeout(limit) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("no output within {limit:?}; so far: {:?}", self.seen)
-            }
-        }
-    }
-
-    /// Reads stdout lines until one satisfies `wanted`, which it returns.
-    fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + LINE_LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some(line) if wanted(&line) => return line,
-                Some(_) => {}
-                None => panic!("output ended before {what}; it was: {:?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for the process to end on its own within `limit`, reading the rest of its
-    /// output; returns the exit status and the lines read by this call.
-    fn wait_for_exit(&mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + limit;
-        let mut rest = Vec::new();
-        while let Some(line) = self.next_line(deadline.saturating_duration_since(Instant::now())) {
-            rest.push(line);
-        }
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the example did not end");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        (status, rest)
-    }
-
-    fn still_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Its standard error so far; only once it has ended (or been killed).
-    fn stderr(&mut self) -> String {
-        let bytes = self
-            .stderr
-            .take()
-            .map(|h| h.join().expect("stderr reader"))
-            .unwrap_or_default();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines_in_thread(stdout: ChildStdout) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// A blocking line client.
@@ -323,13 +211,8 @@ fn echo_example_echoes_lines_and_quit_closes() {
 
     check_with_nc(port);
 
-    if !server.still_running() {
-        let _ = server.child.wait();
-        panic!(
-            "the server must keep running after its sessions end; stderr: {}",
-            server.stderr()
-        );
-    }
+    // It must keep running after its sessions end.
+    server.assert_still_running();
 }
 
 #[test]
@@ -356,7 +239,7 @@ fn embed_example_serves_a_client_while_its_own_loop_keeps_counting() {
     assert_eq!(client.read_line(), "second\n");
     client.quit();
     // Every tick line read so far was printed before the exchange ended.
-    let latest_before_end = app.seen.iter().filter_map(|l| tick_of(l)).max();
+    let latest_before_end = app.seen().iter().filter_map(|l| tick_of(l)).max();
 
     let (status, rest) = app.wait_for_exit(Duration::from_secs(60));
     let stderr = app.stderr();
@@ -373,7 +256,7 @@ fn embed_example_serves_a_client_while_its_own_loop_keeps_counting() {
         rest.last().map(String::as_str),
         Some("embed: done after 300 ticks"),
         "all output: {:?}",
-        app.seen
+        app.seen()
     );
 }
 

@@ -9,144 +9,17 @@
 
 mod util;
 
+use util::running::{Running, LINE_LIMIT};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tungstenite::{Error as WsError, Message};
 
-/// Limit for an example to print a line we wait for, or to end.
-const LINE_LIMIT: Duration = Duration::from_secs(30);
-
 /// Socket timeouts of the test clients: generous, they only turn a hang into a failure.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A running example: killed and awaited when dropped, whatever happened.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-    /// Every stdout line received so far, for failure messages and checks.
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(program: &Path, args: &[&str]) -> Running {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stderr_pipe = child.stderr.take().expect("stderr");
-        let stderr = Some(std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = stderr_pipe.read_to_end(&mut out);
-            out
-        }));
-        Running {
-            child,
-            lines,
-            stderr,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Starts `example` with port 0 and returns it with the address from its banner.
-    fn server(example: &str, banner: &str) -> (Running, SocketAddr) {
-        let mut server = Running::start(&util::example_binary(example), &["0"]);
-        let line = server.wait_for_line("the listening line", |l| l.contains(banner));
-        let addr = line
-            .rsplit([' ', '/'])
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        (server, addr)
-    }
-
-    /// The next stdout line within `limit`; `None` at end of output.
-    fn next_line(&mut self, limit: Duration) -> Option<String> {
-        match self.lines.recv_timeout(limit) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("no output within {limit:?}; so far: {:?}", self.seen)
-            }
-        }
-    }
-
-    /// Reads stdout lines until one satisfies `wanted`, which it returns.
-    fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + LINE_LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some(line) if wanted(&line) => return line,
-                Some(_) => {}
-                None => panic!("output ended before {what}; it was: {:?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for the program to end by itself within `limit`; returns its exit status and
-    /// every line it printed.
-    fn wait_for_exit(&mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + limit;
-        while self
-            .next_line(deadline.saturating_duration_since(Instant::now()))
-            .is_some()
-        {}
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the example did not end");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        (status, self.seen.clone())
-    }
-
-    fn assert_still_running(&mut self) {
-        if self.child.try_wait().expect("try_wait").is_some() {
-            let stderr = self
-                .stderr
-                .take()
-                .map(|h| h.join().expect("stderr reader"))
-                .unwrap_or_default();
-            panic!(
-                "the server ended; stdout {:?}, stderr {}",
-                self.seen,
-                String::from_utf8_lossy(&stderr)
-            );
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ----- websocket_echo ----------------------------------------------------------------------
 
@@ -546,7 +419,7 @@ fn timeline(line: &str) -> (u64, &str) {
 #[test]
 fn timers_example_fires_recurring_and_one_shot_timers_never_a_cancelled_one_and_ends() {
     let _dog = util::Watchdog::new("timers example test", Duration::from_secs(400));
-    let mut timers = Running::start(&util::example_binary("timers"), &[]);
+    let mut timers = Running::start(&util::example_binary("timers"), &[], &[]);
     let (status, lines) = timers.wait_for_exit(LINE_LIMIT);
     assert!(status.success(), "timers failed ({status}): {lines:?}");
     let events: Vec<(u64, &str)> = lines.iter().map(|l| timeline(l)).collect();
@@ -608,7 +481,7 @@ fn timers_example_fires_recurring_and_one_shot_timers_never_a_cancelled_one_and_
 #[test]
 fn queue_workers_example_does_every_job_once_spread_over_the_pool_then_refuses_new_ones() {
     let _dog = util::Watchdog::new("queue_workers example test", Duration::from_secs(400));
-    let mut example = Running::start(&util::example_binary("queue_workers"), &[]);
+    let mut example = Running::start(&util::example_binary("queue_workers"), &[], &[]);
     let (status, lines) = example.wait_for_exit(LINE_LIMIT);
     assert!(
         status.success(),

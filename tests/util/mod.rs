@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (mio style: `mod util;` in each test file).
 #![allow(dead_code)]
 
+pub mod running;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
