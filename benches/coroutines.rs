@@ -15,6 +15,9 @@
 //! run is repeated and every repetition is printed. Each result is compared with the issue's
 //! target as `target / measured` (≥ 1.00 meets it).
 
+#[path = "common/affinity.rs"]
+mod affinity;
+
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::rc::Rc;
@@ -78,7 +81,7 @@ fn main() {
             fifo,
         }
     };
-    let pinned = pin_to_cpu(0);
+    let pinned = affinity::pin_to_cpu(0).is_ok();
     println!("# copas coroutine benchmarks");
     println!();
     println!(
@@ -616,17 +619,6 @@ fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
-}
-
-/// Pins the calling thread to one CPU.
-fn pin_to_cpu(cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
-    // sched_setaffinity only reads the set we pass with its correct size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
 }
 
 /// A small deterministic generator (xorshift64*), so runs are repeatable without a crate.

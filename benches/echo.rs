@@ -36,6 +36,9 @@
 //! `__server <kind>` prints `port=<n>` and serves forever; `__load <port> <server pid>
 //! <conns> <size> <warm-up s> <secs> <perf 0|1>` prints one `key=value` result line.
 
+#[path = "common/affinity.rs"]
+mod affinity;
+
 use std::collections::BTreeMap;
 use std::env;
 use std::fmt::Write as _;
@@ -154,36 +157,17 @@ fn load_cpu() -> usize {
     env_or("ECHO_LOAD_CPU", 1)
 }
 
-/// Pins the calling thread (and the threads it creates later) to `cpu`. Does nothing on a
-/// one-CPU machine.
+/// Pins the calling thread (and the threads it creates later) to `cpu`, and with
+/// `ECHO_FIFO` set, runs it under `SCHED_FIFO`. Pinning does nothing on a one-CPU machine.
 fn pin(cpu: usize) {
-    if ncpus() < 2 {
-        return;
-    }
-    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity only touch the set we
-    // own and the calling thread's affinity.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        eprintln!(
-            "echo bench: cannot pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
+    if ncpus() >= 2 {
+        if let Err(e) = affinity::pin_to_cpu(cpu) {
+            eprintln!("echo bench: cannot pin to CPU {cpu}: {e}");
+        }
     }
     if let Some(prio) = fifo_priority() {
-        let param = libc::sched_param {
-            sched_priority: prio,
-        };
-        // SAFETY: sched_setscheduler reads the parameter we own; it changes only the
-        // calling thread's policy (threads created later inherit it).
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-            eprintln!(
-                "echo bench: cannot switch to SCHED_FIFO {prio}: {}",
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = affinity::set_fifo(prio) {
+            eprintln!("echo bench: cannot switch to SCHED_FIFO {prio}: {e}");
             std::process::exit(2);
         }
     }
@@ -205,24 +189,15 @@ fn fifo_priority() -> Option<i32> {
 fn pinned(cmd: &mut Command, cpu: usize) -> &mut Command {
     let fifo = fifo_priority();
     let pin = ncpus() >= 2;
-    // SAFETY: the closure only calls sched_setaffinity and sched_setscheduler, which are
-    // async-signal-safe, on stack data; no allocation, no locks.
+    // SAFETY: the closure only makes async-signal-safe system calls (sched_setaffinity,
+    // sched_setscheduler) on stack data; no allocation, no locks.
     unsafe {
         cmd.pre_exec(move || {
             if pin {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                affinity::pin_to_cpu(cpu)?;
             }
             if let Some(prio) = fifo {
-                let param = libc::sched_param {
-                    sched_priority: prio,
-                };
-                if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                affinity::set_fifo(prio)?;
             }
             Ok(())
         })

@@ -15,6 +15,9 @@
 //! process, because both ends of 10,000 connections would exceed the 20,000-descriptor limit
 //! of one process here. Servers are pinned to CPU 0 and clients to CPU 1.
 
+#[path = "common/affinity.rs"]
+mod affinity;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -345,7 +348,7 @@ fn count_maps() -> usize {
 }
 
 fn idle_server(kind: &str, conns: usize) {
-    pin_to_cpu(0);
+    let _ = affinity::pin_to_cpu(0);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     // The clients say "ready" on their stdout once every connection made its round trip;
@@ -596,7 +599,7 @@ fn tokio_idle(listener: TcpListener, ready: &AtomicBool) -> (Mem, (Mem, Option<S
 // ----- role: idle clients ------------------------------------------------------------------------
 
 fn idle_clients(port: u16, conns: usize, mode: &str) {
-    pin_to_cpu(1);
+    let _ = affinity::pin_to_cpu(1);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let msg: &[u8] = if mode == "line" { b"x\n" } else { b"x" };
     let mut held = Vec::with_capacity(conns);
@@ -626,7 +629,7 @@ fn idle_clients(port: u16, conns: usize, mode: &str) {
 // ----- role: sleepers ----------------------------------------------------------------------------
 
 fn sleepers(n: usize, stack: usize) {
-    pin_to_cpu(0);
+    let _ = affinity::pin_to_cpu(0);
     if stack > 0 {
         copas::set_stack_size(stack);
     }
@@ -740,16 +743,5 @@ fn nofile_limit() -> u64 {
         lim.rlim_cur
     } else {
         0
-    }
-}
-
-/// Pins the calling thread to one CPU (best effort).
-fn pin_to_cpu(cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
-    // sched_setaffinity only reads the set we pass with its correct size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }

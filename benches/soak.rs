@@ -10,10 +10,13 @@
 //! ```
 //!
 //! The server runs in this process (pinned to CPU 0), the clients in a child process (this
-//! binary again, role `__clients`, pinned to CPU 1), one thread per live connection. The seed
+//! binary again, role `__clients`, pinned to CPU 1), one copas coroutine per live connection. The seed
 //! is printed; passing it back replays every connection's choices (not their timing).
 //! What the clients do and what is checked: `benches/soak/` (shared with
 //! `tests/soak_short.rs`); the figures of the recorded runs: `docs/reliability.md`.
+
+#[path = "common/affinity.rs"]
+mod affinity;
 
 #[path = "soak/mod.rs"]
 mod soak;
@@ -178,36 +181,18 @@ fn machine() -> String {
         .unwrap_or_default();
     format!(
         "{} CPUs ({model}), Linux {}, {date}",
-        online_cpus(),
+        affinity::online_cpus(),
         kernel.trim()
     )
-}
-
-/// CPUs online (not `available_parallelism`, which shrinks to one once this thread is
-/// pinned, and which a child inherits).
-fn online_cpus() -> usize {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    usize::try_from(n).unwrap_or(1)
 }
 
 /// Pins the calling thread, and the threads and processes it starts later, to `cpu` (best
 /// effort; nothing on a one-CPU machine).
 fn pin_to_cpu(cpu: usize) {
-    if online_cpus() < 2 {
+    if affinity::online_cpus() < 2 {
         return;
     }
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
-    // sched_setaffinity only reads the set we pass with its correct size.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        eprintln!(
-            "soak: cannot pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = affinity::pin_to_cpu(cpu) {
+        eprintln!("soak: cannot pin to CPU {cpu}: {e}");
     }
 }
