@@ -472,9 +472,16 @@ fn against_nginx() {
     assert_eq!(ok.get(), 200, "errors: {:?}", errors.borrow());
     // Not starved: the ticker ran, and never waited long between turns. (How often it ran
     // in all is not asserted: on a loaded shared machine the whole process may be
-    // descheduled for a while, which says nothing about the dispatcher.)
+    // descheduled for a while, which says nothing about the dispatcher.) A starved ticker
+    // would wait out the requests; a loaded machine stretches every step alike, hence the
+    // bound relative to the run.
     assert!(ticks.get() >= 1, "ticker ticked in {took:?}");
-    assert!(max_gap.get() < ms(500), "ticker gap {:?}", max_gap.get());
+    let limit = ms(500).max(took / 4);
+    assert!(
+        max_gap.get() < limit,
+        "ticker gap {:?} (limit {limit:?})",
+        max_gap.get()
+    );
 }
 
 /// Copas's http-timeout scenarios: a server that stalls at a given point of the exchange.

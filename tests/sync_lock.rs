@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use copas::lock::Lock;
 use copas::{ErrorKind, FOREVER};
-use util::{run_bounded, Watchdog};
+use util::{run_bounded, suspended_during, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -50,8 +50,9 @@ fn lock_lua_non_reentrant_owner_times_out_then_release_and_destroy() {
         let start = Instant::now();
         assert_eq!(kind(lock.get(secs(1))), Err(ErrorKind::Timeout));
         let waited = start.elapsed();
+        // Never early; late only by how busy the machine is.
         assert!(
-            waited >= secs(1) && waited < ms(1500),
+            waited >= secs(1) && waited < secs(3),
             "expected a 1 s timeout, took {waited:?}"
         );
 
@@ -151,9 +152,9 @@ fn zero_timeout_get_on_a_held_lock_fails_at_once_and_leaves_no_trace() {
     })
     .unwrap();
     copas::addthread(move || {
-        let start = Instant::now();
-        assert_eq!(kind(l2.get(Duration::ZERO)), Err(ErrorKind::Timeout));
-        assert!(start.elapsed() < ms(20), "a zero timeout must not wait");
+        let (r, waited) = suspended_during(|| kind(l2.get(Duration::ZERO)));
+        assert_eq!(r, Err(ErrorKind::Timeout));
+        assert!(!waited, "a zero timeout must not wait");
         assert_eq!(l2.waiting(), 0, "the failed get left an entry in the line");
         log2.borrow_mut()
             .push("zero-timeout get failed".to_string());

@@ -624,13 +624,28 @@ fn largetransfer_two_servers_receive_50_mib_while_tickers_tick() {
     let mut results = results.borrow().clone();
     results.sort();
     assert_eq!(results, [("all", SIZE, true), ("partial", SIZE, true)]);
+    // A ticker starved by the transfer would wait it out: late by (nearly) all of it, with no
+    // tick meanwhile. How late an unstarved tick is depends on how busy the machine is (a
+    // heartbeat came 470 ms late at load 14), so the bounds are fractions of the transfer,
+    // with a floor for transfers too short to tell (a release build's).
+    let starved = (transfer / 2).max(ms(500));
     let whole_secs = transfer.as_secs() as u32;
     assert!(
-        ticks + 1 >= whole_secs,
+        ticks * 2 + 1 >= whole_secs,
         "{ticks} ticks in {transfer:?}: the ticker was starved"
     );
-    assert!(worst < ms(500), "a tick came {worst:?} late");
-    assert!(worst_beat < ms(300), "a heartbeat came {worst_beat:?} late");
+    assert!(
+        worst < starved,
+        "a tick came {worst:?} late in {transfer:?}"
+    );
+    assert!(
+        beats >= 4,
+        "{beats} heartbeats in {transfer:?}: the heartbeat was starved"
+    );
+    assert!(
+        worst_beat < starved,
+        "a heartbeat came {worst_beat:?} late in {transfer:?}"
+    );
     assert!(took < secs(60), "the transfer took {took:?}");
 }
 
@@ -703,9 +718,12 @@ fn starve_one_byte_reader_under_flood_does_not_delay_a_ticker() {
         "only {} bytes read",
         bytes_read.get()
     );
-    assert!(ticks.get() >= 45, "only {} ticks", ticks.get());
+    // A starved ticker would tick not at all while the reader reads, and be late by its 5 s.
+    // On its wall-clock grid a late tick catches up, so 50 ticks come whatever the latency,
+    // minus those still due when the reader stops.
+    assert!(ticks.get() >= 25, "only {} ticks", ticks.get());
     assert!(
-        worst_drift.get() < ms(200),
+        worst_drift.get() < READ_FOR / 4,
         "the ticker drifted {:?} from wall time",
         worst_drift.get()
     );

@@ -360,7 +360,12 @@ fn our_client_talks_to_openssl_s_server() {
         // of the stream, as with LuaSec and native-tls.
         let mut sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
         sock.settimeout(Some(GUARD));
-        copas::pause(ms(50));
+        // One exchange first: its reply shows the server has read all we sent and written
+        // all it had to say (session tickets included). Killed with bytes still unread (a
+        // server slow to take our last handshake flight on a loaded machine), its kernel
+        // would reset the connection instead of closing it.
+        sock.send(b"ping\n").unwrap();
+        assert_eq!(sock.receive(Pattern::Line).unwrap(), b"gnip");
         {
             let mut server = s_server.borrow_mut();
             let _ = server.0.kill();
@@ -796,7 +801,10 @@ fn patterns_timeouts_and_close_work_over_tls() {
         let err = sock.receive(Pattern::Line).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout);
         let waited = t0.elapsed();
-        assert!(waited >= ms(95) && waited < ms(280), "{waited:?}");
+        // The server's line is due 300 ms after the request, on this thread's timers: a
+        // timeout (not the line) shows the 100 ms deadline came first; how late it fired
+        // depends on the machine.
+        assert!(waited >= ms(95) && waited < secs(2), "{waited:?}");
         sock.settimeout(Some(GUARD));
         assert_eq!(sock.receive(Pattern::Line).unwrap(), b"late");
 

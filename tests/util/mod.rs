@@ -225,3 +225,27 @@ pub fn make_test_pki(dir: &std::path::Path) {
     let chain = [read("server.pem"), read("ca.pem")].concat();
     std::fs::write(dir.join("server-chain.pem"), chain).expect("server-chain.pem");
 }
+
+/// Unwinds with `message` as `panic!` would (a copas error handler reports the same message),
+/// without running the panic hook: with `RUST_BACKTRACE=1` the default hook symbolises a
+/// backtrace on the panicking thread, here the dispatcher's, and the first one takes seconds
+/// on a loaded machine. For deliberate panics in tests whose timers must not be held up.
+pub fn unwind_quietly(message: String) -> ! {
+    std::panic::resume_unwind(Box::new(message))
+}
+
+/// Calls `f` on the current coroutine and tells whether it suspended (let the dispatcher run
+/// anything else) before returning: a coroutine made ready just before the call runs at the
+/// next step, before `f`'s coroutine can be resumed, and leaves a mark. "Did not wait",
+/// decided by the schedule rather than by a stopwatch.
+pub fn suspended_during<T>(f: impl FnOnce() -> T) -> (T, bool) {
+    let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mark = ran.clone();
+    let witness = copas::addthread(move || mark.set(true)).expect("addthread witness");
+    let value = f();
+    let suspended = ran.get();
+    if !suspended {
+        copas::removethread(witness);
+    }
+    (value, suspended)
+}
