@@ -131,10 +131,8 @@ fn slowloris_clients_are_closed_on_time_while_a_normal_client_is_served() {
     let normal = normal.borrow();
     assert_eq!(normal.len(), 10, "the normal client was served");
     let worst = normal.iter().max().copied().unwrap_or_default();
-    assert!(
-        worst < Duration::from_millis(500),
-        "a round trip took {worst:?}"
-    );
+    // A round trip held up by the slow clients would wait for their 2 s timeout.
+    assert!(worst < timeout / 2, "a round trip took {worst:?}");
     // At most as many as before (a previous test's thread may still be closing its poller
     // when the baseline is taken).
     let fds_after = util::fd_count();
