@@ -32,6 +32,8 @@ use url::Url;
 use crate::native_tls::{Certificate, TlsConnector};
 use crate::{Error, ErrorKind, Result, Socket};
 
+use super::chunked::ChunkedDecoder;
+
 /// The default timeout for connecting, sending and receiving (Copas `http.TIMEOUT`).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// The default port of `http` URLs (Copas `http.PORT`).
@@ -49,6 +51,11 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The longest chunk-size line of a chunked body.
 pub const MAX_CHUNK_LINE: usize = 4096;
+/// The default limit on a response body collected into memory by [`Request::send`]
+/// (streaming with [`Request::send_to`] or [`Request::stream`] has none).
+pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// How many interim (1xx) responses may come before the final one.
+const MAX_INTERIM_RESPONSES: usize = 16;
 /// How many idle connections the per-thread pool keeps per scheme, host and port.
 pub const POOL_PER_HOST: usize = 4;
 /// How long an idle connection stays in the pool.
@@ -105,6 +112,7 @@ pub struct Request {
     connector: Option<TlsConnector>,
     max_headers: usize,
     max_head_bytes: usize,
+    max_body: u64,
     keep_alive: bool,
 }
 
@@ -157,6 +165,7 @@ impl Request {
             connector: None,
             max_headers: MAX_HEADERS,
             max_head_bytes: MAX_HEAD_BYTES,
+            max_body: MAX_BODY_BYTES,
             keep_alive: true,
         }
     }
@@ -328,6 +337,20 @@ impl Request {
         self
     }
 
+    /// The largest response body [`send`](Request::send) collects into memory (default
+    /// [`MAX_BODY_BYTES`]); a longer one fails with [`ErrorKind::LimitExceeded`] — at once
+    /// when its `Content-Length` says so, else once that many bytes have come. Streaming
+    /// with [`send_to`](Request::send_to) or [`stream`](Request::stream) is not limited.
+    ///
+    /// ```
+    /// let r = copas::client::http::Request::get("http://127.0.0.1/").max_body(1 << 20);
+    /// # drop(r);
+    /// ```
+    pub fn max_body(mut self, max: u64) -> Request {
+        self.max_body = max;
+        self
+    }
+
     /// Whether the connection may be kept for later requests (default `true`); `false`
     /// sends `Connection: close` and neither takes from nor gives to the pool.
     ///
@@ -348,10 +371,12 @@ impl Request {
     /// [`ErrorKind::InvalidInput`] for a URL that does not parse, an unknown scheme or a
     /// header with CR or LF; the connection's errors ([`ErrorKind::Refused`],
     /// [`ErrorKind::HostNotFound`], [`ErrorKind::Tls`], [`ErrorKind::Timeout`],
-    /// [`ErrorKind::Closed`]…); [`ErrorKind::Protocol`] for a malformed response (bad
-    /// status line, bad chunk, conflicting or invalid `Content-Length`);
-    /// [`ErrorKind::LimitExceeded`] for a head, chunk line or trailer past its limit or
-    /// too many redirects; [`ErrorKind::Rejected`] (with the redirect's code) for a
+    /// [`ErrorKind::Closed`]…, also for a body cut short: never a short body reported as
+    /// complete); [`ErrorKind::Protocol`] for a malformed response (bad status line or
+    /// status code outside 100–599, bad header syntax, bad chunk, conflicting or invalid
+    /// `Content-Length`); [`ErrorKind::LimitExceeded`] for a head, chunk line or trailer
+    /// past its limit, a body past [`max_body`](Request::max_body), more than 16 interim
+    /// (1xx) responses or too many redirects; [`ErrorKind::Rejected`] (with the redirect's code) for a
     /// redirect from https to http, with Copas's message `"Unallowed insecure redirect https
     /// to http"`.
     ///
@@ -362,10 +387,26 @@ impl Request {
     /// println!("{}", r.status());
     /// ```
     pub fn send(self) -> Result<Response> {
+        let max = self.max_body;
         let (mut response, mut reader) = self.stream()?;
+        let too_long = || {
+            Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("response body longer than {max} bytes"),
+            )
+        };
+        if matches!(reader.framing, Framing::Length(n) if n > max) {
+            return Err(too_long());
+        }
         let mut body = Vec::new();
-        reader.read_to_end(&mut body).map_err(Error::from)?;
-        response.trailers = reader.trailers.clone();
+        (&mut reader)
+            .take(max.saturating_add(1))
+            .read_to_end(&mut body)
+            .map_err(Error::from)?;
+        if body.len() as u64 > max {
+            return Err(too_long());
+        }
+        response.trailers = reader.trailers().to_vec();
         response.body = body;
         Ok(response)
     }
@@ -386,7 +427,7 @@ impl Request {
     pub fn send_to(self, out: &mut dyn Write) -> Result<Response> {
         let (mut response, mut reader) = self.stream()?;
         io::copy(&mut reader, out).map_err(Error::from)?;
-        response.trailers = reader.trailers.clone();
+        response.trailers = reader.trailers().to_vec();
         Ok(response)
     }
 
@@ -581,7 +622,7 @@ impl Request {
             .map_err(|e| (e, true))?;
         let head_only = self.method == "HEAD";
         let mut first = true;
-        loop {
+        for _ in 0..=MAX_INTERIM_RESPONSES {
             let head = read_head(&mut sock, self.max_head_bytes).map_err(|e| {
                 let nothing = first && e.partial().is_empty();
                 (e, nothing)
@@ -598,8 +639,13 @@ impl Request {
             } else {
                 framing(&response).map_err(|e| (e, false))?
             };
+            // Transfer-Encoding with Content-Length may be a smuggling attempt (RFC 9112
+            // §6.3): the chunked framing wins, and the connection is not trusted again.
+            let ambiguous = response.header("transfer-encoding").is_some()
+                && response.header("content-length").is_some();
             let reusable = self.keep_alive
                 && response.version == 1
+                && !ambiguous
                 && !matches!(framing, Framing::UntilClose)
                 && !response
                     .header_values("connection")
@@ -613,16 +659,21 @@ impl Request {
             let mut reader = BodyReader {
                 sock: Some(sock),
                 framing,
-                chunk_left: 0,
+                chunked: ChunkedDecoder::new(self.max_headers, self.max_head_bytes),
                 key,
-                trailers: Vec::new(),
-                max_head_bytes: self.max_head_bytes,
                 done: false,
                 failed: false,
             };
             reader.finish_if_done();
             return Ok((response, reader));
         }
+        Err((
+            Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"),
+            ),
+            false,
+        ))
     }
 
     fn send_request(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
@@ -949,6 +1000,12 @@ fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
         }
     }
     let status = parsed.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Err(Error::with_message(
+            ErrorKind::Protocol,
+            format!("status code {status} outside 100-599"),
+        ));
+    }
     let headers = parsed
         .headers
         .iter()
@@ -975,6 +1032,7 @@ fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
     })
 }
 
+/// How the end of a response body is found (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy)]
 enum Framing {
     Length(u64),
@@ -982,6 +1040,9 @@ enum Framing {
     UntilClose,
 }
 
+/// The framing of a response that has a body. A `Transfer-Encoding` overrides any
+/// `Content-Length` (the connection is then not reused); `chunked` must be its last coding,
+/// else the body runs until close. Several `Content-Length` values must all agree.
 fn framing(response: &Response) -> Result<Framing> {
     let te: Vec<&str> = response.header_values("transfer-encoding").collect();
     if !te.is_empty() {
@@ -1156,10 +1217,8 @@ impl Response {
 pub struct BodyReader {
     sock: Option<Socket>,
     framing: Framing,
-    chunk_left: u64,
+    chunked: ChunkedDecoder,
     key: Option<String>,
-    trailers: Vec<(String, String)>,
-    max_head_bytes: usize,
     done: bool,
     failed: bool,
 }
@@ -1185,7 +1244,7 @@ impl BodyReader {
     /// println!("{:?}", body.trailers());
     /// ```
     pub fn trailers(&self) -> &[(String, String)] {
-        &self.trailers
+        self.chunked.trailers()
     }
 
     fn finish_if_done(&mut self) {
@@ -1225,84 +1284,6 @@ impl BodyReader {
             .ok_or_else(|| Error::new(ErrorKind::Closed))
     }
 
-    /// Reads a line of at most `limit` bytes (without its line ending).
-    fn line(&mut self, limit: usize) -> Result<Vec<u8>> {
-        let sock = self.sock()?;
-        let mut line = Vec::new();
-        loop {
-            let buf = sock.fill_buf().map_err(Error::from)?;
-            if buf.is_empty() {
-                return Err(Error::with_message(
-                    ErrorKind::Closed,
-                    "connection closed inside a chunked body",
-                ));
-            }
-            let (n, found) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (buf.len(), false),
-            };
-            line.extend_from_slice(&buf[..n]);
-            sock.consume(n);
-            if line.len() > limit + 2 {
-                return Err(Error::with_message(
-                    ErrorKind::LimitExceeded,
-                    format!("chunked-body line longer than {limit} bytes"),
-                ));
-            }
-            if found {
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(line);
-            }
-        }
-    }
-
-    fn next_chunk(&mut self) -> Result<()> {
-        let line = self.line(MAX_CHUNK_LINE)?;
-        let text = String::from_utf8_lossy(&line);
-        let size = text.split(';').next().unwrap_or("").trim();
-        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::with_message(
-                ErrorKind::Protocol,
-                format!("bad chunk size {size:?}"),
-            ));
-        }
-        let n = u64::from_str_radix(size, 16).map_err(|_| {
-            Error::with_message(
-                ErrorKind::LimitExceeded,
-                format!("chunk size {size} too large"),
-            )
-        })?;
-        if n == 0 {
-            let mut total = 0;
-            loop {
-                let line = self.line(self.max_head_bytes)?;
-                if line.is_empty() {
-                    break;
-                }
-                total += line.len();
-                if total > self.max_head_bytes || self.trailers.len() >= MAX_HEADERS {
-                    return Err(Error::with_message(
-                        ErrorKind::LimitExceeded,
-                        "chunked-body trailers too large",
-                    ));
-                }
-                let line = String::from_utf8_lossy(&line);
-                let (name, value) = line.split_once(':').ok_or_else(|| {
-                    Error::with_message(ErrorKind::Protocol, format!("bad trailer {line:?}"))
-                })?;
-                self.trailers
-                    .push((name.trim().to_string(), value.trim().to_string()));
-            }
-            self.finish();
-        } else {
-            self.chunk_left = n;
-        }
-        Ok(())
-    }
-
     fn read_body(&mut self, out: &mut [u8]) -> Result<usize> {
         if self.done || out.is_empty() {
             return Ok(0);
@@ -1334,30 +1315,13 @@ impl BodyReader {
                 Ok(n)
             }
             Framing::Chunked => {
-                if self.chunk_left == 0 {
-                    self.next_chunk()?;
-                    if self.done {
-                        return Ok(0);
-                    }
-                }
-                let want = (out.len() as u64).min(self.chunk_left) as usize;
-                let n = self.sock()?.read(&mut out[..want]).map_err(Error::from)?;
-                if n == 0 {
-                    self.sock = None;
-                    return Err(Error::with_message(
-                        ErrorKind::Closed,
-                        "connection closed inside a chunk",
-                    ));
-                }
-                self.chunk_left -= n as u64;
-                if self.chunk_left == 0 {
-                    let end = self.line(0)?;
-                    if !end.is_empty() {
-                        return Err(Error::with_message(
-                            ErrorKind::Protocol,
-                            "chunk data not followed by CRLF",
-                        ));
-                    }
+                let sock = self
+                    .sock
+                    .as_mut()
+                    .ok_or_else(|| Error::new(ErrorKind::Closed))?;
+                let n = self.chunked.read(sock, out)?;
+                if self.chunked.is_done() {
+                    self.finish();
                 }
                 Ok(n)
             }

@@ -5,6 +5,7 @@
 //! plain `main` (blocking). Every buffer a server can grow is bounded, and every reply is
 //! checked; failures are typed [`Error`](crate::Error)s that carry the server's reply.
 
+mod chunked;
 pub mod ftp;
 pub mod http;
 pub mod reply;

@@ -1,0 +1,712 @@
+//! `client::http` against scripted raw peers (std threads on loopback writing crafted
+//! responses): oversized and malformed heads, bad chunking, bad or conflicting
+//! `Content-Length`, truncated bodies and bodies past the in-memory limit. Each gives a
+//! typed error — never a panic, a hang, unbounded memory, or a short body reported as a
+//! success.
+//!
+//! Memory is measured with a counting allocator that keeps per-thread figures: the client
+//! runs blocking on the test's thread, the peer on its own, so the peak seen on the test's
+//! thread is what the client held.
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use copas::client::http::{Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
+use copas::ErrorKind;
+
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn note(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+// SAFETY: every call forwards to the system allocator unchanged; the bookkeeping touches
+// only const-initialised thread-locals without destructors, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            note(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            note(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (every allocation goes
+        // through this allocator).
+        unsafe { System.dealloc(ptr, layout) };
+        note(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`; `new_size` is the caller's, checked by its contract.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            note(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result with the most heap bytes this thread held above what it
+/// held before.
+fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let out = f();
+    let peak = PEAK.with(Cell::get);
+    (out, (peak - base).max(0) as usize)
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// What a scripted peer does on one connection, in order.
+#[derive(Clone)]
+enum Step {
+    /// Reads a request head (up to its empty line).
+    ReadRequest,
+    /// Writes these bytes.
+    Send(Vec<u8>),
+    /// Writes this pattern again and again, up to [`ENDLESS`] bytes or until the client
+    /// goes away.
+    Endless(Vec<u8>),
+    /// Keeps the connection open, silent, this long (or until the client closes it).
+    Hold(Duration),
+}
+
+/// How much an endless peer offers: far more than any limit of the client.
+const ENDLESS: u64 = 64 * 1024 * 1024;
+
+/// What a peer did.
+#[derive(Debug, Default)]
+struct PeerLog {
+    accepted: usize,
+    written: u64,
+}
+
+fn send(text: &str) -> Step {
+    Step::Send(text.as_bytes().to_vec())
+}
+
+/// A raw peer on loopback that plays one script per connection it accepts (each on its own
+/// thread, so a held connection does not stop the next accept), for at most 20 s.
+fn peer(scripts: Vec<Vec<Step>>) -> (SocketAddr, JoinHandle<PeerLog>) {
+    let (listener, addr) = util::local_listener();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let handle = std::thread::spawn(move || accept_and_play(listener, scripts));
+    (addr, handle)
+}
+
+fn accept_and_play(listener: TcpListener, scripts: Vec<Vec<Step>>) -> PeerLog {
+    let deadline = Instant::now() + secs(20);
+    let mut players: Vec<JoinHandle<u64>> = Vec::new();
+    let mut scripts = scripts.into_iter().peekable();
+    let mut idle_since: Option<Instant> = None;
+    while scripts.peek().is_some() && Instant::now() < deadline {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                let script = scripts.next().expect("script");
+                players.push(std::thread::spawn(move || play(sock, script)));
+                idle_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Scripts left over once every connection is done and the client has been
+                // quiet for a second were not needed (a test may expect fewer connections).
+                if !players.is_empty() && players.iter().all(|p| p.is_finished()) {
+                    if idle_since.get_or_insert_with(Instant::now).elapsed() > secs(1) {
+                        break;
+                    }
+                } else {
+                    idle_since = None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    let accepted = players.len();
+    let written = players
+        .into_iter()
+        .map(|p| p.join().expect("peer thread"))
+        .sum();
+    PeerLog { accepted, written }
+}
+
+/// Plays `script` on `sock`; returns how many bytes it wrote.
+fn play(mut sock: TcpStream, script: Vec<Step>) -> u64 {
+    sock.set_nonblocking(false).expect("blocking");
+    sock.set_read_timeout(Some(secs(10))).expect("read timeout");
+    sock.set_write_timeout(Some(secs(10)))
+        .expect("write timeout");
+    let mut written = 0u64;
+    for step in script {
+        match step {
+            Step::ReadRequest => {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match sock.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return written,
+                    }
+                }
+            }
+            Step::Send(bytes) => {
+                if sock.write_all(&bytes).is_err() {
+                    return written;
+                }
+                written += bytes.len() as u64;
+            }
+            Step::Endless(pattern) => {
+                let block = pattern.repeat((64 * 1024 / pattern.len()).max(1));
+                while written < ENDLESS {
+                    if sock.write_all(&block).is_err() {
+                        return written;
+                    }
+                    written += block.len() as u64;
+                }
+            }
+            Step::Hold(how_long) => {
+                sock.set_read_timeout(Some(how_long)).expect("read timeout");
+                let mut sink = [0u8; 1024];
+                let until = Instant::now() + how_long;
+                while Instant::now() < until {
+                    match sock.read(&mut sink) {
+                        Ok(0) => return written,
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
+    written
+}
+
+/// One response on one connection: the peer reads the request, then plays `steps`.
+fn one(steps: Vec<Step>) -> (SocketAddr, JoinHandle<PeerLog>) {
+    let mut script = vec![Step::ReadRequest];
+    script.extend(steps);
+    peer(vec![script])
+}
+
+/// A GET of `/` at `addr` (blocking, on this thread), with a short timeout and no pooling.
+fn get(addr: SocketAddr) -> Request {
+    Request::get(&format!("http://{addr}/"))
+        .timeout(secs(5))
+        .keep_alive(false)
+}
+
+/// Sends `request`; the body, or the error's kind.
+fn outcome(request: Request) -> Result<Vec<u8>, ErrorKind> {
+    request.send().map(|r| r.into_body()).map_err(|e| e.kind())
+}
+
+/// Plays each response (then closes) and checks what `send` makes of it.
+fn check_cases(cases: &[(&str, Result<&[u8], ErrorKind>)]) {
+    for (i, (response, expected)) in cases.iter().enumerate() {
+        let (addr, peer) = one(vec![send(response)]);
+        let got = outcome(get(addr));
+        peer.join().expect("peer");
+        assert_eq!(
+            got,
+            expected.map(<[u8]>::to_vec),
+            "case {i}: {:?}",
+            &response[..response.len().min(120)]
+        );
+    }
+}
+
+#[test]
+fn one_endless_header_line_is_refused_at_the_head_limit_with_bounded_memory() {
+    let _dog = util::Watchdog::new("endless header line", secs(60));
+    let (addr, peer) = one(vec![
+        send("HTTP/1.1 200 OK\r\nX-Big: "),
+        Step::Endless(b"v".to_vec()),
+    ]);
+    let (got, peak) = peak_heap(|| outcome(get(addr)));
+    let log = peer.join().expect("peer");
+    eprintln!("client peak heap {peak} B; peer wrote {} B", log.written);
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    // The head is read into one buffer capped at the limit; the socket's buffer and the
+    // request come on top.
+    assert!(
+        peak < MAX_HEAD_BYTES * 4,
+        "the client held {peak} bytes for a head limit of {MAX_HEAD_BYTES}"
+    );
+    assert!(
+        log.written < ENDLESS / 4,
+        "the client kept reading: the peer wrote {} bytes",
+        log.written
+    );
+}
+
+#[test]
+fn a_flood_of_header_fields_is_refused_with_bounded_memory() {
+    let _dog = util::Watchdog::new("header flood", secs(60));
+    // Endless short fields: the head limit ends it.
+    let (addr, peer) = one(vec![
+        send("HTTP/1.1 200 OK\r\n"),
+        Step::Endless(b"X-H: v\r\n".to_vec()),
+    ]);
+    let (got, peak) = peak_heap(|| outcome(get(addr)));
+    let log = peer.join().expect("peer");
+    eprintln!("client peak heap {peak} B; peer wrote {} B", log.written);
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    assert!(peak < MAX_HEAD_BYTES * 4, "the client held {peak} bytes");
+    assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+
+    // Within the byte limit, one field more than the count limit; and exactly the limit.
+    let fields = |n: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\n{}Content-Length: 2\r\n\r\nok",
+            "X-H: v\r\n".repeat(n)
+        )
+    };
+    for (extra, expected) in [(10, Err(ErrorKind::LimitExceeded)), (9, Ok(b"ok".to_vec()))] {
+        // `Content-Length` is the tenth field (or the eleventh).
+        let (addr, peer) = one(vec![send(&fields(extra))]);
+        let got = outcome(get(addr).head_limits(10, 4096));
+        peer.join().expect("peer");
+        assert_eq!(got, expected, "{extra} fields + Content-Length");
+    }
+}
+
+#[test]
+fn malformed_status_lines_and_header_syntax_are_protocol_errors() {
+    let _dog = util::Watchdog::new("malformed heads", secs(60));
+    let p = Err(ErrorKind::Protocol);
+    check_cases(&[
+        ("HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", p),
+        ("HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n", p),
+        ("HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", p),
+        ("HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", p),
+        ("HTTP/1.1200 OK\r\nContent-Length: 0\r\n\r\n", p),
+        ("ICY 200 OK\r\nContent-Length: 0\r\n\r\n", p),
+        ("\x00\x01\x02\x03 binary\r\n\r\n", p),
+        // Codes outside 100–599 (a 0xx would otherwise pass as "no body").
+        ("HTTP/1.1 099 Low\r\nContent-Length: 4\r\n\r\nbody", p),
+        ("HTTP/1.1 000 Zero\r\n\r\n", p),
+        ("HTTP/1.1 600 High\r\nContent-Length: 0\r\n\r\n", p),
+        ("HTTP/1.1 999 High\r\nContent-Length: 0\r\n\r\n", p),
+        // Header syntax.
+        (
+            "HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 0\r\n\r\n",
+            p,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nBad Name: v\r\nContent-Length: 0\r\n\r\n",
+            p,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\n: no name\r\nContent-Length: 0\r\n\r\n",
+            p,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nName : v\r\nContent-Length: 0\r\n\r\n",
+            p,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nX-Nul: a\x00b\r\nContent-Length: 0\r\n\r\n",
+            p,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nX-Bad\x01: v\r\nContent-Length: 0\r\n\r\n",
+            p,
+        ),
+        // The well-formed control case.
+        ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Ok(b"ok")),
+        (
+            "HTTP/1.1 599 Edge\r\nContent-Length: 2\r\n\r\nok",
+            Ok(b"ok"),
+        ),
+    ]);
+}
+
+#[test]
+fn bad_chunk_sizes_are_typed_errors() {
+    let _dog = util::Watchdog::new("bad chunk sizes", secs(60));
+    let chunked =
+        |rest: &str| format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{rest}");
+    let cases: Vec<(String, Result<&[u8], ErrorKind>)> = vec![
+        (
+            chunked("zz\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        (chunked("\r\nhello\r\n0\r\n\r\n"), Err(ErrorKind::Protocol)),
+        (
+            chunked(";ext\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        (
+            chunked("-1\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        (
+            chunked("+5\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        (
+            chunked("0x5\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        (
+            chunked("5 5\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        // Past u64: refused before any data is read.
+        (
+            chunked("ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::LimitExceeded),
+        ),
+        // A size that fits but is never delivered: cut short, not a success.
+        (
+            chunked("ffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+            Err(ErrorKind::Closed),
+        ),
+        // The size line cut by the close.
+        (chunked("5"), Err(ErrorKind::Closed)),
+        (chunked("5;name=val"), Err(ErrorKind::Closed)),
+        // Controls: sizes in either case, leading zeros, extensions, BWS.
+        (
+            chunked("0005\r\nhello\r\nA;x=\"y z\"\r\n world!!!!\r\n0 ;end\r\n\r\n"),
+            Ok(b"hello world!!!!"),
+        ),
+        (chunked("a\r\n0123456789\r\n0\r\n\r\n"), Ok(b"0123456789")),
+    ];
+    for (i, (response, expected)) in cases.iter().enumerate() {
+        let (addr, peer) = one(vec![Step::Send(response.clone().into_bytes())]);
+        let got = outcome(get(addr));
+        peer.join().expect("peer");
+        assert_eq!(got, expected.map(<[u8]>::to_vec), "case {i}: {response:?}");
+    }
+}
+
+#[test]
+fn a_chunk_size_line_without_end_is_bounded_or_times_out() {
+    let _dog = util::Watchdog::new("endless chunk-size line", secs(60));
+    // Endless: the chunk-line limit ends it, whatever the peer still offers.
+    let (addr, peer) = one(vec![
+        send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;"),
+        Step::Endless(b"x".to_vec()),
+    ]);
+    let (got, peak) = peak_heap(|| outcome(get(addr)));
+    let log = peer.join().expect("peer");
+    eprintln!("client peak heap {peak} B; peer wrote {} B", log.written);
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    assert!(peak < 1024 * 1024, "the client held {peak} bytes");
+    assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+
+    // Silent after half a size line: the receive timeout ends it.
+    let (addr, peer) = one(vec![
+        send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5"),
+        Step::Hold(secs(10)),
+    ]);
+    let start = Instant::now();
+    let got = outcome(get(addr).timeout(Duration::from_millis(300)));
+    let took = start.elapsed();
+    peer.join().expect("peer");
+    assert_eq!(got, Err(ErrorKind::Timeout));
+    assert!(took < secs(5), "the timeout took {took:?}");
+}
+
+#[test]
+fn chunk_data_longer_or_shorter_than_its_size_is_refused() {
+    let _dog = util::Watchdog::new("chunk data size", secs(60));
+    let chunked =
+        |rest: &str| format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{rest}");
+    let cases: Vec<(String, Result<&[u8], ErrorKind>)> = vec![
+        // Longer than its size: what follows the 5 bytes is not CRLF.
+        (
+            chunked("5\r\nhelloEXTRA\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        (
+            chunked("5\r\nhello!\r\n0\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        // Shorter: the next size line is taken as data, and then no CRLF follows.
+        (chunked("5\r\nhel\r\n0\r\n\r\n"), Err(ErrorKind::Protocol)),
+        // Shorter, and then the close.
+        (chunked("5\r\nhel"), Err(ErrorKind::Closed)),
+        // Missing CRLF after the data.
+        (chunked("5\r\nhello0\r\n\r\n"), Err(ErrorKind::Protocol)),
+        (chunked("5\r\nhello\r0\r\n\r\n"), Err(ErrorKind::Protocol)),
+        // Cut right after the data, or after its CRLF, or after the last chunk's size.
+        (chunked("5\r\nhello"), Err(ErrorKind::Closed)),
+        (chunked("5\r\nhello\r\n"), Err(ErrorKind::Closed)),
+        (chunked("5\r\nhello\r\n0\r\n"), Err(ErrorKind::Closed)),
+        (
+            chunked("5\r\nhello\r\n0\r\nX-T: 1\r\n"),
+            Err(ErrorKind::Closed),
+        ),
+        // Malformed trailers.
+        (
+            chunked("5\r\nhello\r\n0\r\nno colon\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        (
+            chunked("5\r\nhello\r\n0\r\nBad Name: v\r\n\r\n"),
+            Err(ErrorKind::Protocol),
+        ),
+        // Controls: CRLF, and a bare LF, after the data.
+        (chunked("5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"), Ok(b"hello")),
+        (chunked("5\nhello\n0\n\n"), Ok(b"hello")),
+    ];
+    for (i, (response, expected)) in cases.iter().enumerate() {
+        let (addr, peer) = one(vec![Step::Send(response.clone().into_bytes())]);
+        let got = outcome(get(addr));
+        peer.join().expect("peer");
+        assert_eq!(got, expected.map(<[u8]>::to_vec), "case {i}: {response:?}");
+    }
+}
+
+#[test]
+fn negative_or_malformed_content_length_is_a_protocol_error() {
+    let _dog = util::Watchdog::new("bad content-length", secs(60));
+    let p = Err(ErrorKind::Protocol);
+    check_cases(&[
+        ("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nhello", p),
+        ("HTTP/1.1 200 OK\r\nContent-Length: -0\r\n\r\n", p),
+        ("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", p),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\nhello", p),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 5 5\r\n\r\nhello", p),
+        ("HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello", p),
+        ("HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\nhello", p),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\nhello", p),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nhello",
+            p,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 005\r\n\r\nhello",
+            Ok(b"hello"),
+        ),
+    ]);
+}
+
+#[test]
+fn conflicting_content_lengths_are_refused() {
+    let _dog = util::Watchdog::new("conflicting content-length", secs(60));
+    let p = Err(ErrorKind::Protocol);
+    check_cases(&[
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            p,
+        ),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!", p),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Other: 1\r\nContent-Length: 5\r\n\r\nhello!",
+            p,
+        ),
+        // The same value repeated is one length (RFC 9110 §8.6).
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            Ok(b"hello"),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+            Ok(b"hello"),
+        ),
+    ]);
+}
+
+/// RFC 9112 §6.3: Transfer-Encoding overrides Content-Length. We take the chunked framing
+/// and do not trust the connection again (it may be a smuggling attempt); a response with
+/// only one of the two is kept alive as usual (the control).
+#[test]
+fn chunked_wins_over_content_length_and_the_connection_is_not_reused() {
+    let _dog = util::Watchdog::new("CL + TE", secs(60));
+    for (both, expected_connections) in [(true, 2), (false, 1)] {
+        let first = if both {
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+        } else {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        };
+        let second = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond";
+        // Each connection can answer two requests, so a reuse would succeed too: what
+        // tells them apart is the number of connections.
+        let script = vec![
+            Step::ReadRequest,
+            send(first),
+            Step::ReadRequest,
+            send(second),
+        ];
+        let fallback = vec![Step::ReadRequest, send(second)];
+        let (addr, peer) = peer(vec![script, fallback]);
+        let url = format!("http://{addr}/");
+        let r1 = Request::get(&url).timeout(secs(5)).send().expect("first");
+        let r2 = Request::get(&url).timeout(secs(5)).send().expect("second");
+        assert_eq!(r1.body(), b"hello", "both framings: {both}");
+        assert_eq!(r2.body(), b"second");
+        let log = peer.join().expect("peer");
+        assert_eq!(
+            log.accepted, expected_connections,
+            "both Content-Length and chunked: {both}"
+        );
+    }
+}
+
+#[test]
+fn truncated_bodies_are_errors_never_short_successes() {
+    let _dog = util::Watchdog::new("truncated bodies", secs(60));
+    let cases: Vec<(&str, ErrorKind)> = vec![
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b",
+            ErrorKind::Closed,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n",
+            ErrorKind::Closed,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nhalf of a",
+            ErrorKind::Closed,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n",
+            ErrorKind::Closed,
+        ),
+    ];
+    for (i, (response, expected)) in cases.iter().enumerate() {
+        // Collected, streamed into a writer, and read through `stream`: all three fail.
+        for how in ["send", "send_to", "stream"] {
+            let (addr, peer) = one(vec![send(response)]);
+            let got = match how {
+                "send" => get(addr).send().map(|r| r.into_body()),
+                "send_to" => {
+                    let mut out = Vec::new();
+                    get(addr).send_to(&mut out).map(|_| out)
+                }
+                _ => get(addr).stream().and_then(|(_, mut body)| {
+                    let mut out = Vec::new();
+                    body.read_to_end(&mut out).map_err(copas::Error::from)?;
+                    Ok(out)
+                }),
+            };
+            peer.join().expect("peer");
+            assert_eq!(
+                got.map_err(|e| e.kind()),
+                Err(*expected),
+                "case {i} with {how}: {response:?}"
+            );
+        }
+    }
+    // Cut while the client waits: the same error, as soon as the peer goes.
+    let (addr, peer) = one(vec![
+        send("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"),
+        Step::Hold(Duration::from_millis(200)),
+    ]);
+    assert_eq!(outcome(get(addr)), Err(ErrorKind::Closed));
+    peer.join().expect("peer");
+}
+
+#[test]
+fn a_body_over_the_memory_limit_is_refused_when_collected() {
+    let _dog = util::Watchdog::new("body limit", secs(60));
+    let body = vec![b'b'; 2000];
+    let with_length = |n: usize| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+        r.extend_from_slice(&body[..n]);
+        r
+    };
+    let chunked = {
+        let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for piece in body.chunks(300) {
+            r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            r.extend_from_slice(piece);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"0\r\n\r\n");
+        r
+    };
+    let until_close = [b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), &body].concat();
+    let limit = 1000;
+    for (what, response) in [
+        ("Content-Length", with_length(2000)),
+        ("chunked", chunked.clone()),
+        ("until close", until_close.clone()),
+    ] {
+        let (addr, peer) = one(vec![Step::Send(response.clone())]);
+        let got = outcome(get(addr).max_body(limit));
+        peer.join().expect("peer");
+        assert_eq!(got, Err(ErrorKind::LimitExceeded), "{what}");
+        // At the limit exactly, and streamed past it: fine.
+        let (addr, peer) = one(vec![Step::Send(response)]);
+        let mut out = Vec::new();
+        get(addr)
+            .max_body(limit)
+            .send_to(&mut out)
+            .unwrap_or_else(|e| panic!("{what} streamed: {e}"));
+        peer.join().expect("peer");
+        assert_eq!(out, body, "{what} streamed");
+    }
+    let (addr, peer) = one(vec![Step::Send(with_length(1000))]);
+    assert_eq!(outcome(get(addr).max_body(1000)), Ok(body[..1000].to_vec()));
+    peer.join().expect("peer");
+
+    // The default limit holds without any setting, and a Content-Length past it is refused
+    // at once: the peer offers nothing but the head and would stall a reader.
+    let (addr, peer) = one(vec![
+        send(&format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        )),
+        Step::Hold(secs(10)),
+    ]);
+    let start = Instant::now();
+    let got = outcome(get(addr).timeout(secs(10)));
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    assert!(start.elapsed() < secs(5), "took {:?}", start.elapsed());
+    peer.join().expect("peer");
+}
+
+#[test]
+fn endless_interim_responses_are_refused() {
+    let _dog = util::Watchdog::new("endless 1xx", secs(60));
+    let (addr, peer) = one(vec![Step::Endless(
+        b"HTTP/1.1 102 Processing\r\n\r\n".to_vec(),
+    )]);
+    let got = outcome(get(addr));
+    let log = peer.join().expect("peer");
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+    // A few interim responses are fine.
+    let (addr, peer) = one(vec![send(&format!(
+        "{}HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 100 Continue\r\n\r\n".repeat(3)
+    ))]);
+    assert_eq!(outcome(get(addr)), Ok(b"ok".to_vec()));
+    peer.join().expect("peer");
+}
