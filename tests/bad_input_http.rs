@@ -4,213 +4,28 @@
 //! typed error — never a panic, a hang, unbounded memory, or a short body reported as a
 //! success.
 //!
-//! Memory is measured with a counting allocator that keeps per-thread figures: the client
-//! runs blocking on the test's thread, the peer on its own, so the peak seen on the test's
-//! thread is what the client held.
+//! Memory is measured with the counting allocator of `util/heap.rs`: the client runs
+//! blocking on the test's thread, the peer on its own, so the peak seen on the test's thread
+//! is what the client held.
 
+#[path = "util/heap.rs"]
+mod heap;
+#[path = "util/raw_peer.rs"]
+mod raw_peer;
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use copas::client::http::{Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 use copas::ErrorKind;
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// SAFETY: every call forwards to the system allocator unchanged; the bookkeeping touches
-// only const-initialised thread-locals without destructors, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is passed on as is.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout` (every allocation goes
-        // through this allocator).
-        unsafe { System.dealloc(ptr, layout) };
-        note(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `dealloc`; `new_size` is the caller's, checked by its contract.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            note(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns its result with the most heap bytes this thread held above what it
-/// held before.
-fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let out = f();
-    let peak = PEAK.with(Cell::get);
-    (out, (peak - base).max(0) as usize)
-}
+use heap::peak_heap;
+use raw_peer::{peer, send, PeerLog, Step, ENDLESS};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-/// What a scripted peer does on one connection, in order.
-#[derive(Clone)]
-enum Step {
-    /// Reads a request head (up to its empty line).
-    ReadRequest,
-    /// Writes these bytes.
-    Send(Vec<u8>),
-    /// Writes this pattern again and again, up to [`ENDLESS`] bytes or until the client
-    /// goes away.
-    Endless(Vec<u8>),
-    /// Keeps the connection open, silent, this long (or until the client closes it).
-    Hold(Duration),
-}
-
-/// How much an endless peer offers: far more than any limit of the client.
-const ENDLESS: u64 = 64 * 1024 * 1024;
-
-/// What a peer did.
-#[derive(Debug, Default)]
-struct PeerLog {
-    accepted: usize,
-    written: u64,
-}
-
-fn send(text: &str) -> Step {
-    Step::Send(text.as_bytes().to_vec())
-}
-
-/// A raw peer on loopback that plays one script per connection it accepts (each on its own
-/// thread, so a held connection does not stop the next accept), for at most 20 s.
-fn peer(scripts: Vec<Vec<Step>>) -> (SocketAddr, JoinHandle<PeerLog>) {
-    let (listener, addr) = util::local_listener();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let handle = std::thread::spawn(move || accept_and_play(listener, scripts));
-    (addr, handle)
-}
-
-fn accept_and_play(listener: TcpListener, scripts: Vec<Vec<Step>>) -> PeerLog {
-    let deadline = Instant::now() + secs(20);
-    let mut players: Vec<JoinHandle<u64>> = Vec::new();
-    let mut scripts = scripts.into_iter().peekable();
-    let mut idle_since: Option<Instant> = None;
-    while scripts.peek().is_some() && Instant::now() < deadline {
-        match listener.accept() {
-            Ok((sock, _)) => {
-                let script = scripts.next().expect("script");
-                players.push(std::thread::spawn(move || play(sock, script)));
-                idle_since = None;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Scripts left over once every connection is done and the client has been
-                // quiet for a second were not needed (a test may expect fewer connections).
-                if !players.is_empty() && players.iter().all(|p| p.is_finished()) {
-                    if idle_since.get_or_insert_with(Instant::now).elapsed() > secs(1) {
-                        break;
-                    }
-                } else {
-                    idle_since = None;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
-    let accepted = players.len();
-    let written = players
-        .into_iter()
-        .map(|p| p.join().expect("peer thread"))
-        .sum();
-    PeerLog { accepted, written }
-}
-
-/// Plays `script` on `sock`; returns how many bytes it wrote.
-fn play(mut sock: TcpStream, script: Vec<Step>) -> u64 {
-    sock.set_nonblocking(false).expect("blocking");
-    sock.set_read_timeout(Some(secs(10))).expect("read timeout");
-    sock.set_write_timeout(Some(secs(10)))
-        .expect("write timeout");
-    let mut written = 0u64;
-    for step in script {
-        match step {
-            Step::ReadRequest => {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match sock.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return written,
-                    }
-                }
-            }
-            Step::Send(bytes) => {
-                if sock.write_all(&bytes).is_err() {
-                    return written;
-                }
-                written += bytes.len() as u64;
-            }
-            Step::Endless(pattern) => {
-                let block = pattern.repeat((64 * 1024 / pattern.len()).max(1));
-                while written < ENDLESS {
-                    if sock.write_all(&block).is_err() {
-                        return written;
-                    }
-                    written += block.len() as u64;
-                }
-            }
-            Step::Hold(how_long) => {
-                sock.set_read_timeout(Some(how_long)).expect("read timeout");
-                let mut sink = [0u8; 1024];
-                let until = Instant::now() + how_long;
-                while Instant::now() < until {
-                    match sock.read(&mut sink) {
-                        Ok(0) => return written,
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
-    }
-    written
 }
 
 /// One response on one connection: the peer reads the request, then plays `steps`.

@@ -4,7 +4,9 @@
 //! repeats the code on every line with `-` after all but the last (`250-a`, `250 b`,
 //! RFC 5321 §4.2); FTP starts with `code-` and ends at the first line that starts with the
 //! same code and a space, with any text between (RFC 959 §4.2). [`read_reply`] reads either
-//! kind, with limits on line length and line count so an endless reply cannot grow memory.
+//! kind; [`read_smtp_reply`] holds an SMTP server to its rule, so a line with another code
+//! (or none) is an error instead of text. Both limit line length, line count and total size,
+//! so an endless reply cannot grow memory.
 
 use std::fmt;
 
@@ -16,6 +18,10 @@ pub const MAX_REPLY_LINE: usize = 8 * 1024;
 
 /// The most lines one reply may have (a `HELP` or `FEAT` answer is a few dozen).
 pub const MAX_REPLY_LINES: usize = 1000;
+
+/// The most text one reply may have in all, line endings included (without it, the line
+/// limits alone would allow 8 MiB).
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
 
 /// A server's reply: its code and its text lines (without codes and separators).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,17 +134,38 @@ pub fn parse_line(line: &str) -> ReplyLine<'_> {
     }
 }
 
-/// Reads one complete reply from `sock`.
+/// Reads one complete reply from `sock`, by FTP's rule (RFC 959 §4.2): a multi-line reply
+/// ends at the first line with its code and a space; lines between are text, whatever they
+/// start with. Well-formed SMTP replies read the same.
 ///
 /// # Errors
 ///
 /// [`ErrorKind::Protocol`] for a first line without a valid code (100–599) or a reply that is
-/// not UTF-8; [`ErrorKind::LimitExceeded`] for a line longer than [`MAX_REPLY_LINE`] or more
-/// than [`MAX_REPLY_LINES`] lines; the socket's errors (`Closed`, `Timeout`).
+/// not UTF-8; [`ErrorKind::LimitExceeded`] for a line longer than [`MAX_REPLY_LINE`], more
+/// than [`MAX_REPLY_LINES`] lines or more than [`MAX_REPLY_BYTES`] in all; the socket's
+/// errors (`Closed`, `Timeout`).
 pub fn read_reply(sock: &mut Socket) -> Result<Reply> {
+    with_line_limit(sock, |sock| read_reply_lines(sock, false))
+}
+
+/// Reads one complete reply from `sock`, by SMTP's rule (RFC 5321 §4.2.1): every line has
+/// the same code, followed by `-` on all lines but the last.
+///
+/// # Errors
+///
+/// As [`read_reply`], and [`ErrorKind::Protocol`] for a line of a multi-line reply with
+/// another code or none.
+pub fn read_smtp_reply(sock: &mut Socket) -> Result<Reply> {
+    with_line_limit(sock, |sock| read_reply_lines(sock, true))
+}
+
+fn with_line_limit(
+    sock: &mut Socket,
+    read: impl FnOnce(&mut Socket) -> Result<Reply>,
+) -> Result<Reply> {
     let old_limit = sock.line_limit();
     sock.set_line_limit(MAX_REPLY_LINE);
-    let result = read_reply_lines(sock);
+    let result = read(sock);
     sock.set_line_limit(old_limit);
     result
 }
@@ -149,8 +176,9 @@ fn next_line(sock: &mut Socket) -> Result<String> {
         .map_err(|_| Error::with_message(ErrorKind::Protocol, "reply is not UTF-8"))
 }
 
-fn read_reply_lines(sock: &mut Socket) -> Result<Reply> {
+fn read_reply_lines(sock: &mut Socket, strict: bool) -> Result<Reply> {
     let first = next_line(sock)?;
+    let mut total = first.len() + 2;
     let parsed = parse_line(&first);
     let code = match parsed.code {
         Some(code) if (100..600).contains(&code) => code,
@@ -171,6 +199,13 @@ fn read_reply_lines(sock: &mut Socket) -> Result<Reply> {
             ));
         }
         let line = next_line(sock)?;
+        total += line.len() + 2;
+        if total > MAX_REPLY_BYTES {
+            return Err(Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("reply longer than {MAX_REPLY_BYTES} bytes"),
+            ));
+        }
         let parsed = parse_line(&line);
         match parsed.code {
             Some(c) if c == code && !parsed.more => {
@@ -178,6 +213,15 @@ fn read_reply_lines(sock: &mut Socket) -> Result<Reply> {
                 more = false;
             }
             Some(c) if c == code => lines.push(parsed.text.to_string()),
+            _ if strict => {
+                return Err(Error::with_message(
+                    ErrorKind::Protocol,
+                    format!(
+                        "line without the code {code} inside a multi-line reply: {:?}",
+                        truncate(&line)
+                    ),
+                ))
+            }
             // FTP allows free text inside a multi-line reply.
             _ => lines.push(line),
         }

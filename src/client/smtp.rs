@@ -49,7 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use crate::client::reply::{read_reply, Reply};
+use crate::client::reply::{read_smtp_reply, Reply};
 use crate::error::{Error, ErrorKind, Result};
 use crate::native_tls::{Certificate, TlsConnector};
 use crate::net::socket::Socket;
@@ -379,7 +379,7 @@ pub fn send(mail: &Mail) -> Result<Reply> {
         // there is nobody to talk to.)
         sock.settimeout(Some(Duration::from_secs(1)));
         if sock.send(b"QUIT\r\n").is_ok() {
-            let _ = read_reply(&mut sock);
+            let _ = read_smtp_reply(&mut sock);
         }
     }
     sock.close();
@@ -387,7 +387,7 @@ pub fn send(mail: &Mail) -> Result<Reply> {
 }
 
 fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Reply> {
-    read_reply(sock)?.expect(&[220])?;
+    read_smtp_reply(sock)?.expect(&[220])?;
     let mut extensions = hello(sock, &mail.domain)?;
 
     let offered = has_extension(&extensions, "STARTTLS");
@@ -438,7 +438,7 @@ fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Re
     command(sock, "DATA")?.expect(&[354])?;
     sock.send(data)?;
     sock.send(b".\r\n")?;
-    let done = read_reply(sock)?.expect(&[250])?;
+    let done = read_smtp_reply(sock)?.expect(&[250])?;
     if command(sock, "QUIT").is_err() {
         // The mail is accepted; a lost goodbye changes nothing.
     }
@@ -512,7 +512,7 @@ fn command(sock: &mut Socket, line: &str) -> Result<Reply> {
     buf.extend_from_slice(line.as_bytes());
     buf.extend_from_slice(b"\r\n");
     sock.send(&buf)?;
-    read_reply(sock)
+    read_smtp_reply(sock)
 }
 
 fn invalid(message: String) -> Error {

@@ -1,0 +1,312 @@
+//! The SMTP and FTP clients against scripted raw peers (std threads on loopback) that answer
+//! with malformed replies (no code, a code out of range, garbage, continuation lines with
+//! another code) or endless ones (a line that never ends, a multi-line reply that never
+//! ends): each is a typed error (`Protocol` or `LimitExceeded`, or `Timeout` from the client's
+//! own timeout when the peer just stops), with bounded memory, and nothing hangs.
+
+#[path = "util/heap.rs"]
+mod heap;
+#[path = "util/raw_peer.rs"]
+mod raw_peer;
+mod util;
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use copas::client::ftp;
+use copas::client::reply::{MAX_REPLY_BYTES, MAX_REPLY_LINE};
+use copas::client::smtp::{self, Mail, StartTls};
+use copas::ErrorKind;
+use heap::peak_heap;
+use raw_peer::{peer, send, PeerLog, Step, ENDLESS};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// The heap a client may hold while it reads one reply: the reply's limit, its copy as
+/// text lines, and the socket's buffer.
+const REPLY_HEAP: usize = 4 * MAX_REPLY_BYTES;
+
+/// A mail to the peer at `addr`, with a short timeout and no STARTTLS.
+fn mail(addr: SocketAddr) -> Mail {
+    Mail::new(addr.to_string(), "alice@example.org")
+        .to("bob@example.org")
+        .message("Subject: hi\r\n\r\nhello\r\n")
+        .starttls(StartTls::Never)
+        .timeout(secs(5))
+}
+
+/// An SMTP peer that greets with `greeting`, answers `EHLO` with `ehlo`, and everything
+/// else of a normal session correctly.
+fn smtp_peer(greeting: Step, ehlo: Step) -> (SocketAddr, JoinHandle<PeerLog>) {
+    peer(vec![vec![
+        greeting,
+        Step::ReadLine, // EHLO
+        ehlo,
+        Step::ReadLine, // MAIL FROM
+        send("250 sender ok\r\n"),
+        Step::ReadLine, // RCPT TO
+        send("250 recipient ok\r\n"),
+        Step::ReadLine, // DATA
+        send("354 go ahead\r\n"),
+        Step::ReadLine, // Subject
+        Step::ReadLine, // blank
+        Step::ReadLine, // hello
+        Step::ReadLine, // .
+        send("250 queued\r\n"),
+        Step::ReadLine, // QUIT
+        send("221 bye\r\n"),
+    ]])
+}
+
+fn smtp_outcome(greeting: Step, ehlo: Step) -> (Result<u16, ErrorKind>, PeerLog, usize) {
+    let (addr, peer) = smtp_peer(greeting, ehlo);
+    let (got, heap) = peak_heap(|| smtp::send(&mail(addr)));
+    let log = peer.join().expect("peer");
+    (got.map(|r| r.code()).map_err(|e| e.kind()), log, heap)
+}
+
+/// An FTP peer that greets with `greeting`, then answers one command with `reply`.
+fn ftp_peer(greeting: Step, reply: Step) -> (SocketAddr, JoinHandle<PeerLog>) {
+    peer(vec![vec![greeting, Step::ReadLine, reply]])
+}
+
+/// Connects to an FTP peer and sends `NOOP`; the reply's lines, or the error's kind.
+fn ftp_outcome(greeting: Step, reply: Step) -> (Result<Vec<String>, ErrorKind>, PeerLog, usize) {
+    let (addr, peer) = ftp_peer(greeting, reply);
+    let (got, heap) = peak_heap(|| {
+        let mut client = ftp::Client::connect(addr, Some(secs(5)))?;
+        client.command("NOOP", None)
+    });
+    let log = peer.join().expect("peer");
+    (
+        got.map(|r| r.lines().to_vec()).map_err(|e| e.kind()),
+        log,
+        heap,
+    )
+}
+
+const MALFORMED: &[&str] = &[
+    "hello there\r\n",
+    "\r\n",
+    "99 short\r\n",
+    "000 zero\r\n",
+    "099 low\r\n",
+    "600 high\r\n",
+    "999 high\r\n",
+    "2200 ready\r\n",
+    "22 0 ready\r\n",
+    "22a ready\r\n",
+    "-220 ready\r\n",
+    " 220 ready\r\n",
+    "\u{0}\u{1}\u{2} binary\r\n",
+];
+
+#[test]
+fn smtp_replies_without_a_valid_code_are_protocol_errors() {
+    let _dog = util::Watchdog::new("smtp malformed", secs(60));
+    let good_ehlo = || send("250 hello\r\n");
+    for greeting in MALFORMED {
+        let (got, _, _) = smtp_outcome(send(greeting), good_ehlo());
+        assert_eq!(got, Err(ErrorKind::Protocol), "greeting {greeting:?}");
+        let (got, _, _) = smtp_outcome(send("220 ready\r\n"), send(greeting));
+        assert_eq!(got, Err(ErrorKind::Protocol), "EHLO reply {greeting:?}");
+    }
+    let (got, _, _) = smtp_outcome(
+        Step::Send(b"220 \xff\xfe not UTF-8\r\n".to_vec()),
+        good_ehlo(),
+    );
+    assert_eq!(got, Err(ErrorKind::Protocol), "not UTF-8");
+    // The control: the same peer with well-formed replies delivers.
+    let (got, _, _) = smtp_outcome(send("220 ready\r\n"), good_ehlo());
+    assert_eq!(got, Ok(250));
+}
+
+#[test]
+fn smtp_continuation_lines_with_another_code_are_protocol_errors() {
+    let _dog = util::Watchdog::new("smtp continuation", secs(60));
+    for ehlo in [
+        "250-hello\r\n251 other code\r\n",
+        "250-hello\r\n250-SIZE 1000\r\n550 other code last\r\n",
+        "250-hello\r\n220-other code inside\r\n250 end\r\n",
+        "250-hello\r\nfree text\r\n250 end\r\n",
+        "250-hello\r\n250x no separator\r\n250 end\r\n",
+    ] {
+        let (got, _, _) = smtp_outcome(send("220 ready\r\n"), send(ehlo));
+        assert_eq!(got, Err(ErrorKind::Protocol), "EHLO reply {ehlo:?}");
+    }
+    let (got, _, _) = smtp_outcome(send("220-ready\r\n221 bye\r\n"), send("250 hello\r\n"));
+    assert_eq!(got, Err(ErrorKind::Protocol), "greeting with two codes");
+    // The control: a well-formed multi-line reply.
+    let (got, _, _) = smtp_outcome(
+        send("220-ready\r\n220 really\r\n"),
+        send("250-hello\r\n250-SIZE 1000\r\n250 HELP\r\n"),
+    );
+    assert_eq!(got, Ok(250));
+}
+
+#[test]
+fn ftp_replies_without_a_valid_code_are_protocol_errors() {
+    let _dog = util::Watchdog::new("ftp malformed", secs(60));
+    for bad in MALFORMED {
+        let (got, _, _) = ftp_outcome(send(bad), send("200 ok\r\n"));
+        assert_eq!(got, Err(ErrorKind::Protocol), "greeting {bad:?}");
+        let (got, _, _) = ftp_outcome(send("220 ready\r\n"), send(bad));
+        assert_eq!(got, Err(ErrorKind::Protocol), "NOOP reply {bad:?}");
+    }
+    let (got, _, _) = ftp_outcome(send("220 ready\r\n"), send("200 ok\r\n"));
+    assert_eq!(got, Ok(vec!["ok".to_string()]));
+}
+
+/// FTP's rule (RFC 959 §4.2): only the reply's own code and a space end a multi-line reply;
+/// lines with another code are text. So they cannot end it early — and an endless run of
+/// them ends at the line-count limit.
+#[test]
+fn ftp_lines_with_another_code_stay_inside_a_multi_line_reply() {
+    let _dog = util::Watchdog::new("ftp continuation", secs(60));
+    let (got, _, _) = ftp_outcome(
+        send("220 ready\r\n"),
+        send("200-start\r\n211 other code\r\n 200 indented\r\n200-more\r\n200 end\r\n"),
+    );
+    assert_eq!(
+        got,
+        Ok(["start", "211 other code", " 200 indented", "more", "end"]
+            .map(String::from)
+            .to_vec())
+    );
+    let (got, log, _) = ftp_outcome(
+        send("220 ready\r\n"),
+        Step::Send(
+            [
+                b"200-start\r\n".to_vec(),
+                b"211 other code\r\n".repeat(5000),
+            ]
+            .concat(),
+        ),
+    );
+    assert_eq!(
+        got,
+        Err(ErrorKind::LimitExceeded),
+        "peer wrote {}",
+        log.written
+    );
+}
+
+#[test]
+fn an_endless_reply_line_is_refused_at_the_line_limit_with_bounded_memory() {
+    let _dog = util::Watchdog::new("endless reply line", secs(60));
+    let endless = || vec![send("220 "), Step::Endless(b"x".to_vec())];
+    let (got, log, heap) = {
+        let (addr, smtp_peer) = peer(vec![endless()]);
+        let (got, heap) = peak_heap(|| smtp::send(&mail(addr)).map(|r| r.code()));
+        (
+            got.map_err(|e| e.kind()),
+            smtp_peer.join().expect("peer"),
+            heap,
+        )
+    };
+    eprintln!(
+        "smtp: client peak heap {heap} B; peer wrote {} B",
+        log.written
+    );
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    assert!(
+        heap < 4 * MAX_REPLY_LINE + 256 * 1024,
+        "the client held {heap} bytes"
+    );
+    assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+
+    let (addr, ftp_peer) = peer(vec![endless()]);
+    let (got, heap) = peak_heap(|| ftp::Client::connect(addr, Some(secs(5))).map(|_| ()));
+    let log = ftp_peer.join().expect("peer");
+    eprintln!(
+        "ftp: client peak heap {heap} B; peer wrote {} B",
+        log.written
+    );
+    assert_eq!(got.map_err(|e| e.kind()), Err(ErrorKind::LimitExceeded));
+    assert!(
+        heap < 4 * MAX_REPLY_LINE + 256 * 1024,
+        "the client held {heap} bytes"
+    );
+    assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+}
+
+#[test]
+fn an_endless_multi_line_reply_is_refused_at_the_reply_limits_with_bounded_memory() {
+    let _dog = util::Watchdog::new("endless multi-line reply", secs(60));
+    let long_line = format!("220-{}\r\n", "y".repeat(MAX_REPLY_LINE - 10));
+    for (what, line) in [
+        ("short lines", "220-more\r\n".to_string()),
+        ("long lines", long_line),
+    ] {
+        let endless = Step::Endless(line.into_bytes());
+        let (got, log, heap) = smtp_outcome(endless.clone(), send("250 hello\r\n"));
+        eprintln!(
+            "smtp {what}: client peak heap {heap} B; peer wrote {} B",
+            log.written
+        );
+        assert_eq!(got, Err(ErrorKind::LimitExceeded), "smtp {what}");
+        assert!(
+            heap < REPLY_HEAP,
+            "smtp {what}: the client held {heap} bytes"
+        );
+        assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+
+        let (got, log, heap) = ftp_outcome(endless, send("200 ok\r\n"));
+        eprintln!(
+            "ftp {what}: client peak heap {heap} B; peer wrote {} B",
+            log.written
+        );
+        assert_eq!(got, Err(ErrorKind::LimitExceeded), "ftp {what}");
+        assert!(
+            heap < REPLY_HEAP,
+            "ftp {what}: the client held {heap} bytes"
+        );
+        assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+    }
+}
+
+#[test]
+fn a_reply_that_stops_midway_times_out_or_is_closed() {
+    let _dog = util::Watchdog::new("stalled replies", secs(60));
+    for stalled in [
+        "220-first line\r\n",
+        "220 no line end",
+        "220-first\r\n220 half",
+    ] {
+        for close in [false, true] {
+            // Closed at the end of the script, or silent for longer than the timeout.
+            let script = if close {
+                vec![send(stalled)]
+            } else {
+                vec![send(stalled), Step::Hold(secs(10))]
+            };
+            let expected = if close {
+                ErrorKind::Closed
+            } else {
+                ErrorKind::Timeout
+            };
+            let (addr, smtp_peer) = peer(vec![script.clone()]);
+            let start = Instant::now();
+            let got = smtp::send(&mail(addr).timeout(Duration::from_millis(300)));
+            let took = start.elapsed();
+            smtp_peer.join().expect("peer");
+            assert_eq!(
+                got.map(|r| r.code()).map_err(|e| e.kind()),
+                Err(expected),
+                "smtp {stalled:?}"
+            );
+            assert!(took < secs(5), "smtp {stalled:?} took {took:?}");
+
+            let (addr, ftp_peer) = peer(vec![script]);
+            let start = Instant::now();
+            let got = ftp::Client::connect(addr, Some(Duration::from_millis(300))).map(|_| ());
+            let took = start.elapsed();
+            ftp_peer.join().expect("peer");
+            assert_eq!(got.map_err(|e| e.kind()), Err(expected), "ftp {stalled:?}");
+            assert!(took < secs(5), "ftp {stalled:?} took {took:?}");
+        }
+    }
+}
