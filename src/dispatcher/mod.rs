@@ -60,6 +60,10 @@ const DEFAULT_POOLED_STACKS: usize = 1024;
 /// How many events one poller wait can return.
 const EVENT_CAPACITY: usize = 1024;
 
+/// The most poller waits one step makes to collect readiness before it fires timers (more
+/// than one only when a wait fills its buffer).
+const MAX_WAITS_PER_STEP: usize = 16;
+
 /// The most coroutines one step resumes; more wait for the next step, after timers and I/O.
 const MAX_RESUMES_PER_STEP: usize = 1024;
 
@@ -700,16 +704,30 @@ impl Dispatcher {
     /// accept rounds); returns whether there were any.
     fn dispatch_events(&self, poller: &Poller, wait_for: Option<Duration>) -> Result<bool> {
         let mut events = self.events.borrow_mut();
-        events.clear();
-        poller.wait(&mut events, wait_for)?;
-        let mut st = self.state.borrow_mut();
-        // The step's clock reading after the wait: the date of the changes of state it
-        // brings (`Task::since`), and the start of the step for the timers' lateness check.
-        st.now = Instant::now();
-        for &ev in events.iter() {
-            st.on_event(ev);
+        let mut any = false;
+        let mut wait_for = wait_for;
+        // A wait that filled its buffer may have left readiness in the kernel. Collect it
+        // before timers fire: after a long stall (a coroutine that did not yield), a socket
+        // whose data arrived meanwhile must wake with that data, not with the deadline that
+        // also expired meanwhile, however many sockets became ready.
+        for _ in 0..MAX_WAITS_PER_STEP {
+            events.clear();
+            let full = poller.wait(&mut events, wait_for)?;
+            let mut st = self.state.borrow_mut();
+            // The step's clock reading after the wait: the date of the changes of state it
+            // brings (`Task::since`), and the start of the step for the timers' lateness
+            // check.
+            st.now = Instant::now();
+            for &ev in events.iter() {
+                st.on_event(ev);
+            }
+            any |= !events.is_empty();
+            if !full {
+                break;
+            }
+            wait_for = Some(Duration::ZERO);
         }
-        Ok(!events.is_empty())
+        Ok(any)
     }
 
     /// Fires the timers whose deadline is at or before `now`.

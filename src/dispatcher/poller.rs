@@ -152,15 +152,17 @@ mod linux {
         }
 
         /// Waits up to `timeout` (`None`: indefinitely) and appends the events to `out`.
-        /// Interrupted waits (`EINTR`) return with no events rather than an error.
+        /// Interrupted waits (`EINTR`) return with no events rather than an error. Returns
+        /// whether the wait filled its buffer (more events may be pending).
         pub(crate) fn wait(
             &self,
             out: &mut Vec<Readiness>,
             timeout: Option<Duration>,
-        ) -> io::Result<()> {
+        ) -> io::Result<bool> {
             let mut buffer = self.buffer.borrow_mut();
             buffer.clear();
             let n = self.wait_raw(&mut buffer, timeout)?;
+            let full = n == buffer.capacity();
             // SAFETY: the kernel initialised the first `n` entries.
             unsafe { buffer.set_len(n) };
             for ev in buffer.iter() {
@@ -183,7 +185,7 @@ mod linux {
                     read_closed: flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0,
                 });
             }
-            Ok(())
+            Ok(full)
         }
 
         fn wait_raw(
@@ -317,14 +319,17 @@ mod portable {
             })
         }
 
+        /// Waits up to `timeout` (`None`: indefinitely) and appends the events to `out`.
+        /// Returns whether the wait filled its buffer (more events may be pending).
         pub(crate) fn wait(
             &self,
             out: &mut Vec<Readiness>,
             timeout: Option<Duration>,
-        ) -> io::Result<()> {
+        ) -> io::Result<bool> {
             let mut events = self.events.borrow_mut();
             events.clear();
             self.inner.wait(&mut events, timeout)?;
+            let full = events.len() == events.capacity().get();
             for ev in events.iter() {
                 out.push(Readiness {
                     key: ev.key as u64,
@@ -333,7 +338,7 @@ mod portable {
                     read_closed: false,
                 });
             }
-            Ok(())
+            Ok(full)
         }
     }
 }
