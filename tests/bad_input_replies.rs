@@ -2,7 +2,8 @@
 //! with malformed replies (no code, a code out of range, garbage, continuation lines with
 //! another code) or endless ones (a line that never ends, a multi-line reply that never
 //! ends): each is a typed error (`Protocol` or `LimitExceeded`, or `Timeout` from the client's
-//! own timeout when the peer just stops), with bounded memory, and nothing hangs.
+//! own timeout when the peer just stops), with bounded memory, and nothing hangs. Also:
+//! `ftp::get`, which collects a download into memory, stops at its limit.
 
 #[path = "util/heap.rs"]
 mod heap;
@@ -15,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use copas::client::ftp;
+use copas::client::ftp::MAX_GET_BYTES;
 use copas::client::reply::{MAX_REPLY_BYTES, MAX_REPLY_LINE};
 use copas::client::smtp::{self, Mail, StartTls};
 use copas::ErrorKind;
@@ -308,5 +310,91 @@ fn a_reply_that_stops_midway_times_out_or_is_closed() {
             assert_eq!(got.map_err(|e| e.kind()), Err(expected), "ftp {stalled:?}");
             assert!(took < secs(5), "ftp {stalled:?} took {took:?}");
         }
+    }
+}
+
+/// `ftp::get` collects into memory: a download past `MAX_GET_BYTES` is refused, while
+/// `get_to` streams the same file whole (the peer serves it over a real data connection).
+#[test]
+fn ftp_get_refuses_a_download_past_its_memory_limit() {
+    let _dog = util::Watchdog::new("ftp get limit", secs(120));
+    let size = MAX_GET_BYTES as usize + 1;
+    for streamed in [false, true] {
+        let (data_listener, data_addr) = util::local_listener();
+        let data = std::thread::spawn(move || {
+            let (mut s, _) = data_listener.accept().expect("data accept");
+            let block = vec![b'd'; 1 << 20];
+            let mut sent = 0;
+            while sent < size {
+                let n = block.len().min(size - sent);
+                if std::io::Write::write_all(&mut s, &block[..n]).is_err() {
+                    break;
+                }
+                sent += n;
+            }
+            sent
+        });
+        let reply = |text: &str| vec![Step::ReadLine, send(text)];
+        let script = [
+            vec![send("220 ready\r\n")],
+            reply("331 password\r\n"),
+            reply("230 in\r\n"),
+            reply("200 binary\r\n"),
+            reply(&format!(
+                "229 Entering Extended Passive Mode (|||{}|)\r\n",
+                data_addr.port()
+            )),
+            reply("150 here it comes\r\n"),
+            // The final reply comes whether or not the client took it all.
+            vec![send("226 done\r\n")],
+            reply("221 bye\r\n"),
+        ]
+        .concat();
+        let (addr, peer) = peer(vec![script]);
+        let url = format!("ftp://127.0.0.1:{}/big.bin", addr.port());
+        let got = if streamed {
+            let mut counter = CountingSink(0);
+            ftp::get_to(
+                &url,
+                &ftp::Options::new().timeout(Some(secs(20))),
+                &mut counter,
+            )
+            .map(|n| (n, counter.0))
+            .map_err(|e| e.kind())
+        } else {
+            ftp::get(&url)
+                .map(|v| (v.len() as u64, v.len() as u64))
+                .map_err(|e| e.kind())
+        };
+        let sent = data.join().expect("data");
+        peer.join().expect("peer");
+        if streamed {
+            assert_eq!(
+                got,
+                Ok((size as u64, size as u64)),
+                "get_to streams it whole"
+            );
+            assert_eq!(sent, size);
+        } else {
+            assert_eq!(
+                got,
+                Err(ErrorKind::LimitExceeded),
+                "get collects at most the limit"
+            );
+        }
+    }
+}
+
+/// A `Write` that only counts.
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -52,6 +52,10 @@ pub const ANONYMOUS_PASSWORD: &str = "anonymous@";
 /// The largest listing [`Client::list`] and [`Client::nlst`] accept: 64 MiB.
 pub const MAX_LISTING: usize = 64 * 1024 * 1024;
 
+/// The most bytes [`get`] collects into memory; [`get_to`] and [`Client::retr`] stream
+/// without a limit.
+pub const MAX_GET_BYTES: u64 = 64 * 1024 * 1024;
+
 const CHUNK: usize = 64 * 1024;
 
 fn invalid_input(message: impl Into<String>) -> Error {
@@ -735,8 +739,13 @@ impl Client {
     /// [`ErrorKind::Rejected`] with the reply (`550` for a missing file); the data
     /// connection's errors; `out`'s errors (as [`ErrorKind::Io`]).
     pub fn retr(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        self.retr_at_most(path, out, u64::MAX)
+    }
+
+    /// [`Client::retr`], failing with [`ErrorKind::LimitExceeded`] past `max` bytes.
+    fn retr_at_most(&mut self, path: &str, out: &mut dyn Write, max: u64) -> Result<u64> {
         let mut data = self.start_transfer("RETR", Some(path))?;
-        match copy_from_socket(&mut data, out, u64::MAX) {
+        match copy_from_socket(&mut data, out, max) {
             Ok(n) => {
                 data.close();
                 self.finish_transfer()?;
@@ -999,10 +1008,10 @@ impl Drop for DataWriter<'_> {
 ///
 /// # Errors
 ///
-/// As [`get_to`].
+/// As [`get_to`]; [`ErrorKind::LimitExceeded`] for a file longer than [`MAX_GET_BYTES`].
 pub fn get(url: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    get_to(url, &Options::default(), &mut out)?;
+    get_at_most(url, &Options::default(), &mut out, MAX_GET_BYTES)?;
     Ok(out)
 }
 
@@ -1022,11 +1031,15 @@ pub fn get(url: &str) -> Result<Vec<u8>> {
 /// As [`Request::parse`], [`Client::open`] and [`Client::retr`]; an empty path is an
 /// [`ErrorKind::InvalidInput`] error, before connecting.
 pub fn get_to(url: &str, opts: &Options, out: &mut dyn Write) -> Result<u64> {
+    get_at_most(url, opts, out, u64::MAX)
+}
+
+fn get_at_most(url: &str, opts: &Options, out: &mut dyn Write, max: u64) -> Result<u64> {
     if Request::parse(url)?.path.is_empty() {
         return Err(invalid_input("no file in the URL"));
     }
     let (mut client, req) = Client::open(url, opts)?;
-    let n = client.retr(&req.path, out)?;
+    let n = client.retr_at_most(&req.path, out, max)?;
     let _ = client.quit();
     Ok(n)
 }
