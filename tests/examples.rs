@@ -289,3 +289,36 @@ fn echo_example_rejects_a_bad_port_argument() {
         );
     }
 }
+
+#[test]
+fn http_hello_example_answers_pipelined_keep_alive_requests_and_closes_on_connection_close() {
+    let mut server = Running::start(&example("http_hello"), &["0"], &[]);
+    let line = server.wait_for_line("the listening line", |l| l.contains("listening on http://"));
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .map(|rest| rest.trim_end_matches('/'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .expect("timeout");
+    // Three requests in one write: the server must answer each in turn on the one
+    // connection, and close it after the one that asks for it.
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /again HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .expect("write");
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .expect("the server closes after `Connection: close`");
+    assert_eq!(reply.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{reply}");
+    assert_eq!(reply.matches("\r\n\r\nhello world").count(), 3, "{reply}");
+    assert!(reply.ends_with("hello world"), "{reply}");
+    server.assert_still_running();
+}
