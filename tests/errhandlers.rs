@@ -95,18 +95,13 @@ fn builtin_default_handler_prints_the_report_on_stderr() {
         copas::run_with(nested_panic).expect("run_with");
         return;
     }
-    let out = util::run_child(
+    let out = util::assert_child_passes(
         "builtin_default_handler_prints_the_report_on_stderr",
         STDERR_CHILD,
+        "1 passed",
         Duration::from_secs(60),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child failed ({:?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
     assert!(
         stderr
             .lines()
@@ -332,17 +327,11 @@ const RAW_SUSPEND_CHILD: &str = "COPAS_TEST_ERRHANDLERS_RAW_SUSPEND_CHILD";
 #[test]
 fn raw_suspend_is_reported_and_the_coroutine_unwound() {
     if !util::is_child(RAW_SUSPEND_CHILD) {
-        let out = util::run_child(
+        util::assert_child_passes(
             "raw_suspend_is_reported_and_the_coroutine_unwound",
             RAW_SUSPEND_CHILD,
+            "1 passed",
             Duration::from_secs(60),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed ({:?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-            out.status
         );
         return;
     }

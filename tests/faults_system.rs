@@ -40,17 +40,11 @@ fn signals_interrupting_system_calls_never_reach_handlers() {
     if util::is_child(EINTR_CHILD) {
         return eintr_child();
     }
-    let out = util::run_child(
+    util::assert_child_passes(
         "signals_interrupting_system_calls_never_reach_handlers",
         EINTR_CHILD,
+        "EINTR-OK",
         Duration::from_secs(120),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("EINTR-OK"),
-        "child failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -173,17 +167,11 @@ fn accept_backs_off_when_out_of_descriptors_and_serves_again() {
     if util::is_child(EMFILE_CHILD) {
         return emfile_child();
     }
-    let out = util::run_child(
+    util::assert_child_passes(
         "accept_backs_off_when_out_of_descriptors_and_serves_again",
         EMFILE_CHILD,
+        "EMFILE-OK",
         Duration::from_secs(60),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("EMFILE-OK"),
-        "child failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

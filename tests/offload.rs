@@ -11,7 +11,7 @@
 mod util;
 
 use std::cell::{Cell, RefCell};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -440,29 +440,10 @@ fn connect_by_name_to_a_closed_port_is_refused_at_once() {
     assert_eq!(copas::status().sockets, 0);
 }
 
-/// A listener whose accept queue is full: further connects hang (the SYN is dropped).
-fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<TcpStream>) {
-    let listener =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    listener.bind(&any.into()).expect("bind");
-    listener.listen(0).expect("listen");
-    let addr = listener
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("inet");
-    let fillers: Vec<TcpStream> = (0..3)
-        .filter_map(|_| TcpStream::connect_timeout(&addr, ms(100)).ok())
-        .collect();
-    assert!(!fillers.is_empty(), "not even one connection was queued");
-    (listener, addr, fillers)
-}
-
 /// A full backlog, reached by name, times out within the connect timeout.
 #[test]
 fn connect_by_name_to_a_full_backlog_times_out() {
-    let (_listener, addr, _fillers) = full_backlog_listener();
+    let (_listener, addr, _fillers) = util::full_backlog_listener();
     let outcome = Rc::new(RefCell::new(None));
     let out = outcome.clone();
     copas::addthread(move || {

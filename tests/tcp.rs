@@ -285,31 +285,9 @@ fn tcptimeout_b_connect_and_close_exits() {
     assert_eq!(copas::status().sockets, 0);
 }
 
-/// A listener with backlog 0 whose accept queue is already full: the kernel drops further
-/// SYNs, so a connect can only end by its timeout.
-fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<TcpStream>) {
-    use socket2::{Domain, Protocol, Type};
-    let listener =
-        socket2::Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    listener.bind(&any.into()).expect("bind");
-    listener.listen(0).expect("listen(0)");
-    let addr = listener
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("inet");
-    // Fill the accept queue; once it is full, connects hang (SYN dropped) and time out.
-    let fillers: Vec<TcpStream> = (0..3)
-        .filter_map(|_| TcpStream::connect_timeout(&addr, ms(100)).ok())
-        .collect();
-    assert!(!fillers.is_empty(), "not even one connection was queued");
-    (listener, addr, fillers)
-}
-
 #[test]
 fn tcptimeout_c_connect_to_full_backlog_times_out() {
-    let (_listener, addr, _fillers) = full_backlog_listener();
+    let (_listener, addr, _fillers) = util::full_backlog_listener();
     let outcome = Rc::new(RefCell::new(None));
     let outcome2 = outcome.clone();
     copas::addthread(move || {
@@ -1478,17 +1456,11 @@ const FD_CHILD: &str = "COPAS_TCP_FD_CHILD";
 #[test]
 fn no_descriptor_leak_after_100_connections() {
     if !util::is_child(FD_CHILD) {
-        let out = util::run_child(
+        util::assert_child_passes(
             "no_descriptor_leak_after_100_connections",
             FD_CHILD,
+            "fd-child: ok",
             secs(60),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("fd-child: ok"),
-            "child: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            out.status
         );
         return;
     }

@@ -49,6 +49,49 @@ pub fn run_child(test_name: &str, env_var: &str, limit: Duration) -> Output {
     child.wait_with_output().expect("child output")
 }
 
+/// [`run_child`], then asserts that the child test passed and printed `marker` (so a child
+/// that returned early, or whose own test was filtered out, does not count as a pass);
+/// returns its output.
+pub fn assert_child_passes(
+    test_name: &str,
+    env_var: &str,
+    marker: &str,
+    limit: Duration,
+) -> Output {
+    let out = run_child(test_name, env_var, limit);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(marker),
+        "child {test_name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A loopback listener whose accept queue is already full (backlog 0, filled by the
+/// returned connections): the kernel drops further SYNs, so a connect to it can only end
+/// by its own timeout.
+pub fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<std::net::TcpStream>) {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    listener.bind(&any.into()).expect("bind");
+    listener.listen(0).expect("listen(0)");
+    let addr = listener
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet");
+    let fillers: Vec<std::net::TcpStream> = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+        })
+        .collect();
+    assert!(!fillers.is_empty(), "not even one connection was queued");
+    (listener, addr, fillers)
+}
+
 /// Whether this process is a child started by [`run_child`] with `env_var`.
 pub fn is_child(env_var: &str) -> bool {
     std::env::var_os(env_var).is_some()
