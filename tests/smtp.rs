@@ -571,12 +571,14 @@ fn sendmail_example_delivers() {
     assert!(json.contains(r#""login": "user""#), "{json}");
 }
 
-/// A scripted server on a thread that does not know EHLO (an RFC 821 server): the client
-/// must fall back to HELO. Returns the commands it received.
-#[test]
-fn helo_fallback_when_ehlo_is_refused() {
+/// A scripted server on a thread that does not know EHLO (an RFC 821 server): it answers
+/// EHLO with `ehlo_refusal`, the end of a message with `queued`, everything else with 250.
+/// Returns its address and the thread, which returns the commands it received.
+fn helo_only_server(
+    ehlo_refusal: &'static [u8],
+    queued: &'static [u8],
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     use std::io::{BufRead, Write};
-    let _dog = Watchdog::new("smtp helo fallback", Duration::from_secs(30));
     let (listener, addr) = util::local_listener();
     let server = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
@@ -596,12 +598,12 @@ fn helo_fallback_when_ehlo_is_refused() {
             let answer: &[u8] = if in_data {
                 if line == "." {
                     in_data = false;
-                    b"250 queued\r\n"
+                    queued
                 } else {
                     continue;
                 }
             } else if line.starts_with("EHLO") {
-                b"500 5.5.1 command unrecognized\r\n"
+                ehlo_refusal
             } else if line == "DATA" {
                 in_data = true;
                 b"354 go ahead\r\n"
@@ -615,6 +617,14 @@ fn helo_fallback_when_ehlo_is_refused() {
         }
         seen
     });
+    (addr, server)
+}
+
+/// A server that does not know EHLO: the client must fall back to HELO.
+#[test]
+fn helo_fallback_when_ehlo_is_refused() {
+    let _dog = Watchdog::new("smtp helo fallback", Duration::from_secs(30));
+    let (addr, server) = helo_only_server(b"500 5.5.1 command unrecognized\r\n", b"250 queued\r\n");
     let reply = Mail::new(addr.to_string(), "a@example.org")
         .domain("client.test")
         .to("b@example.org")
@@ -633,44 +643,8 @@ fn helo_fallback_when_ehlo_is_refused() {
     assert!(seen[2].starts_with("AUTH PLAIN "));
 
     // Without AUTH the mail goes through, the lone "." line stuffed.
-    let (listener, addr) = util::local_listener();
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut w = stream.try_clone().unwrap();
-        let mut r = BufReader::new(stream);
-        let mut seen = Vec::new();
-        w.write_all(b"220 old.example ready\r\n").unwrap();
-        let mut in_data = false;
-        for _ in 0..100 {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            let line = line.trim_end_matches("\r\n").to_string();
-            seen.push(line.clone());
-            let answer: &[u8] = if in_data {
-                if line == "." {
-                    in_data = false;
-                    b"250 queued as 42\r\n"
-                } else {
-                    continue;
-                }
-            } else if line.starts_with("EHLO") {
-                b"502 5.5.2 not implemented\r\n"
-            } else if line == "DATA" {
-                in_data = true;
-                b"354 go ahead\r\n"
-            } else if line == "QUIT" {
-                w.write_all(b"221 bye\r\n").unwrap();
-                break;
-            } else {
-                b"250 ok\r\n"
-            };
-            w.write_all(answer).unwrap();
-        }
-        seen
-    });
+    let (addr, server) =
+        helo_only_server(b"502 5.5.2 not implemented\r\n", b"250 queued as 42\r\n");
     let reply = Mail::new(addr.to_string(), "a@example.org")
         .domain("client.test")
         .to("b@example.org")
