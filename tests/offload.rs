@@ -27,18 +27,6 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// Runs the dispatcher to its end under a watchdog and fails the test if any coroutine
-/// panicked. Returns how long the run took.
-fn run_checked(limit: Duration) -> Duration {
-    let reports = Rc::new(RefCell::new(Vec::<String>::new()));
-    let sink = reports.clone();
-    copas::setdefaulterrorhandler(move |report| sink.borrow_mut().push(report.to_string()));
-    let took = util::run_bounded(limit);
-    let reports = reports.borrow();
-    assert!(reports.is_empty(), "a coroutine panicked: {reports:#?}");
-    took
-}
-
 /// Ticks of a 10 ms ticker coroutine, and the longest gap between two of them. The count is
 /// atomic so that an offloaded closure can watch the ticker from its helper thread.
 #[derive(Default)]
@@ -111,7 +99,7 @@ fn slow_offload_does_not_stop_a_10ms_ticker() {
         t.stop.set(true);
     })
     .expect("addthread");
-    run_checked(secs(30));
+    util::run_checked(secs(30));
     let (r, took) = outcome.borrow_mut().take().expect("offload returned");
     let (value, during) = r.expect("offload");
     assert_eq!(value, 42);
@@ -135,7 +123,7 @@ fn dispatcher_sleeps_while_waiting_for_an_offload() {
     })
     .expect("addthread");
     let cpu_before = thread_cpu_time();
-    let took = run_checked(secs(20));
+    let took = util::run_checked(secs(20));
     let cpu = thread_cpu_time() - cpu_before;
     assert!(done.get());
     assert!(took >= ms(300), "returned early: {took:?}");
@@ -188,7 +176,7 @@ fn results_arrive_in_order_per_coroutine() {
         }
     })
     .expect("addthread");
-    run_checked(secs(30));
+    util::run_checked(secs(30));
     assert_eq!(*seen.borrow(), (0..20).collect::<Vec<u64>>());
 }
 
@@ -210,7 +198,7 @@ fn two_hundred_concurrent_offloads_all_complete() {
         })
         .expect("addthread");
     }
-    run_checked(secs(30));
+    util::run_checked(secs(30));
     let mut results = results.borrow().clone();
     results.sort();
     assert_eq!(results.len() as u64, N);
@@ -229,7 +217,7 @@ fn a_panic_in_the_closure_comes_back_as_an_error() {
         *out.borrow_mut() = Some((first, second));
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let (first, second) = outcome.borrow_mut().take().expect("coroutine finished");
     let e = first.expect_err("a panicking closure succeeded");
     assert_eq!(e.kind(), ErrorKind::Panicked);
@@ -283,7 +271,7 @@ fn cancelled_waiter_does_not_leak_or_crash_when_the_result_arrives() {
         assert!(copas::removethread(waiter));
     })
     .expect("addthread");
-    let took = run_checked(secs(30));
+    let took = util::run_checked(secs(30));
     // Waiting for the closure would take its 10 s.
     assert!(
         took < secs(5),
@@ -312,7 +300,7 @@ fn cancelled_waiter_does_not_leak_or_crash_when_the_result_arrives() {
         w.set(!own_done.load(Ordering::SeqCst));
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     assert!(!woken_early.get(), "a stale completion woke another wait");
     assert!(finished.load(Ordering::SeqCst));
     assert!(
@@ -361,7 +349,7 @@ fn connect_by_host_name_resolves_off_the_dispatcher() {
         *out.borrow_mut() = Some(run());
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let reply = outcome.borrow_mut().take().expect("client finished");
     assert_eq!(reply.expect("round trip"), b"hello");
     // The tuple and String forms go the same way.
@@ -371,7 +359,7 @@ fn connect_by_host_name_resolves_off_the_dispatcher() {
         sock.close();
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
 }
 
 /// A name that does not resolve gives `HostNotFound`, and the dispatcher keeps ticking.
@@ -388,7 +376,7 @@ fn unresolvable_name_gives_host_not_found_without_blocking() {
         *out.borrow_mut() = Some(r);
     })
     .expect("addthread");
-    run_checked(secs(30));
+    util::run_checked(secs(30));
     let e = outcome
         .borrow_mut()
         .take()
@@ -433,7 +421,7 @@ fn connect_by_name_to_a_closed_port_is_refused_at_once() {
         *out.borrow_mut() = Some((r, start.elapsed()));
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let (r, took) = outcome.borrow_mut().take().expect("connect returned");
     assert_eq!(r.expect_err("nobody listens").kind(), ErrorKind::Refused);
     assert!(took < secs(1), "refused after {took:?}");
@@ -452,7 +440,7 @@ fn connect_by_name_to_a_full_backlog_times_out() {
         *out.borrow_mut() = Some((r, start.elapsed()));
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let (r, took) = outcome.borrow_mut().take().expect("connect returned");
     let e = r.expect_err("connect to a full backlog succeeded");
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
@@ -481,6 +469,6 @@ fn numeric_addresses_are_not_resolved() {
         d.set(d.get() + 1);
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     assert_eq!(done.get(), 3);
 }

@@ -212,20 +212,7 @@ fn five_thousand_concurrent_clients_each_exchange_twenty_lines() {
     let fds_before = util::fd_count();
 
     // std's listener has a backlog of 128; ask for the system maximum (somaxconn).
-    let listener = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .expect("socket");
-    let bind_to: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    listener.bind(&bind_to.into()).expect("bind");
-    listener.listen(4096).expect("listen");
-    let addr = listener
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("an IP address");
+    let (listener, addr) = util::listener_with_backlog(4096);
 
     let tally = Rc::new(Tally::default());
     let server = {

@@ -263,20 +263,7 @@ fn shutdown_with_a_thousand_busy_connections_ends_by_its_deadline_and_leaks_noth
     let fds_before = util::fd_count();
 
     // std's listener has a backlog of 128; ask for more, all clients connect at once.
-    let listener = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .expect("socket");
-    let bind_to: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    listener.bind(&bind_to.into()).expect("bind");
-    listener.listen(4096).expect("listen");
-    let addr = listener
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("an IP address");
+    let (listener, addr) = util::listener_with_backlog(4096);
 
     let tally = Rc::new(ServerTally::default());
     {

@@ -40,19 +40,6 @@ const GUARD: Duration = Duration::from_secs(10);
 /// A value shared between the coroutines of one test and the test itself.
 type Shared<T> = Rc<RefCell<T>>;
 
-/// Runs the dispatcher to its end under a watchdog of `limit` and fails the test if any
-/// coroutine panicked (the dispatcher catches those panics, so an assertion failing inside
-/// a coroutine would otherwise go unnoticed). Returns how long the run took.
-fn run_checked(limit: Duration) -> Duration {
-    let reports = Rc::new(RefCell::new(Vec::<String>::new()));
-    let sink = reports.clone();
-    copas::setdefaulterrorhandler(move |report| sink.borrow_mut().push(report.to_string()));
-    let took = util::run_bounded(limit);
-    let reports = reports.borrow();
-    assert!(reports.is_empty(), "a coroutine panicked: {reports:#?}");
-    took
-}
-
 /// Adds a server that hands its first connection to `handler` and removes itself at once.
 /// The connection's timeouts are [`GUARD`].
 fn serve_once(handler: impl FnOnce(Socket) + 'static) -> SocketAddr {
@@ -107,7 +94,7 @@ fn with_peer(
 ) -> Duration {
     let addr = serve_once(handler);
     let peer = std_peer(addr, peer);
-    let took = run_checked(secs(20));
+    let took = util::run_checked(secs(20));
     join(peer);
     took
 }
@@ -249,7 +236,7 @@ fn removeserver_keep_open_hands_back_a_listener_that_can_be_added_again() {
         }
     })
     .expect("addthread");
-    let took = run_checked(secs(10));
+    let took = util::run_checked(secs(10));
     assert!(took < secs(5), "three rounds took {took:?}");
     assert_eq!(*lines.borrow(), ["hi 1", "hi 2", "hi 3"]);
     let listener = slot
@@ -264,7 +251,7 @@ fn removeserver_keep_open_hands_back_a_listener_that_can_be_added_again() {
 
 #[test]
 fn tcptimeout_a_empty_loop_exits() {
-    let took = run_checked(secs(5));
+    let took = util::run_checked(secs(5));
     assert!(took < secs(1), "an empty loop took {took:?}");
 }
 
@@ -279,7 +266,7 @@ fn tcptimeout_b_connect_and_close_exits() {
         closed2.set(sock.is_closed());
     })
     .expect("addthread");
-    let took = run_checked(secs(5));
+    let took = util::run_checked(secs(5));
     assert!(closed.get(), "the socket does not report closed");
     assert!(took < secs(2), "connect + close took {took:?}");
     assert_eq!(copas::status().sockets, 0);
@@ -296,7 +283,7 @@ fn tcptimeout_c_connect_to_full_backlog_times_out() {
         *outcome2.borrow_mut() = Some((result.map(|_| ()), start.elapsed()));
     })
     .expect("addthread");
-    run_checked(secs(5));
+    util::run_checked(secs(5));
     let (result, took) = outcome.borrow_mut().take().expect("connect returned");
     let err = result.expect_err("connect to a full backlog succeeded");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
@@ -332,7 +319,7 @@ fn tcptimeout_e_receive_after_echo_round_trip_times_out() {
         *result2.borrow_mut() = Some((err.kind(), err.partial().to_vec(), start.elapsed()));
     })
     .expect("addthread");
-    run_checked(secs(5));
+    util::run_checked(secs(5));
     let (kind, partial, took) = result.borrow_mut().take().expect("client finished");
     assert_eq!(kind, ErrorKind::Timeout);
     assert!(partial.is_empty(), "partial {partial:?}");
@@ -369,7 +356,7 @@ fn tcptimeout_f_handler_receive_timeout_leaves_no_bookkeeping() {
         client_err2.set(Some(err.kind()));
     })
     .expect("addthread");
-    run_checked(secs(5));
+    util::run_checked(secs(5));
 
     let (kind, took, st) = seen.borrow_mut().take().expect("handler finished");
     assert_eq!(kind, ErrorKind::Timeout);
@@ -484,7 +471,7 @@ fn close_wakes_blocked_reader_and_writer_with_closed() {
         .expect("closer");
     })
     .expect("client");
-    let took = run_checked(secs(10));
+    let took = util::run_checked(secs(10));
 
     let st: copas::Status = status_at_close.get().expect("closer ran");
     assert_eq!(
@@ -592,7 +579,7 @@ fn largetransfer_two_servers_receive_50_mib_while_tickers_tick() {
         (ticks, worst)
     });
 
-    let took = run_checked(secs(100));
+    let took = util::run_checked(secs(100));
     let transfer = servers.finished_at().expect("finished") - started.get().expect("started");
     let [(ticks, worst), (beats, worst_beat)] = tickers.map(|(t, w)| (t.get(), w.get()));
     eprintln!(
@@ -682,7 +669,7 @@ fn starve_one_byte_reader_under_flood_does_not_delay_a_ticker() {
     })
     .expect("ticker");
 
-    let took = run_checked(secs(30));
+    let took = util::run_checked(secs(30));
     eprintln!(
         "starve: {} bytes read one at a time in {took:?}, {} ticks, worst drift {:?}",
         bytes_read.get(),
@@ -738,7 +725,7 @@ fn two_readers_on_one_socket_are_both_served() {
         }
     })
     .expect("client");
-    run_checked(secs(10));
+    util::run_checked(secs(10));
     // Both served, in the order they started waiting.
     assert_eq!(
         *got.borrow(),
@@ -787,7 +774,7 @@ fn timed_out_reader_is_never_resumed_by_later_socket_events() {
         slept2.set(Some(copas::pause(secs(1))));
     })
     .expect("client");
-    run_checked(secs(10));
+    util::run_checked(secs(10));
     assert_eq!(
         *got.borrow(),
         [("a", b"one".to_vec()), ("b", b"two".to_vec())]
@@ -1154,7 +1141,7 @@ fn line_limit_bounds_the_buffered_line() {
         // The handler ends with unread data: its close may reset the connection.
         let _ = s.read_to_end(&mut Vec::new());
     });
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     join(peer);
     // 1: a 3 x LIMIT-byte line with LIMIT as the limit; 2: an endless line, default limit.
     assert_eq!(
@@ -1265,7 +1252,7 @@ fn send_to_reset_peer_is_closed_and_raises_no_sigpipe() {
     let sent_in_coroutine = Rc::new(Cell::new(None));
     let sent2 = sent_in_coroutine.clone();
     copas::addthread(move || sent2.set(Some(send_into_reset()))).expect("addthread");
-    run_checked(secs(30));
+    util::run_checked(secs(30));
     let in_coroutine = sent_in_coroutine.get().expect("the coroutine finished");
 
     // Outside any coroutine (blocking calls).
@@ -1302,7 +1289,7 @@ fn half_close_lets_the_server_read_all_and_still_reply() {
         *client2.borrow_mut() = Some((after.kind(), got));
     })
     .expect("client");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     assert_eq!(server_got.get(), Some(true), "the server got other data");
     let (after_kind, got) = client.borrow_mut().take().expect("client finished");
     assert_eq!(after_kind, ErrorKind::Closed);
@@ -1430,7 +1417,7 @@ fn connect_to_a_closed_port_is_refused_quickly() {
         *inside2.borrow_mut() = Some((r, start.elapsed()));
     })
     .expect("addthread");
-    run_checked(secs(10));
+    util::run_checked(secs(10));
     let (r, took) = inside.borrow_mut().take().expect("coroutine finished");
     assert_eq!(r.expect_err("nobody listens").kind(), ErrorKind::Refused);
     assert!(took < secs(1), "refused after {took:?}");
@@ -1497,7 +1484,7 @@ fn no_descriptor_leak_after_100_connections() {
         })
         .expect("addthread");
     }
-    run_checked(secs(30));
+    util::run_checked(secs(30));
     assert_eq!((served.get(), ok.get()), (CONNECTIONS, CONNECTIONS));
     let after = util::fd_count();
     let st = copas::status();

@@ -25,18 +25,6 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// Runs the dispatcher to its end under a watchdog and fails the test if any coroutine
-/// panicked. Returns how long the run took.
-fn run_checked(limit: Duration) -> Duration {
-    let reports = Rc::new(RefCell::new(Vec::<String>::new()));
-    let sink = reports.clone();
-    copas::setdefaulterrorhandler(move |report| sink.borrow_mut().push(report.to_string()));
-    let took = util::run_bounded(limit);
-    let reports = reports.borrow();
-    assert!(reports.is_empty(), "a coroutine panicked: {reports:#?}");
-    took
-}
-
 /// A UDP echo server as in Copas's `udptimeout`: a wrapped server socket looping on
 /// `receivefrom`/`sendto`. Returns its address and a handle to close it with.
 fn echo_server() -> (SocketAddr, UdpSocket) {
@@ -86,7 +74,7 @@ fn udptimeout_with_setpeername_send_receive() {
         server.close();
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let (echoed, e, took) = outcome
         .borrow_mut()
         .take()
@@ -121,7 +109,7 @@ fn udptimeout_with_sendto_receivefrom() {
         server.close();
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let (echoed, from, e, took) = outcome
         .borrow_mut()
         .take()
@@ -179,7 +167,7 @@ fn oversized_datagram_is_reported_not_cut() {
         *d.borrow_mut() = true;
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     assert!(*done.borrow());
 }
 
@@ -207,7 +195,7 @@ fn each_receive_takes_one_datagram() {
         assert_eq!(e.kind(), ErrorKind::Timeout);
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let expected: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 3]).collect();
     assert_eq!(*got.borrow(), expected);
 }
@@ -234,7 +222,7 @@ fn close_wakes_a_waiting_receiver() {
         );
     })
     .expect("addthread");
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let (r, took) = outcome.borrow_mut().take().expect("receiver returned");
     assert_eq!(r.expect_err("received").kind(), ErrorKind::Closed);
     assert!(took < secs(1), "woken after {took:?}");
@@ -265,7 +253,7 @@ fn udp_server_names_and_timeout() {
         Some("dns:handler")
     );
     assert_eq!(copas::status().read, 1);
-    run_checked(secs(20));
+    util::run_checked(secs(20));
     let (thread, name, timeouts, kind) = seen.borrow_mut().take().expect("handler ran");
     assert_eq!(thread.as_deref(), Some("dns:handler"));
     assert_eq!(name, "dns");
@@ -282,7 +270,7 @@ fn udp_server_names_and_timeout() {
         "the handler ran to its end at once"
     );
     let _ = (addr, addr2);
-    run_checked(secs(20));
+    util::run_checked(secs(20));
 }
 
 #[test]
@@ -303,7 +291,7 @@ fn default_names_tell_connected_from_unconnected() {
     let n = name.clone();
     copas::addudpserver(std_sock, move |sock| *n.borrow_mut() = sock.name()).expect("addudpserver");
     assert_eq!(*name.borrow(), format!("udp{{server}}:{addr}"));
-    run_checked(secs(20));
+    util::run_checked(secs(20));
 }
 
 #[test]

@@ -69,20 +69,44 @@ pub fn assert_child_passes(
     out
 }
 
-/// A loopback listener whose accept queue is already full (backlog 0, filled by the
-/// returned connections): the kernel drops further SYNs, so a connect to it can only end
-/// by its own timeout.
-pub fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<std::net::TcpStream>) {
-    let listener =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+/// Runs the dispatcher to its end under a watchdog of `limit` and fails the test if any
+/// coroutine panicked (the dispatcher catches those panics, so an assertion failing inside
+/// a coroutine would otherwise go unnoticed). Returns how long the run took.
+pub fn run_checked(limit: Duration) -> Duration {
+    let reports = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let sink = reports.clone();
+    copas::setdefaulterrorhandler(move |report| sink.borrow_mut().push(report.to_string()));
+    let took = run_bounded(limit);
+    let reports = reports.borrow();
+    assert!(reports.is_empty(), "a coroutine panicked: {reports:#?}");
+    took
+}
+
+/// A loopback TCP listener with an accept queue of `backlog` (std's `TcpListener::bind`
+/// always asks for 128), and its address.
+pub fn listener_with_backlog(backlog: i32) -> (socket2::Socket, SocketAddr) {
+    let listener = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("socket");
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     listener.bind(&any.into()).expect("bind");
-    listener.listen(0).expect("listen(0)");
+    listener.listen(backlog).expect("listen");
     let addr = listener
         .local_addr()
         .expect("local_addr")
         .as_socket()
         .expect("inet");
+    (listener, addr)
+}
+
+/// A loopback listener whose accept queue is already full (backlog 0, filled by the
+/// returned connections): the kernel drops further SYNs, so a connect to it can only end
+/// by its own timeout.
+pub fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<std::net::TcpStream>) {
+    let (listener, addr) = listener_with_backlog(0);
     let fillers: Vec<std::net::TcpStream> = (0..3)
         .filter_map(|_| {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
