@@ -1390,6 +1390,70 @@ fn read_trait_reads_what_is_there() {
     assert_eq!(rest, b"lo world");
 }
 
+#[test]
+fn receivepartial_returns_exactly_what_came_at_any_size() {
+    // Sizes below, at and above the 16 KiB up to which reads go through the thread's
+    // scratch buffer, each asked for with a `max` above it: every message comes back whole
+    // and byte-exact in one or more pieces, none longer than `max`, and a small message
+    // does not hold a `max`-sized allocation.
+    const SIZES: [usize; 5] = [1, 100, 4096, 16 * 1024, 40 * 1024];
+    const MAX: [usize; 5] = [4096, 4096, 16 * 1024, 16 * 1024, 64 * 1024];
+    let bodies: Vec<Vec<u8>> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| pattern_bytes(n, 77 + i as u64))
+        .collect();
+    let sent = bodies.clone();
+    let got: Shared<Vec<(Vec<u8>, usize, usize)>> = Rc::default();
+    let got2 = got.clone();
+    with_peer(
+        move |mut s| {
+            let mut ack = [0u8; 1];
+            for body in &sent {
+                s.write_all(body).expect("write");
+                // One message at a time: the handler acknowledges each whole one.
+                s.read_exact(&mut ack).expect("ack");
+            }
+        },
+        move |mut sock| {
+            for (&size, &max) in SIZES.iter().zip(&MAX) {
+                let mut whole = Vec::new();
+                let mut largest = 0;
+                let mut slack = 0;
+                for _ in 0..size {
+                    if whole.len() == size {
+                        break;
+                    }
+                    let piece = sock.receivepartial(max).expect("receivepartial");
+                    assert!(!piece.is_empty(), "end of stream mid-message");
+                    largest = largest.max(piece.len());
+                    slack = slack.max(piece.capacity() - piece.len());
+                    whole.extend_from_slice(&piece);
+                }
+                sock.send(b"k").expect("ack");
+                got2.borrow_mut().push((whole, largest, slack));
+            }
+        },
+    );
+    let got = got.borrow();
+    assert_eq!(got.len(), SIZES.len());
+    for (i, (whole, largest, slack)) in got.iter().enumerate() {
+        assert!(
+            whole == &bodies[i],
+            "message of {} bytes corrupted",
+            SIZES[i]
+        );
+        assert!(
+            *largest <= MAX[i],
+            "a piece of {largest} bytes for max {}",
+            MAX[i]
+        );
+        if MAX[i] <= 16 * 1024 {
+            assert_eq!(*slack, 0, "a {}-byte message kept spare capacity", SIZES[i]);
+        }
+    }
+}
+
 // ----- connect failures -------------------------------------------------------------------
 
 #[test]

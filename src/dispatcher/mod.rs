@@ -50,7 +50,7 @@ pub use task::Coroutine;
 pub(crate) use task::{TaskName, TaskSocket, Wake};
 
 use poller::{Poller, Readiness};
-use reactor::{Source, WaitQueue};
+use reactor::Source;
 use task::{Task, Wait};
 use timers::TimerQueue;
 
@@ -243,9 +243,9 @@ impl State {
         if let Wait::Io { source, write } = wait {
             if let Some(src) = self.sources.get_mut(source as usize) {
                 let queue = if write {
-                    &mut src.writers
+                    &src.io.writers
                 } else {
-                    &mut src.readers
+                    &src.io.readers
                 };
                 if queue.remove(co) {
                     src.io.waiting.set(src.io.waiting.get() - 1);
@@ -317,11 +317,11 @@ impl State {
         }
         if ev.readable {
             src.io.readable.set(true);
-            woken[0] = src.readers.pop();
+            woken[0] = src.io.readers.pop();
         }
         if ev.writable {
             src.io.writable.set(true);
-            woken[1] = src.writers.pop();
+            woken[1] = src.io.writers.pop();
         }
         let popped = woken.iter().flatten().count() as u32;
         if popped > 0 {
@@ -335,13 +335,14 @@ impl State {
     /// Removes a source whose descriptor is gone; its waiters wake with `Closed`.
     fn remove_source(&mut self, key: SourceKey) -> Option<Source> {
         self.source_mut(key)?;
-        let mut src = self.sources.remove(key.index as usize);
+        let src = self.sources.remove(key.index as usize);
         if src.acceptor.is_some() {
             self.servers -= 1;
         }
         src.io.key.set(None);
         src.io.waiting.set(0);
-        let waiters: Vec<Coroutine> = src.readers.drain().chain(src.writers.drain()).collect();
+        let mut waiters = src.io.readers.drain();
+        waiters.extend(src.io.writers.drain());
         for co in waiters {
             self.wake(co, Wake::Closed);
         }
@@ -898,7 +899,7 @@ impl Dispatcher {
                 .sources
                 .iter()
                 .filter(|(_, s)| {
-                    s.acceptor.is_some() || !s.readers.is_empty() || !s.writers.is_empty()
+                    s.acceptor.is_some() || !s.io.readers.is_empty() || !s.io.writers.is_empty()
                 })
                 .map(|(i, s)| SourceKey {
                     index: i as u32,
@@ -1008,55 +1009,38 @@ impl Dispatcher {
             return Wake::Cancelled;
         };
         let co = Coroutine::from_tag(tag);
-        {
-            let mut st = self.state.borrow_mut();
-            if st.task(co).is_none() {
-                return Wake::Cancelled;
-            }
-            let Some(src) = st.source_mut(key) else {
-                return Wake::Closed;
-            };
-            if write {
-                src.writers.push(co);
-            } else {
-                src.readers.push(co);
-            }
-            io.waiting.set(io.waiting.get() + 1);
-            let wait = Wait::Io {
-                source: key.index,
-                write,
-            };
-            if !st.enter_wait(co, wait, deadline) {
-                if let Some(src) = st.source_mut(key) {
-                    if write {
-                        src.writers.pop_back();
-                    } else {
-                        src.readers.pop_back();
-                    }
-                }
-                io.waiting.set(io.waiting.get() - 1);
-                return Wake::Cancelled;
-            }
+        let wait = Wait::Io {
+            source: key.index,
+            write,
+        };
+        if !self.state.borrow_mut().enter_wait(co, wait, deadline) {
+            return Wake::Cancelled;
         }
+        // The queue lives in the socket's `IoSource`, which the caller has just used: no
+        // other per-socket memory is touched to park here.
+        if write {
+            io.writers.push(co);
+        } else {
+            io.readers.push(co);
+        }
+        io.waiting.set(io.waiting.get() + 1);
         self.suspend(co)
     }
 
     /// After an operation that left `io` ready, lets the next waiter in that direction
     /// have its turn (several coroutines may wait on one socket).
     pub(crate) fn pass_on(&self, io: &IoSource, write: bool) {
-        let Some(key) = io.key.get() else { return };
-        let mut st = self.state.borrow_mut();
-        let Some(src) = st.source_mut(key) else {
+        if io.key.get().is_none() {
             return;
-        };
+        }
         let next = if write {
-            src.writers.pop()
+            io.writers.pop()
         } else {
-            src.readers.pop()
+            io.readers.pop()
         };
         if let Some(co) = next {
-            src.io.waiting.set(src.io.waiting.get() - 1);
-            st.wake_popped(co);
+            io.waiting.set(io.waiting.get() - 1);
+            self.state.borrow_mut().wake_popped(co);
         }
     }
 
@@ -1298,8 +1282,6 @@ impl Dispatcher {
             let index = st.sources.insert(Source {
                 generation,
                 io: io.clone(),
-                readers: WaitQueue::default(),
-                writers: WaitQueue::default(),
                 acceptor,
                 accept_scheduled: false,
             }) as u32;

@@ -34,6 +34,10 @@ pub(crate) struct IoSource {
     /// Coroutines waiting on this socket, both directions; lets a finished operation skip
     /// the dispatcher when nobody else waits.
     pub(crate) waiting: Cell<u32>,
+    /// Coroutines waiting to read, in order.
+    pub(crate) readers: WaitQueue,
+    /// Coroutines waiting to write, in order.
+    pub(crate) writers: WaitQueue,
     /// The dispatcher's key, `None` when not registered (closed, or no dispatcher).
     pub(crate) key: Cell<Option<SourceKey>>,
     /// The handle that names the socket, for listings (`introspect.rs`).
@@ -48,6 +52,8 @@ impl IoSource {
             writable: Cell::new(true),
             read_closed: Cell::new(false),
             waiting: Cell::new(0),
+            readers: WaitQueue::default(),
+            writers: WaitQueue::default(),
             key: Cell::new(None),
             owner: OnceCell::new(),
         }
@@ -105,55 +111,62 @@ pub(crate) enum AcceptOutcome {
 /// Coroutines waiting on one socket in one direction, first come first served.
 ///
 /// Nearly always there is at most one, so the first lives inline and the queue behind it
-/// allocates only when several coroutines wait on the same socket at once.
+/// allocates only when several coroutines wait on the same socket at once. It lives in the
+/// [`IoSource`] that the socket's operations touch anyway, and is changed through `&self`,
+/// so that parking a coroutine on a socket touches no other per-socket memory.
 #[derive(Debug, Default)]
 pub(crate) struct WaitQueue {
-    first: Option<Coroutine>,
-    rest: VecDeque<Coroutine>,
+    first: Cell<Option<Coroutine>>,
+    rest: RefCell<VecDeque<Coroutine>>,
 }
 
 impl WaitQueue {
-    pub(crate) fn push(&mut self, co: Coroutine) {
-        if self.first.is_none() {
-            self.first = Some(co);
+    pub(crate) fn push(&self, co: Coroutine) {
+        if self.first.get().is_none() {
+            self.first.set(Some(co));
         } else {
-            self.rest.push_back(co);
+            self.rest.borrow_mut().push_back(co);
         }
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Coroutine> {
+    pub(crate) fn pop(&self) -> Option<Coroutine> {
         let first = self.first.take()?;
-        self.first = self.rest.pop_front();
+        if !self.is_rest_empty() {
+            self.first.set(self.rest.borrow_mut().pop_front());
+        }
         Some(first)
     }
 
     /// Removes `co` wherever it is; false if it was not there.
-    pub(crate) fn remove(&mut self, co: Coroutine) -> bool {
-        if self.first == Some(co) {
-            self.first = self.rest.pop_front();
+    pub(crate) fn remove(&self, co: Coroutine) -> bool {
+        if self.first.get() == Some(co) {
+            self.first.set(self.rest.borrow_mut().pop_front());
             return true;
         }
-        match self.rest.iter().position(|c| *c == co) {
+        let mut rest = self.rest.borrow_mut();
+        match rest.iter().position(|c| *c == co) {
             Some(pos) => {
-                self.rest.remove(pos);
+                rest.remove(pos);
                 true
             }
             None => false,
         }
     }
 
-    /// Takes the most recent waiter back (undoing a `push`).
-    pub(crate) fn pop_back(&mut self) -> Option<Coroutine> {
-        self.rest.pop_back().or_else(|| self.first.take())
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.get().is_none()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.first.is_none()
+    /// Whether nobody waits behind the first; reads only the length, no allocation.
+    fn is_rest_empty(&self) -> bool {
+        self.rest.borrow().is_empty()
     }
 
     /// Empties the queue, returning the waiters in order.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Coroutine> + '_ {
-        self.first.take().into_iter().chain(self.rest.drain(..))
+    pub(crate) fn drain(&self) -> Vec<Coroutine> {
+        let mut all: Vec<Coroutine> = self.first.take().into_iter().collect();
+        all.extend(self.rest.borrow_mut().drain(..));
+        all
     }
 }
 
@@ -161,8 +174,6 @@ impl WaitQueue {
 pub(crate) struct Source {
     pub(crate) generation: u32,
     pub(crate) io: Rc<IoSource>,
-    pub(crate) readers: WaitQueue,
-    pub(crate) writers: WaitQueue,
     /// Set for listening sockets added with `addserver`.
     pub(crate) acceptor: Option<Rc<dyn Acceptor>>,
     /// An accept round is already scheduled (pending list or back-off timer).
@@ -182,7 +193,7 @@ mod tests {
 
     #[test]
     fn wait_queue_is_fifo_and_removes_anywhere() {
-        let mut q = WaitQueue::default();
+        let q = WaitQueue::default();
         assert!(q.is_empty());
         for n in 1..=4 {
             q.push(co(n));
@@ -192,8 +203,8 @@ mod tests {
         assert!(!q.remove(co(3)));
         assert_eq!(q.pop(), Some(co(2)));
         q.push(co(5));
-        assert_eq!(q.pop_back(), Some(co(5)));
-        assert_eq!(q.drain().collect::<Vec<_>>(), vec![co(4)]);
+        assert!(q.remove(co(5)));
+        assert_eq!(q.drain(), vec![co(4)]);
         assert!(q.is_empty());
         assert_eq!(q.pop(), None);
     }

@@ -43,6 +43,15 @@ const FILL_MIN: usize = 1024;
 /// Chunk size for reading `Pattern::All` and large exact reads straight into the result.
 const BULK_CHUNK: usize = 64 * 1024;
 
+/// The largest `receivepartial` read that goes through the thread's scratch buffer.
+const SCRATCH_LEN: usize = 16 * 1024;
+
+thread_local! {
+    /// Where small `receivepartial` reads land before being copied out at their exact
+    /// size (see [`Socket::recv_vec`]). Allocated on first use; never held across a wait.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(Box::default());
+}
+
 /// What [`Socket::receive`] reads (LuaSocket's receive patterns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
@@ -341,10 +350,11 @@ impl Socket {
     /// Reads up to `max` (≥ 1) bytes into a new vector, waiting until the socket is
     /// readable; an empty vector at end of stream. Not for TLS (see `read_waiting`).
     ///
-    /// The vector is allocated only once there is something to read, and freed by the
-    /// caller soon after: so the allocator hands the same warm block to the next connection
-    /// served, where a per-connection buffer would be one more cold page per message when
-    /// thousands of connections take turns.
+    /// Nothing is held while waiting, and the vector is allocated once the bytes are
+    /// there, at their size (see [`Socket::recv_vec`]): the caller frees it soon after, so
+    /// the allocator hands the same warm block to the next connection served, where a
+    /// per-connection buffer would be one more cold page per message when thousands of
+    /// connections take turns.
     fn recv_vec_waiting(&self, max: usize, deadline: Option<Instant>) -> Result<Vec<u8>> {
         loop {
             if self.conn.io.is_closed() {
@@ -354,20 +364,48 @@ impl Socket {
                 return Ok(Vec::new());
             }
             if self.conn.io.readable.get() || self.conn.io.read_closed.get() {
-                let mut out = Vec::with_capacity(max);
-                match self.recv_into_uninit(out.spare_capacity_mut()) {
-                    Ok(n) => {
-                        // SAFETY: `recv` initialised the first `n` bytes of the spare
-                        // capacity (socket2's `recv` contract), and `n` ≤ the capacity.
-                        unsafe { out.set_len(n) };
-                        return Ok(out);
-                    }
+                match self.recv_vec(max) {
+                    Ok(out) => return Ok(out),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e.into()),
                 }
             }
             self.conn.wait(false, deadline)?;
         }
+    }
+
+    /// One `recv` of up to `max` bytes into a vector holding exactly what came.
+    ///
+    /// Up to [`SCRATCH_LEN`] the bytes land in this thread's scratch buffer, always warm,
+    /// and are copied into a vector of their exact size: a small exact allocation comes from
+    /// the allocator's per-thread cache in a few dozen instructions, where a vector of
+    /// `max` bytes (4 KiB in a typical handler) takes glibc's general path, about 500
+    /// instructions per message to allocate and free. Bigger requests read straight into
+    /// the vector, where the copy would cost more than the allocation.
+    fn recv_vec(&self, max: usize) -> io::Result<Vec<u8>> {
+        if max <= SCRATCH_LEN {
+            let copied = SCRATCH.try_with(|scratch| {
+                let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                    return None;
+                };
+                if scratch.is_empty() {
+                    *scratch = vec![0; SCRATCH_LEN].into_boxed_slice();
+                }
+                Some(
+                    self.recv_into(&mut scratch[..max])
+                        .map(|n| scratch[..n].to_vec()),
+                )
+            });
+            if let Ok(Some(result)) = copied {
+                return result;
+            }
+        }
+        let mut out = Vec::with_capacity(max);
+        let n = self.recv_into_uninit(out.spare_capacity_mut())?;
+        // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (socket2's
+        // `recv` contract), and `n` ≤ the capacity.
+        unsafe { out.set_len(n) };
+        Ok(out)
     }
 
     /// Reads at least one byte into `dst` (or 0 at end of stream), waiting if needed.
