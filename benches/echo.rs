@@ -7,6 +7,8 @@
 //! cargo bench --bench echo -- syscalls     # only system calls per message (needs `perf`)
 //! cargo bench --bench echo -- http         # wrk against examples/http_hello and a tokio twin
 //! cargo bench --bench echo -- all          # all three
+//! cargo bench --bench echo -- instructions # instructions and cache misses per message
+//!                                          # under cachegrind (needs valgrind; not in `all`)
 //! ```
 //!
 //! One binary, several roles chosen by its first argument; the orchestrator re-executes
@@ -30,7 +32,9 @@
 //! `ECHO_QUIET_PCT` [25], `ECHO_NOTE` (printed in the header), `ECHO_FIFO` real-time
 //! priority for servers and load generators [0: normal scheduling; needs root or
 //! `CAP_SYS_NICE`; the published runs use `ECHO_FIFO=10` so that other work on a shared
-//! machine cannot take the measured CPUs].
+//! machine cannot take the measured CPUs]. The instructions mode reads `ECHO_SERVERS`
+//! [copas,polling,tokio], `ECHO_LOADS`, `ECHO_WARMUP` [2] and `ECHO_SECS` [5], and ignores
+//! `ECHO_FIFO`.
 //!
 //! Hidden roles, useful for profiling by hand (see docs/benchmarks.md):
 //! `__server <kind>` prints `port=<n>` and serves forever; `__load <port> <server pid>
@@ -94,6 +98,7 @@ fn main() {
         Some("http") => {
             http_mode();
         }
+        Some("instructions") => instructions_mode(),
         Some("all") => {
             echo_mode();
             syscall_mode();
@@ -103,7 +108,7 @@ fn main() {
         // four-minute measurement there.
         None if !under_cargo_bench => {
             println!(
-                "echo bench: run it with `cargo bench --bench echo [-- echo|syscalls|http|all]`"
+                "echo bench: run it with `cargo bench --bench echo [-- echo|syscalls|http|instructions|all]`"
             );
         }
         None => {
@@ -111,7 +116,7 @@ fn main() {
             syscall_mode();
         }
         Some(other) => {
-            eprintln!("unknown mode {other:?}: use echo, syscalls, http or all");
+            eprintln!("unknown mode {other:?}: use echo, syscalls, http, instructions or all");
             std::process::exit(2);
         }
     }
@@ -827,10 +832,16 @@ fn run_load(
     let mut measuring = false;
     let mut window_start = start;
     let mut msgs: u64 = 0;
+    // Every echo completed over the whole run, warm-up and drain included: after the window
+    // no new message is sent and the ones in flight are awaited, so this is exactly the
+    // number of messages the server echoed (the instructions mode divides by it).
     let mut all_msgs: u64 = 0;
     let mut srv0 = (0, 0);
     let mut sys0 = (0, 0);
     let mut self0 = (0, 0);
+    // The window's figures once it has ended; then the loop only drains.
+    let mut window_stats = None;
+    let mut in_flight = conns;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let stats = loop {
         // SAFETY: events is a valid buffer of events.len() entries.
@@ -868,12 +879,19 @@ fn run_load(
                     rtts.push(rtt.min(u32::MAX as u128) as u32);
                     msgs += 1;
                 }
-                sent_at[i] = now;
-                send(fd)?;
+                if window_stats.is_some() {
+                    in_flight -= 1;
+                } else {
+                    sent_at[i] = now;
+                    send(fd)?;
+                }
             }
         }
+        if let Some(stats) = window_stats.filter(|_| in_flight == 0) {
+            break stats;
+        }
         let now = Instant::now();
-        if !measuring && now >= measure_from {
+        if window_stats.is_none() && !measuring && now >= measure_from {
             if let Some(p) = perf.as_mut() {
                 p.command("enable");
             }
@@ -890,7 +908,8 @@ fn run_load(
             let srv1 = proc_times(server_pid);
             let sys1 = system_times();
             let self1 = proc_times(std::process::id());
-            break (window, srv1, sys1, self1);
+            measuring = false;
+            window_stats = Some((window, srv1, sys1, self1));
         } else if now >= give_up {
             return Err("no progress".into());
         }
@@ -1213,6 +1232,327 @@ fn syscall_mode() {
     print!("{detail}");
     println!();
     println!("written to {}", path.display());
+}
+
+// ----- mode: instructions and cache misses per message under cachegrind -------------------
+
+/// How cachegrind runs the server: a simulated 32 KiB 8-way L1d and, as its "last level", a
+/// 512 KiB 8-way cache standing for the per-core L2 of this machine's EPYC cores (the real
+/// last level, the shared L3, is not what an echo server's working set spills out of).
+const CACHEGRIND_ARGS: &[&str] = &[
+    "--tool=cachegrind",
+    "--cache-sim=yes",
+    "--D1=32768,8,64",
+    "--LL=524288,8,64",
+];
+
+/// The servers of the instructions mode by default (`may`'s own stack switching is not
+/// worth the slow-down under valgrind; name it in `ECHO_SERVERS` to include it).
+const INSTRUCTION_SERVERS: &str = "copas,polling,tokio";
+
+/// The counters of one cachegrind run, from the summary valgrind writes when the server ends.
+#[derive(Clone, Copy, Debug)]
+struct CacheCounts {
+    /// `I refs`: user-space instructions executed.
+    instructions: u64,
+    /// `D1 misses`: data reads and writes that missed the simulated L1d.
+    d1_misses: u64,
+    /// `LLd misses`: data accesses that also missed the simulated 512 KiB L2.
+    l2_misses: u64,
+}
+
+impl CacheCounts {
+    /// `self - base`, each counter saturating at 0.
+    fn minus(self, base: CacheCounts) -> CacheCounts {
+        CacheCounts {
+            instructions: self.instructions.saturating_sub(base.instructions),
+            d1_misses: self.d1_misses.saturating_sub(base.d1_misses),
+            l2_misses: self.l2_misses.saturating_sub(base.l2_misses),
+        }
+    }
+}
+
+/// Checks that `valgrind` runs, so a missing tool fails before any server starts.
+fn valgrind_works() -> Result<(), String> {
+    let out = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run valgrind: {e} (Debian package valgrind)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`valgrind --version` failed ({})", out.status))
+    }
+}
+
+/// Reads `I refs`, `D1 misses` and `LLd misses` from cachegrind's summary
+/// (`==PID== D1  misses:  1,210,643  ( 887,721 rd + 322,922 wr)`).
+fn parse_cachegrind_summary(log: &str) -> Result<CacheCounts, String> {
+    let mut fields: BTreeMap<String, u64> = BTreeMap::new();
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix("==").and_then(|l| l.split_once("== ")) else {
+            continue;
+        };
+        let Some((key, value)) = rest.1.split_once(':') else {
+            continue;
+        };
+        let number = value
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .replace(',', "");
+        if let Ok(n) = number.parse() {
+            fields.insert(key.split_whitespace().collect::<Vec<_>>().join(" "), n);
+        }
+    }
+    let get = |key: &str| {
+        fields
+            .get(key)
+            .copied()
+            .ok_or_else(|| format!("no `{key}` in cachegrind's summary"))
+    };
+    Ok(CacheCounts {
+        instructions: get("I refs")?,
+        d1_misses: get("D1 misses")?,
+        l2_misses: get("LLd misses")?,
+    })
+}
+
+/// The number of descriptors `pid` has open (valgrind's own included: they are constant).
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Waits up to `limit` until `pid` has a number of open descriptors for which `done` holds;
+/// returns whether it got there. The server is slow under valgrind: this is how the
+/// orchestrator knows it has accepted, or closed, every connection.
+fn wait_for_fds(pid: u32, limit: Duration, done: impl Fn(usize) -> bool) -> bool {
+    let give_up = Instant::now() + limit;
+    loop {
+        if done(open_fds(pid)) {
+            return true;
+        }
+        if Instant::now() >= give_up {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How long a server under valgrind gets to accept or close every connection, or to write
+/// its summary.
+const VALGRIND_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Starts the `kind` server role under cachegrind, its valgrind log in `<stem>.log` and its
+/// per-function counts in `<stem>.out` (for `cg_annotate`). Returns the server and the
+/// number of descriptors it has open once it listens.
+fn spawn_under_cachegrind(kind: &str, stem: &Path) -> Result<(ServerProc, usize), String> {
+    let mut cmd = Command::new("valgrind");
+    cmd.args(CACHEGRIND_ARGS)
+        .arg(format!("--cachegrind-out-file={}.out", stem.display()))
+        .arg(format!("--log-file={}.log", stem.display()))
+        .arg(env::current_exe().expect("current_exe"))
+        .args(["__server", kind]);
+    let server = ServerProc::start(cmd)?;
+    let fds = open_fds(server.pid());
+    Ok((server, fds))
+}
+
+/// Ends a server under cachegrind with SIGTERM, which valgrind delivers to the program
+/// (default action: terminate) and then writes its summary, and parses the summary.
+fn stop_under_cachegrind(mut server: ServerProc, stem: &Path) -> Result<CacheCounts, String> {
+    // SAFETY: plain kill(2) on our own child, which has not been waited for yet.
+    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
+    let give_up = Instant::now() + VALGRIND_PATIENCE;
+    while server
+        .child
+        .try_wait()
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        if Instant::now() >= give_up {
+            return Err("valgrind did not end within 60 s of SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log_path = PathBuf::from(format!("{}.log", stem.display()));
+    let log = fs::read_to_string(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    parse_cachegrind_summary(&log).map_err(|e| format!("{e} ({})", log_path.display()))
+}
+
+/// The baseline run: `conns` connections opened and closed again without a message, and
+/// the server left to accept and to close every one of them, so the baseline holds the
+/// same start-up, accept and tear-down work as the measured run.
+fn baseline_connections(server: &ServerProc, idle_fds: usize, conns: usize) -> Result<(), String> {
+    let streams = (0..conns)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("connect: {e}"))?;
+    if !wait_for_fds(server.pid(), VALGRIND_PATIENCE, |n| n >= idle_fds + conns) {
+        return Err(format!(
+            "the server did not accept {conns} connections in 60 s"
+        ));
+    }
+    drop(streams);
+    if !wait_for_fds(server.pid(), VALGRIND_PATIENCE, |n| n <= idle_fds) {
+        return Err("the server did not close its connections in 60 s".into());
+    }
+    Ok(())
+}
+
+/// One cell of the instructions mode.
+struct InstructionCell {
+    /// Messages echoed over the server's whole life (warm-up and drain included).
+    msgs: u64,
+    /// Echo rate in the measured window, under valgrind.
+    msgs_s: f64,
+    /// The measured run's counters.
+    run: CacheCounts,
+    /// The same life with no message.
+    baseline: CacheCounts,
+}
+
+impl InstructionCell {
+    /// A counter of `run - baseline` per echoed message.
+    fn per_msg(&self, counter: fn(CacheCounts) -> u64) -> f64 {
+        counter(self.run.minus(self.baseline)) as f64 / self.msgs as f64
+    }
+}
+
+/// Measures one server and load: a baseline life without messages, then the same life
+/// with the load role's closed loop, both under cachegrind.
+fn instruction_cell(
+    server: &str,
+    conns: usize,
+    size: usize,
+    warm: f64,
+    secs: f64,
+    dir: &Path,
+) -> Result<InstructionCell, String> {
+    let stem = |what: &str| dir.join(format!("{server}-{conns}x{size}-{what}"));
+    let (srv, idle_fds) = spawn_under_cachegrind(server, &stem("baseline"))?;
+    baseline_connections(&srv, idle_fds, conns)?;
+    let baseline = stop_under_cachegrind(srv, &stem("baseline"))?;
+
+    let (srv, idle_fds) = spawn_under_cachegrind(server, &stem("run"))?;
+    let r = run_cell(&srv, conns, size, warm, secs, false)?;
+    // The load role has closed its connections; let the server see every end of stream,
+    // as in the baseline.
+    if !wait_for_fds(srv.pid(), VALGRIND_PATIENCE, |n| n <= idle_fds) {
+        return Err("the server did not close its connections in 60 s".into());
+    }
+    let run = stop_under_cachegrind(srv, &stem("run"))?;
+    let msgs: u64 = r
+        .get("all_msgs")
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .ok_or("the load role echoed no message")?;
+    Ok(InstructionCell {
+        msgs,
+        msgs_s: num(&r, "msgs") / num(&r, "window"),
+        run,
+        baseline,
+    })
+}
+
+/// `cargo bench --bench echo -- instructions`: user-space instructions and simulated data
+/// cache misses per echoed message, which, unlike msgs/s on a shared machine, repeat from
+/// run to run. Exits with status 1 when valgrind is missing.
+fn instructions_mode() {
+    let warm: f64 = env_or("ECHO_WARMUP", 2.0);
+    let secs: f64 = env_or("ECHO_SECS", 5.0);
+    let servers = env_list("ECHO_SERVERS", INSTRUCTION_SERVERS);
+    let loads: Vec<(usize, usize)> = env_list("ECHO_LOADS", "50x64,1000x1024")
+        .iter()
+        .map(|s| parse_load(s))
+        .collect();
+    println!("## instructions per echoed message: servers under `valgrind {}`, {warm} s warm-up + {secs} s measured, minus a baseline life with no message", CACHEGRIND_ARGS.join(" "));
+    if let Err(e) = valgrind_works() {
+        eprintln!("instructions mode: {e}");
+        std::process::exit(1);
+    }
+    if fifo_priority().is_some() {
+        // valgrind runs the server tens of times slower: under SCHED_FIFO it would own
+        // its CPU for minutes. Pinning stays.
+        println!("ECHO_FIFO is ignored in this mode");
+        env::remove_var("ECHO_FIFO");
+    }
+    println!("{}", machine_header());
+    let dir = out_dir().join("cachegrind");
+    fs::create_dir_all(&dir).expect("create the cachegrind directory");
+    let mut csv = String::from(
+        "server,conns,size,msgs,instructions_per_msg,d1_misses_per_msg,l2_misses_per_msg,\
+         run_instructions,run_d1_misses,run_l2_misses,\
+         baseline_instructions,baseline_d1_misses,baseline_l2_misses,msgs_per_s_under_valgrind\n",
+    );
+    let mut cells: BTreeMap<(String, usize, usize), InstructionCell> = BTreeMap::new();
+    for &(conns, size) in &loads {
+        for server in &servers {
+            let cell = match instruction_cell(server, conns, size, warm, secs, &dir) {
+                Ok(cell) => cell,
+                Err(e) => {
+                    eprintln!("{server} C={conns} S={size}: {e}");
+                    continue;
+                }
+            };
+            println!(
+                "C={conns:<4} S={size:<4} {server:<10} {} msgs ({:.0} msgs/s under valgrind): {:.0} instructions/msg, baseline {:.1} M instructions",
+                cell.msgs,
+                cell.msgs_s,
+                cell.per_msg(|c| c.instructions),
+                cell.baseline.instructions as f64 / 1e6,
+            );
+            let (run, base) = (cell.run, cell.baseline);
+            let _ = writeln!(
+                csv,
+                "{server},{conns},{size},{},{:.1},{:.3},{:.4},{},{},{},{},{},{},{:.0}",
+                cell.msgs,
+                cell.per_msg(|c| c.instructions),
+                cell.per_msg(|c| c.d1_misses),
+                cell.per_msg(|c| c.l2_misses),
+                run.instructions,
+                run.d1_misses,
+                run.l2_misses,
+                base.instructions,
+                base.d1_misses,
+                base.l2_misses,
+                cell.msgs_s,
+            );
+            cells.insert((server.clone(), conns, size), cell);
+        }
+    }
+    let path = out_dir().join("instructions.csv");
+    fs::write(&path, csv).expect("write instructions.csv");
+    println!();
+    println!("| server | load | msgs echoed | instructions/msg | D1 misses/msg | L2-proxy misses/msg | instructions vs polling | whole life: instructions/msg | baseline: M instructions |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &(conns, size) in &loads {
+        let polling = cells
+            .get(&("polling".to_string(), conns, size))
+            .map_or(f64::NAN, |c| c.per_msg(|c| c.instructions));
+        for server in &servers {
+            let Some(cell) = cells.get(&(server.clone(), conns, size)) else {
+                println!("| {server} | {conns}x{size} | failed | | | | | | |");
+                continue;
+            };
+            let instructions = cell.per_msg(|c| c.instructions);
+            println!(
+                "| {server} | {conns}x{size} | {} | {instructions:.0} | {:.2} | {:.3} | {} | {:.0} | {:.1} |",
+                cell.msgs,
+                cell.per_msg(|c| c.d1_misses),
+                cell.per_msg(|c| c.l2_misses),
+                ratio(instructions, polling),
+                cell.run.instructions as f64 / cell.msgs as f64,
+                cell.baseline.instructions as f64 / 1e6,
+            );
+        }
+    }
+    println!();
+    println!(
+        "written to {}; valgrind logs and cg_annotate files in {}",
+        path.display(),
+        dir.display()
+    );
 }
 
 // ----- mode: HTTP hello world under wrk ---------------------------------------------------
