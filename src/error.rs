@@ -104,7 +104,15 @@ impl fmt::Display for ErrorKind {
 /// A copas error: a kind, an optional cause, and what had been transferred before it.
 ///
 /// Converts to and from [`io::Error`], so `?` works in functions returning either.
+///
+/// One pointer wide: every `Result` of a socket operation stays small, so the frames of a
+/// coroutine waiting in one stay small too (each of their cache lines is missed again when
+/// thousands of connections take turns). An error allocates; errors are rare.
 pub struct Error {
+    inner: Box<ErrorInner>,
+}
+
+struct ErrorInner {
     kind: ErrorKind,
     source: Option<io::Error>,
     message: Option<Box<str>>,
@@ -117,79 +125,81 @@ impl Error {
     /// An error of `kind` with nothing else attached.
     pub fn new(kind: ErrorKind) -> Error {
         Error {
-            kind,
-            source: None,
-            message: None,
-            partial: Vec::new(),
-            sent: 0,
-            reply_code: None,
+            inner: Box::new(ErrorInner {
+                kind,
+                source: None,
+                message: None,
+                partial: Vec::new(),
+                sent: 0,
+                reply_code: None,
+            }),
         }
     }
 
     /// An error of `kind` with a message saying more.
     pub fn with_message(kind: ErrorKind, message: impl Into<String>) -> Error {
         let mut e = Error::new(kind);
-        e.message = Some(message.into().into_boxed_str());
+        e.inner.message = Some(message.into().into_boxed_str());
         e
     }
 
     /// A [`ErrorKind::Rejected`] error for a server's reply `code` and `text`.
     pub fn rejected(code: u16, text: impl Into<String>) -> Error {
         let mut e = Error::with_message(ErrorKind::Rejected, text);
-        e.reply_code = Some(code);
+        e.inner.reply_code = Some(code);
         e
     }
 
     /// The protocol reply code behind an [`ErrorKind::Rejected`] error (SMTP, FTP, HTTP).
     pub fn reply_code(&self) -> Option<u16> {
-        self.reply_code
+        self.inner.reply_code
     }
 
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The bytes received before the error (receive operations); empty otherwise.
     pub fn partial(&self) -> &[u8] {
-        &self.partial
+        &self.inner.partial
     }
 
     /// Takes the bytes received before the error, leaving none behind.
     pub fn take_partial(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.partial)
+        std::mem::take(&mut self.inner.partial)
     }
 
     /// How many bytes a send operation had sent before the error.
     pub fn sent(&self) -> usize {
-        self.sent
+        self.inner.sent
     }
 
     /// The message saying more about the error, if it has one (for
     /// [`ErrorKind::Panicked`], the panic's message).
     pub fn message(&self) -> Option<&str> {
-        self.message.as_deref()
+        self.inner.message.as_deref()
     }
 
     /// The operating-system error behind this one, if any.
     pub fn io_error(&self) -> Option<&io::Error> {
-        self.source.as_ref()
+        self.inner.source.as_ref()
     }
 
     pub(crate) fn with_partial(mut self, partial: Vec<u8>) -> Error {
-        self.partial = partial;
+        self.inner.partial = partial;
         self
     }
 
     /// An error of `kind` caused by `source`, with a message saying more.
     pub(crate) fn from_io(kind: ErrorKind, source: io::Error, message: impl Into<String>) -> Error {
         let mut e = Error::with_message(kind, message);
-        e.source = Some(source);
+        e.inner.source = Some(source);
         e
     }
 
     pub(crate) fn with_sent(mut self, sent: usize) -> Error {
-        self.sent = sent;
+        self.inner.sent = sent;
         self
     }
 
@@ -225,16 +235,16 @@ impl From<io::Error> for Error {
             _ => ErrorKind::Io,
         };
         let mut e = Error::new(kind);
-        e.source = Some(err);
+        e.inner.source = Some(err);
         e
     }
 }
 
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
-        let kind = match err.kind {
+        let kind = match err.inner.kind {
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
-            ErrorKind::Closed => match &err.source {
+            ErrorKind::Closed => match &err.inner.source {
                 Some(s) => s.kind(),
                 None => io::ErrorKind::ConnectionAborted,
             },
@@ -243,7 +253,7 @@ impl From<Error> for io::Error {
             ErrorKind::LimitExceeded => io::ErrorKind::InvalidData,
             ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
             ErrorKind::InvalidState => io::ErrorKind::Unsupported,
-            ErrorKind::Io => match &err.source {
+            ErrorKind::Io => match &err.inner.source {
                 Some(s) => s.kind(),
                 None => io::ErrorKind::Other,
             },
@@ -256,18 +266,18 @@ impl From<Error> for io::Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind);
-        if let Some(m) = &self.message {
+        d.field("kind", &self.inner.kind);
+        if let Some(m) = &self.inner.message {
             d.field("message", m);
         }
-        if let Some(s) = &self.source {
+        if let Some(s) = &self.inner.source {
             d.field("source", s);
         }
-        if !self.partial.is_empty() {
-            d.field("partial_len", &self.partial.len());
+        if !self.inner.partial.is_empty() {
+            d.field("partial_len", &self.inner.partial.len());
         }
-        if self.sent != 0 {
-            d.field("sent", &self.sent);
+        if self.inner.sent != 0 {
+            d.field("sent", &self.inner.sent);
         }
         d.finish()
     }
@@ -275,16 +285,16 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.kind.as_str())?;
-        if let Some(code) = self.reply_code {
+        f.write_str(self.inner.kind.as_str())?;
+        if let Some(code) = self.inner.reply_code {
             write!(f, ": {code}")?;
-            if let Some(m) = &self.message {
+            if let Some(m) = &self.inner.message {
                 write!(f, " {m}")?;
             }
-        } else if let Some(m) = &self.message {
+        } else if let Some(m) = &self.inner.message {
             write!(f, ": {m}")?;
         }
-        if let Some(s) = &self.source {
+        if let Some(s) = &self.inner.source {
             write!(f, ": {s}")?;
         }
         Ok(())
@@ -293,7 +303,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.inner
+            .source
             .as_ref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }

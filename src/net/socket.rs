@@ -143,7 +143,9 @@ impl Connection {
         }
     }
 
-    /// Waits for readiness in one direction until `deadline`.
+    /// Waits for readiness in one direction until `deadline`. Inlined for the reason given
+    /// at `Dispatcher::suspend`.
+    #[inline]
     pub(crate) fn wait(&self, write: bool, deadline: Option<Instant>) -> Result<()> {
         crate::net::wait_ready(&self.io, self.fd, write, deadline)
     }
@@ -382,6 +384,7 @@ impl Socket {
     /// `max` bytes (4 KiB in a typical handler) takes glibc's general path, about 500
     /// instructions per message to allocate and free. Bigger requests read straight into
     /// the vector, where the copy would cost more than the allocation.
+    #[inline(never)]
     fn recv_vec(&self, max: usize) -> io::Result<Vec<u8>> {
         if max <= SCRATCH_LEN {
             let copied = SCRATCH.try_with(|scratch| {
@@ -405,6 +408,10 @@ impl Socket {
         // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (socket2's
         // `recv` contract), and `n` ≤ the capacity.
         unsafe { out.set_len(n) };
+        if out.len() < out.capacity() / 4 {
+            // A big request answered by a few bytes: don't hand back the slack.
+            out.shrink_to_fit();
+        }
         Ok(out)
     }
 
@@ -664,18 +671,23 @@ impl Socket {
         if max == 0 {
             return Ok(Vec::new());
         }
+        if self.start != self.end || self.conn.tls.get().is_some() {
+            return self.receivepartial_buffered(max);
+        }
+        // Nothing buffered: read straight into the vector returned. This path is kept to a
+        // small stack frame: it is on the stack of every coroutine waiting here, and each
+        // of its cache lines is missed again when thousands of connections take turns.
+        let deadline = Self::deadline(self.conn.timeouts.get().receive);
+        let out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline)?;
+        self.conn.pass_on(false);
+        Ok(out)
+    }
+
+    /// `receivepartial` from the read buffer, filling it first if it is empty (TLS).
+    #[inline(never)]
+    fn receivepartial_buffered(&mut self, max: usize) -> Result<Vec<u8>> {
         if self.start == self.end {
             let deadline = Self::deadline(self.conn.timeouts.get().receive);
-            if self.conn.tls.get().is_none() {
-                // Nothing buffered: read straight into the vector returned.
-                let mut out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline)?;
-                if out.capacity() > 4 * INITIAL_BUFFER && out.len() < out.capacity() / 4 {
-                    // A big request answered by a few bytes: don't hand back the slack.
-                    out.shrink_to_fit();
-                }
-                self.conn.pass_on(false);
-                return Ok(out);
-            }
             self.start = 0;
             self.end = 0;
             // Room for what was asked (up to a bulk chunk) so big reads stay few.
