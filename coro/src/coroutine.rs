@@ -17,7 +17,7 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::label::Label;
 use crate::overflow;
-use crate::stack::{page_size, Stack};
+use crate::stack::{page_size, usable_size, Stack};
 
 /// What a running coroutine exposes to code on its stack and to the fault handler.
 pub(crate) struct Frame {
@@ -134,7 +134,7 @@ impl Coro {
     {
         overflow::install();
         let limit = stack.limit().get();
-        let stack_size = stack.base().get() - limit - page_size();
+        let stack_size = usable_size(&stack);
         let inner = Coroutine::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
             let frame = current_frame();
             // SAFETY: `resume` points CURRENT at this coroutine's frame before switching to
