@@ -60,7 +60,9 @@ mod overflow;
 mod panic;
 mod stack;
 
-pub use coroutine::{current, in_coroutine, suspend, Coro, ResumeHint, Resumed, SuspendError};
+pub use coroutine::{
+    current, in_coroutine, prefetch, suspend, Coro, ResumeHint, Resumed, SuspendError,
+};
 pub use label::Label;
 pub use panic::panic_message;
 pub use stack::{Stack, StackPool, DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
