@@ -986,6 +986,8 @@ fn num(map: &BTreeMap<String, String>, key: &str) -> f64 {
 
 /// One measured cell.
 struct EchoCell {
+    /// The round it ran in: cells of one round ran next to each other.
+    round: usize,
     server: String,
     conns: usize,
     size: usize,
@@ -1035,6 +1037,7 @@ fn echo_mode() {
                 let user = num(&r, "srv_user_s");
                 let sys = num(&r, "srv_sys_s");
                 let cell = EchoCell {
+                    round,
                     server: server.clone(),
                     conns,
                     size,
@@ -1121,6 +1124,37 @@ fn print_echo_table(cells: &[EchoCell], servers: &[String], conns: usize, size: 
         ratio(copas, polling),
         ratio(copas, tokio)
     );
+    // The host's speed drifts over minutes; the cells of one round ran within seconds of
+    // each other, so a round's ratio cancels most of the drift that the medians keep.
+    println!();
+    println!("Paired: each round's cell against the same round's polling and tokio cells, median of the rounds [min..max]:");
+    println!();
+    println!("| server | rounds | vs polling, paired | vs tokio, paired |");
+    println!("|---|---|---|---|");
+    for server in servers {
+        let paired = |against: &str| -> String {
+            let ratios: Vec<f64> = of(server)
+                .iter()
+                .filter_map(|c| {
+                    of(against)
+                        .iter()
+                        .find(|a| a.round == c.round && a.msgs_s > 0.0)
+                        .map(|a| c.msgs_s / a.msgs_s)
+                })
+                .collect();
+            if ratios.is_empty() {
+                return "–".to_string();
+            }
+            let (lo, hi) = min_max(&ratios);
+            format!("{:.2} [{lo:.2}..{hi:.2}]", median(&ratios))
+        };
+        println!(
+            "| {server} | {} | {} | {} |",
+            of(server).len(),
+            paired("polling"),
+            paired("tokio")
+        );
+    }
     println!();
 }
 
