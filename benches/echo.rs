@@ -25,7 +25,8 @@
 //! `ECHO_SECS` measured seconds [5], `ECHO_SERVERS` [copas,polling,tokio,may; also
 //! `copas_read`: copas with `std::io::Read` into a stack buffer instead of
 //! `receivepartial`; `copas@<KiB>` and `copas_read@<KiB>`: with that coroutine stack
-//! size], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
+//! size; `exe=<path>`: the copas server of another build's echo bench binary, to compare
+//! two commits in one interleaved run], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
 //! [50], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
 //! seconds to wait before each cell for other processes to go quiet [0: do not wait],
@@ -432,6 +433,15 @@ fn server_role(args: &[String]) {
                     std::process::exit(2);
                 }
             }
+        }
+        // `exe=<path>`: another build's bench binary serves as its copas server, so two
+        // commits can be compared in one interleaved run (see docs/benchmarks.md).
+        Some(kind) if kind.starts_with("exe=") => {
+            let err = Command::new(&kind["exe=".len()..])
+                .args(["__server", "copas"])
+                .exec();
+            eprintln!("{kind}: {err}");
+            std::process::exit(2);
         }
         Some("polling") => polling_server(),
         Some("tokio") => tokio_server(),
