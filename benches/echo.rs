@@ -1391,11 +1391,17 @@ const VALGRIND_PATIENCE: Duration = Duration::from_secs(60);
 /// per-function counts in `<stem>.out` (for `cg_annotate`). Returns the server and the
 /// number of descriptors it has open once it listens.
 fn spawn_under_cachegrind(kind: &str, stem: &Path) -> Result<(ServerProc, usize), String> {
+    // `exe=<path>`: valgrind runs that binary's copas server itself (it would not follow
+    // the `exec` the echo mode uses).
+    let (exe, kind) = match kind.strip_prefix("exe=") {
+        Some(path) => (PathBuf::from(path), "copas"),
+        None => (env::current_exe().expect("current_exe"), kind),
+    };
     let mut cmd = Command::new("valgrind");
     cmd.args(CACHEGRIND_ARGS)
         .arg(format!("--cachegrind-out-file={}.out", stem.display()))
         .arg(format!("--log-file={}.log", stem.display()))
-        .arg(env::current_exe().expect("current_exe"))
+        .arg(exe)
         .args(["__server", kind]);
     let server = ServerProc::start(cmd)?;
     let fds = open_fds(server.pid());
@@ -1473,7 +1479,9 @@ fn instruction_cell(
     secs: f64,
     dir: &Path,
 ) -> Result<InstructionCell, String> {
-    let stem = |what: &str| dir.join(format!("{server}-{conns}x{size}-{what}"));
+    // An `exe=<path>` server's files are named after the binary.
+    let name = server.rsplit('/').next().unwrap_or(server);
+    let stem = |what: &str| dir.join(format!("{name}-{conns}x{size}-{what}"));
     let (srv, idle_fds) = spawn_under_cachegrind(server, &stem("baseline"))?;
     baseline_connections(&srv, idle_fds, conns)?;
     let baseline = stop_under_cachegrind(srv, &stem("baseline"))?;

@@ -26,7 +26,7 @@ pub(crate) struct Frame {
     /// Set while the coroutine is being force-unwound: suspending is then refused.
     unwinding: Cell<bool>,
     /// An address near the stack pointer at the last suspend: where resuming will touch
-    /// the stack first (see [`Coro::prefetch`]).
+    /// the stack first (see [`Coro::resume_hint`]).
     sp_hint: Cell<usize>,
     /// The top of the stack (exclusive): a suspended coroutine's frames are `sp_hint..base`.
     base: usize,
@@ -323,10 +323,7 @@ impl ResumeHint {
     /// [`ResumeHint::prefetch`] is the cheaper one for long before.
     #[inline]
     pub fn prefetch_frames(self) {
-        if self.state != 0 {
-            prefetch(self.state);
-            prefetch(self.state + 64);
-        }
+        self.prefetch_state();
         if self.stack != 0 {
             let end = self.stack + (self.span as usize).min(MAX_PREFETCH_SPAN);
             let mut line = self.stack.wrapping_sub(128);
@@ -337,17 +334,24 @@ impl ResumeHint {
         }
     }
 
-    /// Asks the CPU to start loading the coroutine's state and the top of its stack.
+    /// Asks the CPU to start loading the coroutine's state and the top of its stack (the
+    /// lines the switch lands on). Unrolled: it runs for every woken coroutine.
     #[inline]
     pub fn prefetch(self) {
-        if self.state != 0 {
-            prefetch_line(self.state as *const u8);
-            prefetch_line((self.state + 64) as *const u8);
-        }
+        self.prefetch_state();
         if self.stack != 0 {
             for offset in [-128isize, -64, 0, 64] {
-                prefetch_line((self.stack as *const u8).wrapping_offset(offset));
+                prefetch(self.stack.wrapping_add_signed(offset));
             }
+        }
+    }
+
+    /// The first two lines of the coroutine's state.
+    #[inline(always)]
+    fn prefetch_state(self) {
+        if self.state != 0 {
+            prefetch(self.state);
+            prefetch(self.state + 64);
         }
     }
 }
@@ -360,17 +364,11 @@ const MAX_PREFETCH_SPAN: usize = 1024;
 /// faults and changes nothing, whatever the address (a stale or null one is harmless).
 #[inline(always)]
 pub fn prefetch(addr: usize) {
-    prefetch_line(addr as *const u8);
-}
-
-/// Hints the CPU to load the cache line at `addr`.
-#[inline(always)]
-fn prefetch_line(addr: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint that never faults, whatever the address, and SSE (which
     // provides it) is part of the x86_64 baseline.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr.cast());
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;

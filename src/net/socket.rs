@@ -365,15 +365,26 @@ impl Socket {
     /// per-connection buffer would be one more cold page per message when thousands of
     /// connections take turns.
     fn recv_vec_waiting(&self, max: usize, deadline: Option<Instant>) -> Result<Vec<u8>> {
+        self.recv_waiting(deadline, || self.recv_vec(max))
+    }
+
+    /// Runs `recv` once the socket's readiness says a read will not block, waiting for that
+    /// as often as needed; `T::default()` (empty, 0) at end of stream. Not for TLS.
+    #[inline]
+    fn recv_waiting<T: Default>(
+        &self,
+        deadline: Option<Instant>,
+        mut recv: impl FnMut() -> io::Result<T>,
+    ) -> Result<T> {
         loop {
             if self.conn.io.is_closed() {
                 return Err(Error::new(ErrorKind::Closed));
             }
             if self.conn.eof.get() {
-                return Ok(Vec::new());
+                return Ok(T::default());
             }
             if self.conn.io.readable.get() || self.conn.io.read_closed.get() {
-                match self.recv_vec(max) {
+                match recv() {
                     Ok(out) => return Ok(out),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e.into()),
@@ -427,22 +438,7 @@ impl Socket {
         if let Some(tls) = self.conn.tls.get() {
             return tls.read_waiting(&self.conn, dst, deadline);
         }
-        loop {
-            if self.conn.io.is_closed() {
-                return Err(Error::new(ErrorKind::Closed));
-            }
-            if self.conn.eof.get() {
-                return Ok(0);
-            }
-            if self.conn.io.readable.get() || self.conn.io.read_closed.get() {
-                match self.recv_into(dst) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            self.conn.wait(false, deadline)?;
-        }
+        self.recv_waiting(deadline, || self.recv_into(dst))
     }
 
     /// Reads more bytes into the buffer; 0 at end of stream.
@@ -681,9 +677,10 @@ impl Socket {
         if self.start != self.end || self.conn.tls.get().is_some() {
             return self.receivepartial_buffered(max);
         }
-        // Nothing buffered: read straight into the vector returned. This path is kept to a
-        // small stack frame: it is on the stack of every coroutine waiting here, and each
-        // of its cache lines is missed again when thousands of connections take turns.
+        // Nothing buffered: the bytes go from the socket into the vector returned (through
+        // the scratch buffer, see `recv_vec`). This path is kept to a small stack frame: it is
+        // on the stack of every coroutine waiting here, and each of its cache lines is missed
+        // again when thousands of connections take turns.
         let deadline = Self::deadline(self.conn.timeouts.get().receive);
         let out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline)?;
         self.conn.pass_on(false);
