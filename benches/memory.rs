@@ -185,7 +185,7 @@ fn orchestrate(quick: bool) {
 
     println!("## (b) stacks: default size and pages an echo handler touches");
     println!();
-    println!("Read from /proc/self/smaps of the idle servers above: every coroutine stack is a read-write mapping of the stack size (plus one page of room for its colour) directly above a 4 KiB PROT_NONE guard; its `Rss` is the pages the coroutine ever touched.");
+    println!("Read from /proc/self/smaps of the idle servers above: every coroutine stack is a read-write mapping of the stack size directly above a 4 KiB PROT_NONE guard; its `Rss` is the pages the coroutine ever touched.");
     println!();
     println!("| server | default stack KiB | stacks found | stack KiB resident, mean | min | max | pages touched → stacks |");
     println!("|---|---|---|---|---|---|---|");
@@ -459,9 +459,8 @@ impl Stacks {
     }
 }
 
-/// Finds coroutine stacks: read-write mappings of `size` bytes, plus the page that holds the
-/// stacks' colours (copas-coro's `stack.rs`), directly above a one-page PROT_NONE guard
-/// mapping.
+/// Finds coroutine stacks: read-write mappings of `size` bytes directly above a one-page
+/// PROT_NONE guard mapping.
 fn find_stacks(size: usize) -> Stacks {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
     let page = 4096usize;
@@ -478,7 +477,7 @@ fn find_stacks(size: usize) -> Stacks {
             {
                 let perms = parts.next().unwrap_or("").to_string();
                 in_stack = perms.starts_with("rw")
-                    && (size..=size + page).contains(&(end - start))
+                    && end - start == size
                     && prev.as_ref().is_some_and(|(ps, pe, pp)| {
                         *pe == start && pe - ps == page && pp.starts_with("---")
                     });

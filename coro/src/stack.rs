@@ -1,11 +1,7 @@
 //! Coroutine stacks and the pool that recycles them.
 //!
 //! Stacks are `corosensei`'s guarded stacks: one `mmap` of `size + page`, the lowest page left
-//! `PROT_NONE` as a guard. Each stack starts a little below the top of its mapping, by a
-//! different multiple of 64 bytes (its *colour*): mappings are page-aligned, so without it
-//! the top lines of every stack — the frames of every suspended coroutine, read again on each
-//! resume — would fall into the same few sets of the L1 and L2 caches, and a few dozen
-//! coroutines taking turns would evict one another's frames. Mapping and unmapping one costs about 9 µs, which is more than two
+//! `PROT_NONE` as a guard. Mapping and unmapping one costs about 9 µs, which is more than two
 //! echo round trips, so finished coroutines hand their stack back to a [`StackPool`] and the
 //! next coroutine reuses it. Allocation is fallible: when the kernel refuses a mapping (for
 //! example past `vm.max_map_count`) the caller gets an `io::Error` and can refuse the work,
@@ -15,7 +11,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use corosensei::stack::{DefaultStack, StackPointer};
+use corosensei::stack::{DefaultStack, Stack as _, StackPointer};
 
 /// Memory mappings left to the rest of the process when stacks near `vm.max_map_count`:
 /// past the limit even `malloc` fails, and the process aborts instead of refusing work.
@@ -24,28 +20,11 @@ const MAP_RESERVE: usize = 4096;
 /// Stacks mapped now, in all pools of the process (each costs two mappings).
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
-/// Stacks mapped so far: picks each new stack's colour.
-static COLOURED: AtomicUsize = AtomicUsize::new(0);
-
-/// The range of colours: stacks start 0 to 1,984 bytes below the top of their mapping. An L1
-/// data cache of 32 KiB, 8-way, has 64 sets, one per 64-byte line of a 4 KiB page; a
-/// suspended echo handler's frames span about 400 bytes. Staying within the top 2 KiB keeps
-/// a typical handler's stack on one page.
-const COLOUR_SPAN: usize = 2048;
-
-/// The distance between the colours of stacks mapped one after another: 7 lines, prime to
-/// the 32 colours, so consecutive stacks do not overlap and all colours come round.
-const COLOUR_STEP: usize = 7 * 64;
-
 /// A coroutine stack: lazily committed memory with a guard page below it.
 ///
 /// Counts itself against the process's map limit while it exists.
 pub struct Stack {
     inner: DefaultStack,
-    /// The usable size asked for (the mapping has room for it below the colour).
-    size: usize,
-    /// How far below the top of the mapping the stack starts (see the module doc).
-    colour: usize,
 }
 
 impl std::fmt::Debug for Stack {
@@ -77,17 +56,8 @@ impl Stack {
                 ),
             ));
         }
-        // The colour's room comes on top of `size`, so every stack has at least that.
-        match DefaultStack::new(size + COLOUR_SPAN) {
-            Ok(inner) => {
-                let n = COLOURED.fetch_add(1, Ordering::Relaxed);
-                let colour = n.wrapping_mul(COLOUR_STEP) % COLOUR_SPAN;
-                Ok(Stack {
-                    inner,
-                    size,
-                    colour,
-                })
-            }
+        match DefaultStack::new(size) {
+            Ok(inner) => Ok(Stack { inner }),
             Err(e) => {
                 MAPPED.fetch_sub(1, Ordering::Relaxed);
                 Err(e)
@@ -108,15 +78,11 @@ impl Drop for Stack {
 }
 
 // SAFETY: delegates to `DefaultStack`, whose base and limit describe a mapping that lives as
-// long as the `Stack` (the guard page included in the limit, as the trait requires). The base
-// is moved down by the colour, a multiple of 64 below the page-aligned top (so still aligned
-// as corosensei requires), and stays above the limit: the mapping has `COLOUR_SPAN` bytes more
-// than the usable size and the colour is less than that.
+// long as the `Stack` (the guard page included in the limit, as the trait requires).
 unsafe impl corosensei::stack::Stack for Stack {
     #[inline]
     fn base(&self) -> StackPointer {
-        let base = self.inner.base().get() - self.colour;
-        StackPointer::new(base).expect("a stack's base is never null")
+        self.inner.base()
     }
 
     #[inline]
@@ -264,13 +230,12 @@ fn round_size(size: usize) -> usize {
 
 /// Usable bytes of a stack: everything above its guard page.
 pub(crate) fn usable_size(stack: &Stack) -> usize {
-    stack.size
+    stack.base().get() - stack.limit().get() - page_size()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corosensei::stack::Stack as _;
 
     #[test]
     fn sizes_are_rounded_to_pages_and_floored() {
@@ -285,29 +250,6 @@ mod tests {
         let mut pool = StackPool::new(128 * 1024, 4);
         let stack = pool.allocate().unwrap();
         assert_eq!(usable_size(&stack), 128 * 1024);
-    }
-
-    #[test]
-    fn stacks_start_at_staggered_cache_lines_and_keep_their_usable_size() {
-        let stacks: Vec<Stack> = (0..64)
-            .map(|_| Stack::new(MIN_STACK_SIZE).unwrap())
-            .collect();
-        let mut colours = std::collections::BTreeSet::new();
-        for stack in &stacks {
-            let base = stack.base().get();
-            let top = stack.inner.base().get();
-            let colour = top - base;
-            assert_eq!(colour % 64, 0, "a stack's start is not line-aligned");
-            assert!(colour < COLOUR_SPAN, "colour {colour} beyond the span");
-            assert!(base - stack.limit().get() - page_size() >= MIN_STACK_SIZE);
-            colours.insert(base % page_size());
-        }
-        // 32 consecutive stacks cover all 32 colours; other tests running in parallel may map
-        // stacks in between, so ask only for half of them (without colours there is one).
-        assert!(
-            colours.len() >= COLOUR_SPAN / 64 / 2,
-            "stacks share cache sets: {colours:?}"
-        );
     }
 
     #[test]

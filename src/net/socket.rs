@@ -397,11 +397,10 @@ impl Socket {
     /// One `recv` of up to `max` bytes into a vector holding exactly what came.
     ///
     /// Up to [`SCRATCH_LEN`] the bytes land in this thread's scratch buffer, always warm,
-    /// and are copied into a vector of their exact size: a small exact allocation comes from
-    /// the allocator's per-thread cache in a few dozen instructions, where a vector of
-    /// `max` bytes (4 KiB in a typical handler) takes glibc's general path, about 500
-    /// instructions per message to allocate and free. Bigger requests read straight into
-    /// the vector, where the copy would cost more than the allocation.
+    /// and are copied into a vector of their exact size, so a message a handler keeps holds
+    /// only its bytes, not `max` (4 KiB in a typical handler), and a small exact allocation
+    /// comes from the allocator's per-thread cache. Bigger requests read straight into the
+    /// vector, where the copy would cost more than the allocation.
     #[inline(never)]
     fn recv_vec(&self, max: usize) -> io::Result<Vec<u8>> {
         if max <= SCRATCH_LEN {
