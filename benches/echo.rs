@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 /// Largest read of every echo server.
 const READ_MAX: usize = 4096;
 
-/// The servers of the default run, in the order they are interleaved.
+/// The servers of the default run, in the order round 1 measures them (see [`rotated`]).
 const DEFAULT_SERVERS: &str = "copas,polling,tokio,may";
 
 /// Tracepoints counted in the system-call mode; the first is the total.
@@ -244,6 +244,19 @@ fn system_times() -> (u64, u64) {
     let g = |i: usize| v.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal
     (g(0) + g(1) + g(2) + g(5) + g(6), g(7))
+}
+
+/// The servers in the order round `round` (from 1) measures them: each round starts one
+/// further along, so no server always runs first. The first cell of a load runs right after
+/// the previous load's last server closed its connections (up to 1,000 sockets the kernel is
+/// still tearing down), and a fixed order gave that cost to the same server in every round.
+fn rotated<T: Clone>(servers: &[T], round: usize) -> Vec<T> {
+    let mut order = servers.to_vec();
+    if !order.is_empty() {
+        let by = (round - 1) % order.len();
+        order.rotate_left(by);
+    }
+    order
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -1012,6 +1025,8 @@ struct EchoCell {
     steal_pct: f64,
     /// Other processes' CPU just before the cell (% of one CPU).
     before_pct: f64,
+    /// Where in its round's order for this load it ran, from 0 (see [`rotated`]).
+    position: usize,
 }
 
 fn echo_mode() {
@@ -1031,7 +1046,7 @@ fn echo_mode() {
     );
     for round in 1..=rounds {
         for &(conns, size) in &loads {
-            for server in &servers {
+            for (position, server) in rotated(&servers, round).iter().enumerate() {
                 let before = wait_for_quiet();
                 let result = spawn_echo_server(server)
                     .and_then(|srv| run_cell(&srv, conns, size, warm, secs, false));
@@ -1061,6 +1076,7 @@ fn echo_mode() {
                     others_pct: num(&r, "others_s") * 100.0 / window,
                     steal_pct: num(&r, "steal_s") * 100.0 / window,
                     before_pct: before,
+                    position,
                 };
                 println!(
                     "round {round} C={conns:<4} S={size:<4} {server:<10} {:>8.0} msgs/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {:.2} µs/msg ({:.3} user), CPU server {:.0} % load {:.0} % others {:.0} % steal {:.0} % (others before: {:.0} %)",
@@ -1165,7 +1181,44 @@ fn print_echo_table(cells: &[EchoCell], servers: &[String], conns: usize, size: 
             paired("tokio")
         );
     }
+    print_order_effect(cells, conns, size);
     println!();
+}
+
+/// How a cell's rate depends on where in its round it ran: each cell against the median of
+/// its round (this load), averaged by position. A fixed order would hand a position's bias
+/// to one server; [`rotated`] spreads it, and this line shows how large it was.
+fn print_order_effect(cells: &[EchoCell], conns: usize, size: usize) {
+    let load: Vec<&EchoCell> = cells
+        .iter()
+        .filter(|c| c.conns == conns && c.size == size && c.msgs_s > 0.0)
+        .collect();
+    let mut by_position: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for cell in &load {
+        let round: Vec<f64> = load
+            .iter()
+            .filter(|c| c.round == cell.round)
+            .map(|c| c.msgs_s)
+            .collect();
+        if round.len() > 1 {
+            by_position
+                .entry(cell.position)
+                .or_default()
+                .push(cell.msgs_s / median(&round));
+        }
+    }
+    if by_position.is_empty() {
+        return;
+    }
+    let places: Vec<String> = by_position
+        .iter()
+        .map(|(p, v)| format!("{}: {:.3}", p + 1, v.iter().sum::<f64>() / v.len() as f64))
+        .collect();
+    println!();
+    println!(
+        "Order effect (a cell's rate ÷ its round's median, mean by the place it ran in the round): {}",
+        places.join(", ")
+    );
 }
 
 // ----- mode: system calls per message -----------------------------------------------------
@@ -1793,7 +1846,7 @@ fn http_mode() {
     let mut results: BTreeMap<&str, Vec<(WrkResult, f64)>> = BTreeMap::new();
     let mut csv = String::from("round,server,req_per_s,p50_us,p99_us,cpu_us_per_req\n");
     for round in 1..=rounds {
-        for server in servers {
+        for server in rotated(&servers, round) {
             wait_for_quiet();
             let proc = if server == "copas" {
                 // A free port: bind, note it, release it for the example.
