@@ -10,7 +10,7 @@ mod util;
 use util::running::Running;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
@@ -61,12 +61,6 @@ fn read_all_in_thread(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Ve
 /// The path of example `name`, built for this binary's profile.
 fn example(name: &str) -> PathBuf {
     util::example_binary(name)
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
 }
 
 /// A blocking line client.
@@ -179,15 +173,10 @@ fn check_with_nc(port: u16) {
 #[test]
 fn echo_example_echoes_lines_and_quit_closes() {
     let _dog = util::Watchdog::new("echo example test", Duration::from_secs(400));
-    let echo = example("echo");
-    let port = free_port();
-    let mut server = Running::start(&echo, &[&port.to_string()], &[]);
-    let banner = server.wait_for_line("the listening line", |l| l.contains("listening on"));
-    assert!(
-        banner.contains(&format!("127.0.0.1:{port}")),
-        "it listens on the port given: {banner:?}"
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Port 0: the example binds the port it is given and names the one it got (a port
+    // picked free beforehand could be taken by another test before the example binds it).
+    let (mut server, addr) = Running::server("echo", "listening on");
+    let port = addr.port();
 
     let mut client = Client::connect(addr);
     client.echo("hello, copas");
@@ -218,11 +207,8 @@ fn echo_example_echoes_lines_and_quit_closes() {
 #[test]
 fn embed_example_serves_a_client_while_its_own_loop_keeps_counting() {
     let _dog = util::Watchdog::new("embed example test", Duration::from_secs(400));
-    let embed = example("embed");
-    let port = free_port();
-    let mut app = Running::start(&embed, &[&port.to_string()], &[("EMBED_TICKS", "300")]);
-    let banner = app.wait_for_line("the server line", |l| l.contains("echo server on"));
-    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner:?}");
+    let (mut app, addr) =
+        Running::server_with_env("embed", "echo server on", &[("EMBED_TICKS", "300")]);
 
     let tick_of = |line: &str| -> Option<u64> {
         line.strip_prefix("embed: tick ")
@@ -232,7 +218,7 @@ fn embed_example_serves_a_client_while_its_own_loop_keeps_counting() {
     let first_tick = app.wait_for_line("a tick line", |l| tick_of(l).is_some());
     let before = tick_of(&first_tick).expect("tick number");
 
-    let mut client = Client::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut client = Client::connect(addr);
     client.echo("embedded echo");
     client.send(b"crlf\r\nsecond\n");
     assert_eq!(client.read_line(), "crlf\n");

@@ -35,9 +35,15 @@ fn ms(m: u64) -> Duration {
     Duration::from_millis(m)
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// Two distinct ports free on 127.0.0.1 at the time of the call (both held until both are
+/// known, so the kernel cannot hand out the same one twice).
+fn free_port_pair() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    (
+        a.local_addr().expect("addr").port(),
+        b.local_addr().expect("addr").port(),
+    )
 }
 
 fn have(cmd: &str, arg: &str) -> bool {
@@ -89,8 +95,25 @@ impl Nginx {
         std::fs::write(dir.join("www/index.html"), "hello static\n").expect("index");
         let big: Vec<u8> = (0..BIG).map(big_byte).collect();
         std::fs::write(dir.join("www/big.bin"), big).expect("big.bin");
-        let http = free_port();
-        let https = free_port();
+        // A port picked free can be taken again before nginx binds it (other tests connect
+        // and listen all the time): nginx then exits, and another pair is tried.
+        for _attempt in 0..5 {
+            let (http, https) = free_port_pair();
+            if let Some(child) = Self::spawn_on(&dir, module, http, https) {
+                return Some(Nginx {
+                    child,
+                    dir,
+                    http,
+                    https,
+                    ca,
+                });
+            }
+        }
+        panic!("nginx did not start listening on any of 5 port pairs");
+    }
+
+    /// Starts nginx on `http` and `https`; `None` when it exited (a port was taken).
+    fn spawn_on(dir: &Path, module: &str, http: u16, https: u16) -> Option<Child> {
         let conf = format!(
             r#"load_module {module};
 worker_processes 1;
@@ -128,26 +151,25 @@ http {{
         std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
         let p = dir.to_string_lossy().into_owned();
         let conf = dir.join("nginx.conf").to_string_lossy().into_owned();
-        let child = Command::new("nginx")
+        let mut child = Command::new("nginx")
             .args(["-e", "stderr", "-p", &p, "-c", &conf, "-g", "daemon off;"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start nginx");
-        let nginx = Nginx {
-            child,
-            dir,
-            http,
-            https,
-            ca,
-        };
+        let mut exited = false;
         let ready = util::wait_until(secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", https)).is_ok()
+            exited = child.try_wait().ok().flatten().is_some();
+            exited
+                || (std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
+                    && std::net::TcpStream::connect(("127.0.0.1", https)).is_ok())
         });
+        if exited {
+            return None;
+        }
         assert!(ready, "nginx did not start listening");
-        Some(nginx)
+        Some(child)
     }
 
     fn url(&self, path: &str) -> String {

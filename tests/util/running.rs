@@ -63,7 +63,16 @@ impl Running {
     /// Starts example `name` on port 0 and returns it with the address at the end of the
     /// first line containing `banner` (`... 127.0.0.1:PORT` or `.../127.0.0.1:PORT`).
     pub fn server(name: &str, banner: &str) -> (Running, SocketAddr) {
-        let mut server = Running::start(&super::example_binary(name), &["0"], &[]);
+        Running::server_with_env(name, banner, &[])
+    }
+
+    /// [`Running::server`] with environment variables set for the example.
+    pub fn server_with_env(
+        name: &str,
+        banner: &str,
+        envs: &[(&str, &str)],
+    ) -> (Running, SocketAddr) {
+        let mut server = Running::start(&super::example_binary(name), &["0"], envs);
         let line = server.wait_for_line("the listening line", |l| l.contains(banner));
         let addr = line
             .rsplit([' ', '/'])
