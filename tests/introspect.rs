@@ -537,3 +537,30 @@ fn dump_example_prints_the_dump_on_its_control_port_and_shuts_down() {
     assert!(status.success(), "{status:?}");
     assert!(rest.contains("dump: shut down"), "{rest:?}");
 }
+
+#[test]
+fn a_coroutine_added_between_steps_is_dated_by_the_next_step() {
+    let co = copas::addnamedthread("late", || {
+        copas::pauseforever();
+    })
+    .expect("addnamedthread");
+    let added = Instant::now();
+    std::thread::sleep(ms(40));
+    // Not seen by a step yet: new as of the listing, not as of `addthread`.
+    let listing = Instant::now();
+    let list = copas::coroutines();
+    let info = find(&list, "late");
+    assert_eq!(info.state, CoroutineState::Ready);
+    assert!(info.since >= listing, "{info:?} listed at {listing:?}");
+    std::thread::sleep(ms(40));
+    let before_step = Instant::now();
+    copas::step(Some(Duration::ZERO)).expect("step");
+    let list = copas::coroutines();
+    let info = find(&list, "late");
+    assert!(
+        info.since >= before_step && info.since >= added + ms(80),
+        "dated by the step, not by addthread: {info:?}"
+    );
+    assert!(copas::removethread(co));
+    copas::step(Some(Duration::ZERO)).expect("step");
+}

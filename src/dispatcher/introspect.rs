@@ -133,7 +133,9 @@ pub struct CoroutineInfo {
     /// What it is doing.
     pub state: CoroutineState,
     /// When it entered that state, to the dispatcher step: the dispatcher reads the clock
-    /// once per step, and every change of state in a step is dated with that reading.
+    /// once per step, and every change of state in a step is dated with that reading. A
+    /// coroutine added between steps is dated by the next step (until then, by the time of
+    /// the listing).
     pub since: Instant,
     /// The name of the connection it serves (a server handler's accepted socket).
     pub socket: Option<String>,
@@ -395,6 +397,8 @@ fn socket_info(io: &IoSource) -> SocketInfo {
 impl Dispatcher {
     /// Every coroutine of this dispatcher, in the order they were created.
     pub(crate) fn coroutines(&self) -> Vec<CoroutineInfo> {
+        // A coroutine created since the last step has no date yet: it is new as of now.
+        let now = Instant::now();
         let entries: Vec<Entry> = {
             let st = self.state.borrow();
             st.tasks
@@ -413,7 +417,7 @@ impl Dispatcher {
                         },
                         name: task.name.clone(),
                         wait: task.wait,
-                        since: task.since,
+                        since: task.since.unwrap_or(now),
                         deadline: task.timer.map(|key| key.at()),
                         io,
                         socket: task.socket.clone(),

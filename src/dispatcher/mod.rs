@@ -207,8 +207,12 @@ struct State {
     /// Removed coroutines, to be unwound where no borrow is held.
     graveyard: Vec<Coro>,
     /// The clock, read once per step (after the poller wait) and outside steps when a
-    /// coroutine is created: what changes of state are dated with (`Task::since`).
+    /// coroutine is created and started at once: what changes of state are dated with
+    /// (`Task::since`).
     now: Instant,
+    /// Coroutines created between steps and not started: dated by the next step's clock
+    /// reading rather than by one of their own (a clock read is a fifth of `addthread`).
+    undated: Vec<Coroutine>,
 }
 
 /// One thread's dispatcher. Reached through [`with`].
@@ -247,6 +251,21 @@ impl State {
             .filter(|s| s.generation == key.generation)
     }
 
+    /// Dates the coroutines created since the last step with this step's clock reading.
+    #[cold]
+    fn date_undated(&mut self) {
+        let now = self.now;
+        let undated = std::mem::take(&mut self.undated);
+        for &co in &undated {
+            if let Some(task) = self.task_mut(co) {
+                task.since.get_or_insert(now);
+            }
+        }
+        // Keep the vector's room for the next burst of `addthread`s.
+        self.undated = undated;
+        self.undated.clear();
+    }
+
     /// Puts the coroutine into `wait`, with a timer when `deadline` is given. False when
     /// the coroutine is unknown. A cancelled coroutine waits too: `resume` drops it as soon
     /// as it suspends.
@@ -256,7 +275,7 @@ impl State {
             return false;
         };
         task.wait = wait;
-        task.since = now;
+        task.since = Some(now);
         let timed = deadline.is_some();
         if let Some(at) = deadline {
             let key = self.timers.insert(at, TimerAction::Wake(co));
@@ -305,7 +324,7 @@ impl State {
         let now = self.now;
         if let Some(task) = self.task_mut(co) {
             task.wait = Wait::Ready;
-            task.since = now;
+            task.since = Some(now);
             task.wake = why;
             hint = task.hint;
         }
@@ -324,7 +343,7 @@ impl State {
         let wait = task.wait;
         let timer = task.timer.take();
         task.wait = Wait::Ready;
-        task.since = now;
+        task.since = Some(now);
         task.wake = Wake::Event;
         let hint = task.hint;
         // Start loading its stack top and state now: by the time the run phase gets to it,
@@ -426,6 +445,7 @@ impl Dispatcher {
                 default_handler: report::default_handler(),
                 graveyard: Vec::new(),
                 now: Instant::now(),
+                undated: Vec::new(),
             }),
             closed_sources: RefCell::new(Vec::new()),
             autoclose: Cell::new(true),
@@ -478,11 +498,17 @@ impl Dispatcher {
         let hint = coro.resume_hint();
         {
             let mut st = self.state.borrow_mut();
-            if !st.stepping {
-                // Between steps the step's clock reading may be old.
+            let since = if st.stepping {
+                Some(st.now)
+            } else if start_now {
+                // Between steps the step's clock reading may be old, and it runs now.
                 st.now = Instant::now();
-            }
-            let since = st.now;
+                Some(st.now)
+            } else {
+                // Dated by the next step, which is when the dispatcher first sees it.
+                st.undated.push(co);
+                None
+            };
             st.tasks.insert(Task {
                 generation: co.generation,
                 coro: Some(coro),
@@ -521,7 +547,7 @@ impl Dispatcher {
                 return; // a stale entry in the ready list
             }
             task.wait = Wait::Running;
-            task.since = now;
+            task.since = Some(now);
             match task.coro.take() {
                 Some(coro) => coro,
                 None => return,
@@ -764,6 +790,9 @@ impl Dispatcher {
             // brings (`Task::since`), and the start of the step for the timers' lateness
             // check.
             st.now = Instant::now();
+            if !st.undated.is_empty() {
+                st.date_undated();
+            }
             for &ev in events.iter() {
                 st.on_event(ev);
             }
@@ -1131,7 +1160,7 @@ impl Dispatcher {
                     match st.task_mut(co) {
                         Some(task) => {
                             task.wait = Wait::Ready;
-                            task.since = now;
+                            task.since = Some(now);
                             task.wake = Wake::Woken;
                             // Running: its stack is hot already, no hint needed.
                             let hint = ResumeHint::default();

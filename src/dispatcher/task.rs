@@ -144,8 +144,9 @@ pub(crate) struct Task {
     pub(crate) wait: Wait,
     /// The timer that ends the current wait, if it has a deadline.
     pub(crate) timer: Option<TimerKey>,
-    /// When it entered `wait`, from the dispatcher's clock reading of that step.
-    pub(crate) since: Instant,
+    /// When it entered `wait`, from the dispatcher's clock reading of that step; `None` for
+    /// a coroutine created between steps until the next step dates it.
+    pub(crate) since: Option<Instant>,
     /// `None` while it runs (the dispatcher holds it on its own stack then).
     pub(crate) coro: Option<Coro>,
     /// Where resuming it touches memory first, copied into the ready queue for prefetching.
