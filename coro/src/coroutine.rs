@@ -10,14 +10,14 @@ use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr;
+use std::ptr::{self, NonNull};
 
 use corosensei::stack::Stack as _;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::label::Label;
 use crate::overflow;
-use crate::stack::{page_size, usable_size, Stack};
+use crate::stack::{page_size, usable_size, Stack, STATE_AREA};
 
 /// What a running coroutine exposes to code on its stack and to the fault handler.
 pub(crate) struct Frame {
@@ -94,8 +94,9 @@ impl std::error::Error for SuspendError {}
 
 /// A stackful coroutine running a closure on a [`Stack`].
 ///
-/// Its state is boxed, so moving a `Coro` (for example in and out of a table between
-/// resumes) moves one pointer.
+/// Its state lives in a reserved area at the top of its own stack, next to the frames a
+/// resume reads first, so creating one allocates nothing and moving a `Coro` (for example
+/// in and out of a table between resumes) moves one pointer.
 ///
 /// # Dropping a coroutine
 ///
@@ -109,8 +110,14 @@ impl std::error::Error for SuspendError {}
 ///
 /// `Coro` is neither `Send` nor `Sync`: everything on its stack would have to be `Send`.
 pub struct Coro {
-    state: Box<State>,
+    /// In the state area of the stack that `state.inner` owns (`Stack::state_area`).
+    /// Written once in `new`, moved out once in `take_state`.
+    state: NonNull<State>,
 }
+
+// The state must fit the area reserved for it at the top of every stack.
+const _: () = assert!(std::mem::size_of::<State>() <= STATE_AREA);
+const _: () = assert!(std::mem::align_of::<State>() <= 64);
 
 struct State {
     inner: Option<Coroutine<(), (), (), Stack>>,
@@ -120,7 +127,7 @@ struct State {
 impl fmt::Debug for Coro {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coro")
-            .field("tag", &self.state.frame.tag)
+            .field("tag", &self.state().frame.tag)
             .field("label", &self.label())
             .field("done", &self.is_done())
             .finish()
@@ -138,6 +145,7 @@ impl Coro {
         let limit = stack.limit().get();
         let stack_size = usable_size(&stack);
         let base = stack.base().get();
+        let area = stack.state_area().cast::<State>();
         let inner = Coroutine::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
             let frame = current_frame();
             // SAFETY: `resume` points CURRENT at this coroutine's frame before switching to
@@ -145,21 +153,49 @@ impl Coro {
             unsafe { (*frame).yielder.set(yielder) };
             body();
         });
+        let state = State {
+            inner: Some(inner),
+            frame: Frame {
+                yielder: Cell::new(ptr::null()),
+                unwinding: Cell::new(false),
+                sp_hint: Cell::new(0),
+                base,
+                tag,
+                guard: (limit, limit + page_size()),
+                stack_size,
+                label: label.into(),
+            },
+        };
+        // SAFETY: `area` is the state area of the stack `inner` now owns: mapped, writable,
+        // aligned for `State` (a page top less a multiple of 64 bytes, checked above), as
+        // large as `State`, and outside the frames (the stack's base is below it). Moving the
+        // stack into `inner` moved its handle, not the mapping. The area stays valid until
+        // `take_state` moves the state out, before the stack is dropped or handed back.
+        unsafe { area.write(state) };
         Coro {
-            state: Box::new(State {
-                inner: Some(inner),
-                frame: Frame {
-                    yielder: Cell::new(ptr::null()),
-                    unwinding: Cell::new(false),
-                    sp_hint: Cell::new(0),
-                    base,
-                    tag,
-                    guard: (limit, limit + page_size()),
-                    stack_size,
-                    label: label.into(),
-                },
-            }),
+            // SAFETY: derived from a mapping's address, never null.
+            state: unsafe { NonNull::new_unchecked(area) },
         }
+    }
+
+    #[inline]
+    fn state(&self) -> &State {
+        // SAFETY: written in `new` and valid until `take_state`, which consumes `self`.
+        unsafe { self.state.as_ref() }
+    }
+
+    #[inline]
+    fn state_mut(&mut self) -> &mut State {
+        // SAFETY: as in `state`; `&mut self` makes the borrow unique.
+        unsafe { self.state.as_mut() }
+    }
+
+    /// Moves the state out of the stack's state area, for the stack to be dropped or
+    /// recycled; the `Coro` must not be used (or dropped) afterwards.
+    fn take_state(&mut self) -> State {
+        // SAFETY: the state was written in `new` and not moved out yet (callers consume or
+        // forget `self` right after); reading it leaves the area unused, never read again.
+        unsafe { self.state.as_ptr().read() }
     }
 
     /// Runs the coroutine until it suspends, returns or panics.
@@ -169,7 +205,7 @@ impl Coro {
     /// When the coroutine has already finished.
     #[inline]
     pub fn resume(&mut self) -> Resumed {
-        let state = &mut *self.state;
+        let state = self.state_mut();
         let inner = match state.inner.as_mut() {
             Some(inner) if !inner.done() => inner,
             _ => panic!("resume of a finished coroutine"),
@@ -190,10 +226,10 @@ impl Coro {
     /// overlap with other work. Only meaningful while the coroutine stays suspended.
     #[inline]
     pub fn resume_hint(&self) -> ResumeHint {
-        let frame = &self.state.frame;
+        let frame = &self.state().frame;
         let stack = frame.sp_hint.get();
         ResumeHint {
-            state: &*self.state as *const State as usize,
+            state: self.state.as_ptr() as usize,
             stack,
             span: u32::try_from(frame.base.saturating_sub(stack)).unwrap_or(u32::MAX),
         }
@@ -201,41 +237,43 @@ impl Coro {
 
     /// Whether the coroutine has run to its end (returned or panicked).
     pub fn is_done(&self) -> bool {
-        self.state.inner.as_ref().is_none_or(|c| c.done())
+        self.state().inner.as_ref().is_none_or(|c| c.done())
     }
 
     /// Whether the coroutine has been resumed at least once.
     pub fn is_started(&self) -> bool {
-        self.state.inner.as_ref().is_some_and(|c| c.started())
+        self.state().inner.as_ref().is_some_and(|c| c.started())
     }
 
     /// The identity tag given to [`Coro::new`].
     pub fn tag(&self) -> u64 {
-        self.state.frame.tag
+        self.state().frame.tag
     }
 
     /// The name printed if this coroutine overflows its stack.
     pub fn label(&self) -> &Label {
-        &self.state.frame.label
+        &self.state().frame.label
     }
 
     /// Changes the name printed if this coroutine overflows its stack.
     pub fn set_label(&mut self, label: impl Into<Label>) {
-        self.state.frame.label = label.into();
+        self.state_mut().frame.label = label.into();
     }
 
     /// Finishes the coroutine (unwinding it if it is suspended) and gives back its stack for
     /// reuse.
     pub fn into_stack(mut self) -> Stack {
         self.unwind();
-        let inner = self.state.inner.take().expect("coroutine already consumed");
+        let mut state = self.take_state();
+        std::mem::forget(self);
+        let inner = state.inner.take().expect("coroutine already consumed");
         inner.into_stack()
     }
 
     /// Unwinds a suspended coroutine's stack, dropping its locals, with this coroutine marked
     /// as the running one so code in its destructors sees the right identity.
     fn unwind(&mut self) {
-        let state = &mut *self.state;
+        let state = self.state_mut();
         if let Some(inner) = state.inner.as_mut() {
             if inner.started() && !inner.done() {
                 state.frame.unwinding.set(true);
@@ -252,7 +290,11 @@ impl Coro {
 
 impl Drop for Coro {
     fn drop(&mut self) {
+        // If a destructor panics during the unwind, the state and its stack are leaked
+        // rather than dropped half-unwound (which would unwind again, inside a panic).
         self.unwind();
+        // Out of the stack before the stack goes (dropping the state drops the stack).
+        drop(self.take_state());
     }
 }
 

@@ -77,12 +77,29 @@ impl Drop for Stack {
     }
 }
 
+/// Bytes at the top of every stack kept out of the frames' reach: the running coroutine's
+/// own state lives there (see `Coro`), on the page its first frames use, instead of in a
+/// heap allocation of its own. A multiple of the cache line, so the frames start on one.
+pub(crate) const STATE_AREA: usize = 256;
+
+impl Stack {
+    /// The reserved area above [`corosensei::stack::Stack::base`]: `STATE_AREA` bytes,
+    /// page-aligned at their top, mapped and writable as long as this `Stack` is.
+    #[inline]
+    pub(crate) fn state_area(&self) -> *mut u8 {
+        (self.inner.base().get() - STATE_AREA) as *mut u8
+    }
+}
+
 // SAFETY: delegates to `DefaultStack`, whose base and limit describe a mapping that lives as
-// long as the `Stack` (the guard page included in the limit, as the trait requires).
+// long as the `Stack` (the guard page included in the limit, as the trait requires); the
+// base is lowered by `STATE_AREA`, which keeps it 16-byte aligned and inside the mapping.
 unsafe impl corosensei::stack::Stack for Stack {
     #[inline]
     fn base(&self) -> StackPointer {
-        self.inner.base()
+        // `DefaultStack`'s base is the page-aligned top of a mapping at least
+        // `MIN_STACK_SIZE` long: this is above the limit and never zero.
+        StackPointer::new(self.inner.base().get() - STATE_AREA).unwrap_or(self.inner.base())
     }
 
     #[inline]
@@ -229,8 +246,10 @@ fn round_size(size: usize) -> usize {
 }
 
 /// Usable bytes of a stack: everything above its guard page.
+/// The stack's size as asked of the pool: from the guard page to the top, the state area
+/// included (frames get `STATE_AREA` bytes less).
 pub(crate) fn usable_size(stack: &Stack) -> usize {
-    stack.base().get() - stack.limit().get() - page_size()
+    stack.inner.base().get() - stack.limit().get() - page_size()
 }
 
 #[cfg(test)]
