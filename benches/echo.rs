@@ -144,6 +144,14 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
 }
 
 /// `"50x64"` → (50, 64).
+/// The loads (connections × message size) listed in `name`, or in `default`.
+fn env_loads(name: &str, default: &str) -> Vec<(usize, usize)> {
+    env_list(name, default)
+        .iter()
+        .map(|s| parse_load(s))
+        .collect()
+}
+
 fn parse_load(spec: &str) -> (usize, usize) {
     let (c, s) = spec
         .split_once('x')
@@ -1034,10 +1042,7 @@ fn echo_mode() {
     let warm: f64 = env_or("ECHO_WARMUP", 1.0);
     let secs: f64 = env_or("ECHO_SECS", 5.0);
     let servers = env_list("ECHO_SERVERS", DEFAULT_SERVERS);
-    let loads: Vec<(usize, usize)> = env_list("ECHO_LOADS", "50x64,1000x1024")
-        .iter()
-        .map(|s| parse_load(s))
-        .collect();
+    let loads = env_loads("ECHO_LOADS", "50x64,1000x1024");
     println!("## echo: closed loop, {rounds} interleaved rounds, {warm} s warm-up + {secs} s measured per cell");
     println!("{}", machine_header());
     let mut cells: Vec<EchoCell> = Vec::new();
@@ -1249,10 +1254,7 @@ fn syscall_mode() {
     let warm: f64 = env_or("ECHO_WARMUP", 1.0);
     let secs: f64 = env_or("ECHO_SYSCALL_SECS", 3.0);
     let servers = env_list("ECHO_SERVERS", DEFAULT_SERVERS);
-    let loads: Vec<(usize, usize)> = env_list("ECHO_SYSCALL_LOADS", "1x64,50x64,1000x1024")
-        .iter()
-        .map(|s| parse_load(s))
-        .collect();
+    let loads = env_loads("ECHO_SYSCALL_LOADS", "1x64,50x64,1000x1024");
     println!("## system calls per echoed message (perf stat tracepoints on the server, {secs} s window after {warm} s warm-up)");
     if let Err(e) = perf_works() {
         println!("skipped: {e}");
@@ -1567,10 +1569,7 @@ fn instructions_mode() {
     let warm: f64 = env_or("ECHO_WARMUP", 2.0);
     let secs: f64 = env_or("ECHO_SECS", 5.0);
     let servers = env_list("ECHO_SERVERS", INSTRUCTION_SERVERS);
-    let loads: Vec<(usize, usize)> = env_list("ECHO_LOADS", "50x64,1000x1024")
-        .iter()
-        .map(|s| parse_load(s))
-        .collect();
+    let loads = env_loads("ECHO_LOADS", "50x64,1000x1024");
     println!("## instructions per echoed message: servers under `valgrind {}`, {warm} s warm-up + {secs} s measured, minus a baseline life with no message", CACHEGRIND_ARGS.join(" "));
     if let Err(e) = valgrind_works() {
         eprintln!("instructions mode: {e}");
