@@ -28,7 +28,8 @@ pub(crate) struct Frame {
     /// An address near the stack pointer at the last suspend: where resuming will touch
     /// the stack first (see [`Coro::resume_hint`]).
     sp_hint: Cell<usize>,
-    /// The top of the stack (exclusive): a suspended coroutine's frames are `sp_hint..base`.
+    /// The top of the frames (exclusive; the state area is above it): a suspended
+    /// coroutine's frames are `sp_hint..base`.
     base: usize,
     /// The caller's identity tag.
     tag: u64,

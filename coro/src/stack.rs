@@ -98,8 +98,10 @@ unsafe impl corosensei::stack::Stack for Stack {
     #[inline]
     fn base(&self) -> StackPointer {
         // `DefaultStack`'s base is the page-aligned top of a mapping at least
-        // `MIN_STACK_SIZE` long: this is above the limit and never zero.
-        StackPointer::new(self.inner.base().get() - STATE_AREA).unwrap_or(self.inner.base())
+        // `MIN_STACK_SIZE` long, so this is above the limit and never zero. (A fallback to
+        // the mapping's top would put the frames over the state.)
+        StackPointer::new(self.inner.base().get() - STATE_AREA)
+            .expect("a stack is larger than its state area")
     }
 
     #[inline]
@@ -245,7 +247,6 @@ fn round_size(size: usize) -> usize {
     size.max(MIN_STACK_SIZE).div_ceil(page) * page
 }
 
-/// Usable bytes of a stack: everything above its guard page.
 /// The stack's size as asked of the pool: from the guard page to the top, the state area
 /// included (frames get `STATE_AREA` bytes less).
 pub(crate) fn usable_size(stack: &Stack) -> usize {

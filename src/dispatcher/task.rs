@@ -160,3 +160,15 @@ pub(crate) struct Task {
     pub(crate) handler: Option<ErrorHandler>,
     pub(crate) socket: Option<Rc<dyn TaskSocket>>,
 }
+
+impl Task {
+    /// Marks it ready to be resumed, dated `now` and told `why`; returns its resume hint
+    /// for the ready queue.
+    #[inline]
+    pub(crate) fn make_ready(&mut self, now: Instant, why: Wake) -> ResumeHint {
+        self.wait = Wait::Ready;
+        self.since = Some(now);
+        self.wake = why;
+        self.hint
+    }
+}
