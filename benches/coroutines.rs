@@ -77,7 +77,7 @@ fn main() {
             raw_switches: 20_000_000,
             dispatcher_yields: 1_000_000,
             spawns: 1_000_000,
-            sleeper_runs: 3,
+            sleeper_runs: std::env::var("SLEEPER_RUNS").map_or(3, |r| r.parse().unwrap_or(3)),
             fifo,
         }
     };
@@ -435,21 +435,138 @@ fn many_yielders(rows: &mut Vec<Row>) {
 
 // ----- (d) 30,000 sleepers ---------------------------------------------------------------------
 
+/// What sleeps in a sleeper run.
+#[derive(Clone, Copy, PartialEq)]
+enum Sleepers {
+    /// 30,000 copas coroutines, each `pause(d)`.
+    Copas,
+    /// The limit: one plain thread sleeping (`std::thread::sleep`) until each deadline in
+    /// turn and noting how late every sleeper due by then is. No scheduler, no coroutine, no
+    /// work per sleeper: what this host gives any single-threaded timer.
+    Limit,
+    /// 30,000 tasks on a tokio `current_thread` runtime, each `tokio::time::sleep(d)`.
+    Tokio,
+}
+
+impl Sleepers {
+    fn name(self) -> &'static str {
+        match self {
+            Sleepers::Copas => "copas",
+            Sleepers::Limit => "limit",
+            Sleepers::Tokio => "tokio",
+        }
+    }
+}
+
+/// One sleeper run: per sleeper, when it went to sleep and when it was due (both since the
+/// run's start) and how late it woke, all in ns; and the time spent creating the sleepers.
+struct SleeperLog {
+    entries: Vec<(u64, u64, u64)>,
+    created: Duration,
+}
+
+/// One sleeper's log entry, from when it went to sleep, how long for, and when it woke.
+fn sleeper_entry(t0: Instant, asleep: Instant, d: Duration, woke: Instant) -> (u64, u64, u64) {
+    let due = asleep + d;
+    (
+        (asleep - t0).as_nanos() as u64,
+        (due - t0).as_nanos() as u64,
+        woke.saturating_duration_since(due).as_nanos() as u64,
+    )
+}
+
+fn sleep_copas(ds: &[Duration]) -> SleeperLog {
+    let log: Rc<RefCell<Vec<(u64, u64, u64)>>> =
+        Rc::new(RefCell::new(Vec::with_capacity(ds.len())));
+    let t0 = Instant::now();
+    for &d in ds {
+        let log = log.clone();
+        copas::addthread(move || {
+            let asleep = Instant::now();
+            copas::pause(d);
+            let entry = sleeper_entry(t0, asleep, d, Instant::now());
+            log.borrow_mut().push(entry);
+        })
+        .expect("addthread");
+    }
+    let created = t0.elapsed();
+    copas::run().expect("run");
+    let entries = log.take();
+    SleeperLog { entries, created }
+}
+
+fn sleep_limit(ds: &[Duration]) -> SleeperLog {
+    let t0 = Instant::now();
+    let mut due: Vec<Duration> = ds.to_vec();
+    due.sort_unstable();
+    let created = t0.elapsed();
+    let mut entries = Vec::with_capacity(ds.len());
+    let mut next = 0;
+    while next < due.len() {
+        let at = t0 + due[next];
+        let now = Instant::now();
+        if now < at {
+            std::thread::sleep(at - now);
+        }
+        let woke = Instant::now();
+        while next < due.len() && t0 + due[next] <= woke {
+            entries.push(sleeper_entry(t0, t0, due[next], woke));
+            next += 1;
+        }
+    }
+    SleeperLog { entries, created }
+}
+
+fn sleep_tokio(ds: &[Duration]) -> SleeperLog {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime");
+    let t0 = Instant::now();
+    let handles: Vec<_> = {
+        let _entered = rt.enter();
+        ds.iter()
+            .map(|&d| {
+                tokio::spawn(async move {
+                    let asleep = Instant::now();
+                    tokio::time::sleep(d).await;
+                    sleeper_entry(t0, asleep, d, Instant::now())
+                })
+            })
+            .collect()
+    };
+    let created = t0.elapsed();
+    let entries = rt.block_on(async {
+        let mut entries = Vec::with_capacity(handles.len());
+        for h in handles {
+            entries.push(h.await.expect("sleeper task"));
+        }
+        entries
+    });
+    SleeperLog { entries, created }
+}
+
 fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
     const SLEEPERS: usize = 30_000;
     const SPAN: Duration = Duration::from_secs(2);
+    const KINDS: [Sleepers; 3] = [Sleepers::Copas, Sleepers::Limit, Sleepers::Tokio];
     println!("## (d) {SLEEPERS} sleepers, `pause(d)` with d uniform in [0, 2 s)");
     println!();
     println!(
-        "Lateness = wake-up time − (time `pause` was called + d), measured inside each \
-         coroutine. All sleepers are added, then `run()`: the first step starts them all, one \
-         after another, so sleepers due before the last one has started wait for that start \
-         phase to end. The last columns leave those out."
+        "Lateness = wake-up time − (time the sleeper went to sleep + d). copas: {SLEEPERS} \
+         coroutines, all added, then `run()`: the first steps start them all, one after \
+         another, so sleepers due before the last one has started wait for that start phase. \
+         limit: one thread sleeping until each deadline in turn, no scheduler (what the host \
+         gives any timer). tokio: {SLEEPERS} tasks on a `current_thread` runtime, \
+         `tokio::time::sleep(d)`. Each repetition draws new deadlines and runs the three on \
+         them, in an order rotated every repetition. The \"due after start\" columns leave out \
+         the sleepers due before the last one went to sleep. CPU and waits include creating \
+         the sleepers."
     );
     println!();
-    println!("| run | woke | total s | addthread ms | start phase ms | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | target / p99 | due after start phase: n | their p99 µs | their max µs | run(): CPU ms | waited for a CPU ms | involuntary switches |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut p99s = Vec::new();
+    println!("| run | sleepers | woke | total s | create ms | start phase ms | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | target / p99 | due after start: n | their p99 µs | their max µs | CPU ms | waited for a CPU ms | involuntary switches |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut p99s: Vec<(Sleepers, f64)> = Vec::new();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut runs: Vec<(usize, bool)> = (0..plan.sleeper_runs).map(|r| (r + 1, false)).collect();
     if plan.fifo {
@@ -460,73 +577,94 @@ fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
             println!("| FIFO | (sched_setscheduler(SCHED_FIFO) refused; skipped) |");
             break;
         }
-        // Per sleeper: when it called pause (since t0), its deadline (since t0), lateness.
-        let log: Rc<RefCell<Vec<(u64, u64, u64)>>> =
-            Rc::new(RefCell::new(Vec::with_capacity(SLEEPERS)));
-        let t0 = Instant::now();
-        for _ in 0..SLEEPERS {
-            let d = Duration::from_nanos(rng.next() % SPAN.as_nanos() as u64);
-            let log = log.clone();
-            copas::addthread(move || {
-                let asleep = Instant::now();
-                copas::pause(d);
-                let now = Instant::now();
-                let due = asleep + d;
-                let lateness = now.saturating_duration_since(due);
-                log.borrow_mut().push((
-                    (asleep - t0).as_nanos() as u64,
-                    (due - t0).as_nanos() as u64,
-                    lateness.as_nanos() as u64,
-                ));
-            })
-            .expect("addthread");
+        let ds: Vec<Duration> = (0..SLEEPERS)
+            .map(|_| Duration::from_nanos(rng.next() % SPAN.as_nanos() as u64))
+            .collect();
+        for i in 0..KINDS.len() {
+            let kind = KINDS[(i + run - 1) % KINDS.len()];
+            let sched = SchedStat::now();
+            let t0 = Instant::now();
+            let log = match kind {
+                Sleepers::Copas => sleep_copas(&ds),
+                Sleepers::Limit => sleep_limit(&ds),
+                Sleepers::Tokio => sleep_tokio(&ds),
+            };
+            let total = t0.elapsed();
+            let sched = SchedStat::now().since(&sched);
+            let started = log.entries.iter().map(|e| e.0).max().unwrap_or(0);
+            let mut late: Vec<u64> = log.entries.iter().map(|e| e.2).collect();
+            late.sort_unstable();
+            let mut steady: Vec<u64> = log
+                .entries
+                .iter()
+                .filter(|e| e.1 > started)
+                .map(|e| e.2)
+                .collect();
+            steady.sort_unstable();
+            let us = |v: &[u64], q: f64| percentile(v, q) as f64 / 1e3;
+            let p99 = us(&late, 0.99);
+            if !fifo {
+                p99s.push((kind, p99));
+            }
+            println!(
+                "| {}{} | {} | {} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                run,
+                if fifo { " SCHED_FIFO" } else { "" },
+                kind.name(),
+                log.entries.len(),
+                total.as_secs_f64(),
+                log.created.as_secs_f64() * 1e3,
+                (started as f64 - log.created.as_nanos() as f64).max(0.0) / 1e6,
+                us(&late, 0.50),
+                us(&late, 0.90),
+                p99,
+                us(&late, 0.999),
+                *late.last().unwrap_or(&0) as f64 / 1e3,
+                TARGET_P99_LATE_US / p99,
+                steady.len(),
+                us(&steady, 0.99),
+                *steady.last().unwrap_or(&0) as f64 / 1e3,
+                sched.cpu_ns as f64 / 1e6,
+                sched.wait_ns as f64 / 1e6,
+                sched.nivcsw,
+            );
         }
-        let created = t0.elapsed();
-        let sched = SchedStat::now();
-        copas::run().expect("run");
-        let total = t0.elapsed();
-        let sched = SchedStat::now().since(&sched);
         if fifo {
             set_fifo(false);
         }
-        let log = log.take();
-        let started = log.iter().map(|e| e.0).max().unwrap_or(0);
-        let mut late: Vec<u64> = log.iter().map(|e| e.2).collect();
-        late.sort_unstable();
-        let mut steady: Vec<u64> = log.iter().filter(|e| e.1 > started).map(|e| e.2).collect();
-        steady.sort_unstable();
-        let us = |v: &[u64], q: f64| percentile(v, q) as f64 / 1e3;
-        let p99 = us(&late, 0.99);
-        if !fifo {
-            p99s.push(p99);
-        }
-        println!(
-            "| {}{} | {} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
-            run,
-            if fifo { " SCHED_FIFO" } else { "" },
-            log.len(),
-            total.as_secs_f64(),
-            created.as_secs_f64() * 1e3,
-            (started as f64 - created.as_nanos() as f64) / 1e6,
-            us(&late, 0.50),
-            us(&late, 0.90),
-            p99,
-            us(&late, 0.999),
-            *late.last().unwrap_or(&0) as f64 / 1e3,
-            TARGET_P99_LATE_US / p99,
-            steady.len(),
-            us(&steady, 0.99),
-            *steady.last().unwrap_or(&0) as f64 / 1e3,
-            sched.cpu_ns as f64 / 1e6,
-            sched.wait_ns as f64 / 1e6,
-            sched.nivcsw,
-        );
     }
-    p99s.sort_by(f64::total_cmp);
+    let median = |kind: Sleepers| {
+        let mut v: Vec<f64> = p99s
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|&(_, p)| p)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (copas, limit, tokio) = (
+        median(Sleepers::Copas),
+        median(Sleepers::Limit),
+        median(Sleepers::Tokio),
+    );
+    println!();
+    println!(
+        "p99 lateness, median of the runs without SCHED_FIFO: copas {copas:.1} µs, limit \
+         {limit:.1} µs, tokio {tokio:.1} µs; copas / limit {:.2}, copas / tokio {:.2}",
+        copas / limit,
+        copas / tokio
+    );
     row(
         rows,
         "timer lateness p99, 30,000 sleepers (median of runs)",
-        p99s[p99s.len() / 2],
+        copas,
+        "µs",
+        Some(TARGET_P99_LATE_US),
+    );
+    row(
+        rows,
+        "the same deadlines, one plain thread sleeping to each (the limit)",
+        limit,
         "µs",
         Some(TARGET_P99_LATE_US),
     );

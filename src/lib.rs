@@ -445,6 +445,12 @@ pub fn autoclose() -> bool {
 }
 
 /// How many finished coroutines' stacks the dispatcher keeps for reuse (default 1024).
+///
+/// Stacks of coroutines that end beyond this bound are not unmapped as they end but when
+/// the dispatcher has an idle moment (no event pending, nothing ready, no timer due within
+/// 1 ms; a step then unmaps for at most 0.5 ms and returns), one per step after 5 s without
+/// such a moment, and when [`run`] returns; meanwhile new coroutines reuse them. Lowering
+/// the bound unmaps what is beyond it at once. See `docs/stacks.md`.
 pub fn set_pooled_stacks(max: usize) {
     dispatcher::with(|d| d.set_pooled_stacks(max))
 }

@@ -7,6 +7,7 @@
 //! example past `vm.max_map_count`) the caller gets an `io::Error` and can refuse the work,
 //! where `corosensei::Coroutine::new` would panic.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -136,6 +137,12 @@ pub const MIN_STACK_SIZE: usize = 16 * 1024;
 
 /// A bounded pool of reusable coroutine stacks of one size.
 ///
+/// Stacks beyond the bound are unmapped either at once ([`recycle`](StackPool::recycle)) or
+/// when the owner chooses ([`retire`](StackPool::retire), then [`trim_one`](StackPool::trim_one)):
+/// unmapping one among tens of thousands of mappings takes tens of microseconds, and the
+/// kernel frees the mapping's records later in a thread that may preempt this one, so a
+/// scheduler does it when nothing is due.
+///
 /// # Example
 ///
 /// ```
@@ -151,7 +158,9 @@ pub const MIN_STACK_SIZE: usize = 16 * 1024;
 pub struct StackPool {
     size: usize,
     max_idle: usize,
-    idle: Vec<Stack>,
+    /// Most recently pooled at the back: handed out first (its lines may still be cached),
+    /// while the front, the coldest, is what trimming unmaps.
+    idle: VecDeque<Stack>,
 }
 
 impl std::fmt::Debug for StackPool {
@@ -171,7 +180,7 @@ impl StackPool {
         StackPool {
             size: round_size(size),
             max_idle,
-            idle: Vec::new(),
+            idle: VecDeque::new(),
         }
     }
 
@@ -181,7 +190,7 @@ impl StackPool {
     ///
     /// As [`Stack::new`]: `OutOfMemory` near `vm.max_map_count`, or the error of `mmap`.
     pub fn allocate(&mut self) -> io::Result<Stack> {
-        match self.idle.pop() {
+        match self.idle.pop_back() {
             Some(stack) => Ok(stack),
             None => Stack::new(self.size),
         }
@@ -191,8 +200,32 @@ impl StackPool {
     /// is unmapped instead.
     pub fn recycle(&mut self, stack: Stack) {
         if self.idle.len() < self.max_idle && usable_size(&stack) == self.size {
-            self.idle.push(stack);
+            self.idle.push_back(stack);
         }
+    }
+
+    /// Returns a stack to the pool even beyond its bound; what is beyond it (the
+    /// [`surplus`](StackPool::surplus)) stays mapped, and is handed out again, until
+    /// [`trim_one`](StackPool::trim_one) unmaps it. A stack of another size is unmapped.
+    pub fn retire(&mut self, stack: Stack) {
+        if usable_size(&stack) == self.size {
+            self.idle.push_back(stack);
+        }
+    }
+
+    /// How many idle stacks the pool holds beyond its bound.
+    pub fn surplus(&self) -> usize {
+        self.idle.len().saturating_sub(self.max_idle)
+    }
+
+    /// Unmaps the least recently pooled idle stack if the pool holds more than its bound;
+    /// false when it does not.
+    pub fn trim_one(&mut self) -> bool {
+        if self.surplus() == 0 {
+            return false;
+        }
+        drop(self.idle.pop_front());
+        true
     }
 
     /// The usable size of the stacks this pool hands out.
@@ -218,7 +251,7 @@ impl StackPool {
     /// Changes the bound on unused stacks, unmapping any beyond it.
     pub fn set_max_idle(&mut self, max_idle: usize) {
         self.max_idle = max_idle;
-        self.idle.truncate(max_idle);
+        while self.trim_one() {}
     }
 
     /// How many unused stacks the pool holds now.
@@ -283,6 +316,28 @@ mod tests {
         assert_eq!(pool.idle(), 1);
         assert_eq!(pool.allocate().unwrap().base(), base);
         assert_eq!(pool.idle(), 0);
+    }
+
+    #[test]
+    fn retired_stacks_beyond_the_bound_stay_until_trimmed_coldest_first() {
+        let mut pool = StackPool::new(64 * 1024, 1);
+        let stacks: Vec<Stack> = (0..3).map(|_| pool.allocate().unwrap()).collect();
+        let bases: Vec<_> = stacks.iter().map(|s| s.base()).collect();
+        for s in stacks {
+            pool.retire(s);
+        }
+        assert_eq!((pool.idle(), pool.surplus()), (3, 2));
+        assert!(pool.trim_one());
+        assert!(pool.trim_one());
+        assert!(!pool.trim_one(), "the bound itself is kept");
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(
+            pool.allocate().unwrap().base(),
+            bases[2],
+            "the most recently retired stack is the one kept"
+        );
+        pool.retire(Stack::new(128 * 1024).unwrap());
+        assert_eq!(pool.idle(), 0, "a stack of another size is not pooled");
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! [`LATE_AFTER`]); then
 //! resume every coroutine that was ready when the run phase began, once (at most
 //! [`MAX_RESUMES_PER_STEP`] of them; the rest keep their place for the next step, so timers
-//! and I/O are looked at regularly even when tens of thousands are ready). Coroutines made
-//! ready during the run phase run in the next step, so a `pause(0)` loop cannot spin inside
-//! one step.
+//! and I/O are looked at regularly even when tens of thousands are ready; a coroutine woken
+//! by a deadline or an event while such a backlog is queued goes ahead of it, see
+//! `ready.rs`). Coroutines made ready during the run phase run in the next step, so a
+//! `pause(0)` loop cannot spin inside one step.
 //!
 //! Borrow discipline: the state lives in a `RefCell`, and no borrow is ever held while a
 //! coroutine runs, while a user callback runs, or while something that may own a socket is
@@ -19,6 +20,7 @@ mod handle;
 mod introspect;
 mod poller;
 mod reactor;
+mod ready;
 pub(crate) mod remote;
 mod report;
 mod shutdown;
@@ -27,7 +29,6 @@ mod task;
 mod timers;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ pub(crate) use task::{TaskName, TaskSocket, Wake};
 
 use poller::{Poller, Readiness};
 use reactor::Source;
+use ready::{near_data, ReadyEntry, ReadyQueue};
 use task::{Task, Wait};
 use timers::{TimerKey, TimerQueue};
 
@@ -74,6 +76,20 @@ const MAX_RESUMES_PER_STEP: usize = 1024;
 /// that deadline, so a wait whose data arrived in time is served, not timed out. In an
 /// ordinary step this much never passes and the extra look costs nothing.
 const LATE_AFTER: Duration = Duration::from_millis(1);
+
+/// Stacks beyond the pool's bound are unmapped only in a step that would otherwise sleep
+/// in the poller at least this long (no timer due sooner, nothing ready, no event pending):
+/// an unmap costs tens of microseconds among tens of thousands of mappings, and the kernel
+/// frees the mapping's records later in a thread that preempts this one, so done as
+/// coroutines end (30,000 sleepers) it made sleepers due meanwhile late by milliseconds.
+const TRIM_IDLE: Duration = Duration::from_millis(1);
+
+/// The longest one step spends unmapping surplus stacks before it looks at the poller again.
+const TRIM_SLICE: Duration = Duration::from_micros(500);
+
+/// A surplus of stacks that outlives this many seconds of steps with no idle moment (a
+/// server that is never idle) is unmapped one stack per step.
+const TRIM_AFTER: Duration = Duration::from_secs(5);
 
 /// Socket operations a coroutine may complete without waiting before it is made to yield,
 /// so that a stream that is always ready cannot starve the others.
@@ -103,51 +119,6 @@ enum TimerAction {
     Accept(SourceKey),
     /// A graceful shutdown's deadline: only wakes the poller (see `shutdown.rs`).
     ShutdownDeadline,
-}
-
-/// A coroutine in the ready queue, with where its resume will touch memory first.
-#[derive(Debug, Clone, Copy)]
-struct ReadyEntry {
-    co: Coroutine,
-    hint: ResumeHint,
-    /// Addresses the resumed coroutine will read soon (its task entry, the socket it waited
-    /// on and that socket's owner), 0 where unknown; only ever prefetched.
-    data: [usize; 3],
-}
-
-/// Where a coroutine woken by `io` will read first once resumed: the socket's own record and
-/// the handle that owns it (a `Connection`), as addresses to prefetch.
-fn near_data(io: &IoSource) -> [usize; 2] {
-    let owner = io
-        .owner
-        .get()
-        .map_or(0, |owner| owner.as_ptr() as *const u8 as usize);
-    [io as *const IoSource as usize, owner]
-}
-
-impl ReadyEntry {
-    fn new(co: Coroutine, hint: ResumeHint) -> ReadyEntry {
-        ReadyEntry {
-            co,
-            hint,
-            data: [0; 3],
-        }
-    }
-
-    /// Starts loading everything the resume will read before the coroutine's own code runs:
-    /// issued one coroutine ahead in the run phase, it overlaps those misses (every line
-    /// of a connection's state is cold when thousands take turns) with the current
-    /// coroutine's system calls.
-    #[inline]
-    fn prefetch(&self) {
-        self.hint.prefetch_frames();
-        for addr in self.data {
-            if addr != 0 {
-                copas_coro::prefetch(addr);
-                copas_coro::prefetch(addr + 64);
-            }
-        }
-    }
 }
 
 /// How many coroutines are in each kind of wait (Copas's `status` counts).
@@ -189,7 +160,7 @@ struct State {
     tasks: Slab<Task>,
     next_generation: u32,
     /// Coroutines to resume, in order (may hold stale handles, which are skipped).
-    ready: VecDeque<ReadyEntry>,
+    ready: ReadyQueue,
     timers: TimerQueue<TimerAction>,
     sources: Slab<Source>,
     next_source_generation: u32,
@@ -224,6 +195,8 @@ pub(crate) struct Dispatcher {
     pool: RefCell<StackPool>,
     /// Operations completed without waiting since the running coroutine was resumed.
     budget: Cell<u32>,
+    /// Since when the stack pool has held more than its bound (see [`TRIM_IDLE`]).
+    surplus_since: Cell<Option<Instant>>,
     /// Sources closed while the state was borrowed, to be removed by `reap`.
     closed_sources: RefCell<Vec<SourceKey>>,
     /// Whether connections accepted from now on are closed when their handler ends.
@@ -332,13 +305,20 @@ impl State {
         if let Some(task) = self.task_mut(co) {
             hint = task.make_ready(now, why);
         }
-        self.ready.push_back(ReadyEntry::new(co, hint));
+        let entry = ReadyEntry::new(co, hint);
+        if why == Wake::Timeout {
+            // Only `fire_timers` wakes with it, between the poller wait and the run phase.
+            self.ready.push_woken(entry);
+        } else {
+            self.ready.push(entry);
+        }
         true
     }
 
-    /// Wakes a coroutine already taken out of its socket's queue by an event; `near` is
-    /// [`near_data`] of that socket.
-    fn wake_popped(&mut self, co: Coroutine, near: [usize; 2]) {
+    /// Wakes a coroutine already taken out of its socket's queue by an event (`event`: a
+    /// poller event, not a coroutine passing readiness on); `near` is [`near_data`] of that
+    /// socket.
+    fn wake_popped(&mut self, co: Coroutine, near: [usize; 2], event: bool) {
         let now = self.now;
         let Some(task) = self.task_mut(co) else {
             return;
@@ -352,11 +332,13 @@ impl State {
         // every stack is cold).
         hint.prefetch();
         self.leave_wait(wait, timer);
-        self.ready.push_back(ReadyEntry {
-            co,
-            hint,
-            data: [task_addr, near[0], near[1]],
-        });
+        let data = [task_addr, near[0], near[1]];
+        // Built in each call, not moved in: the entry is written where it is queued.
+        if event {
+            self.ready.push_woken(ReadyEntry { co, hint, data });
+        } else {
+            self.ready.push(ReadyEntry { co, hint, data });
+        }
     }
 
     /// Handles one poller event.
@@ -389,7 +371,7 @@ impl State {
             src.io.waiting.set(src.io.waiting.get() - popped);
             let near = near_data(&src.io);
             for co in woken.into_iter().flatten() {
-                self.wake_popped(co, near);
+                self.wake_popped(co, near, true);
             }
         }
     }
@@ -428,7 +410,7 @@ impl Dispatcher {
             state: RefCell::new(State {
                 tasks: Slab::new(),
                 next_generation: 1,
-                ready: VecDeque::new(),
+                ready: ReadyQueue::default(),
                 timers: TimerQueue::new(),
                 sources: Slab::new(),
                 next_source_generation: 1,
@@ -452,6 +434,7 @@ impl Dispatcher {
             events: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
             pool: RefCell::new(StackPool::new(DEFAULT_STACK_SIZE, DEFAULT_POOLED_STACKS)),
             budget: Cell::new(0),
+            surplus_since: Cell::new(None),
         }
     }
 
@@ -524,7 +507,7 @@ impl Dispatcher {
                 hint,
             });
             if !start_now {
-                st.ready.push_back(ReadyEntry::new(co, hint));
+                st.ready.push(ReadyEntry::new(co, hint));
             }
         }
         if start_now {
@@ -607,7 +590,7 @@ impl Dispatcher {
         // Unwind first (a coroutine that suspended outside copas is still live): the
         // destructors on its stack may call into the dispatcher.
         let stack = coro.into_stack();
-        self.pool.borrow_mut().recycle(stack);
+        self.pool.borrow_mut().retire(stack);
         let Some((task, callback)) = removed else {
             return;
         };
@@ -646,7 +629,7 @@ impl Dispatcher {
             }
             for coro in graves {
                 let stack = coro.into_stack();
-                self.pool.borrow_mut().recycle(stack);
+                self.pool.borrow_mut().retire(stack);
             }
         }
     }
@@ -688,7 +671,12 @@ impl Dispatcher {
                 }
             }
         };
-        let had_events = self.dispatch_events(poller, wait_for)?;
+        let (wait_for, polled) = if self.pool.borrow().surplus() > 0 {
+            self.trim_stacks(poller, wait_for)?
+        } else {
+            (wait_for, false)
+        };
+        let had_events = self.dispatch_events(poller, wait_for)? || polled;
         let waited = self.state.borrow().now;
 
         self.drain_remote();
@@ -712,7 +700,11 @@ impl Dispatcher {
         }
 
         // Resume those ready now; those made ready meanwhile go after them, next step.
-        let batch = self.state.borrow().ready.len().min(MAX_RESUMES_PER_STEP);
+        let batch = {
+            let mut st = self.state.borrow_mut();
+            st.ready.begin_run_phase();
+            st.ready.len().min(MAX_RESUMES_PER_STEP)
+        };
         for i in 0..batch {
             let next = {
                 let mut st = self.state.borrow_mut();
@@ -737,6 +729,50 @@ impl Dispatcher {
             self.settle_shutdown();
         }
         Ok(had_events)
+    }
+
+    /// Unmaps stacks beyond the pool's bound if this step would sleep `wait_for` in the
+    /// poller with nothing to do (see [`TRIM_IDLE`]), for at most [`TRIM_SLICE`]; returns the
+    /// wait left for the step (none while a surplus remains, so the next step goes on with
+    /// it after looking at the poller) and whether events were found.
+    fn trim_stacks(
+        &self,
+        poller: &Poller,
+        wait_for: Option<Duration>,
+    ) -> Result<(Option<Duration>, bool)> {
+        let start = Instant::now();
+        let since = match self.surplus_since.get() {
+            Some(since) => since,
+            None => {
+                self.surplus_since.set(Some(start));
+                start
+            }
+        };
+        if wait_for.is_some_and(|d| d < TRIM_IDLE) {
+            if start.duration_since(since) >= TRIM_AFTER {
+                self.trim_one_stack();
+            }
+            return Ok((wait_for, false));
+        }
+        // Pending I/O goes before unmapping.
+        if self.dispatch_events(poller, Some(Duration::ZERO))? {
+            return Ok((Some(Duration::ZERO), true));
+        }
+        while self.trim_one_stack() {
+            if start.elapsed() >= TRIM_SLICE {
+                return Ok((Some(Duration::ZERO), false));
+            }
+        }
+        Ok((wait_for.map(|d| d.saturating_sub(start.elapsed())), false))
+    }
+
+    /// Unmaps one stack beyond the pool's bound; false when there is none.
+    fn trim_one_stack(&self) -> bool {
+        let trimmed = self.pool.borrow_mut().trim_one();
+        if self.pool.borrow().surplus() == 0 {
+            self.surplus_since.set(None);
+        }
+        trimmed
     }
 
     fn accept_pending(&self) {
@@ -887,6 +923,9 @@ impl Dispatcher {
                     continue;
                 }
                 if self.exiting() {
+                    // Nothing waits on the thread now: give back the stacks beyond the
+                    // pool's bound that no idle moment of the run has unmapped.
+                    while self.trim_one_stack() {}
                     break Ok(());
                 }
                 self.exit();
@@ -1112,7 +1151,9 @@ impl Dispatcher {
         };
         if let Some(co) = next {
             io.waiting.set(io.waiting.get() - 1);
-            self.state.borrow_mut().wake_popped(co, near_data(io));
+            self.state
+                .borrow_mut()
+                .wake_popped(co, near_data(io), false);
         }
     }
 
@@ -1159,8 +1200,7 @@ impl Dispatcher {
                         Some(task) => {
                             task.make_ready(now, Wake::Woken);
                             // Running: its stack is hot already, no hint needed.
-                            st.ready
-                                .push_back(ReadyEntry::new(co, ResumeHint::default()));
+                            st.ready.push(ReadyEntry::new(co, ResumeHint::default()));
                             true
                         }
                         None => false,
@@ -1333,6 +1373,7 @@ impl Dispatcher {
 
     pub(crate) fn set_pooled_stacks(&self, max_idle: usize) {
         self.pool.borrow_mut().set_max_idle(max_idle);
+        self.surplus_since.set(None);
     }
 
     // ----- the reactor ------------------------------------------------------------------

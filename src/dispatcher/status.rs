@@ -25,6 +25,8 @@ pub struct Status {
     pub coroutines: usize,
     /// Registered sockets, servers included.
     pub sockets: usize,
-    /// Idle stacks kept for reuse.
+    /// Idle stacks kept for reuse: up to the bound of
+    /// [`set_pooled_stacks`](crate::set_pooled_stacks), and beyond it those of coroutines
+    /// that ended since the dispatcher last had an idle moment to unmap them.
     pub pooled_stacks: usize,
 }
