@@ -700,11 +700,7 @@ impl Dispatcher {
         }
 
         // Resume those ready now; those made ready meanwhile go after them, next step.
-        let batch = {
-            let mut st = self.state.borrow_mut();
-            st.ready.begin_run_phase();
-            st.ready.len().min(MAX_RESUMES_PER_STEP)
-        };
+        let batch = self.state.borrow_mut().ready.begin_run_phase();
         for i in 0..batch {
             let next = {
                 let mut st = self.state.borrow_mut();
