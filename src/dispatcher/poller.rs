@@ -10,8 +10,10 @@
 //!   and the short-read rule is safe. Without it (other platforms) only `WouldBlock` may clear
 //!   readiness, at the price of one more read per message.
 //! * **Cost per wait.** `polling`'s `wait` makes five system calls on Linux (it re-arms a
-//!   timerfd and an eventfd each time); here a wait is one `epoll_pwait2` (one `epoll_wait`
-//!   on kernels before 5.11, with the timeout rounded up to a millisecond).
+//!   timerfd and an eventfd each time); here a wait is one system call: `epoll_wait` when
+//!   it waits for no deadline or for none at all (the common waits, and the cheaper call:
+//!   no timespec to copy in), `epoll_pwait2` for a deadline, to the nanosecond (on kernels
+//!   before 5.11 `epoll_wait` again, with the timeout rounded up to a millisecond).
 //!
 //! Every descriptor is registered once, edge-triggered, for both directions.
 
@@ -196,43 +198,25 @@ mod linux {
             let epfd = self.epoll.as_raw_fd();
             let max = buffer.capacity() as libc::c_int;
             let events = buffer.as_mut_ptr();
-            if !self.no_pwait2.get() {
-                let ts = timeout.map(|t| libc::timespec {
-                    tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
-                    tv_nsec: t.subsec_nanos() as libc::c_long,
-                });
-                let ts_ptr = ts
-                    .as_ref()
-                    .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-                // SAFETY: `events` has room for `max` entries; `ts_ptr` is null or points at
-                // a timespec that outlives the call; no signal mask is passed.
-                let ret = unsafe {
-                    libc::syscall(
-                        libc::SYS_epoll_pwait2,
-                        epfd,
-                        events,
-                        max,
-                        ts_ptr,
-                        std::ptr::null::<libc::sigset_t>(),
-                        0usize,
-                    )
-                };
-                if ret >= 0 {
-                    return Ok(ret as usize);
-                }
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => return Ok(0),
-                    Some(libc::ENOSYS) => self.no_pwait2.set(true),
-                    _ => return Err(err),
-                }
-            }
             let ms = match timeout {
+                // No deadline, or none left (coroutines are ready): plain `epoll_wait`, with
+                // no timespec to copy in and no generic `syscall` wrapper. A step that finds
+                // nothing to do costs little more than this call, and a `pause(ZERO)` loop
+                // is a step per yield.
                 None => -1,
-                Some(t) => t
-                    .as_nanos()
-                    .div_ceil(1_000_000)
-                    .min(libc::c_int::MAX as u128) as libc::c_int,
+                Some(t) if t.is_zero() => 0,
+                // A deadline: `epoll_pwait2` waits to the nanosecond, `epoll_wait` only to the
+                // millisecond (rounded up, so never early).
+                Some(t) => {
+                    if !self.no_pwait2.get() {
+                        if let Some(n) = self.wait_pwait2(epfd, events, max, t)? {
+                            return Ok(n);
+                        }
+                    }
+                    t.as_nanos()
+                        .div_ceil(1_000_000)
+                        .min(libc::c_int::MAX as u128) as libc::c_int
+                }
             };
             // SAFETY: `events` has room for `max` entries.
             let ret = unsafe { libc::epoll_wait(epfd, events, max, ms) };
@@ -244,6 +228,46 @@ mod linux {
                 return Err(err);
             }
             Ok(ret as usize)
+        }
+
+        /// `epoll_pwait2` with `timeout`; `None` when the kernel lacks it (remembered: every
+        /// later wait uses `epoll_wait`).
+        fn wait_pwait2(
+            &self,
+            epfd: RawFd,
+            events: *mut libc::epoll_event,
+            max: libc::c_int,
+            timeout: Duration,
+        ) -> io::Result<Option<usize>> {
+            let ts = libc::timespec {
+                tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                tv_nsec: timeout.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: `events` has room for `max` entries; `ts` outlives the call; no signal
+            // mask is passed.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    epfd,
+                    events,
+                    max,
+                    &ts as *const libc::timespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if ret >= 0 {
+                return Ok(Some(ret as usize));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => Ok(Some(0)),
+                Some(libc::ENOSYS) => {
+                    self.no_pwait2.set(true);
+                    Ok(None)
+                }
+                _ => Err(err),
+            }
         }
 
         fn drain_notify(&self) {
