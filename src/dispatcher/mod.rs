@@ -679,9 +679,16 @@ impl Dispatcher {
         let had_events = self.dispatch_events(poller, wait_for)? || polled;
         let waited = self.state.borrow().now;
 
-        self.drain_remote();
-        self.accept_pending();
-        let now = Instant::now();
+        let remote = self.drain_remote();
+        let accepted = self.accept_pending();
+        // Handlers started by those may have held the thread; otherwise the wait's own
+        // clock reading is still now (one clock read less per step: an empty step is a
+        // `pause(ZERO)` yield).
+        let now = if remote || accepted {
+            Instant::now()
+        } else {
+            waited
+        };
         if now.duration_since(waited) > LATE_AFTER {
             let expired = self
                 .state
@@ -771,8 +778,12 @@ impl Dispatcher {
         trimmed
     }
 
-    fn accept_pending(&self) {
+    /// Runs the accept rounds due; false when there were none.
+    fn accept_pending(&self) -> bool {
         let pending = std::mem::take(&mut self.state.borrow_mut().pending_accept);
+        if pending.is_empty() {
+            return false;
+        }
         for key in pending {
             let acceptor = {
                 let mut st = self.state.borrow_mut();
@@ -800,6 +811,7 @@ impl Dispatcher {
                 }
             }
         }
+        true
     }
 
     /// Waits in the poller up to `wait_for` and turns the events into ready coroutines (and

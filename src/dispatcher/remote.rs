@@ -199,11 +199,12 @@ impl Dispatcher {
     }
 
     /// Acts on what other threads posted. Called once per step, after the poller wait.
-    pub(crate) fn drain_remote(&self) {
+    pub(crate) fn drain_remote(&self) -> bool {
         let Some(remote) = self.remote.remote.get() else {
-            return;
+            return false;
         };
         let messages = std::mem::take(&mut lock(&remote.inbox).messages);
+        let any = !messages.is_empty();
         for msg in messages {
             match msg {
                 Message::Complete { co, token } => {
@@ -223,6 +224,7 @@ impl Dispatcher {
                 Message::Shutdown(grace) => self.shutdown(grace),
             }
         }
+        any
     }
 
     /// Whether a coroutine waits for an offloaded closure (which keeps `run` going).
