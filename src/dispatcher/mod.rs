@@ -333,7 +333,6 @@ impl State {
         hint.prefetch();
         self.leave_wait(wait, timer);
         let data = [task_addr, near[0], near[1]];
-        // Built in each call, not moved in: the entry is written where it is queued.
         if event {
             self.ready.push_woken(ReadyEntry { co, hint, data });
         } else {
