@@ -202,3 +202,43 @@ fn a_dispatcher_that_is_never_idle_unmaps_the_stack_surplus_after_five_seconds()
         "the surplus of a busy dispatcher went after {after:?}, before 5 s"
     );
 }
+
+#[test]
+fn an_idle_step_unmaps_surplus_stacks_for_a_slice_of_time_then_returns() {
+    let _dog = Watchdog::new("stack surplus in slices", Duration::from_secs(60));
+    const BOUND: usize = 4;
+    const ENDED: usize = 5_000;
+    copas::set_pooled_stacks(BOUND);
+    for _ in 0..ENDED {
+        copas::addthread(|| {}).expect("addthread");
+    }
+    // The coroutines run and end, 1,024 a step; their stacks stay pooled while coroutines
+    // are ready.
+    for _ in 0..100 {
+        if copas::status().coroutines == 0 {
+            break;
+        }
+        copas::step(Some(Duration::ZERO)).expect("step");
+    }
+    assert_eq!(copas::status().coroutines, 0);
+    assert_eq!(copas::status().pooled_stacks, ENDED);
+    // Nothing to do for five seconds: the step unmaps for half a millisecond (5,000 unmaps
+    // take several), then looks at the poller again instead of going on or sleeping.
+    let t = Instant::now();
+    copas::step(Some(Duration::from_secs(5))).expect("step");
+    let took = t.elapsed();
+    let left = copas::status().pooled_stacks;
+    assert!(
+        took < Duration::from_secs(2),
+        "an idle step with stacks to unmap took {took:?}"
+    );
+    assert!(
+        BOUND < left && left < ENDED,
+        "one step unmapped a slice of the surplus, not none or all: {left} left"
+    );
+    assert!(
+        util::step_until(Duration::from_secs(20), || copas::status().pooled_stacks
+            == BOUND),
+        "further idle steps unmap the rest"
+    );
+}
