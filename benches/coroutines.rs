@@ -9,6 +9,7 @@
 //!                                           # switch, spawn, yielders, sleepers
 //! cargo bench --bench coroutines -- fifo    # also repeat the sleepers under SCHED_FIFO
 //!                                           # (root), to take other load off the timings
+//! SLEEPER_RUNS=9 cargo bench --bench coroutines -- sleepers   # repetitions (default 3)
 //! ```
 //!
 //! Micro figures are the best of several runs (the least disturbed by the host); the sleeper

@@ -52,7 +52,7 @@ pub(crate) use task::{TaskName, TaskSocket, Wake};
 
 use poller::{Poller, Readiness};
 use reactor::Source;
-use ready::{near_data, ReadyEntry, ReadyQueue};
+use ready::{near_data, Lane, ReadyEntry, ReadyQueue};
 use task::{Task, Wait};
 use timers::{TimerKey, TimerQueue};
 
@@ -90,6 +90,14 @@ const TRIM_SLICE: Duration = Duration::from_micros(500);
 /// A surplus of stacks that outlives this many seconds of steps with no idle moment (a
 /// server that is never idle) is unmapped one stack per step.
 const TRIM_AFTER: Duration = Duration::from_secs(5);
+
+/// What a step does after [`Dispatcher::trim_stacks`].
+enum Trim {
+    /// Wait in the poller this long (`None`: until an event).
+    Wait(Option<Duration>),
+    /// The poller was looked at and had events: no further wait this step.
+    FoundEvents,
+}
 
 /// Socket operations a coroutine may complete without waiting before it is made to yield,
 /// so that a stream that is always ready cannot starve the others.
@@ -292,9 +300,9 @@ impl State {
         }
     }
 
-    /// Ends a coroutine's wait and schedules it, telling it why. False when it was not
-    /// waiting.
-    fn wake(&mut self, co: Coroutine, why: Wake) -> bool {
+    /// Ends a coroutine's wait and schedules it in `lane`, telling it why. False when it was
+    /// not waiting.
+    fn wake(&mut self, co: Coroutine, why: Wake, lane: Lane) -> bool {
         match self.task(co).map(|t| t.wait) {
             Some(Wait::Sleep | Wait::PausedForever | Wait::Park(_) | Wait::Io { .. }) => {}
             _ => return false,
@@ -305,20 +313,14 @@ impl State {
         if let Some(task) = self.task_mut(co) {
             hint = task.make_ready(now, why);
         }
-        let entry = ReadyEntry::new(co, hint);
-        if why == Wake::Timeout {
-            // Only `fire_timers` wakes with it, between the poller wait and the run phase.
-            self.ready.push_woken(entry);
-        } else {
-            self.ready.push(entry);
-        }
+        self.ready.push(ReadyEntry::new(co, hint), lane);
         true
     }
 
-    /// Wakes a coroutine already taken out of its socket's queue by an event (`event`: a
-    /// poller event, not a coroutine passing readiness on); `near` is [`near_data`] of that
-    /// socket.
-    fn wake_popped(&mut self, co: Coroutine, near: [usize; 2], event: bool) {
+    /// Wakes a coroutine already taken out of its socket's queue, by a poller event
+    /// ([`Lane::Woken`]) or by a coroutine passing readiness on ([`Lane::Last`]); `near` is
+    /// [`near_data`] of that socket.
+    fn wake_popped(&mut self, co: Coroutine, near: [usize; 2], lane: Lane) {
         let now = self.now;
         let Some(task) = self.task_mut(co) else {
             return;
@@ -333,11 +335,7 @@ impl State {
         hint.prefetch();
         self.leave_wait(wait, timer);
         let data = [task_addr, near[0], near[1]];
-        if event {
-            self.ready.push_woken(ReadyEntry { co, hint, data });
-        } else {
-            self.ready.push(ReadyEntry { co, hint, data });
-        }
+        self.ready.push(ReadyEntry { co, hint, data }, lane);
     }
 
     /// Handles one poller event.
@@ -370,7 +368,7 @@ impl State {
             src.io.waiting.set(src.io.waiting.get() - popped);
             let near = near_data(&src.io);
             for co in woken.into_iter().flatten() {
-                self.wake_popped(co, near, true);
+                self.wake_popped(co, near, Lane::Woken);
             }
         }
     }
@@ -387,7 +385,7 @@ impl State {
         let mut waiters = src.io.readers.drain();
         waiters.extend(src.io.writers.drain());
         for co in waiters {
-            self.wake(co, Wake::Closed);
+            self.wake(co, Wake::Closed, Lane::Last);
         }
         Some(src)
     }
@@ -506,7 +504,7 @@ impl Dispatcher {
                 hint,
             });
             if !start_now {
-                st.ready.push(ReadyEntry::new(co, hint));
+                st.ready.push(ReadyEntry::new(co, hint), Lane::Last);
             }
         }
         if start_now {
@@ -670,12 +668,15 @@ impl Dispatcher {
                 }
             }
         };
-        let (wait_for, polled) = if self.pool.borrow().surplus() > 0 {
+        let trimmed = if self.pool.borrow().surplus() > 0 {
             self.trim_stacks(poller, wait_for)?
         } else {
-            (wait_for, false)
+            Trim::Wait(wait_for)
         };
-        let had_events = self.dispatch_events(poller, wait_for)? || polled;
+        let had_events = match trimmed {
+            Trim::Wait(wait_for) => self.dispatch_events(poller, wait_for)?,
+            Trim::FoundEvents => true,
+        };
         let waited = self.state.borrow().now;
 
         let remote = self.drain_remote();
@@ -734,14 +735,10 @@ impl Dispatcher {
     }
 
     /// Unmaps stacks beyond the pool's bound if this step would sleep `wait_for` in the
-    /// poller with nothing to do (see [`TRIM_IDLE`]), for at most [`TRIM_SLICE`]; returns the
-    /// wait left for the step (none while a surplus remains, so the next step goes on with
-    /// it after looking at the poller) and whether events were found.
-    fn trim_stacks(
-        &self,
-        poller: &Poller,
-        wait_for: Option<Duration>,
-    ) -> Result<(Option<Duration>, bool)> {
+    /// poller with nothing to do (see [`TRIM_IDLE`]), for at most [`TRIM_SLICE`]; says what
+    /// the step's wait is then (none while a surplus remains, so the next step goes on with
+    /// it after looking at the poller), or that it looked and found events.
+    fn trim_stacks(&self, poller: &Poller, wait_for: Option<Duration>) -> Result<Trim> {
         let start = Instant::now();
         let since = match self.surplus_since.get() {
             Some(since) => since,
@@ -754,24 +751,27 @@ impl Dispatcher {
             if start.duration_since(since) >= TRIM_AFTER {
                 self.trim_one_stack();
             }
-            return Ok((wait_for, false));
+            return Ok(Trim::Wait(wait_for));
         }
         // Pending I/O goes before unmapping.
         if self.dispatch_events(poller, Some(Duration::ZERO))? {
-            return Ok((Some(Duration::ZERO), true));
+            return Ok(Trim::FoundEvents);
         }
         while self.trim_one_stack() {
             if start.elapsed() >= TRIM_SLICE {
-                return Ok((Some(Duration::ZERO), false));
+                return Ok(Trim::Wait(Some(Duration::ZERO)));
             }
         }
-        Ok((wait_for.map(|d| d.saturating_sub(start.elapsed())), false))
+        Ok(Trim::Wait(
+            wait_for.map(|d| d.saturating_sub(start.elapsed())),
+        ))
     }
 
     /// Unmaps one stack beyond the pool's bound; false when there is none.
     fn trim_one_stack(&self) -> bool {
-        let trimmed = self.pool.borrow_mut().trim_one();
-        if self.pool.borrow().surplus() == 0 {
+        let mut pool = self.pool.borrow_mut();
+        let trimmed = pool.trim_one();
+        if pool.surplus() == 0 {
             self.surplus_since.set(None);
         }
         trimmed
@@ -860,7 +860,7 @@ impl Dispatcher {
                         let wait = task.wait;
                         st.counts.leave(wait, timed);
                         st.counts.enter(wait, false);
-                        st.wake(co, Wake::Timeout);
+                        st.wake(co, Wake::Timeout, Lane::Woken);
                     }
                 }
                 TimerAction::Callback(co, callback) => {
@@ -955,7 +955,7 @@ impl Dispatcher {
         st.exiting = true;
         let waiters = std::mem::take(&mut st.exit_waiters);
         for co in waiters {
-            st.wake(co, Wake::Woken);
+            st.wake(co, Wake::Woken, Lane::Last);
         }
     }
 
@@ -1160,7 +1160,7 @@ impl Dispatcher {
             io.waiting.set(io.waiting.get() - 1);
             self.state
                 .borrow_mut()
-                .wake_popped(co, near_data(io), false);
+                .wake_popped(co, near_data(io), Lane::Last);
         }
     }
 
@@ -1193,7 +1193,7 @@ impl Dispatcher {
         if !matches!(st.task(co).map(|t| t.wait), Some(Wait::Park(_))) {
             return false;
         }
-        st.wake(co, Wake::Woken)
+        st.wake(co, Wake::Woken, Lane::Last)
     }
 
     pub(crate) fn pause(&self, delay: Duration) -> Duration {
@@ -1207,7 +1207,8 @@ impl Dispatcher {
                         Some(task) => {
                             task.make_ready(now, Wake::Woken);
                             // Running: its stack is hot already, no hint needed.
-                            st.ready.push(ReadyEntry::new(co, ResumeHint::default()));
+                            st.ready
+                                .push(ReadyEntry::new(co, ResumeHint::default()), Lane::Last);
                             true
                         }
                         None => false,
@@ -1257,7 +1258,7 @@ impl Dispatcher {
     pub(crate) fn wakeup(&self, co: Coroutine) -> bool {
         let mut st = self.state.borrow_mut();
         match st.task(co).map(|t| t.wait) {
-            Some(Wait::Sleep | Wait::PausedForever) => st.wake(co, Wake::Woken),
+            Some(Wait::Sleep | Wait::PausedForever) => st.wake(co, Wake::Woken, Lane::Last),
             _ => false,
         }
     }

@@ -61,6 +61,16 @@ impl ReadyEntry {
     }
 }
 
+/// Where a coroutine made ready is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Last: made ready by a coroutine, by `addthread`, or passed readiness in the run phase.
+    Last,
+    /// Woken from outside the run phase by a deadline or a poller event: last, or ahead of
+    /// the backlog if more are queued than one step resumes.
+    Woken,
+}
+
 /// The coroutines to resume: the queue proper, and the lane of those that jump its backlog.
 #[derive(Debug, Default)]
 pub(super) struct ReadyQueue {
@@ -74,20 +84,13 @@ pub(super) struct ReadyQueue {
 }
 
 impl ReadyQueue {
-    /// Queues a coroutine last.
+    /// Queues a coroutine as its [`Lane`] says.
     #[inline]
-    pub(super) fn push(&mut self, entry: ReadyEntry) {
-        self.queue.push_back(entry);
-    }
-
-    /// Queues a coroutine woken by a deadline or an event outside the run phase: last, or
-    /// in the lane ahead of the backlog if more are queued than one step resumes.
-    #[inline]
-    pub(super) fn push_woken(&mut self, entry: ReadyEntry) {
-        if self.queue.len() < MAX_RESUMES_PER_STEP {
-            self.queue.push_back(entry);
-        } else {
+    pub(super) fn push(&mut self, entry: ReadyEntry, lane: Lane) {
+        if lane == Lane::Woken && self.queue.len() >= MAX_RESUMES_PER_STEP {
             self.ahead.push(entry);
+        } else {
+            self.queue.push_back(entry);
         }
     }
 
@@ -174,9 +177,9 @@ mod tests {
     #[test]
     fn without_a_backlog_woken_coroutines_queue_last() {
         let mut q = ReadyQueue::default();
-        q.push(entry(1));
-        q.push_woken(entry(2));
-        q.push(entry(3));
+        q.push(entry(1), Lane::Last);
+        q.push(entry(2), Lane::Woken);
+        q.push(entry(3), Lane::Last);
         assert_eq!(drain(&mut q), [1, 2, 3]);
     }
 
@@ -185,11 +188,11 @@ mod tests {
         let mut q = ReadyQueue::default();
         let backlog = MAX_RESUMES_PER_STEP as u32;
         for i in 0..backlog {
-            q.push(entry(10_000 + i));
+            q.push(entry(10_000 + i), Lane::Last);
         }
-        q.push_woken(entry(1));
-        q.push_woken(entry(2));
-        q.push(entry(3));
+        q.push(entry(1), Lane::Woken);
+        q.push(entry(2), Lane::Woken);
+        q.push(entry(3), Lane::Last);
         assert_eq!(q.len(), MAX_RESUMES_PER_STEP + 3);
         let order = drain(&mut q);
         assert_eq!(order[..3], [1, 2, 10_000]);
@@ -201,10 +204,10 @@ mod tests {
     fn a_stream_of_woken_coroutines_takes_at_most_half_of_a_run_phase_from_the_backlog() {
         let mut q = ReadyQueue::default();
         for i in 0..2_000 {
-            q.push(entry(10_000 + i));
+            q.push(entry(10_000 + i), Lane::Last);
         }
         for i in 0..2_000 {
-            q.push_woken(entry(i));
+            q.push(entry(i), Lane::Woken);
         }
         let batch = q.begin_run_phase();
         assert_eq!(batch, MAX_RESUMES_PER_STEP);

@@ -28,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::poller::Waker;
+use super::ready::Lane;
 use super::{log_or_print, Dispatcher, TaskName, Wait, Wake};
 use crate::dispatcher::Coroutine;
 use crate::error::{Error, ErrorKind, Result};
@@ -126,7 +127,7 @@ pub(crate) fn unpark(remote: &Arc<Remote>, co: Coroutine, token: Weak<dyn Any + 
                 if token.strong_count() > 0
                     && matches!(st.task(co).map(|t| t.wait), Some(Wait::Park(_)))
                 {
-                    st.wake(co, Wake::Woken);
+                    st.wake(co, Wake::Woken, Lane::Last);
                 }
                 true
             }
