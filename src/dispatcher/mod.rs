@@ -79,7 +79,7 @@ const LATE_AFTER: Duration = Duration::from_millis(1);
 
 /// Stacks beyond the pool's bound are unmapped only in a step that would otherwise sleep
 /// in the poller at least this long (no timer due sooner, nothing ready, no event pending):
-/// an unmap costs tens of microseconds among tens of thousands of mappings, and the kernel
+/// an unmap costs 6–10 µs among tens of thousands of mappings, and the kernel
 /// frees the mapping's records later in a thread that preempts this one, so done as
 /// coroutines end (30,000 sleepers) it made sleepers due meanwhile late by milliseconds.
 const TRIM_IDLE: Duration = Duration::from_millis(1);
