@@ -185,7 +185,7 @@ fn orchestrate(quick: bool) {
 
     println!("## (b) stacks: default size and pages an echo handler touches");
     println!();
-    println!("Read from /proc/self/smaps of the idle servers above: every coroutine stack is a read-write mapping of the stack size directly above a 4 KiB PROT_NONE guard; its `Rss` is the pages the coroutine ever touched.");
+    println!("Read in the idle servers above: where the kernel has guard regions (Linux ≥ 6.13) stacks are slots of shared mappings, and `mincore` gives each slot's resident pages; elsewhere every stack is a read-write mapping of the stack size directly above a 4 KiB PROT_NONE guard, and its smaps `Rss` is the pages the coroutine ever touched.");
     println!();
     println!("| server | default stack KiB | stacks found | stack KiB resident, mean | min | max | pages touched → stacks |");
     println!("|---|---|---|---|---|---|---|");
@@ -225,13 +225,25 @@ fn orchestrate(quick: bool) {
         .filter(|m| m.is_finite())
         .unwrap_or(64.0) as usize;
     let million = 1_000_000usize;
-    let needed = 2 * million + baseline_maps;
     println!("## (d) 1,000,000 coroutines");
     println!();
-    println!(
-        "Each stack costs 2 mappings (guard + stack). Needed: vm.max_map_count ≥ 2 × {million} + {baseline_maps} (the process's own mappings) = **{needed}**; suggested with headroom: `sysctl -w vm.max_map_count={}`. Current value: {max_map_count}.",
-        round_up(needed + needed / 20, 100_000)
-    );
+    let shared = copas_coro::Stack::shares_mappings();
+    let needed = if shared {
+        // 16 KiB stacks + guard: 64 slots per mapping.
+        let slabs = million.div_ceil(64);
+        println!(
+            "Stacks are slots of shared mappings here (guard regions, Linux ≥ 6.13): 64 stacks per mapping, so {million} need {slabs} mappings + {baseline_maps} (the process's own) + 4,096 (copas's reserve for the rest of the process): no change to vm.max_map_count ({max_map_count}) is needed below {}.",
+            slabs + baseline_maps + 4096
+        );
+        slabs + baseline_maps + 4096
+    } else {
+        let needed = 2 * million + baseline_maps;
+        println!(
+            "Each stack costs 2 mappings (guard + stack) on this kernel (no guard regions). Needed: vm.max_map_count ≥ 2 × {million} + {baseline_maps} (the process's own mappings) = **{needed}**; suggested with headroom: `sysctl -w vm.max_map_count={}`. Current value: {max_map_count}.",
+            round_up(needed + needed / 20, 100_000)
+        );
+        needed
+    };
     println!();
     let want = std::env::var_os("COPAS_BENCH_MILLION").is_some();
     let avail_kib = meminfo("MemAvailable").unwrap_or(0);
@@ -459,9 +471,14 @@ impl Stacks {
     }
 }
 
-/// Finds coroutine stacks: read-write mappings of `size` bytes directly above a one-page
+/// Finds coroutine stacks of `size` usable bytes and what each has resident: slots of the
+/// shared mappings stacks come from where the kernel has guard regions (see
+/// [`find_slab_stacks`]), else read-write mappings of `size` bytes directly above a one-page
 /// PROT_NONE guard mapping.
 fn find_stacks(size: usize) -> Stacks {
+    if copas_coro::Stack::shares_mappings() {
+        return find_slab_stacks(size);
+    }
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
     let page = 4096usize;
     let mut rss_kib = Vec::new();
@@ -469,21 +486,14 @@ fn find_stacks(size: usize) -> Stacks {
     let mut prev: Option<(usize, usize, String)> = None;
     let mut in_stack = false;
     for line in smaps.lines() {
-        let mut parts = line.split_whitespace();
-        let first = parts.next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) =
-                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-            {
-                let perms = parts.next().unwrap_or("").to_string();
-                in_stack = perms.starts_with("rw")
-                    && end - start == size
-                    && prev.as_ref().is_some_and(|(ps, pe, pp)| {
-                        *pe == start && pe - ps == page && pp.starts_with("---")
-                    });
-                prev = Some((start, end, perms));
-                continue;
-            }
+        if let Some(m) = MappingHeader::parse(line) {
+            in_stack = m.perms.starts_with("rw")
+                && m.end - m.start == size
+                && prev.as_ref().is_some_and(|(ps, pe, pp)| {
+                    *pe == m.start && pe - ps == page && pp.starts_with("---")
+                });
+            prev = Some((m.start, m.end, m.perms.to_string()));
+            continue;
         }
         if in_stack {
             if let Some(rest) = line.strip_prefix("Rss:") {
@@ -495,6 +505,87 @@ fn find_stacks(size: usize) -> Stacks {
                     .unwrap_or(0);
                 rss_kib.push(kib);
                 in_stack = false;
+            }
+        }
+    }
+    Stacks {
+        size_kib: (size / 1024) as u64,
+        rss_kib,
+    }
+}
+
+/// The first line of a mapping's entry in `/proc/self/smaps`.
+struct MappingHeader<'a> {
+    start: usize,
+    end: usize,
+    perms: &'a str,
+    /// No file name (nor `[heap]`, `[stack]`...).
+    anonymous: bool,
+}
+
+impl<'a> MappingHeader<'a> {
+    /// `None` for the other lines of an entry.
+    fn parse(line: &'a str) -> Option<MappingHeader<'a>> {
+        let mut parts = line.split_whitespace();
+        let (a, b) = parts.next()?.split_once('-')?;
+        let start = usize::from_str_radix(a, 16).ok()?;
+        let end = usize::from_str_radix(b, 16).ok()?;
+        let perms = parts.next().unwrap_or("");
+        Some(MappingHeader {
+            start,
+            end,
+            perms,
+            anonymous: parts.nth(3).is_none(),
+        })
+    }
+}
+
+/// Finds stacks that are slots of shared mappings ("slabs": anonymous, read-write, marked
+/// no-huge-page, a whole number of slots of `size` + one guard page): counts
+/// each slot's resident pages with `mincore`. A slot in use has at least its top page
+/// resident (the coroutine's state lives there); a free slot has none.
+fn find_slab_stacks(size: usize) -> Stacks {
+    let page = 4096usize;
+    let slot = size + page;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut rss_kib = Vec::new();
+    // The current mapping, if it is anonymous and read-write.
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        if let Some(m) = MappingHeader::parse(line) {
+            current = (m.perms.starts_with("rw") && m.anonymous).then_some((m.start, m.end));
+            continue;
+        }
+        let Some(flags) = line.strip_prefix("VmFlags:") else {
+            continue;
+        };
+        let Some((start, end)) = current.take() else {
+            continue;
+        };
+        let len = end - start;
+        // Adjacent slabs merge into one mapping: any whole number of slots.
+        let slab = flags.split_whitespace().any(|f| f == "nh") && len % slot == 0;
+        if !slab {
+            continue;
+        }
+        let mut resident = vec![0u8; len / page];
+        // SAFETY: the range is a whole mapping of this process, page-aligned, and `resident`
+        // has one byte per page of it.
+        let ret = unsafe {
+            libc::mincore(
+                start as *mut libc::c_void,
+                len,
+                resident.as_mut_ptr().cast(),
+            )
+        };
+        if ret != 0 {
+            continue;
+        }
+        for pages in resident.chunks(slot / page) {
+            // The first page of a slot is its guard.
+            let touched = pages[1..].iter().filter(|&&b| b & 1 != 0).count() as u64;
+            if touched > 0 {
+                rss_kib.push(touched * page as u64 / 1024);
             }
         }
     }

@@ -368,6 +368,9 @@ pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutin
 /// Removes a coroutine (Copas `removethread`): it is never resumed again; its stack is
 /// unwound (dropping its locals) at once, or, when it removes itself, as soon as it next
 /// waits. Returns false for a coroutine that already ended.
+///
+/// The unwind is a panic's: as anywhere in Rust, a destructor that panics during it aborts
+/// the process ("panic in a destructor during cleanup").
 pub fn removethread(co: Coroutine) -> bool {
     dispatcher::with(|d| d.removethread(co))
 }
@@ -446,11 +449,12 @@ pub fn autoclose() -> bool {
 
 /// How many finished coroutines' stacks the dispatcher keeps for reuse (default 1024).
 ///
-/// Stacks of coroutines that end beyond this bound are not unmapped as they end but when
-/// the dispatcher has an idle moment (no event pending, nothing ready, no timer due within
-/// 1 ms; a step then unmaps for at most 0.5 ms and returns), one per step after 5 s without
-/// such a moment, and when [`run`] returns; meanwhile new coroutines reuse them. Lowering
-/// the bound unmaps what is beyond it at once. See `docs/stacks.md`.
+/// Stacks of coroutines that end beyond this bound are not given back to the kernel as they
+/// end but when the dispatcher has an idle moment (no event pending, nothing ready, no timer
+/// due within 1 ms; a step then gives back stacks for at most 0.5 ms and returns), one per
+/// step after 5 s without such a moment, and when [`run`] returns; meanwhile new coroutines
+/// reuse them. Lowering the bound gives back what is beyond it at once. See
+/// `docs/stacks.md`.
 pub fn set_pooled_stacks(max: usize) {
     dispatcher::with(|d| d.set_pooled_stacks(max))
 }

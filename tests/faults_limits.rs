@@ -263,3 +263,49 @@ fn cancelall_with_thousands_of_waiters_releases_each_exactly_once() {
     util::run_bounded(Duration::from_secs(5));
     assert!(ran.get());
 }
+
+/// This machine's `vm.max_map_count` (Linux's default if it cannot be read).
+fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65_530)
+}
+
+#[test]
+fn more_coroutines_live_at_once_than_two_mappings_per_stack_would_allow() {
+    let _turn = turn();
+    let _dog = util::Watchdog::new("more coroutines than mappings", Duration::from_secs(120));
+    // Two mappings per stack capped a process at half the limit. Bounded, so that a machine
+    // with a raised limit does not need gigabytes (there the test shows less).
+    let wanted = (max_map_count() / 2 + 2_000).min(40_000);
+    copas::set_stack_size(16 * 1024);
+    let mut refused = None;
+    for _ in 0..wanted {
+        if let Err(e) = copas::addthread(|| {
+            copas::pause(Duration::from_secs(3600));
+        }) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let created = copas::status().coroutines;
+    // A step starts at most 1,024 coroutines.
+    for _ in 0..created / 1024 + 4 {
+        copas::step(Some(Duration::ZERO)).expect("step");
+        if copas::status().timer == created {
+            break;
+        }
+    }
+    let asleep = copas::status().timer;
+    copas::cancelall();
+    if copas_coro::Stack::shares_mappings() {
+        assert_eq!(created, wanted, "refused: {refused:?}");
+        assert_eq!(asleep, wanted, "every coroutine started and sleeps");
+    } else {
+        // Linux < 6.13: each stack is two mappings, and the one past the limit is refused
+        // with a typed error, not a panic.
+        let e = refused.expect("no refusal near vm.max_map_count");
+        assert!(e.to_string().contains("vm.max_map_count"), "{e}");
+    }
+}

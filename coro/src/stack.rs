@@ -1,11 +1,15 @@
 //! Coroutine stacks and the pool that recycles them.
 //!
-//! Stacks are `corosensei`'s guarded stacks: one `mmap` of `size + page`, the lowest page left
-//! `PROT_NONE` as a guard. Mapping and unmapping one costs about 9 µs, which is more than two
-//! echo round trips, so finished coroutines hand their stack back to a [`StackPool`] and the
-//! next coroutine reuses it. Allocation is fallible: when the kernel refuses a mapping (for
-//! example past `vm.max_map_count`) the caller gets an `io::Error` and can refuse the work,
-//! where `corosensei::Coroutine::new` would panic.
+//! A stack is lazily committed memory with a guard page below it. Where the kernel has
+//! lightweight guard regions (Linux 6.13 and later) stacks are slots of shared mappings
+//! (`slab.rs`): one mapping per 64 stacks, no `mprotect`, pages given back with
+//! `MADV_DONTNEED`. Elsewhere each stack is `corosensei`'s own guarded mapping: one `mmap`
+//! of `size + page` with the lowest page `PROT_NONE`, two memory mappings per stack.
+//! Either way making a stack costs system calls, so finished coroutines hand their stack
+//! back to a [`StackPool`] and the next coroutine reuses it. Allocation is fallible: when
+//! the kernel refuses memory or a mapping (for example past `vm.max_map_count`) the caller
+//! gets an `io::Error` and can refuse the work, where `corosensei::Coroutine::new` would
+//! panic.
 
 use std::collections::VecDeque;
 use std::io;
@@ -14,67 +18,126 @@ use std::sync::OnceLock;
 
 use corosensei::stack::{DefaultStack, Stack as _, StackPointer};
 
+use crate::slab::{self, Slot};
+
 /// Memory mappings left to the rest of the process when stacks near `vm.max_map_count`:
 /// past the limit even `malloc` fails, and the process aborts instead of refusing work.
 const MAP_RESERVE: usize = 4096;
 
-/// Stacks mapped now, in all pools of the process (each costs two mappings).
-static MAPPED: AtomicUsize = AtomicUsize::new(0);
+/// Stacks that exist now, in all pools of the process.
+static STACKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Memory mappings those stacks hold: two per stack mapped on its own, one per slab.
+static MAPPINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts `n` more mappings against `vm.max_map_count`, or refuses.
+pub(crate) fn reserve_mappings(n: usize) -> io::Result<()> {
+    let held = MAPPINGS.fetch_add(n, Ordering::Relaxed) + n;
+    if held + MAP_RESERVE > max_map_count() {
+        MAPPINGS.fetch_sub(n, Ordering::Relaxed);
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "{} coroutine stacks hold {} memory mappings, near vm.max_map_count ({}); raise it to run more coroutines",
+                STACKS.load(Ordering::Relaxed),
+                held - n,
+                max_map_count()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Gives back `n` mappings counted by [`reserve_mappings`].
+pub(crate) fn release_mappings(n: usize) {
+    MAPPINGS.fetch_sub(n, Ordering::Relaxed);
+}
 
 /// A coroutine stack: lazily committed memory with a guard page below it.
 ///
 /// Counts itself against the process's map limit while it exists.
 pub struct Stack {
-    inner: DefaultStack,
+    inner: Inner,
+}
+
+enum Inner {
+    /// A mapping of its own (kernels without guard regions).
+    Mapped(DefaultStack),
+    /// A slot of a shared mapping.
+    Slot(Slot),
 }
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stack")
             .field("size", &usable_size(self))
+            .field("shared_mapping", &matches!(self.inner, Inner::Slot(_)))
             .finish()
     }
 }
 
 impl Stack {
-    /// Maps a stack of `size` usable bytes (plus its guard page).
+    /// Makes a stack of `size` usable bytes, rounded up to whole pages (plus its guard
+    /// page).
     ///
     /// # Errors
     ///
-    /// `OutOfMemory` when so many stacks are mapped that the process would run out of memory
-    /// mappings (`vm.max_map_count`, less a reserve of 4,096 for the rest of the process), or
-    /// the error of `mmap`/`mprotect`.
+    /// `OutOfMemory` when the stacks would hold so many memory mappings that the process
+    /// could run out of them (`vm.max_map_count`, less a reserve of 4,096 for the rest of the
+    /// process), or the error of `mmap`, `mprotect` or `madvise`.
     pub fn new(size: usize) -> io::Result<Stack> {
-        let mapped = MAPPED.fetch_add(1, Ordering::Relaxed) + 1;
-        if mapped * 2 + MAP_RESERVE > max_map_count() {
-            MAPPED.fetch_sub(1, Ordering::Relaxed);
-            return Err(io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                format!(
-                    "{} coroutine stacks are mapped, near vm.max_map_count ({}); raise it to run more coroutines",
-                    mapped - 1,
-                    max_map_count()
-                ),
-            ));
-        }
-        match DefaultStack::new(size) {
-            Ok(inner) => Ok(Stack { inner }),
-            Err(e) => {
-                MAPPED.fetch_sub(1, Ordering::Relaxed);
-                Err(e)
+        let page = page_size();
+        let size = size.max(1).div_ceil(page) * page;
+        let inner = match slab::allocate(size) {
+            Some(slot) => Inner::Slot(slot?),
+            None => {
+                reserve_mappings(2)?;
+                match DefaultStack::new(size) {
+                    Ok(stack) => Inner::Mapped(stack),
+                    Err(e) => {
+                        release_mappings(2);
+                        return Err(e);
+                    }
+                }
             }
-        }
+        };
+        STACKS.fetch_add(1, Ordering::Relaxed);
+        Ok(Stack { inner })
     }
 
-    /// How many stacks are mapped in this process now.
+    /// How many stacks exist in this process now.
     pub fn mapped() -> usize {
-        MAPPED.load(Ordering::Relaxed)
+        STACKS.load(Ordering::Relaxed)
+    }
+
+    /// Whether this process's stacks are slots of shared mappings with lightweight guard
+    /// regions (Linux 6.13 and later), rather than two mappings each. Makes and drops a
+    /// stack to find out if none has been made yet.
+    pub fn shares_mappings() -> bool {
+        if !slab::known() {
+            drop(Stack::new(MIN_STACK_SIZE));
+        }
+        slab::in_use()
+    }
+
+    /// The top of the stack (the state area included).
+    #[inline]
+    fn top(&self) -> usize {
+        match &self.inner {
+            Inner::Mapped(stack) => stack.base().get(),
+            Inner::Slot(slot) => slot.top,
+        }
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        MAPPED.fetch_sub(1, Ordering::Relaxed);
+        STACKS.fetch_sub(1, Ordering::Relaxed);
+        match &self.inner {
+            // `DefaultStack` unmaps itself.
+            Inner::Mapped(_) => release_mappings(2),
+            Inner::Slot(slot) => slab::release(slot),
+        }
     }
 }
 
@@ -88,26 +151,32 @@ impl Stack {
     /// page-aligned at their top, mapped and writable as long as this `Stack` is.
     #[inline]
     pub(crate) fn state_area(&self) -> *mut u8 {
-        (self.inner.base().get() - STATE_AREA) as *mut u8
+        (self.top() - STATE_AREA) as *mut u8
     }
 }
 
-// SAFETY: delegates to `DefaultStack`, whose base and limit describe a mapping that lives as
-// long as the `Stack` (the guard page included in the limit, as the trait requires); the
-// base is lowered by `STATE_AREA`, which keeps it 16-byte aligned and inside the mapping.
+// SAFETY: base and limit describe memory that lives as long as the `Stack`: either
+// `DefaultStack`'s mapping (the guard page included in the limit, as the trait requires) or
+// a slab slot, whose guard page is at its limit and whose stack is mapped read-write above
+// it until the slot is released in `drop`. The base is the page-aligned top lowered by
+// `STATE_AREA`, which keeps it 16-byte aligned and inside the memory.
 unsafe impl corosensei::stack::Stack for Stack {
     #[inline]
     fn base(&self) -> StackPointer {
-        // `DefaultStack`'s base is the page-aligned top of a mapping at least
-        // `MIN_STACK_SIZE` long, so this is above the limit and never zero. (A fallback to
-        // the mapping's top would put the frames over the state.)
-        StackPointer::new(self.inner.base().get() - STATE_AREA)
-            .expect("a stack is larger than its state area")
+        // The top is a page boundary at least a page (of stack) above the guard, so this is
+        // above the limit and never zero. (A fallback to the top would put the frames over
+        // the state.)
+        StackPointer::new(self.top() - STATE_AREA).expect("a stack is larger than its state area")
     }
 
     #[inline]
     fn limit(&self) -> StackPointer {
-        self.inner.limit()
+        match &self.inner {
+            Inner::Mapped(stack) => stack.limit(),
+            Inner::Slot(slot) => {
+                StackPointer::new(slot.limit).expect("a mapped slot is not at address zero")
+            }
+        }
     }
 }
 
@@ -137,11 +206,12 @@ pub const MIN_STACK_SIZE: usize = 16 * 1024;
 
 /// A bounded pool of reusable coroutine stacks of one size.
 ///
-/// Stacks beyond the bound are unmapped either at once ([`recycle`](StackPool::recycle)) or
-/// when the owner chooses ([`retire`](StackPool::retire), then [`trim_one`](StackPool::trim_one)):
-/// unmapping one among thousands of mappings takes 6–10 µs (measured here), and the
-/// kernel frees the mapping's records later in a thread that may preempt this one, so a
-/// scheduler does it when nothing is due.
+/// Stacks beyond the bound are given back either at once ([`recycle`](StackPool::recycle))
+/// or when the owner chooses ([`retire`](StackPool::retire), then
+/// [`trim_one`](StackPool::trim_one)): giving one back takes 2–4 µs (`MADV_DONTNEED` of a
+/// shared mapping's slot) or 6–10 µs (`munmap` of a stack's own mapping, after which the
+/// kernel frees the mapping's records in a thread that may preempt this one), measured here,
+/// so a scheduler does it when nothing is due.
 ///
 /// # Example
 ///
@@ -283,7 +353,7 @@ fn round_size(size: usize) -> usize {
 /// The stack's size as asked of the pool: from the guard page to the top, the state area
 /// included (frames get `STATE_AREA` bytes less).
 pub(crate) fn usable_size(stack: &Stack) -> usize {
-    stack.inner.base().get() - stack.limit().get() - page_size()
+    stack.top() - stack.limit().get() - page_size()
 }
 
 #[cfg(test)]

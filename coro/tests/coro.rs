@@ -558,6 +558,9 @@ fn stack_overflow_child() {
     }
     no_core_dumps();
     let mut pool = StackPool::new(SMALL_STACK, 1);
+    // Overflow the second stack made: where stacks share a mapping, its guard is the one
+    // installed when the slot is first handed out, and the first stack lies right below.
+    let _first = pool.allocate().unwrap();
     let mut co = Coro::new(
         pool.allocate().unwrap(),
         1,

@@ -77,18 +77,19 @@ const MAX_RESUMES_PER_STEP: usize = 1024;
 /// ordinary step this much never passes and the extra look costs nothing.
 const LATE_AFTER: Duration = Duration::from_millis(1);
 
-/// Stacks beyond the pool's bound are unmapped only in a step that would otherwise sleep
+/// Stacks beyond the pool's bound are given back only in a step that would otherwise sleep
 /// in the poller at least this long (no timer due sooner, nothing ready, no event pending):
-/// an unmap costs 6–10 µs among tens of thousands of mappings, and the kernel
-/// frees the mapping's records later in a thread that preempts this one, so done as
+/// giving one back costs 2–4 µs (a shared mapping's slot) or 6–10 µs (a mapping of its own,
+/// whose records the kernel then frees in a thread that preempts this one), so done as
 /// coroutines end (30,000 sleepers) it made sleepers due meanwhile late by milliseconds.
 const TRIM_IDLE: Duration = Duration::from_millis(1);
 
-/// The longest one step spends unmapping surplus stacks before it looks at the poller again.
+/// The longest one step spends giving back surplus stacks before it looks at the poller
+/// again.
 const TRIM_SLICE: Duration = Duration::from_micros(500);
 
 /// A surplus of stacks that outlives this many seconds of steps with no idle moment (a
-/// server that is never idle) is unmapped one stack per step.
+/// server that is never idle) is given back one stack per step.
 const TRIM_AFTER: Duration = Duration::from_secs(5);
 
 /// What a step does after [`Dispatcher::trim_stacks`].

@@ -1,0 +1,384 @@
+//! Stacks carved from shared mappings, each guarded by a lightweight guard region.
+//!
+//! A stack mapped on its own is two memory mappings, because its `PROT_NONE` guard page
+//! splits the mapping: Linux's default `vm.max_map_count` (65,530) then caps a process near
+//! 32,000 coroutines, and each stack costs an `mmap` and an `mprotect`, and later a `munmap`
+//! that slows down as the process's mappings grow (11–26 µs each at a million). Since Linux
+//! 6.13, `madvise(MADV_GUARD_INSTALL)` makes pages fault like `PROT_NONE` ones through
+//! markers in the page tables, which split nothing. So here one mapping, a *slab*, holds up
+//! to 64 slots, each a guard page with a stack above it; a slot's guard is installed when it
+//! is first handed out, a finished stack's pages go back to the kernel with `MADV_DONTNEED`
+//! (guard regions survive it), and the slab is unmapped with its last stack.
+//!
+//! Kernels without guard regions answer `EINVAL` to the first one; from then on the process
+//! maps each stack on its own (`stack.rs`), as before.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::ptr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::stack::{page_size, release_mappings, reserve_mappings};
+
+/// `MADV_GUARD_INSTALL` (Linux `<asm-generic/mman-common.h>`; the `libc` crate lacks it).
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// Most slots in one slab: a slab's free slots are the bits of a `u64`.
+const MAX_SLOTS: usize = 64;
+
+/// The address space a slab aims at: fewer slots when stacks are large, never fewer than one.
+const SLAB_TARGET: usize = 16 << 20;
+
+/// Whether this kernel has guard regions; unknown until the first slab tries one.
+static SUPPORT: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const SUPPORTED: u8 = 1;
+const UNSUPPORTED: u8 = 2;
+
+/// One mapping of `slots` slots of `slot` bytes each (a guard page, then the stack).
+struct Slab {
+    slot: usize,
+    slots: usize,
+    /// Bit `i`: slot `i` is not handed out.
+    free: u64,
+    /// Bit `i`: slot `i`'s guard is installed (it stays installed until the slab goes).
+    guarded: u64,
+}
+
+impl Slab {
+    fn all_free(&self) -> u64 {
+        if self.slots == MAX_SLOTS {
+            u64::MAX
+        } else {
+            (1 << self.slots) - 1
+        }
+    }
+}
+
+/// The process's slabs. Stacks are handed out and given back rarely (a pool in front of
+/// this keeps finished coroutines' stacks for reuse), so one lock serves every thread.
+struct Slabs {
+    /// Every slab, by its start address.
+    all: BTreeMap<usize, Slab>,
+    /// The slabs with a free slot, by slot size and then start address: the lowest goes
+    /// first, so stacks pack into few slabs and the others can empty and be unmapped.
+    with_room: BTreeSet<(usize, usize)>,
+}
+
+static SLABS: Mutex<Slabs> = Mutex::new(Slabs {
+    all: BTreeMap::new(),
+    with_room: BTreeSet::new(),
+});
+
+fn slabs() -> MutexGuard<'static, Slabs> {
+    // Nothing panics while holding the lock; a poisoned one still holds consistent tables.
+    SLABS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A stack slot: its guard page starts at `limit`, its stack ends at `top`.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) limit: usize,
+    pub(crate) top: usize,
+}
+
+/// Whether stacks come from slabs (known once the first stack has been made).
+pub(crate) fn in_use() -> bool {
+    SUPPORT.load(Ordering::Relaxed) == SUPPORTED
+}
+
+/// Whether the first slab has found out if the kernel has guard regions.
+pub(crate) fn known() -> bool {
+    SUPPORT.load(Ordering::Relaxed) != UNKNOWN
+}
+
+/// A slot for a stack of `size` usable bytes (a multiple of the page size), or `None` when
+/// this kernel has no guard regions and stacks must be mapped on their own.
+pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
+    if SUPPORT.load(Ordering::Relaxed) == UNSUPPORTED {
+        return None;
+    }
+    let page = page_size();
+    let slot = size + page;
+    let mut slabs = slabs();
+    let start = match slabs.with_room.range((slot, 0)..(slot + 1, 0)).next() {
+        Some(&(_, start)) => start,
+        None => match new_slab(&mut slabs, slot)? {
+            Ok(start) => start,
+            Err(e) => return Some(Err(e)),
+        },
+    };
+    let Some(slab) = slabs.all.get_mut(&start) else {
+        return Some(Err(io::Error::other("stack slab tables out of step")));
+    };
+    let index = slab.free.trailing_zeros() as usize;
+    let limit = start + index * slot;
+    if slab.guarded & (1 << index) == 0 {
+        if let Err(e) = install_guard(limit) {
+            return Some(Err(e));
+        }
+        slab.guarded |= 1 << index;
+    }
+    slab.free &= !(1 << index);
+    if slab.free == 0 {
+        slabs.with_room.remove(&(slot, start));
+    }
+    Some(Ok(Slot {
+        limit,
+        top: limit + slot,
+    }))
+}
+
+/// Gives a slot back: its pages to the kernel, the slot to its slab, and the slab's mapping
+/// too if it was the last one handed out.
+pub(crate) fn release(slot: &Slot) {
+    let page = page_size();
+    // Before the slot can be handed out again. Guard regions survive `MADV_DONTNEED`.
+    // SAFETY: the range is the slot's stack, mapped (the slab stays while a slot is out) and
+    // no longer used: the `Stack` that owned it is being dropped.
+    unsafe {
+        libc::madvise(
+            (slot.limit + page) as *mut libc::c_void,
+            slot.top - slot.limit - page,
+            libc::MADV_DONTNEED,
+        );
+    }
+    let mut slabs = slabs();
+    let Some((&start, slab)) = slabs.all.range_mut(..=slot.limit).next_back() else {
+        return;
+    };
+    let size = slab.slot;
+    let index = (slot.limit - start) / size;
+    slab.free |= 1 << index;
+    if slab.free != slab.all_free() {
+        slabs.with_room.insert((size, start));
+        return;
+    }
+    let len = slab.slots * size;
+    slabs.all.remove(&start);
+    slabs.with_room.remove(&(size, start));
+    drop(slabs);
+    // SAFETY: the whole slab, mapped in `new_slab`, with none of its slots handed out.
+    unsafe { libc::munmap(start as *mut libc::c_void, len) };
+    release_mappings(1);
+}
+
+/// Maps a slab of `slot`-byte slots and enters it in the tables; `None` when guard regions
+/// turn out to be unsupported (the first slab tries one).
+fn new_slab(slabs: &mut Slabs, slot: usize) -> Option<io::Result<usize>> {
+    let slots = (SLAB_TARGET / slot).clamp(1, MAX_SLOTS);
+    let Some(len) = slots.checked_mul(slot) else {
+        return Some(Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "stack size too large",
+        )));
+    };
+    if let Err(e) = reserve_mappings(1) {
+        return Some(Err(e));
+    }
+    // MAP_NORESERVE: like any stack, committed page by page as it is touched.
+    // SAFETY: a fresh anonymous private mapping at an address of the kernel's choosing.
+    let addr = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        release_mappings(1);
+        return Some(Err(io::Error::last_os_error()));
+    }
+    let start = addr as usize;
+    // A huge page would commit 2 MiB where a stack touches a page or two. Advice only.
+    // SAFETY: the range is the mapping just made.
+    unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+    let mut guarded = 0;
+    if SUPPORT.load(Ordering::Relaxed) == UNKNOWN {
+        match install_guard(start) {
+            Ok(()) => {
+                SUPPORT.store(SUPPORTED, Ordering::Relaxed);
+                guarded = 1;
+            }
+            Err(e) => {
+                // SAFETY: the mapping just made, not handed out.
+                unsafe { libc::munmap(addr, len) };
+                release_mappings(1);
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
+                    return None;
+                }
+                return Some(Err(e));
+            }
+        }
+    }
+    let mut slab = Slab {
+        slot,
+        slots,
+        free: 0,
+        guarded,
+    };
+    slab.free = slab.all_free();
+    slabs.all.insert(start, slab);
+    slabs.with_room.insert((slot, start));
+    Some(Ok(start))
+}
+
+/// Makes the page at `addr` fault on any access.
+fn install_guard(addr: usize) -> io::Result<()> {
+    // SAFETY: `addr` is a page inside a slab this module mapped, not handed out as stack.
+    let ret = unsafe { libc::madvise(addr as *mut libc::c_void, page_size(), MADV_GUARD_INSTALL) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// How many slabs of `slot`-byte slots are mapped, and whether one starts at `start`
+/// (for tests, which use a slot size of their own so that other tests do not interfere).
+#[cfg(test)]
+pub(crate) fn slabs_of(slot: usize) -> Vec<usize> {
+    slabs()
+        .all
+        .iter()
+        .filter(|(_, s)| s.slot == slot)
+        .map(|(&start, _)| start)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::{Stack, MIN_STACK_SIZE};
+    use corosensei::stack::Stack as _;
+
+    /// Whether the running kernel is Linux 6.13 or later, which has guard regions.
+    fn kernel_has_guard_regions() -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (6, 13)
+    }
+
+    /// `(start, end)` of every mapping of this process.
+    fn mappings() -> Vec<(usize, usize)> {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let range = line.split_whitespace().next()?;
+                let (a, b) = range.split_once('-')?;
+                Some((
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_stacks_share_few_mappings_where_the_kernel_has_guard_regions() {
+        // A size no other test uses: the slabs counted here are this test's alone.
+        let size = MIN_STACK_SIZE + 5 * page_size();
+        let before = mappings().len();
+        let stacks: Vec<Stack> = (0..1000).map(|_| Stack::new(size).unwrap()).collect();
+        let grown = mappings().len().saturating_sub(before);
+        if !kernel_has_guard_regions() {
+            assert!(!Stack::shares_mappings());
+            assert!(grown >= 1000, "two mappings per stack: {grown} for 1,000");
+            return;
+        }
+        assert!(Stack::shares_mappings(), "Linux >= 6.13 has guard regions");
+        let slabs = slabs_of(size + page_size());
+        assert_eq!(slabs.len(), 1000_usize.div_ceil(MAX_SLOTS), "{slabs:x?}");
+        // Other tests map memory meanwhile; 1,000 stacks on their own would be 2,000.
+        assert!(grown < 100, "1,000 stacks added {grown} mappings");
+        // Every stack lies in one mapping with others.
+        let maps = mappings();
+        for stack in &stacks {
+            let (limit, top) = (stack.limit().get(), stack.base().get());
+            let holder = maps.iter().find(|(a, b)| *a <= limit && top <= *b);
+            assert!(holder.is_some(), "no mapping holds {limit:#x}..{top:#x}");
+        }
+        drop(stacks);
+        assert!(
+            slabs_of(size + page_size()).is_empty(),
+            "each slab went with its last stack"
+        );
+    }
+
+    /// Set in the child process of the test below.
+    const NO_GUARD_REGIONS_CHILD: &str = "COPAS_CORO_TEST_NO_GUARD_REGIONS";
+
+    #[test]
+    fn without_guard_regions_each_stack_is_a_guarded_mapping_of_its_own() {
+        const NAME: &str =
+            "slab::tests::without_guard_regions_each_stack_is_a_guarded_mapping_of_its_own";
+        if std::env::var_os(NO_GUARD_REGIONS_CHILD).is_none() {
+            // What a kernel without guard regions does is process-wide: try it in a child.
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(NO_GUARD_REGIONS_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "child failed: {}\n{stdout}\n{stderr}",
+                out.status
+            );
+            return;
+        }
+        // As if the first guard region had been refused with EINVAL.
+        SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
+        let size = MIN_STACK_SIZE + 7 * page_size();
+        let before = mappings().len();
+        let stacks: Vec<Stack> = (0..10).map(|_| Stack::new(size).unwrap()).collect();
+        assert!(!Stack::shares_mappings());
+        assert!(slabs_of(size + page_size()).is_empty());
+        assert!(mappings().len() >= before + 20, "two mappings per stack");
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for stack in &stacks {
+            let guard = stack.limit().get();
+            let line = maps
+                .lines()
+                .find(|l| l.starts_with(&format!("{guard:x}-")))
+                .unwrap_or_else(|| panic!("no mapping starts at the guard {guard:#x}"));
+            assert!(line.contains(" ---p "), "the guard is PROT_NONE: {line}");
+        }
+    }
+
+    #[test]
+    fn a_released_slot_is_handed_out_again_with_its_pages_zeroed() {
+        let size = MIN_STACK_SIZE + 6 * page_size();
+        let a = Stack::new(size).unwrap();
+        let keep = Stack::new(size).unwrap(); // keeps the slab mapped
+        let (limit, probe) = (a.limit().get(), a.base().get() - 64);
+        // SAFETY: `probe` is 64 bytes below the stack's base, inside its mapped stack, and no
+        // coroutine runs on it.
+        unsafe { (probe as *mut u64).write_volatile(0xdead_beef) };
+        drop(a);
+        let b = Stack::new(size).unwrap();
+        if Stack::shares_mappings() {
+            assert_eq!(b.limit().get(), limit, "the lowest free slot goes first");
+        }
+        if b.limit().get() == limit {
+            // SAFETY: as above, for the stack now at the same address.
+            let seen = unsafe { (probe as *const u64).read_volatile() };
+            assert_eq!(
+                seen, 0,
+                "the finished stack's pages went back to the kernel"
+            );
+        }
+        drop((b, keep));
+    }
+}
