@@ -309,3 +309,16 @@ fn more_coroutines_live_at_once_than_two_mappings_per_stack_would_allow() {
         assert!(e.to_string().contains("vm.max_map_count"), "{e}");
     }
 }
+
+#[test]
+fn a_stack_size_beyond_the_address_space_makes_addthread_fail_not_panic() {
+    let _turn = turn();
+    copas::set_stack_size(usize::MAX);
+    let refused = copas::addthread(|| unreachable!("ran without a stack"));
+    copas::set_stack_size(copas::DEFAULT_STACK_SIZE);
+    let e = refused.expect_err("no stack that large");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(copas::status().coroutines, 0);
+    copas::addthread(|| {}).expect("a default stack again");
+    copas::run().expect("run");
+}

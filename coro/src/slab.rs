@@ -358,6 +358,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stack_too_large_for_the_address_space_is_an_error() {
+        for size in [usize::MAX, usize::MAX / 2, 1 << 60] {
+            let e = Stack::new(size).expect_err("no such stack");
+            assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidInput | io::ErrorKind::OutOfMemory
+                ),
+                "{size:#x}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_released_slot_is_handed_out_again_with_its_pages_zeroed() {
         let size = MIN_STACK_SIZE + 6 * page_size();
         let a = Stack::new(size).unwrap();

@@ -84,10 +84,15 @@ impl Stack {
     ///
     /// `OutOfMemory` when the stacks would hold so many memory mappings that the process
     /// could run out of them (`vm.max_map_count`, less a reserve of 4,096 for the rest of the
-    /// process), or the error of `mmap`, `mprotect` or `madvise`.
+    /// process), `InvalidInput` for a size that does not fit the address space, or the error
+    /// of `mmap`, `mprotect` or `madvise`.
     pub fn new(size: usize) -> io::Result<Stack> {
         let page = page_size();
-        let size = size.max(1).div_ceil(page) * page;
+        let size = size
+            .max(1)
+            .checked_next_multiple_of(page)
+            .filter(|s| s.checked_add(page).is_some())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size too large"))?;
         let inner = match slab::allocate(size) {
             Some(slot) => Inner::Slot(slot?),
             None => {
@@ -347,7 +352,10 @@ pub(crate) fn page_size() -> usize {
 
 fn round_size(size: usize) -> usize {
     let page = page_size();
-    size.max(MIN_STACK_SIZE).div_ceil(page) * page
+    // A size beyond the address space stays beyond it (allocating then fails), never wraps.
+    size.max(MIN_STACK_SIZE)
+        .checked_next_multiple_of(page)
+        .unwrap_or(usize::MAX - (page - 1))
 }
 
 /// The stack's size as asked of the pool: from the guard page to the top, the state area
@@ -366,6 +374,14 @@ mod tests {
         assert_eq!(pool.stack_size(), MIN_STACK_SIZE);
         let pool = StackPool::new(MIN_STACK_SIZE + 1, 4);
         assert_eq!(pool.stack_size(), MIN_STACK_SIZE + page_size());
+    }
+
+    #[test]
+    fn a_size_beyond_the_address_space_is_refused_not_wrapped() {
+        let mut pool = StackPool::new(usize::MAX, 1);
+        assert!(pool.stack_size() > usize::MAX / 2);
+        let e = pool.allocate().expect_err("no such stack");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
     }
 
     #[test]
