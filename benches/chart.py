@@ -95,11 +95,12 @@ class Svg:
         self.add(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{fill}" stroke="white" stroke-width="0.6"/>')
 
 
-def panel(svg, ox, oy, title, ylabel, groups, series, order, stacked_note=None):
+def panel(svg, ox, oy, title, ylabel, groups, series, order, stacked_note=None, ref=None):
     """A grouped bar panel.
 
     groups: list of group labels (x axis).
     series: {server: {group: dict(mid=, lo=, hi=, dots=[...], parts=[(value, opacity, label)])}}
+    ref: a value to mark with a horizontal line across the panel (for example 1.0 for ratios).
     """
     x0, y0 = ox + MARGIN_L, oy + MARGIN_T
     w = PANEL_W - MARGIN_L - MARGIN_R
@@ -118,6 +119,10 @@ def panel(svg, ox, oy, title, ylabel, groups, series, order, stacked_note=None):
         svg.line(x0, y, x0 + w, y, stroke="#e9ecef" if i else "#868e96")
         svg.text(x0 - 5, y + 4, fmt(v) if v else "0", size=9.5, anchor="end", fill="#495057")
     svg.text(ox + 13, y0 + h / 2, ylabel, size=10, anchor="middle", fill="#495057", rotate=-90)
+    if ref is not None and 0 < ref <= top:
+        y = y0 + h - h * ref / top
+        svg.line(x0, y, x0 + w, y, stroke="#c92a2a", width=1.2)
+        svg.text(x0 + w, y - 3, fmt(ref), size=9, anchor="end", fill="#c92a2a")
     present = [s for s in order if s in series]
     gw = w / max(len(groups), 1)
     bw = min(gw * 0.8 / max(len(present), 1), 26)

@@ -9,15 +9,19 @@ runs narrows that. For each load and peer this prints, per run and pooled, the m
 paired ratios and a 95 % bootstrap interval of that median (rounds resampled, fixed seed, so
 the output is repeatable).
 
-    python3 benches/pool.py docs/benchmarks-echo-data/echo.csv \\
+    python3 benches/pool.py [--svg OUT.svg] docs/benchmarks-echo-data/echo.csv \\
         docs/benchmarks-echo-data/run9/echo.csv docs/benchmarks-echo-data/run10/echo.csv \\
         docs/benchmarks-echo-data/run11/echo.csv
+
+With --svg it also draws the pooled ratios (docs/benchmarks-pooled.svg), with
+benches/chart.py's panels: a bar per load and peer, the interval as a whisker, 1.0 marked.
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
 and earlier) measured the order as much as the servers.
 """
 
 import csv
+import os
 import random
 import statistics
 import sys
@@ -51,9 +55,16 @@ def interval(ratios, rng):
     return medians[int(0.025 * RESAMPLES)], medians[int(0.975 * RESAMPLES)]
 
 
-def main(paths):
+def main(args):
+    svg_out = None
+    if args[:1] == ["--svg"]:
+        if len(args) < 2:
+            sys.exit(__doc__)
+        svg_out, args = args[1], args[2:]
+    paths = args
     if not paths:
         sys.exit(__doc__)
+    pooled_figures = {}
     runs = [(p, load(p)) for p in paths]
     loads = sorted({c for _, cells in runs for (_, _, c) in cells})
     print("| load | copas vs | run | rounds | median | 95 % interval of the median |")
@@ -74,6 +85,33 @@ def main(paths):
                 lo, hi = interval(pooled, rng)
                 median = statistics.median(pooled)
                 print(f"| C={conns} | {peer} | **pooled** | {len(pooled)} | **{median:.3f}** | {lo:.3f}..{hi:.3f} |")
+                pooled_figures.setdefault(peer, {})[f"C={conns}"] = dict(mid=median, lo=lo, hi=hi)
+    if svg_out:
+        draw(svg_out, pooled_figures, len(runs), [f"C={c}" for c in loads])
+
+
+def draw(out, series, nruns, groups):
+    """One panel: copas ÷ each peer, pooled paired median and interval per load."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import chart
+
+    order = list(series)
+    width, height = chart.PANEL_W + 40, chart.PANEL_H + 34
+    svg = chart.Svg()
+    svg.add(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">')
+    svg.rect(0, 0, width, height, "white")
+    chart.panel(svg, 20, 0, "echo: copas ÷ peer, same round", "ratio of msgs/s", groups, series,
+                order, f"paired rounds of {nruns} runs pooled: median, 95 % interval", ref=1.0)
+    lx, ly = 20, chart.PANEL_H + 18
+    for s in order:
+        svg.rect(lx, ly - 9, 11, 11, chart.color(s, order))
+        svg.text(lx + 15, ly, f"÷ {s}", size=11)
+        lx += 40 + 7.5 * len(s)
+    svg.add("</svg>")
+    with open(out, "w") as f:
+        f.write("\n".join(svg.parts) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
