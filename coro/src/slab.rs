@@ -151,6 +151,9 @@ pub(crate) fn release(slot: &Slot) {
     };
     let size = slab.slot;
     let index = (slot.limit - start) / size;
+    if index >= slab.slots {
+        return; // not a slot of any slab: cannot happen
+    }
     slab.free |= 1 << index;
     if slab.free != slab.all_free() {
         slabs.with_room.insert((size, start));
@@ -356,6 +359,67 @@ mod tests {
                 .unwrap_or_else(|| panic!("no mapping starts at the guard {guard:#x}"));
             assert!(line.contains(" ---p "), "the guard is PROT_NONE: {line}");
         }
+    }
+
+    #[test]
+    fn stacks_made_and_dropped_on_several_threads_never_overlap() {
+        const THREADS: usize = 4;
+        const STACKS: usize = 300;
+        const ROUNDS: u64 = 3;
+        let size = MIN_STACK_SIZE + 8 * page_size();
+        let barrier = std::sync::Barrier::new(THREADS);
+        // Per round, every live stack's range; and what each thread found wrong. Threads
+        // record rather than panic: a panicking thread would leave the others at a barrier.
+        let ranges = std::sync::Mutex::new(vec![Vec::new(); ROUNDS as usize]);
+        let wrong = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (barrier, ranges, wrong) = (&barrier, &ranges, &wrong);
+                scope.spawn(move || {
+                    for round in 0..ROUNDS {
+                        let stacks: Vec<Stack> =
+                            (0..STACKS).filter_map(|_| Stack::new(size).ok()).collect();
+                        let marker = (t as u64) << 32 | round;
+                        for stack in &stacks {
+                            let at = (stack.base().get() - 8) as *mut u64;
+                            // SAFETY: 8 bytes below the base, inside the stack's memory, which
+                            // no coroutine uses and only this thread holds.
+                            unsafe { at.write_volatile(marker) };
+                        }
+                        ranges.lock().unwrap()[round as usize]
+                            .extend(stacks.iter().map(|s| (s.limit().get(), s.base().get())));
+                        // Every thread's stacks are alive and marked here.
+                        barrier.wait();
+                        let clobbered = stacks
+                            .iter()
+                            .filter(|s| {
+                                let at = (s.base().get() - 8) as *const u64;
+                                // SAFETY: as above.
+                                unsafe { at.read_volatile() != marker }
+                            })
+                            .count();
+                        if clobbered > 0 || stacks.len() < STACKS {
+                            wrong.lock().unwrap().push(format!(
+                                "thread {t} round {round}: {clobbered} stacks written by another \
+                                 thread, {} of {STACKS} made",
+                                stacks.len()
+                            ));
+                        }
+                        barrier.wait();
+                    }
+                });
+            }
+        });
+        let wrong = wrong.into_inner().unwrap();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        for (round, mut all) in ranges.into_inner().unwrap().into_iter().enumerate() {
+            assert_eq!(all.len(), THREADS * STACKS);
+            all.sort_unstable();
+            for pair in all.windows(2) {
+                assert!(pair[0].1 <= pair[1].0, "round {round}, overlap: {pair:x?}");
+            }
+        }
+        assert!(slabs_of(size + page_size()).is_empty(), "every slab went");
     }
 
     #[test]
