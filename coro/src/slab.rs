@@ -12,7 +12,8 @@
 //! (guard regions survive it), and the slab is unmapped with its last stack.
 //!
 //! Kernels without guard regions answer `EINVAL` to the first one; from then on the process
-//! maps each stack on its own (`stack.rs`), as before.
+//! maps each stack on its own (`stack.rs`), as before. So does a process whose new mappings
+//! are locked (`mlockall(MCL_FUTURE)`), which the kernel also answers with `EINVAL`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -117,7 +118,23 @@ pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
     let limit = start + index * slot;
     if slab.guarded & (1 << index) == 0 {
         if let Err(e) = install_guard(limit) {
-            return Some(Err(e));
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Some(Err(e));
+            }
+            // The kernel has guard regions but refuses them here: the process locked its
+            // memory (`mlockall(MCL_FUTURE)` locks every new mapping, and locked mappings
+            // take no guard regions). Stacks get mappings of their own from now on; this
+            // slab goes if it has none out.
+            SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
+            if slab.free == slab.all_free() {
+                let len = slab.slots * slot;
+                slabs.all.remove(&start);
+                slabs.with_room.remove(&(slot, start));
+                // SAFETY: the whole slab, mapped in `new_slab`, with none of its slots out.
+                unsafe { libc::munmap(start as *mut libc::c_void, len) };
+                release_mappings(1);
+            }
+            return None;
         }
         slab.guarded |= 1 << index;
     }
@@ -420,6 +437,55 @@ mod tests {
             }
         }
         assert!(slabs_of(size + page_size()).is_empty(), "every slab went");
+    }
+
+    /// Set in the child process of the test below.
+    const MLOCK_CHILD: &str = "COPAS_CORO_TEST_MLOCKALL";
+
+    #[test]
+    fn after_mlockall_new_stacks_get_mappings_of_their_own() {
+        const NAME: &str = "slab::tests::after_mlockall_new_stacks_get_mappings_of_their_own";
+        if std::env::var_os(MLOCK_CHILD).is_none() {
+            // Locking is process-wide: try it in a child.
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(MLOCK_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "child failed: {}\n{stdout}\n{stderr}",
+                out.status
+            );
+            return;
+        }
+        let size = MIN_STACK_SIZE + 9 * page_size();
+        let before = Stack::new(size).unwrap();
+        let shared = Stack::shares_mappings();
+        // SAFETY: mlockall has no memory-safety preconditions.
+        if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+            // Without CAP_IPC_LOCK and a large RLIMIT_MEMLOCK there is nothing to see.
+            // SAFETY: geteuid has no preconditions.
+            assert_ne!(unsafe { libc::geteuid() }, 0, "mlockall failed as root");
+            println!("mlockall refused for this user: not tested");
+            return;
+        }
+        let after: Vec<Stack> = (0..5).map(|_| Stack::new(size).unwrap()).collect();
+        if shared {
+            assert!(!Stack::shares_mappings(), "stacks left the slabs");
+            assert_eq!(
+                slabs_of(size + page_size()).len(),
+                1,
+                "the first stack's slab stays"
+            );
+        }
+        drop(before);
+        assert!(slabs_of(size + page_size()).is_empty());
+        drop(after);
+        // SAFETY: as above.
+        unsafe { libc::munlockall() };
     }
 
     #[test]

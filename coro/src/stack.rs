@@ -115,9 +115,11 @@ impl Stack {
         STACKS.load(Ordering::Relaxed)
     }
 
-    /// Whether this process's stacks are slots of shared mappings with lightweight guard
-    /// regions (Linux 6.13 and later), rather than two mappings each. Makes and drops a
-    /// stack to find out if none has been made yet.
+    /// Whether new stacks are slots of shared mappings with lightweight guard regions
+    /// (Linux 6.13 and later), rather than two mappings each. False on older kernels, and
+    /// from the first stack made after the process locked its future mappings
+    /// (`mlockall(MCL_FUTURE)`, which refuses guard regions). Makes and drops a stack to find
+    /// out if none has been made yet.
     pub fn shares_mappings() -> bool {
         if !slab::known() {
             drop(Stack::new(MIN_STACK_SIZE));
