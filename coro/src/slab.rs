@@ -11,9 +11,10 @@
 //! is first handed out, a finished stack's pages go back to the kernel with `MADV_DONTNEED`
 //! (guard regions survive it), and the slab is unmapped with its last stack.
 //!
-//! Kernels without guard regions answer `EINVAL` to the first one; from then on the process
-//! maps each stack on its own (`stack.rs`), as before. So does a process whose new mappings
-//! are locked (`mlockall(MCL_FUTURE)`), which the kernel also answers with `EINVAL`.
+//! Kernels without guard regions answer `EINVAL` to the first one (and a sandbox filtering
+//! `madvise` may refuse it otherwise); from then on the process maps each stack on its own
+//! (`stack.rs`), as before. So does a process whose new mappings are locked
+//! (`mlockall(MCL_FUTURE)`), which the kernel also answers with `EINVAL`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -118,7 +119,7 @@ pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
     let limit = start + index * slot;
     if slab.guarded & (1 << index) == 0 {
         if let Err(e) = install_guard(limit) {
-            if e.raw_os_error() != Some(libc::EINVAL) {
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) {
                 return Some(Err(e));
             }
             // The kernel has guard regions but refuses them here: the process locked its
@@ -186,7 +187,7 @@ pub(crate) fn release(slot: &Slot) {
 }
 
 /// Maps a slab of `slot`-byte slots and enters it in the tables; `None` when guard regions
-/// turn out to be unsupported (the first slab tries one).
+/// turn out to be unavailable (the first slab tries one; any refusal counts).
 fn new_slab(slabs: &mut Slabs, slot: usize) -> Option<io::Result<usize>> {
     let slots = (SLAB_TARGET / slot).clamp(1, MAX_SLOTS);
     let Some(len) = slots.checked_mul(slot) else {
@@ -225,15 +226,14 @@ fn new_slab(slabs: &mut Slabs, slot: usize) -> Option<io::Result<usize>> {
                 SUPPORT.store(SUPPORTED, Ordering::Relaxed);
                 guarded = 1;
             }
-            Err(e) => {
+            Err(_) => {
+                // `EINVAL` from kernels without guard regions; a sandbox that filters
+                // `madvise` may say `EPERM` or anything else. Either way, as before them.
                 // SAFETY: the mapping just made, not handed out.
                 unsafe { libc::munmap(addr, len) };
                 release_mappings(1);
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
-                    return None;
-                }
-                return Some(Err(e));
+                SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
+                return None;
             }
         }
     }
