@@ -109,6 +109,9 @@ pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
         Some(&(_, start)) => start,
         None => match new_slab(&mut slabs, slot)? {
             Ok(start) => start,
+            // A slab reserves 64 stacks' address space at once; under a tight
+            // `RLIMIT_AS` one stack's worth may still be had: map this one on its own.
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => return None,
             Err(e) => return Some(Err(e)),
         },
     };
@@ -486,6 +489,48 @@ mod tests {
         drop(after);
         // SAFETY: as above.
         unsafe { libc::munlockall() };
+    }
+
+    /// Set in the child process of the test below.
+    const RLIMIT_CHILD: &str = "COPAS_CORO_TEST_RLIMIT_AS";
+
+    #[test]
+    fn a_stack_is_still_made_when_the_address_space_has_room_for_it_but_not_a_slab() {
+        const NAME: &str = "slab::tests::a_stack_is_still_made_when_the_address_space_has_room_for_it_but_not_a_slab";
+        if std::env::var_os(RLIMIT_CHILD).is_none() {
+            // The limit is process-wide: try it in a child.
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(RLIMIT_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "child failed: {}\n{stdout}\n{stderr}",
+                out.status
+            );
+            return;
+        }
+        // A slab of these (32 slots) takes 16 MiB; leave 8 MiB of address space.
+        let size = 512 * 1024 - page_size();
+        let vm: u64 = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let limit = vm * 1024 + 8 * 1024 * 1024;
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit reads a valid rlimit; lowering the soft limit is always allowed.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) }, 0);
+        let stack = Stack::new(size).expect("one stack fits where a slab does not");
+        assert!(slabs_of(size + page_size()).is_empty(), "no slab was made");
+        drop(stack);
     }
 
     #[test]
