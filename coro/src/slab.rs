@@ -339,6 +339,23 @@ mod tests {
         );
     }
 
+    /// Runs the test `name` alone in a child process with `env` set (for what changes the
+    /// whole process), and fails if it fails.
+    fn run_in_child(name: &str, env: &str) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1", "--nocapture"])
+            .env(env, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+
     /// Set in the child process of the test below.
     const NO_GUARD_REGIONS_CHILD: &str = "COPAS_CORO_TEST_NO_GUARD_REGIONS";
 
@@ -348,19 +365,7 @@ mod tests {
             "slab::tests::without_guard_regions_each_stack_is_a_guarded_mapping_of_its_own";
         if std::env::var_os(NO_GUARD_REGIONS_CHILD).is_none() {
             // What a kernel without guard regions does is process-wide: try it in a child.
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
-                .env(NO_GUARD_REGIONS_CHILD, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "child failed: {}\n{stdout}\n{stderr}",
-                out.status
-            );
-            return;
+            return run_in_child(NAME, NO_GUARD_REGIONS_CHILD);
         }
         // As if the first guard region had been refused with EINVAL.
         SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
@@ -450,19 +455,7 @@ mod tests {
         const NAME: &str = "slab::tests::after_mlockall_new_stacks_get_mappings_of_their_own";
         if std::env::var_os(MLOCK_CHILD).is_none() {
             // Locking is process-wide: try it in a child.
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
-                .env(MLOCK_CHILD, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "child failed: {}\n{stdout}\n{stderr}",
-                out.status
-            );
-            return;
+            return run_in_child(NAME, MLOCK_CHILD);
         }
         let size = MIN_STACK_SIZE + 9 * page_size();
         let before = Stack::new(size).unwrap();
@@ -499,19 +492,7 @@ mod tests {
         const NAME: &str = "slab::tests::a_stack_is_still_made_when_the_address_space_has_room_for_it_but_not_a_slab";
         if std::env::var_os(RLIMIT_CHILD).is_none() {
             // The limit is process-wide: try it in a child.
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
-                .env(RLIMIT_CHILD, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "child failed: {}\n{stdout}\n{stderr}",
-                out.status
-            );
-            return;
+            return run_in_child(NAME, RLIMIT_CHILD);
         }
         // A slab of these (32 slots) takes 16 MiB; leave 8 MiB of address space.
         let size = 512 * 1024 - page_size();
