@@ -78,7 +78,9 @@ fn main() {
             raw_switches: 20_000_000,
             dispatcher_yields: 1_000_000,
             spawns: 1_000_000,
-            sleeper_runs: std::env::var("SLEEPER_RUNS").map_or(3, |r| r.parse().unwrap_or(3)),
+            sleeper_runs: std::env::var("SLEEPER_RUNS")
+                .map_or(3, |r| r.parse().unwrap_or(3))
+                .max(1),
             fifo,
         }
     };

@@ -143,7 +143,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-/// `"50x64"` → (50, 64).
 /// The loads (connections × message size) listed in `name`, or in `default`.
 fn env_loads(name: &str, default: &str) -> Vec<(usize, usize)> {
     env_list(name, default)
@@ -152,6 +151,7 @@ fn env_loads(name: &str, default: &str) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// `"50x64"` → (50, 64).
 fn parse_load(spec: &str) -> (usize, usize) {
     let (c, s) = spec
         .split_once('x')

@@ -291,8 +291,9 @@ impl Coro {
 
 impl Drop for Coro {
     fn drop(&mut self) {
-        // If a destructor panics during the unwind, the state and its stack are leaked
-        // rather than dropped half-unwound (which would unwind again, inside a panic).
+        // If the unwind panics (the closure caught it and panicked anew: a destructor that
+        // panics during it aborts the process instead), the state and its stack are leaked
+        // rather than dropped half-unwound.
         self.unwind();
         // Out of the stack before the stack goes (dropping the state drops the stack).
         drop(self.take_state());

@@ -74,6 +74,23 @@ static SLABS: Mutex<Slabs> = Mutex::new(Slabs {
     with_room: BTreeSet::new(),
 });
 
+impl Slabs {
+    /// Takes the slab at `start` out of the tables; its length, for [`unmap`].
+    fn remove(&mut self, start: usize) -> Option<usize> {
+        let slab = self.all.remove(&start)?;
+        self.with_room.remove(&(slab.slot, start));
+        Some(slab.slots * slab.slot)
+    }
+}
+
+/// Unmaps a slab that [`Slabs::remove`] took out of the tables (or that never went in), with
+/// none of its slots handed out.
+fn unmap(start: usize, len: usize) {
+    // SAFETY: a whole slab this module mapped, out of the tables, no slot of it in use.
+    unsafe { libc::munmap(start as *mut libc::c_void, len) };
+    release_mappings(1);
+}
+
 fn slabs() -> MutexGuard<'static, Slabs> {
     // Nothing panics while holding the lock; a poisoned one still holds consistent tables.
     SLABS.lock().unwrap_or_else(|e| e.into_inner())
@@ -91,7 +108,7 @@ pub(crate) fn in_use() -> bool {
     SUPPORT.load(Ordering::Relaxed) == SUPPORTED
 }
 
-/// Whether the first slab has found out if the kernel has guard regions.
+/// Whether the first guard has told if the kernel has guard regions.
 pub(crate) fn known() -> bool {
     SUPPORT.load(Ordering::Relaxed) != UNKNOWN
 }
@@ -107,7 +124,7 @@ pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
     let mut slabs = slabs();
     let start = match slabs.with_room.range((slot, 0)..(slot + 1, 0)).next() {
         Some(&(_, start)) => start,
-        None => match new_slab(&mut slabs, slot)? {
+        None => match new_slab(&mut slabs, slot) {
             Ok(start) => start,
             // A slab reserves 64 stacks' address space at once; under a tight
             // `RLIMIT_AS` one stack's worth may still be had: map this one on its own.
@@ -122,25 +139,26 @@ pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
     let limit = start + index * slot;
     if slab.guarded & (1 << index) == 0 {
         if let Err(e) = install_guard(limit) {
-            if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) {
+            // The first guard tells whether the kernel has guard regions: `EINVAL` before
+            // Linux 6.13, and a sandbox filtering `madvise` may refuse it otherwise. A later
+            // `EINVAL` or `EPERM` means this mapping takes none: the process locked its
+            // memory (`mlockall(MCL_FUTURE)` locks every new mapping, and locked mappings
+            // take no guard regions). Either way stacks get mappings of their own from now
+            // on, and this slab goes if it has none out.
+            let first = SUPPORT.load(Ordering::Relaxed) == UNKNOWN;
+            if !first && !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) {
                 return Some(Err(e));
             }
-            // The kernel has guard regions but refuses them here: the process locked its
-            // memory (`mlockall(MCL_FUTURE)` locks every new mapping, and locked mappings
-            // take no guard regions). Stacks get mappings of their own from now on; this
-            // slab goes if it has none out.
             SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
             if slab.free == slab.all_free() {
-                let len = slab.slots * slot;
-                slabs.all.remove(&start);
-                slabs.with_room.remove(&(slot, start));
-                // SAFETY: the whole slab, mapped in `new_slab`, with none of its slots out.
-                unsafe { libc::munmap(start as *mut libc::c_void, len) };
-                release_mappings(1);
+                if let Some(len) = slabs.remove(start) {
+                    unmap(start, len);
+                }
             }
             return None;
         }
         slab.guarded |= 1 << index;
+        SUPPORT.store(SUPPORTED, Ordering::Relaxed);
     }
     slab.free &= !(1 << index);
     if slab.free == 0 {
@@ -180,28 +198,20 @@ pub(crate) fn release(slot: &Slot) {
         slabs.with_room.insert((size, start));
         return;
     }
-    let len = slab.slots * size;
-    slabs.all.remove(&start);
-    slabs.with_room.remove(&(size, start));
+    let len = slabs.remove(start);
     drop(slabs);
-    // SAFETY: the whole slab, mapped in `new_slab`, with none of its slots handed out.
-    unsafe { libc::munmap(start as *mut libc::c_void, len) };
-    release_mappings(1);
+    if let Some(len) = len {
+        unmap(start, len);
+    }
 }
 
-/// Maps a slab of `slot`-byte slots and enters it in the tables; `None` when guard regions
-/// turn out to be unavailable (the first slab tries one; any refusal counts).
-fn new_slab(slabs: &mut Slabs, slot: usize) -> Option<io::Result<usize>> {
+/// Maps a slab of `slot`-byte slots and enters it in the tables.
+fn new_slab(slabs: &mut Slabs, slot: usize) -> io::Result<usize> {
     let slots = (SLAB_TARGET / slot).clamp(1, MAX_SLOTS);
-    let Some(len) = slots.checked_mul(slot) else {
-        return Some(Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "stack size too large",
-        )));
-    };
-    if let Err(e) = reserve_mappings(1) {
-        return Some(Err(e));
-    }
+    let len = slots
+        .checked_mul(slot)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size too large"))?;
+    reserve_mappings(1)?;
     // MAP_NORESERVE: like any stack, committed page by page as it is touched.
     // SAFETY: a fresh anonymous private mapping at an address of the kernel's choosing.
     let addr = unsafe {
@@ -216,40 +226,22 @@ fn new_slab(slabs: &mut Slabs, slot: usize) -> Option<io::Result<usize>> {
     };
     if addr == libc::MAP_FAILED {
         release_mappings(1);
-        return Some(Err(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
-    let start = addr as usize;
     // A huge page would commit 2 MiB where a stack touches a page or two. Advice only.
     // SAFETY: the range is the mapping just made.
     unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
-    let mut guarded = 0;
-    if SUPPORT.load(Ordering::Relaxed) == UNKNOWN {
-        match install_guard(start) {
-            Ok(()) => {
-                SUPPORT.store(SUPPORTED, Ordering::Relaxed);
-                guarded = 1;
-            }
-            Err(_) => {
-                // `EINVAL` from kernels without guard regions; a sandbox that filters
-                // `madvise` may say `EPERM` or anything else. Either way, as before them.
-                // SAFETY: the mapping just made, not handed out.
-                unsafe { libc::munmap(addr, len) };
-                release_mappings(1);
-                SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
-                return None;
-            }
-        }
-    }
+    let start = addr as usize;
     let mut slab = Slab {
         slot,
         slots,
         free: 0,
-        guarded,
+        guarded: 0,
     };
     slab.free = slab.all_free();
     slabs.all.insert(start, slab);
     slabs.with_room.insert((slot, start));
-    Some(Ok(start))
+    Ok(start)
 }
 
 /// Makes the page at `addr` fault on any access.

@@ -229,14 +229,14 @@ pub const MIN_STACK_SIZE: usize = 16 * 1024;
 /// let c = pool.allocate().unwrap();
 /// pool.recycle(a);
 /// pool.recycle(b);
-/// pool.recycle(c); // over the bound of 2: unmapped
+/// pool.recycle(c); // over the bound of 2: given back
 /// assert_eq!(pool.idle(), 2);
 /// ```
 pub struct StackPool {
     size: usize,
     max_idle: usize,
     /// Most recently pooled at the back: handed out first (its lines may still be cached),
-    /// while the front, the coldest, is what trimming unmaps.
+    /// while the front, the coldest, is what trimming gives back.
     idle: VecDeque<Stack>,
 }
 
@@ -274,7 +274,7 @@ impl StackPool {
     }
 
     /// Returns a stack to the pool. A stack of another size, or one beyond the pool's bound,
-    /// is unmapped instead.
+    /// is given back to the kernel instead.
     pub fn recycle(&mut self, stack: Stack) {
         if self.idle.len() < self.max_idle && usable_size(&stack) == self.size {
             self.idle.push_back(stack);
@@ -283,7 +283,8 @@ impl StackPool {
 
     /// Returns a stack to the pool even beyond its bound; what is beyond it (the
     /// [`surplus`](StackPool::surplus)) stays mapped, and is handed out again, until
-    /// [`trim_one`](StackPool::trim_one) unmaps it. A stack of another size is unmapped.
+    /// [`trim_one`](StackPool::trim_one) gives it back. A stack of another size is given back
+    /// at once.
     pub fn retire(&mut self, stack: Stack) {
         if usable_size(&stack) == self.size {
             self.idle.push_back(stack);
@@ -295,7 +296,7 @@ impl StackPool {
         self.idle.len().saturating_sub(self.max_idle)
     }
 
-    /// Unmaps the least recently pooled idle stack if the pool holds more than its bound;
+    /// Gives back the least recently pooled idle stack if the pool holds more than its bound;
     /// false when it does not.
     pub fn trim_one(&mut self) -> bool {
         if self.surplus() == 0 {
@@ -311,7 +312,7 @@ impl StackPool {
     }
 
     /// Changes the size of stacks handed out from now on; idle stacks of the old size are
-    /// unmapped.
+    /// given back.
     pub fn set_stack_size(&mut self, size: usize) {
         let size = round_size(size);
         if size != self.size {
@@ -325,7 +326,7 @@ impl StackPool {
         self.max_idle
     }
 
-    /// Changes the bound on unused stacks, unmapping any beyond it.
+    /// Changes the bound on unused stacks, giving back any beyond it.
     pub fn set_max_idle(&mut self, max_idle: usize) {
         self.max_idle = max_idle;
         while self.trim_one() {}

@@ -735,7 +735,7 @@ impl Dispatcher {
         Ok(had_events)
     }
 
-    /// Unmaps stacks beyond the pool's bound if this step would sleep `wait_for` in the
+    /// Gives back stacks beyond the pool's bound if this step would sleep `wait_for` in the
     /// poller with nothing to do (see [`TRIM_IDLE`]), for at most [`TRIM_SLICE`]; says what
     /// the step's wait is then (none while a surplus remains, so the next step goes on with
     /// it after looking at the poller), or that it looked and found events.
@@ -754,7 +754,7 @@ impl Dispatcher {
             }
             return Ok(Trim::Wait(wait_for));
         }
-        // Pending I/O goes before unmapping.
+        // Pending I/O goes before giving stacks back.
         if self.dispatch_events(poller, Some(Duration::ZERO))? {
             return Ok(Trim::FoundEvents);
         }
@@ -768,7 +768,7 @@ impl Dispatcher {
         ))
     }
 
-    /// Unmaps one stack beyond the pool's bound; false when there is none.
+    /// Gives back one stack beyond the pool's bound; false when there is none.
     fn trim_one_stack(&self) -> bool {
         let mut pool = self.pool.borrow_mut();
         let trimmed = pool.trim_one();
@@ -932,7 +932,7 @@ impl Dispatcher {
                 }
                 if self.exiting() {
                     // Nothing waits on the thread now: give back the stacks beyond the
-                    // pool's bound that no idle moment of the run has unmapped.
+                    // pool's bound that no idle moment of the run has given back.
                     while self.trim_one_stack() {}
                     break Ok(());
                 }

@@ -27,6 +27,6 @@ pub struct Status {
     pub sockets: usize,
     /// Idle stacks kept for reuse: up to the bound of
     /// [`set_pooled_stacks`](crate::set_pooled_stacks), and beyond it those of coroutines
-    /// that ended since the dispatcher last had an idle moment to unmap them.
+    /// that ended since the dispatcher last had an idle moment to give them back.
     pub pooled_stacks: usize,
 }
