@@ -477,6 +477,110 @@ mod tests {
     }
 
     /// Set in the child process of the test below.
+    const SANDBOX_CHILD: &str = "COPAS_CORO_TEST_SANDBOXED_MADVISE";
+
+    /// Makes this thread's `madvise(_, _, MADV_GUARD_INSTALL)` fail with `errno`, as a
+    /// sandbox's seccomp filter may, whatever the kernel supports; every other call is let
+    /// through.
+    #[cfg(target_arch = "x86_64")]
+    fn refuse_guard_regions_with(errno: i32) {
+        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+        // Offsets into `struct seccomp_data`: nr, arch, then six 64-bit arguments (the
+        // advice is the third; its low half comes first on this little-endian machine).
+        const NR: u32 = 0;
+        const ARCH: u32 = 4;
+        const ARG2_LOW: u32 = 16 + 2 * 8;
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+        let ret = libc::BPF_RET | libc::BPF_K;
+        let mut filter = [
+            stmt(load, ARCH),
+            jeq(AUDIT_ARCH_X86_64, 1, 0),
+            stmt(ret, libc::SECCOMP_RET_ALLOW),
+            stmt(load, NR),
+            jeq(libc::SYS_madvise as u32, 0, 3),
+            stmt(load, ARG2_LOW),
+            jeq(MADV_GUARD_INSTALL as u32, 0, 1),
+            stmt(ret, libc::SECCOMP_RET_ERRNO | errno as u32),
+            stmt(ret, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: prctl with plain integer arguments; then with a pointer to a filter program
+        // that lives across the call (the kernel copies it).
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &prog as *const libc::sock_fprog,
+                ),
+                0,
+                "seccomp filter: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_sandbox_refusing_the_first_guard_region_leaves_stacks_on_mappings_of_their_own() {
+        const NAME: &str = "slab::tests::a_sandbox_refusing_the_first_guard_region_leaves_stacks_on_mappings_of_their_own";
+        if std::env::var_os(SANDBOX_CHILD).is_none() {
+            // A seccomp filter stays with the process: try it in a child.
+            return run_in_child(NAME, SANDBOX_CHILD);
+        }
+        assert!(!known(), "no stack was made before the filter");
+        // Neither EINVAL (no guard regions) nor EPERM (locked memory): what a filter says.
+        refuse_guard_regions_with(libc::ENOSYS);
+        let size = MIN_STACK_SIZE + 10 * page_size();
+        let probe = Stack::new(size).expect("a stack despite the refused guard region");
+        // The filter did refuse: the fallback was taken, not the guard installed.
+        // SAFETY: advice on a page of a mapping this test owns; refused by the filter.
+        let refused = unsafe {
+            libc::madvise(
+                (probe.base().get() - page_size()) as *mut libc::c_void,
+                page_size(),
+                MADV_GUARD_INSTALL,
+            )
+        };
+        assert_eq!(refused, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOSYS)
+        );
+        let stacks: Vec<Stack> = (0..5).map(|_| Stack::new(size).unwrap()).collect();
+        assert!(!Stack::shares_mappings());
+        assert!(
+            slabs_of(size + page_size()).is_empty(),
+            "the probing slab went"
+        );
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for stack in stacks.iter().chain([&probe]) {
+            let guard = stack.limit().get();
+            let line = maps
+                .lines()
+                .find(|l| l.starts_with(&format!("{guard:x}-")))
+                .unwrap_or_else(|| panic!("no mapping starts at the guard {guard:#x}"));
+            assert!(line.contains(" ---p "), "the guard is PROT_NONE: {line}");
+        }
+    }
+
+    /// Set in the child process of the test below.
     const RLIMIT_CHILD: &str = "COPAS_CORO_TEST_RLIMIT_AS";
 
     #[test]
