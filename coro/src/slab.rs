@@ -481,9 +481,9 @@ mod tests {
 
     /// Makes this thread's `madvise(_, _, MADV_GUARD_INSTALL)` fail with `errno`, as a
     /// sandbox's seccomp filter may, whatever the kernel supports; every other call is let
-    /// through.
+    /// through. False when this kernel has no seccomp filters (`EINVAL`).
     #[cfg(target_arch = "x86_64")]
-    fn refuse_guard_regions_with(errno: i32) {
+    fn refuse_guard_regions_with(errno: i32) -> bool {
         const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
         // Offsets into `struct seccomp_data`: nr, arch, then six 64-bit arguments (the
         // advice is the third; its low half comes first on this little-endian machine).
@@ -523,17 +523,18 @@ mod tests {
         // that lives across the call (the kernel copies it).
         unsafe {
             assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-            assert_eq!(
-                libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                    &prog as *const libc::sock_fprog,
-                ),
-                0,
-                "seccomp filter: {}",
-                io::Error::last_os_error()
-            );
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            ) == 0
+            {
+                return true;
+            }
         }
+        let e = io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "seccomp filter: {e}");
+        false
     }
 
     #[test]
@@ -546,7 +547,10 @@ mod tests {
         }
         assert!(!known(), "no stack was made before the filter");
         // Neither EINVAL (no guard regions) nor EPERM (locked memory): what a filter says.
-        refuse_guard_regions_with(libc::ENOSYS);
+        if !refuse_guard_regions_with(libc::ENOSYS) {
+            println!("this kernel has no seccomp filters: not tested");
+            return;
+        }
         let size = MIN_STACK_SIZE + 10 * page_size();
         let probe = Stack::new(size).expect("a stack despite the refused guard region");
         // The filter did refuse: the fallback was taken, not the guard installed.
