@@ -348,6 +348,20 @@ mod tests {
         );
     }
 
+    /// Checks that each stack's guard page starts a `PROT_NONE` mapping of its own (how a
+    /// stack is guarded when it does not come from a slab).
+    fn assert_guards_are_mappings_of_their_own<'a>(stacks: impl IntoIterator<Item = &'a Stack>) {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for stack in stacks {
+            let guard = stack.limit().get();
+            let line = maps
+                .lines()
+                .find(|l| l.starts_with(&format!("{guard:x}-")))
+                .unwrap_or_else(|| panic!("no mapping starts at the guard {guard:#x}"));
+            assert!(line.contains(" ---p "), "the guard is PROT_NONE: {line}");
+        }
+    }
+
     /// Set in the child process of the test below.
     const NO_GUARD_REGIONS_CHILD: &str = "COPAS_CORO_TEST_NO_GUARD_REGIONS";
 
@@ -367,15 +381,7 @@ mod tests {
         assert!(!Stack::shares_mappings());
         assert!(slabs_of(size + page_size()).is_empty());
         assert!(mappings().len() >= before + 20, "two mappings per stack");
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        for stack in &stacks {
-            let guard = stack.limit().get();
-            let line = maps
-                .lines()
-                .find(|l| l.starts_with(&format!("{guard:x}-")))
-                .unwrap_or_else(|| panic!("no mapping starts at the guard {guard:#x}"));
-            assert!(line.contains(" ---p "), "the guard is PROT_NONE: {line}");
-        }
+        assert_guards_are_mappings_of_their_own(&stacks);
     }
 
     #[test]
@@ -573,15 +579,7 @@ mod tests {
             slabs_of(size + page_size()).is_empty(),
             "the probing slab went"
         );
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        for stack in stacks.iter().chain([&probe]) {
-            let guard = stack.limit().get();
-            let line = maps
-                .lines()
-                .find(|l| l.starts_with(&format!("{guard:x}-")))
-                .unwrap_or_else(|| panic!("no mapping starts at the guard {guard:#x}"));
-            assert!(line.contains(" ---p "), "the guard is PROT_NONE: {line}");
-        }
+        assert_guards_are_mappings_of_their_own(stacks.iter().chain([&probe]));
     }
 
     /// Set in the child process of the test below.
