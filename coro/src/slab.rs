@@ -255,8 +255,8 @@ fn install_guard(addr: usize) -> io::Result<()> {
     }
 }
 
-/// How many slabs of `slot`-byte slots are mapped, and whether one starts at `start`
-/// (for tests, which use a slot size of their own so that other tests do not interfere).
+/// The start of every mapped slab of `slot`-byte slots (for tests, which use a slot size of
+/// their own so that other tests do not interfere).
 #[cfg(test)]
 pub(crate) fn slabs_of(slot: usize) -> Vec<usize> {
     slabs()
@@ -331,12 +331,19 @@ mod tests {
         );
     }
 
-    /// Runs the test `name` alone in a child process with `env` set (for what changes the
-    /// whole process), and fails if it fails.
-    fn run_in_child(name: &str, env: &str) {
+    /// Names the test a child process was started to run (see [`in_child_process`]).
+    const CHILD_ENV: &str = "COPAS_CORO_TEST_CHILD";
+
+    /// For a test of what changes the whole process: true in the child process started to
+    /// run the test `name` alone; in the test process, runs that child, fails if it fails,
+    /// and returns false.
+    fn in_child_process(name: &str) -> bool {
+        if std::env::var_os(CHILD_ENV).is_some_and(|v| v == name) {
+            return true;
+        }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", name, "--test-threads=1", "--nocapture"])
-            .env(env, "1")
+            .env(CHILD_ENV, name)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -346,6 +353,7 @@ mod tests {
             "child failed: {}\n{stdout}\n{stderr}",
             out.status
         );
+        false
     }
 
     /// Checks that each stack's guard page starts a `PROT_NONE` mapping of its own (how a
@@ -362,16 +370,13 @@ mod tests {
         }
     }
 
-    /// Set in the child process of the test below.
-    const NO_GUARD_REGIONS_CHILD: &str = "COPAS_CORO_TEST_NO_GUARD_REGIONS";
-
     #[test]
     fn without_guard_regions_each_stack_is_a_guarded_mapping_of_its_own() {
         const NAME: &str =
             "slab::tests::without_guard_regions_each_stack_is_a_guarded_mapping_of_its_own";
-        if std::env::var_os(NO_GUARD_REGIONS_CHILD).is_none() {
-            // What a kernel without guard regions does is process-wide: try it in a child.
-            return run_in_child(NAME, NO_GUARD_REGIONS_CHILD);
+        // What a kernel without guard regions does is process-wide: try it in a child.
+        if !in_child_process(NAME) {
+            return;
         }
         // As if the first guard region had been refused with EINVAL.
         SUPPORT.store(UNSUPPORTED, Ordering::Relaxed);
@@ -445,15 +450,12 @@ mod tests {
         assert!(slabs_of(size + page_size()).is_empty(), "every slab went");
     }
 
-    /// Set in the child process of the test below.
-    const MLOCK_CHILD: &str = "COPAS_CORO_TEST_MLOCKALL";
-
     #[test]
     fn after_mlockall_new_stacks_get_mappings_of_their_own() {
         const NAME: &str = "slab::tests::after_mlockall_new_stacks_get_mappings_of_their_own";
-        if std::env::var_os(MLOCK_CHILD).is_none() {
-            // Locking is process-wide: try it in a child.
-            return run_in_child(NAME, MLOCK_CHILD);
+        // Locking is process-wide: try it in a child.
+        if !in_child_process(NAME) {
+            return;
         }
         let size = MIN_STACK_SIZE + 9 * page_size();
         let before = Stack::new(size).unwrap();
@@ -481,9 +483,6 @@ mod tests {
         // SAFETY: as above.
         unsafe { libc::munlockall() };
     }
-
-    /// Set in the child process of the test below.
-    const SANDBOX_CHILD: &str = "COPAS_CORO_TEST_SANDBOXED_MADVISE";
 
     /// Makes this thread's `madvise(_, _, MADV_GUARD_INSTALL)` fail with `errno`, as a
     /// sandbox's seccomp filter may, whatever the kernel supports; every other call is let
@@ -547,9 +546,9 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn a_sandbox_refusing_the_first_guard_region_leaves_stacks_on_mappings_of_their_own() {
         const NAME: &str = "slab::tests::a_sandbox_refusing_the_first_guard_region_leaves_stacks_on_mappings_of_their_own";
-        if std::env::var_os(SANDBOX_CHILD).is_none() {
-            // A seccomp filter stays with the process: try it in a child.
-            return run_in_child(NAME, SANDBOX_CHILD);
+        // A seccomp filter stays with the process: try it in a child.
+        if !in_child_process(NAME) {
+            return;
         }
         assert!(!known(), "no stack was made before the filter");
         // Neither EINVAL (no guard regions) nor EPERM (locked memory): what a filter says.
@@ -582,15 +581,12 @@ mod tests {
         assert_guards_are_mappings_of_their_own(stacks.iter().chain([&probe]));
     }
 
-    /// Set in the child process of the test below.
-    const RLIMIT_CHILD: &str = "COPAS_CORO_TEST_RLIMIT_AS";
-
     #[test]
     fn a_stack_is_still_made_when_the_address_space_has_room_for_it_but_not_a_slab() {
         const NAME: &str = "slab::tests::a_stack_is_still_made_when_the_address_space_has_room_for_it_but_not_a_slab";
-        if std::env::var_os(RLIMIT_CHILD).is_none() {
-            // The limit is process-wide: try it in a child.
-            return run_in_child(NAME, RLIMIT_CHILD);
+        // The limit is process-wide: try it in a child.
+        if !in_child_process(NAME) {
+            return;
         }
         // A slab of these (32 slots) takes 16 MiB; leave 8 MiB of address space.
         let size = 512 * 1024 - page_size();
