@@ -105,7 +105,7 @@ fn an_event_during_a_burst_of_new_coroutines_is_served_before_the_burst_has_star
 }
 
 #[test]
-fn stacks_beyond_the_pool_bound_are_unmapped_when_the_dispatcher_is_idle_not_as_coroutines_end() {
+fn stacks_beyond_the_pool_bound_are_given_back_when_the_dispatcher_is_idle_not_as_coroutines_end() {
     let _dog = Watchdog::new("stack surplus", Duration::from_secs(60));
     const BOUND: usize = 8;
     const CHILDREN: usize = 200;
@@ -145,17 +145,17 @@ fn stacks_beyond_the_pool_bound_are_unmapped_when_the_dispatcher_is_idle_not_as_
     assert_eq!(
         pooled_after_idle.get(),
         BOUND,
-        "idle steps unmap the surplus"
+        "idle steps give the surplus back"
     );
     assert_eq!(
         copas::status().pooled_stacks,
         BOUND,
-        "what the last idle steps left, `run` unmapped"
+        "what the last idle steps left, `run` gave back"
     );
 }
 
 #[test]
-fn run_returns_with_the_stack_surplus_unmapped() {
+fn run_returns_with_the_stack_surplus_given_back() {
     let _dog = Watchdog::new("stack surplus at the end of run", Duration::from_secs(60));
     const BOUND: usize = 8;
     copas::set_pooled_stacks(BOUND);
@@ -170,7 +170,7 @@ fn run_returns_with_the_stack_surplus_unmapped() {
 }
 
 #[test]
-fn a_dispatcher_that_is_never_idle_unmaps_the_stack_surplus_after_five_seconds() {
+fn a_dispatcher_that_is_never_idle_gives_the_stack_surplus_back_after_five_seconds() {
     let _dog = Watchdog::new("stack surplus, never idle", Duration::from_secs(60));
     const BOUND: usize = 4;
     copas::set_pooled_stacks(BOUND);
@@ -196,7 +196,7 @@ fn a_dispatcher_that_is_never_idle_unmaps_the_stack_surplus_after_five_seconds()
     util::run_bounded(Duration::from_secs(50));
     let after = trimmed_after
         .get()
-        .expect("the surplus was unmapped within 20 s");
+        .expect("the surplus was given back within 20 s");
     assert!(
         after >= Duration::from_secs(5),
         "the surplus of a busy dispatcher went after {after:?}, before 5 s"
@@ -204,7 +204,7 @@ fn a_dispatcher_that_is_never_idle_unmaps_the_stack_surplus_after_five_seconds()
 }
 
 #[test]
-fn an_idle_step_unmaps_surplus_stacks_for_a_slice_of_time_then_returns() {
+fn an_idle_step_gives_surplus_stacks_back_for_a_slice_of_time_then_returns() {
     let _dog = Watchdog::new("stack surplus in slices", Duration::from_secs(60));
     const BOUND: usize = 4;
     const ENDED: usize = 5_000;
@@ -222,23 +222,24 @@ fn an_idle_step_unmaps_surplus_stacks_for_a_slice_of_time_then_returns() {
     }
     assert_eq!(copas::status().coroutines, 0);
     assert_eq!(copas::status().pooled_stacks, ENDED);
-    // Nothing to do for five seconds: the step unmaps for half a millisecond (5,000 unmaps
-    // take several), then looks at the poller again instead of going on or sleeping.
+    // Nothing to do for five seconds: the step gives stacks back for half a millisecond
+    // (5,000 take 10 ms or more at 2–10 µs each), then looks at the poller again instead of
+    // going on or sleeping.
     let t = Instant::now();
     copas::step(Some(Duration::from_secs(5))).expect("step");
     let took = t.elapsed();
     let left = copas::status().pooled_stacks;
     assert!(
         took < Duration::from_secs(2),
-        "an idle step with stacks to unmap took {took:?}"
+        "an idle step with stacks to give back took {took:?}"
     );
     assert!(
         BOUND < left && left < ENDED,
-        "one step unmapped a slice of the surplus, not none or all: {left} left"
+        "one step gave back a slice of the surplus, not none or all: {left} left"
     );
     assert!(
         util::step_until(Duration::from_secs(20), || copas::status().pooled_stacks
             == BOUND),
-        "further idle steps unmap the rest"
+        "further idle steps give back the rest"
     );
 }
