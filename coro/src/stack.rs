@@ -87,11 +87,7 @@ impl Stack {
     /// process), `InvalidInput` for a size that does not fit the address space, or the error
     /// of `mmap`, `mprotect` or `madvise`.
     pub fn new(size: usize) -> io::Result<Stack> {
-        let page = page_size();
-        let size = size
-            .max(1)
-            .checked_next_multiple_of(page)
-            .filter(|s| s.checked_add(page).is_some())
+        let size = whole_pages(size.max(1))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size too large"))?;
         let inner = match slab::allocate(size) {
             Some(slot) => Inner::Slot(slot?),
@@ -354,11 +350,16 @@ pub(crate) fn page_size() -> usize {
 }
 
 fn round_size(size: usize) -> usize {
-    let page = page_size();
     // A size beyond the address space stays beyond it (allocating then fails), never wraps.
-    size.max(MIN_STACK_SIZE)
-        .checked_next_multiple_of(page)
-        .unwrap_or(usize::MAX - (page - 1))
+    whole_pages(size.max(MIN_STACK_SIZE)).unwrap_or(usize::MAX - (page_size() - 1))
+}
+
+/// `size` rounded up to whole pages, `None` when that and a guard page would not fit the
+/// address space.
+fn whole_pages(size: usize) -> Option<usize> {
+    let page = page_size();
+    size.checked_next_multiple_of(page)
+        .filter(|s| s.checked_add(page).is_some())
 }
 
 /// The stack's size as asked of the pool: from the guard page to the top, the state area
