@@ -26,7 +26,8 @@
 //! `copas_read`: copas with `std::io::Read` into a stack buffer instead of
 //! `receivepartial`; `copas@<KiB>` and `copas_read@<KiB>`: with that coroutine stack
 //! size; `exe=<path>`: the copas server of another build's echo bench binary, to compare
-//! two commits in one interleaved run], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
+//! two commits in one interleaved run; `coro_floor`: the floor of any stackful-coroutine
+//! server, copas's coroutine core on raw epoll with nothing else], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
 //! [50], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
 //! seconds to wait before each cell for other processes to go quiet [0: do not wait],
@@ -465,6 +466,7 @@ fn server_role(args: &[String]) {
             std::process::exit(2);
         }
         Some("polling") => polling_server(),
+        Some("coro_floor") => coro_floor_server(),
         Some("tokio") => tokio_server(),
         Some("may") => may_server(),
         other => {
@@ -624,6 +626,181 @@ fn polling_server() {
                 .is_err()
         } else {
             false
+        }
+    }
+}
+
+/// The floor of a stackful-coroutine server: copas's coroutine core (`copas_coro`) on raw
+/// edge-triggered epoll, one coroutine per connection, readiness bits that a short read
+/// clears (as copas), a plain `Vec` run queue, and nothing else: no timeouts, no wait
+/// queues, no budgets, no cancellation, no error reports. What any dispatcher built on these
+/// coroutines pays per message at least; the distance from it to the polling loop is the
+/// cost of coroutines themselves, from copas to it the cost of copas's semantics.
+fn coro_floor_server() {
+    use copas_coro::{Coro, Label, Resumed, StackPool};
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    const WANTS_NOTHING: u8 = 0;
+    const WANTS_READ: u8 = 1;
+    const WANTS_WRITE: u8 = 2;
+
+    struct ConnState {
+        fd: i32,
+        readable: Cell<bool>,
+        writable: Cell<bool>,
+        wants: Cell<u8>,
+    }
+
+    struct Conn {
+        state: Rc<ConnState>,
+        coro: Coro,
+        // Closed when the connection's entry is removed, after its coroutine ended.
+        _stream: TcpStream,
+    }
+
+    /// The handler, with the suspension points written out: read what is there (waiting
+    /// for an edge when the last read was short), write it all back.
+    fn handler(st: &ConnState) {
+        let mut buf = [0u8; READ_MAX];
+        loop {
+            let n = loop {
+                if st.readable.get() {
+                    // SAFETY: `buf` is writable for its length; `fd` stays open while the
+                    // coroutine lives (its `Conn` owns the stream).
+                    let r = unsafe { libc::recv(st.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                    match r {
+                        0 => return,
+                        r if r > 0 => {
+                            if (r as usize) < buf.len() {
+                                st.readable.set(false);
+                            }
+                            break r as usize;
+                        }
+                        _ if std::io::Error::last_os_error().kind()
+                            == std::io::ErrorKind::WouldBlock =>
+                        {
+                            st.readable.set(false)
+                        }
+                        _ => return,
+                    }
+                }
+                st.wants.set(WANTS_READ);
+                let _ = copas_coro::suspend();
+            };
+            let mut sent = 0;
+            while sent < n {
+                if st.writable.get() {
+                    let rest = &buf[sent..n];
+                    // SAFETY: `rest` is readable for its length; `fd` as above.
+                    let r = unsafe {
+                        libc::send(st.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL)
+                    };
+                    if r >= 0 {
+                        sent += r as usize;
+                        continue;
+                    }
+                    if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+                        return;
+                    }
+                    st.writable.set(false);
+                }
+                st.wants.set(WANTS_WRITE);
+                let _ = copas_coro::suspend();
+            }
+        }
+    }
+
+    const LISTENER: u64 = u64::MAX;
+    let listener = bind_any();
+    listener.set_nonblocking(true).expect("nonblocking");
+    // SAFETY: a plain system call.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0, "epoll_create1");
+    let register = |fd: i32, key: u64, flags: libc::c_int| {
+        let mut ev = libc::epoll_event {
+            events: flags as u32,
+            u64: key,
+        };
+        // SAFETY: `ev` is a valid event; a descriptor leaves the epoll set when it is closed.
+        let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        assert!(r == 0, "epoll_ctl");
+    };
+    register(listener.as_raw_fd(), LISTENER, libc::EPOLLIN);
+    let mut pool = StackPool::new(256 * 1024, 4096);
+    let mut conns: slab::Slab<Conn> = slab::Slab::new();
+    let mut ready: Vec<usize> = Vec::with_capacity(1024);
+    let mut events: Vec<libc::epoll_event> = Vec::with_capacity(1024);
+    announce(listener.local_addr().expect("local_addr").port());
+    loop {
+        events.clear();
+        // SAFETY: `events` has room for its capacity.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.capacity() as i32, -1) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        // SAFETY: the kernel initialised the first `n` entries.
+        unsafe { events.set_len(n as usize) };
+        for ev in &events {
+            if ev.u64 == LISTENER {
+                while let Ok((stream, _)) = listener.accept() {
+                    stream.set_nonblocking(true).expect("nonblocking");
+                    let _ = stream.set_nodelay(true);
+                    let state = Rc::new(ConnState {
+                        fd: stream.as_raw_fd(),
+                        readable: Cell::new(true),
+                        writable: Cell::new(true),
+                        wants: Cell::new(WANTS_NOTHING),
+                    });
+                    let entry = conns.vacant_entry();
+                    let key = entry.key();
+                    let st = state.clone();
+                    let stack = pool.allocate().expect("stack");
+                    let coro =
+                        Coro::new(stack, key as u64, Label::new("floor"), move || handler(&st));
+                    let flags = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+                    register(stream.as_raw_fd(), key as u64, flags);
+                    entry.insert(Conn {
+                        state,
+                        coro,
+                        _stream: stream,
+                    });
+                    ready.push(key);
+                }
+                continue;
+            }
+            let key = ev.u64 as usize;
+            let Some(conn) = conns.get(key) else { continue };
+            let st = &conn.state;
+            let flags = ev.events as libc::c_int;
+            let (read, write) = (
+                libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR,
+                libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR,
+            );
+            if flags & read != 0 {
+                st.readable.set(true);
+            }
+            if flags & write != 0 {
+                st.writable.set(true);
+            }
+            let woken = match st.wants.get() {
+                WANTS_READ => flags & read != 0,
+                WANTS_WRITE => flags & write != 0,
+                _ => false,
+            };
+            if woken {
+                st.wants.set(WANTS_NOTHING);
+                ready.push(key);
+            }
+        }
+        for key in ready.drain(..) {
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            if !matches!(conn.coro.resume(), Resumed::Suspended) {
+                let conn = conns.remove(key);
+                pool.recycle(conn.coro.into_stack());
+            }
         }
     }
 }

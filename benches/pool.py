@@ -15,6 +15,8 @@ the output is repeatable).
 
 With --svg it also draws the pooled ratios (docs/benchmarks-pooled.svg), with
 benches/chart.py's panels: a bar per load and peer, the interval as a whisker, 1.0 marked.
+With --pairs A/B[,C/D...] it pools those ratios instead of copas against polling and tokio
+(e.g. --pairs coro_floor/polling,copas/coro_floor: the coroutine floor against the loop).
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
 and earlier) measured the order as much as the servers.
@@ -57,35 +59,46 @@ def interval(ratios, rng):
 
 def main(args):
     svg_out = None
-    if args[:1] == ["--svg"]:
+    pairs = None
+    while args[:1] in (["--svg"], ["--pairs"]):
         if len(args) < 2:
             sys.exit(__doc__)
-        svg_out, args = args[1], args[2:]
+        if args[0] == "--svg":
+            svg_out = args[1]
+        else:
+            pairs = [tuple(p.split("/", 1)) for p in args[1].split(",")]
+            if any(len(p) != 2 for p in pairs):
+                sys.exit(__doc__)
+        args = args[2:]
+    # The default pairs keep the peer's name as the series label (the published chart's).
+    labelled = [(("copas", peer), peer) for peer in ("polling", "tokio")]
+    if pairs:
+        labelled = [((a, b), f"{a} ÷ {b}") for a, b in pairs]
     paths = args
     if not paths:
         sys.exit(__doc__)
     pooled_figures = {}
     runs = [(p, load(p)) for p in paths]
     loads = sorted({c for _, cells in runs for (_, _, c) in cells})
-    print("| load | copas vs | run | rounds | median | 95 % interval of the median |")
+    print("| load | ratio | run | rounds | median | 95 % interval of the median |")
     print("|---|---|---|---|---|---|")
     for conns in loads:
-        for peer in ("polling", "tokio"):
+        for (server, peer), label in labelled:
             rng = random.Random(1)
             pooled = []
             for path, cells in runs:
-                ratios = paired(cells, conns, "copas", peer)
+                ratios = paired(cells, conns, server, peer)
                 if not ratios:
                     continue
                 pooled += ratios
                 lo, hi = interval(ratios, rng)
                 median = statistics.median(ratios)
-                print(f"| C={conns} | {peer} | {path} | {len(ratios)} | {median:.3f} | {lo:.3f}..{hi:.3f} |")
+                print(f"| C={conns} | {server} ÷ {peer} | {path} | {len(ratios)} | {median:.3f} | {lo:.3f}..{hi:.3f} |")
             if pooled:
                 lo, hi = interval(pooled, rng)
                 median = statistics.median(pooled)
-                print(f"| C={conns} | {peer} | **pooled** | {len(pooled)} | **{median:.3f}** | {lo:.3f}..{hi:.3f} |")
-                pooled_figures.setdefault(peer, {})[f"C={conns}"] = dict(mid=median, lo=lo, hi=hi)
+                print(f"| C={conns} | {server} ÷ {peer} | **pooled** | {len(pooled)} | **{median:.3f}** | {lo:.3f}..{hi:.3f} |")
+                pooled_figures.setdefault(label, {})[f"C={conns}"] = dict(mid=median, lo=lo, hi=hi)
     if svg_out:
         draw(svg_out, pooled_figures, len(runs), [f"C={c}" for c in loads])
 
