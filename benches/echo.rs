@@ -1514,10 +1514,15 @@ fn syscall_mode() {
 
 /// How cachegrind runs the server: a simulated 32 KiB 8-way L1d and, as its "last level", a
 /// 512 KiB 8-way cache standing for the per-core L2 of this machine's EPYC cores (the real
-/// last level, the shared L3, is not what an echo server's working set spills out of).
+/// last level, the shared L3, is not what an echo server's working set spills out of). The
+/// L1i is simulated as a window of four 64-byte lines, so that nearly every code line a
+/// message runs through misses once: its misses count the code lines per message, the figure
+/// user time follows (docs/benchmarks.md, "What a line of code costs per message"; the
+/// kernel's TCP path between a message's system calls evicts the real L1i).
 const CACHEGRIND_ARGS: &[&str] = &[
     "--tool=cachegrind",
     "--cache-sim=yes",
+    "--I1=256,4,64",
     "--D1=32768,8,64",
     "--LL=524288,8,64",
 ];
@@ -1531,6 +1536,8 @@ const INSTRUCTION_SERVERS: &str = "copas,polling,tokio";
 struct CacheCounts {
     /// `I refs`: user-space instructions executed.
     instructions: u64,
+    /// `I1 misses` of the four-line window: code lines entered.
+    code_lines: u64,
     /// `D1 misses`: data reads and writes that missed the simulated L1d.
     d1_misses: u64,
     /// `LLd misses`: data accesses that also missed the simulated 512 KiB L2.
@@ -1542,6 +1549,7 @@ impl CacheCounts {
     fn minus(self, base: CacheCounts) -> CacheCounts {
         CacheCounts {
             instructions: self.instructions.saturating_sub(base.instructions),
+            code_lines: self.code_lines.saturating_sub(base.code_lines),
             d1_misses: self.d1_misses.saturating_sub(base.d1_misses),
             l2_misses: self.l2_misses.saturating_sub(base.l2_misses),
         }
@@ -1561,7 +1569,7 @@ fn valgrind_works() -> Result<(), String> {
     }
 }
 
-/// Reads `I refs`, `D1 misses` and `LLd misses` from cachegrind's summary
+/// Reads `I refs`, `I1 misses`, `D1 misses` and `LLd misses` from cachegrind's summary
 /// (`==PID== D1  misses:  1,210,643  ( 887,721 rd + 322,922 wr)`).
 fn parse_cachegrind_summary(log: &str) -> Result<CacheCounts, String> {
     let mut fields: BTreeMap<String, u64> = BTreeMap::new();
@@ -1589,6 +1597,7 @@ fn parse_cachegrind_summary(log: &str) -> Result<CacheCounts, String> {
     };
     Ok(CacheCounts {
         instructions: get("I refs")?,
+        code_lines: get("I1 misses")?,
         d1_misses: get("D1 misses")?,
         l2_misses: get("LLd misses")?,
     })
@@ -1764,7 +1773,8 @@ fn instructions_mode() {
     let mut csv = String::from(
         "server,conns,size,msgs,instructions_per_msg,d1_misses_per_msg,l2_misses_per_msg,\
          run_instructions,run_d1_misses,run_l2_misses,\
-         baseline_instructions,baseline_d1_misses,baseline_l2_misses,msgs_per_s_under_valgrind\n",
+         baseline_instructions,baseline_d1_misses,baseline_l2_misses,msgs_per_s_under_valgrind,\
+         code_lines_per_msg,run_code_lines,baseline_code_lines\n",
     );
     let mut cells: BTreeMap<(String, usize, usize), InstructionCell> = BTreeMap::new();
     for &(conns, size) in &loads {
@@ -1777,16 +1787,17 @@ fn instructions_mode() {
                 }
             };
             println!(
-                "C={conns:<4} S={size:<4} {server:<10} {} msgs ({:.0} msgs/s under valgrind): {:.0} instructions/msg, baseline {:.1} M instructions",
+                "C={conns:<4} S={size:<4} {server:<10} {} msgs ({:.0} msgs/s under valgrind): {:.0} instructions/msg, {:.1} code lines/msg, baseline {:.1} M instructions",
                 cell.msgs,
                 cell.msgs_s,
                 cell.per_msg(|c| c.instructions),
+                cell.per_msg(|c| c.code_lines),
                 cell.baseline.instructions as f64 / 1e6,
             );
             let (run, base) = (cell.run, cell.baseline);
             let _ = writeln!(
                 csv,
-                "{server},{conns},{size},{},{:.1},{:.3},{:.4},{},{},{},{},{},{},{:.0}",
+                "{server},{conns},{size},{},{:.1},{:.3},{:.4},{},{},{},{},{},{},{:.0},{:.1},{},{}",
                 cell.msgs,
                 cell.per_msg(|c| c.instructions),
                 cell.per_msg(|c| c.d1_misses),
@@ -1798,6 +1809,9 @@ fn instructions_mode() {
                 base.d1_misses,
                 base.l2_misses,
                 cell.msgs_s,
+                cell.per_msg(|c| c.code_lines),
+                run.code_lines,
+                base.code_lines,
             );
             cells.insert((server.clone(), conns, size), cell);
         }
@@ -1805,21 +1819,22 @@ fn instructions_mode() {
     let path = out_dir().join("instructions.csv");
     fs::write(&path, csv).expect("write instructions.csv");
     println!();
-    println!("| server | load | msgs echoed | instructions/msg | D1 misses/msg | L2-proxy misses/msg | instructions vs polling | whole life: instructions/msg | baseline: M instructions |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| server | load | msgs echoed | instructions/msg | code lines/msg | D1 misses/msg | L2-proxy misses/msg | instructions vs polling | whole life: instructions/msg | baseline: M instructions |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &(conns, size) in &loads {
         let polling = cells
             .get(&("polling".to_string(), conns, size))
             .map_or(f64::NAN, |c| c.per_msg(|c| c.instructions));
         for server in &servers {
             let Some(cell) = cells.get(&(server.clone(), conns, size)) else {
-                println!("| {server} | {conns}x{size} | failed | | | | | | |");
+                println!("| {server} | {conns}x{size} | failed | | | | | | | |");
                 continue;
             };
             let instructions = cell.per_msg(|c| c.instructions);
             println!(
-                "| {server} | {conns}x{size} | {} | {instructions:.0} | {:.2} | {:.3} | {} | {:.0} | {:.1} |",
+                "| {server} | {conns}x{size} | {} | {instructions:.0} | {:.1} | {:.2} | {:.3} | {} | {:.0} | {:.1} |",
                 cell.msgs,
+                cell.per_msg(|c| c.code_lines),
                 cell.per_msg(|c| c.d1_misses),
                 cell.per_msg(|c| c.l2_misses),
                 ratio(instructions, polling),
