@@ -3,6 +3,7 @@
 
 pub mod running;
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -146,7 +147,9 @@ pub fn step_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// Kills the whole test process if it is still alive after `limit` (unless dropped first),
-/// so a dispatcher that fails to end makes the test fail instead of hanging it.
+/// so a dispatcher that fails to end makes the test fail instead of hanging it. It says so
+/// straight to the standard error: what `eprintln!` prints on a test's threads (and on the
+/// threads they start) is captured, and lost at the exit.
 pub struct Watchdog {
     done: Option<std::sync::mpsc::Sender<()>>,
 }
@@ -157,7 +160,10 @@ impl Watchdog {
         let what = what.to_string();
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("watchdog: {what} still running after {limit:?}");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "watchdog: {what} still running after {limit:?}"
+                );
                 std::process::exit(101);
             }
         });
