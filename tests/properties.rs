@@ -230,10 +230,10 @@ proptest! {
     }
 }
 
-/// The client's connect, send and receive timeouts in the HTTP properties.
+/// The client's connect, send and receive timeouts in the client properties.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one HTTP exchange may take, the peer closing as soon as it has written: a
-/// client that misses the end of the stream would wait out its timeouts.
+/// How long one exchange with a client may take, the peer closing as soon as it has
+/// written: a client that misses the end of the stream would wait out its timeouts.
 const CASE_LIMIT: Duration = Duration::from_secs(10);
 /// Past this the process is killed, printing the response (a client that never returns).
 const HANG_LIMIT: Duration = Duration::from_secs(20);
@@ -266,6 +266,20 @@ struct Exchange<T> {
     outcome: Result<T, copas::Error>,
     took: Duration,
     peak: usize,
+}
+
+impl<T> Exchange<T> {
+    /// Fails the case when the exchange took [`CASE_LIMIT`] or more, or the client held
+    /// [`HEAP_LIMIT`] heap bytes or more.
+    fn check_bounds(&self) -> Result<(), TestCaseError> {
+        prop_assert!(self.took < CASE_LIMIT, "the exchange took {:?}", self.took);
+        prop_assert!(
+            self.peak < HEAP_LIMIT,
+            "the client held {} heap bytes",
+            self.peak
+        );
+        Ok(())
+    }
 }
 
 /// Plays `script` (see [`peer_steps`]) to a client that `client` runs, given the peer's
@@ -548,8 +562,7 @@ proptest! {
             Some(max) => r.max_body(max),
             None => r,
         });
-        prop_assert!(ex.took < CASE_LIMIT, "the exchange took {:?}", ex.took);
-        prop_assert!(ex.peak < HEAP_LIMIT, "the client held {} heap bytes", ex.peak);
+        ex.check_bounds()?;
         match ex.outcome {
             Ok(body) => {
                 // The body comes out of the response: it cannot be longer.
@@ -613,8 +626,7 @@ proptest! {
         let most = body.len().min(usize::try_from(declared).unwrap_or(usize::MAX));
         response.extend_from_slice(&body[..cut.index(most + 1)]);
         let ex = http_exchange(&response, cuts, pause, "GET", move |r| r.max_body(max));
-        prop_assert!(ex.took < CASE_LIMIT, "the exchange took {:?}", ex.took);
-        prop_assert!(ex.peak < HEAP_LIMIT, "the client held {} heap bytes", ex.peak);
+        ex.check_bounds()?;
         let got = ex.outcome.map(|b| b.len()).map_err(|e| e.kind());
         prop_assert_eq!(
             got,
@@ -1505,8 +1517,7 @@ proptest! {
                 .timeout(CLIENT_TIMEOUT)
                 .send()
         });
-        prop_assert!(ex.took < CASE_LIMIT, "the dialog took {:?}", ex.took);
-        prop_assert!(ex.peak < HEAP_LIMIT, "the client held {} heap bytes", ex.peak);
+        ex.check_bounds()?;
         let got = ex
             .outcome
             .map(|r| (r.code(), r.lines().to_vec()))
@@ -1562,8 +1573,7 @@ proptest! {
         });
         data_peer.finish();
         drop(unlistened);
-        prop_assert!(ex.took < CASE_LIMIT, "the dialog took {:?}", ex.took);
-        prop_assert!(ex.peak < HEAP_LIMIT, "the client held {} heap bytes", ex.peak);
+        ex.check_bounds()?;
         let got = ex.outcome.map_err(|e| (e.kind(), e.reply_code()));
         match &got {
             Ok((n, bytes)) => {
