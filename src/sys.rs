@@ -35,6 +35,33 @@ pub(crate) const SEND_FLAGS: libc::c_int = 0;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
+/// One `recv(2)` of up to `len` bytes into `buf`; `len` bytes there must be writable (they
+/// need not be initialised). Called with the descriptor's number rather than through
+/// `socket2`, whose `RefCell`-guarded handle and wrappers are a few dozen instructions and
+/// two more code lines on every message (`IoSource::fd`).
+#[inline]
+pub(crate) fn recv(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller gives `len` writable bytes at `buf`; `recv` writes at most `len`.
+    let n = unsafe { libc::recv(fd, buf.cast(), len, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One `send(2)` of `data` with [`SEND_FLAGS`] (never `SIGPIPE`).
+#[inline]
+pub(crate) fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a valid slice for reading `data.len()` bytes.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), SEND_FLAGS) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Blocks until `fd` is readable (or writable, with `write`), or `deadline` passes.
 /// Returns whether it became ready. Interrupted waits are resumed.
 pub(crate) fn poll_fd(fd: RawFd, write: bool, deadline: Option<Instant>) -> io::Result<bool> {

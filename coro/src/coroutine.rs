@@ -1,8 +1,9 @@
 //! The coroutine type, `suspend`, and the running coroutine's identity.
 //!
-//! A [`Coro`] wraps a `corosensei` coroutine that takes and yields nothing: the dispatcher
-//! that resumes it keeps whatever a wake-up means in its own tables, so the switch itself
-//! moves no data. While a coroutine runs, a thread-local pointer names its [`Frame`]; that is
+//! A [`Coro`] wraps a `corosensei` coroutine that yields nothing and is resumed with one
+//! `u32` (passed in a register through the switch): a scheduler can say why it resumes a
+//! coroutine ([`Coro::resume_with`], [`suspend_value`]) without the coroutine looking that
+//! up in the scheduler's tables afterwards. While a coroutine runs, a thread-local pointer names its [`Frame`]; that is
 //! how [`suspend`] finds the yielder from any depth of the call stack, how [`current`]
 //! answers, and how the stack-overflow reporter knows whose guard page was hit.
 
@@ -22,7 +23,7 @@ use crate::stack::{page_size, usable_size, Stack, STATE_AREA};
 /// What a running coroutine exposes to code on its stack and to the fault handler.
 pub(crate) struct Frame {
     /// The yielder of the running coroutine; set by the coroutine's first instructions.
-    yielder: Cell<*const Yielder<(), ()>>,
+    yielder: Cell<*const Yielder<u32, ()>>,
     /// Set while the coroutine is being force-unwound: suspending is then refused.
     unwinding: Cell<bool>,
     /// An address near the stack pointer at the last suspend: where resuming will touch
@@ -121,7 +122,7 @@ const _: () = assert!(std::mem::size_of::<State>() <= STATE_AREA);
 const _: () = assert!(std::mem::align_of::<State>() <= 64);
 
 struct State {
-    inner: Option<Coroutine<(), (), (), Stack>>,
+    inner: Option<Coroutine<u32, (), (), Stack>>,
     frame: Frame,
 }
 
@@ -147,7 +148,7 @@ impl Coro {
         let stack_size = usable_size(&stack);
         let base = stack.base().get();
         let area = stack.state_area().cast::<State>();
-        let inner = Coroutine::with_stack(stack, move |yielder: &Yielder<(), ()>, ()| {
+        let inner = Coroutine::with_stack(stack, move |yielder: &Yielder<u32, ()>, _first: u32| {
             let frame = current_frame();
             // SAFETY: `resume` points CURRENT at this coroutine's frame before switching to
             // it, and the frame outlives the switch (it is borrowed by `resume`).
@@ -206,13 +207,24 @@ impl Coro {
     /// When the coroutine has already finished.
     #[inline]
     pub fn resume(&mut self) -> Resumed {
+        self.resume_with(0)
+    }
+
+    /// Like [`Coro::resume`], handing `value` to the coroutine: its pending
+    /// [`suspend_value`] returns it (the first resume, which starts the closure, drops it).
+    ///
+    /// # Panics
+    ///
+    /// When the coroutine has already finished.
+    #[inline]
+    pub fn resume_with(&mut self, value: u32) -> Resumed {
         let state = self.state_mut();
         let inner = match state.inner.as_mut() {
             Some(inner) if !inner.done() => inner,
             _ => panic!("resume of a finished coroutine"),
         };
         let prev = CURRENT.with(|c| c.replace(&state.frame));
-        let result = catch_unwind(AssertUnwindSafe(|| inner.resume(())));
+        let result = catch_unwind(AssertUnwindSafe(|| inner.resume(value)));
         CURRENT.with(|c| c.set(prev));
         match result {
             Ok(CoroutineResult::Yield(())) => Resumed::Suspended,
@@ -310,6 +322,17 @@ impl Drop for Coro {
 /// panic (a destructor running during the unwind may not wait).
 #[inline]
 pub fn suspend() -> Result<(), SuspendError> {
+    suspend_value().map(drop)
+}
+
+/// Like [`suspend`], returning the value the coroutine was resumed with
+/// ([`Coro::resume_with`]; 0 from [`Coro::resume`]).
+///
+/// # Errors
+///
+/// As [`suspend`].
+#[inline]
+pub fn suspend_value() -> Result<u32, SuspendError> {
     let frame = current_frame();
     if frame.is_null() {
         return Err(SuspendError::NotInCoroutine);
@@ -327,8 +350,7 @@ pub fn suspend() -> Result<(), SuspendError> {
     unsafe { (*frame).sp_hint.set(std::ptr::addr_of!(here) as usize) };
     // SAFETY: the yielder lives on the running coroutine's stack, which is alive while the
     // coroutine runs; it was stored by the coroutine's first instructions.
-    unsafe { (*yielder).suspend(()) };
-    Ok(())
+    Ok(unsafe { (*yielder).suspend(()) })
 }
 
 /// The tag of the coroutine running on this thread, or `None` outside any coroutine.

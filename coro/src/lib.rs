@@ -66,7 +66,8 @@ mod slab;
 mod stack;
 
 pub use coroutine::{
-    current, in_coroutine, prefetch, suspend, Coro, ResumeHint, Resumed, SuspendError,
+    current, in_coroutine, prefetch, suspend, suspend_value, Coro, ResumeHint, Resumed,
+    SuspendError,
 };
 pub use label::Label;
 pub use panic::panic_message;

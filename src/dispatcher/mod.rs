@@ -106,6 +106,22 @@ const IO_BUDGET: u32 = 128;
 
 thread_local! {
     static DISPATCHER: Dispatcher = Dispatcher::new();
+    /// Operations completed without waiting since the running coroutine was resumed. Apart
+    /// from the dispatcher: a `const` thread-local is one load, where reaching `DISPATCHER`
+    /// first checks that it is initialised, on every socket operation.
+    static BUDGET: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts one socket operation that completed without waiting; true when the running
+/// coroutine has used its budget and should yield ([`IO_BUDGET`]).
+#[inline]
+pub(crate) fn spend_budget() -> bool {
+    BUDGET.with(|b| {
+        // Saturating: outside coroutines nothing resets it.
+        let spent = b.get().saturating_add(1);
+        b.set(spent);
+        spent >= IO_BUDGET
+    })
 }
 
 /// Runs `f` with this thread's dispatcher.
@@ -202,8 +218,6 @@ pub(crate) struct Dispatcher {
     poller: std::result::Result<Poller, String>,
     events: RefCell<Vec<Readiness>>,
     pool: RefCell<StackPool>,
-    /// Operations completed without waiting since the running coroutine was resumed.
-    budget: Cell<u32>,
     /// Since when the stack pool has held more than its bound (see [`TRIM_IDLE`]).
     surplus_since: Cell<Option<Instant>>,
     /// Sources closed while the state was borrowed, to be removed by `reap`.
@@ -261,13 +275,18 @@ impl State {
         task.since = Some(now);
         let timed = deadline.is_some();
         if let Some(at) = deadline {
-            let key = self.timers.insert(at, TimerAction::Wake(co));
-            if let Some(task) = self.task_mut(co) {
-                task.timer = Some(key);
-            }
+            self.arm_timer(co, at);
         }
         self.counts.enter(wait, timed);
         true
+    }
+
+    /// Sets the timer that ends `co`'s wait at `at` with [`Wake::Timeout`].
+    fn arm_timer(&mut self, co: Coroutine, at: Instant) {
+        let key = self.timers.insert(at, TimerAction::Wake(co));
+        if let Some(task) = self.task_mut(co) {
+            task.timer = Some(key);
+        }
     }
 
     /// Takes the coroutine out of whatever it waits on (timer, socket FIFO, counts).
@@ -334,7 +353,16 @@ impl State {
         // after the rest of this step's events, the misses are over (at 1,000 connections
         // every stack is cold).
         hint.prefetch();
-        self.leave_wait(wait, timer);
+        // Only socket waiters are in a socket's queue: their count is known without
+        // `Counts::slot`.
+        match wait {
+            Wait::Io { write: false, .. } => self.counts.read -= 1,
+            Wait::Io { write: true, .. } => self.counts.write -= 1,
+            _ => self.counts.leave(wait, timer.is_some()),
+        }
+        if let Some(key) = timer {
+            self.timers.remove(key);
+        }
         let data = [task_addr, near[0], near[1]];
         self.ready.push(ReadyEntry { co, hint, data }, lane);
     }
@@ -352,25 +380,31 @@ impl State {
             }
             return;
         }
-        let mut woken = [None, None];
+        let io = &src.io;
         if ev.read_closed {
-            src.io.read_closed.set(true);
+            io.read_closed.set(true);
         }
+        let mut reader = None;
+        let mut writer = None;
         if ev.readable {
-            src.io.readable.set(true);
-            woken[0] = src.io.readers.pop();
+            io.readable.set(true);
+            reader = io.readers.pop();
         }
         if ev.writable {
-            src.io.writable.set(true);
-            woken[1] = src.io.writers.pop();
+            io.writable.set(true);
+            writer = io.writers.pop();
         }
-        let popped = woken.iter().flatten().count() as u32;
-        if popped > 0 {
-            src.io.waiting.set(src.io.waiting.get() - popped);
-            let near = near_data(&src.io);
-            for co in woken.into_iter().flatten() {
-                self.wake_popped(co, near, Lane::Woken);
-            }
+        if reader.is_none() && writer.is_none() {
+            return;
+        }
+        io.waiting
+            .set(io.waiting.get() - u32::from(reader.is_some()) - u32::from(writer.is_some()));
+        let near = near_data(io);
+        if let Some(co) = reader {
+            self.wake_popped(co, near, Lane::Woken);
+        }
+        if let Some(co) = writer {
+            self.wake_popped(co, near, Lane::Woken);
         }
     }
 
@@ -431,7 +465,6 @@ impl Dispatcher {
             poller: Poller::new().map_err(|e| e.to_string()),
             events: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
             pool: RefCell::new(StackPool::new(DEFAULT_STACK_SIZE, DEFAULT_POOLED_STACKS)),
-            budget: Cell::new(0),
             surplus_since: Cell::new(None),
         }
     }
@@ -516,7 +549,7 @@ impl Dispatcher {
 
     /// Runs one ready coroutine until it waits or ends.
     fn resume(&self, co: Coroutine) {
-        let mut coro = {
+        let (mut coro, wake) = {
             let mut st = self.state.borrow_mut();
             let now = st.now;
             let Some(task) = st.task_mut(co) else {
@@ -525,46 +558,66 @@ impl Dispatcher {
             if task.wait != Wait::Ready {
                 return; // a stale entry in the ready list
             }
+            let Some(coro) = task.coro.take() else {
+                return;
+            };
             task.wait = Wait::Running;
             task.since = Some(now);
-            match task.coro.take() {
-                Some(coro) => coro,
-                None => return,
-            }
+            (coro, task.wake)
         };
-        self.budget.set(0);
-        match coro.resume() {
+        BUDGET.with(|b| b.set(0));
+        match coro.resume_with(wake.code()) {
             Resumed::Suspended => {
                 let mut st = self.state.borrow_mut();
-                let Some(task) = st.task_mut(co) else {
-                    st.graveyard.push(coro);
-                    return;
-                };
-                if task.wait == Wait::Running {
-                    // It suspended without telling the dispatcher what it waits for.
-                    drop(st);
-                    let payload: Box<dyn std::any::Any + Send> = Box::new(
-                        "coroutine suspended outside a copas call (copas_coro::suspend used directly)",
-                    );
-                    self.finish(co, coro, Some(payload));
-                    return;
+                match st.task_mut(co) {
+                    Some(task)
+                        if task.wait != Wait::Running && !task.cancelled && !task.relabel =>
+                    {
+                        task.hint = coro.resume_hint();
+                        task.coro = Some(coro);
+                    }
+                    _ => {
+                        drop(st);
+                        self.suspended_unusually(co, coro);
+                    }
                 }
-                if task.cancelled {
-                    let removed = self.take_task(&mut st, co);
-                    st.graveyard.push(coro);
-                    drop(st);
-                    drop(removed);
-                    return;
-                }
-                if std::mem::take(&mut task.relabel) {
-                    coro.set_label(task.name.label(co.generation));
-                }
-                task.hint = coro.resume_hint();
-                task.coro = Some(coro);
             }
             Resumed::Finished => self.finish(co, coro, None),
             Resumed::Panicked(payload) => self.finish(co, coro, Some(payload)),
         }
+    }
+
+    /// After a resume: a coroutine that suspended removed, cancelled, renamed, or outside
+    /// any copas call.
+    #[cold]
+    #[inline(never)]
+    fn suspended_unusually(&self, co: Coroutine, mut coro: Coro) {
+        let mut st = self.state.borrow_mut();
+        let Some(task) = st.task_mut(co) else {
+            st.graveyard.push(coro);
+            return;
+        };
+        if task.wait == Wait::Running {
+            // It suspended without telling the dispatcher what it waits for.
+            drop(st);
+            let payload: Box<dyn std::any::Any + Send> = Box::new(
+                "coroutine suspended outside a copas call (copas_coro::suspend used directly)",
+            );
+            self.finish(co, coro, Some(payload));
+            return;
+        }
+        if task.cancelled {
+            let removed = self.take_task(&mut st, co);
+            st.graveyard.push(coro);
+            drop(st);
+            drop(removed);
+            return;
+        }
+        if std::mem::take(&mut task.relabel) {
+            coro.set_label(task.name.label(co.generation));
+        }
+        task.hint = coro.resume_hint();
+        task.coro = Some(coro);
     }
 
     /// Removes a coroutine's entry, cancelling its `timeout` callback.
@@ -1034,7 +1087,7 @@ impl Dispatcher {
             (tasks, timers, sources)
         };
         for src in &sources {
-            let sock = src.io.sock.borrow_mut().take();
+            let sock = src.io.take_sock();
             if let (Some(sock), Ok(poller)) = (sock, self.poller()) {
                 let _ = poller.delete(sock.as_raw_fd());
             }
@@ -1104,22 +1157,31 @@ impl Dispatcher {
     /// and one more mispredicted return when the coroutine is resumed.
     #[inline]
     fn suspend(&self, co: Coroutine) -> Wake {
-        if copas_coro::suspend().is_err() {
-            let mut st = self.state.borrow_mut();
-            st.detach(co);
-            if let Some(task) = st.task_mut(co) {
-                task.wait = Wait::Running;
-            }
-            return Wake::Cancelled;
+        match copas_coro::suspend_value() {
+            // The dispatcher resumes with the task's `wake` (see `resume`).
+            Ok(code) => Wake::from_code(code),
+            Err(_) => self.refused_suspend(co),
         }
-        self.state
-            .borrow()
-            .task(co)
-            .map_or(Wake::Cancelled, |t| t.wake)
+    }
+
+    /// The coroutine may not suspend (it is being unwound): undoes the wait it entered.
+    #[cold]
+    #[inline(never)]
+    fn refused_suspend(&self, co: Coroutine) -> Wake {
+        let mut st = self.state.borrow_mut();
+        st.detach(co);
+        if let Some(task) = st.task_mut(co) {
+            task.wait = Wait::Running;
+        }
+        Wake::Cancelled
     }
 
     /// Waits until `io` is ready in one direction, it is closed, or `deadline` passes.
     /// Only inside a coroutine.
+    ///
+    /// The path of every message that waits: the wait's bookkeeping is written here
+    /// directly (one table lookup, the I/O count, no timer without a deadline) rather than
+    /// through the general `enter_wait`.
     pub(crate) fn wait_io(&self, io: &IoSource, write: bool, deadline: Option<Instant>) -> Wake {
         let Some(key) = io.key.get() else {
             return Wake::Closed;
@@ -1128,12 +1190,25 @@ impl Dispatcher {
             return Wake::Cancelled;
         };
         let co = Coroutine::from_tag(tag);
-        let wait = Wait::Io {
-            source: key.index,
-            write,
-        };
-        if !self.state.borrow_mut().enter_wait(co, wait, deadline) {
-            return Wake::Cancelled;
+        {
+            let mut st = self.state.borrow_mut();
+            let now = st.now;
+            let Some(task) = st.task_mut(co) else {
+                return Wake::Cancelled;
+            };
+            task.wait = Wait::Io {
+                source: key.index,
+                write,
+            };
+            task.since = Some(now);
+            if write {
+                st.counts.write += 1;
+            } else {
+                st.counts.read += 1;
+            }
+            if let Some(at) = deadline {
+                st.arm_timer(co, at);
+            }
         }
         // The queue lives in the socket's `IoSource`, which the caller has just used: no
         // other per-socket memory is touched to park here.
@@ -1163,14 +1238,6 @@ impl Dispatcher {
                 .borrow_mut()
                 .wake_popped(co, near_data(io), Lane::Last);
         }
-    }
-
-    /// Counts one socket operation that completed without waiting; true when the running
-    /// coroutine has used its budget and should yield.
-    pub(crate) fn spend_budget(&self) -> bool {
-        let spent = self.budget.get() + 1;
-        self.budget.set(spent);
-        spent >= IO_BUDGET
     }
 
     /// Parks the running coroutine until [`Dispatcher::unpark`] or `deadline`. The
@@ -1437,7 +1504,7 @@ impl Dispatcher {
 
     /// Takes a socket out of the reactor without closing it (waiters see `Closed`).
     pub(crate) fn deregister(&self, io: &IoSource) -> Option<socket2::Socket> {
-        let sock = io.sock.borrow_mut().take()?;
+        let sock = io.take_sock()?;
         if let Ok(poller) = self.poller() {
             let _ = poller.delete(sock.as_raw_fd());
         }
@@ -1500,7 +1567,7 @@ impl Drop for Dispatcher {
         drop(timers);
         for src in sources {
             src.io.key.set(None);
-            if let Some(sock) = src.io.sock.borrow_mut().take() {
+            if let Some(sock) = src.io.take_sock() {
                 if let Ok(poller) = &self.poller {
                     let _ = poller.delete(sock.as_raw_fd());
                 }

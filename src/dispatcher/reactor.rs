@@ -14,6 +14,7 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 
 use super::task::{Coroutine, TaskSocket};
@@ -22,8 +23,11 @@ use super::task::{Coroutine, TaskSocket};
 /// dispatcher: the descriptor itself and its readiness.
 #[derive(Debug)]
 pub(crate) struct IoSource {
-    /// The descriptor; `None` once closed.
+    /// The descriptor; `None` once closed. Take it with [`IoSource::take_sock`].
     pub(crate) sock: RefCell<Option<socket2::Socket>>,
+    /// The descriptor's number while `sock` holds it, -1 after: what reads and writes use,
+    /// without borrowing `sock` (single-threaded, nothing closes it during a system call).
+    pub(crate) fd: Cell<RawFd>,
     /// The last event said readable, and no read has since found the socket drained.
     pub(crate) readable: Cell<bool>,
     /// Likewise for writing.
@@ -47,6 +51,7 @@ pub(crate) struct IoSource {
 impl IoSource {
     pub(crate) fn new(sock: socket2::Socket) -> IoSource {
         IoSource {
+            fd: Cell::new(sock.as_raw_fd()),
             sock: RefCell::new(Some(sock)),
             readable: Cell::new(true),
             writable: Cell::new(true),
@@ -60,8 +65,15 @@ impl IoSource {
     }
 
     /// Whether the descriptor has been closed.
+    #[inline]
     pub(crate) fn is_closed(&self) -> bool {
-        self.sock.borrow().is_none()
+        self.fd.get() < 0
+    }
+
+    /// Takes the descriptor out, leaving the source closed.
+    pub(crate) fn take_sock(&self) -> Option<socket2::Socket> {
+        self.fd.set(-1);
+        self.sock.borrow_mut().take()
     }
 }
 
@@ -115,26 +127,46 @@ pub(crate) enum AcceptOutcome {
 /// otherwise). It lives in the [`IoSource`] that the socket's operations touch anyway, and is
 /// changed through `&self`, so that parking a coroutine on a socket touches no other
 /// per-socket memory.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct WaitQueue {
     first: Cell<Option<Coroutine>>,
     // Boxed on purpose: 8 bytes in every socket's record instead of a 32-byte empty queue.
+    // A `Cell` taken and put back, not a `RefCell`: popping the only waiter (every message)
+    // then reads one null pointer instead of taking and releasing a borrow.
     #[allow(clippy::box_collection)]
-    rest: RefCell<Option<Box<VecDeque<Coroutine>>>>,
+    rest: Cell<Option<Box<VecDeque<Coroutine>>>>,
+}
+
+impl std::fmt::Debug for WaitQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rest = self.rest.take();
+        let behind = rest.as_ref().map_or(0, |r| r.len());
+        self.rest.set(rest);
+        f.debug_struct("WaitQueue")
+            .field("first", &self.first.get())
+            .field("behind", &behind)
+            .finish()
+    }
 }
 
 impl WaitQueue {
+    #[inline]
     pub(crate) fn push(&self, co: Coroutine) {
         if self.first.get().is_none() {
             self.first.set(Some(co));
         } else {
-            self.rest
-                .borrow_mut()
-                .get_or_insert_with(Box::default)
-                .push_back(co);
+            self.push_rest(co);
         }
     }
 
+    #[cold]
+    fn push_rest(&self, co: Coroutine) {
+        let mut rest = self.rest.take().unwrap_or_default();
+        rest.push_back(co);
+        self.rest.set(Some(rest));
+    }
+
+    #[inline]
     pub(crate) fn pop(&self) -> Option<Coroutine> {
         let first = self.first.take()?;
         self.first.set(self.pop_rest());
@@ -142,8 +174,12 @@ impl WaitQueue {
     }
 
     /// The first of those waiting behind the first, if any.
+    #[inline]
     fn pop_rest(&self) -> Option<Coroutine> {
-        self.rest.borrow_mut().as_mut()?.pop_front()
+        let mut rest = self.rest.take()?;
+        let next = rest.pop_front();
+        self.rest.set(Some(rest));
+        next
     }
 
     /// Removes `co` wherever it is; false if it was not there.
@@ -152,17 +188,18 @@ impl WaitQueue {
             self.first.set(self.pop_rest());
             return true;
         }
-        let mut rest = self.rest.borrow_mut();
-        let Some(rest) = rest.as_mut() else {
+        let Some(mut rest) = self.rest.take() else {
             return false;
         };
-        match rest.iter().position(|c| *c == co) {
+        let found = match rest.iter().position(|c| *c == co) {
             Some(pos) => {
                 rest.remove(pos);
                 true
             }
             None => false,
-        }
+        };
+        self.rest.set(Some(rest));
+        found
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -172,7 +209,7 @@ impl WaitQueue {
     /// Empties the queue, returning the waiters in order.
     pub(crate) fn drain(&self) -> Vec<Coroutine> {
         let mut all: Vec<Coroutine> = self.first.take().into_iter().collect();
-        if let Some(rest) = self.rest.borrow_mut().take() {
+        if let Some(rest) = self.rest.take() {
             all.extend(*rest);
         }
         all

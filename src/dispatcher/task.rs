@@ -108,18 +108,42 @@ pub(crate) enum Wait {
 }
 
 /// Why a waiting coroutine was resumed.
+///
+/// Handed to the coroutine through the switch ([`Wake::code`], `copas_coro::resume_with`),
+/// so that it need not look itself up in the dispatcher's table once resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Wake {
     /// The socket it waited on reported readiness.
-    Event,
+    Event = 0,
     /// Its deadline passed.
-    Timeout,
+    Timeout = 1,
     /// The socket it waited on was closed through copas.
-    Closed,
+    Closed = 2,
     /// `wakeup`, `unpark`, or `exit` released it.
-    Woken,
+    Woken = 3,
     /// It is being cancelled; it must not wait again.
-    Cancelled,
+    Cancelled = 4,
+}
+
+impl Wake {
+    /// The value passed through the switch.
+    #[inline]
+    pub(crate) fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// The reason a [`Wake::code`] stands for; an unknown code is `Cancelled`.
+    #[inline]
+    pub(crate) fn from_code(code: u32) -> Wake {
+        match code {
+            0 => Wake::Event,
+            1 => Wake::Timeout,
+            2 => Wake::Closed,
+            3 => Wake::Woken,
+            _ => Wake::Cancelled,
+        }
+    }
 }
 
 /// Something a coroutine holds that error reports name, and that autoclose closes when the

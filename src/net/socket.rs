@@ -51,7 +51,6 @@ thread_local! {
     /// size (see [`Socket::recv_vec`]). Allocated on first use; never held across a wait.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(Box::default());
 }
-
 /// What [`Socket::receive`] reads (LuaSocket's receive patterns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
@@ -138,7 +137,7 @@ impl Connection {
         let done = dispatcher::try_with(|d| d.close_source(&self.io)).is_some();
         if !done {
             // The thread's dispatcher is gone (thread exit): just release the descriptor.
-            self.io.sock.borrow_mut().take();
+            self.io.take_sock();
         }
     }
 
@@ -280,7 +279,7 @@ impl Socket {
     /// Yields now and then when operations keep completing without waiting, so that a
     /// stream that is always ready does not starve other coroutines.
     fn fair_share(&self) {
-        if copas_coro::in_coroutine() && dispatcher::with(|d| d.spend_budget()) {
+        if dispatcher::spend_budget() && copas_coro::in_coroutine() {
             dispatcher::with(|d| d.pause(Duration::ZERO));
         }
     }
@@ -307,31 +306,25 @@ impl Socket {
 
     /// One `recv` into `dst`. Clears the readable bit on `WouldBlock` and on a short read.
     fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
-        let len = dst.len();
-        self.recv_with(len, |sock| (&*sock).read(dst))
+        self.recv_raw(dst.as_mut_ptr(), dst.len())
     }
 
     /// Like [`Socket::recv_into`], into memory not yet initialised: the first `n` bytes
     /// of `dst` are initialised when `Ok(n)` comes back (`recv(2)` wrote them).
     fn recv_into_uninit(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-        let len = dst.len();
-        self.recv_with(len, |sock| sock.recv(dst))
+        self.recv_raw(dst.as_mut_ptr().cast(), dst.len())
     }
 
-    /// Runs one `recv` of up to `len` bytes through `recv`, retrying on `EINTR`, and keeps
-    /// the readiness bits and the end-of-stream flag up to date.
-    fn recv_with(
-        &self,
-        len: usize,
-        mut recv: impl FnMut(&socket2::Socket) -> io::Result<usize>,
-    ) -> io::Result<usize> {
+    /// Runs one `recv` of up to `len` bytes into `buf` (writable for `len` bytes), retrying
+    /// on `EINTR`, and keeps the readiness bits and the end-of-stream flag up to date.
+    fn recv_raw(&self, buf: *mut u8, len: usize) -> io::Result<usize> {
         let io = &self.conn.io;
-        let sock = io.sock.borrow();
-        let Some(sock) = sock.as_ref() else {
-            return Err(io::Error::from(io::ErrorKind::NotConnected));
-        };
         loop {
-            match recv(sock) {
+            let fd = io.fd.get();
+            if fd < 0 {
+                return Err(io::Error::from(io::ErrorKind::NotConnected));
+            }
+            match crate::sys::recv(fd, buf, len) {
                 Ok(0) if len > 0 => {
                     self.conn.eof.set(true);
                     return Ok(0);
@@ -735,15 +728,12 @@ impl Socket {
         let io = &self.conn.io;
         loop {
             if io.writable.get() {
-                let result = {
-                    let sock = io.sock.borrow();
-                    let Some(sock) = sock.as_ref() else {
-                        return Err(Error::new(ErrorKind::Closed));
-                    };
-                    // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
-                    sock.send_with_flags(data, crate::sys::SEND_FLAGS)
-                };
-                match result {
+                let fd = io.fd.get();
+                if fd < 0 {
+                    return Err(Error::new(ErrorKind::Closed));
+                }
+                // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
+                match crate::sys::send(fd, data) {
                     Ok(n) => {
                         if n < data.len() {
                             io.writable.set(false);

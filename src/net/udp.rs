@@ -43,7 +43,7 @@ impl UdpInner {
         let done = dispatcher::try_with(|d| d.close_source(&self.io)).is_some();
         if !done {
             // The thread's dispatcher is gone (thread exit): just release the descriptor.
-            self.io.sock.borrow_mut().take();
+            self.io.take_sock();
         }
     }
 
@@ -200,7 +200,7 @@ impl UdpSocket {
     /// Yields now and then when operations keep completing without waiting, so that a
     /// flood of datagrams does not starve other coroutines.
     fn fair_share(&self) {
-        if copas_coro::in_coroutine() && dispatcher::with(|d| d.spend_budget()) {
+        if dispatcher::spend_budget() && copas_coro::in_coroutine() {
             dispatcher::with(|d| d.pause(Duration::ZERO));
         }
     }
