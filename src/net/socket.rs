@@ -708,8 +708,29 @@ impl Socket {
     /// committed the record it was writing.
     pub fn send(&mut self, data: &[u8]) -> Result<usize> {
         self.fair_share();
-        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        let io = &self.conn.io;
+        // The common case in one system call, before any of the general loop: a plain
+        // socket last seen writable taking everything at once.
         let mut sent = 0;
+        if io.writable.get() && !data.is_empty() && self.conn.tls.get().is_none() {
+            let fd = io.fd.get();
+            if fd >= 0 {
+                match crate::sys::send(fd, data) {
+                    Ok(n) if n == data.len() => {
+                        self.conn.pass_on(true);
+                        return Ok(n);
+                    }
+                    Ok(n) => {
+                        sent = n;
+                        io.writable.set(false);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable.set(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let deadline = Self::deadline(self.conn.timeouts.get().send);
         while sent < data.len() {
             match self.send_some(&data[sent..], deadline) {
                 Ok(n) => sent += n,
