@@ -35,14 +35,14 @@ pub(crate) const SEND_FLAGS: libc::c_int = 0;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-/// One `recv(2)` of up to `len` bytes into `buf`; `len` bytes there must be writable (they
-/// need not be initialised). Called with the descriptor's number rather than through
-/// `socket2`, whose `RefCell`-guarded handle and wrappers are a few dozen instructions and
-/// two more code lines on every message (`IoSource::fd`).
+/// One `recv(2)` into `buf`, which need not be initialised: `Ok(n)` means its first `n`
+/// bytes were written. Called with the descriptor's number rather than through `socket2`,
+/// whose `RefCell`-guarded handle and wrappers are a few dozen instructions and two more code
+/// lines on every message (`IoSource::fd`).
 #[inline]
-pub(crate) fn recv(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
-    // SAFETY: the caller gives `len` writable bytes at `buf`; `recv` writes at most `len`.
-    let n = unsafe { libc::recv(fd, buf.cast(), len, 0) };
+pub(crate) fn recv(fd: RawFd, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writing `buf.len()` bytes; `recv` writes at most that many.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

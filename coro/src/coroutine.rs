@@ -3,9 +3,10 @@
 //! A [`Coro`] wraps a `corosensei` coroutine that yields nothing and is resumed with one
 //! `u32` (passed in a register through the switch): a scheduler can say why it resumes a
 //! coroutine ([`Coro::resume_with`], [`suspend_value`]) without the coroutine looking that
-//! up in the scheduler's tables afterwards. While a coroutine runs, a thread-local pointer names its [`Frame`]; that is
-//! how [`suspend`] finds the yielder from any depth of the call stack, how [`current`]
-//! answers, and how the stack-overflow reporter knows whose guard page was hit.
+//! up in the scheduler's tables afterwards. While a coroutine runs, a thread-local pointer
+//! names its [`Frame`]; that is how [`suspend`] finds the yielder from any depth of the call
+//! stack, how [`current`] answers, and how the stack-overflow reporter knows whose guard
+//! page was hit.
 
 use std::any::Any;
 use std::cell::Cell;

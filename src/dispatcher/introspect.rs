@@ -366,7 +366,7 @@ struct Entry {
 }
 
 fn socket_info(io: &IoSource) -> SocketInfo {
-    let sock = io.sock.borrow();
+    let sock = io.sock();
     let fd = sock.as_ref().map(|s| s.as_raw_fd());
     let local = sock
         .as_ref()

@@ -157,6 +157,7 @@ struct Counts {
 }
 
 impl Counts {
+    #[inline]
     fn slot(&mut self, wait: Wait, timed: bool) -> Option<&mut usize> {
         match wait {
             Wait::Io { write: false, .. } => Some(&mut self.read),
@@ -168,12 +169,14 @@ impl Counts {
         }
     }
 
+    #[inline]
     fn enter(&mut self, wait: Wait, timed: bool) {
         if let Some(n) = self.slot(wait, timed) {
             *n += 1;
         }
     }
 
+    #[inline]
     fn leave(&mut self, wait: Wait, timed: bool) {
         if let Some(n) = self.slot(wait, timed) {
             *n -= 1;
@@ -266,6 +269,10 @@ impl State {
     /// Puts the coroutine into `wait`, with a timer when `deadline` is given. False when
     /// the coroutine is unknown. A cancelled coroutine waits too: `resume` drops it as soon
     /// as it suspends.
+    ///
+    /// Inlined: the wait of every message goes through it, and with the wait known at the
+    /// call (`wait_io`'s) its count is found without a `match`.
+    #[inline]
     fn enter_wait(&mut self, co: Coroutine, wait: Wait, deadline: Option<Instant>) -> bool {
         let now = self.now;
         let Some(task) = self.task_mut(co) else {
@@ -275,18 +282,13 @@ impl State {
         task.since = Some(now);
         let timed = deadline.is_some();
         if let Some(at) = deadline {
-            self.arm_timer(co, at);
+            let key = self.timers.insert(at, TimerAction::Wake(co));
+            if let Some(task) = self.task_mut(co) {
+                task.timer = Some(key);
+            }
         }
         self.counts.enter(wait, timed);
         true
-    }
-
-    /// Sets the timer that ends `co`'s wait at `at` with [`Wake::Timeout`].
-    fn arm_timer(&mut self, co: Coroutine, at: Instant) {
-        let key = self.timers.insert(at, TimerAction::Wake(co));
-        if let Some(task) = self.task_mut(co) {
-            task.timer = Some(key);
-        }
     }
 
     /// Takes the coroutine out of whatever it waits on (timer, socket FIFO, counts).
@@ -353,16 +355,7 @@ impl State {
         // after the rest of this step's events, the misses are over (at 1,000 connections
         // every stack is cold).
         hint.prefetch();
-        // Only socket waiters are in a socket's queue: their count is known without
-        // `Counts::slot`.
-        match wait {
-            Wait::Io { write: false, .. } => self.counts.read -= 1,
-            Wait::Io { write: true, .. } => self.counts.write -= 1,
-            _ => self.counts.leave(wait, timer.is_some()),
-        }
-        if let Some(key) = timer {
-            self.timers.remove(key);
-        }
+        self.leave_wait(wait, timer);
         let data = [task_addr, near[0], near[1]];
         self.ready.push(ReadyEntry { co, hint, data }, lane);
     }
@@ -1178,10 +1171,6 @@ impl Dispatcher {
 
     /// Waits until `io` is ready in one direction, it is closed, or `deadline` passes.
     /// Only inside a coroutine.
-    ///
-    /// The path of every message that waits: the wait's bookkeeping is written here
-    /// directly (one table lookup, the I/O count, no timer without a deadline) rather than
-    /// through the general `enter_wait`.
     pub(crate) fn wait_io(&self, io: &IoSource, write: bool, deadline: Option<Instant>) -> Wake {
         let Some(key) = io.key.get() else {
             return Wake::Closed;
@@ -1190,25 +1179,12 @@ impl Dispatcher {
             return Wake::Cancelled;
         };
         let co = Coroutine::from_tag(tag);
-        {
-            let mut st = self.state.borrow_mut();
-            let now = st.now;
-            let Some(task) = st.task_mut(co) else {
-                return Wake::Cancelled;
-            };
-            task.wait = Wait::Io {
-                source: key.index,
-                write,
-            };
-            task.since = Some(now);
-            if write {
-                st.counts.write += 1;
-            } else {
-                st.counts.read += 1;
-            }
-            if let Some(at) = deadline {
-                st.arm_timer(co, at);
-            }
+        let wait = Wait::Io {
+            source: key.index,
+            write,
+        };
+        if !self.state.borrow_mut().enter_wait(co, wait, deadline) {
+            return Wake::Cancelled;
         }
         // The queue lives in the socket's `IoSource`, which the caller has just used: no
         // other per-socket memory is touched to park here.
@@ -1475,7 +1451,7 @@ impl Dispatcher {
             SourceKey { index, generation }
         };
         let added = {
-            let sock = io.sock.borrow();
+            let sock = io.sock();
             match sock.as_ref() {
                 Some(sock) => poller.add(sock.as_raw_fd(), key.poll_key()),
                 None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),

@@ -23,8 +23,9 @@ use super::task::{Coroutine, TaskSocket};
 /// dispatcher: the descriptor itself and its readiness.
 #[derive(Debug)]
 pub(crate) struct IoSource {
-    /// The descriptor; `None` once closed. Take it with [`IoSource::take_sock`].
-    pub(crate) sock: RefCell<Option<socket2::Socket>>,
+    /// The descriptor; `None` once closed. Private, so that only [`IoSource::take_sock`]
+    /// takes it and `fd` always says whether it is there.
+    sock: RefCell<Option<socket2::Socket>>,
     /// The descriptor's number while `sock` holds it, -1 after: what reads and writes use,
     /// without borrowing `sock` (single-threaded, nothing closes it during a system call).
     pub(crate) fd: Cell<RawFd>,
@@ -68,6 +69,11 @@ impl IoSource {
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.fd.get() < 0
+    }
+
+    /// The descriptor, `None` once closed.
+    pub(crate) fn sock(&self) -> std::cell::Ref<'_, Option<socket2::Socket>> {
+        self.sock.borrow()
     }
 
     /// Takes the descriptor out, leaving the source closed.

@@ -26,14 +26,21 @@ pub(crate) fn wait_ready(
     write: bool,
     deadline: Option<std::time::Instant>,
 ) -> crate::Result<()> {
-    use crate::dispatcher::{self, Wake};
+    use crate::dispatcher;
     if deadline.is_none() && copas_coro::in_coroutine() {
-        return match dispatcher::with(|d| d.wait_io(io, write, None)) {
-            Wake::Event | Wake::Woken => Ok(()),
-            other => Err(wake_error(other)),
-        };
+        return wake_result(dispatcher::with(|d| d.wait_io(io, write, None)));
     }
     wait_ready_slow(io, fd, write, deadline)
+}
+
+/// What a coroutine's wait for readiness returns, given why it was woken.
+#[inline]
+fn wake_result(wake: crate::dispatcher::Wake) -> crate::Result<()> {
+    use crate::dispatcher::Wake;
+    match wake {
+        Wake::Event | Wake::Woken => Ok(()),
+        other => Err(wake_error(other)),
+    }
 }
 
 /// The error a wait that did not end in readiness returns.
@@ -57,16 +64,13 @@ fn wait_ready_slow(
     write: bool,
     deadline: Option<std::time::Instant>,
 ) -> crate::Result<()> {
-    use crate::dispatcher::{self, Wake};
+    use crate::dispatcher;
     use crate::{Error, ErrorKind};
     if deadline.is_some_and(|at| std::time::Instant::now() >= at) {
         return Err(Error::new(ErrorKind::Timeout));
     }
     if copas_coro::in_coroutine() {
-        return match dispatcher::with(|d| d.wait_io(io, write, deadline)) {
-            Wake::Event | Wake::Woken => Ok(()),
-            other => Err(wake_error(other)),
-        };
+        return wake_result(dispatcher::with(|d| d.wait_io(io, write, deadline)));
     }
     if io.is_closed() {
         return Err(Error::new(ErrorKind::Closed));

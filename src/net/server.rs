@@ -150,7 +150,7 @@ impl Acceptor for Listener {
     fn accept_ready(&self) -> AcceptOutcome {
         for _ in 0..ACCEPT_BUDGET {
             let accepted = {
-                let sock = self.io.sock.borrow();
+                let sock = self.io.sock();
                 match sock.as_ref() {
                     Some(sock) => sock.accept(),
                     None => return AcceptOutcome::Drained,

@@ -51,6 +51,7 @@ thread_local! {
     /// size (see [`Socket::recv_vec`]). Allocated on first use; never held across a wait.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(Box::default());
 }
+
 /// What [`Socket::receive`] reads (LuaSocket's receive patterns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
@@ -160,7 +161,7 @@ impl Connection {
     pub(crate) fn wait_connected(&self, deadline: Option<Instant>) -> Result<()> {
         loop {
             if self.io.writable.get() {
-                let sock = self.io.sock.borrow();
+                let sock = self.io.sock();
                 let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
                 return match sock.take_error()? {
                     Some(e) => Err(e.into()),
@@ -306,25 +307,24 @@ impl Socket {
 
     /// One `recv` into `dst`. Clears the readable bit on `WouldBlock` and on a short read.
     fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
-        self.recv_raw(dst.as_mut_ptr(), dst.len())
+        // SAFETY: the same memory seen as possibly uninitialised; `recv_uninit` only lets
+        // `recv(2)` write bytes into it, never uninitialised ones.
+        let dst = unsafe { &mut *(dst as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.recv_uninit(dst)
     }
 
-    /// Like [`Socket::recv_into`], into memory not yet initialised: the first `n` bytes
-    /// of `dst` are initialised when `Ok(n)` comes back (`recv(2)` wrote them).
-    fn recv_into_uninit(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-        self.recv_raw(dst.as_mut_ptr().cast(), dst.len())
-    }
-
-    /// Runs one `recv` of up to `len` bytes into `buf` (writable for `len` bytes), retrying
-    /// on `EINTR`, and keeps the readiness bits and the end-of-stream flag up to date.
-    fn recv_raw(&self, buf: *mut u8, len: usize) -> io::Result<usize> {
+    /// Runs one `recv` into `dst`, which need not be initialised (its first `n` bytes are
+    /// when `Ok(n)` comes back), retrying on `EINTR`, and keeps the readiness bits and the
+    /// end-of-stream flag up to date.
+    fn recv_uninit(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        let len = dst.len();
         let io = &self.conn.io;
         loop {
             let fd = io.fd.get();
             if fd < 0 {
                 return Err(io::Error::from(io::ErrorKind::NotConnected));
             }
-            match crate::sys::recv(fd, buf, len) {
+            match crate::sys::recv(fd, dst) {
                 Ok(0) if len > 0 => {
                     self.conn.eof.set(true);
                     return Ok(0);
@@ -414,7 +414,7 @@ impl Socket {
             }
         }
         let mut out = Vec::with_capacity(max);
-        let n = self.recv_into_uninit(out.spare_capacity_mut())?;
+        let n = self.recv_uninit(out.spare_capacity_mut())?;
         // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (socket2's
         // `recv` contract), and `n` ≤ the capacity.
         unsafe { out.set_len(n) };
@@ -708,26 +708,14 @@ impl Socket {
     /// committed the record it was writing.
     pub fn send(&mut self, data: &[u8]) -> Result<usize> {
         self.fair_share();
-        let io = &self.conn.io;
         // The common case in one system call, before any of the general loop: a plain
         // socket last seen writable taking everything at once.
         let mut sent = 0;
-        if io.writable.get() && !data.is_empty() && self.conn.tls.get().is_none() {
-            let fd = io.fd.get();
-            if fd >= 0 {
-                match crate::sys::send(fd, data) {
-                    Ok(n) if n == data.len() => {
-                        self.conn.pass_on(true);
-                        return Ok(n);
-                    }
-                    Ok(n) => {
-                        sent = n;
-                        io.writable.set(false);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable.set(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
-                }
+        if self.conn.io.writable.get() && !data.is_empty() && self.conn.tls.get().is_none() {
+            sent = self.send_once(data)?;
+            if sent == data.len() {
+                self.conn.pass_on(true);
+                return Ok(sent);
             }
         }
         let deadline = Self::deadline(self.conn.timeouts.get().send);
@@ -746,29 +734,42 @@ impl Socket {
         if let Some(tls) = self.conn.tls.get() {
             return tls.send_some(&self.conn, data, deadline);
         }
-        let io = &self.conn.io;
         loop {
-            if io.writable.get() {
-                let fd = io.fd.get();
-                if fd < 0 {
-                    return Err(Error::new(ErrorKind::Closed));
-                }
-                // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
-                match crate::sys::send(fd, data) {
-                    Ok(n) => {
-                        if n < data.len() {
-                            io.writable.set(false);
-                        }
-                        if n > 0 {
-                            return Ok(n);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable.set(false),
-                    Err(e) => return Err(e.into()),
+            while self.conn.io.writable.get() {
+                let n = self.send_once(data)?;
+                if n > 0 {
+                    return Ok(n);
                 }
             }
             self.conn.wait(true, deadline)?;
+        }
+    }
+
+    /// One `send(2)` of non-empty `data` on a plain socket: the bytes sent, or 0 when it was
+    /// interrupted or would block. A short write or `WouldBlock` clears the writable bit, so
+    /// the caller waits for the next edge; after an interruption the bit stays and it tries
+    /// again. Always inlined: `send`'s first attempt is the path of every message.
+    #[inline(always)]
+    fn send_once(&self, data: &[u8]) -> Result<usize> {
+        let io = &self.conn.io;
+        let fd = io.fd.get();
+        if fd < 0 {
+            return Err(Error::new(ErrorKind::Closed));
+        }
+        // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
+        match crate::sys::send(fd, data) {
+            Ok(n) => {
+                if n < data.len() {
+                    io.writable.set(false);
+                }
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.writable.set(false);
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -831,14 +832,14 @@ impl Socket {
         if let (Some(tls), Shutdown::Write | Shutdown::Both) = (self.conn.tls.get(), how) {
             tls.close_notify();
         }
-        let sock = self.conn.io.sock.borrow();
+        let sock = self.conn.io.sock();
         let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
         sock.shutdown(how)?;
         Ok(())
     }
 
     fn with_socket<T>(&self, f: impl FnOnce(&socket2::Socket) -> io::Result<T>) -> Result<T> {
-        let sock = self.conn.io.sock.borrow();
+        let sock = self.conn.io.sock();
         let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
         Ok(f(sock)?)
     }

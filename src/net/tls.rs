@@ -116,7 +116,7 @@ impl Read for FdIo {
             // Known to be drained: no system call just to hear EAGAIN.
             return Err(self.would_block(false));
         }
-        let sock = io.sock.borrow();
+        let sock = io.sock();
         let Some(sock) = sock.as_ref() else {
             return Err(io::Error::from(io::ErrorKind::NotConnected));
         };
@@ -164,7 +164,7 @@ impl Write for FdIo {
         if !io.writable.get() {
             return Err(self.would_block(true));
         }
-        let sock = io.sock.borrow();
+        let sock = io.sock();
         let Some(sock) = sock.as_ref() else {
             return Err(io::Error::from(io::ErrorKind::NotConnected));
         };

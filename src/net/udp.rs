@@ -53,8 +53,7 @@ impl UdpInner {
         }
         let connected = self
             .io
-            .sock
-            .borrow()
+            .sock()
             .as_ref()
             .is_some_and(|s| s.peer_addr().is_ok());
         let state = if connected {
@@ -206,7 +205,7 @@ impl UdpSocket {
     }
 
     fn with_socket<T>(&self, f: impl FnOnce(&socket2::Socket) -> io::Result<T>) -> Result<T> {
-        let sock = self.inner.io.sock.borrow();
+        let sock = self.inner.io.sock();
         let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
         Ok(f(sock)?)
     }
