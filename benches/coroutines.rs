@@ -1,15 +1,17 @@
 //! Coroutine costs (issue 3, item 2): the suspend+resume pair, `addthread` to completion with
 //! a warm stack pool, 20,000 coroutines yielding 100 times each, and 30,000 sleepers with
-//! random deadlines (total time and how late each one wakes).
+//! random deadlines (total time and how late each one wakes), and one sleeper at a time over
+//! 10 ms to 2 s (how late a long timer fires, against the kernel's allowance for epoll timeouts).
 //!
 //! ```text
 //! cargo bench --bench coroutines            # everything, pinned to CPU 0
 //! cargo bench --bench coroutines -- quick   # fewer repetitions (smoke run)
 //! cargo bench --bench coroutines -- switch  # only some sections (for profiling):
-//!                                           # switch, spawn, yielders, sleepers
+//!                                           # switch, spawn, yielders, sleepers, timers
 //! cargo bench --bench coroutines -- fifo    # also repeat the sleepers under SCHED_FIFO
 //!                                           # (root), to take other load off the timings
 //! SLEEPER_RUNS=9 cargo bench --bench coroutines -- sleepers   # repetitions (default 3)
+//! TIMER_RUNS=9 cargo bench --bench coroutines -- timers       # repetitions (default 5)
 //! ```
 //!
 //! Micro figures are the best of several runs (the least disturbed by the host); the sleeper
@@ -47,6 +49,8 @@ struct Plan {
     sleeper_runs: usize,
     /// Repeat the sleeper runs under SCHED_FIFO.
     fifo: bool,
+    /// Repetitions of each length of the one-sleeper run.
+    timer_runs: usize,
 }
 
 fn main() {
@@ -71,6 +75,7 @@ fn main() {
             spawns: 100_000,
             sleeper_runs: 1,
             fifo,
+            timer_runs: 1,
         }
     } else {
         Plan {
@@ -82,6 +87,9 @@ fn main() {
                 .map_or(3, |r| r.parse().unwrap_or(3))
                 .max(1),
             fifo,
+            timer_runs: std::env::var("TIMER_RUNS")
+                .map_or(5, |r| r.parse().unwrap_or(5))
+                .max(1),
         }
     };
     let pinned = affinity::pin_to_cpu(0).is_ok();
@@ -112,6 +120,9 @@ fn main() {
     }
     if want("sleepers") {
         sleepers(&plan, &mut rows);
+    }
+    if want("timers") {
+        long_timers(&plan);
     }
 
     println!();
@@ -683,6 +694,150 @@ fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
         "µs",
         Some(TARGET_P99_LATE_US),
     );
+}
+
+// ----- (e) one sleeper at a time: how late a long timer fires -----------------------------------
+
+/// What times one sleep in the one-sleeper run.
+#[derive(Clone, Copy)]
+enum OneSleep {
+    /// A copas coroutine, `pause(d)`, alone in the dispatcher.
+    Copas,
+    /// `std::thread::sleep(d)`: the thread's own timer (its timer slack, 50 µs by default).
+    Thread,
+    /// `epoll_pwait2` on an empty epoll instance with `d` as its timeout: what copas's poller
+    /// did for every wait with a deadline before it timed long ones with a timerfd.
+    EpollTimeout,
+    /// A tokio `current_thread` runtime, `tokio::time::sleep(d)`.
+    Tokio,
+}
+
+impl OneSleep {
+    const ALL: [OneSleep; 4] = [
+        OneSleep::Copas,
+        OneSleep::Thread,
+        OneSleep::EpollTimeout,
+        OneSleep::Tokio,
+    ];
+
+    /// Sleeps `d` this way; returns how late it woke.
+    fn late(
+        self,
+        d: Duration,
+        epoll: &std::os::fd::OwnedFd,
+        rt: &tokio::runtime::Runtime,
+    ) -> Duration {
+        let start = Instant::now();
+        match self {
+            OneSleep::Copas => {
+                copas::addthread(move || {
+                    copas::pause(d);
+                })
+                .expect("addthread");
+                copas::run().expect("run");
+            }
+            OneSleep::Thread => std::thread::sleep(d),
+            OneSleep::EpollTimeout => epoll_timeout(epoll, d),
+            OneSleep::Tokio => rt.block_on(async move { tokio::time::sleep(d).await }),
+        }
+        start.elapsed().saturating_sub(d)
+    }
+}
+
+/// Waits `d` in `epoll_pwait2` on `epoll` (which has nothing registered), resuming after an
+/// interruption until `d` has passed.
+fn epoll_timeout(epoll: &std::os::fd::OwnedFd, d: Duration) {
+    use std::os::fd::AsRawFd;
+    let end = Instant::now() + d;
+    let mut event = libc::epoll_event { events: 0, u64: 0 };
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid event slot, a timespec that outlives the call, no signal mask.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                epoll.as_raw_fd(),
+                &mut event as *mut libc::epoll_event,
+                1,
+                &ts as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if ret == 0 {
+            return;
+        }
+        assert!(
+            ret > 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR),
+            "epoll_pwait2: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn long_timers(plan: &Plan) {
+    const LENGTHS_MS: [u64; 4] = [10, 100, 1000, 2000];
+    println!("## (e) One sleeper at a time, 10 ms to 2 s");
+    println!();
+    println!(
+        "Lateness = wake-up time − (start + d), one sleeper at a time, the four ways in an order \
+         rotated every repetition ({} repetitions of each length). The kernel lets an epoll \
+         timeout run late by 0.1 % of its length (at least the thread's timer slack, 50 µs): \
+         the \"epoll timeout\" column, which was copas's way for every deadline; copas now \
+         times waits of 50 ms or more (`TIMERFD_FROM`, src/dispatcher/poller.rs) with a \
+         timerfd, which has no such allowance.",
+        plan.timer_runs,
+    );
+    println!();
+    println!("| d | copas `pause` median / max µs | `thread::sleep` | epoll timeout | tokio `sleep` | copas / epoll timeout, medians |");
+    println!("|---|---|---|---|---|---|");
+    // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor.
+    let epoll = unsafe {
+        use std::os::fd::FromRawFd;
+        let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        assert!(
+            fd >= 0,
+            "epoll_create1: {}",
+            std::io::Error::last_os_error()
+        );
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime");
+    for ms in LENGTHS_MS {
+        let d = Duration::from_millis(ms);
+        let mut late: Vec<Vec<u64>> = vec![Vec::new(); OneSleep::ALL.len()];
+        for run in 0..plan.timer_runs {
+            for i in 0..OneSleep::ALL.len() {
+                let k = (i + run) % OneSleep::ALL.len();
+                let l = OneSleep::ALL[k].late(d, &epoll, &rt);
+                late[k].push(l.as_micros() as u64);
+            }
+        }
+        for v in &mut late {
+            v.sort_unstable();
+        }
+        let median = |v: &[u64]| v[v.len() / 2];
+        let cell = |v: &[u64]| format!("{} / {}", median(v), v[v.len() - 1]);
+        println!(
+            "| {ms} ms | {} | {} | {} | {} | {:.2} |",
+            cell(&late[0]),
+            cell(&late[1]),
+            cell(&late[2]),
+            cell(&late[3]),
+            median(&late[0]) as f64 / median(&late[2]).max(1) as f64,
+        );
+    }
+    println!();
 }
 
 // ----- helpers ---------------------------------------------------------------------------------

@@ -14,6 +14,10 @@
 //!   it waits for no deadline or for none at all (the common waits, and the cheaper call:
 //!   no timespec to copy in), `epoll_pwait2` for a deadline, to the nanosecond (on kernels
 //!   before 5.11 `epoll_wait` again, with the timeout rounded up to a millisecond).
+//! * **Long waits on time.** The kernel lets an epoll timeout run late by 0.1 % of its length
+//!   (it never asks for more precision than that, nor less than the thread's timer slack, 50 µs
+//!   by default): a `pause` of one second woke 1.1 ms late. A wait of [`TIMERFD_FROM`] or more
+//!   therefore arms a timerfd, which fires on time, and waits on it without a timeout.
 //!
 //! Every descriptor is registered once, edge-triggered, for both directions.
 
@@ -38,6 +42,23 @@ pub(crate) const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 /// The key reserved for the poller's own wake-up descriptor.
 pub(crate) const NOTIFY_KEY: u64 = u64::MAX;
 
+/// The key reserved for the poller's timerfd (Linux).
+#[cfg(target_os = "linux")]
+const TIMER_KEY: u64 = u64::MAX - 1;
+
+/// From how long a wait the Linux poller times it with its timerfd: from where the kernel's
+/// allowance for a late epoll timeout (0.1 % of it) exceeds the default timer slack (50 µs).
+/// Shorter waits keep the single `epoll_pwait2`; a long one costs one `timerfd_settime` more
+/// when its deadline is earlier than the one armed.
+#[cfg(target_os = "linux")]
+pub(crate) const TIMERFD_FROM: Duration = Duration::from_millis(50);
+
+/// How much later than a wait's deadline an armed timerfd may be and still be kept: the
+/// deadline of a wait is recomputed from the clock each time, so the same timer arrives a few
+/// microseconds later at each wait, and re-arming for that would be a system call per wait.
+#[cfg(target_os = "linux")]
+const TIMER_KEPT_WITHIN: Duration = Duration::from_micros(20);
+
 #[cfg(target_os = "linux")]
 pub(crate) use linux::{Poller, Waker};
 
@@ -49,6 +70,7 @@ mod linux {
     use super::*;
     use std::cell::{Cell, RefCell};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Instant;
 
     /// How many events one wait can return.
     const EVENT_CAPACITY: usize = 1024;
@@ -61,6 +83,10 @@ mod linux {
         buffer: RefCell<Vec<libc::epoll_event>>,
         /// `epoll_pwait2` is missing (kernel before 5.11): use `epoll_wait`.
         no_pwait2: Cell<bool>,
+        /// Times long waits (see [`TIMERFD_FROM`]); `None` where it could not be created.
+        timer: Option<OwnedFd>,
+        /// When the timerfd is set to fire; `None` when it is not set or has fired.
+        timer_at: Cell<Option<Instant>>,
     }
 
     fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -112,11 +138,13 @@ mod linux {
                     libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
                 ))?)
             };
-            let poller = Poller {
+            let mut poller = Poller {
                 epoll,
                 notify,
                 buffer: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
                 no_pwait2: Cell::new(false),
+                timer: None,
+                timer_at: Cell::new(None),
             };
             poller.ctl(
                 libc::EPOLL_CTL_ADD,
@@ -124,7 +152,68 @@ mod linux {
                 (libc::EPOLLIN | libc::EPOLLET) as u32,
                 NOTIFY_KEY,
             )?;
+            poller.timer = poller.new_timer();
             Ok(poller)
+        }
+
+        /// A timerfd registered edge-triggered: each expiry is one event, and the count it
+        /// leaves is never read (arming it again resets the count). `None` if the kernel
+        /// refuses one (out of descriptors): long waits then use `epoll_pwait2`, less exact.
+        fn new_timer(&self) -> Option<OwnedFd> {
+            // SAFETY: timerfd_create takes no pointers; a non-negative result is a new
+            // descriptor that we own.
+            let fd = unsafe {
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+                )
+            };
+            // SAFETY: as above.
+            let timer = unsafe { OwnedFd::from_raw_fd(check(fd).ok()?) };
+            let events = (libc::EPOLLIN | libc::EPOLLET) as u32;
+            self.ctl(libc::EPOLL_CTL_ADD, timer.as_raw_fd(), events, TIMER_KEY)
+                .ok()?;
+            Some(timer)
+        }
+
+        /// Makes sure the timerfd fires no later than `timeout` from now (within
+        /// [`TIMER_KEPT_WITHIN`]). False when it cannot: no timerfd, or arming it failed.
+        fn arm_timer(&self, timeout: Duration) -> bool {
+            let Some(timer) = &self.timer else {
+                return false;
+            };
+            let Some(at) = Instant::now().checked_add(timeout) else {
+                return false;
+            };
+            // An earlier expiry is kept too: it ends this wait early (nothing is due then,
+            // and the next wait arms the timer again), which costs less than re-arming it at
+            // every wait while deadlines keep moving later, as receive timeouts do.
+            if self
+                .timer_at
+                .get()
+                .is_some_and(|armed| armed <= at + TIMER_KEPT_WITHIN)
+            {
+                return true;
+            }
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                    tv_nsec: timeout.subsec_nanos() as libc::c_long,
+                },
+            };
+            // SAFETY: `spec` is a valid itimerspec that outlives the call; the old value is
+            // not asked for (null).
+            let ret =
+                unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+            if ret < 0 {
+                return false;
+            }
+            self.timer_at.set(Some(at));
+            true
         }
 
         fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
@@ -173,6 +262,10 @@ mod linux {
                     self.drain_notify();
                     continue;
                 }
+                if key == TIMER_KEY {
+                    self.timer_at.set(None);
+                    continue;
+                }
                 let flags = ev.events as libc::c_int;
                 out.push(Readiness {
                     key,
@@ -205,6 +298,8 @@ mod linux {
                 // is a step per yield.
                 None => -1,
                 Some(t) if t.is_zero() => 0,
+                // A long wait: the timerfd ends it on time (see the module docs).
+                Some(t) if t >= TIMERFD_FROM && self.arm_timer(t) => -1,
                 // A deadline: `epoll_pwait2` waits to the nanosecond, `epoll_wait` only to the
                 // millisecond (rounded up, so never early).
                 Some(t) => {

@@ -135,13 +135,18 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Steps the dispatcher until `done()` or `limit` passes; returns whether `done()` held.
-pub fn step_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub fn step_until(limit: Duration, done: impl FnMut() -> bool) -> bool {
+    step_with_until(Duration::from_millis(10), limit, done)
+}
+
+/// [`step_until`] with each step waiting up to `step` for events.
+pub fn step_with_until(step: Duration, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if done() {
             return true;
         }
-        copas::step(Some(Duration::from_millis(10))).expect("step");
+        copas::step(Some(step)).expect("step");
     }
     done()
 }
