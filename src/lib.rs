@@ -225,7 +225,9 @@ pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
 
 /// One iteration of the dispatcher (Copas `step`): waits up to `timeout` for an event or
 /// the next deadline (`None`: as long as needed), then runs everything that became ready.
-/// Returns whether any I/O event was handled.
+/// Returns whether any I/O event was handled. The wait may end sooner with nothing to run
+/// (a signal interrupted it, or a deadline that was armed has since gone away), so a caller
+/// that wants a given pause between its chores measures it rather than counting steps.
 ///
 /// Use it from an application's own main loop; see `examples/embed.rs`.
 ///
