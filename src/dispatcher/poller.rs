@@ -15,9 +15,9 @@
 //!   no timespec to copy in), `epoll_pwait2` for a deadline, to the nanosecond (on kernels
 //!   before 5.11 `epoll_wait` again, with the timeout rounded up to a millisecond).
 //! * **Long waits on time.** The kernel lets an epoll timeout run late by 0.1 % of its length
-//!   (it never asks for more precision than that, nor less than the thread's timer slack, 50 µs
-//!   by default): a `pause` of one second woke 1.1 ms late. A wait of [`TIMERFD_FROM`] or more
-//!   therefore arms a timerfd, which fires on time, and waits on it without a timeout.
+//!   (and by at least the thread's timer slack, 50 µs by default): a `pause` of one second woke
+//!   1.1 ms late. A wait of [`TIMERFD_FROM`] or more therefore arms a timerfd, which has no
+//!   such allowance, and waits for it without a timeout.
 //!
 //! Every descriptor is registered once, edge-triggered, for both directions.
 
