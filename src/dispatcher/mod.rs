@@ -42,7 +42,6 @@ use crate::error::{Error, ErrorKind, Result};
 pub use handle::Handle;
 pub(crate) use introspect::{Blocker, ObjectTag};
 pub use introspect::{CoroutineInfo, CoroutineState, ObjectKind, SocketInfo, WaitTarget};
-pub(crate) use poller::SHORT_READ_DRAINS;
 pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
 pub(crate) use report::log_or_print;
 pub use report::{ErrorHandler, PanicReport};

@@ -14,9 +14,12 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
+use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 
+use super::poller::SHORT_READ_DRAINS;
 use super::task::{Coroutine, TaskSocket};
 
 /// What a registered socket shares between its owners (the `Socket` handles) and the
@@ -80,6 +83,77 @@ impl IoSource {
     pub(crate) fn take_sock(&self) -> Option<socket2::Socket> {
         self.fd.set(-1);
         self.sock.borrow_mut().take()
+    }
+
+    /// One `recv(2)` into `dst`, which need not be initialised (its first `n` bytes are when
+    /// `Ok(n)` comes back), retried when interrupted; 0 at end of stream. `WouldBlock`, and
+    /// a short read where that proves the queue drained ([`SHORT_READ_DRAINS`]), clear
+    /// `readable`; `NotConnected` once the descriptor is closed. Every read of a stream's
+    /// bytes goes through here, plain or under TLS. Always inlined: it is on the path of
+    /// every message.
+    #[inline(always)]
+    pub(crate) fn recv(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        let len = dst.len();
+        loop {
+            let fd = self.fd.get();
+            if fd < 0 {
+                return Err(io::Error::from(io::ErrorKind::NotConnected));
+            }
+            match crate::sys::recv(fd, dst) {
+                Ok(n) => {
+                    // Drained: wait for the next edge rather than read again to learn it.
+                    if n > 0 && n < len && SHORT_READ_DRAINS {
+                        self.readable.set(false);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        self.readable.set(false);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// [`IoSource::recv`] into initialised memory.
+    #[inline(always)]
+    pub(crate) fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the same memory seen as possibly uninitialised; `recv` only lets `recv(2)`
+        // write bytes into it, never uninitialised ones.
+        let dst = unsafe { &mut *(dst as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.recv(dst)
+    }
+
+    /// One `send(2)` of `data` (never `SIGPIPE`), retried when interrupted: the bytes sent.
+    /// A short write or `WouldBlock` clears `writable`, so the caller waits for the next edge;
+    /// `NotConnected` once the descriptor is closed. Every write of a stream's bytes goes
+    /// through here, plain or under TLS. Always inlined, as [`IoSource::recv`].
+    #[inline(always)]
+    pub(crate) fn send(&self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            let fd = self.fd.get();
+            if fd < 0 {
+                return Err(io::Error::from(io::ErrorKind::NotConnected));
+            }
+            match crate::sys::send(fd, data) {
+                Ok(n) => {
+                    if n < data.len() {
+                        self.writable.set(false);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        self.writable.set(false);
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 

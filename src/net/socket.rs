@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::dispatcher::{self, IoSource, TaskSocket, SHORT_READ_DRAINS};
+use crate::dispatcher::{self, IoSource, TaskSocket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::tls::TlsLayer;
 
@@ -305,48 +305,26 @@ impl Socket {
         }
     }
 
-    /// One `recv` into `dst`. Clears the readable bit on `WouldBlock` and on a short read.
+    /// One `recv` into `dst` ([`IoSource::recv`]), noting the end of the stream.
     fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: the same memory seen as possibly uninitialised; `recv_uninit` only lets
-        // `recv(2)` write bytes into it, never uninitialised ones.
-        let dst = unsafe { &mut *(dst as *mut [u8] as *mut [MaybeUninit<u8>]) };
-        self.recv_uninit(dst)
+        let n = self.conn.io.recv_into(dst)?;
+        Ok(self.ended_if_none(n, dst.len()))
     }
 
-    /// Runs one `recv` into `dst`, which need not be initialised (its first `n` bytes are
-    /// when `Ok(n)` comes back), retrying on `EINTR`, and keeps the readiness bits and the
-    /// end-of-stream flag up to date.
+    /// [`Socket::recv_into`] into memory that need not be initialised (its first `n` bytes
+    /// are when `Ok(n)` comes back).
     fn recv_uninit(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-        let len = dst.len();
-        let io = &self.conn.io;
-        loop {
-            let fd = io.fd.get();
-            if fd < 0 {
-                return Err(io::Error::from(io::ErrorKind::NotConnected));
-            }
-            match crate::sys::recv(fd, dst) {
-                Ok(0) if len > 0 => {
-                    self.conn.eof.set(true);
-                    return Ok(0);
-                }
-                Ok(n) => {
-                    // A short read drained the receive queue: wait for the next edge rather
-                    // than read again to learn it is empty. Safe only where the poller
-                    // reports a FIN queued behind the data separately (`read_closed`).
-                    if n < len && SHORT_READ_DRAINS {
-                        io.readable.set(false);
-                    }
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        io.readable.set(false);
-                    }
-                    return Err(e);
-                }
-            }
+        let n = self.conn.io.recv(dst)?;
+        Ok(self.ended_if_none(n, dst.len()))
+    }
+
+    /// Notes the end of the stream when a read of `len` > 0 bytes returned none; returns `n`.
+    #[inline(always)]
+    fn ended_if_none(&self, n: usize, len: usize) -> usize {
+        if n == 0 && len > 0 {
+            self.conn.eof.set(true);
         }
+        n
     }
 
     /// Reads up to `max` (≥ 1) bytes into a new vector, waiting until the socket is
@@ -415,8 +393,8 @@ impl Socket {
         }
         let mut out = Vec::with_capacity(max);
         let n = self.recv_uninit(out.spare_capacity_mut())?;
-        // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (socket2's
-        // `recv` contract), and `n` ≤ the capacity.
+        // SAFETY: `recv(2)` initialised the first `n` bytes of the spare capacity
+        // (`IoSource::recv`), and `n` ≤ the capacity.
         unsafe { out.set_len(n) };
         if out.len() < out.capacity() / 4 {
             // A big request answered by a few bytes: don't hand back the slack.
@@ -745,30 +723,14 @@ impl Socket {
         }
     }
 
-    /// One `send(2)` of non-empty `data` on a plain socket: the bytes sent, or 0 when it was
-    /// interrupted or would block. A short write or `WouldBlock` clears the writable bit, so
-    /// the caller waits for the next edge; after an interruption the bit stays and it tries
-    /// again. Always inlined: `send`'s first attempt is the path of every message.
+    /// One [`IoSource::send`] of non-empty `data` on a plain socket: the bytes sent, or 0
+    /// when it would block (the writable bit is then clear, so the caller waits for the next
+    /// edge). Always inlined: `send`'s first attempt is the path of every message.
     #[inline(always)]
     fn send_once(&self, data: &[u8]) -> Result<usize> {
-        let io = &self.conn.io;
-        let fd = io.fd.get();
-        if fd < 0 {
-            return Err(Error::new(ErrorKind::Closed));
-        }
-        // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
-        match crate::sys::send(fd, data) {
-            Ok(n) => {
-                if n < data.len() {
-                    io.writable.set(false);
-                }
-                Ok(n)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                io.writable.set(false);
-                Ok(0)
-            }
+        match self.conn.io.send(data) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             Err(e) => Err(e.into()),
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! Readiness: the adapter honours the socket's readiness bits at the level of the kernel
 //! (it does not call `recv` on a socket known to be drained, and a short `recv` marks it
-//! drained where the poller reports a FIN on its own, see `SHORT_READ_DRAINS`), but the TLS
+//! drained where the poller reports a FIN on its own, see `IoSource::recv`), but the TLS
 //! read path never skips the TLS layer because of those bits: it may hold decrypted bytes,
 //! or raw bytes in the adapter's buffer, that need no system call. So every TLS read calls
 //! the TLS layer first and waits only when it says `WouldBlock`.
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use native_tls::{HandshakeError, TlsAcceptor, TlsConnector, TlsStream};
 
-use crate::dispatcher::{IoSource, SHORT_READ_DRAINS};
+use crate::dispatcher::IoSource;
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::socket::{Connection, Socket};
 
@@ -116,41 +116,24 @@ impl Read for FdIo {
             // Known to be drained: no system call just to hear EAGAIN.
             return Err(self.would_block(false));
         }
-        let sock = io.sock();
-        let Some(sock) = sock.as_ref() else {
-            return Err(io::Error::from(io::ErrorKind::NotConnected));
-        };
         let direct = dst.len() >= RAW_BUFFER;
         if !direct && self.buf.len() < RAW_BUFFER {
             self.buf.resize(RAW_BUFFER, 0);
         }
-        loop {
-            let target: &mut [u8] = if direct { &mut *dst } else { &mut self.buf };
-            let want = target.len();
-            match (&*sock).read(target) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(0);
-                }
-                Ok(n) => {
-                    // The kernel queue is drained (see the module's notes on readiness).
-                    if n < want && SHORT_READ_DRAINS {
-                        io.readable.set(false);
-                    }
-                    if direct {
-                        return Ok(n);
-                    }
-                    self.start = 0;
-                    self.end = n;
-                    return Ok(self.copy_buffered(dst));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    io.readable.set(false);
-                    return Err(self.would_block(false));
-                }
-                Err(e) => return Err(e),
+        let target: &mut [u8] = if direct { &mut *dst } else { &mut self.buf };
+        match io.recv_into(target) {
+            Ok(0) => {
+                self.eof = true;
+                Ok(0)
             }
+            Ok(n) if direct => Ok(n),
+            Ok(n) => {
+                self.start = 0;
+                self.end = n;
+                Ok(self.copy_buffered(dst))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(self.would_block(false)),
+            Err(e) => Err(e),
         }
     }
 }
@@ -164,26 +147,9 @@ impl Write for FdIo {
         if !io.writable.get() {
             return Err(self.would_block(true));
         }
-        let sock = io.sock();
-        let Some(sock) = sock.as_ref() else {
-            return Err(io::Error::from(io::ErrorKind::NotConnected));
-        };
-        loop {
-            // MSG_NOSIGNAL: a write to a reset peer must be an error, not SIGPIPE.
-            match sock.send_with_flags(data, crate::sys::SEND_FLAGS) {
-                Ok(n) => {
-                    if n < data.len() {
-                        io.writable.set(false);
-                    }
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    io.writable.set(false);
-                    return Err(self.would_block(true));
-                }
-                Err(e) => return Err(e),
-            }
+        match io.send(data) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(self.would_block(true)),
+            other => other,
         }
     }
 
