@@ -86,36 +86,15 @@ impl IoSource {
     }
 
     /// One `recv(2)` into `dst`, which need not be initialised (its first `n` bytes are when
-    /// `Ok(n)` comes back), retried when interrupted; 0 at end of stream. `WouldBlock`, and
-    /// a short read where that proves the queue drained ([`SHORT_READ_DRAINS`]), clear
-    /// `readable`; `NotConnected` once the descriptor is closed. Every read of a stream's
-    /// bytes goes through here, plain or under TLS. Always inlined: it is on the path of
-    /// every message.
+    /// `Ok(n)` comes back); 0 at end of stream. A short read clears `readable` where that
+    /// proves the queue drained ([`SHORT_READ_DRAINS`]); see [`IoSource::transfer`] for the
+    /// rest. Every read of a stream's bytes goes through here, plain or under TLS.
     #[inline(always)]
     pub(crate) fn recv(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
         let len = dst.len();
-        loop {
-            let fd = self.fd.get();
-            if fd < 0 {
-                return Err(io::Error::from(io::ErrorKind::NotConnected));
-            }
-            match crate::sys::recv(fd, dst) {
-                Ok(n) => {
-                    // Drained: wait for the next edge rather than read again to learn it.
-                    if n > 0 && n < len && SHORT_READ_DRAINS {
-                        self.readable.set(false);
-                    }
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        self.readable.set(false);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        self.transfer(&self.readable, len, SHORT_READ_DRAINS, |fd| {
+            crate::sys::recv(fd, dst)
+        })
     }
 
     /// [`IoSource::recv`] into initialised memory.
@@ -127,28 +106,46 @@ impl IoSource {
         self.recv(dst)
     }
 
-    /// One `send(2)` of `data` (never `SIGPIPE`), retried when interrupted: the bytes sent.
-    /// A short write or `WouldBlock` clears `writable`, so the caller waits for the next edge;
-    /// `NotConnected` once the descriptor is closed. Every write of a stream's bytes goes
-    /// through here, plain or under TLS. Always inlined, as [`IoSource::recv`].
+    /// One `send(2)` of `data` (never `SIGPIPE`): the bytes sent. A short write clears
+    /// `writable`; see [`IoSource::transfer`] for the rest. Every write of a stream's bytes
+    /// goes through here, plain or under TLS.
     #[inline(always)]
     pub(crate) fn send(&self, data: &[u8]) -> io::Result<usize> {
+        self.transfer(&self.writable, data.len(), true, |fd| {
+            crate::sys::send(fd, data)
+        })
+    }
+
+    /// Runs one system call `op` of `len` bytes on the descriptor, again when interrupted,
+    /// and keeps `ready` (the direction's readiness bit) true only while another call may
+    /// succeed: `WouldBlock` clears it, and so does a call that moved some bytes but fewer
+    /// than `len` when `short_drains`. The caller then waits for the next edge instead of
+    /// calling again. `NotConnected` once the descriptor is closed. Always inlined: it is on
+    /// the path of every message.
+    #[inline(always)]
+    fn transfer(
+        &self,
+        ready: &Cell<bool>,
+        len: usize,
+        short_drains: bool,
+        mut op: impl FnMut(RawFd) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         loop {
             let fd = self.fd.get();
             if fd < 0 {
                 return Err(io::Error::from(io::ErrorKind::NotConnected));
             }
-            match crate::sys::send(fd, data) {
+            match op(fd) {
                 Ok(n) => {
-                    if n < data.len() {
-                        self.writable.set(false);
+                    if short_drains && n > 0 && n < len {
+                        ready.set(false);
                     }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if e.kind() == io::ErrorKind::WouldBlock {
-                        self.writable.set(false);
+                        ready.set(false);
                     }
                     return Err(e);
                 }
