@@ -448,6 +448,24 @@ mod tests {
     use std::rc::Rc;
 
     #[test]
+    fn suspend_value_returns_what_each_resume_passed() {
+        let mut pool = StackPool::new(64 * 1024, 1);
+        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let log = seen.clone();
+        let mut co = Coro::new(pool.allocate().unwrap(), 1, "values", move || {
+            for _ in 0..3 {
+                log.borrow_mut().push(suspend_value().unwrap());
+            }
+        });
+        // The first resume starts the closure; its value reaches no `suspend_value`.
+        assert!(matches!(co.resume_with(99), Resumed::Suspended));
+        assert!(matches!(co.resume_with(7), Resumed::Suspended));
+        assert!(matches!(co.resume(), Resumed::Suspended));
+        assert!(matches!(co.resume_with(u32::MAX), Resumed::Finished));
+        assert_eq!(*seen.borrow(), [7, 0, u32::MAX]);
+    }
+
+    #[test]
     fn resume_hint_spans_the_suspended_frames() {
         let mut pool = StackPool::new(64 * 1024, 1);
         let local_at = Rc::new(Cell::new(0usize));
