@@ -11,6 +11,7 @@
 //! cargo bench --bench coroutines -- fifo    # also repeat the sleepers under SCHED_FIFO
 //!                                           # (root), to take other load off the timings
 //! SLEEPER_RUNS=9 cargo bench --bench coroutines -- sleepers   # repetitions (default 3)
+//! SLEEPER_DUMP=DIR cargo bench --bench coroutines -- sleepers  # also each run's wakes as CSV
 //! TIMER_RUNS=9 cargo bench --bench coroutines -- timers       # repetitions (default 5)
 //! ```
 //!
@@ -572,6 +573,22 @@ fn sleep_tokio(ds: &[Duration]) -> SleeperLog {
     SleeperLog { entries, created }
 }
 
+/// Writes one run's log as `DIR/sleepers-RUN-KIND.csv` (ns since the run's start: asleep,
+/// due, late), for looking at when the late wakes happened.
+fn dump_sleepers(dir: &str, run: usize, fifo: bool, kind: Sleepers, log: &SleeperLog) {
+    let mut entries = log.entries.clone();
+    entries.sort_unstable_by_key(|e| e.1);
+    let mut text = String::from("asleep_ns,due_ns,late_ns\n");
+    for (asleep, due, late) in entries {
+        text.push_str(&format!("{asleep},{due},{late}\n"));
+    }
+    let fifo = if fifo { "-fifo" } else { "" };
+    let path = format!("{dir}/sleepers-{run}{fifo}-{}.csv", kind.name());
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text)) {
+        eprintln!("SLEEPER_DUMP: {path}: {e}");
+    }
+}
+
 fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
     const SLEEPERS: usize = 30_000;
     const SPAN: Duration = Duration::from_secs(2);
@@ -617,6 +634,9 @@ fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
             };
             let total = t0.elapsed();
             let sched = SchedStat::now().since(&sched);
+            if let Ok(dir) = std::env::var("SLEEPER_DUMP") {
+                dump_sleepers(&dir, run, fifo, kind, &log);
+            }
             let started = log.entries.iter().map(|e| e.0).max().unwrap_or(0);
             let mut late: Vec<u64> = log.entries.iter().map(|e| e.2).collect();
             late.sort_unstable();
