@@ -490,6 +490,18 @@ impl Sleepers {
 struct SleeperLog {
     entries: Vec<(u64, u64, u64)>,
     created: Duration,
+    /// From the run's start until `run()` (copas), the loop (limit) or `block_on` (tokio)
+    /// returned.
+    finished: Duration,
+}
+
+impl SleeperLog {
+    /// How long after the last wake the run returned (copas gives back its surplus stacks
+    /// then), in ms.
+    fn tail_ms(&self) -> f64 {
+        let last = self.entries.iter().map(|e| e.1 + e.2).max().unwrap_or(0);
+        (self.finished.as_nanos() as f64 - last as f64).max(0.0) / 1e6
+    }
 }
 
 /// One sleeper's log entry, from when it went to sleep, how long for, and when it woke.
@@ -518,8 +530,13 @@ fn sleep_copas(ds: &[Duration]) -> SleeperLog {
     }
     let created = t0.elapsed();
     copas::run().expect("run");
+    let finished = t0.elapsed();
     let entries = log.take();
-    SleeperLog { entries, created }
+    SleeperLog {
+        entries,
+        created,
+        finished,
+    }
 }
 
 fn sleep_limit(ds: &[Duration]) -> SleeperLog {
@@ -541,7 +558,11 @@ fn sleep_limit(ds: &[Duration]) -> SleeperLog {
             next += 1;
         }
     }
-    SleeperLog { entries, created }
+    SleeperLog {
+        entries,
+        created,
+        finished: t0.elapsed(),
+    }
 }
 
 fn sleep_tokio(ds: &[Duration]) -> SleeperLog {
@@ -570,7 +591,11 @@ fn sleep_tokio(ds: &[Duration]) -> SleeperLog {
         }
         entries
     });
-    SleeperLog { entries, created }
+    SleeperLog {
+        entries,
+        created,
+        finished: t0.elapsed(),
+    }
 }
 
 /// Writes one run's log as `DIR/sleepers-RUN-KIND.csv` (ns since the run's start: asleep,
@@ -607,8 +632,8 @@ fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
          the sleepers."
     );
     println!();
-    println!("| run | sleepers | woke | total s | create ms | start phase ms | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | target / p99 | due after start: n | their p99 µs | their max µs | CPU ms | waited for a CPU ms | involuntary switches |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| run | sleepers | woke | total s | create ms | start phase ms | returned after the last wake ms | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | target / p99 | due after start: n | their p99 µs | their max µs | CPU ms | waited for a CPU ms | involuntary switches |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut p99s: Vec<(Sleepers, f64)> = Vec::new();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut runs: Vec<(usize, bool)> = (0..plan.sleeper_runs).map(|r| (r + 1, false)).collect();
@@ -653,7 +678,7 @@ fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
                 p99s.push((kind, p99));
             }
             println!(
-                "| {}{} | {} | {} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                "| {}{} | {} | {} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
                 run,
                 if fifo { " SCHED_FIFO" } else { "" },
                 kind.name(),
@@ -661,6 +686,7 @@ fn sleepers(plan: &Plan, rows: &mut Vec<Row>) {
                 total.as_secs_f64(),
                 log.created.as_secs_f64() * 1e3,
                 (started as f64 - log.created.as_nanos() as f64).max(0.0) / 1e6,
+                log.tail_ms(),
                 us(&late, 0.50),
                 us(&late, 0.90),
                 p99,

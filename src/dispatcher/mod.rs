@@ -87,6 +87,11 @@ const TRIM_IDLE: Duration = Duration::from_millis(1);
 /// again.
 const TRIM_SLICE: Duration = Duration::from_micros(500);
 
+/// How many surplus stacks an idle step gives back at a time, between looks at the clock:
+/// 0.5–2.8 µs each here (less when they are neighbours in a shared mapping), so a batch stays
+/// well inside [`TRIM_SLICE`].
+const TRIM_BATCH: usize = 64;
+
 /// A surplus of stacks that outlives this many seconds of steps with no idle moment (a
 /// server that is never idle) is given back one stack per step.
 const TRIM_AFTER: Duration = Duration::from_secs(5);
@@ -803,7 +808,7 @@ impl Dispatcher {
         if self.dispatch_events(poller, Some(Duration::ZERO))? {
             return Ok(Trim::FoundEvents);
         }
-        while self.trim_one_stack() {
+        while self.trim_stack_batch(TRIM_BATCH) {
             if start.elapsed() >= TRIM_SLICE {
                 return Ok(Trim::Wait(Some(Duration::ZERO)));
             }
@@ -815,12 +820,18 @@ impl Dispatcher {
 
     /// Gives back one stack beyond the pool's bound; false when there is none.
     fn trim_one_stack(&self) -> bool {
+        self.trim_stack_batch(1)
+    }
+
+    /// Gives back up to `max` stacks beyond the pool's bound, together (neighbours' memory
+    /// in one system call); false when there were none.
+    fn trim_stack_batch(&self, max: usize) -> bool {
         let mut pool = self.pool.borrow_mut();
-        let trimmed = pool.trim_one();
+        let trimmed = pool.trim(max);
         if pool.surplus() == 0 {
             self.surplus_since.set(None);
         }
-        trimmed
+        trimmed > 0
     }
 
     /// Runs the accept rounds due; false when there were none.
@@ -978,7 +989,7 @@ impl Dispatcher {
                 if self.exiting() {
                     // Nothing waits on the thread now: give back the stacks beyond the
                     // pool's bound that no idle moment of the run has given back.
-                    while self.trim_one_stack() {}
+                    self.trim_stack_batch(usize::MAX);
                     break Ok(());
                 }
                 self.exit();
