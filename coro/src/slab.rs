@@ -171,38 +171,12 @@ pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
 }
 
 /// Gives a slot back: its pages to the kernel, the slot to its slab, and the slab's mapping
-/// too if it was the last one handed out.
+/// too if it was the last one handed out (then without giving the pages back first).
 pub(crate) fn release(slot: &Slot) {
-    let page = page_size();
-    // Before the slot can be handed out again. Guard regions survive `MADV_DONTNEED`.
-    // SAFETY: the range is the slot's stack, mapped (the slab stays while a slot is out) and
-    // no longer used: the `Stack` that owned it is being dropped.
-    unsafe {
-        libc::madvise(
-            (slot.limit + page) as *mut libc::c_void,
-            slot.top - slot.limit - page,
-            libc::MADV_DONTNEED,
-        );
-    }
-    let mut slabs = slabs();
-    let Some((&start, slab)) = slabs.all.range_mut(..=slot.limit).next_back() else {
-        return;
-    };
-    let size = slab.slot;
-    let index = (slot.limit - start) / size;
-    if index >= slab.slots {
-        return; // not a slot of any slab: cannot happen
-    }
-    slab.free |= 1 << index;
-    if slab.free != slab.all_free() {
-        slabs.with_room.insert((size, start));
-        return;
-    }
-    let len = slabs.remove(start);
-    drop(slabs);
-    if let Some(len) = len {
-        unmap(start, len);
-    }
+    release_many(vec![Slot {
+        limit: slot.limit,
+        top: slot.top,
+    }]);
 }
 
 /// Gives many slots back at once ([`release`] for each, in fewer system calls): a slab none
