@@ -323,11 +323,7 @@ impl StackPool {
     /// Gives back the least recently pooled idle stack if the pool holds more than its bound;
     /// false when it does not.
     pub fn trim_one(&mut self) -> bool {
-        if self.surplus() == 0 {
-            return false;
-        }
-        drop(self.idle.pop_front());
-        true
+        self.trim(1) == 1
     }
 
     /// Gives back up to `max` of the least recently pooled idle stacks beyond the pool's

@@ -107,13 +107,19 @@ impl IoSource {
     }
 
     /// One `send(2)` of `data` (never `SIGPIPE`): the bytes sent. A short write clears
-    /// `writable`; see [`IoSource::transfer`] for the rest. Every write of a stream's bytes
-    /// goes through here, plain or under TLS.
+    /// `writable`, and so does one that took nothing of non-empty `data` (where a read's 0 is
+    /// the end of the stream, a write's is a full queue: callers that loop while `writable`
+    /// must not spin on it); see [`IoSource::transfer`] for the rest. Every write of a
+    /// stream's bytes goes through here, plain or under TLS.
     #[inline(always)]
     pub(crate) fn send(&self, data: &[u8]) -> io::Result<usize> {
-        self.transfer(&self.writable, data.len(), true, |fd| {
+        let n = self.transfer(&self.writable, data.len(), true, |fd| {
             crate::sys::send(fd, data)
-        })
+        })?;
+        if n == 0 && !data.is_empty() {
+            self.writable.set(false);
+        }
+        Ok(n)
     }
 
     /// Runs one system call `op` of `len` bytes on the descriptor, again when interrupted,
