@@ -830,6 +830,63 @@ fn line_split_across_one_byte_writes() {
     assert_eq!(*lines.borrow(), want);
 }
 
+/// A socket gives its read buffer up while it waits with nothing buffered, and the next one
+/// to read takes it (net/read_buffers.rs): the buffer still holds the bytes of the
+/// connection before, and none of them may show in a line of the next.
+#[test]
+fn a_line_read_into_a_buffer_another_connection_gave_up_holds_only_its_own_bytes() {
+    let (listener, addr) = util::local_listener();
+    let lines: Shared<Vec<Vec<u8>>> = Rc::default();
+    let lines2 = lines.clone();
+    let server: Rc<Cell<Option<Server>>> = Rc::default();
+    let server2 = server.clone();
+    let handle = copas::addserver(listener, move |mut sock| {
+        sock.settimeout(Some(GUARD));
+        while let Ok(line) = sock.receive(Pattern::Line) {
+            lines2.borrow_mut().push(line);
+            if lines2.borrow().len() == 3 {
+                if let Some(server) = server2.take() {
+                    copas::removeserver(server, false).expect("removeserver");
+                }
+            }
+            if sock.send(b"ok\n").is_err() {
+                break;
+            }
+        }
+    })
+    .expect("addserver");
+    server.set(Some(handle));
+    let peer = thread::spawn(move || {
+        let open = |addr| {
+            let s = TcpStream::connect(addr).expect("peer: connect");
+            s.set_read_timeout(Some(secs(10))).expect("timeout");
+            s
+        };
+        let ok = |s: &mut TcpStream| {
+            let mut reply = [0u8; 3];
+            s.read_exact(&mut reply).expect("peer: read ok");
+            assert_eq!(&reply, b"ok\n");
+        };
+        let mut first = open(addr);
+        first.write_all(&[b'A'; 200]).expect("write");
+        first.write_all(b"\n").expect("write");
+        ok(&mut first);
+        // The first handler now waits for its next line, its buffer given up.
+        thread::sleep(ms(20));
+        let mut second = open(addr);
+        second.write_all(b"xy\n").expect("write");
+        ok(&mut second);
+        second.write_all(b"z").expect("write");
+        thread::sleep(ms(20));
+        second.write_all(b"w\n").expect("write");
+        ok(&mut second);
+    });
+    util::run_checked(secs(20));
+    join(peer);
+    let want: [&[u8]; 3] = [&[b'A'; 200], b"xy", b"zw"];
+    assert_eq!(*lines.borrow(), want);
+}
+
 #[test]
 fn all_returns_everything_at_peer_close() {
     let body = pattern_bytes(300 * 1024, 7);

@@ -1,6 +1,7 @@
 //! Networking: TCP sockets, servers, client connections, UDP and TLS.
 
 pub(crate) mod connect;
+pub(crate) mod read_buffers;
 pub(crate) mod server;
 pub(crate) mod socket;
 pub(crate) mod tls;

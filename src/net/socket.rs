@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::dispatcher::{self, IoSource, TaskSocket};
 use crate::error::{Error, ErrorKind, Result};
+use crate::net::read_buffers;
 use crate::net::tls::TlsLayer;
 
 /// The longest line [`Pattern::Line`] accepts by default: 64 KiB.
@@ -34,8 +35,9 @@ use crate::net::tls::TlsLayer;
 /// socket with [`Socket::set_line_limit`].
 pub const DEFAULT_LINE_LIMIT: usize = 64 * 1024;
 
-/// Size of the first read buffer; it grows only as far as a line needs.
-const INITIAL_BUFFER: usize = 4 * 1024;
+/// Size of the first read buffer (one of the thread's spare ones, `net/read_buffers.rs`); it
+/// grows only as far as a line needs.
+const INITIAL_BUFFER: usize = read_buffers::BUFFER_LEN;
 
 /// Free space a buffer fill asks for, so reads are never tiny.
 const FILL_MIN: usize = 1024;
@@ -294,6 +296,12 @@ impl Socket {
         if self.buf.len() - self.end >= min {
             return;
         }
+        if self.buf.is_empty() && min <= INITIAL_BUFFER {
+            // Given up while the socket waited (`wait_readable_unbuffered`): a spare one,
+            // already zeroed, rather than a fresh allocation zeroed again.
+            self.buf = read_buffers::take();
+            return;
+        }
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -432,9 +440,10 @@ impl Socket {
     }
 
     /// With nothing buffered, waits until a read will not block, having given the buffer
-    /// back to the allocator: an idle connection then holds no buffer, and the next one
-    /// comes warm from the allocator rather than as one more cold page per message. Not
-    /// for TLS, whose layer may hold decrypted bytes the readiness bits do not show.
+    /// up to the thread's spare ones (`net/read_buffers.rs`): an idle connection then holds
+    /// no buffer, and the next one to read takes it warm rather than one more cold page per
+    /// message. Not for TLS, whose layer may hold decrypted bytes the readiness bits do not
+    /// show.
     fn wait_readable_unbuffered(&mut self, deadline: Option<Instant>) -> Result<()> {
         if self.conn.tls.get().is_some() {
             return Ok(());
@@ -443,7 +452,7 @@ impl Socket {
         while !(io.is_closed() || self.conn.eof.get() || io.readable.get() || io.read_closed.get())
         {
             if self.buf.capacity() > 0 {
-                self.buf = Vec::new();
+                read_buffers::give(std::mem::take(&mut self.buf));
                 self.start = 0;
                 self.end = 0;
             }
@@ -513,15 +522,19 @@ impl Socket {
         loop {
             let upto = (self.end - self.start).min(window);
             let fresh = &self.buf[self.start + scanned..self.start + upto];
-            if let Some(pos) = fresh.iter().position(|&b| b == b'\n') {
+            if let Some(pos) = find_byte(fresh, b'\n') {
                 let line_end = self.start + scanned + pos;
-                let mut line = Vec::with_capacity(prefix.len() + line_end - self.start);
+                let text = &self.buf[self.start..line_end];
+                // The usual ending is CR LF: drop that CR, then copy the line whole unless
+                // it holds another CR (LuaSocket drops every CR of a line).
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                let mut line = Vec::with_capacity(prefix.len() + text.len());
                 line.extend_from_slice(prefix);
-                line.extend(
-                    self.buf[self.start..line_end]
-                        .iter()
-                        .filter(|&&b| b != b'\r'),
-                );
+                if find_byte(text, b'\r').is_some() {
+                    line.extend(text.iter().filter(|&&b| b != b'\r'));
+                } else {
+                    line.extend_from_slice(text);
+                }
                 self.start = line_end + 1;
                 if self.start == self.end {
                     self.start = 0;
@@ -860,6 +873,34 @@ impl AsRawFd for Socket {
     }
 }
 
+/// The index of the first `needle` in `hay`, eight bytes at a time: a line protocol looks
+/// for the end of every line it receives, and a byte-by-byte loop was most of the
+/// instructions an HTTP request cost `examples/http_hello`.
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let pattern = LOW * u64::from(needle);
+    let mut words = hay.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        // A byte of `x` is zero where `word` holds `needle`; the lowest such byte is the
+        // lowest one with its high bit set in `found` (a borrow only runs upwards).
+        let x = u64::from_le_bytes(bytes) ^ pattern;
+        let found = x.wrapping_sub(LOW) & !x & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|pos| at + pos)
+}
+
 fn to_io(e: Error) -> io::Error {
     e.into()
 }
@@ -915,5 +956,46 @@ impl Write for Socket {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_byte;
+
+    #[test]
+    fn find_byte_finds_the_first_occurrence_as_a_byte_by_byte_search_would() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // Bytes drawn from a small alphabet, so needles occur often, with the values that
+        // trouble word-at-a-time tricks: 0, 1, the needle plus and minus one, high bits.
+        let alphabet = [
+            0u8,
+            1,
+            b'\n' - 1,
+            b'\n',
+            b'\n' + 1,
+            b'\r',
+            0x7f,
+            0x80,
+            0x8a,
+            0xff,
+        ];
+        for len in 0..48 {
+            for _ in 0..200 {
+                let hay: Vec<u8> = (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect();
+                for &needle in &alphabet {
+                    let expected = hay.iter().position(|&b| b == needle);
+                    assert_eq!(find_byte(&hay, needle), expected, "{hay:?} {needle}");
+                }
+            }
+        }
     }
 }
