@@ -419,6 +419,32 @@ impl Socket {
         self.recv_waiting(deadline, || self.recv_into(dst))
     }
 
+    /// Reads at most `max` (≥ 1) bytes onto the end of `out`, waiting if needed; 0 at end
+    /// of stream. A plain socket reads into `out`'s spare capacity, so a large read costs
+    /// no zeroing first (`Pattern::All` reads in 64 KiB chunks, often answered by a few
+    /// bytes); TLS hands its layer initialised bytes.
+    fn read_append(
+        &self,
+        out: &mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
+        let len = out.len();
+        if let Some(tls) = self.conn.tls.get() {
+            out.resize(len + max, 0);
+            let got = tls.read_waiting(&self.conn, &mut out[len..], deadline);
+            out.truncate(len + got.as_ref().map_or(0, |&n| n));
+            return got;
+        }
+        out.reserve(max);
+        let spare = &mut out.spare_capacity_mut()[..max];
+        let n = self.recv_waiting(deadline, || self.recv_uninit(spare))?;
+        // SAFETY: `recv(2)` initialised the first `n` bytes of the spare capacity
+        // (`IoSource::recv`), and `n` ≤ `max` ≤ what `reserve` made room for.
+        unsafe { out.set_len(len + n) };
+        Ok(n)
+    }
+
     /// Reads more bytes into the buffer; 0 at end of stream.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<usize> {
         self.fill_at_most(usize::MAX, deadline)
@@ -576,19 +602,10 @@ impl Socket {
         self.start = 0;
         self.end = 0;
         loop {
-            let len = out.len();
-            out.resize(len + BULK_CHUNK, 0);
-            let got = self.read_waiting(&mut out[len..], deadline);
-            match got {
-                Ok(0) => {
-                    out.truncate(len);
-                    return Ok(out);
-                }
-                Ok(n) => out.truncate(len + n),
-                Err(e) => {
-                    out.truncate(len);
-                    return Err(e.with_partial(out));
-                }
+            match self.read_append(&mut out, BULK_CHUNK, deadline) {
+                Ok(0) => return Ok(out),
+                Ok(_) => {}
+                Err(e) => return Err(e.with_partial(out)),
             }
             self.fair_share();
         }
@@ -626,18 +643,10 @@ impl Socket {
                     Err(e) => return Err(e.with_partial(out)),
                 }
             } else {
-                let len = out.len();
-                out.resize(len + missing.min(BULK_CHUNK), 0);
-                match self.read_waiting(&mut out[len..], deadline) {
-                    Ok(0) => {
-                        out.truncate(len);
-                        return Err(Error::new(ErrorKind::Closed).with_partial(out));
-                    }
-                    Ok(got) => out.truncate(len + got),
-                    Err(e) => {
-                        out.truncate(len);
-                        return Err(e.with_partial(out));
-                    }
+                match self.read_append(&mut out, missing.min(BULK_CHUNK), deadline) {
+                    Ok(0) => return Err(Error::new(ErrorKind::Closed).with_partial(out)),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.with_partial(out)),
                 }
                 self.fair_share();
             }
