@@ -29,7 +29,8 @@
 //! two commits in one interleaved run; `coro_floor`: the floor of any stackful-coroutine
 //! server, copas's coroutine core on raw epoll with nothing else], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
-//! [50], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
+//! [50], `ECHO_HTTP_SERVERS` [copas,tokio; also `hello=<path>`: another build's
+//! `http_hello`, to compare two commits], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
 //! seconds to wait before each cell for other processes to go quiet [0: do not wait],
 //! `ECHO_QUIET_PCT` [25], `ECHO_NOTE` (printed in the header), `ECHO_FIFO` real-time
 //! priority for servers and load generators [0: normal scheduling; needs root or
@@ -2033,16 +2034,24 @@ fn http_mode() {
             return;
         }
     };
-    let servers = ["copas", "tokio"];
-    let mut results: BTreeMap<&str, Vec<(WrkResult, f64)>> = BTreeMap::new();
-    let mut csv = String::from("round,server,req_per_s,p50_us,p99_us,cpu_us_per_req\n");
+    let server_list = env::var("ECHO_HTTP_SERVERS").unwrap_or_else(|_| "copas,tokio".into());
+    let servers: Vec<&str> = server_list.split(',').filter(|s| !s.is_empty()).collect();
+    let mut results: BTreeMap<&str, Vec<(WrkResult, f64, f64)>> = BTreeMap::new();
+    let mut csv =
+        String::from("round,server,req_per_s,p50_us,p99_us,cpu_us_per_req,user_us_per_req\n");
     for round in 1..=rounds {
         for server in rotated(&servers, round) {
             wait_for_quiet();
-            let proc = if server == "copas" {
+            // `hello=<path>`: another build's http_hello, to compare two commits.
+            let example = match server.strip_prefix("hello=") {
+                Some(path) => Some(PathBuf::from(path)),
+                None if server == "copas" => Some(hello.clone()),
+                None => None,
+            };
+            let proc = if let Some(example) = example {
                 // A free port: bind, note it, release it for the example.
                 let port = bind_any().local_addr().expect("local_addr").port();
-                let mut cmd = Command::new(&hello);
+                let mut cmd = Command::new(example);
                 cmd.arg(port.to_string());
                 pinned(&mut cmd, server_cpu());
                 ServerProc::start(cmd)
@@ -2071,43 +2080,48 @@ fn http_mode() {
                 }
             };
             let t1 = proc_times(proc.pid());
+            let requests = r.req_s * secs as f64;
             let cpu_s = ((t1.0 + t1.1) - (t0.0 + t0.1)) as f64 / clock_ticks();
-            let cpu_us = cpu_s * 1e6 / (r.req_s * secs as f64);
+            let cpu_us = cpu_s * 1e6 / requests;
+            let user_us = (t1.0 - t0.0) as f64 / clock_ticks() * 1e6 / requests;
             println!(
-                "round {round} {server:<6} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {cpu_us:.2} µs/req",
+                "round {round} {server:<6} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {cpu_us:.2} µs/req ({user_us:.3} user)",
                 r.req_s, r.p50_us, r.p99_us
             );
             let _ = writeln!(
                 csv,
-                "{round},{server},{:.1},{:.1},{:.1},{cpu_us:.4}",
+                "{round},{server},{:.1},{:.1},{:.1},{cpu_us:.4},{user_us:.4}",
                 r.req_s, r.p50_us, r.p99_us
             );
-            results.entry(server).or_default().push((r, cpu_us));
+            results
+                .entry(server)
+                .or_default()
+                .push((r, cpu_us, user_us));
         }
     }
     let path = out_dir().join("http.csv");
     fs::write(&path, csv).expect("write http.csv");
     println!();
     println!(
-        "| server | n | req/s median [min..max] | vs tokio | p50 µs | p99 µs | server CPU µs/req |"
+        "| server | n | req/s median [min..max] | vs tokio | p50 µs | p99 µs | server CPU µs/req | of which user µs/req |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let med_of = |server: &str, f: fn(&(WrkResult, f64)) -> f64| -> f64 {
+    println!("|---|---|---|---|---|---|---|---|");
+    let med_of = |server: &str, f: fn(&(WrkResult, f64, f64)) -> f64| -> f64 {
         results
             .get(server)
             .map_or(f64::NAN, |v| median(&v.iter().map(f).collect::<Vec<_>>()))
     };
     let tokio = med_of("tokio", |r| r.0.req_s);
-    for server in servers {
+    for &server in &servers {
         let Some(v) = results.get(server) else {
-            println!("| {server} | 0 | failed | | | | |");
+            println!("| {server} | 0 | failed | | | | | |");
             continue;
         };
         let rates: Vec<f64> = v.iter().map(|r| r.0.req_s).collect();
         let (lo, hi) = min_max(&rates);
         let m = median(&rates);
         println!(
-            "| {server} | {} | {} [{}..{}] | {} | {:.0} | {:.0} | {:.2} |",
+            "| {server} | {} | {} [{}..{}] | {} | {:.0} | {:.0} | {:.2} | {:.3} |",
             v.len(),
             kilo(m),
             kilo(lo),
@@ -2116,6 +2130,7 @@ fn http_mode() {
             med_of(server, |r| r.0.p50_us),
             med_of(server, |r| r.0.p99_us),
             med_of(server, |r| r.1),
+            med_of(server, |r| r.2),
         );
     }
     println!();
