@@ -135,6 +135,11 @@ pub(crate) fn recv_datagram(sock: &socket2::Socket, size: usize) -> io::Result<D
                 // exceed what was written, hence the `min`), and `size` is within the
                 // capacity reserved above.
                 unsafe { data.set_len(got) };
+                if got < data.capacity() / 4 {
+                    // Sized for the largest datagram, answered by a small one: a caller that
+                    // keeps it should not keep the slack (as `Socket::recv_vec`).
+                    data.shrink_to_fit();
+                }
                 let cut = flags.is_truncated() || n > size;
                 let len = if cut { n.max(size + 1) } else { got };
                 return Ok(Datagram {

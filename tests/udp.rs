@@ -200,6 +200,37 @@ fn each_receive_takes_one_datagram() {
     assert_eq!(*got.borrow(), expected);
 }
 
+/// A receive sized for the largest datagram returns a small one without holding the rest
+/// of that size: a handler that keeps what it receives keeps its bytes, not 64 KiB each.
+#[test]
+fn a_small_datagram_received_with_a_large_size_holds_only_its_bytes() {
+    const LARGEST: usize = 65_507;
+    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    receiver.settimeout(Some(secs(5)));
+    let to = receiver.local_addr().expect("local_addr");
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let g = got.clone();
+    copas::addthread(move || {
+        sender.send_to(b"ten bytes!", to).expect("send");
+        sender.send_to(&[7; 60_000], to).expect("send");
+        g.borrow_mut()
+            .push(receiver.receive(LARGEST).expect("receive"));
+        g.borrow_mut()
+            .push(receiver.receive(LARGEST).expect("receive"));
+    })
+    .expect("addthread");
+    util::run_checked(secs(20));
+    let got = got.borrow();
+    assert_eq!(got[0], b"ten bytes!");
+    assert!(
+        got[0].capacity() < LARGEST / 4,
+        "a 10-byte datagram holds {} bytes",
+        got[0].capacity()
+    );
+    assert_eq!(got[1], vec![7; 60_000]);
+}
+
 /// Closing the socket wakes a coroutine waiting to receive, with `Closed`.
 #[test]
 fn close_wakes_a_waiting_receiver() {
