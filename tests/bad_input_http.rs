@@ -23,10 +23,7 @@ use copas::client::http::{Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 use copas::ErrorKind;
 use heap::peak_heap;
 use raw_peer::{peer, send, PeerLog, Step, ENDLESS};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
+use util::secs;
 
 /// One response on one connection: the peer reads the request, then plays `steps`.
 fn one(steps: Vec<Step>) -> (SocketAddr, JoinHandle<PeerLog>) {

@@ -22,10 +22,7 @@ use copas::client::smtp::{self, Mail, StartTls};
 use copas::ErrorKind;
 use heap::peak_heap;
 use raw_peer::{peer, send, PeerLog, Step, ENDLESS};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
+use util::secs;
 
 /// The heap a client may hold while it reads one reply: the reply's limit, its copy as
 /// text lines, and the socket's buffer.

@@ -21,13 +21,10 @@ use std::time::{Duration, Instant};
 
 use copas::channel::{self, Receiver, Sender};
 use copas::ErrorKind;
+use util::ms;
 
 const SENDERS: usize = 8;
 const ITEMS: u32 = 10_000;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// Fails the test if a coroutine panicked (an assertion inside one would only be reported).
 fn panics_are_failures() -> Rc<RefCell<Vec<String>>> {

@@ -12,14 +12,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use copas::{ErrorKind, Pattern, ServerOptions};
+use util::ms;
 use util::Watchdog;
 
 /// Longest any single loop in these tests may run before the watchdog fails the test.
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// What an error handler was told.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use copas::{ErrorKind, Pattern};
+use util::ms;
 
 const STALL: Duration = Duration::from_secs(1);
 const CLIENTS: usize = 10;
@@ -24,10 +25,6 @@ const SLEEPERS: usize = 20;
 
 /// What a reader's `receive` gave: its line, or the error's kind.
 type Received = Result<Vec<u8>, ErrorKind>;
-
-fn ms(m: u64) -> Duration {
-    Duration::from_millis(m)
-}
 
 /// An echo client on its own thread: `ROUNDS` lines, one every 20 ms, each checked.
 /// Returns how many came back exactly.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use copas::client::http::{self, Redirect, Request};
 use copas::native_tls::Certificate;
 use copas::{ErrorKind, Socket};
+use util::{ms, secs};
 use util::{run_bounded, Watchdog};
 
 /// The tests of this file take turns: `against_nginx` checks the process's VmRSS around a
@@ -25,14 +26,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn ms(m: u64) -> Duration {
-    Duration::from_millis(m)
 }
 
 /// Two distinct ports free on 127.0.0.1 at the time of the call (both held until both are

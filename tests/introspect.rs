@@ -16,10 +16,7 @@ use copas::lock::Lock;
 use copas::queue::Queue;
 use copas::semaphore::Semaphore;
 use copas::{CoroutineInfo, CoroutineState, ObjectKind, Pattern, ServerOptions, WaitTarget};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use util::ms;
 
 fn find<'a>(list: &'a [CoroutineInfo], name: &str) -> &'a CoroutineInfo {
     list.iter()

@@ -13,10 +13,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use copas::Coroutine;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use util::ms;
 
 /// Steps with long waits (so the poller times them with its timerfd) until `done`, for at
 /// most `limit`.

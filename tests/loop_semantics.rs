@@ -13,14 +13,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use copas::{Coroutine, ErrorKind, Pattern};
+use util::ms;
 use util::Watchdog;
 
 /// Longest any single loop in these tests may run before the watchdog fails the test.
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// Counts how many times it is dropped: shows when a coroutine's locals are released.
 struct DropGuard(Rc<Cell<u32>>);

@@ -18,14 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use copas::{ErrorKind, Pattern, Socket};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use util::{ms, secs};
 
 /// Ticks of a 10 ms ticker coroutine, and the longest gap between two of them. The count is
 /// atomic so that an offloaded closure can watch the ticker from its helper thread.

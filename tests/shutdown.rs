@@ -13,11 +13,8 @@ use std::time::{Duration, Instant};
 
 use copas::lock::Lock;
 use copas::{ErrorKind, Pattern, ServerOptions, Socket, FOREVER};
+use util::ms;
 use util::Watchdog;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// Counts its drops: a coroutine's locals are dropped when it ends or is cancelled.
 struct DropGuard(Rc<Cell<u32>>);

@@ -13,13 +13,10 @@ use std::time::{Duration, Instant};
 
 use copas::semaphore::Semaphore;
 use copas::ErrorKind;
+use util::ms;
 use util::{run_bounded, suspended_during, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// The outcome of a copas call, reduced to its error kind.
 fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {

@@ -21,14 +21,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use copas::{Coroutine, ErrorKind, Pattern, Server, ServerOptions, Socket};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use util::{ms, secs};
 
 /// The timeout every socket of these tests gets unless the test sets its own: a socket
 /// that should have been woken and is not then fails the test with `Timeout` instead of

@@ -29,14 +29,7 @@ use std::time::{Duration, Instant};
 
 use copas::native_tls::{Certificate, HandshakeError, Identity, TlsAcceptor, TlsConnector};
 use copas::{ErrorKind, Pattern, ServerOptions, Socket};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use util::{ms, secs};
 
 /// The timeout of every socket in these tests unless a test sets its own, so a socket that
 /// should have been woken and is not fails the test instead of hanging it.

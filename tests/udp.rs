@@ -16,14 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use copas::{ErrorKind, ServerOptions, UdpSocket, DATAGRAM_SIZE};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use util::{ms, secs};
 
 /// A UDP echo server as in Copas's `udptimeout`: a wrapped server socket looping on
 /// `receivefrom`/`sendto`. Returns its address and a handle to close it with.

@@ -327,3 +327,13 @@ pub fn suspended_during<T>(f: impl FnOnce() -> T) -> (T, bool) {
     }
     (value, suspended)
 }
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `n` seconds.
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
