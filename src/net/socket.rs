@@ -319,11 +319,17 @@ impl Socket {
         Ok(self.ended_if_none(n, dst.len()))
     }
 
-    /// [`Socket::recv_into`] into memory that need not be initialised (its first `n` bytes
-    /// are when `Ok(n)` comes back).
-    fn recv_uninit(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-        let n = self.conn.io.recv(dst)?;
-        Ok(self.ended_if_none(n, dst.len()))
+    /// [`Socket::recv_into`] of up to `max` bytes onto the end of `out`, into its spare
+    /// capacity (no zeroing first); `out` grows by what came.
+    fn recv_append(&self, out: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        out.reserve(max);
+        let len = out.len();
+        let spare: &mut [MaybeUninit<u8>] = &mut out.spare_capacity_mut()[..max];
+        let n = self.ended_if_none(self.conn.io.recv(spare)?, max);
+        // SAFETY: `recv(2)` initialised the first `n` bytes of the spare capacity
+        // (`IoSource::recv`), and `n` ≤ `max` ≤ what `reserve` made room for.
+        unsafe { out.set_len(len + n) };
+        Ok(n)
     }
 
     /// Notes the end of the stream when a read of `len` > 0 bytes returned none; returns `n`.
@@ -400,10 +406,7 @@ impl Socket {
             }
         }
         let mut out = Vec::with_capacity(max);
-        let n = self.recv_uninit(out.spare_capacity_mut())?;
-        // SAFETY: `recv(2)` initialised the first `n` bytes of the spare capacity
-        // (`IoSource::recv`), and `n` ≤ the capacity.
-        unsafe { out.set_len(n) };
+        self.recv_append(&mut out, max)?;
         if out.len() < out.capacity() / 4 {
             // A big request answered by a few bytes: don't hand back the slack.
             out.shrink_to_fit();
@@ -420,29 +423,23 @@ impl Socket {
     }
 
     /// Reads at most `max` (≥ 1) bytes onto the end of `out`, waiting if needed; 0 at end
-    /// of stream. A plain socket reads into `out`'s spare capacity, so a large read costs
-    /// no zeroing first (`Pattern::All` reads in 64 KiB chunks, often answered by a few
-    /// bytes); TLS hands its layer initialised bytes.
+    /// of stream. A plain socket reads into `out`'s spare capacity ([`Socket::recv_append`]),
+    /// so a large read costs no zeroing first (`Pattern::All` reads in 64 KiB chunks, often
+    /// answered by a few bytes); TLS hands its layer initialised bytes.
     fn read_append(
         &self,
         out: &mut Vec<u8>,
         max: usize,
         deadline: Option<Instant>,
     ) -> Result<usize> {
-        let len = out.len();
         if let Some(tls) = self.conn.tls.get() {
+            let len = out.len();
             out.resize(len + max, 0);
             let got = tls.read_waiting(&self.conn, &mut out[len..], deadline);
             out.truncate(len + got.as_ref().map_or(0, |&n| n));
             return got;
         }
-        out.reserve(max);
-        let spare = &mut out.spare_capacity_mut()[..max];
-        let n = self.recv_waiting(deadline, || self.recv_uninit(spare))?;
-        // SAFETY: `recv(2)` initialised the first `n` bytes of the spare capacity
-        // (`IoSource::recv`), and `n` ≤ `max` ≤ what `reserve` made room for.
-        unsafe { out.set_len(len + n) };
-        Ok(n)
+        self.recv_waiting(deadline, || self.recv_append(out, max))
     }
 
     /// Reads more bytes into the buffer; 0 at end of stream.
