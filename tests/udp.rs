@@ -117,6 +117,16 @@ fn udptimeout_with_sendto_receivefrom() {
 
 /// A datagram larger than the buffer is reported with what fitted, and consumed; the next
 /// one arrives whole. Inside a coroutine and outside.
+/// A plain std socket to send from, and a copas socket (5 s receive timeout) to receive on
+/// at the address returned.
+fn sender_and_receiver() -> (StdUdpSocket, UdpSocket, SocketAddr) {
+    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    receiver.settimeout(Some(secs(5)));
+    let to = receiver.local_addr().expect("local_addr");
+    (sender, receiver, to)
+}
+
 #[test]
 fn oversized_datagram_is_reported_not_cut() {
     fn check(receiver: &UdpSocket, sender: &StdUdpSocket) {
@@ -146,11 +156,9 @@ fn oversized_datagram_is_reported_not_cut() {
         assert_eq!((data, got_from), (big, from));
     }
 
-    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
     // Outside any coroutine the calls block the thread.
     let _dog = util::Watchdog::new("blocking receive", secs(20));
-    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    receiver.settimeout(Some(secs(5)));
+    let (sender, receiver, _) = sender_and_receiver();
     check(&receiver, &sender);
 
     let done = Rc::new(RefCell::new(false));
@@ -167,10 +175,7 @@ fn oversized_datagram_is_reported_not_cut() {
 /// Each receive takes exactly one datagram, however many are queued.
 #[test]
 fn each_receive_takes_one_datagram() {
-    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
-    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    receiver.settimeout(Some(secs(5)));
-    let to = receiver.local_addr().expect("local_addr");
+    let (sender, receiver, to) = sender_and_receiver();
     let got = Rc::new(RefCell::new(Vec::new()));
     let g = got.clone();
     copas::addthread(move || {
@@ -198,10 +203,7 @@ fn each_receive_takes_one_datagram() {
 #[test]
 fn a_small_datagram_received_with_a_large_size_holds_only_its_bytes() {
     const LARGEST: usize = 65_507;
-    let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind sender");
-    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    receiver.settimeout(Some(secs(5)));
-    let to = receiver.local_addr().expect("local_addr");
+    let (sender, receiver, to) = sender_and_receiver();
     let got = Rc::new(RefCell::new(Vec::new()));
     let g = got.clone();
     copas::addthread(move || {
