@@ -727,6 +727,76 @@ fn two_readers_on_one_socket_are_both_served() {
 }
 
 #[test]
+fn two_readers_through_the_read_trait_on_one_socket_are_both_served() {
+    // One burst of 8 KiB and nothing after it: the first reader's 4 KiB `read` leaves the
+    // other 4 KiB in the kernel, and no later edge announces them, so the second reader is
+    // served only if the first hands the socket's readiness on.
+    let got: Shared<Vec<usize>> = Rc::default();
+    let got2 = got.clone();
+    let addr = serve_once(move |mut sock| {
+        assert!(
+            pause_until(secs(5), || copas::status().read >= 2),
+            "the readers never waited"
+        );
+        sock.send(&[7u8; 8192]).expect("send");
+        assert!(pause_until(secs(5), || got2.borrow().len() == 2));
+    });
+    let got3 = got.clone();
+    copas::addthread(move || {
+        let sock = connect(addr);
+        for _ in 0..2 {
+            let mut reader = sock.share();
+            let got = got3.clone();
+            copas::addthread(move || {
+                let mut buf = [0u8; 4096];
+                let n = reader.read(&mut buf).expect("read");
+                got.borrow_mut().push(n);
+            })
+            .expect("reader");
+        }
+    })
+    .expect("client");
+    util::run_checked(secs(10));
+    assert_eq!(*got.borrow(), [4096, 4096]);
+}
+
+#[test]
+fn two_writers_through_the_write_trait_on_one_socket_both_finish() {
+    // Both writers wait on a full send buffer; the peer then reads everything. Whichever
+    // finishes first may leave the socket writable with no edge to come, so the other goes
+    // on only if the first hands the socket's readiness on.
+    const EACH: usize = 4 << 20;
+    let received = Rc::new(Cell::new(0usize));
+    let received2 = received.clone();
+    let addr = serve_once(move |mut sock| {
+        assert!(
+            pause_until(secs(5), || copas::status().write >= 2),
+            "the writers never waited"
+        );
+        let all = sock.receive(Pattern::Exact(2 * EACH)).expect("receive");
+        received2.set(all.len());
+    });
+    let done: Shared<Vec<u8>> = Rc::default();
+    let done2 = done.clone();
+    copas::addthread(move || {
+        let sock = connect(addr);
+        for byte in [1u8, 2] {
+            let mut writer = sock.share();
+            let done = done2.clone();
+            copas::addthread(move || {
+                writer.write_all(&vec![byte; EACH]).expect("write_all");
+                done.borrow_mut().push(byte);
+            })
+            .expect("writer");
+        }
+    })
+    .expect("client");
+    util::run_checked(secs(20));
+    assert_eq!(received.get(), 2 * EACH);
+    assert_eq!(done.borrow().len(), 2);
+}
+
+#[test]
 fn timed_out_reader_is_never_resumed_by_later_socket_events() {
     let got: Shared<Vec<(&'static str, Vec<u8>)>> = Rc::default();
     let got2 = got.clone();

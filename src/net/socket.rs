@@ -921,7 +921,10 @@ impl Read for Socket {
         if self.start == self.end && out.len() >= INITIAL_BUFFER {
             self.fair_share();
             let deadline = Self::deadline(self.conn.timeouts.get().receive);
-            return self.read_waiting(out, deadline).map_err(to_io);
+            let read = self.read_waiting(out, deadline).map_err(to_io);
+            // Like every receive: bytes left in the kernel are another reader's turn.
+            self.conn.pass_on(false);
+            return read;
         }
         let available = self.fill_buf()?;
         let n = available.len().min(out.len());
@@ -938,7 +941,9 @@ impl BufRead for Socket {
             self.start = 0;
             self.end = 0;
             let deadline = Self::deadline(self.conn.timeouts.get().receive);
-            self.fill(deadline).map_err(to_io)?;
+            let filled = self.fill(deadline).map_err(to_io);
+            self.conn.pass_on(false);
+            filled?;
         }
         Ok(&self.buf[self.start..self.end])
     }
@@ -957,7 +962,10 @@ impl Write for Socket {
         }
         self.fair_share();
         let deadline = Self::deadline(self.conn.timeouts.get().send);
-        self.send_some(data, deadline).map_err(to_io)
+        let sent = self.send_some(data, deadline).map_err(to_io);
+        // Like `send`: a socket still writable is another writer's turn.
+        self.conn.pass_on(true);
+        sent
     }
 
     fn flush(&mut self) -> io::Result<()> {
