@@ -62,6 +62,28 @@ pub(crate) fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// The most slices one `sendmsg(2)` takes (`UIO_MAXIOV` on Linux, `IOV_MAX` on the BSDs and
+/// macOS); callers pass longer lists in turns.
+pub(crate) const MAX_SLICES: usize = 1024;
+
+/// One `sendmsg(2)` of `bufs` (at most [`MAX_SLICES`] of them) with [`SEND_FLAGS`].
+#[inline]
+pub(crate) fn send_vectored(fd: RawFd, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    let bufs = &bufs[..bufs.len().min(MAX_SLICES)];
+    // SAFETY: an all-zero `msghdr` is a valid one (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix; `sendmsg` only reads it.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    // SAFETY: `msg` points at `bufs.len()` valid `iovec`s, each valid for reading its length.
+    let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Blocks until `fd` is readable (or writable, with `write`), or `deadline` passes.
 /// Returns whether it became ready. Interrupted waits are resumed.
 pub(crate) fn poll_fd(fd: RawFd, write: bool, deadline: Option<Instant>) -> io::Result<bool> {

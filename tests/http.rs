@@ -238,6 +238,15 @@ fn against_nginx() {
         .send()
         .expect("POST");
     assert_eq!((r.status(), r.body()), (200, &b"hello body"[..]));
+    // A body bigger than the socket takes at once: head and body go out as two slices of
+    // one send, resumed inside the body.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let r = Request::post(&ng.url("/echo-body"))
+        .body(big.clone())
+        .send()
+        .expect("POST big");
+    assert_eq!(r.status(), 200);
+    assert!(r.body() == big, "big request body echoed");
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 26) as u8 + b'a').collect();
     let r = Request::post(&ng.url("/echo-body"))
         .body_reader(std::io::Cursor::new(data.clone()), None)

@@ -1574,6 +1574,140 @@ fn receivepartial_returns_exactly_what_came_at_any_size() {
     }
 }
 
+// ----- vectored sends ----------------------------------------------------------------------
+
+/// `count` slices cut from `bytes` at pseudo-random points, some of them empty (also the
+/// first and the last), so a send takes several `sendmsg` windows and stops mid-slice.
+fn cut_into_slices(bytes: &[u8], count: usize) -> Vec<std::ops::Range<usize>> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut cuts: Vec<usize> = (0..count - 1)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every tenth cut repeats the one before it: an empty slice.
+            if i % 10 == 0 {
+                0
+            } else {
+                (x % bytes.len() as u64) as usize
+            }
+        })
+        .collect();
+    cuts.push(0);
+    cuts.push(bytes.len());
+    cuts.push(bytes.len());
+    cuts.sort_unstable();
+    cuts.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+#[test]
+fn send_vectored_sends_every_slice_in_order_past_a_full_buffer() {
+    // 8 MiB in 3,000 slices (three `sendmsg` windows of at most 1,024), to a peer that reads
+    // slowly at first: partial sends stop inside slices and the rest must resume there.
+    const TOTAL: usize = 8 << 20;
+    let body = pattern_bytes(TOTAL, 41);
+    let want = body.clone();
+    let ranges = cut_into_slices(&body, 3000);
+    assert!(ranges.iter().any(|r| r.is_empty()) && ranges.len() > 2048);
+    let returned = Rc::new(Cell::new(None));
+    let returned2 = returned.clone();
+    let (tx, rx) = mpsc::channel();
+    with_peer(
+        move |mut s| {
+            thread::sleep(ms(100));
+            tx.send(read_to_close(&mut s)).expect("send result");
+        },
+        move |mut sock| {
+            let slices: Vec<io::IoSlice<'_>> = ranges
+                .iter()
+                .map(|r| io::IoSlice::new(&body[r.clone()]))
+                .collect();
+            returned2.set(Some(sock.send_vectored(&slices).expect("send_vectored")));
+        },
+    );
+    assert_eq!(returned.get(), Some(TOTAL));
+    let got = rx.recv_timeout(secs(1)).expect("peer finished");
+    assert_eq!(got.len(), TOTAL);
+    assert!(
+        got == want,
+        "the bytes differ from the slices' concatenation"
+    );
+}
+
+#[test]
+fn write_vectored_sends_a_prefix_of_the_slices_and_says_how_long() {
+    let sent: Shared<Vec<usize>> = Rc::default();
+    let sent2 = sent.clone();
+    let (tx, rx) = mpsc::channel();
+    with_peer(
+        move |mut s| tx.send(read_to_close(&mut s)).expect("send result"),
+        move |mut sock| {
+            let empty: [io::IoSlice<'_>; 2] = [io::IoSlice::new(b""), io::IoSlice::new(b"")];
+            sent2
+                .borrow_mut()
+                .push(sock.write_vectored(&empty).expect("nothing"));
+            let slices = [
+                io::IoSlice::new(b""),
+                io::IoSlice::new(b"head:"),
+                io::IoSlice::new(b""),
+                io::IoSlice::new(b"body"),
+            ];
+            sent2
+                .borrow_mut()
+                .push(sock.write_vectored(&slices).expect("write_vectored"));
+        },
+    );
+    let sent = sent.borrow();
+    let got = rx.recv_timeout(secs(1)).expect("peer finished");
+    assert_eq!(sent[0], 0);
+    // An empty socket buffer takes nine bytes at once; a shorter write is still a prefix.
+    assert!(
+        sent[1] >= 1 && sent[1] <= 9,
+        "write_vectored returned {}",
+        sent[1]
+    );
+    assert_eq!(got, &b"head:body"[..sent[1]]);
+}
+
+#[test]
+fn send_vectored_timeout_reports_the_bytes_that_went_out() {
+    // A peer that reads nothing until the send has timed out: `sent()` must count exactly
+    // the bytes that reached the connection, across slices.
+    const EACH: usize = 4 << 20;
+    let bodies: Vec<Vec<u8>> = (0..3).map(|i| pattern_bytes(EACH, 50 + i)).collect();
+    let want: Vec<u8> = bodies.concat();
+    let outcome = Rc::new(Cell::new(None));
+    let outcome2 = outcome.clone();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel();
+    with_peer(
+        move |mut s| {
+            go_rx.recv_timeout(secs(10)).expect("the send timed out");
+            tx.send(read_to_close(&mut s)).expect("send result");
+        },
+        move |mut sock| {
+            sock.settimeout(Some(ms(200)));
+            let slices: Vec<io::IoSlice<'_>> = bodies.iter().map(|b| io::IoSlice::new(b)).collect();
+            let e = sock.send_vectored(&slices).expect_err("nobody reads");
+            outcome2.set(Some((e.kind(), e.sent())));
+            go_tx.send(()).expect("go");
+        },
+    );
+    let (kind, sent) = outcome.get().expect("handler ran");
+    assert_eq!(kind, ErrorKind::Timeout);
+    assert!(sent > 0 && sent < want.len(), "sent() = {sent}");
+    let got = rx.recv_timeout(secs(1)).expect("peer finished");
+    assert_eq!(
+        got.len(),
+        sent,
+        "sent() differs from what the peer received"
+    );
+    assert!(
+        got[..] == want[..sent],
+        "the bytes differ from the slices' prefix"
+    );
+}
+
 // ----- connect failures -------------------------------------------------------------------
 
 #[test]

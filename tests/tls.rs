@@ -18,7 +18,7 @@
 mod util;
 
 use std::cell::{Cell, RefCell};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -751,12 +751,19 @@ fn patterns_timeouts_and_close_work_over_tls() {
                 move |mut sock: Socket| {
                     sock.send(b"first line\r\nsecond\n0123456789").unwrap();
                     assert_eq!(sock.receive(Pattern::Line).unwrap(), b"ping");
-                    sock.send(b"pong\n").unwrap();
+                    // Slices over TLS: sent in turn, empty ones skipped.
+                    let pong = [
+                        IoSlice::new(b"po"),
+                        IoSlice::new(b""),
+                        IoSlice::new(b"ng\n"),
+                    ];
+                    assert_eq!(sock.send_vectored(&pong).unwrap(), 5);
                     assert_eq!(sock.receive(Pattern::Line).unwrap(), b"late?");
                     copas::pause(ms(300));
                     sock.send(b"late\n").unwrap();
                     assert_eq!(sock.receive(Pattern::Line).unwrap(), b"bulk");
-                    sock.send(&bulk).unwrap();
+                    let halves = [IoSlice::new(&bulk[..1000]), IoSlice::new(&bulk[1000..])];
+                    assert_eq!(sock.send_vectored(&halves).unwrap(), bulk.len());
                     sock.send(b"partial").unwrap();
                     // The client now blocks in a read and closes its socket from another
                     // coroutine: we see the end of the connection.
@@ -781,7 +788,13 @@ fn patterns_timeouts_and_close_work_over_tls() {
             sock.receive_with_prefix(Pattern::Exact(8), b"ab").unwrap(),
             b"ab456789"
         );
-        sock.write_all(b"ping\n").unwrap();
+        // Over TLS `write_vectored` writes the first slice that is not empty.
+        let ping = [
+            IoSlice::new(b""),
+            IoSlice::new(b"ping\n"),
+            IoSlice::new(b"never"),
+        ];
+        assert_eq!(sock.write_vectored(&ping).unwrap(), 5);
         let mut reader = BufReader::new(sock.share());
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();

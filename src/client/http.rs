@@ -23,7 +23,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -746,22 +746,17 @@ impl Request {
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
-        let mut out = head.into_bytes();
+        let head = head.into_bytes();
         match &mut self.body {
             Body::Empty => {
-                sock.send(&out)?;
+                sock.send(&head)?;
             }
             Body::Bytes(b) => {
-                if b.len() <= 64 * 1024 {
-                    out.extend_from_slice(b);
-                    sock.send(&out)?;
-                } else {
-                    sock.send(&out)?;
-                    sock.send(b)?;
-                }
+                // One system call for head and body, neither copied.
+                sock.send_vectored(&[IoSlice::new(&head), IoSlice::new(b)])?;
             }
             Body::Reader(r, _) => {
-                sock.send(&out)?;
+                sock.send(&head)?;
                 let mut buf = vec![0u8; 16 * 1024];
                 loop {
                     let n = match r.read(&mut buf) {
@@ -770,14 +765,14 @@ impl Request {
                         Err(e) => return Err(e.into()),
                     };
                     if chunked {
-                        let mut chunk = format!("{n:x}\r\n").into_bytes();
-                        chunk.extend_from_slice(&buf[..n]);
-                        chunk.extend_from_slice(b"\r\n");
-                        if n == 0 {
-                            chunk.extend_from_slice(b"\r\n");
-                            chunk.truncate(chunk.len() - 2); // "0\r\n\r\n"
-                        }
-                        sock.send(&chunk)?;
+                        // Size line, data and CRLF in one system call; the last chunk
+                        // ("0\r\n\r\n") has no data.
+                        let size = format!("{n:x}\r\n");
+                        sock.send_vectored(&[
+                            IoSlice::new(size.as_bytes()),
+                            IoSlice::new(&buf[..n]),
+                            IoSlice::new(b"\r\n"),
+                        ])?;
                     } else if n > 0 {
                         sock.send(&buf[..n])?;
                     }

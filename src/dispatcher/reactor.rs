@@ -14,7 +14,7 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
@@ -117,6 +117,22 @@ impl IoSource {
             crate::sys::send(fd, data)
         })?;
         if n == 0 && !data.is_empty() {
+            self.writable.set(false);
+        }
+        Ok(n)
+    }
+
+    /// [`IoSource::send`] of several slices in one `sendmsg(2)` (the first
+    /// [`MAX_SLICES`](crate::sys::MAX_SLICES) of them): the bytes sent, counted across them.
+    pub(crate) fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let len: usize = bufs
+            .iter()
+            .take(crate::sys::MAX_SLICES)
+            .fold(0usize, |sum, b| sum.saturating_add(b.len()));
+        let n = self.transfer(&self.writable, len, true, |fd| {
+            crate::sys::send_vectored(fd, bufs)
+        })?;
+        if n == 0 && len != 0 {
             self.writable.set(false);
         }
         Ok(n)

@@ -16,7 +16,7 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::fmt;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -726,19 +726,114 @@ impl Socket {
         Ok(sent)
     }
 
+    /// Sends all the bytes of `bufs`, in order, waiting as needed: [`send`](Socket::send) of
+    /// their concatenation without making it. On a plain socket one `sendmsg(2)` gathers
+    /// them (up to 1,024 slices at a time), so a header and a body kept apart go out in one
+    /// system call, and in one segment when they fit. Over TLS each slice is sent in turn.
+    /// Returns the total length.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Socket::send); [`Error::sent`] counts the bytes of every slice that went
+    /// out before the error.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::io::IoSlice;
+    ///
+    /// fn respond(sock: &mut copas::Socket, body: &[u8]) -> copas::Result<usize> {
+    ///     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+    ///     sock.send_vectored(&[IoSlice::new(head.as_bytes()), IoSlice::new(body)])
+    /// }
+    /// ```
+    pub fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<usize> {
+        if self.conn.tls.get().is_some() {
+            let mut sent = 0;
+            for buf in bufs {
+                match self.send(buf) {
+                    Ok(n) => sent += n,
+                    Err(e) => {
+                        let before = sent + e.sent();
+                        return Err(e.with_sent(before));
+                    }
+                }
+            }
+            return Ok(sent);
+        }
+        // From the first byte on: a window of empty slices would make `sendmsg` send 0
+        // from a writable socket, again and again.
+        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+            return Ok(0);
+        };
+        let bufs = &bufs[first..];
+        self.fair_share();
+        let total = bufs
+            .iter()
+            .fold(0usize, |sum, b| sum.saturating_add(b.len()));
+        let mut sent = 0;
+        if self.conn.io.writable.get() {
+            sent = self.send_vectored_once(bufs)?;
+            if sent == total {
+                self.conn.pass_on(true);
+                return Ok(sent);
+            }
+        }
+        // What is left, as slices that can be advanced past what went out.
+        let mut rest: Vec<IoSlice<'_>> = bufs.to_vec();
+        let mut rest = &mut rest[..];
+        IoSlice::advance_slices(&mut rest, sent);
+        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        while !rest.is_empty() {
+            let some = self.send_waiting(deadline, || {
+                let slices: &[IoSlice<'_>] = rest;
+                self.send_vectored_once(slices)
+            });
+            match some {
+                Ok(n) => {
+                    sent += n;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(e) => return Err(e.with_sent(sent)),
+            }
+        }
+        self.conn.pass_on(true);
+        Ok(sent)
+    }
+
     /// One successful `send` of at least one byte, waiting for writability as needed.
     fn send_some(&self, data: &[u8], deadline: Option<Instant>) -> Result<usize> {
         if let Some(tls) = self.conn.tls.get() {
             return tls.send_some(&self.conn, data, deadline);
         }
+        self.send_waiting(deadline, || self.send_once(data))
+    }
+
+    /// Runs `attempt` (a send of at least one byte on a plain socket, or 0 when it would
+    /// block) while the socket is writable, waiting for writability between, until it sends
+    /// something.
+    fn send_waiting(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> Result<usize>,
+    ) -> Result<usize> {
         loop {
             while self.conn.io.writable.get() {
-                let n = self.send_once(data)?;
+                let n = attempt()?;
                 if n > 0 {
                     return Ok(n);
                 }
             }
             self.conn.wait(true, deadline)?;
+        }
+    }
+
+    /// [`Socket::send_once`] of several slices: one `sendmsg(2)`.
+    fn send_vectored_once(&self, bufs: &[IoSlice<'_>]) -> Result<usize> {
+        match self.conn.io.send_vectored(bufs) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -964,6 +1059,31 @@ impl Write for Socket {
         let deadline = Self::deadline(self.conn.timeouts.get().send);
         let sent = self.send_some(data, deadline).map_err(to_io);
         // Like `send`: a socket still writable is another writer's turn.
+        self.conn.pass_on(true);
+        sent
+    }
+
+    /// Sends as much of `bufs` as the kernel takes at once (at least one byte), waiting if
+    /// it takes none: one `sendmsg(2)` on a plain socket; over TLS, the first slice that is
+    /// not empty.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.conn.tls.get().is_some() {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.write(first);
+        }
+        // From the first byte on, as in `send_vectored`.
+        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+            return Ok(0);
+        };
+        let bufs = &bufs[first..];
+        self.fair_share();
+        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        let sent = self
+            .send_waiting(deadline, || self.send_vectored_once(bufs))
+            .map_err(to_io);
         self.conn.pass_on(true);
         sent
     }
