@@ -1451,6 +1451,9 @@ fn blocking_use_outside_a_coroutine() {
     sock.settimeout(Some(secs(5)));
     sock.send(b"bye\n").expect("send");
     assert_eq!(sock.receive(Pattern::Line).expect("echo"), b"bye");
+    let slices = [io::IoSlice::new(b"gath"), io::IoSlice::new(b"ered\n")];
+    assert_eq!(sock.send_vectored(&slices).expect("send_vectored"), 9);
+    assert_eq!(sock.receive(Pattern::Line).expect("echo"), b"gathered");
     drop(sock);
     join(server);
 }
