@@ -966,6 +966,58 @@ fn tls_waits_for_the_direction_that_blocked() {
 }
 
 #[test]
+fn two_readers_through_the_read_trait_on_one_tls_socket_are_both_served() {
+    // One 8 KiB send, nothing after it: the first reader's 4 KiB `read` leaves the rest in
+    // the TLS layer or the kernel, and only the hand-over wakes the second reader.
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("two TLS readers", secs(60));
+    let reports = collect_reports();
+    let (listener, addr) = util::local_listener();
+    let server = copas::addserver_with(
+        listener,
+        ServerOptions::new().timeout(GUARD),
+        copas::handler(
+            move |mut sock: Socket| {
+                let _ = sock.receive(Pattern::Line);
+                sock.send(&[7u8; 8192]).unwrap();
+                // Until the client closes.
+                let _ = sock.receive(Pattern::All);
+            },
+            pki.acceptor(),
+        ),
+    )
+    .unwrap();
+    let got: Shared<Vec<usize>> = shared(Vec::new());
+    let got2 = got.clone();
+    let connector = pki.connector();
+    copas::addthread(move || {
+        let mut sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+        sock.settimeout(Some(GUARD));
+        for _ in 0..2 {
+            let mut reader = sock.share();
+            let got = got2.clone();
+            copas::addthread(move || {
+                let mut buf = [0u8; 4096];
+                let n = reader.read(&mut buf).unwrap();
+                got.borrow_mut().push(n);
+            })
+            .unwrap();
+        }
+        copas::pause(ms(50));
+        sock.send(b"go\n").unwrap();
+        let limit = Instant::now() + secs(5);
+        while got2.borrow().len() < 2 && Instant::now() < limit {
+            copas::pause(ms(5));
+        }
+        sock.close();
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    run_checked(&reports, secs(30));
+    assert_eq!(*got.borrow(), [4096, 4096]);
+}
+
+#[test]
 fn blocking_tls_client_outside_a_coroutine() {
     let Some(pki) = pki() else { return };
     let _dog = util::Watchdog::new("blocking TLS client", secs(60));
