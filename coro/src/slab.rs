@@ -173,7 +173,7 @@ pub(crate) fn allocate(size: usize) -> Option<io::Result<Slot>> {
 /// Gives a slot back: its pages to the kernel, the slot to its slab, and the slab's mapping
 /// too if it was the last one handed out (then without giving the pages back first).
 pub(crate) fn release(slot: &Slot) {
-    release_many(vec![Slot {
+    release_many(&mut [Slot {
         limit: slot.limit,
         top: slot.top,
     }]);
@@ -184,7 +184,7 @@ pub(crate) fn release(slot: &Slot) {
 /// of neighbouring slots of one slab go back in one `MADV_DONTNEED` (the guard pages between
 /// them survive it). Measured here: 2.5–2.8 µs per slot one by one, 0.5 µs per slot over a
 /// whole slab.
-pub(crate) fn release_many(mut slots: Vec<Slot>) {
+pub(crate) fn release_many(slots: &mut [Slot]) {
     if slots.is_empty() {
         return;
     }

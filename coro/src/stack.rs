@@ -151,7 +151,7 @@ fn release_all(stacks: impl Iterator<Item = Stack>) {
             Inner::Mapped(_) => drop(stack),
         }
     }
-    slab::release_many(slots);
+    slab::release_many(&mut slots);
 }
 
 impl Drop for Stack {
@@ -232,7 +232,7 @@ pub const MIN_STACK_SIZE: usize = 16 * 1024;
 ///
 /// Stacks beyond the bound are given back either at once ([`recycle`](StackPool::recycle))
 /// or when the owner chooses ([`retire`](StackPool::retire), then
-/// [`trim_one`](StackPool::trim_one) or [`trim`](StackPool::trim)): giving one back takes
+/// [`trim`](StackPool::trim)): giving one back takes
 /// 2–4 µs (`MADV_DONTNEED` of a shared mapping's slot) or 6–10 µs (`munmap` of a stack's own
 /// mapping, after which the kernel frees the mapping's records in a thread that may preempt
 /// this one), measured here, so a scheduler does it when nothing is due; `trim` gives back
@@ -307,7 +307,7 @@ impl StackPool {
 
     /// Returns a stack to the pool even beyond its bound; what is beyond it (the
     /// [`surplus`](StackPool::surplus)) stays mapped, and is handed out again, until
-    /// [`trim_one`](StackPool::trim_one) gives it back. A stack of another size is given back
+    /// [`trim`](StackPool::trim) gives it back. A stack of another size is given back
     /// at once.
     pub fn retire(&mut self, stack: Stack) {
         if usable_size(&stack) == self.size {
@@ -318,12 +318,6 @@ impl StackPool {
     /// How many idle stacks the pool holds beyond its bound.
     pub fn surplus(&self) -> usize {
         self.idle.len().saturating_sub(self.max_idle)
-    }
-
-    /// Gives back the least recently pooled idle stack if the pool holds more than its bound;
-    /// false when it does not.
-    pub fn trim_one(&mut self) -> bool {
-        self.trim(1) == 1
     }
 
     /// Gives back up to `max` of the least recently pooled idle stacks beyond the pool's
@@ -469,9 +463,9 @@ mod tests {
             pool.retire(s);
         }
         assert_eq!((pool.idle(), pool.surplus()), (3, 2));
-        assert!(pool.trim_one());
-        assert!(pool.trim_one());
-        assert!(!pool.trim_one(), "the bound itself is kept");
+        assert_eq!(pool.trim(1), 1);
+        assert_eq!(pool.trim(1), 1);
+        assert_eq!(pool.trim(1), 0, "the bound itself is kept");
         assert_eq!(pool.idle(), 1);
         assert_eq!(
             pool.allocate().unwrap().base(),

@@ -800,7 +800,7 @@ impl Dispatcher {
         };
         if wait_for.is_some_and(|d| d < TRIM_IDLE) {
             if start.duration_since(since) >= TRIM_AFTER {
-                self.trim_one_stack();
+                self.trim_stack_batch(1);
             }
             return Ok(Trim::Wait(wait_for));
         }
@@ -816,11 +816,6 @@ impl Dispatcher {
         Ok(Trim::Wait(
             wait_for.map(|d| d.saturating_sub(start.elapsed())),
         ))
-    }
-
-    /// Gives back one stack beyond the pool's bound; false when there is none.
-    fn trim_one_stack(&self) -> bool {
-        self.trim_stack_batch(1)
     }
 
     /// Gives back up to `max` stacks beyond the pool's bound, together (neighbours' memory

@@ -87,14 +87,12 @@ impl IoSource {
 
     /// One `recv(2)` into `dst`, which need not be initialised (its first `n` bytes are when
     /// `Ok(n)` comes back); 0 at end of stream. A short read clears `readable` where that
-    /// proves the queue drained ([`SHORT_READ_DRAINS`]); see [`IoSource::transfer`] for the
-    /// rest. Every read of a stream's bytes goes through here, plain or under TLS.
+    /// proves the queue drained; see [`IoSource::transfer`] for the rest. Every read of a
+    /// stream's bytes goes through here, plain or under TLS.
     #[inline(always)]
     pub(crate) fn recv(&self, dst: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
         let len = dst.len();
-        self.transfer(&self.readable, len, SHORT_READ_DRAINS, |fd| {
-            crate::sys::recv(fd, dst)
-        })
+        self.transfer(false, len, |fd| crate::sys::recv(fd, dst))
     }
 
     /// [`IoSource::recv`] into initialised memory.
@@ -106,20 +104,12 @@ impl IoSource {
         self.recv(dst)
     }
 
-    /// One `send(2)` of `data` (never `SIGPIPE`): the bytes sent. A short write clears
-    /// `writable`, and so does one that took nothing of non-empty `data` (where a read's 0 is
-    /// the end of the stream, a write's is a full queue: callers that loop while `writable`
-    /// must not spin on it); see [`IoSource::transfer`] for the rest. Every write of a
-    /// stream's bytes goes through here, plain or under TLS.
+    /// One `send(2)` of `data` (never `SIGPIPE`): the bytes sent; see
+    /// [`IoSource::transfer`] for the readiness bit. Every write of a stream's bytes goes
+    /// through here or [`IoSource::send_vectored`], plain or under TLS.
     #[inline(always)]
     pub(crate) fn send(&self, data: &[u8]) -> io::Result<usize> {
-        let n = self.transfer(&self.writable, data.len(), true, |fd| {
-            crate::sys::send(fd, data)
-        })?;
-        if n == 0 && !data.is_empty() {
-            self.writable.set(false);
-        }
-        Ok(n)
+        self.transfer(true, data.len(), |fd| crate::sys::send(fd, data))
     }
 
     /// [`IoSource::send`] of several slices in one `sendmsg(2)` (the first
@@ -129,29 +119,31 @@ impl IoSource {
             .iter()
             .take(crate::sys::MAX_SLICES)
             .fold(0usize, |sum, b| sum.saturating_add(b.len()));
-        let n = self.transfer(&self.writable, len, true, |fd| {
-            crate::sys::send_vectored(fd, bufs)
-        })?;
-        if n == 0 && len != 0 {
-            self.writable.set(false);
-        }
-        Ok(n)
+        self.transfer(true, len, |fd| crate::sys::send_vectored(fd, bufs))
     }
 
-    /// Runs one system call `op` of `len` bytes on the descriptor, again when interrupted,
-    /// and keeps `ready` (the direction's readiness bit) true only while another call may
-    /// succeed: `WouldBlock` clears it, and so does a call that moved some bytes but fewer
-    /// than `len` when `short_drains`. The caller then waits for the next edge instead of
-    /// calling again. `NotConnected` once the descriptor is closed. Always inlined: it is on
-    /// the path of every message.
+    /// Runs one system call `op` of `len` bytes on the descriptor (a send when `write`, else
+    /// a receive), again when interrupted, and keeps the direction's readiness bit true only
+    /// while another call may succeed: `WouldBlock` clears it, and so does a call that moved
+    /// some bytes but fewer than `len` (for a receive only where that proves the queue
+    /// drained, [`SHORT_READ_DRAINS`]), and a send that took nothing of `len` > 0 bytes
+    /// (where a receive's 0 is the end of the stream, a send's is a full queue: callers that
+    /// loop while `writable` must not spin on it). The caller then waits for the next edge
+    /// instead of calling again. `NotConnected` once the descriptor is closed. Always
+    /// inlined: it is on the path of every message, and `write` is a constant there.
     #[inline(always)]
     fn transfer(
         &self,
-        ready: &Cell<bool>,
+        write: bool,
         len: usize,
-        short_drains: bool,
         mut op: impl FnMut(RawFd) -> io::Result<usize>,
     ) -> io::Result<usize> {
+        let ready = if write {
+            &self.writable
+        } else {
+            &self.readable
+        };
+        let short_drains = write || SHORT_READ_DRAINS;
         loop {
             let fd = self.fd.get();
             if fd < 0 {
@@ -159,7 +151,7 @@ impl IoSource {
             }
             match op(fd) {
                 Ok(n) => {
-                    if short_drains && n > 0 && n < len {
+                    if (short_drains && n > 0 && n < len) || (write && n == 0 && len > 0) {
                         ready.set(false);
                     }
                     return Ok(n);

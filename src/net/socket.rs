@@ -761,12 +761,9 @@ impl Socket {
             }
             return Ok(sent);
         }
-        // From the first byte on: a window of empty slices would make `sendmsg` send 0
-        // from a writable socket, again and again.
-        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+        let Some(bufs) = from_first_byte(bufs) else {
             return Ok(0);
         };
-        let bufs = &bufs[first..];
         self.fair_share();
         let total = bufs
             .iter()
@@ -830,11 +827,7 @@ impl Socket {
 
     /// [`Socket::send_once`] of several slices: one `sendmsg(2)`.
     fn send_vectored_once(&self, bufs: &[IoSlice<'_>]) -> Result<usize> {
-        match self.conn.io.send_vectored(bufs) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) => Err(e.into()),
-        }
+        blocked_as_none(self.conn.io.send_vectored(bufs))
     }
 
     /// One [`IoSource::send`] of non-empty `data` on a plain socket: the bytes sent, or 0
@@ -842,11 +835,7 @@ impl Socket {
     /// edge). Always inlined: `send`'s first attempt is the path of every message.
     #[inline(always)]
     fn send_once(&self, data: &[u8]) -> Result<usize> {
-        match self.conn.io.send(data) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) => Err(e.into()),
-        }
+        blocked_as_none(self.conn.io.send(data))
     }
 
     /// Sets the connect, send and receive timeouts at once (`None`: wait forever;
@@ -1002,6 +991,23 @@ fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         .map(|pos| at + pos)
 }
 
+/// A send's outcome with `WouldBlock` as 0 bytes sent (the writable bit is then clear).
+#[inline(always)]
+fn blocked_as_none(sent: io::Result<usize>) -> Result<usize> {
+    match sent {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `bufs` from its first non-empty slice on; `None` when all are empty. A `sendmsg` window
+/// of empty slices would send 0 bytes from a writable socket, again and again.
+fn from_first_byte<'a, 'b>(bufs: &'b [IoSlice<'a>]) -> Option<&'b [IoSlice<'a>]> {
+    let first = bufs.iter().position(|b| !b.is_empty())?;
+    Some(&bufs[first..])
+}
+
 fn to_io(e: Error) -> io::Error {
     e.into()
 }
@@ -1074,11 +1080,9 @@ impl Write for Socket {
                 .map_or(&[][..], |b| &**b);
             return self.write(first);
         }
-        // From the first byte on, as in `send_vectored`.
-        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+        let Some(bufs) = from_first_byte(bufs) else {
             return Ok(0);
         };
-        let bufs = &bufs[first..];
         self.fair_share();
         let deadline = Self::deadline(self.conn.timeouts.get().send);
         let sent = self
