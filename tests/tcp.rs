@@ -796,6 +796,112 @@ fn two_writers_through_the_write_trait_on_one_socket_both_finish() {
     assert_eq!(done.borrow().len(), 2);
 }
 
+/// A std thread that accepts one connection on `listener`, reads nothing, and resets
+/// it (SO_LINGER 0 and close) once `go` says so.
+fn peer_resetting_on_signal(listener: TcpListener, go: mpsc::Receiver<()>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept");
+        go.recv_timeout(secs(10)).expect("the signal to reset");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(s);
+    })
+}
+
+/// Two coroutines wait in `op` on one socket connected to a peer that resets it once both
+/// wait; returns what each got and how long the whole took. The reset raises one event,
+/// which wakes one waiter per direction: the other is served only if the first, failing,
+/// hands the socket's readiness on.
+fn two_waiters_see_a_reset(
+    reading: bool,
+    op: impl Fn(&mut Socket) -> copas::Result<usize> + Clone + 'static,
+) -> (Vec<copas::Result<usize>>, Duration) {
+    let (listener, addr) = util::local_listener();
+    let (go, wait_go) = mpsc::channel();
+    let peer = peer_resetting_on_signal(listener, wait_go);
+    let results: Shared<Vec<copas::Result<usize>>> = Rc::default();
+    let results2 = results.clone();
+    copas::addthread(move || {
+        let sock = connect(addr);
+        for _ in 0..2 {
+            let mut waiter = sock.share();
+            let results = results2.clone();
+            let op = op.clone();
+            copas::addthread(move || {
+                let got = op(&mut waiter);
+                results.borrow_mut().push(got);
+            })
+            .expect("waiter");
+        }
+        let both_wait = pause_until(secs(5), || {
+            let s = copas::status();
+            (if reading { s.read } else { s.write }) >= 2
+        });
+        assert!(both_wait, "the two never waited together");
+        go.send(()).expect("signal the peer");
+    })
+    .expect("client");
+    let took = util::run_checked(secs(30));
+    peer.join().expect("peer");
+    let results = std::mem::take(&mut *results.borrow_mut());
+    (results, took)
+}
+
+#[test]
+fn two_receivepartial_waiters_on_one_socket_both_see_a_reset() {
+    let (results, took) =
+        two_waiters_see_a_reset(true, |sock| sock.receivepartial(4096).map(|v| v.len()));
+    assert_eq!(results.len(), 2, "{results:?}");
+    // The first gets the reset; the next read finds the end of the stream. Neither may
+    // sleep until its timeout.
+    for r in &results {
+        assert!(
+            matches!(r, Ok(0)) || matches!(r, Err(e) if e.kind() == ErrorKind::Closed),
+            "{results:?}"
+        );
+    }
+    assert!(
+        took < GUARD,
+        "took {took:?}: a waiter slept until its timeout"
+    );
+}
+
+#[test]
+fn two_senders_on_one_full_socket_both_see_a_reset() {
+    let (results, took) = two_waiters_see_a_reset(false, |sock| sock.send(&vec![1u8; 8 << 20]));
+    assert_eq!(results.len(), 2, "{results:?}");
+    for r in &results {
+        assert!(
+            matches!(r, Err(e) if e.kind() == ErrorKind::Closed),
+            "{results:?}"
+        );
+    }
+    assert!(
+        took < GUARD,
+        "took {took:?}: a sender slept until its timeout"
+    );
+}
+
+#[test]
+fn two_vectored_senders_on_one_full_socket_both_see_a_reset() {
+    let (results, took) = two_waiters_see_a_reset(false, |sock| {
+        let data = vec![2u8; 4 << 20];
+        sock.send_vectored(&[io::IoSlice::new(&data), io::IoSlice::new(&data)])
+    });
+    assert_eq!(results.len(), 2, "{results:?}");
+    for r in &results {
+        assert!(
+            matches!(r, Err(e) if e.kind() == ErrorKind::Closed),
+            "{results:?}"
+        );
+    }
+    assert!(
+        took < GUARD,
+        "took {took:?}: a sender slept until its timeout"
+    );
+}
+
 #[test]
 fn timed_out_reader_is_never_resumed_by_later_socket_events() {
     let got: Shared<Vec<(&'static str, Vec<u8>)>> = Rc::default();

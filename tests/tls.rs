@@ -966,6 +966,68 @@ fn tls_waits_for_the_direction_that_blocked() {
 }
 
 #[test]
+fn two_receivepartial_waiters_on_one_tls_socket_both_see_a_reset() {
+    // A std thread serves TLS and, once both client readers wait, resets the connection
+    // (SO_LINGER 0). The reset is one event and wakes one reader; the other learns of it
+    // only if the first, failing, hands the turn on.
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("two TLS readers and a reset", secs(60));
+    let reports = collect_reports();
+    let (listener, addr) = util::local_listener();
+    let acceptor = pki.acceptor();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().expect("accept");
+        tcp.set_read_timeout(Some(secs(10))).expect("timeout");
+        let tls = acceptor.accept(tcp).expect("handshake");
+        wait_go.recv_timeout(secs(10)).expect("the signal to reset");
+        socket2::SockRef::from(tls.get_ref())
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(tls);
+    });
+    let results: Shared<Vec<copas::Result<usize>>> = shared(Vec::new());
+    let results2 = results.clone();
+    let connector = pki.connector();
+    copas::addthread(move || {
+        let sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+        sock.settimeout(Some(GUARD));
+        for _ in 0..2 {
+            let mut reader = sock.share();
+            let results = results2.clone();
+            copas::addthread(move || {
+                let got = reader.receivepartial(4096).map(|v| v.len());
+                results.borrow_mut().push(got);
+            })
+            .unwrap();
+        }
+        let limit = Instant::now() + secs(5);
+        while copas::status().read < 2 && Instant::now() < limit {
+            copas::pause(ms(2));
+        }
+        assert_eq!(copas::status().read, 2, "the readers never waited together");
+        go.send(()).expect("signal the peer");
+    })
+    .unwrap();
+    let start = Instant::now();
+    run_checked(&reports, secs(30));
+    let took = start.elapsed();
+    peer.join().expect("peer");
+    let results = results.borrow();
+    assert_eq!(results.len(), 2, "{results:?}");
+    for r in results.iter() {
+        assert!(
+            matches!(r, Ok(0)) || matches!(r, Err(e) if e.kind() != ErrorKind::Timeout),
+            "{results:?}"
+        );
+    }
+    assert!(
+        took < GUARD,
+        "took {took:?}: a reader slept until its timeout"
+    );
+}
+
+#[test]
 fn two_readers_through_the_read_trait_on_one_tls_socket_are_both_served() {
     // One 8 KiB send, nothing after it: the first reader's 4 KiB `read` leaves the rest in
     // the TLS layer or the kernel, and only the hand-over wakes the second reader.

@@ -357,3 +357,53 @@ fn blocking_use_outside_a_coroutine() {
         .expect_err("resolved");
     assert_eq!(e.kind(), ErrorKind::HostNotFound);
 }
+
+/// Two coroutines wait to receive on one connected socket; then, in one event, a datagram
+/// from the peer and an error (the peer's port closed, our next send refused by ICMP)
+/// arrive. The event wakes one receiver, which gets the error; the datagram behind it is
+/// the other's, and no later event announces it, so the first must hand the turn on.
+#[test]
+fn a_receiver_woken_for_an_error_hands_the_datagram_behind_it_on() {
+    let peer = StdUdpSocket::bind("127.0.0.1:0").expect("bind peer");
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.setpeername(peer.local_addr().expect("peer addr"))
+        .expect("setpeername");
+    sock.settimeout(Some(secs(10)));
+    let local = sock.local_addr().expect("local addr");
+    let results: Rc<RefCell<Vec<copas::Result<Vec<u8>>>>> = Rc::default();
+    for _ in 0..2 {
+        let (s, results) = (sock.clone(), results.clone());
+        copas::addthread(move || {
+            let got = s.receive(DATAGRAM_SIZE);
+            results.borrow_mut().push(got);
+        })
+        .expect("receiver");
+    }
+    copas::addthread(move || {
+        let start = Instant::now();
+        while copas::status().read < 2 && start.elapsed() < secs(5) {
+            copas::pause(ms(1));
+        }
+        assert_eq!(copas::status().read, 2, "the receivers never waited");
+        // No yield from here to the end: both arrive before the dispatcher polls again.
+        peer.send_to(b"behind the error", local).expect("peer send");
+        drop(peer);
+        // The ICMP port-unreachable comes back within this send on loopback.
+        sock.send(b"to a closed port").expect("send");
+    })
+    .expect("sender");
+    let took = util::run_checked(secs(30));
+    let results = results.borrow();
+    assert_eq!(results.len(), 2, "{results:?}");
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::Refused))
+        .count();
+    let datagrams: Vec<&Vec<u8>> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(refused, 1, "{results:?}");
+    assert_eq!(datagrams, [&b"behind the error".to_vec()], "{results:?}");
+    assert!(
+        took < secs(5),
+        "took {took:?}: a receiver slept until its timeout"
+    );
+}

@@ -671,9 +671,11 @@ impl Socket {
         // on the stack of every coroutine waiting here, and each of its cache lines is missed
         // again when thousands of connections take turns.
         let deadline = Self::deadline(self.conn.timeouts.get().receive);
-        let out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline)?;
+        let out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline);
+        // After an error too: the event that woke this reader woke no other, and what it
+        // announced (more bytes, the end of the stream) is the next reader's.
         self.conn.pass_on(false);
-        Ok(out)
+        out
     }
 
     /// `receivepartial` from the read buffer, filling it first if it is empty (TLS).
@@ -685,7 +687,11 @@ impl Socket {
             self.end = 0;
             // Room for what was asked (up to a bulk chunk) so big reads stay few.
             self.reserve(max.min(BULK_CHUNK));
-            self.fill_at_most(max.min(BULK_CHUNK), deadline)?;
+            if let Err(e) = self.fill_at_most(max.min(BULK_CHUNK), deadline) {
+                // As in `receivepartial`: an error's turn is handed on too.
+                self.conn.pass_on(false);
+                return Err(e);
+            }
         }
         let take = max.min(self.end - self.start);
         let out = self.buf[self.start..self.start + take].to_vec();
@@ -705,13 +711,22 @@ impl Socket {
     /// committed the record it was writing.
     pub fn send(&mut self, data: &[u8]) -> Result<usize> {
         self.fair_share();
+        let sent = self.send_all(data);
+        // After an error too, as in `receivepartial`: a reset wakes one writer, and every
+        // other must learn of it now, not at its timeout.
+        self.conn.pass_on(true);
+        sent
+    }
+
+    /// [`send`](Socket::send) without the hand-over to the next writer.
+    #[inline(always)]
+    fn send_all(&self, data: &[u8]) -> Result<usize> {
         // The common case in one system call, before any of the general loop: a plain
         // socket last seen writable taking everything at once.
         let mut sent = 0;
         if self.conn.io.writable.get() && !data.is_empty() && self.conn.tls.get().is_none() {
             sent = self.send_once(data)?;
             if sent == data.len() {
-                self.conn.pass_on(true);
                 return Ok(sent);
             }
         }
@@ -722,7 +737,6 @@ impl Socket {
                 Err(e) => return Err(e.with_sent(sent)),
             }
         }
-        self.conn.pass_on(true);
         Ok(sent)
     }
 
@@ -765,6 +779,15 @@ impl Socket {
             return Ok(0);
         };
         self.fair_share();
+        let sent = self.send_vectored_all(bufs);
+        // After an error too (see `send`).
+        self.conn.pass_on(true);
+        sent
+    }
+
+    /// [`send_vectored`](Socket::send_vectored) of a plain socket, `bufs` starting with a
+    /// byte, without the hand-over to the next writer.
+    fn send_vectored_all(&self, bufs: &[IoSlice<'_>]) -> Result<usize> {
         let total = bufs
             .iter()
             .fold(0usize, |sum, b| sum.saturating_add(b.len()));
@@ -772,7 +795,6 @@ impl Socket {
         if self.conn.io.writable.get() {
             sent = self.send_vectored_once(bufs)?;
             if sent == total {
-                self.conn.pass_on(true);
                 return Ok(sent);
             }
         }
@@ -794,7 +816,6 @@ impl Socket {
                 Err(e) => return Err(e.with_sent(sent)),
             }
         }
-        self.conn.pass_on(true);
         Ok(sent)
     }
 

@@ -228,7 +228,12 @@ impl UdpSocket {
                     {
                         io.readable.set(false)
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // The event that woke this receiver woke no other, and a datagram
+                        // queued behind the error is the next receiver's.
+                        self.inner.pass_on(false);
+                        return Err(e);
+                    }
                 }
             } else if io.is_closed() {
                 return Err(Error::new(ErrorKind::Closed));
@@ -315,7 +320,11 @@ impl UdpSocket {
                     {
                         io.writable.set(false)
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // A one-off error (e.g. an ICMP refusal) is not the next sender's.
+                        self.inner.pass_on(true);
+                        return Err(e);
+                    }
                 }
             } else if io.is_closed() {
                 return Err(Error::new(ErrorKind::Closed));
