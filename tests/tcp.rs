@@ -849,6 +849,73 @@ fn two_waiters_see_a_reset(
 }
 
 #[test]
+fn a_reader_removed_after_its_event_woke_it_hands_the_turn_on() {
+    // Readers A and B wait on one socket, C on another. Both sockets get a byte while the
+    // dispatcher's thread is blocked, so one poll returns both events in arrival order: C
+    // is woken first, then A (one reader per event). C removes A before A runs. The byte A
+    // was woken for is B's now; no later event announces it.
+    let (l1, a1) = util::local_listener();
+    let (l2, a2) = util::local_listener();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        let (mut s1, _) = l1.accept().expect("accept 1");
+        let (mut s2, _) = l2.accept().expect("accept 2");
+        wait_go.recv_timeout(secs(10)).expect("the signal to write");
+        s2.write_all(b"c").expect("write to C's socket");
+        s1.write_all(b"x").expect("write to the shared socket");
+        // Open until the test is over, so no end of stream wakes anyone.
+        let _ = wait_go.recv_timeout(secs(20));
+    });
+    type Outcomes = Vec<(&'static str, copas::Result<Vec<u8>>)>;
+    let got: Shared<Outcomes> = Rc::default();
+    let got2 = got.clone();
+    copas::addthread(move || {
+        let shared = connect(a1);
+        let other = connect(a2);
+        let mut readers = Vec::new();
+        for name in ["a", "b"] {
+            let mut sock = shared.share();
+            let got = got2.clone();
+            readers.push(
+                copas::addthread(move || {
+                    let r = sock.receivepartial(16);
+                    got.borrow_mut().push((name, r));
+                })
+                .expect("reader"),
+            );
+        }
+        let a = readers[0];
+        let got = got2.clone();
+        let mut c_sock = other.share();
+        copas::addthread(move || {
+            let r = c_sock.receivepartial(16);
+            assert!(copas::removethread(a), "A had already run");
+            got.borrow_mut().push(("c", r));
+        })
+        .expect("C");
+        assert!(
+            pause_until(secs(5), || copas::status().read >= 3),
+            "the readers never waited"
+        );
+        go.send(()).expect("signal the peer");
+        // Block the dispatcher's thread so that both bytes are there at the next poll.
+        thread::sleep(ms(200));
+        let done = pause_until(secs(5), || got2.borrow().len() == 2);
+        drop(go);
+        assert!(done, "B was not served: {:?}", got2.borrow());
+        shared.close();
+        other.close();
+    })
+    .expect("client");
+    util::run_checked(secs(30));
+    peer.join().expect("peer");
+    let got = got.borrow();
+    let names: Vec<&str> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["c", "b"], "{got:?}");
+    assert_eq!(got[1].1.as_deref().ok(), Some(&b"x"[..]), "{got:?}");
+}
+
+#[test]
 fn two_receivepartial_waiters_on_one_socket_both_see_a_reset() {
     let (results, took) =
         two_waiters_see_a_reset(true, |sock| sock.receivepartial(4096).map(|v| v.len()));

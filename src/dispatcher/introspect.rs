@@ -444,7 +444,7 @@ impl Dispatcher {
         };
         let state = match e.wait {
             Wait::Running => CoroutineState::Running,
-            Wait::Ready => CoroutineState::Ready,
+            Wait::Ready | Wait::Turn { .. } => CoroutineState::Ready,
             Wait::Sleep => CoroutineState::Sleeping {
                 until: e.deadline.unwrap_or(e.since),
             },

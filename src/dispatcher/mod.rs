@@ -169,7 +169,7 @@ impl Counts {
             Wait::Sleep => Some(&mut self.sleeping),
             Wait::Park(_) if timed => Some(&mut self.sleeping),
             Wait::Park(_) | Wait::PausedForever => Some(&mut self.paused),
-            Wait::Running | Wait::Ready => None,
+            Wait::Running | Wait::Ready | Wait::Turn { .. } => None,
         }
     }
 
@@ -302,6 +302,10 @@ impl State {
         let wait = task.wait;
         let timer = task.timer.take();
         self.leave_wait(wait, timer);
+        if let Wait::Turn { source, write } = wait {
+            // Removed between a socket's wake and its resume.
+            self.hand_on_turn(source, write);
+        }
         if let Wait::Io { source, write } = wait {
             if let Some(src) = self.sources.get_mut(source as usize) {
                 let queue = if write {
@@ -315,6 +319,37 @@ impl State {
             }
         }
         Some(wait)
+    }
+
+    /// Gives the turn that `source`'s readiness gave a coroutine, removed before it could
+    /// use it, to the next waiter in that direction: the event woke no one else, and no
+    /// later event announces what it was for.
+    #[cold]
+    #[inline(never)]
+    fn hand_on_turn(&mut self, source: u32, write: bool) {
+        let Some(src) = self.sources.get(source as usize) else {
+            return;
+        };
+        let io = &src.io;
+        let ready = if write {
+            io.writable.get()
+        } else {
+            io.readable.get() || io.read_closed.get()
+        };
+        if !ready || io.key.get().is_none() {
+            return;
+        }
+        let next = if write {
+            io.writers.pop()
+        } else {
+            io.readers.pop()
+        };
+        let Some(next) = next else {
+            return;
+        };
+        io.waiting.set(io.waiting.get() - 1);
+        let near = near_data(io);
+        self.wake_popped(next, near, Lane::Last);
     }
 
     /// Counts a coroutine out of `wait` and cancels the `timer` that was to end it.
@@ -355,6 +390,9 @@ impl State {
         let wait = task.wait;
         let timer = task.timer.take();
         let hint = task.make_ready(now, Wake::Event);
+        if let Wait::Io { source, write } = wait {
+            task.wait = Wait::Turn { source, write };
+        }
         // Start loading its stack top and state now: by the time the run phase gets to it,
         // after the rest of this step's events, the misses are over (at 1,000 connections
         // every stack is cold).
@@ -552,7 +590,7 @@ impl Dispatcher {
             let Some(task) = st.task_mut(co) else {
                 return;
             };
-            if task.wait != Wait::Ready {
+            if !task.wait.is_ready() {
                 return; // a stale entry in the ready list
             }
             let Some(coro) = task.coro.take() else {

@@ -96,6 +96,10 @@ pub(crate) enum Wait {
     Running,
     /// In the ready list, to be resumed in the coming run phase.
     Ready,
+    /// In the ready list like `Ready`, woken by a socket's readiness (an event, or the
+    /// previous waiter handing it on). An event wakes one waiter per direction, so if this
+    /// coroutine is removed before it runs, the turn goes to the next waiter.
+    Turn { source: u32, write: bool },
     /// `pause(d)`: until its timer fires or `wakeup`.
     Sleep,
     /// `pauseforever()`: until `wakeup`.
@@ -105,6 +109,14 @@ pub(crate) enum Wait {
     Park(Blocker),
     /// Waiting for a socket to become readable (`write == false`) or writable.
     Io { source: u32, write: bool },
+}
+
+impl Wait {
+    /// In the ready list, to be resumed in the coming run phase.
+    #[inline]
+    pub(crate) fn is_ready(self) -> bool {
+        matches!(self, Wait::Ready | Wait::Turn { .. })
+    }
 }
 
 /// Why a waiting coroutine was resumed.
