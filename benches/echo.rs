@@ -24,8 +24,9 @@
 //! Environment (defaults in brackets): `ECHO_ROUNDS` [3], `ECHO_WARMUP` seconds [1],
 //! `ECHO_SECS` measured seconds [5], `ECHO_SERVERS` [copas,polling,tokio,may; also
 //! `copas_read`: copas with `std::io::Read` into a stack buffer instead of
-//! `receivepartial`; `copas@<KiB>` and `copas_read@<KiB>`: with that coroutine stack
-//! size; `exe=<path>`: the copas server of another build's echo bench binary, to compare
+//! `receivepartial`; `copas_timeout` and `tokio_timeout`: every read and write under a 60 s
+//! timeout (armed and cancelled per message, never fired); `copas@<KiB>` and
+//! `copas_read@<KiB>`: with that coroutine stack size; `exe=<path>`: the copas server of another build's echo bench binary, to compare
 //! two commits in one interleaved run; `coro_floor`: the floor of any stackful-coroutine
 //! server, copas's coroutine core on raw epoll with nothing else], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
@@ -449,8 +450,9 @@ fn server_role(args: &[String]) {
                 None => (kind, None),
             };
             match name {
-                "copas" => copas_server(false, stack),
-                "copas_read" => copas_server(true, stack),
+                "copas" => copas_server(echo_receivepartial, stack),
+                "copas_read" => copas_server(echo_read, stack),
+                "copas_timeout" => copas_server(echo_receivepartial_timed, stack),
                 _ => {
                     eprintln!("unknown server {kind:?}");
                     std::process::exit(2);
@@ -468,7 +470,8 @@ fn server_role(args: &[String]) {
         }
         Some("polling") => polling_server(),
         Some("coro_floor") => coro_floor_server(),
-        Some("tokio") => tokio_server(),
+        Some("tokio") => tokio_server(false),
+        Some("tokio_timeout") => tokio_server(true),
         Some("may") => may_server(),
         other => {
             eprintln!("unknown server {other:?}");
@@ -477,23 +480,30 @@ fn server_role(args: &[String]) {
     }
 }
 
-/// copas: a handler loop of `receivepartial(4096)` then `send` (or, with `read_trait`,
-/// `std::io::Read::read` into a stack buffer, which skips the per-message `Vec`).
-fn copas_server(read_trait: bool, stack: Option<usize>) {
+/// copas with `handler` serving each connection: a loop of `receivepartial(4096)` then
+/// `send` (`echo_receivepartial`), the same under a receive and send timeout
+/// (`echo_receivepartial_timed`), or `std::io::Read::read` into a stack buffer, which skips
+/// the per-message `Vec` (`echo_read`). Separate functions, not one closure with a branch: a
+/// closure holding them all would reserve the `Read` variant's 4 KiB buffer in every
+/// handler's stack frame.
+fn copas_server(handler: fn(copas::Socket), stack: Option<usize>) {
     let listener = bind_any();
     let port = listener.local_addr().expect("local_addr").port();
     if let Some(bytes) = stack {
         copas::set_stack_size(bytes);
     }
-    // Two separate handlers, not one closure with a branch: a closure holding both would
-    // reserve the `Read` variant's 4 KiB buffer in every handler's stack frame.
-    if read_trait {
-        copas::addserver(listener, echo_read).expect("addserver");
-    } else {
-        copas::addserver(listener, echo_receivepartial).expect("addserver");
-    }
+    copas::addserver(listener, handler).expect("addserver");
     announce(port);
     copas::run().expect("copas::run");
+}
+
+/// How long `copas_timeout` and `tokio_timeout` let a connection sit in one read or write:
+/// far longer than any cell, so the timers are armed and cancelled, never fired.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn echo_receivepartial_timed(sock: copas::Socket) {
+    sock.settimeout(Some(IDLE_TIMEOUT));
+    echo_receivepartial(sock);
 }
 
 fn echo_receivepartial(mut sock: copas::Socket) {
@@ -807,12 +817,17 @@ fn coro_floor_server() {
 }
 
 /// tokio `current_thread`, the same handler.
-fn tokio_server() {
+/// tokio `current_thread`; with `timed`, each read and each write under
+/// `tokio::time::timeout(IDLE_TIMEOUT, ..)`, as `copas_timeout`'s socket timeouts.
+fn tokio_server(timed: bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .expect("runtime");
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_io();
+    if timed {
+        // Only here: the plain server stays as in the earlier runs.
+        builder.enable_time();
+    }
+    let rt = builder.build().expect("runtime");
     rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std({
             let l = bind_any();
@@ -823,6 +838,25 @@ fn tokio_server() {
         announce(listener.local_addr().expect("local_addr").port());
         loop {
             let (mut stream, _) = listener.accept().await.expect("accept");
+            if timed {
+                tokio::spawn(async move {
+                    use tokio::time::timeout;
+                    let _ = stream.set_nodelay(true);
+                    let mut buf = [0u8; READ_MAX];
+                    loop {
+                        match timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
+                            Ok(Ok(0) | Err(_)) | Err(_) => break,
+                            Ok(Ok(n)) => {
+                                let write = stream.write_all(&buf[..n]);
+                                if !matches!(timeout(IDLE_TIMEOUT, write).await, Ok(Ok(()))) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+                continue;
+            }
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let mut buf = [0u8; READ_MAX];
