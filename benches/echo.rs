@@ -26,7 +26,8 @@
 //! `copas_read`: copas with `std::io::Read` into a stack buffer instead of
 //! `receivepartial`; `copas_timeout` and `tokio_timeout`: every read and write under a 60 s
 //! timeout (armed and cancelled per message, never fired); `copas@<KiB>` and
-//! `copas_read@<KiB>`: with that coroutine stack size; `exe=<path>`: the copas server of another build's echo bench binary, to compare
+//! `copas_read@<KiB>`: with that coroutine stack size; `exe=<path>`: the copas server of
+//! another build's echo bench binary (`exe=<path>#<server>`: that server of it), to compare
 //! two commits in one interleaved run; `coro_floor`: the floor of any stackful-coroutine
 //! server, copas's coroutine core on raw epoll with nothing else], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
@@ -462,9 +463,8 @@ fn server_role(args: &[String]) {
         // `exe=<path>`: another build's bench binary serves as its copas server, so two
         // commits can be compared in one interleaved run (see docs/benchmarks.md).
         Some(kind) if kind.starts_with("exe=") => {
-            let err = Command::new(&kind["exe=".len()..])
-                .args(["__server", "copas"])
-                .exec();
+            let (path, server) = other_build(kind);
+            let err = Command::new(path).args(["__server", server]).exec();
             eprintln!("{kind}: {err}");
             std::process::exit(2);
         }
@@ -1663,15 +1663,24 @@ fn wait_for_fds(pid: u32, limit: Duration, done: impl Fn(usize) -> bool) -> bool
 /// its summary.
 const VALGRIND_PATIENCE: Duration = Duration::from_secs(60);
 
+/// The binary and the server of an `exe=<path>` or `exe=<path>#<server>` spec (`copas`
+/// unless named): another build's bench binary serving in this run.
+fn other_build(spec: &str) -> (&str, &str) {
+    let rest = spec.strip_prefix("exe=").unwrap_or(spec);
+    rest.split_once('#').unwrap_or((rest, "copas"))
+}
+
 /// Starts the `kind` server role under cachegrind, its valgrind log in `<stem>.log` and its
 /// per-function counts in `<stem>.out` (for `cg_annotate`). Returns the server and the
 /// number of descriptors it has open once it listens.
 fn spawn_under_cachegrind(kind: &str, stem: &Path) -> Result<(ServerProc, usize), String> {
     // `exe=<path>`: valgrind runs that binary's copas server itself (it would not follow
     // the `exec` the echo mode uses).
-    let (exe, kind) = match kind.strip_prefix("exe=") {
-        Some(path) => (PathBuf::from(path), "copas"),
-        None => (env::current_exe().expect("current_exe"), kind),
+    let (exe, kind) = if kind.starts_with("exe=") {
+        let (path, server) = other_build(kind);
+        (PathBuf::from(path), server)
+    } else {
+        (env::current_exe().expect("current_exe"), kind)
     };
     let mut cmd = Command::new("valgrind");
     cmd.args(CACHEGRIND_ARGS)
