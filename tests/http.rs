@@ -729,6 +729,78 @@ fn framing_errors() {
     }
 }
 
+/// A response head sent in small pieces, with blank lines before its status line, more
+/// fields than the client first makes room for, a folded value, a value that is not
+/// UTF-8 and padded values: every field arrives as the head said it.
+#[test]
+fn response_head_fields_arrive_whole_and_in_order() {
+    let _turn = serial();
+    let mut head = String::from("\r\n\nHTTP/1.1 200 OK\r\n");
+    for i in 0..40 {
+        head.push_str(&format!("X-F{i}: value {i}\r\n"));
+    }
+    head.push_str("X-Folded: first\r\n  second\r\n\tthird\r\n");
+    head.push_str("X-Padded: \t spaced out \t\r\n");
+    head.push_str("Content-Length: 2\r\n\r\nok");
+    let mut reply = head.into_bytes();
+    // A value that is not UTF-8, before the Content-Length field.
+    let at = reply
+        .windows(16)
+        .position(|w| w == b"Content-Length: ")
+        .unwrap();
+    reply.splice(at..at, b"X-Latin1: caf\xe9\r\n".iter().copied());
+    let (listener, addr) = util::local_listener();
+    let server = copas::addserver(listener, move |mut sock| {
+        sock.settimeout(Some(secs(5)));
+        let mut asked = Vec::new();
+        while !asked.ends_with(b"\r\n\r\n") {
+            match sock.receive(copas::Pattern::Exact(1)) {
+                Ok(b) => asked.extend_from_slice(&b),
+                Err(_) => return,
+            }
+        }
+        // Seven bytes at a time, so lines and the head's end straddle the reads.
+        for piece in reply.chunks(7) {
+            if sock.send(piece).is_err() {
+                return;
+            }
+            copas::pause(Duration::ZERO);
+        }
+        sock.close();
+    })
+    .expect("addserver");
+    let got = Rc::new(RefCell::new(None));
+    {
+        let got = got.clone();
+        copas::addthread(move || {
+            let r = Request::get(&format!("http://{addr}/"))
+                .timeout(secs(5))
+                .keep_alive(false)
+                .send();
+            *got.borrow_mut() = Some(r);
+            copas::removeserver(server, false).expect("removeserver");
+        })
+        .expect("client");
+    }
+    run_bounded(secs(30));
+    let r = got
+        .borrow_mut()
+        .take()
+        .expect("the client ran")
+        .expect("the response");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), b"ok");
+    let names: Vec<&str> = r.headers().iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 44, "{names:?}");
+    for i in 0..40 {
+        assert_eq!(r.headers()[i], (format!("X-F{i}"), format!("value {i}")));
+    }
+    assert_eq!(r.header("x-folded"), Some("first second third"));
+    assert_eq!(r.header("x-padded"), Some("spaced out"));
+    assert_eq!(r.header("x-latin1"), Some("caf\u{fffd}"));
+    assert_eq!(r.header("content-length"), Some("2"));
+}
+
 /// A pooled connection the server closes when the next request arrives: an idempotent
 /// request is retried once on a fresh connection; a POST is not.
 #[test]

@@ -33,6 +33,7 @@ use crate::native_tls::{Certificate, TlsConnector};
 use crate::{Error, ErrorKind, Result, Socket};
 
 use super::chunked::ChunkedDecoder;
+use crate::net::socket::find_byte;
 
 /// The default timeout for connecting, sending and receiving (Copas `http.TIMEOUT`).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,10 +55,15 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 /// The default limit on a response body collected into memory by [`Request::send`]
 /// (streaming with [`Request::send_to`] or [`Request::stream`] has none).
 pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// The most [`Request::send`] reserves for a body on the word of its `Content-Length`.
+const PRESIZE_LIMIT: u64 = 64 * 1024;
 /// How many interim (1xx) responses may come before the final one.
 const MAX_INTERIM_RESPONSES: usize = 16;
 /// How many idle connections the per-thread pool keeps per scheme, host and port.
 pub const POOL_PER_HOST: usize = 4;
+/// How many scheme-host-port keys the pool holds before it drops those with no idle
+/// connection left.
+const POOL_SWEEP_HOSTS: usize = 64;
 /// How long an idle connection stays in the pool.
 pub const POOL_IDLE: Duration = Duration::from_secs(30);
 
@@ -399,6 +405,11 @@ impl Request {
             return Err(too_long());
         }
         let mut body = Vec::new();
+        if let Framing::Length(n) = reader.framing {
+            // Room for a declared length at once, up to a bound: the declaration is the
+            // peer's word, and the bytes may never come.
+            body.reserve(n.min(PRESIZE_LIMIT) as usize);
+        }
         (&mut reader)
             .take(max.saturating_add(1))
             .read_to_end(&mut body)
@@ -628,8 +639,7 @@ impl Request {
                 (e, nothing)
             })?;
             first = false;
-            let mut response = parse_head(&head, self.max_headers).map_err(|e| (e, false))?;
-            response.url = url.clone();
+            let response = parse_head(&head, self.max_headers, url).map_err(|e| (e, false))?;
             let status = response.status;
             if (100..200).contains(&status) && status != 101 {
                 continue; // 100 Continue and other interim responses
@@ -677,25 +687,29 @@ impl Request {
     }
 
     fn send_request(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
-        let mut path = url.path().to_string();
-        if path.is_empty() {
-            path.push('/');
+        // Built piece by piece: `format!` costs more than the request's system calls.
+        let mut head = String::with_capacity(256);
+        head.push_str(&self.method);
+        head.push(' ');
+        match url.path() {
+            "" => head.push('/'),
+            path => head.push_str(path),
         }
         if let Some(q) = url.query() {
-            path.push('?');
-            path.push_str(q);
+            head.push('?');
+            head.push_str(q);
         }
-        let mut head = format!("{} {} HTTP/1.1\r\n", self.method, path);
+        head.push_str(" HTTP/1.1\r\n");
         let has = |name: &str| {
             self.headers
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
         };
         if !has("host") {
-            head.push_str(&format!("Host: {}\r\n", target.host_header));
+            push_field(&mut head, "Host", &target.host_header);
         }
         if !has("user-agent") {
-            head.push_str(&format!("User-Agent: {USERAGENT}\r\n"));
+            push_field(&mut head, "User-Agent", USERAGENT);
         }
         if !self.keep_alive && !has("connection") {
             head.push_str("Connection: close\r\n");
@@ -718,13 +732,13 @@ impl Request {
             }
             Body::Bytes(b) => {
                 if !has("content-length") {
-                    head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+                    push_field(&mut head, "Content-Length", &decimal(b.len() as u64));
                 }
                 false
             }
             Body::Reader(_, Some(n)) => {
                 if !has("content-length") {
-                    head.push_str(&format!("Content-Length: {n}\r\n"));
+                    push_field(&mut head, "Content-Length", &decimal(*n));
                 }
                 false
             }
@@ -740,10 +754,7 @@ impl Request {
             }
         };
         for (n, v) in &self.headers {
-            head.push_str(n);
-            head.push_str(": ");
-            head.push_str(v);
-            head.push_str("\r\n");
+            push_field(&mut head, n, v);
         }
         head.push_str("\r\n");
         let head = head.into_bytes();
@@ -786,6 +797,29 @@ impl Request {
     }
 }
 
+/// Appends the header field `name: value` and its CRLF.
+fn push_field(head: &mut String, name: &str, value: &str) {
+    head.push_str(name);
+    head.push_str(": ");
+    head.push_str(value);
+    head.push_str("\r\n");
+}
+
+/// `n` in decimal, without the formatting machinery (on every request's path).
+fn decimal(mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[at..].iter().map(|&d| char::from(d)).collect()
+}
+
 fn has_crlf(s: &str) -> bool {
     s.contains('\r') || s.contains('\n')
 }
@@ -810,11 +844,28 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn parse_url(s: &str) -> Result<Url> {
-    let url = Url::parse(s.trim()).map_err(|e| {
+    // The last URL parsed on this thread, kept: a client asking the same URL again and
+    // again (polling, a benchmark, a health check) would parse it again each time, which
+    // costs more than the rest of making the request.
+    thread_local! {
+        static LAST: RefCell<Option<(String, Url)>> = const { RefCell::new(None) };
+    }
+    let s = s.trim();
+    let known = LAST.with(|last| match &*last.borrow() {
+        Some((text, url)) if text == s => Some(url.clone()),
+        _ => None,
+    });
+    if let Some(url) = known {
+        return Ok(url);
+    }
+    let url = Url::parse(s).map_err(|e| {
         Error::with_message(ErrorKind::InvalidInput, format!("invalid URL {s:?}: {e}"))
     })?;
     match url.scheme() {
-        "http" | "https" => Ok(url),
+        "http" | "https" => {
+            LAST.with(|last| *last.borrow_mut() = Some((s.to_string(), url.clone())));
+            Ok(url)
+        }
         other => Err(Error::with_message(
             ErrorKind::InvalidInput,
             format!("unsupported URL scheme {other:?} (http and https are)"),
@@ -837,9 +888,12 @@ impl Target {
         let tls = url.scheme() == "https";
         let default = if tls { SSLPORT } else { PORT };
         let port = url.port().unwrap_or(default);
+        let shown = url.host_str().unwrap_or_default();
         let (host, ip) = match url.host() {
             Some(url::Host::Domain(d)) => (d.to_string(), None),
-            Some(url::Host::Ipv4(a)) => (a.to_string(), Some(IpAddr::V4(a))),
+            // The URL's own text of the address (dotted, as `url` normalises it).
+            Some(url::Host::Ipv4(a)) => (shown.to_string(), Some(IpAddr::V4(a))),
+            // Without the brackets `shown` has.
             Some(url::Host::Ipv6(a)) => (a.to_string(), Some(IpAddr::V6(a))),
             None => {
                 return Err(Error::with_message(
@@ -848,13 +902,18 @@ impl Target {
                 ))
             }
         };
-        let shown = url.host_str().unwrap_or_default();
-        let host_header = if port == default {
-            shown.to_string()
-        } else {
-            format!("{shown}:{port}")
-        };
-        let mut key = format!("{}://{}:{}", url.scheme(), shown, port);
+        let port_text = decimal(port.into());
+        let mut host_header = shown.to_string();
+        if port != default {
+            host_header.push(':');
+            host_header.push_str(&port_text);
+        }
+        let mut key = String::with_capacity(url.scheme().len() + shown.len() + 9);
+        key.push_str(url.scheme());
+        key.push_str("://");
+        key.push_str(shown);
+        key.push(':');
+        key.push_str(&port_text);
         if tls {
             if let Some(root) = &request.root {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -884,11 +943,8 @@ fn pool_take(key: &str) -> Option<Socket> {
             let mut p = p.borrow_mut();
             let list = p.get_mut(key)?;
             list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
-            let e = list.pop();
-            if list.is_empty() {
-                p.remove(key);
-            }
-            e
+            // An emptied list stays for the connection about to come back (`pool_put`).
+            list.pop()
         })?;
         let mut sock = entry.0;
         if sock.is_closed() {
@@ -912,7 +968,17 @@ fn pool_take(key: &str) -> Option<Socket> {
 fn pool_put(key: String, sock: Socket) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.entry(key).or_default();
+        if p.len() >= POOL_SWEEP_HOSTS && !p.contains_key(&key) {
+            // Hosts talked to once leave their lists behind: drop the empty and the expired.
+            p.retain(|_, list| {
+                list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
+                !list.is_empty()
+            });
+        }
+        let list = match p.get_mut(&key) {
+            Some(list) => list,
+            None => p.entry(key).or_default(),
+        };
         list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
         if list.len() < POOL_PER_HOST {
             list.push((sock, Instant::now()));
@@ -935,13 +1001,22 @@ fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
             )
             .with_partial(head));
         }
+        if head.is_empty() {
+            // Usually the whole head is in this first read.
+            head.reserve(buf.len().min(max + 1));
+        }
         let mut used = 0;
         let mut complete = false;
-        for &b in buf {
-            used += 1;
-            head.push(b);
-            if b == b'\n' && (head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n")) {
-                // Blank lines before the status line are skipped (RFC 9112 §2.2).
+        // Line by line: each LF may end the head (an empty line) or a blank line before
+        // the status line, which is skipped (RFC 9112 §2.2).
+        while let Some(lf) = find_byte(&buf[used..], b'\n') {
+            let end = used + lf + 1;
+            if head.len() + (end - used) > max + 1 {
+                break; // over the limit: reported below
+            }
+            head.extend_from_slice(&buf[used..end]);
+            used = end;
+            if head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n") {
                 if head.iter().all(|&c| c == b'\r' || c == b'\n') {
                     head.clear();
                     continue;
@@ -949,31 +1024,42 @@ fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
                 complete = true;
                 break;
             }
-            if head.len() > max {
-                sock.consume(used);
-                return Err(Error::with_message(
-                    ErrorKind::LimitExceeded,
-                    format!("response head longer than {max} bytes"),
-                ));
-            }
+        }
+        if !complete {
+            // A partial line: keep it, up to the limit.
+            let rest = (buf.len() - used).min((max + 1).saturating_sub(head.len()));
+            head.extend_from_slice(&buf[used..used + rest]);
+            used += rest;
         }
         sock.consume(used);
         if complete {
             return Ok(head);
         }
+        if head.len() > max {
+            return Err(Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("response head longer than {max} bytes"),
+            ));
+        }
     }
 }
 
-fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
-    let mut fields = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut parsed = httparse::Response::new(&mut fields);
-    // Obsolete line folding is accepted, as Copas (LuaSocket) does.
-    let config = {
-        let mut c = httparse::ParserConfig::default();
-        c.allow_obsolete_multiline_headers_in_responses(true);
-        c
-    };
-    match config.parse_response(&mut parsed, head) {
+/// How many header fields `parse_head` makes room for on the stack; a response with more
+/// is parsed again with room for `max_headers`.
+const HEADERS_ON_STACK: usize = 32;
+
+fn parse_head(head: &[u8], max_headers: usize, url: &Url) -> Result<Response> {
+    let mut on_stack = [httparse::EMPTY_HEADER; HEADERS_ON_STACK];
+    let mut on_heap: Vec<httparse::Header<'_>>;
+    let room = max_headers.min(HEADERS_ON_STACK);
+    let mut parsed = httparse::Response::new(&mut on_stack[..room]);
+    let mut outcome = parse_response(&mut parsed, head);
+    if matches!(outcome, Err(httparse::Error::TooManyHeaders)) && max_headers > room {
+        on_heap = vec![httparse::EMPTY_HEADER; max_headers];
+        parsed = httparse::Response::new(&mut on_heap);
+        outcome = parse_response(&mut parsed, head);
+    }
+    match outcome {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => {
             return Err(Error::with_message(
@@ -1004,17 +1090,7 @@ fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
     let headers = parsed
         .headers
         .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value)
-                    .split(['\r', '\n'])
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
-        })
+        .map(|h| (h.name.to_string(), field_value(h.value)))
         .collect();
     Ok(Response {
         status,
@@ -1023,8 +1099,38 @@ fn parse_head(head: &[u8], max_headers: usize) -> Result<Response> {
         headers,
         trailers: Vec::new(),
         body: Vec::new(),
-        url: Url::parse("http://localhost/").expect("static URL"),
+        url: url.clone(),
     })
+}
+
+/// `httparse` with obsolete line folding accepted, as Copas (LuaSocket) does.
+fn parse_response<'h, 'b>(
+    parsed: &mut httparse::Response<'h, 'b>,
+    head: &'b [u8],
+) -> std::result::Result<httparse::Status<usize>, httparse::Error> {
+    let mut config = httparse::ParserConfig::default();
+    config.allow_obsolete_multiline_headers_in_responses(true);
+    config.parse_response(parsed, head)
+}
+
+/// A header field's value as text: trimmed, its folded lines (obsolete line folding)
+/// joined by single spaces, bytes that are not UTF-8 replaced.
+fn field_value(raw: &[u8]) -> String {
+    // A folded value has a line break, always with an LF (httparse takes no lone CR).
+    if find_byte(raw, b'\n').is_none() {
+        // The usual case, checked as UTF-8 at once rather than chunk by chunk.
+        let raw = raw.trim_ascii();
+        return match std::str::from_utf8(raw) {
+            Ok(text) => text.trim().to_owned(),
+            Err(_) => String::from_utf8_lossy(raw).trim().to_owned(),
+        };
+    }
+    String::from_utf8_lossy(raw)
+        .split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How the end of a response body is found (RFC 9112 §6.3).
@@ -1344,5 +1450,57 @@ impl Read for BodyReader {
                 Err(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_url_is_the_one_asked_for() {
+        let a = parse_url("http://127.0.0.1:1/a?x=1").unwrap();
+        let b = parse_url(" http://127.0.0.1:2/b ").unwrap();
+        assert_eq!(a.as_str(), "http://127.0.0.1:1/a?x=1");
+        assert_eq!(b.as_str(), "http://127.0.0.1:2/b");
+        assert_eq!(parse_url("http://127.0.0.1:1/a?x=1").unwrap(), a);
+        // A refused URL is refused every time, and not remembered in place of the last
+        // good one.
+        for _ in 0..2 {
+            let refused = parse_url("ftp://127.0.0.1/").unwrap_err();
+            assert_eq!(refused.kind(), ErrorKind::InvalidInput);
+        }
+        assert_eq!(parse_url("http://127.0.0.1:2/b").unwrap(), b);
+    }
+
+    #[test]
+    fn the_pool_drops_the_lists_of_hosts_it_no_longer_holds_connections_for() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for i in 0..POOL_SWEEP_HOSTS + 6 {
+            let sock = crate::connect(addr, Some(Duration::from_secs(5))).unwrap();
+            held.push(listener.accept().unwrap().0);
+            let key = format!("http://host{i}:80");
+            pool_put(key.clone(), sock);
+            // Taken back out at once: the list stays, empty.
+            let back = pool_take(&key).expect("the connection just pooled");
+            back.close();
+        }
+        // Each new key past the bound swept the empty lists away.
+        let left = POOL.with(|p| p.borrow().len());
+        assert!(left <= POOL_SWEEP_HOSTS, "{left} keys kept");
+        // A key whose list holds a connection survives a sweep.
+        let sock = crate::connect(addr, Some(Duration::from_secs(5))).unwrap();
+        held.push(listener.accept().unwrap().0);
+        pool_put("http://kept:80".to_string(), sock);
+        for i in 0..POOL_SWEEP_HOSTS + 1 {
+            let sock = crate::connect(addr, Some(Duration::from_secs(5))).unwrap();
+            held.push(listener.accept().unwrap().0);
+            let key = format!("http://other{i}:80");
+            pool_put(key.clone(), sock);
+            pool_take(&key).expect("pooled").close();
+        }
+        assert!(pool_take("http://kept:80").is_some());
     }
 }

@@ -987,7 +987,7 @@ impl AsRawFd for Socket {
 /// The index of the first `needle` in `hay`, eight bytes at a time: a line protocol looks
 /// for the end of every line it receives (with it, `examples/http_hello` spends 665
 /// instructions per request receiving its three lines, against 818 searching byte by byte).
-fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+pub(crate) fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     const LOW: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let pattern = LOW * u64::from(needle);
