@@ -336,18 +336,12 @@ impl State {
         } else {
             io.readable.get() || io.read_closed.get()
         };
-        if !ready || io.key.get().is_none() {
+        if !ready {
             return;
         }
-        let next = if write {
-            io.writers.pop()
-        } else {
-            io.readers.pop()
-        };
-        let Some(next) = next else {
+        let Some(next) = io.next_waiter(write) else {
             return;
         };
-        io.waiting.set(io.waiting.get() - 1);
         let near = near_data(io);
         self.wake_popped(next, near, Lane::Last);
     }
@@ -1243,16 +1237,7 @@ impl Dispatcher {
     /// After an operation that left `io` ready, lets the next waiter in that direction
     /// have its turn (several coroutines may wait on one socket).
     pub(crate) fn pass_on(&self, io: &IoSource, write: bool) {
-        if io.key.get().is_none() {
-            return;
-        }
-        let next = if write {
-            io.writers.pop()
-        } else {
-            io.readers.pop()
-        };
-        if let Some(co) = next {
-            io.waiting.set(io.waiting.get() - 1);
+        if let Some(co) = io.next_waiter(write) {
             self.state
                 .borrow_mut()
                 .wake_popped(co, near_data(io), Lane::Last);

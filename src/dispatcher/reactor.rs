@@ -68,6 +68,20 @@ impl IoSource {
         }
     }
 
+    /// Takes the first coroutine waiting in that direction off the socket, to be woken
+    /// with the turn (`None` when none waits or the socket is no longer registered).
+    #[inline]
+    pub(crate) fn next_waiter(&self, write: bool) -> Option<Coroutine> {
+        self.key.get()?;
+        let next = if write {
+            self.writers.pop()
+        } else {
+            self.readers.pop()
+        }?;
+        self.waiting.set(self.waiting.get() - 1);
+        Some(next)
+    }
+
     /// Whether the descriptor has been closed.
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {

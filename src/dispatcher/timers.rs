@@ -23,7 +23,7 @@
 //! Deadlines are `Instant`s, a monotonic clock, so a wall-clock jump changes nothing (Copas
 //! issue #100).
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
@@ -42,32 +42,13 @@ impl TimerKey {
     }
 }
 
-/// A queue entry: ordered by deadline, then by when it was armed.
-#[derive(Debug, Clone, Copy)]
+/// A queue entry: ordered by deadline, then by when it was armed (the fields' order; no
+/// two entries share a sequence number, so `slot` never decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     at: Instant,
     seq: u64,
     slot: u32,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Entry {}
-
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
 }
 
 /// Stale entries tolerated beyond the number of armed timers before they are all dropped

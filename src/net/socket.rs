@@ -678,26 +678,27 @@ impl Socket {
         out
     }
 
-    /// `receivepartial` from the read buffer, filling it first if it is empty (TLS).
+    /// `receivepartial` from the read buffer, filling it first if it is empty (TLS); hands
+    /// the turn on as `receivepartial` does. Out of line: the plain path stays small.
     #[inline(never)]
     fn receivepartial_buffered(&mut self, max: usize) -> Result<Vec<u8>> {
-        if self.start == self.end {
+        let filled = if self.start == self.end {
             let deadline = Self::deadline(self.conn.timeouts.get().receive);
             self.start = 0;
             self.end = 0;
             // Room for what was asked (up to a bulk chunk) so big reads stay few.
             self.reserve(max.min(BULK_CHUNK));
-            if let Err(e) = self.fill_at_most(max.min(BULK_CHUNK), deadline) {
-                // As in `receivepartial`: an error's turn is handed on too.
-                self.conn.pass_on(false);
-                return Err(e);
-            }
-        }
-        let take = max.min(self.end - self.start);
-        let out = self.buf[self.start..self.start + take].to_vec();
-        self.start += take;
+            self.fill_at_most(max.min(BULK_CHUNK), deadline)
+        } else {
+            Ok(0)
+        };
+        let out = filled.map(|_| {
+            let take = max.min(self.end - self.start);
+            self.start += take;
+            self.buf[self.start - take..self.start].to_vec()
+        });
         self.conn.pass_on(false);
-        Ok(out)
+        out
     }
 
     /// Sends all of `data`, waiting as needed (Copas `send`). Returns `data.len()`.
@@ -1095,10 +1096,7 @@ impl Write for Socket {
     /// not empty.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.conn.tls.get().is_some() {
-            let first = bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .map_or(&[][..], |b| &**b);
+            let first = from_first_byte(bufs).map_or(&[][..], |bufs| &*bufs[0]);
             return self.write(first);
         }
         let Some(bufs) = from_first_byte(bufs) else {
