@@ -92,7 +92,7 @@ impl Plan {
             report_every: Duration::from_secs(5),
             rss_margin_pct: 10,
             rss_margin_kib: 4 * 1024,
-            idle_margin_kib: 2 * 1024,
+            idle_margin_kib: 1024,
             pki: None,
             port: 0,
         }
