@@ -19,7 +19,7 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::label::Label;
 use crate::overflow;
-use crate::stack::{page_size, usable_size, Stack, STATE_AREA};
+use crate::stack::{page_size, Stack, STATE_AREA};
 
 /// What a running coroutine exposes to code on its stack and to the fault handler.
 pub(crate) struct Frame {
@@ -37,9 +37,15 @@ pub(crate) struct Frame {
     tag: u64,
     /// Lowest and highest+1 address of the guard page.
     pub(crate) guard: (usize, usize),
-    /// Usable stack bytes, for the overflow message.
-    pub(crate) stack_size: usize,
     pub(crate) label: Label,
+}
+
+impl Frame {
+    /// Usable stack bytes, for the overflow message: from the guard to the state area.
+    /// Worked out when needed rather than stored by every `Coro::new`.
+    pub(crate) fn stack_size(&self) -> usize {
+        (self.base + STATE_AREA).saturating_sub(self.guard.1)
+    }
 }
 
 thread_local! {
@@ -146,7 +152,6 @@ impl Coro {
     {
         overflow::install();
         let limit = stack.limit().get();
-        let stack_size = usable_size(&stack);
         let base = stack.base().get();
         let area = stack.state_area().cast::<State>();
         let inner = Coroutine::with_stack(stack, move |yielder: &Yielder<u32, ()>, _first: u32| {
@@ -165,7 +170,6 @@ impl Coro {
                 base,
                 tag,
                 guard: (limit, limit + page_size()),
-                stack_size,
                 label: label.into(),
             },
         };

@@ -123,7 +123,12 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         let frame = unsafe { &*frame };
         if addr >= frame.guard.0 && addr < frame.guard.1 {
             let (text, infix, number) = frame.label.parts();
-            report_overflow(text.as_bytes(), infix.as_bytes(), number, frame.stack_size);
+            report_overflow(
+                text.as_bytes(),
+                infix.as_bytes(),
+                number,
+                frame.stack_size(),
+            );
         }
     }
     let prev = if sig == libc::SIGSEGV {

@@ -219,6 +219,19 @@ struct State {
     undated: Vec<Coroutine>,
 }
 
+/// What is left to deal with of a removed coroutine once its entry is gone (see
+/// [`State::take_task`]); dropped where no borrow of the state is held.
+struct Removed {
+    /// Its coroutine, unless the dispatcher holds it (it is running or has ended).
+    coro: Option<Coro>,
+    name: TaskName,
+    handler: Option<ErrorHandler>,
+    socket: Option<Rc<dyn TaskSocket>>,
+    autoclose: bool,
+    /// Its cancelled `copas::timeout` callback.
+    callback: Option<TimerAction>,
+}
+
 /// One thread's dispatcher. Reached through [`with`].
 pub(crate) struct Dispatcher {
     state: RefCell<State>,
@@ -344,6 +357,30 @@ impl State {
         };
         let near = near_data(io);
         self.wake_popped(next, near, Lane::Last);
+    }
+
+    /// Removes a coroutine's entry, cancelling its `timeout` callback, and returns what is
+    /// left to deal with. Moves those fields out, not the entry: two copies of the whole
+    /// entry per coroutine were about a tenth of `addthread` + run to completion.
+    fn take_task(&mut self, co: Coroutine) -> Option<Removed> {
+        self.detach(co);
+        let task = self.task_mut(co)?;
+        let mut removed = Removed {
+            coro: task.coro.take(),
+            name: std::mem::replace(&mut task.name, TaskName::Anonymous),
+            handler: task.handler.take(),
+            socket: task.socket.take(),
+            autoclose: task.autoclose,
+            callback: None,
+        };
+        let timeout = task.timeout.take();
+        // Nothing is left in the entry whose drop could call back into the dispatcher.
+        self.tasks.remove(co.index as usize);
+        if let Some(key) = timeout {
+            self.counts.callbacks -= 1;
+            removed.callback = self.timers.remove(key);
+        }
+        Some(removed)
     }
 
     /// Counts a coroutine out of `wait` and cancels the `timer` that was to end it.
@@ -636,7 +673,7 @@ impl Dispatcher {
             return;
         }
         if task.cancelled {
-            let removed = self.take_task(&mut st, co);
+            let removed = st.take_task(co);
             st.graveyard.push(coro);
             drop(st);
             drop(removed);
@@ -649,47 +686,32 @@ impl Dispatcher {
         task.coro = Some(coro);
     }
 
-    /// Removes a coroutine's entry, cancelling its `timeout` callback.
-    fn take_task(&self, st: &mut State, co: Coroutine) -> Option<(Task, Option<TimerAction>)> {
-        st.detach(co);
-        st.task(co)?;
-        let mut task = st.tasks.remove(co.index as usize);
-        let callback = task.timeout.take().and_then(|key| {
-            st.counts.callbacks -= 1;
-            st.timers.remove(key)
-        });
-        Some((task, callback))
-    }
-
     /// Bookkeeping for a coroutine that ended: error handler, autoclose, stack reuse.
     fn finish(&self, co: Coroutine, coro: Coro, panic: Option<Box<dyn std::any::Any + Send>>) {
-        let removed = {
-            let mut st = self.state.borrow_mut();
-            self.take_task(&mut st, co)
-        };
+        let ended = self.state.borrow_mut().take_task(co);
         // Unwind first (a coroutine that suspended outside copas is still live): the
         // destructors on its stack may call into the dispatcher.
         let stack = coro.into_stack();
         self.pool.borrow_mut().retire(stack);
-        let Some((task, callback)) = removed else {
+        let Some(ended) = ended else {
             return;
         };
-        drop(callback);
+        drop(ended.callback);
         if let Some(payload) = panic {
             let report = PanicReport {
                 coroutine: Some(co),
-                thread_name: task.name.render(co.generation),
-                socket_name: task.socket.as_ref().map(|s| s.name()),
+                thread_name: ended.name.render(co.generation),
+                socket_name: ended.socket.as_ref().map(|s| s.name()),
                 payload,
             };
-            let handler = task
+            let handler = ended
                 .handler
                 .clone()
                 .unwrap_or_else(|| self.state.borrow().default_handler.clone());
             run_handler(&handler, &report);
         }
-        if task.autoclose {
-            if let Some(socket) = &task.socket {
+        if ended.autoclose {
+            if let Some(socket) = &ended.socket {
                 socket.close();
             }
         }
@@ -1084,7 +1106,7 @@ impl Dispatcher {
                     task.timer = None;
                     continue;
                 }
-                if let Some(removed) = self.take_task(&mut st, co) {
+                if let Some(removed) = st.take_task(co) {
                     tasks.push(removed);
                 }
             }
@@ -1125,12 +1147,12 @@ impl Dispatcher {
         drop(sources);
         drop(timers);
         let mut graves = Vec::new();
-        for (mut task, callback) in tasks {
-            drop(callback);
-            if let Some(coro) = task.coro.take() {
+        for mut removed in tasks {
+            drop(removed.callback.take());
+            if let Some(coro) = removed.coro.take() {
                 graves.push(coro);
             }
-            drop(task);
+            drop(removed);
         }
         self.state.borrow_mut().graveyard.extend(graves);
         if !copas_coro::in_coroutine() {
@@ -1150,19 +1172,19 @@ impl Dispatcher {
                 }
                 Some(_) => {}
             }
-            self.take_task(&mut st, co)
+            st.take_task(co)
         };
-        if let Some((mut task, callback)) = removed {
-            drop(callback);
-            if let Some(coro) = task.coro.take() {
+        if let Some(mut removed) = removed {
+            drop(removed.callback.take());
+            if let Some(coro) = removed.coro.take() {
                 self.state.borrow_mut().graveyard.push(coro);
             }
-            if task.autoclose {
-                if let Some(socket) = task.socket.take() {
+            if removed.autoclose {
+                if let Some(socket) = removed.socket.take() {
                     socket.close();
                 }
             }
-            drop(task);
+            drop(removed);
         }
         if !copas_coro::in_coroutine() {
             self.reap();
