@@ -21,7 +21,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use copas::{Coroutine, ErrorKind, Pattern, Server, ServerOptions, Socket};
-use util::{ms, secs};
+use util::{ms, pause_until, secs};
 
 /// The timeout every socket of these tests gets unless the test sets its own: a socket
 /// that should have been woken and is not then fails the test with `Timeout` instead of
@@ -119,19 +119,6 @@ fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
         out.extend_from_slice(&x.to_le_bytes()[..take]);
     }
     out
-}
-
-/// Steps a bounded loop inside a coroutine until `cond` holds (5 ms pauses, `limit` at
-/// most); returns whether it held.
-fn pause_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        copas::pause(ms(5));
-    }
-    cond()
 }
 
 /// Counts parties down as their guards drop (also when one panics), and wakes the

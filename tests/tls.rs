@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use copas::native_tls::{Certificate, HandshakeError, Identity, TlsAcceptor, TlsConnector};
 use copas::{ErrorKind, Pattern, ServerOptions, Socket};
-use util::{ms, secs};
+use util::{ms, pause_until, secs};
 
 /// The timeout of every socket in these tests unless a test sets its own, so a socket that
 /// should have been woken and is not fails the test instead of hanging it.
@@ -1001,11 +1001,9 @@ fn two_receivepartial_waiters_on_one_tls_socket_both_see_a_reset() {
             })
             .unwrap();
         }
-        let limit = Instant::now() + secs(5);
-        while copas::status().read < 2 && Instant::now() < limit {
-            copas::pause(ms(2));
-        }
-        assert_eq!(copas::status().read, 2, "the readers never waited together");
+        let both_wait = pause_until(secs(5), || copas::status().read >= 2);
+        assert!(both_wait, "the readers never waited together");
+        assert_eq!(copas::status().read, 2, "only the two readers wait");
         go.send(()).expect("signal the peer");
     })
     .unwrap();
@@ -1067,10 +1065,7 @@ fn two_readers_through_the_read_trait_on_one_tls_socket_are_both_served() {
         }
         copas::pause(ms(50));
         sock.send(b"go\n").unwrap();
-        let limit = Instant::now() + secs(5);
-        while got2.borrow().len() < 2 && Instant::now() < limit {
-            copas::pause(ms(5));
-        }
+        pause_until(secs(5), || got2.borrow().len() == 2);
         sock.close();
         copas::removeserver(server, false).unwrap();
     })

@@ -688,30 +688,30 @@ impl Dispatcher {
 
     /// Bookkeeping for a coroutine that ended: error handler, autoclose, stack reuse.
     fn finish(&self, co: Coroutine, coro: Coro, panic: Option<Box<dyn std::any::Any + Send>>) {
-        let ended = self.state.borrow_mut().take_task(co);
+        let removed = self.state.borrow_mut().take_task(co);
         // Unwind first (a coroutine that suspended outside copas is still live): the
         // destructors on its stack may call into the dispatcher.
         let stack = coro.into_stack();
         self.pool.borrow_mut().retire(stack);
-        let Some(ended) = ended else {
+        let Some(removed) = removed else {
             return;
         };
-        drop(ended.callback);
+        drop(removed.callback);
         if let Some(payload) = panic {
             let report = PanicReport {
                 coroutine: Some(co),
-                thread_name: ended.name.render(co.generation),
-                socket_name: ended.socket.as_ref().map(|s| s.name()),
+                thread_name: removed.name.render(co.generation),
+                socket_name: removed.socket.as_ref().map(|s| s.name()),
                 payload,
             };
-            let handler = ended
+            let handler = removed
                 .handler
                 .clone()
                 .unwrap_or_else(|| self.state.borrow().default_handler.clone());
             run_handler(&handler, &report);
         }
-        if ended.autoclose {
-            if let Some(socket) = &ended.socket {
+        if removed.autoclose {
+            if let Some(socket) = &removed.socket {
                 socket.close();
             }
         }

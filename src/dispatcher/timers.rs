@@ -27,18 +27,15 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
-/// Identifies one armed timer; needed to cancel it.
+/// Identifies one armed timer; needed to cancel it. Its queue entry: the entry is stale
+/// once the timer has fired or been cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TimerKey {
-    at: Instant,
-    seq: u64,
-    slot: u32,
-}
+pub(crate) struct TimerKey(Entry);
 
 impl TimerKey {
     /// When the timer fires.
     pub(crate) fn at(self) -> Instant {
-        self.at
+        self.0.at
     }
 }
 
@@ -106,12 +103,12 @@ impl<T> TimerQueue<T> {
             self.heap.push(Reverse(entry));
         }
         self.armed += 1;
-        TimerKey { at, seq, slot }
+        TimerKey(entry)
     }
 
     /// Cancels a timer, returning its value if it had not fired yet.
     pub(crate) fn remove(&mut self, key: TimerKey) -> Option<T> {
-        let value = self.take(key.slot, key.seq)?;
+        let value = self.take(key.0.slot, key.0.seq)?;
         self.settle();
         Some(value)
     }
@@ -203,6 +200,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Fires every timer due at `now`, in order.
+    fn fire_due<T>(q: &mut TimerQueue<T>, now: Instant) -> Vec<T> {
+        std::iter::from_fn(|| q.pop_expired(now)).collect()
+    }
+
     #[test]
     fn fires_in_deadline_then_insertion_order() {
         let mut q = TimerQueue::new();
@@ -235,10 +237,7 @@ mod tests {
             None,
             "a cancelled timer cannot be cancelled twice"
         );
-        let mut fired = Vec::new();
-        while let Some(v) = q.pop_expired(t0 + Duration::from_secs(2)) {
-            fired.push(v);
-        }
+        let fired = fire_due(&mut q, t0 + Duration::from_secs(2));
         assert_eq!(fired, (0..1000).collect::<Vec<_>>());
     }
 
@@ -262,10 +261,7 @@ mod tests {
         assert_eq!(q.len(), 10);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(3600)));
         assert!(q.slots.len() <= 11, "slots are reused: {}", q.slots.len());
-        let mut fired = Vec::new();
-        while let Some(v) = q.pop_expired(t0 + Duration::from_secs(7200)) {
-            fired.push(v);
-        }
+        let fired = fire_due(&mut q, t0 + Duration::from_secs(7200));
         assert_eq!(fired, (0..10).collect::<Vec<_>>());
         assert!(
             kept.iter().all(|k| q.remove(*k).is_none()),
@@ -283,10 +279,7 @@ mod tests {
         q.insert(t0 + ms(10), "heap 10");
         q.insert(t0 + ms(20), "run 20 again");
         q.insert(t0 + ms(15), "heap 15");
-        let mut fired = Vec::new();
-        while let Some(v) = q.pop_expired(t0 + ms(30)) {
-            fired.push(v);
-        }
+        let fired = fire_due(&mut q, t0 + ms(30));
         assert_eq!(
             fired,
             ["run 10", "heap 10", "heap 15", "run 20", "run 20 again"]
@@ -360,10 +353,7 @@ mod tests {
                         .map(|m| m.2)
                         .collect();
                     model.drain(..due.len());
-                    let mut fired = Vec::new();
-                    while let Some(v) = q.pop_expired(t0 + Duration::from_micros(now)) {
-                        fired.push(v);
-                    }
+                    let fired = fire_due(&mut q, t0 + Duration::from_micros(now));
                     assert_eq!(fired, due, "step {step}");
                 }
             }

@@ -134,6 +134,19 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// From inside a coroutine: pauses 5 ms at a time until `cond` holds or `limit` passes;
+/// returns whether it held.
+pub fn pause_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        copas::pause(Duration::from_millis(5));
+    }
+    cond()
+}
+
 /// Steps the dispatcher until `done()` or `limit` passes; returns whether `done()` held.
 pub fn step_until(limit: Duration, done: impl FnMut() -> bool) -> bool {
     step_with_until(Duration::from_millis(10), limit, done)
