@@ -6,6 +6,8 @@
 //! cargo bench --bench echo -- echo         # only the echo throughput/latency table
 //! cargo bench --bench echo -- syscalls     # only system calls per message (needs `perf`)
 //! cargo bench --bench echo -- http         # wrk against examples/http_hello and a tokio twin
+//! cargo bench --bench echo -- churn        # the same with `Connection: close`: a connection
+//!                                          # per request, and system calls per connection
 //! cargo bench --bench echo -- all          # all three
 //! cargo bench --bench echo -- instructions # instructions and cache misses per message
 //!                                          # under cachegrind (needs valgrind; not in `all`)
@@ -67,6 +69,21 @@ const READ_MAX: usize = 4096;
 /// The servers of the default run, in the order round 1 measures them (see [`rotated`]).
 const DEFAULT_SERVERS: &str = "copas,polling,tokio,may";
 
+/// Tracepoints counted in the churn mode (`http_mode(true)`), per connection; the first is
+/// the total.
+const CHURN_EVENTS: &[&str] = &[
+    "raw_syscalls:sys_enter",
+    "syscalls:sys_enter_accept4",
+    "syscalls:sys_enter_fcntl",
+    "syscalls:sys_enter_setsockopt",
+    "syscalls:sys_enter_epoll_ctl",
+    "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_close",
+];
+
 /// Tracepoints counted in the system-call mode; the first is the total.
 const SYSCALL_EVENTS: &[&str] = &[
     "raw_syscalls:sys_enter",
@@ -101,19 +118,22 @@ fn main() {
             syscall_mode();
         }
         Some("http") => {
-            http_mode();
+            http_mode(false);
+        }
+        Some("churn") => {
+            http_mode(true);
         }
         Some("instructions") => instructions_mode(),
         Some("all") => {
             echo_mode();
             syscall_mode();
-            http_mode();
+            http_mode(false);
         }
         // `cargo test --benches` runs this binary without `--bench`: do not start a
         // four-minute measurement there.
         None if !under_cargo_bench => {
             println!(
-                "echo bench: run it with `cargo bench --bench echo [-- echo|syscalls|http|instructions|all]`"
+                "echo bench: run it with `cargo bench --bench echo [-- echo|syscalls|http|churn|instructions|all]`"
             );
         }
         None => {
@@ -121,7 +141,9 @@ fn main() {
             syscall_mode();
         }
         Some(other) => {
-            eprintln!("unknown mode {other:?}: use echo, syscalls, http, instructions or all");
+            eprintln!(
+                "unknown mode {other:?}: use echo, syscalls, http, churn, instructions or all"
+            );
             std::process::exit(2);
         }
     }
@@ -915,7 +937,7 @@ struct PerfCounter {
 }
 
 impl PerfCounter {
-    fn attach(pid: u32) -> Result<PerfCounter, String> {
+    fn attach(pid: u32, events: &[&str]) -> Result<PerfCounter, String> {
         let dir = env::temp_dir().join(format!("echo-perf-{}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let ctl_path = dir.join("ctl");
@@ -929,15 +951,7 @@ impl PerfCounter {
             }
         }
         let child = Command::new("perf")
-            .args([
-                "stat",
-                "-x",
-                ",",
-                "-D",
-                "-1",
-                "-e",
-                &SYSCALL_EVENTS.join(","),
-            ])
+            .args(["stat", "-x", ",", "-D", "-1", "-e", &events.join(",")])
             .arg("--control")
             .arg(format!(
                 "fifo:{},{}",
@@ -1022,7 +1036,7 @@ fn run_load(
     with_perf: bool,
 ) -> Result<String, String> {
     let mut perf = if with_perf {
-        Some(PerfCounter::attach(server_pid)?)
+        Some(PerfCounter::attach(server_pid, SYSCALL_EVENTS)?)
     } else {
         None
     };
@@ -2020,19 +2034,26 @@ fn wrk_time_us(s: &str) -> f64 {
 
 struct WrkResult {
     req_s: f64,
+    /// Requests completed in the run (wrk's "N requests in").
+    requests: f64,
     p50_us: f64,
     p99_us: f64,
 }
 
-fn run_wrk(port: u16, conns: usize, secs: u64) -> Result<WrkResult, String> {
+/// One wrk run; with `close`, every request asks for `Connection: close`, so each is a new
+/// connection (wrk reconnects; it counts the server's close as a read error, not printed).
+fn run_wrk(port: u16, conns: usize, secs: u64, close: bool) -> Result<WrkResult, String> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t1",
         &format!("-c{conns}"),
         &format!("-d{secs}s"),
         "--latency",
-    ])
-    .arg(format!("http://127.0.0.1:{port}/"));
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}/"));
     let out = pinned(&mut cmd, load_cpu())
         .output()
         .map_err(|e| format!("wrk: {e} (Debian package wrk)"))?;
@@ -2042,6 +2063,7 @@ fn run_wrk(port: u16, conns: usize, secs: u64) -> Result<WrkResult, String> {
     }
     let mut r = WrkResult {
         req_s: f64::NAN,
+        requests: f64::NAN,
         p50_us: f64::NAN,
         p99_us: f64::NAN,
     };
@@ -2051,25 +2073,61 @@ fn run_wrk(port: u16, conns: usize, secs: u64) -> Result<WrkResult, String> {
             ["Requests/sec:", v] => r.req_s = v.parse().unwrap_or(f64::NAN),
             ["50%", v] => r.p50_us = wrk_time_us(v),
             ["99%", v] => r.p99_us = wrk_time_us(v),
+            [n, "requests", "in", ..] => r.requests = n.parse().unwrap_or(f64::NAN),
             _ => {}
         }
-        if line.contains("Non-2xx") || line.contains("Socket errors") {
+        // "Socket errors: connect 0, read 51835, write 0, timeout 0": under `close` the
+        // reads are the servers' closes.
+        let only_closes = close
+            && line.contains("Socket errors")
+            && ["connect 0,", "write 0,", "timeout 0"]
+                .iter()
+                .all(|ok| line.contains(ok));
+        if (line.contains("Non-2xx") || line.contains("Socket errors")) && !only_closes {
             eprintln!("wrk: {}", line.trim());
         }
     }
     Ok(r)
 }
 
-fn http_mode() {
+/// One measured wrk run of the HTTP modes.
+struct HttpCell {
+    wrk: WrkResult,
+    cpu_us: f64,
+    user_us: f64,
+    /// System calls per request (per connection under `close`) by [`CHURN_EVENTS`], when
+    /// counted.
+    syscalls: Option<Vec<f64>>,
+}
+
+/// The `http` mode (`close` false: keep-alive) and the `churn` mode (`close` true: a new
+/// connection per request, and the server's system calls per connection under `perf`).
+fn http_mode(close: bool) {
     let rounds: usize = env_or("ECHO_ROUNDS", 3);
     let secs: u64 = env_or("ECHO_HTTP_SECS", 5);
     let conns: usize = env_or("ECHO_HTTP_CONNS", 50);
-    println!("## http: wrk -t1 -c{conns} -d{secs}s against examples/http_hello (copas) and a tokio current_thread twin; {rounds} interleaved rounds, 1 s wrk warm-up each");
+    let (mode, header) = if close {
+        (
+            "churn",
+            " -H 'Connection: close' (a new connection per request)",
+        )
+    } else {
+        ("http", "")
+    };
+    println!("## {mode}: wrk -t1 -c{conns} -d{secs}s{header} against examples/http_hello (copas) and a tokio current_thread twin; {rounds} interleaved rounds, 1 s wrk warm-up each");
     println!("{}", machine_header());
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("skipped: wrk not found (apt-get install wrk)");
         return;
     }
+    let count_syscalls = close
+        && match perf_works() {
+            Ok(()) => true,
+            Err(e) => {
+                println!("system calls not counted: {e}");
+                false
+            }
+        };
     let hello = match http_hello_binary() {
         Ok(b) => b,
         Err(e) => {
@@ -2079,9 +2137,17 @@ fn http_mode() {
     };
     let server_list = env::var("ECHO_HTTP_SERVERS").unwrap_or_else(|_| "copas,tokio".into());
     let servers: Vec<&str> = server_list.split(',').filter(|s| !s.is_empty()).collect();
-    let mut results: BTreeMap<&str, Vec<(WrkResult, f64, f64)>> = BTreeMap::new();
+    let short = |e: &str| e.trim_start_matches("syscalls:sys_enter_").to_string();
+    let mut results: BTreeMap<&str, Vec<HttpCell>> = BTreeMap::new();
     let mut csv =
-        String::from("round,server,req_per_s,p50_us,p99_us,cpu_us_per_req,user_us_per_req\n");
+        String::from("round,server,req_per_s,p50_us,p99_us,cpu_us_per_req,user_us_per_req");
+    if count_syscalls {
+        csv.push_str(",total");
+        for e in &CHURN_EVENTS[1..] {
+            let _ = write!(csv, ",{}", short(e));
+        }
+    }
+    csv.push('\n');
     for round in 1..=rounds {
         for server in rotated(&servers, round) {
             wait_for_quiet();
@@ -2110,57 +2176,91 @@ fn http_mode() {
                     continue;
                 }
             };
-            if let Err(e) = run_wrk(proc.port, conns, 1) {
+            if let Err(e) = run_wrk(proc.port, conns, 1, close) {
                 eprintln!("round {round} {server} warm-up: {e}");
                 continue;
             }
+            let mut perf = if count_syscalls {
+                match PerfCounter::attach(proc.pid(), CHURN_EVENTS) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("round {round} {server}: perf: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(p) = perf.as_mut() {
+                p.command("enable");
+            }
             let t0 = proc_times(proc.pid());
-            let r = match run_wrk(proc.port, conns, secs) {
+            let wrk = run_wrk(proc.port, conns, secs, close);
+            let t1 = proc_times(proc.pid());
+            if let Some(p) = perf.as_mut() {
+                p.command("disable");
+            }
+            let counts = perf.map(PerfCounter::finish);
+            let wrk = match wrk {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("round {round} {server}: {e}");
                     continue;
                 }
             };
-            let t1 = proc_times(proc.pid());
-            let requests = r.req_s * secs as f64;
+            let requests = wrk.requests;
             let cpu_s = ((t1.0 + t1.1) - (t0.0 + t0.1)) as f64 / clock_ticks();
             let cpu_us = cpu_s * 1e6 / requests;
             let user_us = (t1.0 - t0.0) as f64 / clock_ticks() * 1e6 / requests;
+            let syscalls = counts.map(|c| {
+                CHURN_EVENTS
+                    .iter()
+                    .map(|e| c.get(*e).copied().unwrap_or(0) as f64 / requests)
+                    .collect::<Vec<f64>>()
+            });
+            let calls = syscalls
+                .as_ref()
+                .map_or(String::new(), |v| format!("  {:.2} system calls/req", v[0]));
             println!(
-                "round {round} {server:<6} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {cpu_us:.2} µs/req ({user_us:.3} user)",
-                r.req_s, r.p50_us, r.p99_us
+                "round {round} {server:<6} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {cpu_us:.2} µs/req ({user_us:.3} user){calls}",
+                wrk.req_s, wrk.p50_us, wrk.p99_us
             );
-            let _ = writeln!(
+            let _ = write!(
                 csv,
                 "{round},{server},{:.1},{:.1},{:.1},{cpu_us:.4},{user_us:.4}",
-                r.req_s, r.p50_us, r.p99_us
+                wrk.req_s, wrk.p50_us, wrk.p99_us
             );
-            results
-                .entry(server)
-                .or_default()
-                .push((r, cpu_us, user_us));
+            for v in syscalls.iter().flatten() {
+                let _ = write!(csv, ",{v:.4}");
+            }
+            csv.push('\n');
+            results.entry(server).or_default().push(HttpCell {
+                wrk,
+                cpu_us,
+                user_us,
+                syscalls,
+            });
         }
     }
-    let path = out_dir().join("http.csv");
-    fs::write(&path, csv).expect("write http.csv");
+    let path = out_dir().join(format!("{mode}.csv"));
+    fs::write(&path, csv).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     println!();
     println!(
         "| server | n | req/s median [min..max] | vs tokio | p50 µs | p99 µs | server CPU µs/req | of which user µs/req |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let med_of = |server: &str, f: fn(&(WrkResult, f64, f64)) -> f64| -> f64 {
+    let med_of = |server: &str, f: &dyn Fn(&HttpCell) -> f64| -> f64 {
         results
             .get(server)
             .map_or(f64::NAN, |v| median(&v.iter().map(f).collect::<Vec<_>>()))
     };
-    let tokio = med_of("tokio", |r| r.0.req_s);
+    let tokio = med_of("tokio", &|r| r.wrk.req_s);
     for &server in &servers {
         let Some(v) = results.get(server) else {
             println!("| {server} | 0 | failed | | | | | |");
             continue;
         };
-        let rates: Vec<f64> = v.iter().map(|r| r.0.req_s).collect();
+        let rates: Vec<f64> = v.iter().map(|r| r.wrk.req_s).collect();
         let (lo, hi) = min_max(&rates);
         let m = median(&rates);
         println!(
@@ -2170,16 +2270,36 @@ fn http_mode() {
             kilo(lo),
             kilo(hi),
             ratio(m, tokio),
-            med_of(server, |r| r.0.p50_us),
-            med_of(server, |r| r.0.p99_us),
-            med_of(server, |r| r.1),
-            med_of(server, |r| r.2),
+            med_of(server, &|r| r.wrk.p50_us),
+            med_of(server, &|r| r.wrk.p99_us),
+            med_of(server, &|r| r.cpu_us),
+            med_of(server, &|r| r.user_us),
         );
+    }
+    if count_syscalls {
+        println!();
+        println!("system calls per connection (one request each), median of the rounds:");
+        println!();
+        print!("| server |");
+        print!(" total |");
+        for e in &CHURN_EVENTS[1..] {
+            print!(" {} |", short(e));
+        }
+        println!();
+        println!("|---|{}", "---|".repeat(CHURN_EVENTS.len()));
+        for &server in &servers {
+            print!("| {server} |");
+            for i in 0..CHURN_EVENTS.len() {
+                let v = med_of(server, &|r| r.syscalls.as_ref().map_or(f64::NAN, |s| s[i]));
+                print!(" {v:.2} |");
+            }
+            println!();
+        }
     }
     println!();
     println!(
         "copas median / tokio median = {}",
-        ratio(med_of("copas", |r| r.0.req_s), tokio)
+        ratio(med_of("copas", &|r| r.wrk.req_s), tokio)
     );
     println!("written to {}", path.display());
 }

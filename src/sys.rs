@@ -35,6 +35,21 @@ pub(crate) const SEND_FLAGS: libc::c_int = 0;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
+/// Accepts one connection from the non-blocking `listener`, itself non-blocking and
+/// close-on-exec. On Linux the flags come with the accept (`accept4(2)`), saving the two
+/// `fcntl` calls of `set_nonblocking` for every connection a server takes.
+pub(crate) fn accept_nonblocking(listener: &socket2::Socket) -> io::Result<socket2::Socket> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let sock = listener.accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)?.0;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let sock = {
+        let (sock, _) = listener.accept()?;
+        sock.set_nonblocking(true)?;
+        sock
+    };
+    Ok(sock)
+}
+
 /// One `recv(2)` into `buf`, which need not be initialised: `Ok(n)` means its first `n`
 /// bytes were written. Called with the descriptor's number rather than through `socket2`,
 /// whose `RefCell`-guarded handle and wrappers are a few dozen instructions and two more code

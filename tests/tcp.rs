@@ -1899,6 +1899,102 @@ fn connect_to_a_closed_port_is_refused_quickly() {
     assert_eq!(copas::status().sockets, 0);
 }
 
+// ----- a connection's first read -----------------------------------------------------------
+
+/// How long a first read that should be woken may wait in these tests before it fails with
+/// `Timeout`: far longer than loopback needs, far shorter than [`GUARD`].
+const FIRST_READ: Duration = Duration::from_secs(3);
+
+/// A new connection's first read asks the poller, not the kernel (one `recv` that would
+/// mostly hear `EAGAIN` saved per connection): it must still see bytes that were queued
+/// before the server accepted, bytes and end of stream queued before the accept, and bytes
+/// that come later.
+#[test]
+fn an_accepted_connections_first_receive_sees_bytes_from_before_and_after_the_accept() {
+    let (listener, addr) = util::local_listener();
+    // Two clients whose bytes (and for the second, its end of stream) are queued in the
+    // kernel before copas even has the listener.
+    let mut early = TcpStream::connect(addr).expect("connect");
+    early.write_all(b"early\n").expect("write");
+    let mut closed = TcpStream::connect(addr).expect("connect");
+    closed.write_all(b"then closed").expect("write");
+    closed.shutdown(Shutdown::Write).expect("shutdown");
+    thread::sleep(ms(50));
+    let got: Shared<Vec<Vec<u8>>> = Rc::default();
+    let server_cell: Rc<Cell<Option<Server>>> = Rc::default();
+    let (got2, cell) = (got.clone(), server_cell.clone());
+    let server = copas::addserver(listener, move |mut sock: Socket| {
+        sock.settimeout(Some(FIRST_READ));
+        let first = sock.receivepartial(64).expect("first receive");
+        let rest = if first.ends_with(b"\n") {
+            Vec::new()
+        } else {
+            sock.receive(Pattern::All).expect("rest")
+        };
+        sock.send(b"ok\n").expect("send");
+        let mut got = got2.borrow_mut();
+        got.push([first, rest].concat());
+        if got.len() == 3 {
+            copas::removeserver(cell.get().expect("server"), false).expect("removeserver");
+        }
+    })
+    .expect("addserver");
+    server_cell.set(Some(server));
+    // The third client connects once the server runs and writes a while after.
+    let late = std_peer(addr, |mut stream| {
+        thread::sleep(ms(200));
+        stream.write_all(b"late\n").expect("peer: write");
+        assert_eq!(read_to_close(&mut stream), b"ok\n");
+    });
+    util::run_checked(secs(20));
+    join(late);
+    for stream in [&mut early, &mut closed] {
+        stream.set_read_timeout(Some(secs(5))).expect("timeout");
+        assert_eq!(read_to_close(stream), b"ok\n");
+    }
+    let mut got = got.borrow().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [&b"early\n"[..], b"late\n", b"then closed"].map(<[u8]>::to_vec)
+    );
+}
+
+/// The same for a connection copas opened: the first receive sees a greeting the server
+/// sent before it, and one sent a while after.
+#[test]
+fn a_connected_sockets_first_receive_sees_a_greeting_from_before_and_after() {
+    let (listener, addr) = util::local_listener();
+    let server = thread::spawn(move || {
+        for delay in [ms(0), ms(200)] {
+            let (mut stream, _) = listener.accept().expect("accept");
+            thread::sleep(delay);
+            stream.write_all(b"220 hello\r\n").expect("write");
+            assert_eq!(read_to_close(&mut stream), b"QUIT\r\n");
+        }
+    });
+    let greetings: Shared<Vec<Vec<u8>>> = Rc::default();
+    let greetings2 = greetings.clone();
+    copas::addthread(move || {
+        for pause in [ms(100), ms(0)] {
+            let mut sock = connect(addr);
+            sock.settimeout(Some(FIRST_READ));
+            // Long enough for an immediate greeting to be queued before the first read.
+            copas::pause(pause);
+            let line = sock.receive(Pattern::Line).expect("greeting");
+            greetings2.borrow_mut().push(line);
+            sock.send(b"QUIT\r\n").expect("send");
+        }
+    })
+    .expect("addthread");
+    util::run_checked(secs(20));
+    join(server);
+    assert_eq!(
+        *greetings.borrow(),
+        [b"220 hello".to_vec(), b"220 hello".to_vec()]
+    );
+}
+
 // ----- descriptors ------------------------------------------------------------------------
 
 const FD_CHILD: &str = "COPAS_TCP_FD_CHILD";

@@ -39,6 +39,11 @@ pub(crate) struct Readiness {
 /// poller reports end of stream separately; see the module docs).
 pub(crate) const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 
+/// Whether registering a descriptor makes the next wait report what it is ready for already
+/// (epoll's `EPOLL_CTL_ADD` queues an event for the current state, edge-triggered or not), so
+/// a new connection's readiness need not be guessed.
+pub(crate) const REGISTRATION_REPORTS_STATE: bool = cfg!(target_os = "linux");
+
 /// The key reserved for the poller's own wake-up descriptor.
 pub(crate) const NOTIFY_KEY: u64 = u64::MAX;
 

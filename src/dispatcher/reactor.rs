@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 
-use super::poller::SHORT_READ_DRAINS;
+use super::poller::{REGISTRATION_REPORTS_STATE, SHORT_READ_DRAINS};
 use super::task::{Coroutine, TaskSocket};
 
 /// What a registered socket shares between its owners (the `Socket` handles) and the
@@ -80,6 +80,17 @@ impl IoSource {
         }?;
         self.waiting.set(self.waiting.get() - 1);
         Some(next)
+    }
+
+    /// For a connection just accepted or connected, nothing read from it yet: the first read
+    /// waits for the event its registration queued (see [`REGISTRATION_REPORTS_STATE`])
+    /// instead of asking the kernel first. A client's first bytes usually come just after
+    /// the handshake, so that first `recv` would mostly hear `EAGAIN`: one system call per
+    /// connection saved.
+    pub(crate) fn await_first_event(&self) {
+        if REGISTRATION_REPORTS_STATE {
+            self.readable.set(false);
+        }
     }
 
     /// Whether the descriptor has been closed.

@@ -232,6 +232,7 @@ fn connect_one(
         ..Timeouts::default()
     };
     let conn = Connection::register(sock, timeouts, SocketName::Default)?;
+    conn.io.await_first_event();
     if pending {
         conn.io.writable.set(false);
         conn.wait_connected(deadline)?;

@@ -25,6 +25,7 @@ use crate::dispatcher::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::socket::{Connection, Socket, SocketName, Timeouts};
+use crate::sys;
 
 /// Connections accepted per readiness event before the other work gets a turn.
 const ACCEPT_BUDGET: usize = 64;
@@ -99,18 +100,10 @@ fn is_resource_shortage(e: &io::Error) -> bool {
 }
 
 impl Listener {
-    /// Starts the handler for one accepted connection.
+    /// Starts the handler for one accepted connection (already non-blocking).
     fn start(&self, sock: socket2::Socket) {
         let n = self.accepted.get() + 1;
         self.accepted.set(n);
-        if let Err(e) = sock.set_nonblocking(true) {
-            log_or_print!(
-                log::Level::Warn,
-                "{}: dropping accepted connection: {e}",
-                self.name
-            );
-            return;
-        }
         let name = SocketName::Client {
             server: self.name.clone(),
             n,
@@ -126,6 +119,7 @@ impl Listener {
                 return;
             }
         };
+        conn.io.await_first_event();
         let socket = Socket::from_connection(conn.clone());
         let handler = self.handler.clone();
         let task_name = TaskName::Handler {
@@ -152,12 +146,12 @@ impl Acceptor for Listener {
             let accepted = {
                 let sock = self.io.sock();
                 match sock.as_ref() {
-                    Some(sock) => sock.accept(),
+                    Some(sock) => sys::accept_nonblocking(sock),
                     None => return AcceptOutcome::Drained,
                 }
             };
             match accepted {
-                Ok((sock, _addr)) => {
+                Ok(sock) => {
                     if self.backoff.get() > BACKOFF_MIN {
                         log::info!("{}: accepting again after backing off", self.name);
                     }
