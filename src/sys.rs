@@ -40,7 +40,9 @@ use std::time::Instant;
 /// `fcntl` calls of `set_nonblocking` for every connection a server takes.
 pub(crate) fn accept_nonblocking(listener: &socket2::Socket) -> io::Result<socket2::Socket> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let sock = listener.accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)?.0;
+    let sock = listener
+        .accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)?
+        .0;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let sock = {
         let (sock, _) = listener.accept()?;
