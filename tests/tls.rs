@@ -250,6 +250,18 @@ fn run_checked(reports: &Reports, limit: Duration) -> Vec<(ErrorKind, String)> {
         .collect()
 }
 
+/// Steps the dispatcher until a helper thread's result arrives on `rx`, within `limit`.
+fn step_until_received<T>(rx: &mpsc::Receiver<T>, limit: Duration) -> Option<T> {
+    let mut got = None;
+    util::step_until(limit, || {
+        if got.is_none() {
+            got = rx.try_recv().ok();
+        }
+        got.is_some()
+    });
+    got
+}
+
 /// A TLS line-echo handler: echoes lines until `bye`; counts the sessions it served.
 fn tls_echo(served: Rc<Cell<u32>>) -> impl Fn(Socket) + 'static {
     move |mut sock: Socket| {
@@ -424,25 +436,154 @@ fn openssl_s_client_talks_to_our_echo_server() {
         let _ = tx.send((got, status.success(), stderr));
     });
 
-    let done = shared(None);
-    let sink = done.clone();
-    let ok = util::step_until(secs(30), || {
-        if let Ok(result) = rx.try_recv() {
-            *sink.borrow_mut() = Some(result);
-        }
-        sink.borrow().is_some()
-    });
-    assert!(ok, "s_client did not finish");
+    let done = step_until_received(&rx, secs(30));
     copas::removeserver(server, false).unwrap();
     run_checked(&reports, secs(20));
     helper.join().expect("helper thread");
-    let (got, _success, stderr) = done.borrow_mut().take().unwrap();
+    let (got, _success, stderr) = done.expect("s_client did not finish");
     assert_eq!(
         got,
         vec!["hello over tls", "second line"],
         "stderr: {stderr:?}"
     );
     assert_eq!(served.get(), 1);
+}
+
+/// How [`relay`] passes on the client's bytes.
+#[derive(Clone, Copy)]
+enum Relaying {
+    /// In pieces of this many bytes, with this pause after each.
+    Trickle(usize, Duration),
+    /// Gathered until the client pauses this long, then in one write.
+    Coalesce(Duration),
+}
+
+/// Relays one connection accepted on `listener` to `to` on two OS threads: the client's
+/// bytes as `how` says, the server's as they come.
+fn relay(
+    listener: std::net::TcpListener,
+    to: SocketAddr,
+    how: Relaying,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().expect("relay: accept");
+        let mut server = std::net::TcpStream::connect(to).expect("relay: connect");
+        server.set_nodelay(true).expect("nodelay");
+        let quiet = match how {
+            Relaying::Coalesce(quiet) => quiet,
+            Relaying::Trickle(..) => secs(20),
+        };
+        client.set_read_timeout(Some(quiet)).expect("timeout");
+        let (mut from_server, mut to_client) = (
+            server.try_clone().expect("clone"),
+            client.try_clone().expect("clone"),
+        );
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_server, &mut to_client);
+            let _ = to_client.shutdown(std::net::Shutdown::Write);
+        });
+        let mut buf = [0u8; 4096];
+        let mut gathered = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < secs(30) {
+            match (client.read(&mut buf), how) {
+                (Ok(0), _) => break,
+                (Ok(n), Relaying::Trickle(piece, gap)) => {
+                    for chunk in buf[..n].chunks(piece) {
+                        let _ = server.write_all(chunk);
+                        std::thread::sleep(gap);
+                    }
+                }
+                (Ok(n), Relaying::Coalesce(_)) => gathered.extend_from_slice(&buf[..n]),
+                (Err(e), _)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    let _ = server.write_all(&std::mem::take(&mut gathered));
+                }
+                (Err(_), _) => break,
+            }
+        }
+        let _ = server.write_all(&gathered);
+        let _ = server.shutdown(std::net::Shutdown::Write);
+        back.join().expect("relay: back");
+    })
+}
+
+/// A TLS read first looks whether anything is buffered and the socket drained, and then
+/// waits without calling into OpenSSL. Records that arrive a few bytes at a time (OpenSSL
+/// holding half a record between the pieces), the handshake's too, must still be read whole;
+/// so must records whose bytes all came at once, when the reader takes less than a record
+/// (the rest decrypted in the TLS layer) or less than what came (the next records' bytes in
+/// the adapter), with the socket itself drained.
+#[test]
+fn tls_records_arriving_in_pieces_or_all_at_once_are_read_whole() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("tls_records_arriving_in_pieces_or_all_at_once", secs(60));
+    let reports = collect_reports();
+    let served = Rc::new(Cell::new(0));
+    let (server, addr) = add_tls_echo(pki.acceptor(), GUARD, served.clone());
+    let (trickle_listener, trickle_addr) = util::local_listener();
+    let trickle = relay(trickle_listener, addr, Relaying::Trickle(7, ms(1)));
+    let (coalesce_listener, coalesce_addr) = util::local_listener();
+    let coalesce = relay(coalesce_listener, addr, Relaying::Coalesce(ms(20)));
+    let connector = pki.connector();
+    let line = |i: usize, len: usize| -> Vec<u8> {
+        (0..len).map(|j| b'a' + ((i * 7 + j) % 26) as u8).collect()
+    };
+    // Each message is written as the parts given, a TLS record each, with "\n" after the
+    // last. Through the first relay, small records in 7-byte pieces. Through the second,
+    // which passes each burst on in one write: a line of two records that land together
+    // (the second waits in the adapter), a 10,000-byte record read in buffer-sized parts
+    // (the rest waits decrypted in OpenSSL), 40,000 bytes in three records, and two lines
+    // in one record.
+    let trickled = vec![vec![line(0, 3)], vec![line(1, 700)], vec![line(2, 2_000)]];
+    let at_once = vec![
+        vec![line(3, 5), line(4, 6)],
+        vec![line(5, 10_000)],
+        vec![line(6, 40_000)],
+        vec![[line(7, 10), b"\n".to_vec(), line(8, 20)].concat()],
+    ];
+    let expected: Vec<Vec<u8>> = trickled
+        .iter()
+        .chain(&at_once)
+        .map(|parts| [parts.concat(), b"\n".to_vec()].concat())
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let mut echoed = Vec::new();
+        for (to, messages) in [(trickle_addr, trickled), (coalesce_addr, at_once)] {
+            let tcp = std::net::TcpStream::connect(to).expect("connect");
+            tcp.set_read_timeout(Some(secs(20))).expect("timeout");
+            // No Nagle delay: a message's records reach the relay together.
+            tcp.set_nodelay(true).expect("nodelay");
+            let tls = connector.connect("localhost", tcp).expect("handshake");
+            let mut reader = BufReader::new(tls);
+            for mut parts in messages {
+                let lines = parts.iter().flatten().filter(|&&b| b == b'\n').count() + 1;
+                parts.last_mut().expect("a part").push(b'\n');
+                for part in &parts {
+                    reader.get_mut().write_all(part).expect("write");
+                }
+                let mut back = Vec::new();
+                for _ in 0..lines {
+                    reader.read_until(b'\n', &mut back).expect("read the echo");
+                }
+                echoed.push(back);
+            }
+            reader.get_mut().write_all(b"bye\n").expect("write bye");
+        }
+        let _ = tx.send(echoed);
+    });
+    let echoed = step_until_received(&rx, secs(40));
+    copas::removeserver(server, false).unwrap();
+    run_checked(&reports, secs(20));
+    client.join().expect("client thread");
+    trickle.join().expect("relay thread");
+    coalesce.join().expect("relay thread");
+    let echoed = echoed.expect("the client did not finish");
+    assert_eq!(echoed, expected);
+    assert_eq!(served.get(), 2);
 }
 
 // ----- largetransfer (TLS part) -----------------------------------------------------------
