@@ -720,6 +720,10 @@ impl Dispatcher {
     /// Unwinds removed coroutines and removes sources closed under a borrow.
     fn reap(&self) {
         loop {
+            // Twice a step, almost always with nothing to do: look before taking.
+            if self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty() {
+                return;
+            }
             let graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
             let closed = std::mem::take(&mut *self.closed_sources.borrow_mut());
             if graves.is_empty() && closed.is_empty() {
@@ -794,7 +798,7 @@ impl Dispatcher {
         } else {
             waited
         };
-        if now.duration_since(waited) > LATE_AFTER {
+        if (remote || accepted) && now.duration_since(waited) > LATE_AFTER {
             let expired = self
                 .state
                 .borrow()
@@ -885,6 +889,9 @@ impl Dispatcher {
 
     /// Runs the accept rounds due; false when there were none.
     fn accept_pending(&self) -> bool {
+        if self.state.borrow().pending_accept.is_empty() {
+            return false;
+        }
         let pending = std::mem::take(&mut self.state.borrow_mut().pending_accept);
         if pending.is_empty() {
             return false;
