@@ -719,16 +719,11 @@ impl Dispatcher {
 
     /// Unwinds removed coroutines and removes sources closed under a borrow.
     fn reap(&self) {
-        loop {
-            // Twice a step, almost always with nothing to do: look before taking.
-            if self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty() {
-                return;
-            }
+        // Twice a step, almost always with nothing to do: look before taking.
+        while !(self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty())
+        {
             let graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
             let closed = std::mem::take(&mut *self.closed_sources.borrow_mut());
-            if graves.is_empty() && closed.is_empty() {
-                return;
-            }
             for key in closed {
                 let removed = self.state.borrow_mut().remove_source(key);
                 drop(removed);
@@ -893,9 +888,6 @@ impl Dispatcher {
             return false;
         }
         let pending = std::mem::take(&mut self.state.borrow_mut().pending_accept);
-        if pending.is_empty() {
-            return false;
-        }
         for key in pending {
             let acceptor = {
                 let mut st = self.state.borrow_mut();
