@@ -718,8 +718,17 @@ impl Dispatcher {
     }
 
     /// Unwinds removed coroutines and removes sources closed under a borrow.
+    #[inline]
     fn reap(&self) {
-        // Twice a step, almost always with nothing to do: look before taking.
+        // Twice a step, almost always with nothing to do: a look in line, the work out of it.
+        if !(self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty()) {
+            self.reap_all();
+        }
+    }
+
+    /// [`Dispatcher::reap`]'s work, until nothing is left (unwinding may queue more).
+    #[inline(never)]
+    fn reap_all(&self) {
         while !(self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty())
         {
             let graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
