@@ -1454,6 +1454,11 @@ fn print_order_effect(cells: &[EchoCell], conns: usize, size: usize) {
 
 // ----- mode: system calls per message -----------------------------------------------------
 
+/// A tracepoint's system-call name (`syscalls:sys_enter_recvfrom` → `recvfrom`), for tables.
+fn short(event: &str) -> String {
+    event.trim_start_matches("syscalls:sys_enter_").to_string()
+}
+
 fn perf_works() -> Result<(), String> {
     let out = Command::new("perf")
         .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "true"])
@@ -1486,7 +1491,6 @@ fn syscall_mode() {
         println!("skipped: {e}");
         return;
     }
-    let short = |e: &str| e.trim_start_matches("syscalls:sys_enter_").to_string();
     let mut csv = String::from("server,conns,size,msgs,total");
     for e in &SYSCALL_EVENTS[1..] {
         let _ = write!(csv, ",{}", short(e));
@@ -2137,7 +2141,6 @@ fn http_mode(close: bool) {
     };
     let server_list = env::var("ECHO_HTTP_SERVERS").unwrap_or_else(|_| "copas,tokio".into());
     let servers: Vec<&str> = server_list.split(',').filter(|s| !s.is_empty()).collect();
-    let short = |e: &str| e.trim_start_matches("syscalls:sys_enter_").to_string();
     let mut results: BTreeMap<&str, Vec<HttpCell>> = BTreeMap::new();
     let mut csv =
         String::from("round,server,req_per_s,p50_us,p99_us,cpu_us_per_req,user_us_per_req");

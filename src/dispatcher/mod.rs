@@ -721,16 +721,21 @@ impl Dispatcher {
     #[inline]
     fn reap(&self) {
         // Twice a step, almost always with nothing to do: a look in line, the work out of it.
-        if !(self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty()) {
+        if self.reap_due() {
             self.reap_all();
         }
+    }
+
+    /// Whether a coroutine waits to be unwound or a closed source to be removed.
+    #[inline]
+    fn reap_due(&self) -> bool {
+        !(self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty())
     }
 
     /// [`Dispatcher::reap`]'s work, until nothing is left (unwinding may queue more).
     #[inline(never)]
     fn reap_all(&self) {
-        while !(self.state.borrow().graveyard.is_empty() && self.closed_sources.borrow().is_empty())
-        {
+        while self.reap_due() {
             let graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
             let closed = std::mem::take(&mut *self.closed_sources.borrow_mut());
             for key in closed {
@@ -798,21 +803,22 @@ impl Dispatcher {
         // clock reading is still now (one clock read less per step: an empty step is a
         // `pause(ZERO)` yield).
         let now = if remote || accepted {
-            Instant::now()
+            let now = Instant::now();
+            if now.duration_since(waited) > LATE_AFTER {
+                let expired = self
+                    .state
+                    .borrow()
+                    .timers
+                    .next_deadline()
+                    .is_some_and(|at| at <= now);
+                if expired {
+                    self.dispatch_events(poller, Some(Duration::ZERO))?;
+                }
+            }
+            now
         } else {
             waited
         };
-        if (remote || accepted) && now.duration_since(waited) > LATE_AFTER {
-            let expired = self
-                .state
-                .borrow()
-                .timers
-                .next_deadline()
-                .is_some_and(|at| at <= now);
-            if expired {
-                self.dispatch_events(poller, Some(Duration::ZERO))?;
-            }
-        }
         self.fire_timers(now);
         if self.state.borrow().shutdown.is_some() {
             // Past a shutdown's deadline nothing more runs.

@@ -260,30 +260,25 @@ impl TlsLayer {
     }
 
     /// Whether a read can make progress without the kernel: decrypted bytes in the TLS
-    /// layer or raw bytes in the adapter.
+    /// layer, raw bytes in the adapter, or the end of stream the adapter saw.
     pub(crate) fn has_buffered(&self) -> bool {
         match self.stream.try_borrow() {
             Ok(stream) => {
                 let adapter = stream.get_ref();
-                adapter.start < adapter.end || stream.buffered_read_size().unwrap_or(0) > 0
+                adapter.start < adapter.end
+                    || adapter.eof
+                    || stream.buffered_read_size().unwrap_or(0) > 0
             }
             Err(_) => false,
         }
     }
 
-    /// Whether a read is sure to wait: nothing decrypted in the TLS layer, no raw bytes in
-    /// the adapter, and the socket known drained (its readiness bit clear, no end of stream).
+    /// Whether a read is sure to wait: the socket known drained (its readiness bit clear, no
+    /// end of stream) and nothing in the TLS layer or the adapter ([`TlsLayer::has_buffered`]).
+    /// Called only between TLS calls, when the stream is never borrowed.
     fn drained(&self, conn: &Connection) -> bool {
         let io = &conn.io;
-        if io.readable.get() || io.read_closed.get() {
-            return false;
-        }
-        self.stream.try_borrow().is_ok_and(|stream| {
-            let adapter = stream.get_ref();
-            adapter.start == adapter.end
-                && !adapter.eof
-                && stream.buffered_read_size().unwrap_or(0) == 0
-        })
+        !io.readable.get() && !io.read_closed.get() && !self.has_buffered()
     }
 
     /// Sends a `close_notify` alert if the socket takes it at once; never waits.
