@@ -26,7 +26,8 @@
 //! Environment (defaults in brackets): `ECHO_ROUNDS` [3], `ECHO_WARMUP` seconds [1],
 //! `ECHO_SECS` measured seconds [5], `ECHO_SERVERS` [copas,polling,tokio,may; also
 //! `copas_read`: copas with `std::io::Read` into a stack buffer instead of
-//! `receivepartial`; `copas_timeout` and `tokio_timeout`: every read and write under a 60 s
+//! `receivepartial`; `copas_read_heap`: the same into a 4 KiB heap buffer per connection;
+//! `copas_timeout` and `tokio_timeout`: every read and write under a 60 s
 //! timeout (armed and cancelled per message, never fired); `copas@<KiB>` and
 //! `copas_read@<KiB>`: with that coroutine stack size; `exe=<path>`: the copas server of
 //! another build's echo bench binary (`exe=<path>#<server>`: that server of it), to compare
@@ -475,6 +476,7 @@ fn server_role(args: &[String]) {
             match name {
                 "copas" => copas_server(echo_receivepartial, stack),
                 "copas_read" => copas_server(echo_read, stack),
+                "copas_read_heap" => copas_server(echo_read_heap, stack),
                 "copas_timeout" => copas_server(echo_receivepartial_timed, stack),
                 _ => {
                     eprintln!("unknown server {kind:?}");
@@ -540,6 +542,23 @@ fn echo_receivepartial(mut sock: copas::Socket) {
 fn echo_read(mut sock: copas::Socket) {
     let _ = sock.set_nodelay(true);
     let mut buf = [0u8; READ_MAX];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if sock.send(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `echo_read` with the buffer on the heap, one per connection: the handler's stack stays
+/// one page (the 4 KiB array spans two), and no `Vec` is made per message.
+fn echo_read_heap(mut sock: copas::Socket) {
+    let _ = sock.set_nodelay(true);
+    let mut buf = vec![0u8; READ_MAX].into_boxed_slice();
     loop {
         match sock.read(&mut buf) {
             Ok(0) | Err(_) => break,
