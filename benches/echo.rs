@@ -555,7 +555,8 @@ fn echo_read(mut sock: copas::Socket) {
 }
 
 /// `echo_read` with the buffer on the heap, one per connection: the handler's stack stays
-/// one page (the 4 KiB array spans two), and no `Vec` is made per message.
+/// one page (the 4 KiB array spans two), and no `Vec` is made per message (run 23 in
+/// docs/benchmarks.md).
 fn echo_read_heap(mut sock: copas::Socket) {
     let _ = sock.set_nodelay(true);
     let mut buf = vec![0u8; READ_MAX].into_boxed_slice();
