@@ -9,7 +9,7 @@ runs narrows that. For each load and peer this prints, per run and pooled, the m
 paired ratios and a 95 % bootstrap interval of that median (rounds resampled, fixed seed, so
 the output is repeatable).
 
-    python3 benches/pool.py [--svg OUT.svg] docs/benchmarks-echo-data/echo.csv \\
+    python3 benches/pool.py [--svg OUT.svg] [--costs] docs/benchmarks-echo-data/echo.csv \\
         docs/benchmarks-echo-data/run9/echo.csv docs/benchmarks-echo-data/run10/echo.csv \\
         docs/benchmarks-echo-data/run11/echo.csv
 
@@ -17,6 +17,9 @@ With --svg it also draws the pooled ratios (docs/benchmarks-pooled.svg), with
 benches/chart.py's panels: a bar per load and peer, the interval as a whisker, 1.0 marked.
 With --pairs A/B[,C/D...] it pools those ratios instead of copas against polling and tokio
 (e.g. --pairs coro_floor/polling,copas/coro_floor: the coroutine floor against the loop).
+With --costs it also pools, for the same pairs, the per-round differences of the server's
+CPU time per message and of its user and kernel parts (A minus B, µs), to see where a gap in
+the rate is spent.
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
 and earlier) measured the order as much as the servers.
@@ -40,6 +43,44 @@ def load(path):
         }
 
 
+def load_costs(path):
+    """(round, server, conns) -> (server CPU, user, kernel) µs per message of one run's CSV."""
+    out = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            try:
+                cpu, user = float(r["cpu_us_per_msg"]), float(r["user_us_per_msg"])
+            except (KeyError, ValueError):
+                continue
+            out[(int(r["round"]), r["server"], int(r["conns"]))] = (cpu, user, cpu - user)
+    return out
+
+
+def print_costs(paths, loads, pairs):
+    """Pooled per-round differences of CPU per message between the servers of each pair."""
+    runs = [load_costs(p) for p in paths]
+    print()
+    print("| load | difference (µs per message) | rounds | server CPU | user | kernel |")
+    print("|---|---|---|---|---|---|")
+    for conns in loads:
+        for server, peer in pairs:
+            diffs = [
+                tuple(a - b for a, b in zip(cost, cells[(rnd, peer, c)]))
+                for cells in runs
+                for (rnd, s, c), cost in sorted(cells.items())
+                if s == server and c == conns and (rnd, peer, c) in cells
+            ]
+            if not diffs:
+                continue
+            rng = random.Random(1)
+            figures = []
+            for i in range(3):
+                column = [d[i] for d in diffs]
+                lo, hi = interval(column, rng)
+                figures.append(f"{statistics.median(column):+.3f} [{lo:+.3f}..{hi:+.3f}]")
+            print(f"| C={conns} | {server} − {peer} | {len(diffs)} | " + " | ".join(figures) + " |")
+
+
 def paired(cells, conns, server, peer):
     """The per-round ratios server / peer at one load."""
     return [
@@ -60,7 +101,12 @@ def interval(ratios, rng):
 def main(args):
     svg_out = None
     pairs = None
-    while args[:1] in (["--svg"], ["--pairs"]):
+    costs = False
+    while args[:1] in (["--svg"], ["--pairs"], ["--costs"]):
+        if args[0] == "--costs":
+            costs = True
+            args = args[1:]
+            continue
         if len(args) < 2:
             sys.exit(__doc__)
         if args[0] == "--svg":
@@ -99,6 +145,8 @@ def main(args):
                 median = statistics.median(pooled)
                 print(f"| C={conns} | {server} ÷ {peer} | **pooled** | {len(pooled)} | **{median:.3f}** | {lo:.3f}..{hi:.3f} |")
                 pooled_figures.setdefault(label, {})[f"C={conns}"] = dict(mid=median, lo=lo, hi=hi)
+    if costs:
+        print_costs(paths, loads, [pair for pair, _ in labelled])
     if svg_out:
         draw(svg_out, pooled_figures, len(runs), [f"C={c}" for c in loads])
 
