@@ -260,25 +260,29 @@ impl TlsLayer {
     }
 
     /// Whether a read can make progress without the kernel: decrypted bytes in the TLS
-    /// layer, raw bytes in the adapter, or the end of stream the adapter saw.
+    /// layer, raw bytes in the adapter, or the end of stream the adapter saw. `None` while
+    /// a TLS call has the stream borrowed (then nobody can tell).
+    fn buffered(&self) -> Option<bool> {
+        let stream = self.stream.try_borrow().ok()?;
+        let adapter = stream.get_ref();
+        Some(
+            adapter.start < adapter.end
+                || adapter.eof
+                || stream.buffered_read_size().unwrap_or(0) > 0,
+        )
+    }
+
+    /// [`TlsLayer::buffered`], false when it cannot tell: whether to wake the next reader.
     pub(crate) fn has_buffered(&self) -> bool {
-        match self.stream.try_borrow() {
-            Ok(stream) => {
-                let adapter = stream.get_ref();
-                adapter.start < adapter.end
-                    || adapter.eof
-                    || stream.buffered_read_size().unwrap_or(0) > 0
-            }
-            Err(_) => false,
-        }
+        self.buffered() == Some(true)
     }
 
     /// Whether a read is sure to wait: the socket known drained (its readiness bit clear, no
-    /// end of stream) and nothing in the TLS layer or the adapter ([`TlsLayer::has_buffered`]).
-    /// Called only between TLS calls, when the stream is never borrowed.
+    /// end of stream) and nothing in the TLS layer or the adapter; false when that cannot be
+    /// told, so an unsure read asks OpenSSL rather than wait for an edge that may not come.
     fn drained(&self, conn: &Connection) -> bool {
         let io = &conn.io;
-        !io.readable.get() && !io.read_closed.get() && !self.has_buffered()
+        !io.readable.get() && !io.read_closed.get() && self.buffered() == Some(false)
     }
 
     /// Sends a `close_notify` alert if the socket takes it at once; never waits.
