@@ -32,7 +32,9 @@
 //! `copas_read@<KiB>`: with that coroutine stack size; `exe=<path>`: the copas server of
 //! another build's echo bench binary (`exe=<path>#<server>`: that server of it), to compare
 //! two commits in one interleaved run; `coro_floor`: the floor of any stackful-coroutine
-//! server, copas's coroutine core on raw epoll with nothing else], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
+//! server, copas's coroutine core on raw epoll with nothing else; `polling_work_first`
+//! and `polling_work_after`: the loop with busy work per event, before the wait's first
+//! reply or after each event's write], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
 //! [50], `ECHO_HTTP_SERVERS` [copas,tokio; also `hello=<path>`: another build's
 //! `http_hello`, to compare two commits], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
@@ -492,7 +494,9 @@ fn server_role(args: &[String]) {
             eprintln!("{kind}: {err}");
             std::process::exit(2);
         }
-        Some("polling") => polling_server(),
+        Some("polling") => polling_server(None),
+        Some("polling_work_first") => polling_server(Some(Work::First)),
+        Some("polling_work_after") => polling_server(Some(Work::After)),
         Some("coro_floor") => coro_floor_server(),
         Some("tokio") => tokio_server(false),
         Some("tokio_timeout") => tokio_server(true),
@@ -569,10 +573,30 @@ fn echo_read_into(mut sock: copas::Socket, buf: &mut [u8]) {
     }
 }
 
+/// Where the diagnostic servers `polling_work_first` and `polling_work_after` spend
+/// [`WORK_SPINS`] of busy work per event: all of it in a pass over the wait's events
+/// before the first is served (as a dispatcher that wakes every event's coroutine before it
+/// resumes any), or after each event's write (the same CPU, no reply held back). Their ratio
+/// says what holding a wait's replies back costs in a closed loop, apart from the CPU.
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    First,
+    After,
+}
+
+/// Iterations of the diagnostic servers' busy work per event (about a microsecond here).
+const WORK_SPINS: u64 = 3000;
+
+fn busy_work() {
+    for i in 0..WORK_SPINS {
+        std::hint::black_box(i);
+    }
+}
+
 /// The limit: a level-triggered `polling` readiness loop, no coroutines. One read of up to
 /// 4096 bytes per readiness event, written straight back; a short write parks the rest and
-/// switches the interest to writable until it is out.
-fn polling_server() {
+/// switches the interest to writable until it is out. `work`: see [`Work`].
+fn polling_server(work: Option<Work>) {
     use polling::{Event, Events, PollMode, Poller};
 
     struct Conn {
@@ -596,7 +620,15 @@ fn polling_server() {
     loop {
         events.clear();
         poller.wait(&mut events, None).expect("wait");
-        for ev in events.iter() {
+        if work == Some(Work::First) {
+            for _ in events.iter() {
+                busy_work();
+            }
+        }
+        for (i, ev) in events.iter().enumerate() {
+            if work == Some(Work::After) && i > 0 {
+                busy_work(); // the event before's, after its write
+            }
             if ev.key == LISTENER {
                 for _ in 0..64 {
                     match listener.accept() {
@@ -646,6 +678,9 @@ fn polling_server() {
                 let conn = conns.remove(key);
                 let _ = poller.delete(&conn.stream);
             }
+        }
+        if work == Some(Work::After) && !events.is_empty() {
+            busy_work(); // the last event's
         }
     }
 
