@@ -153,6 +153,158 @@ impl Datagram {
     pub(crate) fn truncated(&self) -> bool {
         self.len > self.data.len()
     }
+
+    /// The datagram as a receive of at most `size` bytes would have had it from the kernel:
+    /// cut to `size`, keeping its real length.
+    pub(crate) fn cut_to(mut self, size: usize) -> Datagram {
+        if self.data.len() > size {
+            self.data.truncate(size);
+            self.data.shrink_to_fit();
+        }
+        self
+    }
+}
+
+/// The largest UDP payload (65,535 bytes less the UDP header, over IPv6 without jumbograms):
+/// what a datagram read without knowing who will take it must have room for.
+pub(crate) const MAX_DATAGRAM: usize = 65_527;
+
+/// What [`recv_datagrams`] received.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// The first datagram, cut to the size asked for.
+    pub(crate) first: Datagram,
+    /// The datagram queued behind it, whole (up to [`MAX_DATAGRAM`] bytes), if there was one.
+    pub(crate) next: Option<Datagram>,
+    /// The receive queue was empty after the first: no datagram is left unannounced, so
+    /// the next receive can wait for the socket's next edge instead of asking the kernel
+    /// only to hear `EAGAIN` (the short-read rule of TCP sockets, for datagrams).
+    pub(crate) drained: bool,
+}
+
+/// Receives the next datagram, as [`recv_datagram`], and on Linux the one queued behind it
+/// in the same system call (`recvmmsg(2)` of two), into `spare` (at least
+/// [`MAX_DATAGRAM`] bytes) and then a vector of its size. Fewer than two datagrams means
+/// the queue is empty now ([`Received::drained`]). `EINTR` is retried.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn recv_datagrams(
+    sock: &socket2::Socket,
+    size: usize,
+    spare: &mut [u8],
+) -> io::Result<Received> {
+    use std::os::fd::AsRawFd;
+    debug_assert!(spare.len() >= MAX_DATAGRAM);
+    let fd = sock.as_raw_fd();
+    let mut first: Vec<u8> = Vec::with_capacity(size);
+    loop {
+        let mut iov = [
+            libc::iovec {
+                iov_base: first.as_mut_ptr().cast(),
+                iov_len: size,
+            },
+            libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: spare.len(),
+            },
+        ];
+        let mut lens = [0usize; 2];
+        let mut flags = [0 as libc::c_int; 2];
+        // SAFETY: `try_init` hands each closure a zeroed address storage and its length, and
+        // builds the address from what the closure leaves in them; `recvmmsg` writes at most
+        // `msg_namelen` bytes of address into each storage and sets `msg_namelen` to the
+        // address's length, which is what the closure reports back. The two `iovec`s point
+        // at `size` bytes of `first`'s reserved capacity and at all of `spare`, both live
+        // and unaliased for the call. An all-zero `mmsghdr` is valid plain data (null
+        // pointers, zero lengths) before the fields are set.
+        let got = unsafe {
+            socket2::SockAddr::try_init(|addr1, len1| {
+                socket2::SockAddr::try_init(|addr2, len2| {
+                    let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
+                    for (i, (addr, len)) in [(addr1, len1), (addr2, len2)].into_iter().enumerate() {
+                        let hdr = &mut msgs[i].msg_hdr;
+                        hdr.msg_name = addr.cast();
+                        hdr.msg_namelen = *len;
+                        hdr.msg_iov = &mut iov[i];
+                        hdr.msg_iovlen = 1;
+                    }
+                    let n = libc::recvmmsg(
+                        fd,
+                        msgs.as_mut_ptr(),
+                        2,
+                        libc::MSG_TRUNC,
+                        std::ptr::null_mut(),
+                    );
+                    if n < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    *len1 = msgs[0].msg_hdr.msg_namelen;
+                    *len2 = msgs[1].msg_hdr.msg_namelen;
+                    for i in 0..2 {
+                        lens[i] = msgs[i].msg_len as usize;
+                        flags[i] = msgs[i].msg_hdr.msg_flags;
+                    }
+                    Ok(n as usize)
+                })
+            })
+        };
+        match got {
+            Ok(((n, addr2), addr1)) => {
+                let got = lens[0].min(size);
+                // SAFETY: `recvmmsg` wrote the first `min(len, size)` bytes of the reserved
+                // capacity (with `MSG_TRUNC`, `msg_len` is the datagram's real length, which
+                // may exceed what was written, hence the `min`).
+                unsafe { first.set_len(got) };
+                let first = datagram(first, lens[0], flags[0], size, addr1.as_socket());
+                let next = (n >= 2).then(|| {
+                    let got = lens[1].min(spare.len());
+                    let data = spare[..got].to_vec();
+                    datagram(data, lens[1], flags[1], spare.len(), addr2.as_socket())
+                });
+                return Ok(Received {
+                    first,
+                    next,
+                    drained: n < 2,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`recv_datagram`], where `recvmmsg(2)` is not to be had: one datagram, and no word on
+/// what is left.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn recv_datagrams(
+    sock: &socket2::Socket,
+    size: usize,
+    _spare: &mut [u8],
+) -> io::Result<Received> {
+    Ok(Received {
+        first: recv_datagram(sock, size)?,
+        next: None,
+        drained: false,
+    })
+}
+
+/// A received datagram from the `got` bytes in `data` (a buffer of `size`), the length the
+/// kernel reported (`n`, the real one with `MSG_TRUNC`) and the message's flags. Sheds the
+/// slack of a buffer sized for the largest datagram and answered by a small one: a caller
+/// that keeps it should not keep the slack (as `Socket::recv_vec`).
+fn datagram(
+    mut data: Vec<u8>,
+    n: usize,
+    flags: libc::c_int,
+    size: usize,
+    from: Option<std::net::SocketAddr>,
+) -> Datagram {
+    let got = data.len();
+    if got < data.capacity() / 4 {
+        data.shrink_to_fit();
+    }
+    let cut = flags & libc::MSG_TRUNC != 0 || n > size;
+    let len = if cut { n.max(size + 1) } else { got };
+    Datagram { data, len, from }
 }
 
 /// Receives one datagram of at most `size` bytes with `recvmsg`, learning whether it was cut
@@ -174,18 +326,12 @@ pub(crate) fn recv_datagram(sock: &socket2::Socket, size: usize) -> io::Result<D
                 // exceed what was written, hence the `min`), and `size` is within the
                 // capacity reserved above.
                 unsafe { data.set_len(got) };
-                if got < data.capacity() / 4 {
-                    // Sized for the largest datagram, answered by a small one: a caller that
-                    // keeps it should not keep the slack (as `Socket::recv_vec`).
-                    data.shrink_to_fit();
-                }
-                let cut = flags.is_truncated() || n > size;
-                let len = if cut { n.max(size + 1) } else { got };
-                return Ok(Datagram {
-                    data,
-                    len,
-                    from: from.as_socket(),
-                });
+                let flags = if flags.is_truncated() {
+                    libc::MSG_TRUNC
+                } else {
+                    0
+                };
+                return Ok(datagram(data, n, flags, size, from.as_socket()));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

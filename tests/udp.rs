@@ -4,7 +4,10 @@
 //! `send`/`receive` and with `sendto`/`receivefrom`), then the contract: a datagram larger
 //! than the buffer is reported with what fitted, each receive takes one datagram, `close`
 //! wakes a waiting receiver, the UDP server's names, and the same calls blocking the thread
-//! outside any coroutine.
+//! outside any coroutine. Then what reading two datagrams per system call must keep: the one
+//! read ahead delivered as the kernel would have (cut to the next size, its own sender),
+//! dropped at close, shared exactly once by two receivers, and no datagram stranded by a
+//! receive that found the queue empty.
 //!
 //! Every run has a watchdog; every loop is bounded.
 
@@ -405,5 +408,154 @@ fn a_receiver_woken_for_an_error_hands_the_datagram_behind_it_on() {
     assert!(
         took < secs(5),
         "took {took:?}: a receiver slept until its timeout"
+    );
+}
+
+/// A datagram read in the same system call as the one before it (`recvmmsg` on Linux) is
+/// delivered as the kernel would have: cut to the next receive's size with its real length
+/// reported, and with its own sender, an empty datagram included.
+#[test]
+fn a_datagram_received_ahead_is_cut_to_the_next_receives_size() {
+    let (sender, receiver, to) = sender_and_receiver();
+    let other = StdUdpSocket::bind("127.0.0.1:0").expect("bind other sender");
+    let (from, from_other) = (
+        sender.local_addr().expect("addr"),
+        other.local_addr().expect("addr"),
+    );
+    let done = Rc::new(RefCell::new(false));
+    let d = done.clone();
+    copas::addthread(move || {
+        let big: Vec<u8> = (0..100u8).collect();
+        sender.send_to(b"ten bytes!", to).expect("send");
+        sender.send_to(&big, to).expect("send big");
+        assert_eq!(receiver.receive(50).expect("first"), b"ten bytes!");
+        let e = receiver.receive(50).expect_err("100 bytes fitted in 50");
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e:?}");
+        assert_eq!(e.partial(), &big[..50]);
+        if cfg!(target_os = "linux") {
+            assert!(e.to_string().contains("100 bytes"), "{e}");
+        }
+
+        other.send_to(b"", to).expect("send empty");
+        sender.send_to(&[9; 60_000], to).expect("send large");
+        other.send_to(b"last", to).expect("send last");
+        assert_eq!(
+            receiver.receivefrom(DATAGRAM_SIZE).expect("empty"),
+            (Vec::new(), from_other)
+        );
+        assert_eq!(
+            receiver.receivefrom(65_507).expect("large"),
+            (vec![9; 60_000], from)
+        );
+        assert_eq!(
+            receiver.receivefrom(DATAGRAM_SIZE).expect("last"),
+            (b"last".to_vec(), from_other)
+        );
+        receiver.settimeout(Some(ms(10)));
+        let e = receiver.receive(DATAGRAM_SIZE).expect_err("a fourth");
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        *d.borrow_mut() = true;
+    })
+    .expect("addthread");
+    util::run_checked(secs(20));
+    assert!(*done.borrow());
+}
+
+/// A datagram received ahead of its turn goes with the socket when it is closed.
+#[test]
+fn close_drops_a_datagram_received_ahead() {
+    let (sender, receiver, to) = sender_and_receiver();
+    let done = Rc::new(RefCell::new(false));
+    let d = done.clone();
+    copas::addthread(move || {
+        sender.send_to(b"one", to).expect("send");
+        sender.send_to(b"two", to).expect("send");
+        assert_eq!(receiver.receive(DATAGRAM_SIZE).expect("one"), b"one");
+        receiver.close();
+        let e = receiver.receive(DATAGRAM_SIZE).expect_err("after close");
+        assert_eq!(e.kind(), ErrorKind::Closed);
+        *d.borrow_mut() = true;
+    })
+    .expect("addthread");
+    util::run_checked(secs(20));
+    assert!(*done.borrow());
+}
+
+/// Two coroutines receiving on one socket, yielding after each datagram, share bursts of
+/// datagrams: each reaches exactly one of them, none is left behind when a receive takes
+/// two from the kernel, and both get some.
+#[test]
+fn two_receivers_share_bursts_exactly_once() {
+    const BURSTS: u16 = 20;
+    const PER_BURST: u16 = 25;
+    let (sender, receiver, to) = sender_and_receiver();
+    let got: Rc<RefCell<Vec<(usize, u16)>>> = Rc::default();
+    for who in 0..2 {
+        let (s, got) = (receiver.clone(), got.clone());
+        copas::addthread(move || {
+            s.settimeout(Some(ms(300)));
+            // Ends at the first quiet 300 ms after the last burst.
+            for _ in 0..usize::from(BURSTS * PER_BURST) + 1 {
+                let Ok(data) = s.receive(DATAGRAM_SIZE) else {
+                    break;
+                };
+                let n = u16::from_be_bytes([data[0], data[1]]);
+                got.borrow_mut().push((who, n));
+                // Lets the other receiver in: it waits, and must be handed the turn for
+                // a datagram this one took from the kernel ahead of its own.
+                copas::pause(Duration::ZERO);
+            }
+        })
+        .expect("receiver");
+    }
+    copas::addthread(move || {
+        for burst in 0..BURSTS {
+            for i in 0..PER_BURST {
+                let n = burst * PER_BURST + i;
+                sender.send_to(&n.to_be_bytes(), to).expect("send");
+            }
+            copas::pause(ms(2));
+        }
+    })
+    .expect("sender");
+    util::run_checked(secs(30));
+    let got = got.borrow();
+    let mut numbers: Vec<u16> = got.iter().map(|&(_, n)| n).collect();
+    numbers.sort_unstable();
+    let expected: Vec<u16> = (0..BURSTS * PER_BURST).collect();
+    assert_eq!(numbers, expected, "lost or doubled datagrams");
+    for who in 0..2 {
+        assert!(
+            got.iter().any(|&(w, _)| w == who),
+            "receiver {who} got nothing"
+        );
+    }
+}
+
+/// A request and its answer, a thousand times against the echo server: each receive that
+/// found the queue empty waits for the next datagram's edge and must still see it.
+#[test]
+fn request_response_rounds_lose_no_datagram() {
+    let (addr, server) = echo_server();
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client.setpeername(addr).expect("setpeername");
+    client.settimeout(Some(secs(5)));
+    let rounds = Rc::new(RefCell::new(0));
+    let r = rounds.clone();
+    copas::addthread(move || {
+        for i in 0..999u32 {
+            client.send(&i.to_be_bytes()).expect("send");
+            let echo = client.receive(DATAGRAM_SIZE).expect("echo");
+            assert_eq!(echo, i.to_be_bytes());
+            *r.borrow_mut() += 1;
+        }
+        server.close();
+    })
+    .expect("client");
+    let took = util::run_checked(secs(60));
+    assert_eq!(*rounds.borrow(), 999);
+    assert!(
+        took < secs(30),
+        "took {took:?}: a receive waited for its timeout"
     );
 }

@@ -1517,7 +1517,7 @@ impl Dispatcher {
         let added = {
             let sock = io.sock();
             match sock.as_ref() {
-                Some(sock) => poller.add(sock.as_raw_fd(), key.poll_key()),
+                Some(sock) => poller.add(sock.as_raw_fd(), key.poll_key(), io.write_interest.get()),
                 None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
             }
         };
@@ -1540,6 +1540,21 @@ impl Dispatcher {
             st.pending_accept.push(key);
         }
         Ok(key)
+    }
+
+    /// Turns the poller's reports of `io`'s writability on or off
+    /// ([`IoSource::write_interest`]); nothing for a socket not registered.
+    pub(crate) fn set_write_interest(&self, io: &IoSource, on: bool) -> Result<()> {
+        if io.write_interest.get() == on {
+            return Ok(());
+        }
+        let Some(key) = io.key.get() else {
+            return Ok(());
+        };
+        self.poller()?
+            .set_write_interest(io.fd.get(), key.poll_key(), on)?;
+        io.write_interest.set(on);
+        Ok(())
     }
 
     /// Takes a socket out of the reactor without closing it (waiters see `Closed`).

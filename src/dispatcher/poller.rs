@@ -130,6 +130,16 @@ mod linux {
         Ok(())
     }
 
+    /// The epoll events of a socket's registration: reading, end of stream and, with
+    /// `write`, writing; edge-triggered.
+    fn interest(write: bool) -> u32 {
+        let mut events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
+        if write {
+            events |= libc::EPOLLOUT;
+        }
+        events as u32
+    }
+
     impl Poller {
         pub(crate) fn new() -> io::Result<Poller> {
             // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new
@@ -228,10 +238,22 @@ mod linux {
             Ok(())
         }
 
-        /// Registers `fd` for both directions, edge-triggered, with end-of-stream reports.
-        pub(crate) fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
-            let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
-            self.ctl(libc::EPOLL_CTL_ADD, fd, events as u32, key)
+        /// Registers `fd`, edge-triggered with end-of-stream reports, for reading and, with
+        /// `write`, for writing (see `IoSource::write_interest`).
+        pub(crate) fn add(&self, fd: RawFd, key: u64, write: bool) -> io::Result<()> {
+            self.ctl(libc::EPOLL_CTL_ADD, fd, interest(write), key)
+        }
+
+        /// Turns the interest of a registered `fd` in writing on or off. Turned on while
+        /// the descriptor is writable already, the poller reports it at once (epoll looks
+        /// at the descriptor's state on `EPOLL_CTL_MOD`).
+        pub(crate) fn set_write_interest(
+            &self,
+            fd: RawFd,
+            key: u64,
+            write: bool,
+        ) -> io::Result<()> {
+            self.ctl(libc::EPOLL_CTL_MOD, fd, interest(write), key)
         }
 
         /// Unregisters `fd` (before it is closed).
@@ -408,6 +430,15 @@ mod portable {
         }
     }
 
+    /// A socket's registration: reading and, with `write`, writing.
+    fn interest(key: u64, write: bool) -> polling::Event {
+        if write {
+            polling::Event::all(key as usize)
+        } else {
+            polling::Event::readable(key as usize)
+        }
+    }
+
     impl Poller {
         pub(crate) fn new() -> io::Result<Poller> {
             Ok(Poller {
@@ -418,16 +449,25 @@ mod portable {
             })
         }
 
-        pub(crate) fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
+        pub(crate) fn add(&self, fd: RawFd, key: u64, write: bool) -> io::Result<()> {
             // SAFETY: copas deletes every descriptor from the poller before closing it
             // (`Dispatcher::deregister`), which is what `polling` requires.
             unsafe {
-                self.inner.add_with_mode(
-                    fd,
-                    polling::Event::all(key as usize),
-                    polling::PollMode::Edge,
-                )
+                self.inner
+                    .add_with_mode(fd, interest(key, write), polling::PollMode::Edge)
             }
+        }
+
+        pub(crate) fn set_write_interest(
+            &self,
+            fd: RawFd,
+            key: u64,
+            write: bool,
+        ) -> io::Result<()> {
+            // SAFETY: `fd` is open (it is deleted before it is closed).
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            self.inner
+                .modify_with_mode(fd, interest(key, write), polling::PollMode::Edge)
         }
 
         pub(crate) fn delete(&self, fd: RawFd) -> io::Result<()> {
@@ -464,5 +504,53 @@ mod portable {
             }
             Ok(full)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    /// The events for `key` in a wait that does not block.
+    fn events_for(poller: &Poller, key: u64) -> Vec<Readiness> {
+        let mut out = Vec::new();
+        poller.wait(&mut out, Some(Duration::ZERO)).expect("wait");
+        out.retain(|ev| ev.key == key);
+        out
+    }
+
+    /// A datagram socket registered without write interest stays quiet while it sends;
+    /// turning the interest on reports it writable at once, turning it off quiets it again.
+    #[test]
+    fn write_interest_is_reported_only_while_on() {
+        const KEY: u64 = 7;
+        let poller = Poller::new().expect("poller");
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
+        let to = peer.local_addr().expect("peer addr");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let fd = sock.as_raw_fd();
+        poller.add(fd, KEY, false).expect("add");
+        sock.send_to(b"one", to).expect("send");
+        assert_eq!(events_for(&poller, KEY), [], "reported without interest");
+
+        poller.set_write_interest(fd, KEY, true).expect("on");
+        let events = events_for(&poller, KEY);
+        assert!(
+            events.len() == 1 && events[0].writable && !events[0].readable,
+            "{events:?}"
+        );
+
+        poller.set_write_interest(fd, KEY, false).expect("off");
+        sock.send_to(b"two", to).expect("send");
+        assert_eq!(events_for(&poller, KEY), [], "reported after interest off");
+        // Reading is still reported.
+        peer.send_to(b"back", sock.local_addr().expect("addr"))
+            .expect("send back");
+        let events = events_for(&poller, KEY);
+        assert!(events.len() == 1 && events[0].readable, "{events:?}");
+        poller.delete(fd).expect("delete");
     }
 }

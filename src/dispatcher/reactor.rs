@@ -36,6 +36,11 @@ pub(crate) struct IoSource {
     pub(crate) readable: Cell<bool>,
     /// Likewise for writing.
     pub(crate) writable: Cell<bool>,
+    /// The poller is to report writability. Always for TCP (a stream socket reports it only
+    /// after a write found its buffer full); for UDP only while a send waits, since a
+    /// datagram socket reports it each time a datagram it sent is consumed: a wake-up and a
+    /// system call per datagram for nothing (see `UdpSocket`).
+    pub(crate) write_interest: Cell<bool>,
     /// The poller reported end of stream (or a reset or error): reads no longer block,
     /// whatever `readable` says. Never cleared.
     pub(crate) read_closed: Cell<bool>,
@@ -59,6 +64,7 @@ impl IoSource {
             sock: RefCell::new(Some(sock)),
             readable: Cell::new(true),
             writable: Cell::new(true),
+            write_interest: Cell::new(true),
             read_closed: Cell::new(false),
             waiting: Cell::new(0),
             readers: WaitQueue::default(),

@@ -3,9 +3,20 @@
 //!
 //! Readiness works as for TCP (`socket.rs`): try the system call, and when the kernel says
 //! it would block, wait for the socket's edge (inside a coroutine) or `poll(2)` (outside).
-//! Unlike TCP there is no short-read rule: each `recv` takes one datagram whatever its size,
-//! so only `WouldBlock` clears the readable bit. A datagram larger than the buffer is not
-//! cut silently: it is reported with [`ErrorKind::LimitExceeded`] (the kernel's `MSG_TRUNC`).
+//! A read says nothing about what is left behind it (each takes one datagram whatever its
+//! size), so on Linux a receive asks for two (`recvmmsg(2)`): fewer than two means the
+//! queue is empty and clears the readable bit, the rule a short read is for TCP, and saves
+//! the `recvmsg` that would only hear `EAGAIN`; a second datagram waits in the socket,
+//! whole, for the next receive. Elsewhere only `WouldBlock` clears the bit. A datagram
+//! larger than the buffer is not cut silently: it is reported with
+//! [`ErrorKind::LimitExceeded`] (the kernel's `MSG_TRUNC`).
+//!
+//! Writability is asked of the poller only while a send waits for room: a datagram socket
+//! reports it each time a datagram it sent is consumed (on loopback, at once), which with
+//! the interest always on cost a wake-up and an `epoll_wait` per datagram sent.
+//!
+//! A UDP echo server answering one client at a time made 4.99 system calls per datagram
+//! with neither, 3.00 with both (`recvmmsg`, `sendto`, `epoll_wait`).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -27,16 +38,27 @@ use crate::sys;
 /// The largest UDP payload over IPv4 is 65,507 bytes.
 pub const DATAGRAM_SIZE: usize = 8192;
 
+thread_local! {
+    /// Where the datagram queued behind the one asked for lands before it is copied out at
+    /// its size: one buffer of the largest datagram per thread, not per socket.
+    static SPARE: RefCell<Box<[u8]>> = RefCell::new(Box::default());
+}
+
 /// The socket shared by the clones of one [`UdpSocket`].
 struct UdpInner {
     io: Rc<IoSource>,
     timeouts: Cell<Timeouts>,
     name: RefCell<Option<Rc<str>>>,
     fd: RawFd,
+    /// A datagram received behind another in the same system call, for the next receive.
+    /// While it is here the socket's readable bit stays set (only a drained queue clears
+    /// it), so waiting receivers are handed the turn as for a datagram in the kernel.
+    next: Cell<Option<sys::Datagram>>,
 }
 
 impl UdpInner {
     fn close(&self) {
+        self.next.take();
         if self.io.is_closed() {
             return;
         }
@@ -183,12 +205,15 @@ impl UdpSocket {
     fn register(sock: socket2::Socket) -> Result<UdpSocket> {
         let fd = sock.as_raw_fd();
         let io = Rc::new(IoSource::new(sock));
+        // Writability is asked for only while a send waits (`send_one`).
+        io.write_interest.set(false);
         dispatcher::with(|d| d.register(&io, None))?;
         let inner = Rc::new(UdpInner {
             io,
             timeouts: Cell::new(Timeouts::default()),
             name: RefCell::new(None),
             fd,
+            next: Cell::new(None),
         });
         // Weak, so listings can name the socket without keeping it open.
         let owner: Weak<dyn TaskSocket> = Rc::downgrade(&inner) as Weak<dyn TaskSocket>;
@@ -216,12 +241,39 @@ impl UdpSocket {
         let deadline = deadline(self.inner.timeouts.get().receive);
         let io = &self.inner.io;
         loop {
+            if io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            if let Some(dgram) = self.inner.next.take() {
+                self.inner.pass_on(false);
+                return Ok(dgram.cut_to(size));
+            }
             if io.readable.get() {
-                let got = self.with_socket(|s| sys::recv_datagram(s, size));
+                let got = self.with_socket(|s| {
+                    SPARE.with(|spare| match spare.try_borrow_mut() {
+                        Ok(mut spare) => {
+                            if spare.is_empty() {
+                                *spare = vec![0; sys::MAX_DATAGRAM].into_boxed_slice();
+                            }
+                            sys::recv_datagrams(s, size, &mut spare)
+                        }
+                        // Not reached (nothing yields while it is borrowed); one datagram
+                        // then, as without `recvmmsg`.
+                        Err(_) => sys::recv_datagram(s, size).map(|first| sys::Received {
+                            first,
+                            next: None,
+                            drained: false,
+                        }),
+                    })
+                });
                 match got {
-                    Ok(dgram) => {
+                    Ok(got) => {
+                        if got.drained {
+                            io.readable.set(false);
+                        }
+                        self.inner.next.set(got.next);
                         self.inner.pass_on(false);
-                        return Ok(dgram);
+                        return Ok(got.first);
                     }
                     Err(e)
                         if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::WouldBlock) =>
@@ -235,8 +287,6 @@ impl UdpSocket {
                         return Err(e);
                     }
                 }
-            } else if io.is_closed() {
-                return Err(Error::new(ErrorKind::Closed));
             }
             self.inner.wait(false, deadline)?;
         }
@@ -312,13 +362,25 @@ impl UdpSocket {
                 });
                 match sent {
                     Ok(n) => {
+                        if io.write_interest.get() {
+                            // The send buffer has room again: back to no reports of it.
+                            // Failing, the cost is only those reports.
+                            let _ = dispatcher::try_with(|d| d.set_write_interest(io, false));
+                        }
                         self.inner.pass_on(true);
                         return Ok(n);
                     }
                     Err(e)
                         if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::WouldBlock) =>
                     {
-                        io.writable.set(false)
+                        io.writable.set(false);
+                        if let Some(Err(e)) =
+                            dispatcher::try_with(|d| d.set_write_interest(io, true))
+                        {
+                            // No event would end the wait.
+                            self.inner.pass_on(true);
+                            return Err(e);
+                        }
                     }
                     Err(e) => {
                         // A one-off error (e.g. an ICMP refusal) is not the next sender's.
