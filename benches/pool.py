@@ -34,31 +34,33 @@ import sys
 RESAMPLES = 10_000
 
 
-def load(path):
-    """(round, server, conns) -> messages/s of one run's CSV."""
-    with open(path, newline="") as f:
-        return {
-            (int(r["round"]), r["server"], int(r["conns"])): float(r["msgs_per_s"])
-            for r in csv.DictReader(f)
-        }
-
-
-def load_costs(path):
-    """(round, server, conns) -> (server CPU, user, kernel) µs per message of one run's CSV."""
+def cells(path, value):
+    """(round, server, conns) -> value(row) for each row of one run's CSV; rows without the
+    columns `value` reads (an older CSV) are left out."""
     out = {}
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             try:
-                cpu, user = float(r["cpu_us_per_msg"]), float(r["user_us_per_msg"])
+                out[(int(r["round"]), r["server"], int(r["conns"]))] = value(r)
             except (KeyError, ValueError):
                 continue
-            out[(int(r["round"]), r["server"], int(r["conns"]))] = (cpu, user, cpu - user)
     return out
+
+
+def load(path):
+    """(round, server, conns) -> messages/s of one run's CSV."""
+    return cells(path, lambda r: float(r["msgs_per_s"]))
+
+
+def costs_of(row):
+    """(server CPU, user, kernel) µs per message of one CSV row."""
+    cpu, user = float(row["cpu_us_per_msg"]), float(row["user_us_per_msg"])
+    return (cpu, user, cpu - user)
 
 
 def print_costs(paths, loads, pairs):
     """Pooled per-round differences of CPU per message between the servers of each pair."""
-    runs = [load_costs(p) for p in paths]
+    runs = [cells(p, costs_of) for p in paths]
     print()
     print("| load | difference (µs per message) | rounds | server CPU | user | kernel |")
     print("|---|---|---|---|---|---|")

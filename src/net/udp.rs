@@ -44,6 +44,25 @@ thread_local! {
     static SPARE: RefCell<Box<[u8]>> = RefCell::new(Box::default());
 }
 
+/// [`sys::recv_datagrams`] with this thread's [`SPARE`] buffer for the datagram behind.
+fn recv_with_spare(sock: &socket2::Socket, size: usize) -> io::Result<sys::Received> {
+    SPARE.with(|spare| {
+        let Ok(mut spare) = spare.try_borrow_mut() else {
+            // Not reached (nothing yields while it is borrowed); one datagram then, as
+            // without `recvmmsg`.
+            return sys::recv_datagram(sock, size).map(|first| sys::Received {
+                first,
+                next: None,
+                drained: false,
+            });
+        };
+        if spare.is_empty() {
+            *spare = vec![0; sys::MAX_DATAGRAM].into_boxed_slice();
+        }
+        sys::recv_datagrams(sock, size, &mut spare)
+    })
+}
+
 /// The socket shared by the clones of one [`UdpSocket`].
 struct UdpInner {
     io: Rc<IoSource>,
@@ -249,24 +268,7 @@ impl UdpSocket {
                 return Ok(dgram.cut_to(size));
             }
             if io.readable.get() {
-                let got = self.with_socket(|s| {
-                    SPARE.with(|spare| match spare.try_borrow_mut() {
-                        Ok(mut spare) => {
-                            if spare.is_empty() {
-                                *spare = vec![0; sys::MAX_DATAGRAM].into_boxed_slice();
-                            }
-                            sys::recv_datagrams(s, size, &mut spare)
-                        }
-                        // Not reached (nothing yields while it is borrowed); one datagram
-                        // then, as without `recvmmsg`.
-                        Err(_) => sys::recv_datagram(s, size).map(|first| sys::Received {
-                            first,
-                            next: None,
-                            drained: false,
-                        }),
-                    })
-                });
-                match got {
+                match self.with_socket(|s| recv_with_spare(s, size)) {
                     Ok(got) => {
                         if got.drained {
                             io.readable.set(false);
