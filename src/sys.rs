@@ -208,7 +208,7 @@ pub(crate) fn recv_datagrams(
             },
         ];
         let mut lens = [0usize; 2];
-        let mut flags = [0 as libc::c_int; 2];
+        let mut truncated = [false; 2];
         // SAFETY: `try_init` hands each closure a zeroed address storage and its length, and
         // builds the address from what the closure leaves in them; `recvmmsg` writes at most
         // `msg_namelen` bytes of address into each storage and sets `msg_namelen` to the
@@ -241,7 +241,7 @@ pub(crate) fn recv_datagrams(
                     *len2 = msgs[1].msg_hdr.msg_namelen;
                     for i in 0..2 {
                         lens[i] = msgs[i].msg_len as usize;
-                        flags[i] = msgs[i].msg_hdr.msg_flags;
+                        truncated[i] = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
                     }
                     Ok(n as usize)
                 })
@@ -254,11 +254,11 @@ pub(crate) fn recv_datagrams(
                 // capacity (with `MSG_TRUNC`, `msg_len` is the datagram's real length, which
                 // may exceed what was written, hence the `min`).
                 unsafe { first.set_len(got) };
-                let first = datagram(first, lens[0], flags[0], size, addr1.as_socket());
+                let first = datagram(first, lens[0], truncated[0], size, addr1.as_socket());
                 let next = (n >= 2).then(|| {
                     let got = lens[1].min(spare.len());
                     let data = spare[..got].to_vec();
-                    datagram(data, lens[1], flags[1], spare.len(), addr2.as_socket())
+                    datagram(data, lens[1], truncated[1], spare.len(), addr2.as_socket())
                 });
                 return Ok(Received {
                     first,
@@ -288,13 +288,13 @@ pub(crate) fn recv_datagrams(
 }
 
 /// A received datagram from the `got` bytes in `data` (a buffer of `size`), the length the
-/// kernel reported (`n`, the real one with `MSG_TRUNC`) and the message's flags. Sheds the
+/// kernel reported (`n`, the real one with `MSG_TRUNC`) and whether the kernel cut it. Sheds the
 /// slack of a buffer sized for the largest datagram and answered by a small one: a caller
 /// that keeps it should not keep the slack (as `Socket::recv_vec`).
 fn datagram(
     mut data: Vec<u8>,
     n: usize,
-    flags: libc::c_int,
+    truncated: bool,
     size: usize,
     from: Option<std::net::SocketAddr>,
 ) -> Datagram {
@@ -302,7 +302,7 @@ fn datagram(
     if got < data.capacity() / 4 {
         data.shrink_to_fit();
     }
-    let cut = flags & libc::MSG_TRUNC != 0 || n > size;
+    let cut = truncated || n > size;
     let len = if cut { n.max(size + 1) } else { got };
     Datagram { data, len, from }
 }
@@ -326,12 +326,13 @@ pub(crate) fn recv_datagram(sock: &socket2::Socket, size: usize) -> io::Result<D
                 // exceed what was written, hence the `min`), and `size` is within the
                 // capacity reserved above.
                 unsafe { data.set_len(got) };
-                let flags = if flags.is_truncated() {
-                    libc::MSG_TRUNC
-                } else {
-                    0
-                };
-                return Ok(datagram(data, n, flags, size, from.as_socket()));
+                return Ok(datagram(
+                    data,
+                    n,
+                    flags.is_truncated(),
+                    size,
+                    from.as_socket(),
+                ));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
