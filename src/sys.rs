@@ -287,10 +287,10 @@ pub(crate) fn recv_datagrams(
     })
 }
 
-/// A received datagram from the `got` bytes in `data` (a buffer of `size`), the length the
-/// kernel reported (`n`, the real one with `MSG_TRUNC`) and whether the kernel cut it. Sheds the
-/// slack of a buffer sized for the largest datagram and answered by a small one: a caller
-/// that keeps it should not keep the slack (as `Socket::recv_vec`).
+/// A received datagram from what a buffer of `size` bytes took of it (`data`), the length
+/// the kernel reported (`n`, the real one with `MSG_TRUNC`) and whether the kernel cut it.
+/// Sheds the slack of a buffer sized for the largest datagram and answered by a small one:
+/// a caller that keeps it should not keep the slack (as `Socket::recv_vec`).
 fn datagram(
     mut data: Vec<u8>,
     n: usize,
