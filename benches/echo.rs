@@ -584,7 +584,8 @@ enum Work {
     After,
 }
 
-/// Iterations of the diagnostic servers' busy work per event (about a microsecond here).
+/// Iterations of the diagnostic servers' busy work per event: about 1.8 µs of user time per
+/// message here (docs/benchmarks.md, "Holding a wait's replies back").
 const WORK_SPINS: u64 = 3000;
 
 fn busy_work() {

@@ -532,7 +532,7 @@ fn two_receivers_share_bursts_exactly_once() {
     }
 }
 
-/// A request and its answer, a thousand times against the echo server: each receive that
+/// A request and its answer, 999 times against the echo server: each receive that
 /// found the queue empty waits for the next datagram's edge and must still see it.
 #[test]
 fn request_response_rounds_lose_no_datagram() {
