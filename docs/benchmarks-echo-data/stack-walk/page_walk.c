@@ -2,33 +2,24 @@
 // (a coroutine stack top's position, 260 KiB apart by default) or all within 16 pages, after
 // sweeping the caches or the TLB. Build: gcc -O2 -o page_walk page_walk.c; run pinned:
 // taskset -c 0 ./page_walk [stride KiB, default 260]. Output in page_walk.txt.
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <string.h>
-static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec*1e9+t.tv_nsec;}
+#include "probe.h"
 int main(int argc,char**argv){
   size_t n=1000, stride=(argc>1?atoi(argv[1]):260)*1024;
   char *sparse=mmap(0,n*stride,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
   char *dense=mmap(0,1<<20,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
   size_t evn=64<<20; char *ev=malloc(evn); memset(ev,1,evn);
-  // big page-sweep region: touch one line per 4K page over 256 MiB to thrash the TLB but little cache
-  size_t pwn=(size_t)512<<20; char *pw=mmap(0,pwn,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
-  for(size_t i=0;i<pwn;i+=4096) pw[i]=1;
+  size_t pwn=(size_t)512<<20; char *pw=touched_pages(pwn);
   // pointer chains in random order
-  size_t *perm=malloc(n*sizeof(size_t)); for(size_t i=0;i<n;i++)perm[i]=i;
-  srand(1); for(size_t i=n-1;i>0;i--){size_t j=rand()%(i+1);size_t t=perm[i];perm[i]=perm[j];perm[j]=t;}
+  size_t *perm=malloc(n*sizeof(size_t)); srand(1); shuffled(perm,n);
   char **sp=malloc(n*sizeof(char*)),**dp=malloc(n*sizeof(char*));
   for(size_t i=0;i<n;i++){sp[i]=sparse+perm[i]*stride+stride-256; dp[i]=dense+perm[i]*128;}
-  for(size_t i=0;i<n;i++){*(char**)sp[i]=sp[(i+1)%n]; *(char**)dp[i]=dp[(i+1)%n];}
+  link_ring(sp,n); link_ring(dp,n);
   volatile size_t sink=0;
   for(int mode=0;mode<4;mode++){
     double tot=0; int reps=20;
     for(int r=0;r<reps;r++){
       if(mode==0||mode==1){ for(size_t i=0;i<evn;i+=64) sink+=ev[i]; }      // evict caches (and partly TLB)
-      else { for(size_t i=0;i<pwn;i+=4096) sink+=pw[i+ (r*64)%4096]; }     // thrash TLB: 131072 pages
+      else sink+=sweep_pages(pw,pwn,r);                                      // thrash TLB: 131072 pages
       char *p=(mode&1)?dp[0]:sp[0];
       double t0=now();
       for(size_t i=0;i<n;i++) p=*(char**)p;

@@ -3,12 +3,7 @@
 // default slot is 256 KiB of stack + a 4 KiB guard = 260 KiB), in random order, over and over
 // with no sweep between passes; prints the best pass. Build: gcc -O2 -o steady steady.c; run
 // pinned: taskset -c 0 ./steady STRIDE_KIB [N=1000] [HUGE=0]. Output in steady.txt.
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <sys/mman.h>
-#include <time.h>
-static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec*1e9+t.tv_nsec;}
+#include "probe.h"
 int main(int argc,char**argv){
   size_t n=argc>2?atoi(argv[2]):1000, stride=(size_t)atoi(argv[1])*1024;
   int huge=argc>3?atoi(argv[3]):0;
@@ -16,11 +11,10 @@ int main(int argc,char**argv){
   char *base=mmap(0,len,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
   char *sparse=(char*)(((uintptr_t)base+(2<<20)-1)&~((uintptr_t)(2<<20)-1));
   if(huge) madvise(sparse,n*stride,MADV_HUGEPAGE); else madvise(sparse,n*stride,MADV_NOHUGEPAGE);
-  size_t *perm=malloc(n*sizeof(size_t)); for(size_t i=0;i<n;i++)perm[i]=i;
-  srand(1); for(size_t i=n-1;i>0;i--){size_t j=rand()%(i+1);size_t t=perm[i];perm[i]=perm[j];perm[j]=t;}
+  size_t *perm=malloc(n*sizeof(size_t)); srand(1); shuffled(perm,n);
   char **sp=malloc(n*sizeof(char*));
   for(size_t i=0;i<n;i++){sp[i]=sparse+perm[i]*stride+stride-256;}
-  for(size_t i=0;i<n;i++){*(char**)sp[i]=sp[(i+1)%n];}
+  link_ring(sp,n);
   char *p=sp[0]; for(int w=0;w<100;w++) for(size_t i=0;i<n;i++) p=*(char**)p;
   double best=1e18;
   for(int r=0;r<50;r++){ double t0=now(); for(size_t i=0;i<n;i++) p=*(char**)p; double d=now()-t0; if(d<best)best=d; }

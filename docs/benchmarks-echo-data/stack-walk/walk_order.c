@@ -3,29 +3,22 @@
 // each pass, as a wait wakes some of the connections), in random order or in address order,
 // after a 512 MiB sweep that empties the TLB. Build: gcc -O2 -o walk_order walk_order.c;
 // run pinned: taskset -c 0 ./walk_order STRIDE_KIB M. Output in walk_order.txt.
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <sys/mman.h>
-#include <time.h>
-static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec*1e9+t.tv_nsec;}
+#include "probe.h"
 static int cmp(const void*x,const void*y){size_t a=*(size_t*)x,b=*(size_t*)y;return a<b?-1:a>b;}
 int main(int argc,char**argv){
   size_t n=1000, stride=(size_t)(argc>1?atoi(argv[1]):260)*1024; size_t m=argc>2?atoi(argv[2]):300;
   char *a=mmap(0,n*stride,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
   madvise(a,n*stride,MADV_NOHUGEPAGE);
-  size_t pwn=(size_t)512<<20; char *pw=mmap(0,pwn,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
-  madvise(pw,pwn,MADV_NOHUGEPAGE); for(size_t i=0;i<pwn;i+=4096) pw[i]=1;
+  size_t pwn=(size_t)512<<20; char *pw=touched_pages(pwn);
   for(size_t i=0;i<n;i++) a[i*stride+stride-256]=1;
   size_t *perm=malloc(n*sizeof(size_t)); size_t *sub=malloc(m*sizeof(size_t));
   volatile size_t sink=0; double tr=0,ts=0; int reps=40; srand(7);
   for(int r=0;r<reps*2;r++){
-    for(size_t i=0;i<n;i++)perm[i]=i;
-    for(size_t i=n-1;i>0;i--){size_t j=rand()%(i+1);size_t t=perm[i];perm[i]=perm[j];perm[j]=t;}
+    shuffled(perm,n);
     for(size_t k=0;k<m;k++) sub[k]=perm[k];
     int sorted=r&1; if(sorted) qsort(sub,m,sizeof(size_t),cmp);
     for(size_t k=0;k<m;k++) *(char**)(a+sub[k]*stride+stride-256)=a+sub[(k+1)%m]*stride+stride-256;
-    for(size_t i=0;i<pwn;i+=4096) sink+=pw[i+(r*64)%4096];
+    sink+=sweep_pages(pw,pwn,r);
     char *p=a+sub[0]*stride+stride-256;
     double t0=now(); for(size_t k=0;k<m;k++) p=*(char**)p; double d=now()-t0; sink+=(size_t)p;
     if(sorted) ts+=d; else tr+=d;
