@@ -550,7 +550,7 @@ fn echo_read(sock: copas::Socket) {
 
 /// `echo_read` with the buffer on the heap, one per connection: the handler's stack stays
 /// one page (the 4 KiB array spans two), and no `Vec` is made per message (run 23 in
-/// docs/benchmarks.md).
+/// docs/benchmarks-history.md).
 fn echo_read_heap(sock: copas::Socket) {
     let mut buf = vec![0u8; READ_MAX].into_boxed_slice();
     echo_read_into(sock, &mut buf);
@@ -585,7 +585,7 @@ enum Work {
 }
 
 /// Iterations of the diagnostic servers' busy work per event: about 1.8 µs of user time per
-/// message here (docs/benchmarks.md, "Holding a wait's replies back").
+/// message here (docs/benchmarks-history.md, "Holding a wait's replies back").
 const WORK_SPINS: u64 = 3000;
 
 fn busy_work() {
