@@ -12,14 +12,16 @@ int main(int argc,char**argv){
   size_t pwn=(size_t)512<<20; char *pw=touched_pages(pwn);
   for(size_t i=0;i<n;i++) a[i*stride+stride-256]=1;
   size_t *perm=malloc(n*sizeof(size_t)); size_t *sub=malloc(m*sizeof(size_t));
+  char **at=malloc(m*sizeof(char*));
   volatile size_t sink=0; double tr=0,ts=0; int reps=40; srand(7);
   for(int r=0;r<reps*2;r++){
     shuffled(perm,n);
     for(size_t k=0;k<m;k++) sub[k]=perm[k];
     int sorted=r&1; if(sorted) qsort(sub,m,sizeof(size_t),cmp);
-    for(size_t k=0;k<m;k++) *(char**)(a+sub[k]*stride+stride-256)=a+sub[(k+1)%m]*stride+stride-256;
+    for(size_t k=0;k<m;k++) at[k]=a+sub[k]*stride+stride-256;
+    link_ring(at,m);
     sink+=sweep_pages(pw,pwn,r);
-    char *p=a+sub[0]*stride+stride-256;
+    char *p=at[0];
     double t0=now(); for(size_t k=0;k<m;k++) p=*(char**)p; double d=now()-t0; sink+=(size_t)p;
     if(sorted) ts+=d; else tr+=d;
   }
