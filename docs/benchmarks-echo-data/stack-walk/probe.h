@@ -26,6 +26,18 @@ static inline char *touched_pages(size_t len){
   return pw;
 }
 
+// KiB of [at, at+len) backed by transparent huge pages: the AnonHugePages of the mappings
+// /proc/self/smaps lists inside it.
+static inline size_t huge_kib(const char *at,size_t len){
+  FILE *f=fopen("/proc/self/smaps","r"); if(!f) return 0;
+  char line[256]; size_t kib=0; int inside=0; unsigned long lo,hi,k;
+  while(fgets(line,sizeof line,f)){
+    if(sscanf(line,"%lx-%lx ",&lo,&hi)==2) inside=lo<(unsigned long)(at+len)&&hi>(unsigned long)at;
+    else if(inside&&sscanf(line,"AnonHugePages: %lu kB",&k)==1) kib+=k;
+  }
+  fclose(f); return kib;
+}
+
 // One load on each page of the region (a line that moves with r, so the same lines do not
 // stay cached from one sweep to the next); the sum keeps the loads.
 static inline size_t sweep_pages(const char *pw,size_t len,int r){
