@@ -34,7 +34,8 @@
 //! two commits in one interleaved run; `coro_floor`: the floor of any stackful-coroutine
 //! server, copas's coroutine core on raw epoll with nothing else; `polling_work_first`
 //! and `polling_work_after`: the loop with busy work per event, before the wait's first
-//! reply or after each event's write], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
+//! reply or after each event's write; `polling_shared`: the loop with one receive buffer for
+//! all connections instead of one each], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
 //! [50], `ECHO_HTTP_SERVERS` [copas,tokio; also `hello=<path>`: another build's
 //! `http_hello`, to compare two commits], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
@@ -495,6 +496,7 @@ fn server_role(args: &[String]) {
             std::process::exit(2);
         }
         Some("polling") => polling_server(None),
+        Some("polling_shared") => polling_shared_server(),
         Some("polling_work_first") => polling_server(Some(Work::First)),
         Some("polling_work_after") => polling_server(Some(Work::After)),
         Some("coro_floor") => coro_floor_server(),
@@ -713,6 +715,127 @@ fn polling_server(work: Option<Work>) {
         } else {
             false
         }
+    }
+}
+
+/// The `polling` loop with one receive buffer for all connections (`polling_shared`, for
+/// diagnosis): every read lands in the same warm 4 KiB, and a connection keeps bytes of its
+/// own only when a write took part of a message (a `Vec` holding the rest until the socket is
+/// writable). The default loop's buffer per connection is what a state machine written
+/// plainly keeps; this one asks what the loop's kernel copy into 1,000 cold buffers costs it
+/// ("Where 1,000 connections' gap goes" in docs/benchmarks.md).
+fn polling_shared_server() {
+    use polling::{Event, Events, PollMode, Poller};
+
+    struct Conn {
+        stream: TcpStream,
+        /// What a write left unsent; empty while reading.
+        rest: Vec<u8>,
+    }
+
+    const LISTENER: usize = usize::MAX - 1; // polling reserves usize::MAX
+    let listener = bind_any();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("local_addr").port();
+    let poller = Poller::new().expect("poller");
+    // SAFETY: the listener outlives its registration (it lives until the process exits).
+    unsafe { poller.add_with_mode(&listener, Event::readable(LISTENER), PollMode::Level) }
+        .expect("register listener");
+    let mut conns: slab::Slab<Conn> = slab::Slab::new();
+    let mut events = Events::with_capacity(NonZeroUsize::new(1024).expect("non-zero"));
+    let mut scratch = vec![0u8; READ_MAX].into_boxed_slice();
+    announce(port);
+    loop {
+        events.clear();
+        poller.wait(&mut events, None).expect("wait");
+        for ev in events.iter() {
+            if ev.key == LISTENER {
+                for _ in 0..64 {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(true).expect("nonblocking");
+                            let _ = stream.set_nodelay(true);
+                            let entry = conns.vacant_entry();
+                            let key = entry.key();
+                            // SAFETY: the stream is deleted from the poller before it is
+                            // dropped (see `close` below).
+                            unsafe {
+                                poller.add_with_mode(&stream, Event::readable(key), PollMode::Level)
+                            }
+                            .expect("register");
+                            entry.insert(Conn {
+                                stream,
+                                rest: Vec::new(),
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                }
+                continue;
+            }
+            let key = ev.key;
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            let close = if conn.rest.is_empty() {
+                match conn.stream.read(&mut scratch) {
+                    Ok(0) => true,
+                    Ok(n) => write_or_keep(&poller, key, conn, true, &scratch[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        false
+                    }
+                    Err(_) => true,
+                }
+            } else {
+                let rest = std::mem::take(&mut conn.rest);
+                write_or_keep(&poller, key, conn, false, &rest)
+            };
+            if close {
+                let conn = conns.remove(key);
+                let _ = poller.delete(&conn.stream);
+            }
+        }
+    }
+
+    /// Writes `data`, keeps what the socket did not take in `conn.rest`, and switches the
+    /// interest when the state changes (`was_reading`: `data` was just read, so the interest
+    /// was reading). Returns whether the connection is to be closed.
+    fn write_or_keep(
+        poller: &Poller,
+        key: usize,
+        conn: &mut Conn,
+        was_reading: bool,
+        data: &[u8],
+    ) -> bool {
+        let n = match conn.stream.write(data) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(_) => return true,
+        };
+        conn.rest.extend_from_slice(&data[n..]);
+        let interest = match (conn.rest.is_empty(), was_reading) {
+            (true, false) => Some(Event::readable(key)),
+            (false, true) => Some(Event::writable(key)),
+            _ => None,
+        };
+        interest.is_some_and(|interest| {
+            poller
+                .modify_with_mode(&conn.stream, interest, PollMode::Level)
+                .is_err()
+        })
     }
 }
 
