@@ -596,6 +596,50 @@ fn busy_work() {
     }
 }
 
+/// The key of the `polling` loops' listener (`polling` reserves `usize::MAX`).
+const POLLING_LISTENER: usize = usize::MAX - 1;
+
+/// The `polling` loops' listener: bound, non-blocking, registered level-triggered for reading
+/// under [`POLLING_LISTENER`], and announced; with its port.
+fn polling_listener(poller: &polling::Poller) -> (TcpListener, u16) {
+    let listener = bind_any();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("local_addr").port();
+    let interest = polling::Event::readable(POLLING_LISTENER);
+    // SAFETY: the listener outlives its registration (it lives until the process exits).
+    unsafe { poller.add_with_mode(&listener, interest, polling::PollMode::Level) }
+        .expect("register listener");
+    (listener, port)
+}
+
+/// Accepts up to 64 pending connections into `conns`, each non-blocking, without Nagle's
+/// delay and registered level-triggered for reading under its slab key; `state` makes its
+/// entry. The caller deletes each connection from `poller` before dropping it.
+fn polling_accept<C>(
+    listener: &TcpListener,
+    poller: &polling::Poller,
+    conns: &mut slab::Slab<C>,
+    state: impl Fn(TcpStream) -> C,
+) {
+    for _ in 0..64 {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(true).expect("nonblocking");
+                let _ = stream.set_nodelay(true);
+                let entry = conns.vacant_entry();
+                let interest = polling::Event::readable(entry.key());
+                // SAFETY: the caller deletes the stream from the poller before it drops it
+                // (this function's contract).
+                unsafe { poller.add_with_mode(&stream, interest, polling::PollMode::Level) }
+                    .expect("register");
+                entry.insert(state(stream));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
 /// The limit: a level-triggered `polling` readiness loop, no coroutines. One read of up to
 /// 4096 bytes per readiness event, written straight back; a short write parks the rest and
 /// switches the interest to writable until it is out. `work`: see [`Work`].
@@ -609,14 +653,8 @@ fn polling_server(work: Option<Work>) {
         pending: (usize, usize),
     }
 
-    const LISTENER: usize = usize::MAX - 1; // polling reserves usize::MAX
-    let listener = bind_any();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("local_addr").port();
     let poller = Poller::new().expect("poller");
-    // SAFETY: the listener outlives its registration (it lives until the process exits).
-    unsafe { poller.add_with_mode(&listener, Event::readable(LISTENER), PollMode::Level) }
-        .expect("register listener");
+    let (listener, port) = polling_listener(&poller);
     let mut conns: slab::Slab<Conn> = slab::Slab::new();
     let mut events = Events::with_capacity(NonZeroUsize::new(1024).expect("non-zero"));
     announce(port);
@@ -632,30 +670,14 @@ fn polling_server(work: Option<Work>) {
             if work == Some(Work::After) && i > 0 {
                 busy_work(); // the event before's, after its write
             }
-            if ev.key == LISTENER {
-                for _ in 0..64 {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            stream.set_nonblocking(true).expect("nonblocking");
-                            let _ = stream.set_nodelay(true);
-                            let entry = conns.vacant_entry();
-                            let key = entry.key();
-                            // SAFETY: the stream is deleted from the poller before it is
-                            // dropped (see `close` below).
-                            unsafe {
-                                poller.add_with_mode(&stream, Event::readable(key), PollMode::Level)
-                            }
-                            .expect("register");
-                            entry.insert(Conn {
-                                stream,
-                                buf: Box::new([0; READ_MAX]),
-                                pending: (0, 0),
-                            });
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("accept: {e}"),
-                    }
-                }
+            if ev.key == POLLING_LISTENER {
+                // The connections are deleted from the poller before they are dropped
+                // (see `close` below).
+                polling_accept(&listener, &poller, &mut conns, |stream| Conn {
+                    stream,
+                    buf: Box::new([0; READ_MAX]),
+                    pending: (0, 0),
+                });
                 continue;
             }
             let key = ev.key;
@@ -733,14 +755,8 @@ fn polling_shared_server() {
         rest: Vec<u8>,
     }
 
-    const LISTENER: usize = usize::MAX - 1; // polling reserves usize::MAX
-    let listener = bind_any();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("local_addr").port();
     let poller = Poller::new().expect("poller");
-    // SAFETY: the listener outlives its registration (it lives until the process exits).
-    unsafe { poller.add_with_mode(&listener, Event::readable(LISTENER), PollMode::Level) }
-        .expect("register listener");
+    let (listener, port) = polling_listener(&poller);
     let mut conns: slab::Slab<Conn> = slab::Slab::new();
     let mut events = Events::with_capacity(NonZeroUsize::new(1024).expect("non-zero"));
     let mut scratch = vec![0u8; READ_MAX].into_boxed_slice();
@@ -749,29 +765,13 @@ fn polling_shared_server() {
         events.clear();
         poller.wait(&mut events, None).expect("wait");
         for ev in events.iter() {
-            if ev.key == LISTENER {
-                for _ in 0..64 {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            stream.set_nonblocking(true).expect("nonblocking");
-                            let _ = stream.set_nodelay(true);
-                            let entry = conns.vacant_entry();
-                            let key = entry.key();
-                            // SAFETY: the stream is deleted from the poller before it is
-                            // dropped (see `close` below).
-                            unsafe {
-                                poller.add_with_mode(&stream, Event::readable(key), PollMode::Level)
-                            }
-                            .expect("register");
-                            entry.insert(Conn {
-                                stream,
-                                rest: Vec::new(),
-                            });
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("accept: {e}"),
-                    }
-                }
+            if ev.key == POLLING_LISTENER {
+                // The connections are deleted from the poller before they are dropped
+                // (see `close` below).
+                polling_accept(&listener, &poller, &mut conns, |stream| Conn {
+                    stream,
+                    rest: Vec::new(),
+                });
                 continue;
             }
             let key = ev.key;
