@@ -15,14 +15,9 @@ use std::time::{Duration, Instant};
 use copas::future::{self, State};
 use copas::ErrorKind;
 use util::ms;
-use util::{run_bounded, Watchdog};
+use util::{kind, run_bounded, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The outcome of a copas call, reduced to its error kind.
-fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
-    r.map_err(|e| e.kind())
-}
 
 /// Runs `init` as the initializer and the loop to its end, under a watchdog; fails the test
 /// unless `init` ran to its end.

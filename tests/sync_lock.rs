@@ -13,23 +13,10 @@ use std::time::{Duration, Instant};
 
 use copas::lock::Lock;
 use copas::{ErrorKind, FOREVER};
+use util::{kind, run_bounded, run_with_bounded, suspended_during};
 use util::{ms, secs};
-use util::{run_bounded, suspended_during, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The outcome of a copas call, reduced to its error kind.
-fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
-    r.map_err(|e| e.kind())
-}
-
-/// Runs `init` as the initializer and the loop to its end, under a watchdog.
-fn run_with(init: impl FnOnce() + 'static) -> Duration {
-    let _dog = Watchdog::new("copas::run_with", LIMIT);
-    let start = Instant::now();
-    copas::run_with(init).expect("run_with");
-    start.elapsed()
-}
 
 // ----- lock.lua -----------------------------------------------------------------------------
 
@@ -37,7 +24,7 @@ fn run_with(init: impl FnOnce() + 'static) -> Duration {
 fn lock_lua_non_reentrant_owner_times_out_then_release_and_destroy() {
     let done = Rc::new(Cell::new(false));
     let finished = done.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let lock = Lock::new(None, true); // not re-entrant
         lock.get(None).expect("first get");
         let start = Instant::now();
@@ -76,7 +63,7 @@ fn lock_lua_750_contenders_end_250_acquired_250_timed_out_250_destroyed() {
     }
     let tally = Rc::new(Tally::default());
     let t = tally.clone();
-    let took = run_with(move || {
+    let took = run_with_bounded(LIMIT, move || {
         let lock = Lock::new(secs(10), false);
         lock.get(None).expect("grab the lock");
         for i in 1..=SIZE {
@@ -166,7 +153,7 @@ fn zero_timeout_get_on_a_held_lock_fails_at_once_and_leaves_no_trace() {
 fn reentrant_lock_counts_nesting_and_frees_after_as_many_releases() {
     let done = Rc::new(Cell::new(false));
     let finished = done.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let lock = Lock::default();
         assert_eq!(lock.get(None).unwrap(), Duration::ZERO);
         assert_eq!(lock.get(None).unwrap(), Duration::ZERO);
@@ -220,7 +207,7 @@ fn waiters_get_the_lock_first_come_first_served_and_nobody_slips_in() {
 fn a_removed_waiter_leaves_the_line_and_a_lock_handed_to_it_moves_on() {
     let got = Rc::new(RefCell::new(Vec::new()));
     let got2 = got.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let lock = Lock::default();
         lock.get(None).unwrap();
         let mut waiters = Vec::new();

@@ -15,22 +15,9 @@ use std::time::{Duration, Instant};
 use copas::queue::Queue;
 use copas::{ErrorKind, FOREVER};
 use util::ms;
-use util::{run_bounded, Watchdog};
+use util::{kind, run_bounded, run_with_bounded};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The outcome of a copas call, reduced to its error kind.
-fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
-    r.map_err(|e| e.kind())
-}
-
-/// Runs `init` as the initializer and the loop to its end, under a watchdog.
-fn run_with(init: impl FnOnce() + 'static) -> Duration {
-    let _dog = Watchdog::new("copas::run_with", LIMIT);
-    let start = Instant::now();
-    copas::run_with(init).expect("run_with");
-    start.elapsed()
-}
 
 /// A shared, ordered record of what the coroutines did.
 #[derive(Clone, Default)]
@@ -52,7 +39,7 @@ impl Log {
 fn queue_lua_1_push_pop_timeouts_fifo_nil_items_and_stop() {
     let done = Rc::new(Cell::new(false));
     let finished = done.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         // Basic push/pop.
         let q: Queue<Option<&'static str>> = Queue::new();
         q.push(Some("hello")).unwrap();
@@ -123,7 +110,7 @@ fn queue_lua_2_a_worker_handles_nil_items_and_finish_returns_true() {
     let c = count.clone();
     let finished = Rc::new(Cell::new(None));
     let f = finished.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let q: Queue<Option<i32>> = Queue::new();
         q.push(Some(1)).unwrap();
         q.push(None).unwrap();
@@ -140,7 +127,7 @@ fn queue_lua_2_a_worker_handles_nil_items_and_finish_returns_true() {
 fn queue_lua_3_finish_times_out_on_an_item_nobody_handles() {
     let outcome = Rc::new(Cell::new(None));
     let o = outcome.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let q: Queue<i32> = Queue::new();
         q.push(1).unwrap(); // no worker: never handled
         let start = Instant::now();
@@ -158,7 +145,7 @@ fn queue_lua_3_finish_times_out_on_an_item_nobody_handles() {
 
 #[test]
 fn queue_lua_4_stop_with_idle_workers_lets_the_loop_exit() {
-    let took = run_with(|| {
+    let took = run_with_bounded(LIMIT, || {
         let q: Queue<()> = Queue::new();
         q.add_worker(|_| {}).unwrap();
         copas::pause(ms(500)); // the worker now waits on the queue
@@ -171,7 +158,7 @@ fn queue_lua_4_stop_with_idle_workers_lets_the_loop_exit() {
 fn queue_lua_5_finish_with_idle_workers_lets_the_loop_exit() {
     let result = Rc::new(Cell::new(None));
     let r = result.clone();
-    let took = run_with(move || {
+    let took = run_with_bounded(LIMIT, move || {
         let q: Queue<()> = Queue::new();
         q.add_worker(|_| {}).unwrap();
         copas::pause(ms(500));
@@ -185,7 +172,7 @@ fn queue_lua_5_finish_with_idle_workers_lets_the_loop_exit() {
 fn queue_lua_6_finish_waits_for_the_workers_to_finish_their_last_items() {
     let log = Log::default();
     let l = log.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let q: Queue<i32> = Queue::new();
         for n in 1..=3 {
             q.push(n).unwrap();
@@ -280,7 +267,7 @@ fn a_refused_push_gives_the_item_back() {
 fn pops_are_served_in_order_and_an_item_handed_to_a_removed_pop_is_kept() {
     let got = Log::default();
     let g = got.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let q: Queue<&'static str> = Queue::new();
         let mut poppers = Vec::new();
         for i in 0..3 {
@@ -360,7 +347,7 @@ fn outside_a_coroutine_pop_never_waits() {
 fn stop_right_after_a_push_to_a_waiting_pop_still_delivers_the_item() {
     let got = Log::default();
     let g = got.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let q: Queue<&'static str> = Queue::new();
         let g2 = g.clone();
         q.add_worker(move |item| g2.push(item)).unwrap();

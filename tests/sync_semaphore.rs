@@ -14,22 +14,9 @@ use std::time::{Duration, Instant};
 use copas::semaphore::Semaphore;
 use copas::ErrorKind;
 use util::ms;
-use util::{run_bounded, suspended_during, Watchdog};
+use util::{kind, run_bounded, run_with_bounded, suspended_during};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The outcome of a copas call, reduced to its error kind.
-fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
-    r.map_err(|e| e.kind())
-}
-
-/// Runs `init` as the initializer and the loop to its end, under a watchdog.
-fn run_with(init: impl FnOnce() + 'static) -> Duration {
-    let _dog = Watchdog::new("copas::run_with", LIMIT);
-    let start = Instant::now();
-    copas::run_with(init).expect("run_with");
-    start.elapsed()
-}
 
 // ----- semaphore.lua ------------------------------------------------------------------------
 
@@ -37,7 +24,7 @@ fn run_with(init: impl FnOnce() + 'static) -> Duration {
 fn semaphore_lua() {
     let done = Rc::new(Cell::new(false));
     let finished = done.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let sema = Semaphore::new(10, 5, Duration::from_secs(1));
         assert_eq!(sema.get_count().unwrap(), 5);
 
@@ -156,7 +143,7 @@ fn semaphore_lua() {
 
 #[test]
 fn destroying_cancels_waiters_deadlines_so_the_loop_ends_at_once() {
-    let took = run_with(|| {
+    let took = run_with_bounded(LIMIT, || {
         let sema = Semaphore::new(3, 0, Duration::from_secs(60));
         let s = sema.clone();
         copas::addthread(move || assert_eq!(kind(s.take(3, None)), Err(ErrorKind::Destroyed)))
@@ -179,7 +166,7 @@ fn destroying_cancels_waiters_deadlines_so_the_loop_ends_at_once() {
 fn strict_fifo_a_large_request_at_the_head_holds_back_small_ones() {
     let log = Rc::new(RefCell::new(Vec::new()));
     let l = log.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let sema = Semaphore::new(10, 0, None);
         for (name, n) in [("big", 5), ("small", 1)] {
             let (sema, log) = (sema.clone(), l.clone());
@@ -212,7 +199,7 @@ fn strict_fifo_a_large_request_at_the_head_holds_back_small_ones() {
 fn a_head_that_times_out_lets_the_next_be_served_from_what_is_there() {
     let served_after = Rc::new(Cell::new(None));
     let s2 = served_after.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let sema = Semaphore::new(10, 1, None);
         let s = sema.clone();
         copas::addthread(move || assert_eq!(kind(s.take(5, ms(100))), Err(ErrorKind::Timeout)))
@@ -238,7 +225,7 @@ fn a_head_that_times_out_lets_the_next_be_served_from_what_is_there() {
 fn a_removed_waiter_leaves_the_line_and_permits_handed_to_it_come_back() {
     let done = Rc::new(Cell::new(false));
     let finished = done.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let sema = Semaphore::new(10, 0, None);
         let spawn = |n: usize| {
             let s = sema.clone();
@@ -318,7 +305,7 @@ fn outside_a_coroutine_take_succeeds_or_fails_but_never_waits() {
 fn a_waiter_handed_its_permits_but_not_yet_run_gets_destroyed_as_in_copas() {
     let outcome = Rc::new(Cell::new(None));
     let o = outcome.clone();
-    run_with(move || {
+    run_with_bounded(LIMIT, move || {
         let sema = Semaphore::new(5, 0, None);
         let s = sema.clone();
         copas::addthread(move || o.set(Some(kind(s.take(2, None))))).unwrap();

@@ -17,14 +17,9 @@ use std::time::{Duration, Instant};
 use copas::timer::{self, Timer, TimerOptions};
 use copas::ErrorKind;
 use util::ms;
-use util::{run_bounded, Watchdog};
+use util::{kind, run_bounded, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The outcome of a copas call, reduced to its error kind.
-fn kind<T>(r: copas::Result<T>) -> Result<T, ErrorKind> {
-    r.map_err(|e| e.kind())
-}
 
 /// Replaces the default error handler with one that records every report.
 fn record_panics() -> Rc<RefCell<Vec<String>>> {

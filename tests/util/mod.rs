@@ -205,6 +205,20 @@ pub fn run_bounded(limit: Duration) -> Duration {
     start.elapsed()
 }
 
+/// Runs `init` as the initializer and the dispatcher to its end (`copas::run_with`), with a
+/// [`Watchdog`] of `limit`; returns how long it ran.
+pub fn run_with_bounded(limit: Duration, init: impl FnOnce() + 'static) -> Duration {
+    let _dog = Watchdog::new("copas::run_with", limit);
+    let start = Instant::now();
+    copas::run_with(init).expect("run_with");
+    start.elapsed()
+}
+
+/// The outcome of a copas call reduced to its error kind, for `assert_eq!`.
+pub fn kind<T>(r: copas::Result<T>) -> Result<T, copas::ErrorKind> {
+    r.map_err(|e| e.kind())
+}
+
 /// Builds example `name` for this test binary's profile and target directory (a no-op
 /// when it is up to date: `cargo test --test X` alone does not build examples) and returns
 /// the path of its binary. Panics with cargo's output if the build fails or takes longer
