@@ -8,55 +8,16 @@
 mod util;
 
 use util::running::Running;
+use util::{output_within, read_all_in_thread};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Socket timeouts of the test clients.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Runs `cmd` to its end, killing it after `limit`; returns its output.
-fn output_within(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let stdout = read_all_in_thread(child.stdout.take());
-    let stderr = read_all_in_thread(child.stderr.take());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let status = child.wait().expect("wait");
-            eprintln!("{cmd:?} killed after {limit:?}");
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
-}
-
-fn read_all_in_thread(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut out);
-        }
-        out
-    })
-}
 
 /// The path of example `name`, built for this binary's profile.
 fn example(name: &str) -> PathBuf {
@@ -252,8 +213,8 @@ fn echo_example_rejects_a_bad_port_argument() {
     let echo = example("echo");
     for bad in ["notaport", "70000", "-1"] {
         let mut cmd = Command::new(&echo);
-        cmd.arg(bad).env("RUST_BACKTRACE", "0").stdin(Stdio::null());
-        let out = output_within(cmd, Duration::from_secs(30));
+        cmd.arg(bad).env("RUST_BACKTRACE", "0");
+        let out = output_within(cmd, b"", Duration::from_secs(30));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

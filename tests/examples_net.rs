@@ -7,66 +7,16 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use util::output_within;
+
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// Limit for a program to answer.
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs `cmd` with `input` on its stdin to its end, killing it after `limit`.
-fn output_within(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input).expect("write stdin");
-    drop(stdin);
-    let read = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut out);
-            }
-            out
-        })
-    };
-    let stdout = read(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = read(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let status = child.wait().expect("wait");
-            eprintln!("{cmd:?} killed after {limit:?}");
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
-}
 
 /// The path of example `name`, built for this binary's profile.
 fn example(name: &str) -> PathBuf {
@@ -159,16 +109,7 @@ fn echo_client_example_talks_to_the_echo_example_by_host_name() {
 #[test]
 fn echo_client_example_reports_typed_errors() {
     // A port nobody listens on: bound (so nobody else takes it), not listening.
-    let closed =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    closed.bind(&any.into()).expect("bind");
-    let port = closed
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("inet")
-        .port();
+    let (_closed, port) = util::closed_port();
     let mut cmd = Command::new(example("echo_client"));
     cmd.args([format!("localhost:{port}").as_str(), "x"]);
     let out = output_within(cmd, b"", LIMIT);

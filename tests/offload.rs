@@ -396,16 +396,7 @@ fn unresolvable_name_gives_host_not_found_without_blocking() {
 #[test]
 fn connect_by_name_to_a_closed_port_is_refused_at_once() {
     // Bound but not listening: nobody else gets this port meanwhile.
-    let closed =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    closed.bind(&any.into()).expect("bind");
-    let port = closed
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("inet")
-        .port();
+    let (_closed, port) = util::closed_port();
     let outcome = Rc::new(RefCell::new(None));
     let out = outcome.clone();
     copas::addthread(move || {

@@ -22,6 +22,72 @@ pub fn fd_count() -> usize {
         .count()
 }
 
+/// Runs `cmd` with `input` on its stdin to its end, killing it after `limit`; returns its
+/// output (both pipes read by threads meanwhile, so a chatty program cannot fill them and
+/// stall).
+pub fn output_within(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let stdout = read_all_in_thread(child.stdout.take());
+    let stderr = read_all_in_thread(child.stderr.take());
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        // A program that exits without reading its input closes the pipe: not an error.
+        let _ = stdin.write_all(input);
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            eprintln!("{cmd:?} killed after {limit:?}");
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Reads `pipe` to its end on a new thread; the thread returns what it read.
+pub fn read_all_in_thread(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut out);
+        }
+        out
+    })
+}
+
+/// A loopback TCP port bound but not listening: a connection to it is refused, and nobody
+/// else takes the port while the returned socket lives.
+pub fn closed_port() -> (socket2::Socket, u16) {
+    let closed =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    closed.bind(&any.into()).expect("bind");
+    let port = closed
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    (closed, port)
+}
+
 /// Runs `test_name` of the current test binary in a child process with `env_var=1`, and
 /// returns its output. The child test must return at once unless `env_var` is set. The
 /// child is killed after `limit`.
