@@ -51,19 +51,6 @@ fn steps_until(max_steps: usize, done: impl Fn() -> bool) -> usize {
     steps
 }
 
-/// CPU time used by the calling thread (the dispatcher's), user and system.
-fn thread_cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the rusage it is given; RUSAGE_THREAD is Linux's per-thread
-    // figure.
-    let usage = unsafe {
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 /// What the receiving coroutine of [`eight_threads_into_one_coroutine`] saw.
 #[derive(Default, Debug)]
 struct FanIn {
@@ -242,13 +229,13 @@ fn the_dispatcher_sleeps_while_nothing_arrives() {
     let result = Rc::new(RefCell::new(None));
     let r = result.clone();
     copas::addthread(move || {
-        let cpu = thread_cpu_time();
+        let cpu = util::thread_cpu_time();
         let started = Instant::now();
         let item = rx.recv();
         *r.borrow_mut() = Some((
             item.map_err(|e| e.kind()),
             started.elapsed(),
-            thread_cpu_time() - cpu,
+            util::thread_cpu_time() - cpu,
         ));
     })
     .unwrap();

@@ -7,7 +7,7 @@ mod util;
 use std::cell::{Cell, RefCell};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use copas::lock::Lock;
 use copas::queue::Queue;
 use copas::semaphore::Semaphore;
 use copas::{CoroutineInfo, CoroutineState, ObjectKind, Pattern, ServerOptions, WaitTarget};
-use util::ms;
+use util::{ms, ChildGuard};
 
 fn find<'a>(list: &'a [CoroutineInfo], name: &str) -> &'a CoroutineInfo {
     list.iter()
@@ -425,20 +425,10 @@ fn read_until(reader: &mut impl BufRead, end: &str) -> Vec<String> {
     panic!("no {end:?} line");
 }
 
-/// The example's process, killed if the test ends before it does.
-struct Example(Child);
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn dump_example_prints_the_dump_on_its_control_port_and_shuts_down() {
     let program = util::example_binary("dump");
-    let mut child = Example(
+    let mut child = ChildGuard(
         Command::new(program)
             .arg("0")
             .stdin(Stdio::null())

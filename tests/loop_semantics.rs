@@ -48,17 +48,6 @@ impl Log {
     }
 }
 
-/// Replaces the default error handler with one that records panic messages (keeps the
-/// expected panics of a test out of the way and lets the test check them).
-fn record_panics() -> Rc<RefCell<Vec<String>>> {
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let rec = seen.clone();
-    copas::setdefaulterrorhandler(move |report| {
-        rec.borrow_mut().push(report.message().to_string())
-    });
-    seen
-}
-
 /// The Copas `status()` counts as a tuple, for compact assertions:
 /// (read, write, active, timer, inactive, timeout).
 fn counts() -> (usize, usize, usize, usize, usize, usize) {
@@ -161,7 +150,7 @@ fn exittest_loop_exits_when_a_task_finishes_inside_the_loop() {
 
 #[test]
 fn exittest_loop_exits_when_a_task_panics_in_the_first_step() {
-    let panics = record_panics();
+    let panics = util::record_panics();
     let ran = Rc::new(Cell::new(false));
     let r = ran.clone();
     copas::addthread(move || {
@@ -176,7 +165,7 @@ fn exittest_loop_exits_when_a_task_panics_in_the_first_step() {
 
 #[test]
 fn exittest_loop_exits_when_a_task_panics_inside_the_loop() {
-    let panics = record_panics();
+    let panics = util::record_panics();
     let ran = Rc::new(Cell::new(false));
     let r = ran.clone();
     copas::addthread(move || {

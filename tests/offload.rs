@@ -50,19 +50,6 @@ fn ticker() -> Rc<Ticks> {
     ticks
 }
 
-/// CPU time used by the calling thread (the dispatcher's), user and system.
-fn thread_cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the rusage it is given; RUSAGE_THREAD is Linux's per-thread
-    // figure.
-    let usage = unsafe {
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 // ----- offload ----------------------------------------------------------------------------
 
 /// Issue 4 acceptance: a resolution that takes long (a 500 ms offload) does not stop a
@@ -115,9 +102,9 @@ fn dispatcher_sleeps_while_waiting_for_an_offload() {
         d.set(true);
     })
     .expect("addthread");
-    let cpu_before = thread_cpu_time();
+    let cpu_before = util::thread_cpu_time();
     let took = util::run_checked(secs(20));
-    let cpu = thread_cpu_time() - cpu_before;
+    let cpu = util::thread_cpu_time() - cpu_before;
     assert!(done.get());
     assert!(took >= ms(300), "returned early: {took:?}");
     // A busy wait would burn ~300 ms; starting the helper and two steps cost well under 1.

@@ -35,16 +35,6 @@ fn run_to_completion(init: impl FnOnce() + 'static) -> Duration {
     start.elapsed()
 }
 
-/// Replaces the default error handler with one that records panic messages.
-fn record_panics() -> Rc<RefCell<Vec<String>>> {
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let rec = seen.clone();
-    copas::setdefaulterrorhandler(move |report| {
-        rec.borrow_mut().push(report.message().to_string())
-    });
-    seen
-}
-
 // ----- future.lua ---------------------------------------------------------------------------
 
 #[test]
@@ -63,7 +53,7 @@ fn future_lua_get_waits_and_returns_the_results() {
 
 #[test]
 fn future_lua_get_returns_the_error_of_a_failing_task() {
-    let panics = record_panics();
+    let panics = util::record_panics();
     run_to_completion(|| {
         let f = future::addthread(|| -> i32 { panic!("boom") }).unwrap();
         let err = f.get().unwrap_err();
@@ -139,7 +129,7 @@ fn future_lua_try_gives_the_results_after_success() {
 
 #[test]
 fn future_lua_try_gives_the_error_after_a_failure() {
-    record_panics();
+    util::record_panics();
     run_to_completion(|| {
         let f = future::addthread(|| -> u8 { panic!("oh no") }).unwrap();
         let _ = f.get();

@@ -1859,21 +1859,8 @@ fn send_vectored_timeout_reports_the_bytes_that_went_out() {
 
 #[test]
 fn connect_to_a_closed_port_is_refused_quickly() {
-    // A bound socket that does not listen: connects to it are refused, and no other test
-    // can take its port meanwhile.
-    let closed_port = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    closed_port.bind(&any.into()).expect("bind");
-    let addr = closed_port
-        .local_addr()
-        .expect("local_addr")
-        .as_socket()
-        .expect("inet");
+    let (_closed, port) = util::closed_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let inside = Rc::new(RefCell::new(None));
     let inside2 = inside.clone();
     copas::addthread(move || {

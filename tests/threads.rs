@@ -10,10 +10,12 @@
 
 mod util;
 
+use util::ChildGuard;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -243,16 +245,6 @@ fn reuseport_listeners_share_a_port_that_a_plain_listener_holds_alone() {
     drop((first, second));
 }
 
-/// The example, killed when dropped whatever happened.
-struct Example(Child);
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn echo_multicore_example_serves_from_several_threads() {
     let _dog = util::Watchdog::new("echo_multicore example", Duration::from_secs(400));
@@ -266,7 +258,7 @@ fn echo_multicore_example_serves_from_several_threads() {
         .spawn()
         .expect("start echo_multicore");
     let stdout = child.stdout.take().expect("stdout");
-    let example = Example(child);
+    let example = ChildGuard(child);
     let mut banner = String::new();
     BufReader::new(stdout)
         .read_line(&mut banner)

@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use copas::native_tls::{Certificate, HandshakeError, Identity, TlsAcceptor, TlsConnector};
 use copas::{ErrorKind, Pattern, ServerOptions, Socket};
-use util::{ms, pause_until, secs};
+use util::{ms, pause_until, secs, ChildGuard};
 
 /// The timeout of every socket in these tests unless a test sets its own, so a socket that
 /// should have been woken and is not fails the test instead of hanging it.
@@ -136,16 +136,6 @@ fn pki() -> Option<&'static Pki> {
 }
 
 // ----- child processes --------------------------------------------------------------------
-
-/// A child process that is killed and awaited however the test ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Reads `pipe` line by line on a thread, sending each line.
 fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {

@@ -88,6 +88,40 @@ pub fn closed_port() -> (socket2::Socket, u16) {
     (closed, port)
 }
 
+/// A child process killed and reaped however the test ends.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Replaces the default error handler with one that records panic messages (keeps the
+/// expected panics of a test out of the way and lets the test check them).
+pub fn record_panics() -> std::rc::Rc<std::cell::RefCell<Vec<String>>> {
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let rec = seen.clone();
+    copas::setdefaulterrorhandler(move |report| {
+        rec.borrow_mut().push(report.message().to_string())
+    });
+    seen
+}
+
+/// CPU time used by the calling thread (in the tests, the dispatcher's), user and system.
+pub fn thread_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given; RUSAGE_THREAD is Linux's per-thread
+    // figure.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// Runs `test_name` of the current test binary in a child process with `env_var=1`, and
 /// returns its output. The child test must return at once unless `env_var` is set. The
 /// child is killed after `limit`.
