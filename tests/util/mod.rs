@@ -127,27 +127,11 @@ pub fn thread_cpu_time() -> Duration {
 /// child is killed after `limit`.
 pub fn run_child(test_name: &str, env_var: &str, limit: Duration) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new(exe)
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(env_var, "1")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn child test");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            break;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("child output")
+        .env("RUST_BACKTRACE", "0");
+    output_within(cmd, b"", limit)
 }
 
 /// [`run_child`], then asserts that the child test passed and printed `marker` (so a child
