@@ -640,11 +640,32 @@ fn polling_accept<C>(
     }
 }
 
+/// After a write on a `polling` loop's connection, moves its interest to what it waits for
+/// next if that changed: reading once nothing is left to send (`done`), writing while
+/// something is (`was_reading`: the interest was reading). Returns whether that failed (the
+/// connection is to be closed).
+fn polling_switch_interest(
+    poller: &polling::Poller,
+    stream: &TcpStream,
+    key: usize,
+    done: bool,
+    was_reading: bool,
+) -> bool {
+    let interest = match (done, was_reading) {
+        (true, false) => polling::Event::readable(key),
+        (false, true) => polling::Event::writable(key),
+        _ => return false,
+    };
+    poller
+        .modify_with_mode(stream, interest, polling::PollMode::Level)
+        .is_err()
+}
+
 /// The limit: a level-triggered `polling` readiness loop, no coroutines. One read of up to
 /// 4096 bytes per readiness event, written straight back; a short write parks the rest and
 /// switches the interest to writable until it is out. `work`: see [`Work`].
 fn polling_server(work: Option<Work>) {
-    use polling::{Event, Events, PollMode, Poller};
+    use polling::{Events, Poller};
 
     struct Conn {
         stream: TcpStream,
@@ -709,8 +730,8 @@ fn polling_server(work: Option<Work>) {
         }
     }
 
-    /// Writes the pending bytes; switches the interest when the state changes. Returns
-    /// whether the connection is to be closed.
+    /// Writes the pending bytes; switches the interest when the state changes
+    /// ([`polling_switch_interest`]). Returns whether the connection is to be closed.
     fn flush(poller: &Poller, key: usize, conn: &mut Conn, was_reading: bool) -> bool {
         let (start, end) = conn.pending;
         match conn.stream.write(&conn.buf[start..end]) {
@@ -723,20 +744,7 @@ fn polling_server(work: Option<Work>) {
         if done {
             conn.pending = (0, 0);
         }
-        let interest = if done && !was_reading {
-            Some(Event::readable(key))
-        } else if !done && was_reading {
-            Some(Event::writable(key))
-        } else {
-            None
-        };
-        if let Some(interest) = interest {
-            poller
-                .modify_with_mode(&conn.stream, interest, PollMode::Level)
-                .is_err()
-        } else {
-            false
-        }
+        polling_switch_interest(poller, &conn.stream, key, done, was_reading)
     }
 }
 
@@ -747,7 +755,7 @@ fn polling_server(work: Option<Work>) {
 /// plainly keeps; this one asks what the loop's kernel copy into 1,000 cold buffers costs it
 /// ("Where 1,000 connections' gap goes" in docs/benchmarks.md).
 fn polling_shared_server() {
-    use polling::{Event, Events, PollMode, Poller};
+    use polling::{Events, Poller};
 
     struct Conn {
         stream: TcpStream,
@@ -778,24 +786,35 @@ fn polling_shared_server() {
             let Some(conn) = conns.get_mut(key) else {
                 continue;
             };
-            let close = if conn.rest.is_empty() {
+            // What the write took (`None`: close), and whether the interest was reading.
+            let (sent, was_reading) = if conn.rest.is_empty() {
                 match conn.stream.read(&mut scratch) {
-                    Ok(0) => true,
-                    Ok(n) => write_or_keep(&poller, key, conn, true, &scratch[..n]),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        false
+                    Ok(0) => (None, true),
+                    Ok(n) => {
+                        let sent = written(&conn.stream, &scratch[..n]);
+                        if let Some(sent) = sent {
+                            conn.rest.extend_from_slice(&scratch[sent..n]);
+                        }
+                        (sent, true)
                     }
-                    Err(_) => true,
+                    Err(e) if retry_later(&e) => continue,
+                    Err(_) => (None, true),
                 }
             } else {
-                let rest = std::mem::take(&mut conn.rest);
-                write_or_keep(&poller, key, conn, false, &rest)
+                let sent = written(&conn.stream, &conn.rest);
+                if let Some(sent) = sent {
+                    conn.rest.drain(..sent);
+                }
+                (sent, false)
             };
+            let close = sent.is_none()
+                || polling_switch_interest(
+                    &poller,
+                    &conn.stream,
+                    key,
+                    conn.rest.is_empty(),
+                    was_reading,
+                );
             if close {
                 let conn = conns.remove(key);
                 let _ = poller.delete(&conn.stream);
@@ -803,39 +822,22 @@ fn polling_shared_server() {
         }
     }
 
-    /// Writes `data`, keeps what the socket did not take in `conn.rest`, and switches the
-    /// interest when the state changes (`was_reading`: `data` was just read, so the interest
-    /// was reading). Returns whether the connection is to be closed.
-    fn write_or_keep(
-        poller: &Poller,
-        key: usize,
-        conn: &mut Conn,
-        was_reading: bool,
-        data: &[u8],
-    ) -> bool {
-        let n = match conn.stream.write(data) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                0
-            }
-            Err(_) => return true,
-        };
-        conn.rest.extend_from_slice(&data[n..]);
-        let interest = match (conn.rest.is_empty(), was_reading) {
-            (true, false) => Some(Event::readable(key)),
-            (false, true) => Some(Event::writable(key)),
-            _ => None,
-        };
-        interest.is_some_and(|interest| {
-            poller
-                .modify_with_mode(&conn.stream, interest, PollMode::Level)
-                .is_err()
-        })
+    /// Whether a failed read or write is to be tried again at the next readiness event.
+    fn retry_later(e: &std::io::Error) -> bool {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        )
+    }
+
+    /// Writes what the socket takes of `data`: how many bytes (0 when it would block), or
+    /// `None` when the connection is to be closed.
+    fn written(mut stream: &TcpStream, data: &[u8]) -> Option<usize> {
+        match stream.write(data) {
+            Ok(n) => Some(n),
+            Err(e) if retry_later(&e) => Some(0),
+            Err(_) => None,
+        }
     }
 }
 
