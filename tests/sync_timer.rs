@@ -21,8 +21,9 @@ use util::{kind, run_bounded, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Replaces the default error handler with one that records every report.
-fn record_panics() -> Rc<RefCell<Vec<String>>> {
+/// Replaces the default error handler with one that records every report, whole (unlike
+/// `util::record_panics`, which keeps the messages).
+fn record_reports() -> Rc<RefCell<Vec<String>>> {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let rec = seen.clone();
     copas::setdefaulterrorhandler(move |report| rec.borrow_mut().push(report.to_string()));
@@ -43,7 +44,7 @@ impl Successes {
 
 #[test]
 fn timer_lua_fifteen_checks() {
-    let unexpected = record_panics();
+    let unexpected = record_reports();
     let successes = Successes::default();
     let s = successes.clone();
     let _dog = Watchdog::new("timer.lua", LIMIT);
@@ -294,7 +295,7 @@ fn an_overrunning_callback_skips_the_missed_firings_and_stays_on_the_grid() {
 
 #[test]
 fn a_panicking_recurring_callback_goes_to_the_default_handler_and_the_timer_goes_on() {
-    let reports = record_panics();
+    let reports = record_reports();
     let ticks = Rc::new(Cell::new(0));
     let t = ticks.clone();
     let name = Rc::new(RefCell::new(String::new()));
