@@ -34,11 +34,14 @@ pub fn output_within(mut cmd: Command, input: &[u8], limit: Duration) -> Output 
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let stdout = read_all_in_thread(child.stdout.take());
     let stderr = read_all_in_thread(child.stderr.take());
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        // A program that exits without reading its input closes the pipe: not an error.
-        let _ = stdin.write_all(input);
-    }
+    // Written on a thread, so input larger than the pipe holds cannot block past `limit`
+    // (the thread ends when the program ends and the pipe breaks); a program that exits
+    // without reading its input is not an error.
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
