@@ -1187,6 +1187,41 @@ fn exact_spans_several_writes() {
     assert_eq!(got[2], b"tail");
 }
 
+/// `Exact(n)` with an `n` taken from a peer's length header sets aside memory as bytes come,
+/// not `n` up front: a huge length ends in `Closed` with what came, never a capacity
+/// overflow panic or an allocation failure that aborts the process.
+#[test]
+fn exact_with_a_huge_announced_length_holds_only_what_came() {
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let out2 = out.clone();
+    with_peer(
+        |mut s| {
+            s.write_all(b"LENGTH 18446744073709551615\nabc")
+                .expect("write");
+            thread::sleep(ms(100));
+            s.shutdown(Shutdown::Write).expect("shutdown");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            let header = sock.receive_line().expect("header");
+            let n: usize = header["LENGTH ".len()..].parse().expect("a length");
+            let e = sock.receive(Pattern::Exact(n)).expect_err("3 bytes came");
+            let after = util::kind(sock.receive(Pattern::Exact(1 << 40)));
+            *out2.borrow_mut() = vec![
+                (e.kind(), e.partial().to_vec()),
+                (after.unwrap_err(), vec![]),
+            ];
+        },
+    );
+    assert_eq!(
+        *out.borrow(),
+        [
+            (ErrorKind::Closed, b"abc".to_vec()),
+            (ErrorKind::Closed, vec![])
+        ]
+    );
+}
+
 #[test]
 fn receive_with_prefix_counts_the_prefix_and_a_long_prefix_reads_nothing() {
     let got = Rc::new(RefCell::new(Vec::new()));
@@ -1357,6 +1392,44 @@ fn endless_line_fails_with_limit_exceeded_and_the_socket_stays_usable() {
         next.as_deref(),
         Some(&b"next"[..]),
         "the socket is not usable"
+    );
+}
+
+/// The limit counts a line's bytes, not its ending: a line of exactly the limit is accepted
+/// with a CR LF ending as with an LF one, and one byte more is refused either way.
+#[test]
+fn a_line_of_exactly_the_limit_is_accepted_whatever_its_ending() {
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let out2 = out.clone();
+    with_peer(
+        |mut s| {
+            s.write_all(b"abcd\nefgh\r\nijklm\r\nnopqr\nnext\n")
+                .expect("write");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            sock.set_line_limit(4);
+            let got = (0..7)
+                .map(|_| {
+                    sock.receive(Pattern::Line)
+                        .map_err(|e| (e.kind(), e.partial().to_vec()))
+                })
+                .collect();
+            *out2.borrow_mut() = got;
+        },
+    );
+    let too_long = |partial: &[u8]| Err((ErrorKind::LimitExceeded, partial.to_vec()));
+    assert_eq!(
+        *out.borrow(),
+        [
+            Ok(b"abcd".to_vec()),
+            Ok(b"efgh".to_vec()),
+            too_long(b"ijkl"),
+            Ok(b"m".to_vec()),
+            too_long(b"nopq"),
+            Ok(b"r".to_vec()),
+            Ok(b"next".to_vec()),
+        ]
     );
 }
 
@@ -1559,6 +1632,99 @@ fn half_close_lets_the_server_read_all_and_still_reply() {
     assert_eq!(after_kind, ErrorKind::Closed);
     assert_eq!(got.len(), REPLY);
     assert!(got == *reply, "the reply differs");
+}
+
+// ----- a zero timeout ---------------------------------------------------------------------
+
+/// A zero timeout means "never wait": a receive fails with `Timeout` only when nothing is
+/// there. Outside a coroutine, bytes that came after an earlier read drained the socket are
+/// there although no event announced them.
+#[test]
+fn zero_timeout_outside_a_coroutine_receives_what_came_after_a_drain() {
+    let (listener, addr) = util::local_listener();
+    let (go, wait) = mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.write_all(b"one\n").expect("write");
+        wait.recv_timeout(secs(10)).expect("go");
+        s.write_all(b"two\n").expect("write");
+        read_to_close(&mut s);
+    });
+    let mut sock = connect(addr);
+    assert_eq!(sock.receive(Pattern::Line).expect("one"), b"one");
+    sock.settimeout(Some(Duration::ZERO));
+    let before = util::kind(sock.receive(Pattern::Line));
+    go.send(()).expect("peer alive");
+    // The line arrives in one piece, but when is the kernel's business: ask until it is
+    // there (without the fix every call failed, however long the line had been there).
+    let mut after = Err(ErrorKind::Timeout);
+    util::wait_until(secs(10), || {
+        after = util::kind(sock.receive(Pattern::Line));
+        after != Err(ErrorKind::Timeout)
+    });
+    drop(sock);
+    join(peer);
+    assert_eq!(before, Err(ErrorKind::Timeout), "nothing was there yet");
+    assert_eq!(
+        after,
+        Ok(b"two".to_vec()),
+        "the line was there: the call would not block"
+    );
+}
+
+/// In a handler: a request the client sent before the accept is in the kernel when the
+/// handler starts, so a zero-timeout receive returns it.
+#[test]
+fn zero_timeout_in_a_handler_receives_a_request_sent_before_the_accept() {
+    let out = Rc::new(RefCell::new(None));
+    let out2 = out.clone();
+    let addr = serve_once(move |mut sock| {
+        sock.settimeout(Some(Duration::ZERO));
+        *out2.borrow_mut() = Some(util::kind(sock.receive(Pattern::Line)));
+    });
+    let mut client = TcpStream::connect(addr).expect("connect");
+    client.write_all(b"request\n").expect("write");
+    thread::sleep(ms(100));
+    util::run_checked(secs(20));
+    drop(client);
+    assert_eq!(out.borrow_mut().take(), Some(Ok(b"request".to_vec())));
+}
+
+/// And a send: once the peer has read what filled the socket, a zero-timeout send goes out.
+#[test]
+fn zero_timeout_send_goes_out_once_the_peer_has_read() {
+    let (listener, addr) = util::local_listener();
+    let (go, wait) = mpsc::channel::<()>();
+    let (read, has_read) = mpsc::channel::<usize>();
+    let peer = thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        wait.recv_timeout(secs(10)).expect("go");
+        s.set_read_timeout(Some(ms(300))).expect("timeout");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        // Bounded: the copas side sent a finite amount and then waits for this count.
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            total += n;
+        }
+        read.send(total).expect("test alive");
+        s.set_read_timeout(Some(secs(10))).expect("timeout");
+        read_to_close(&mut s)
+    });
+    let mut sock = connect(addr);
+    sock.settimeouts(Some(GUARD), Some(ms(200)), Some(GUARD));
+    let e = sock
+        .send(&vec![7u8; 64 << 20])
+        .expect_err("the peer does not read yet");
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    go.send(()).expect("peer alive");
+    let total = has_read.recv_timeout(secs(20)).expect("peer read");
+    assert_eq!(total, e.sent(), "the peer read all that went");
+    sock.settimeout(Some(Duration::ZERO));
+    let r = util::kind(sock.send(b"x"));
+    drop(sock);
+    let rest = peer.join().expect("peer");
+    assert_eq!(r, Ok(1), "the socket is empty: the send would not block");
+    assert_eq!(rest, b"x");
 }
 
 // ----- outside any coroutine --------------------------------------------------------------

@@ -229,6 +229,64 @@ fn a_small_datagram_received_with_a_large_size_holds_only_its_bytes() {
     assert_eq!(got[1], vec![7; 60_000]);
 }
 
+/// A size larger than any datagram can be (the caller's to choose, up to `usize::MAX`)
+/// receives as the largest would, rather than reserving that much memory or panicking; the
+/// same through `receivefrom`.
+#[test]
+fn a_size_beyond_any_datagram_receives_like_the_largest() {
+    let (sender, receiver, to) = sender_and_receiver();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let g = got.clone();
+    copas::addthread(move || {
+        sender.send_to(b"one", to).expect("send");
+        sender.send_to(b"two", to).expect("send");
+        sender.send_to(b"three", to).expect("send");
+        let from = sender.local_addr().expect("addr");
+        let mut g = g.borrow_mut();
+        g.push(util::kind(receiver.receive(usize::MAX)));
+        g.push(util::kind(receiver.receive(1 << 40)));
+        let third = util::kind(receiver.receivefrom(usize::MAX));
+        g.push(third.map(|(data, peer)| {
+            assert_eq!(peer, from);
+            data
+        }));
+    })
+    .expect("addthread");
+    util::run_checked(secs(20));
+    let got = got.borrow();
+    assert_eq!(
+        *got,
+        [
+            Ok(b"one".to_vec()),
+            Ok(b"two".to_vec()),
+            Ok(b"three".to_vec())
+        ]
+    );
+    assert!(got.iter().flatten().all(|d| d.capacity() < 1024));
+}
+
+/// A zero timeout never waits, but takes a datagram that is there: outside a coroutine,
+/// one that came after an earlier receive emptied the queue (no event announced it).
+#[test]
+fn zero_timeout_outside_a_coroutine_receives_what_came_after_a_drain() {
+    let _dog = util::Watchdog::new("zero timeout udp", secs(20));
+    let (sender, receiver, to) = sender_and_receiver();
+    sender.send_to(b"one", to).expect("send");
+    assert_eq!(receiver.receive(100).expect("one"), b"one");
+    receiver.settimeout(Some(Duration::ZERO));
+    let before = util::kind(receiver.receive(100));
+    sender.send_to(b"two", to).expect("send");
+    // When the kernel queues it is its business: ask until it is there (without the fix,
+    // every call failed however long the datagram had waited).
+    let mut after = Err(ErrorKind::Timeout);
+    util::wait_until(secs(10), || {
+        after = util::kind(receiver.receive(100));
+        after != Err(ErrorKind::Timeout)
+    });
+    assert_eq!(before, Err(ErrorKind::Timeout), "nothing was there yet");
+    assert_eq!(after, Ok(b"two".to_vec()));
+}
+
 /// Closing the socket wakes a coroutine waiting to receive, with `Closed`.
 #[test]
 fn close_wakes_a_waiting_receiver() {

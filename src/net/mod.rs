@@ -67,15 +67,19 @@ fn wait_ready_slow(
 ) -> crate::Result<()> {
     use crate::dispatcher;
     use crate::{Error, ErrorKind};
-    if deadline.is_some_and(|at| std::time::Instant::now() >= at) {
-        return Err(Error::new(ErrorKind::Timeout));
-    }
-    if copas_coro::in_coroutine() {
+    let out_of_time = deadline.is_some_and(|at| std::time::Instant::now() >= at);
+    if copas_coro::in_coroutine() && !out_of_time {
         return wake_result(dispatcher::with(|d| d.wait_io(io, write, deadline)));
     }
     if io.is_closed() {
         return Err(Error::new(ErrorKind::Closed));
     }
+    // Out of time (a zero timeout, or one spent), inside a coroutine or not: no waiting,
+    // but the readiness bit only says what the dispatcher's events and this socket's last
+    // calls have shown, which misses bytes that came since (outside a coroutine, or before
+    // it yielded). "Fail when the call would block" needs the kernel's word: `poll_fd`
+    // with a passed deadline asks without waiting. Each `true` lets the caller make one
+    // more system call, which takes what made the descriptor ready, so this cannot spin.
     if crate::sys::poll_fd(fd, write, deadline)? {
         if write {
             io.writable.set(true);

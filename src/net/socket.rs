@@ -30,7 +30,8 @@ use crate::net::tls::TlsLayer;
 
 /// The longest line [`Pattern::Line`] accepts by default: 64 KiB.
 ///
-/// A peer that never sends a line feed cannot make the socket hold more than this of a line; the
+/// The limit counts the line's bytes, not its ending (LF or CR LF). A peer that never sends
+/// a line feed cannot make the socket hold more than this of a line and its ending; the
 /// receive fails with [`ErrorKind::LimitExceeded`] and hands over what it had. Change it per
 /// socket with [`Socket::set_line_limit`].
 pub const DEFAULT_LINE_LIMIT: usize = 64 * 1024;
@@ -539,17 +540,24 @@ impl Socket {
 
     fn receive_line_bytes(&mut self, prefix: &[u8], deadline: Option<Instant>) -> Result<Vec<u8>> {
         let limit = self.conn.line_limit.get();
-        // A line has at most `limit` bytes before its LF: look at no more than that.
-        let window = limit.saturating_add(1);
+        // A line has at most `limit` bytes before its ending, LF or CR LF: look at no more
+        // than that and the ending.
+        let window = limit.saturating_add(2);
         let mut scanned = 0;
         loop {
             let upto = (self.end - self.start).min(window);
             let fresh = &self.buf[self.start + scanned..self.start + upto];
-            if let Some(pos) = find_byte(fresh, b'\n') {
-                let line_end = self.start + scanned + pos;
+            let found = find_byte(fresh, b'\n').map(|pos| self.start + scanned + pos);
+            // The usual ending is CR LF: that CR is not part of the line, so it does not
+            // count against the limit; any other byte before the LF does.
+            let found = found.filter(|&line_end| {
                 let text = &self.buf[self.start..line_end];
-                // The usual ending is CR LF: drop that CR, then copy the line whole unless
-                // it holds another CR (LuaSocket drops every CR of a line).
+                text.strip_suffix(b"\r").unwrap_or(text).len() <= limit
+            });
+            if let Some(line_end) = found {
+                let text = &self.buf[self.start..line_end];
+                // Drop the ending's CR, then copy the line whole unless it holds another CR
+                // (LuaSocket drops every CR of a line).
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
                 let mut line = Vec::with_capacity(prefix.len() + text.len());
                 line.extend_from_slice(prefix);
@@ -617,7 +625,10 @@ impl Socket {
         if prefix.len() >= n {
             return Ok(prefix.to_vec());
         }
-        let mut out = Vec::with_capacity(n);
+        // `n` may come from the peer (a length header): set aside only what is in hand and
+        // one bulk chunk, and let the vector grow with the bytes that actually arrive.
+        let mut out =
+            Vec::with_capacity(n.min(prefix.len() + (self.end - self.start) + BULK_CHUNK));
         out.extend_from_slice(prefix);
         let from_buffer = (n - out.len()).min(self.end - self.start);
         out.extend_from_slice(&self.buf[self.start..self.start + from_buffer]);
