@@ -372,7 +372,12 @@ pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutin
 /// waits. Returns false for a coroutine that already ended.
 ///
 /// The unwind is a panic's: as anywhere in Rust, a destructor that panics during it aborts
-/// the process ("panic in a destructor during cleanup").
+/// the process ("panic in a destructor during cleanup"). Code on the coroutine's stack may
+/// catch it (`catch_unwind`) but should let it go on: the coroutine cannot wait any more
+/// (every wait returns at once, cancelled), and a panic it raises instead goes to the
+/// default error handler. Its entry is gone while it unwinds, so its destructors see no
+/// current coroutine: a [`Lock::release`](crate::lock::Lock::release) there fails with
+/// `NotOwned`, and a lock it held stays held until destroyed (as in Copas).
 pub fn removethread(co: Coroutine) -> bool {
     dispatcher::with(|d| d.removethread(co))
 }

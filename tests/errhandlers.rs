@@ -357,3 +357,50 @@ fn raw_suspend_is_reported_and_the_coroutine_unwound() {
     );
     assert!(dropped.get().is_some(), "its locals were not dropped");
 }
+
+/// A coroutine that catches its cancellation and panics anew: the panic goes to the default
+/// error handler (the coroutine's own went with it), never out of `run` or `removethread`,
+/// and the dispatcher stays usable. It escaped `run` and left it marked as running, so
+/// every later `step` or `run` failed with `InvalidState`.
+#[test]
+fn a_panic_raised_while_a_removed_coroutine_unwinds_goes_to_the_default_handler() {
+    fn stubborn(message: &'static str) -> copas::Coroutine {
+        copas::addthread(move || {
+            let caught = std::panic::catch_unwind(|| copas::pause(Duration::from_secs(20)));
+            if caught.is_err() {
+                util::unwind_quietly(message.to_string());
+            }
+        })
+        .expect("addthread")
+    }
+    let seen = record_default();
+    let _dog = Watchdog::new("panic while unwinding", LIMIT);
+    // Removed by another coroutine: unwound in the loop.
+    let first = stubborn("refused in the loop");
+    copas::addthread(move || {
+        copas::pause(ms(10));
+        assert!(copas::removethread(first));
+    })
+    .expect("addthread");
+    let outcome = std::panic::catch_unwind(copas::run);
+    assert!(matches!(outcome, Ok(Ok(()))), "run: {outcome:?}");
+    assert!(!copas::running());
+    // Removed from outside any coroutine: unwound by `removethread` itself.
+    let second = stubborn("refused outside");
+    copas::step(Some(ms(10))).expect("step");
+    let removed = std::panic::catch_unwind(|| copas::removethread(second));
+    assert!(matches!(removed, Ok(true)), "removethread: {removed:?}");
+    assert_eq!(util::kind(copas::step(Some(ms(1)))), Ok(false));
+    let messages: Vec<(String, bool)> = seen
+        .borrow()
+        .iter()
+        .map(|s| (s.message.clone(), s.has_coroutine))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("refused in the loop".to_string(), false),
+            ("refused outside".to_string(), false)
+        ]
+    );
+}

@@ -161,3 +161,52 @@ fn tasks_queued_for_a_dispatcher_that_never_runs_them_are_dropped_when_its_threa
     assert_eq!(Arc::strong_count(&held), 1, "the queued tasks were dropped");
     assert!(handle.is_closed());
 }
+
+/// Tasks posted before the loop runs, or while its last coroutine ends, are part of its
+/// work: `run` acts on them before it finds nothing left to do, where it returned and left
+/// them queued (and a thread ending after `run`, as every `copas::threads` worker does,
+/// dropped them although `spawn` had said `Ok`).
+#[test]
+fn tasks_posted_before_the_loop_runs_out_of_work_are_run_by_it() {
+    let _dog = util::Watchdog::new("posted before the end", Duration::from_secs(30));
+    let handle = copas::handle().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let posted_early = ran.clone();
+    let early = handle.clone();
+    std::thread::spawn(move || {
+        early
+            .spawn(move || {
+                posted_early.fetch_add(1, Ordering::SeqCst);
+            })
+            .expect("spawn");
+    })
+    .join()
+    .unwrap();
+    copas::run().expect("run");
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "posted before run");
+    // Now three posted while the last coroutine ends: it blocks the thread (not the
+    // coroutine) until they are queued, so no step sees them before the work runs out.
+    let (go, posts) = mpsc::channel::<()>();
+    let (done, queued) = mpsc::channel::<()>();
+    let posted_late = ran.clone();
+    let poster = std::thread::spawn(move || {
+        posts.recv().unwrap();
+        for _ in 0..3 {
+            let ran = posted_late.clone();
+            handle
+                .spawn(move || {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                })
+                .expect("spawn");
+        }
+        done.send(()).unwrap();
+    });
+    copas::addthread(move || {
+        go.send(()).unwrap();
+        queued.recv_timeout(Duration::from_secs(10)).unwrap();
+    })
+    .unwrap();
+    copas::run().expect("run");
+    poster.join().unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 4, "posted while the loop ended");
+}

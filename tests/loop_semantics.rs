@@ -1136,3 +1136,57 @@ fn step_and_run_refuse_to_run_inside_the_dispatcher() {
     );
     assert!(!copas::running());
 }
+
+/// Coroutines abandoned when their thread ends are unwound while the dispatcher still
+/// exists, so destructors on their stacks may call copas: cancel a timer, try to release a
+/// lock, ask for the coroutine's name. From the dispatcher's own destructor such a call panicked
+/// inside the unwind, which aborts the process. In a child process: an abort would end the
+/// whole test binary.
+#[test]
+fn destructors_of_coroutines_abandoned_at_thread_exit_may_call_copas() {
+    const CHILD: &str = "COPAS_TEST_ABANDONED_AT_EXIT_CHILD";
+    if util::is_child(CHILD) {
+        struct Releases(copas::lock::Lock, copas::timer::Timer);
+        impl Drop for Releases {
+            fn drop(&mut self) {
+                let released = self.0.release();
+                let cancelled = self.1.cancel();
+                let name = copas::getthreadname(None);
+                println!("released {released:?}, cancelled {cancelled:?}, name {name:?}");
+            }
+        }
+        let worker = std::thread::spawn(|| {
+            let lock = copas::lock::Lock::new(None, false);
+            copas::addnamedthread("holder", move || {
+                lock.get(None).expect("get");
+                let timer = copas::timer::new(
+                    // Armed, and never due: it does not keep `run` going.
+                    copas::timer::TimerOptions::new(Duration::from_secs(3600))
+                        .initial_delay(copas::FOREVER),
+                    |_| {},
+                )
+                .expect("timer");
+                let _releases = Releases(lock, timer);
+                copas::pauseforever();
+            })
+            .expect("addthread");
+            copas::run().expect("run");
+        });
+        worker.join().expect("the worker thread");
+        println!("child done");
+        return;
+    }
+    let out = util::assert_child_passes(
+        "destructors_of_coroutines_abandoned_at_thread_exit_may_call_copas",
+        CHILD,
+        "child done",
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Each call answered. The coroutine's entry has gone when it is unwound, as with
+    // `removethread`: it no longer owns the lock (Copas's rule too) and has no name.
+    assert!(
+        stdout.contains("released Err(Error { kind: NotOwned }), cancelled Ok(()), name None"),
+        "{stdout}"
+    );
+}

@@ -376,3 +376,42 @@ fn cancelling_a_sleeping_recurring_timer_from_another_coroutine_stops_it() {
     // A timer still armed would keep the loop going until the watchdog.
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// A recurring timer with no delay (Copas allows `delay = 0`) fires once per step: other
+/// coroutines run between its firings, instead of its callback running back to back inside
+/// one resume and holding the thread for good.
+#[test]
+fn a_recurring_timer_without_delay_fires_once_per_step() {
+    const MANY: u32 = 200_000;
+    let _dog = Watchdog::new("zero-delay timer", LIMIT);
+    let fired = Rc::new(Cell::new(0u32));
+    let witness_saw = Rc::new(Cell::new(None));
+    let f = fired.clone();
+    let seen = witness_saw.clone();
+    timer::new(
+        TimerOptions::new(Duration::ZERO).recurring(true),
+        move |t: &Timer| {
+            f.set(f.get() + 1);
+            // Bounded whatever happens: stop once the witness ran, or after many firings.
+            if seen.get().is_some() || f.get() >= MANY {
+                t.cancel().expect("cancel");
+            }
+        },
+    )
+    .expect("timer");
+    let (f, seen) = (fired.clone(), witness_saw.clone());
+    copas::addthread(move || {
+        for _ in 0..3 {
+            copas::pause(Duration::ZERO);
+        }
+        seen.set(Some(f.get()));
+    })
+    .expect("addthread");
+    run_bounded(LIMIT);
+    let saw = witness_saw.get().expect("the witness never ran");
+    assert!(
+        (1..=10).contains(&saw),
+        "the timer fired {saw} times in the witness's three steps"
+    );
+    assert!(fired.get() <= saw + 2, "fired {} times", fired.get());
+}

@@ -279,39 +279,50 @@ impl Coro {
     }
 
     /// Finishes the coroutine (unwinding it if it is suspended) and gives back its stack for
-    /// reuse.
-    pub fn into_stack(mut self) -> Stack {
-        self.unwind();
+    /// reuse. A panic the unwinding raised is dropped: see [`Coro::unwind_into_stack`].
+    pub fn into_stack(self) -> Stack {
+        self.unwind_into_stack().0
+    }
+
+    /// As [`Coro::into_stack`], and the panic the unwinding raised, if any: the coroutine
+    /// caught the unwind and panicked anew, or dropping its unstarted closure panicked. The
+    /// coroutine has ended either way, so its stack is reusable.
+    pub fn unwind_into_stack(mut self) -> (Stack, Option<Box<dyn Any + Send>>) {
+        let panic = self.unwind();
         let mut state = self.take_state();
         std::mem::forget(self);
         let inner = state.inner.take().expect("coroutine already consumed");
-        inner.into_stack()
+        (inner.into_stack(), panic)
     }
 
     /// Unwinds a suspended coroutine's stack, dropping its locals, with this coroutine marked
-    /// as the running one so code in its destructors sees the right identity.
-    fn unwind(&mut self) {
+    /// as the running one so code in its destructors sees the right identity. Returns the
+    /// panic that ended the unwinding instead of letting it run on through the caller, which
+    /// would also leave this coroutine marked as the running one.
+    fn unwind(&mut self) -> Option<Box<dyn Any + Send>> {
         let state = self.state_mut();
-        if let Some(inner) = state.inner.as_mut() {
-            if inner.started() && !inner.done() {
-                state.frame.unwinding.set(true);
-                let prev = CURRENT.with(|c| c.replace(&state.frame));
-                inner.force_unwind();
-                CURRENT.with(|c| c.set(prev));
-            } else if !inner.started() {
-                // Drops the closure without running it.
-                inner.force_unwind();
-            }
+        let inner = state.inner.as_mut()?;
+        if inner.started() && !inner.done() {
+            state.frame.unwinding.set(true);
+            let prev = CURRENT.with(|c| c.replace(&state.frame));
+            let unwound = catch_unwind(AssertUnwindSafe(|| inner.force_unwind()));
+            CURRENT.with(|c| c.set(prev));
+            unwound.err()
+        } else if !inner.started() {
+            // Drops the closure without running it.
+            catch_unwind(AssertUnwindSafe(|| inner.force_unwind())).err()
+        } else {
+            None
         }
     }
 }
 
 impl Drop for Coro {
     fn drop(&mut self) {
-        // If the unwind panics (the closure caught it and panicked anew: a destructor that
-        // panics during it aborts the process instead), the state and its stack are leaked
-        // rather than dropped half-unwound.
-        self.unwind();
+        // A panic the unwind raised (the closure caught it and panicked anew; a destructor
+        // that panics during it aborts the process instead) has no one to go to here; use
+        // `unwind_into_stack` to see it.
+        drop(self.unwind());
         // Out of the stack before the stack goes (dropping the state drops the stack).
         drop(self.take_state());
     }

@@ -214,6 +214,33 @@ fn suspend_outside_a_coroutine_is_an_error() {
     );
 }
 
+/// A coroutine that catches its cancellation and panics anew ends with that panic: it comes
+/// back from `unwind_into_stack` with a reusable stack, instead of running on through the
+/// caller with the coroutine still marked as the running one.
+#[test]
+fn a_panic_raised_while_unwinding_comes_back_with_the_stack() {
+    let mut pool = pool();
+    let mut co = Coro::new(pool.allocate().unwrap(), 7, "stubborn", || {
+        let caught = std::panic::catch_unwind(|| {
+            suspend().unwrap();
+        });
+        if caught.is_err() {
+            panic!("refusing to be cancelled");
+        }
+    });
+    assert!(matches!(co.resume(), Resumed::Suspended));
+    let (stack, panic) = co.unwind_into_stack();
+    let panic = panic.expect("the coroutine panicked while unwinding");
+    assert_eq!(panic_message(&*panic), "refusing to be cancelled");
+    assert_eq!(current(), None, "still marked as running");
+    assert!(!in_coroutine());
+    // The stack is whole: a new coroutine runs on it.
+    pool.recycle(stack);
+    let mut again = Coro::new(pool.allocate().unwrap(), 8, "again", || suspend().unwrap());
+    assert!(matches!(again.resume(), Resumed::Suspended));
+    assert_eq!(run_to_end(&mut again), 0);
+}
+
 #[test]
 fn suspend_during_unwind_is_refused() {
     /// Calls `suspend` from its destructor and records what it returned.

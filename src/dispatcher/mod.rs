@@ -110,6 +110,12 @@ const IO_BUDGET: u32 = 128;
 
 thread_local! {
     static DISPATCHER: Dispatcher = Dispatcher::new();
+    /// Ends the thread's remaining coroutines at thread exit while `DISPATCHER` still
+    /// exists. First used when the first coroutine is added, after `DISPATCHER`, so its
+    /// destructor runs before `DISPATCHER`'s (the standard library runs thread-local
+    /// destructors in the reverse order of registration, on every platform copas supports;
+    /// were it otherwise, `Dispatcher::drop` still unwinds them, as before).
+    static THREAD_EXIT: ThreadExit = const { ThreadExit };
     /// Operations completed without waiting since the running coroutine was resumed. Apart
     /// from the dispatcher: a `const` thread-local is one load, where reaching `DISPATCHER`
     /// first checks that it is initialised, on every socket operation.
@@ -136,6 +142,40 @@ pub(crate) fn with<R>(f: impl FnOnce(&Dispatcher) -> R) -> R {
 /// Runs `f` with this thread's dispatcher unless it is being torn down (thread exit).
 pub(crate) fn try_with<R>(f: impl FnOnce(&Dispatcher) -> R) -> Option<R> {
     DISPATCHER.try_with(f).ok()
+}
+
+/// See `THREAD_EXIT`. Coroutines abandoned when the thread ends (in `pauseforever`, or
+/// waiting on something nobody will do) are unwound there, and the destructors on their
+/// stacks may call copas: release a lock, cancel a timer, close a socket. Unwound from
+/// `DISPATCHER`'s own destructor, any such call would find the dispatcher gone and panic
+/// inside the unwind, which aborts the process.
+struct ThreadExit;
+
+impl Drop for ThreadExit {
+    fn drop(&mut self) {
+        let _ = DISPATCHER.try_with(|d| {
+            // Destructors may add coroutines (rarely): a few rounds, then `Drop` has the rest.
+            for _ in 0..4 {
+                if d.state.borrow().tasks.is_empty() {
+                    break;
+                }
+                d.cancelall();
+            }
+        });
+    }
+}
+
+/// Resets a flag of the dispatcher's state when dropped, so that a panic running through
+/// `step` or `run` (none should) cannot leave the thread's dispatcher unusable.
+struct ClearOnDrop<'a>(&'a Dispatcher, fn(&mut State));
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        // `try_`: a panic may have left the state borrowed further up.
+        if let Ok(mut st) = self.0.state.try_borrow_mut() {
+            (self.1)(&mut st);
+        }
+    }
 }
 
 /// What a timer does when it fires.
@@ -574,6 +614,9 @@ impl Dispatcher {
         };
         let coro = Coro::new(stack, co.tag(), name.label(co.generation), body);
         let hint = coro.resume_hint();
+        // Arms the thread-exit guard on first use (`try_`: a destructor at thread exit may
+        // add a coroutine after the guard has gone; `Drop` unwinds that one).
+        let _ = THREAD_EXIT.try_with(|_| ());
         {
             let mut st = self.state.borrow_mut();
             let since = if st.stepping {
@@ -689,15 +732,16 @@ impl Dispatcher {
     /// Bookkeeping for a coroutine that ended: error handler, autoclose, stack reuse.
     fn finish(&self, co: Coroutine, coro: Coro, panic: Option<Box<dyn std::any::Any + Send>>) {
         let removed = self.state.borrow_mut().take_task(co);
-        // Unwind first (a coroutine that suspended outside copas is still live): the
-        // destructors on its stack may call into the dispatcher.
-        let stack = coro.into_stack();
-        self.pool.borrow_mut().retire(stack);
         let Some(removed) = removed else {
+            self.bury(Some(co), coro, panic);
             return;
         };
+        // Unwind first (a coroutine that suspended outside copas is still live): the
+        // destructors on its stack may call into the dispatcher.
+        let (stack, unwind_panic) = coro.unwind_into_stack();
+        self.pool.borrow_mut().retire(stack);
         drop(removed.callback);
-        if let Some(payload) = panic {
+        for payload in [panic, unwind_panic].into_iter().flatten() {
             let report = PanicReport {
                 coroutine: Some(co),
                 thread_name: removed.name.render(co.generation),
@@ -743,9 +787,32 @@ impl Dispatcher {
                 drop(removed);
             }
             for coro in graves {
-                let stack = coro.into_stack();
-                self.pool.borrow_mut().retire(stack);
+                self.bury(None, coro, None);
             }
+        }
+    }
+
+    /// Unwinds a coroutine whose entry is gone (removed, cancelled) and pools its stack.
+    /// Its `panic`, and one the unwinding raised (it caught its cancellation and panicked
+    /// anew), go to the default error handler: the coroutine's own went with its entry.
+    fn bury(
+        &self,
+        co: Option<Coroutine>,
+        coro: Coro,
+        panic: Option<Box<dyn std::any::Any + Send>>,
+    ) {
+        let label = coro.label().clone();
+        let (stack, unwind_panic) = coro.unwind_into_stack();
+        self.pool.borrow_mut().retire(stack);
+        for payload in [panic, unwind_panic].into_iter().flatten() {
+            let report = PanicReport {
+                coroutine: co,
+                thread_name: label.to_string(),
+                socket_name: None,
+                payload,
+            };
+            let handler = self.state.borrow().default_handler.clone();
+            run_handler(&handler, &report);
         }
     }
 
@@ -763,9 +830,8 @@ impl Dispatcher {
             }
             st.stepping = true;
         }
-        let result = self.step_inner(timeout);
-        self.state.borrow_mut().stepping = false;
-        result
+        let _stepping = ClearOnDrop(self, |st| st.stepping = false);
+        self.step_inner(timeout)
     }
 
     fn step_inner(&self, timeout: Option<Duration>) -> Result<bool> {
@@ -1044,8 +1110,15 @@ impl Dispatcher {
             st.exiting = st.shutdown.is_some();
             st.running = true;
         }
-        let result = loop {
+        let _running = ClearOnDrop(self, |st| st.running = false);
+        loop {
             if self.finished() {
+                // What other threads posted before the work ran out is part of it (a task
+                // `Handle::spawn` accepted must run); the step that would have found it
+                // never comes.
+                if self.drain_remote() {
+                    continue;
+                }
                 if self.settle_shutdown() {
                     continue;
                 }
@@ -1058,12 +1131,8 @@ impl Dispatcher {
                 self.exit();
                 continue;
             }
-            if let Err(e) = self.step(timeout) {
-                break Err(e);
-            }
-        };
-        self.state.borrow_mut().running = false;
-        result
+            self.step(timeout)?;
+        }
     }
 
     pub(crate) fn running(&self) -> bool {

@@ -282,7 +282,13 @@ impl Timer {
                 Some(_) => now,
                 None => return,
             };
-            sleep_until(due);
+            if self.inner.delay.is_zero() {
+                // Due again at once: fire once per step, so the rest of the loop (other
+                // coroutines, I/O, this timer's own cancel) runs between firings.
+                crate::pause(Duration::ZERO);
+            } else {
+                sleep_until(due);
+            }
         }
     }
 
