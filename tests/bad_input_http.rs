@@ -2,7 +2,8 @@
 //! responses): oversized and malformed heads, bad chunking, bad or conflicting
 //! `Content-Length`, truncated bodies and bodies past the in-memory limit. Each gives a
 //! typed error — never a panic, a hang, unbounded memory, or a short body reported as a
-//! success.
+//! success. Then what a server may do with a redirect (an endless body, another origin)
+//! and a caller's body reader that breaks its declared length.
 //!
 //! Memory is measured with the counting allocator of `util/heap.rs`: the client runs
 //! blocking on the test's thread, the peer on its own, so the peak seen on the test's thread
@@ -521,4 +522,167 @@ fn endless_interim_responses_are_refused() {
     ))]);
     assert_eq!(outcome(get(addr)), Ok(b"ok".to_vec()));
     peer.join().expect("peer");
+}
+
+/// Blank lines before the status line are skipped (RFC 9112 §2.2) but count against the
+/// head limit: a peer sending nothing else is refused there, not read for as long as it
+/// keeps sending.
+#[test]
+fn endless_blank_lines_before_the_status_line_are_refused_at_the_head_limit() {
+    let _dog = util::Watchdog::new("endless blank lines", secs(60));
+    let (addr, peer) = one(vec![Step::Endless(b"\r\n".to_vec())]);
+    let got = outcome(get(addr));
+    let log = peer.join().expect("peer");
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    assert!(log.written < ENDLESS / 4, "the peer wrote {}", log.written);
+    // A few are fine.
+    let (addr, peer) = one(vec![send(
+        "\r\n\r\n\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )]);
+    assert_eq!(outcome(get(addr)), Ok(b"ok".to_vec()));
+    peer.join().expect("peer");
+}
+
+/// `head_limits(_, n)`: a head of `n` bytes is read, one of `n + 1` refused.
+#[test]
+fn the_head_limit_is_exact() {
+    let _dog = util::Watchdog::new("head limit", secs(60));
+    let head = |len: usize| {
+        let start = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: ";
+        let pad = len - start.len() - "\r\n\r\n".len();
+        format!("{start}{}\r\n\r\nok", "v".repeat(pad))
+    };
+    for (len, expected) in [
+        (64, Ok(b"ok".to_vec())),
+        (65, Err(ErrorKind::LimitExceeded)),
+    ] {
+        let (addr, peer) = one(vec![send(&head(len))]);
+        assert_eq!(
+            outcome(get(addr).head_limits(10, 64)),
+            expected,
+            "{len} bytes"
+        );
+        peer.join().expect("peer");
+    }
+}
+
+/// A body reader that yields more or fewer bytes than the length it declared fails the
+/// request with `InvalidInput`: more would reach the server as the start of another request
+/// (smuggled past whatever checked this one), fewer would leave both sides waiting.
+#[test]
+fn a_body_reader_that_breaks_its_declared_length_is_refused() {
+    let _dog = util::Watchdog::new("body reader length", secs(60));
+    for (declared, actual) in [(5, 5 + 40), (5, 3), (0, 1)] {
+        let (addr, peer) = one(vec![
+            Step::Hold(Duration::from_millis(300)),
+            send("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ]);
+        let body = std::io::Cursor::new(vec![b'x'; actual]);
+        let request = Request::post(&format!("http://{addr}/"))
+            .timeout(secs(10))
+            .keep_alive(false)
+            .body_reader(body, Some(declared));
+        let start = Instant::now();
+        let got = outcome(request);
+        let _ = peer.join();
+        assert_eq!(
+            got,
+            Err(ErrorKind::InvalidInput),
+            "{actual} bytes for {declared}"
+        );
+        assert!(start.elapsed() < secs(5), "waited {:?}", start.elapsed());
+    }
+    // Exactly the declared length goes through.
+    let (addr, peer) = one(vec![send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]);
+    let request = Request::post(&format!("http://{addr}/"))
+        .timeout(secs(10))
+        .keep_alive(false)
+        .body_reader(std::io::Cursor::new(vec![b'x'; 5]), Some(5));
+    assert_eq!(outcome(request), Ok(b"ok".to_vec()));
+    peer.join().expect("peer");
+}
+
+/// A redirect whose body runs until close (or a server trickles) is followed at once, as
+/// Copas does, not once that body has ended or the receive timeout has passed.
+#[test]
+fn a_redirect_is_followed_without_waiting_for_its_body() {
+    let _dog = util::Watchdog::new("redirect body", secs(60));
+    let (addr, peer) = raw_peer::peer(vec![
+        vec![
+            Step::ReadRequest,
+            send("HTTP/1.1 302 Found\r\nLocation: /next\r\n\r\nthe body goes on"),
+            Step::Hold(secs(15)),
+        ],
+        vec![
+            Step::ReadRequest,
+            send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        ],
+    ]);
+    let start = Instant::now();
+    let got = outcome(Request::get(&format!("http://{addr}/")).timeout(secs(10)));
+    let took = start.elapsed();
+    let log = peer.join().expect("peer");
+    assert_eq!(got, Ok(b"ok".to_vec()));
+    assert_eq!(log.accepted, 2);
+    assert!(took < secs(5), "the redirect waited {took:?}");
+}
+
+/// Reads one request head on `listener`'s next connection, answers `response`, and returns
+/// the head.
+fn record_one_request(listener: std::net::TcpListener, response: String) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(secs(10))).expect("timeout");
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+            match conn.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        conn.write_all(response.as_bytes()).expect("write");
+        String::from_utf8_lossy(&head).into_owned()
+    })
+}
+
+/// Credentials and a chosen `Host` set by the caller go to the origin the caller named,
+/// and to others only if the redirect stays on it: a redirect to another port (another
+/// origin) drops them.
+#[test]
+fn a_redirect_to_another_origin_drops_the_callers_credentials() {
+    let _dog = util::Watchdog::new("redirect credentials", secs(60));
+    let (second, second_addr) = util::local_listener();
+    let (first, first_addr) = util::local_listener();
+    let to_second = record_one_request(
+        first,
+        format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://{second_addr}/b\r\nContent-Length: 0\r\n\r\n"
+        ),
+    );
+    let at_second = record_one_request(
+        second,
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string(),
+    );
+    let got = outcome(
+        Request::get(&format!("http://{first_addr}/a"))
+            .timeout(secs(10))
+            .header("Authorization", "Bearer secret")
+            .header("Cookie", "session=secret")
+            .header("X-Kept", "yes"),
+    );
+    let first_head = to_second.join().expect("first");
+    let second_head = at_second.join().expect("second");
+    assert_eq!(got, Ok(b"ok".to_vec()));
+    assert!(
+        first_head.contains("Authorization: Bearer secret"),
+        "{first_head}"
+    );
+    assert!(
+        first_head.contains("Cookie: session=secret"),
+        "{first_head}"
+    );
+    assert!(!second_head.contains("secret"), "{second_head}");
+    assert!(second_head.contains("X-Kept: yes"), "{second_head}");
 }

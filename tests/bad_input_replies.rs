@@ -395,3 +395,37 @@ impl std::io::Write for CountingSink {
         Ok(())
     }
 }
+
+/// A server that accepts the mail and then never answers `QUIT` holds `send` a second at
+/// most, not for the whole receive timeout: the mail is delivered by then.
+#[test]
+fn a_silent_goodbye_after_an_accepted_mail_does_not_hold_the_sender() {
+    let _dog = util::Watchdog::new("smtp silent goodbye", secs(60));
+    let (addr, peer) = peer(vec![vec![
+        send("220 ready\r\n"),
+        Step::ReadLine, // EHLO
+        send("250 hello\r\n"),
+        Step::ReadLine, // MAIL FROM
+        send("250 sender ok\r\n"),
+        Step::ReadLine, // RCPT TO
+        send("250 recipient ok\r\n"),
+        Step::ReadLine, // DATA
+        send("354 go ahead\r\n"),
+        Step::ReadLine, // Subject
+        Step::ReadLine, // blank
+        Step::ReadLine, // hello
+        Step::ReadLine, // .
+        send("250 queued\r\n"),
+        Step::ReadLine, // QUIT
+        Step::Hold(secs(15)),
+    ]]);
+    let start = Instant::now();
+    let got = smtp::send(&mail(addr).timeout(secs(10)));
+    let took = start.elapsed();
+    peer.join().expect("peer");
+    assert_eq!(got.map(|r| r.code()).map_err(|e| e.kind()), Ok(250));
+    assert!(
+        took < secs(5),
+        "send took {took:?} for a goodbye nobody answered"
+    );
+}

@@ -413,6 +413,11 @@ fn crlf_injection_refused_before_connecting() {
             .to("b@example.org")
             .domain("x\r\nMAIL FROM:<evil>"),
         Mail::new(&server, "a@example.org"),
+        // Addresses go inside `<…>`: no way out of it, nor ESMTP parameters after it.
+        Mail::new(&server, "a@example.org").to("b@example.org> NOTIFY=SUCCESS,FAILURE"),
+        Mail::new(&server, "a@example.org> SIZE=1").to("b@example.org"),
+        Mail::new(&server, "a@example.org").to("b@example.org\tx"),
+        Mail::new(&server, "<a@example.org").to("b@example.org"),
     ];
     for m in cases {
         let e = smtp::send(&m.message(b"x\r\n".to_vec())).unwrap_err();

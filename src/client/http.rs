@@ -68,6 +68,10 @@ const POOL_SWEEP_HOSTS: usize = 64;
 pub const POOL_IDLE: Duration = Duration::from_secs(30);
 
 /// Which redirects a request follows (Copas's `redirect` field).
+///
+/// A redirect to another origin (scheme, host or port) drops the `Authorization`,
+/// `Proxy-Authorization`, `Cookie` and `Host` fields the caller set, and credentials in the
+/// first URL: they were for the origin the caller named. (LuaSocket keeps them.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Redirect {
     /// Follow none: a 3xx response is returned as is (Copas `redirect = false`).
@@ -232,7 +236,8 @@ impl Request {
     }
 
     /// The body, read from `reader` while sending: with a `Content-Length` when `length` is
-    /// given (the reader must then yield exactly that many bytes), chunked otherwise.
+    /// given (the reader must then yield exactly that many bytes: more or fewer fail the
+    /// request with [`ErrorKind::InvalidInput`] and close its connection), chunked otherwise.
     ///
     /// ```
     /// let file = std::io::Cursor::new(vec![0u8; 1000]);
@@ -504,6 +509,11 @@ impl Request {
                         && !n.eq_ignore_ascii_case("transfer-encoding")
                 });
             }
+            if next.origin() != url.origin() {
+                // Credentials and a chosen Host were meant for the origin the caller named,
+                // not wherever it redirects to (curl's CVE-2018-1000007).
+                self.headers.retain(|(n, _)| !is_origin_bound(n));
+            }
             url = next;
         }
     }
@@ -767,15 +777,29 @@ impl Request {
                 // One system call for head and body, neither copied.
                 sock.send_vectored(&[IoSlice::new(&head), IoSlice::new(b)])?;
             }
-            Body::Reader(r, _) => {
+            Body::Reader(r, length) => {
                 sock.send(&head)?;
                 let mut buf = vec![0u8; 16 * 1024];
+                // With a declared length: what the reader still owes. It is read no further
+                // than that, then one byte past it to see that it has ended: a reader that
+                // yields more or less than it declared would put the server's framing out
+                // of step with ours (the extra bytes taken as a next request).
+                let mut owed = *length;
                 loop {
-                    let n = match r.read(&mut buf) {
+                    let want = owed.map_or(buf.len(), |owed| {
+                        usize::try_from(owed)
+                            .map_or(buf.len(), |o| o.min(buf.len()))
+                            .max(1)
+                    });
+                    let n = match r.read(&mut buf[..want]) {
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(e.into()),
                     };
+                    if let Some(owed) = owed.as_mut() {
+                        check_body_length(n, *owed)?;
+                        *owed -= n as u64;
+                    }
                     if chunked {
                         // Size line, data and CRLF in one system call; the last chunk
                         // ("0\r\n\r\n") has no data.
@@ -796,6 +820,27 @@ impl Request {
         }
         Ok(())
     }
+}
+
+/// Whether a caller-set header field is for the request's origin only, and dropped when a
+/// redirect leads to another (scheme, host or port).
+fn is_origin_bound(name: &str) -> bool {
+    ["authorization", "proxy-authorization", "cookie", "host"]
+        .iter()
+        .any(|bound| name.eq_ignore_ascii_case(bound))
+}
+
+/// Whether a read of `n` bytes from a body's reader fits the `owed` bytes its declared
+/// length still expects: not more, and not its end (0) while bytes are owed.
+fn check_body_length(n: usize, owed: u64) -> Result<()> {
+    let message = if n as u64 > owed {
+        "the body's reader yielded more than its declared length".to_string()
+    } else if n == 0 && owed > 0 {
+        format!("the body's reader ended {owed} bytes short of its declared length")
+    } else {
+        return Ok(());
+    };
+    Err(Error::with_message(ErrorKind::InvalidInput, message))
 }
 
 /// Appends the header field `name: value` and its CRLF.
@@ -987,9 +1032,12 @@ fn pool_put(key: String, sock: Socket) {
     });
 }
 
-/// Reads a response head up to and including its empty line.
+/// Reads a response head up to and including its empty line. Blank lines before it are
+/// skipped, and count against `max` like the head's own: a peer sending nothing else would
+/// otherwise hold the call for as long as it kept sending.
 fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
     let mut head = Vec::new();
+    let mut skipped = 0usize;
     loop {
         let buf = match sock.fill_buf() {
             Ok(b) => b,
@@ -1012,13 +1060,14 @@ fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
         // the status line, which is skipped (RFC 9112 §2.2).
         while let Some(lf) = find_byte(&buf[used..], b'\n') {
             let end = used + lf + 1;
-            if head.len() + (end - used) > max + 1 {
+            if skipped + head.len() + (end - used) > max {
                 break; // over the limit: reported below
             }
             head.extend_from_slice(&buf[used..end]);
             used = end;
             if head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n") {
                 if head.iter().all(|&c| c == b'\r' || c == b'\n') {
+                    skipped += head.len();
                     head.clear();
                     continue;
                 }
@@ -1028,7 +1077,7 @@ fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
         }
         if !complete {
             // A partial line: keep it, up to the limit.
-            let rest = (buf.len() - used).min((max + 1).saturating_sub(head.len()));
+            let rest = (buf.len() - used).min((max + 1).saturating_sub(skipped + head.len()));
             head.extend_from_slice(&buf[used..used + rest]);
             used += rest;
         }
@@ -1036,7 +1085,7 @@ fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
         if complete {
             return Ok(head);
         }
-        if head.len() > max {
+        if skipped + head.len() > max {
             return Err(Error::with_message(
                 ErrorKind::LimitExceeded,
                 format!("response head longer than {max} bytes"),
@@ -1363,9 +1412,17 @@ impl BodyReader {
         }
     }
 
-    /// Reads and drops what is left of a body (a redirect's), up to a bound; beyond it the
-    /// connection is closed instead.
+    /// Drops what is left of a body (a redirect's) when it has all come already (up to a
+    /// bound), so the connection can serve the next request; otherwise closes the
+    /// connection rather than wait for the rest. Copas follows a redirect at once: a body
+    /// that runs until close, or one a server trickles, must not hold it.
     fn drain(&mut self) {
+        if let Some(sock) = &self.sock {
+            // Zero: take what is there, never wait. `exchange_on` sets the request's
+            // timeouts again before the connection's next use.
+            let (connect, send, _) = sock.gettimeouts();
+            sock.settimeouts(connect, send, Some(Duration::ZERO));
+        }
         let mut sink = [0u8; 8192];
         let mut total = 0usize;
         while !self.done && total < 256 * 1024 {

@@ -318,7 +318,8 @@ impl Mail {
 /// # Errors
 ///
 /// * [`ErrorKind::InvalidInput`] before connecting when the sender, a recipient or the domain
-///   contains CR, LF or NUL, when there are no recipients, or when the server address is
+///   contains CR, LF or NUL, the sender or a recipient an angle bracket or white space
+///   (addresses go inside `<…>`), when there are no recipients, or when the server address is
 ///   malformed; after connecting when the server offers no usable `AUTH` mechanism or
 ///   sends a malformed reply.
 /// * [`ErrorKind::Rejected`] with the server's [reply code](Error::reply_code) and text
@@ -349,13 +350,13 @@ impl Mail {
 /// copas::run().unwrap();
 /// ```
 pub fn send(mail: &Mail) -> Result<Reply> {
-    check_line("sender", &mail.from)?;
+    check_address("sender", &mail.from)?;
     check_line("domain", &mail.domain)?;
     if mail.recipients.is_empty() {
         return Err(invalid("no recipients".to_string()));
     }
     for r in &mail.recipients {
-        check_line("recipient", r)?;
+        check_address("recipient", r)?;
         if r.is_empty() {
             return Err(invalid("empty recipient".to_string()));
         }
@@ -383,10 +384,7 @@ pub fn send(mail: &Mail) -> Result<Reply> {
         // The server refused something and is waiting for the next command: say goodbye,
         // without waiting long for the answer. (After a timeout or a broken connection
         // there is nobody to talk to.)
-        sock.settimeout(Some(Duration::from_secs(1)));
-        if sock.send(b"QUIT\r\n").is_ok() {
-            let _ = read_smtp_reply(&mut sock);
-        }
+        goodbye(&mut sock);
     }
     sock.close();
     result
@@ -444,10 +442,18 @@ fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Re
     command(sock, "DATA")?.expect(&[354])?;
     sock.send(data)?;
     let done = read_smtp_reply(sock)?.expect(&[250])?;
-    if command(sock, "QUIT").is_err() {
-        // The mail is accepted; a lost goodbye changes nothing.
-    }
+    // The mail is accepted; a lost goodbye changes nothing, and a server slow to answer
+    // it must not hold the caller for a whole receive timeout.
+    goodbye(sock);
     Ok(done)
+}
+
+/// Sends `QUIT` and waits a second at most for its reply.
+fn goodbye(sock: &mut Socket) {
+    sock.settimeout(Some(Duration::from_secs(1)));
+    if sock.send(b"QUIT\r\n").is_ok() {
+        let _ = read_smtp_reply(sock);
+    }
 }
 
 /// `EHLO`, or `HELO` when the server refuses `EHLO`; returns the extension lines.
@@ -528,6 +534,19 @@ fn invalid(message: String) -> Error {
 fn check_line(what: &str, value: &str) -> Result<()> {
     if value.contains(['\r', '\n', '\0']) {
         return Err(invalid(format!("{what} contains CR, LF or NUL: {value:?}")));
+    }
+    Ok(())
+}
+
+/// Refuses an envelope address that could end its `<…>` early or add to the command:
+/// besides CR, LF and NUL, angle brackets and white space (`RCPT TO:<a@b> NOTIFY=…` would
+/// pass ESMTP parameters the caller never chose).
+fn check_address(what: &str, value: &str) -> Result<()> {
+    check_line(what, value)?;
+    if value.contains(['<', '>']) || value.contains(char::is_whitespace) {
+        return Err(invalid(format!(
+            "{what} contains an angle bracket or white space: {value:?}"
+        )));
     }
     Ok(())
 }
