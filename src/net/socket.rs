@@ -60,9 +60,13 @@ thread_local! {
 pub enum Pattern {
     /// One line, terminated by LF; the LF and any CR are removed (Copas `"*l"`).
     Line,
-    /// Everything until the peer closes the connection (Copas `"*a"`).
+    /// Everything until the peer closes the connection (Copas `"*a"`). It holds whatever
+    /// the peer sends, so from a peer you do not trust read with a bound instead:
+    /// [`Pattern::Exact`], [`Socket::receivepartial`] in a loop, or `Read::take`.
     All,
-    /// Exactly this many bytes, counting the prefix (Copas's numeric pattern).
+    /// Exactly this many bytes, counting the prefix (Copas's numeric pattern). Memory is
+    /// set aside as the bytes come, so a length taken from the peer costs no more than
+    /// what it sends.
     Exact(usize),
 }
 
@@ -501,7 +505,9 @@ impl Socket {
     /// [`Pattern::Line`] and [`Pattern::Exact`]), or when the socket is closed while
     /// waiting; [`ErrorKind::Timeout`] when the receive timeout expires;
     /// [`ErrorKind::LimitExceeded`] for a line longer than the line limit. In every case
-    /// the bytes received so far are in [`Error::partial`] and are no longer buffered.
+    /// the bytes received so far are in [`Error::partial`] and are no longer buffered; for
+    /// a line over the limit those are its first `limit` bytes, and the rest of it stays
+    /// buffered for the next receive.
     pub fn receive(&mut self, pattern: Pattern) -> Result<Vec<u8>> {
         self.receive_with_prefix(pattern, &[])
     }
