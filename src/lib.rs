@@ -391,6 +391,10 @@ pub fn current() -> Option<Coroutine> {
 /// paused. `Duration::ZERO` yields: the coroutine runs again in the next step, after the
 /// others that are ready, and `Duration::ZERO` is returned without reading the clock (this
 /// is the hot path of cooperative loops). Outside a coroutine it sleeps the thread.
+///
+/// A `delay` too long to add to the clock, such as [`FOREVER`] or `Duration::MAX`, has no
+/// deadline: the coroutine pauses as in [`pauseforever`], and like it does not keep [`run`]
+/// going.
 pub fn pause(delay: Duration) -> Duration {
     dispatcher::with(|d| d.pause(delay))
 }
