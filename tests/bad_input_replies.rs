@@ -40,7 +40,12 @@ fn mail(addr: SocketAddr) -> Mail {
 /// An SMTP peer that greets with `greeting`, answers `EHLO` with `ehlo`, and everything
 /// else of a normal session correctly.
 fn smtp_peer(greeting: Step, ehlo: Step) -> (SocketAddr, JoinHandle<PeerLog>) {
-    peer(vec![vec![
+    peer(vec![smtp_script(greeting, ehlo, send("221 bye\r\n"))])
+}
+
+/// The script of [`smtp_peer`], with `goodbye` as the answer to `QUIT`.
+fn smtp_script(greeting: Step, ehlo: Step, goodbye: Step) -> Vec<Step> {
+    vec![
         greeting,
         Step::ReadLine, // EHLO
         ehlo,
@@ -56,8 +61,8 @@ fn smtp_peer(greeting: Step, ehlo: Step) -> (SocketAddr, JoinHandle<PeerLog>) {
         Step::ReadLine, // .
         send("250 queued\r\n"),
         Step::ReadLine, // QUIT
-        send("221 bye\r\n"),
-    ]])
+        goodbye,
+    ]
 }
 
 fn smtp_outcome(greeting: Step, ehlo: Step) -> (Result<u16, ErrorKind>, PeerLog, usize) {
@@ -401,24 +406,11 @@ impl std::io::Write for CountingSink {
 #[test]
 fn a_silent_goodbye_after_an_accepted_mail_does_not_hold_the_sender() {
     let _dog = util::Watchdog::new("smtp silent goodbye", secs(60));
-    let (addr, peer) = peer(vec![vec![
+    let (addr, peer) = peer(vec![smtp_script(
         send("220 ready\r\n"),
-        Step::ReadLine, // EHLO
         send("250 hello\r\n"),
-        Step::ReadLine, // MAIL FROM
-        send("250 sender ok\r\n"),
-        Step::ReadLine, // RCPT TO
-        send("250 recipient ok\r\n"),
-        Step::ReadLine, // DATA
-        send("354 go ahead\r\n"),
-        Step::ReadLine, // Subject
-        Step::ReadLine, // blank
-        Step::ReadLine, // hello
-        Step::ReadLine, // .
-        send("250 queued\r\n"),
-        Step::ReadLine, // QUIT
         Step::Hold(secs(15)),
-    ]]);
+    )]);
     let start = Instant::now();
     let got = smtp::send(&mail(addr).timeout(secs(10)));
     let took = start.elapsed();
