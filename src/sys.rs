@@ -195,8 +195,6 @@ pub(crate) fn recv_datagrams(
     use std::os::fd::AsRawFd;
     debug_assert!(spare.len() >= MAX_DATAGRAM);
     let fd = sock.as_raw_fd();
-    // No datagram is longer: a larger `size` (the caller's) would only reserve memory.
-    let size = size.min(MAX_DATAGRAM);
     let mut first: Vec<u8> = Vec::with_capacity(size);
     loop {
         let mut iov = [
@@ -316,8 +314,6 @@ pub(crate) fn recv_datagram(sock: &socket2::Socket, size: usize) -> io::Result<D
     const FLAGS: libc::c_int = libc::MSG_TRUNC;
     #[cfg(not(target_os = "linux"))]
     const FLAGS: libc::c_int = 0;
-    // As in `recv_datagrams`: nothing longer can come.
-    let size = size.min(MAX_DATAGRAM);
     let mut data: Vec<u8> = Vec::with_capacity(size);
     loop {
         let spare = &mut data.spare_capacity_mut()[..size];

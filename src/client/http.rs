@@ -786,11 +786,8 @@ impl Request {
                 // of step with ours (the extra bytes taken as a next request).
                 let mut owed = *length;
                 loop {
-                    let want = owed.map_or(buf.len(), |owed| {
-                        usize::try_from(owed)
-                            .map_or(buf.len(), |o| o.min(buf.len()))
-                            .max(1)
-                    });
+                    let want =
+                        owed.map_or(buf.len(), |owed| owed.clamp(1, buf.len() as u64) as usize);
                     let n = match r.read(&mut buf[..want]) {
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

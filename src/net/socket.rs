@@ -553,31 +553,30 @@ impl Socket {
         loop {
             let upto = (self.end - self.start).min(window);
             let fresh = &self.buf[self.start + scanned..self.start + upto];
-            let found = find_byte(fresh, b'\n').map(|pos| self.start + scanned + pos);
-            // The usual ending is CR LF: that CR is not part of the line, so it does not
-            // count against the limit; any other byte before the LF does.
-            let found = found.filter(|&line_end| {
+            if let Some(pos) = find_byte(fresh, b'\n') {
+                let line_end = self.start + scanned + pos;
                 let text = &self.buf[self.start..line_end];
-                text.strip_suffix(b"\r").unwrap_or(text).len() <= limit
-            });
-            if let Some(line_end) = found {
-                let text = &self.buf[self.start..line_end];
-                // Drop the ending's CR, then copy the line whole unless it holds another CR
-                // (LuaSocket drops every CR of a line).
+                // The usual ending is CR LF: that CR is not part of the line, nor counted
+                // against the limit. (A longer line shows its LF only at the window's end:
+                // `scanned` then reaches the window below, and the line is refused.)
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
-                let mut line = Vec::with_capacity(prefix.len() + text.len());
-                line.extend_from_slice(prefix);
-                if find_byte(text, b'\r').is_some() {
-                    line.extend(text.iter().filter(|&&b| b != b'\r'));
-                } else {
-                    line.extend_from_slice(text);
+                if text.len() <= limit {
+                    // Copy the line whole unless it holds another CR (LuaSocket drops every
+                    // CR of a line).
+                    let mut line = Vec::with_capacity(prefix.len() + text.len());
+                    line.extend_from_slice(prefix);
+                    if find_byte(text, b'\r').is_some() {
+                        line.extend(text.iter().filter(|&&b| b != b'\r'));
+                    } else {
+                        line.extend_from_slice(text);
+                    }
+                    self.start = line_end + 1;
+                    if self.start == self.end {
+                        self.start = 0;
+                        self.end = 0;
+                    }
+                    return Ok(line);
                 }
-                self.start = line_end + 1;
-                if self.start == self.end {
-                    self.start = 0;
-                    self.end = 0;
-                }
-                return Ok(line);
             }
             scanned = upto;
             if scanned >= window {

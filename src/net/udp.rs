@@ -46,6 +46,8 @@ thread_local! {
 
 /// [`sys::recv_datagrams`] with this thread's [`SPARE`] buffer for the datagram behind.
 fn recv_with_spare(sock: &socket2::Socket, size: usize) -> io::Result<sys::Received> {
+    // No datagram is longer: a larger `size` (the caller's) would only reserve memory.
+    let size = size.min(sys::MAX_DATAGRAM);
     SPARE.with(|spare| {
         let Ok(mut spare) = spare.try_borrow_mut() else {
             // Not reached (nothing yields while it is borrowed); one datagram then, as

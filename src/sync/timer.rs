@@ -265,7 +265,13 @@ impl Timer {
             let now = Instant::now();
             due = match due.checked_add(self.inner.delay) {
                 Some(next) if next > now => next,
-                Some(_) if !self.inner.delay.is_zero() => {
+                Some(_) if self.inner.delay.is_zero() => {
+                    // Due again at once: fire once per step, so the rest of the loop (other
+                    // coroutines, I/O, this timer's own cancel) runs between firings.
+                    crate::pause(Duration::ZERO);
+                    continue;
+                }
+                Some(_) => {
                     let behind = now.duration_since(due).as_nanos();
                     let periods = behind / self.inner.delay.as_nanos() + 1;
                     let skip = u32::try_from(periods).unwrap_or(u32::MAX);
@@ -279,16 +285,9 @@ impl Timer {
                         None => return,
                     }
                 }
-                Some(_) => now,
                 None => return,
             };
-            if self.inner.delay.is_zero() {
-                // Due again at once: fire once per step, so the rest of the loop (other
-                // coroutines, I/O, this timer's own cancel) runs between firings.
-                crate::pause(Duration::ZERO);
-            } else {
-                sleep_until(due);
-            }
+            sleep_until(due);
         }
     }
 
