@@ -585,8 +585,8 @@ pub fn dump() -> String {
 ///
 /// # Errors
 ///
-/// [`ErrorKind::InvalidState`] for a socket that is not a TCP socket; the system's error if
-/// it cannot be made non-blocking or registered.
+/// [`ErrorKind::InvalidState`] for a socket that is not a TCP socket or not listening; the
+/// system's error if it cannot be made non-blocking or registered.
 pub fn addserver(
     listener: impl Into<socket2::Socket>,
     handler: impl Fn(Socket) + 'static,
@@ -622,7 +622,9 @@ pub fn removeserver(server: Server, keep_open: bool) -> Result<Option<TcpListene
 ///
 /// # Errors
 ///
-/// The system's error if the socket cannot be made non-blocking or registered.
+/// [`ErrorKind::InvalidState`] for a socket that is not a TCP stream (a UDP socket: use
+/// [`wrapudp`]) or is a listener (use [`addserver`]); the system's error if the socket
+/// cannot be made non-blocking or registered.
 pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
     net::connect::wrap(stream.into())
 }

@@ -52,6 +52,18 @@ pub(crate) fn accept_nonblocking(listener: &socket2::Socket) -> io::Result<socke
     Ok(sock)
 }
 
+/// Whether `listen(2)` was called on `sock` (`SO_ACCEPTCONN`); `None` where the system
+/// cannot say.
+pub(crate) fn is_listener(sock: &socket2::Socket) -> io::Result<Option<bool>> {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    return sock.is_listener().map(Some);
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    {
+        let _ = sock;
+        Ok(None)
+    }
+}
+
 /// One `recv(2)` into `buf`, which need not be initialised: `Ok(n)` means its first `n`
 /// bytes were written. Called with the descriptor's number rather than through `socket2`,
 /// whose `RefCell`-guarded handle and wrappers are a few dozen instructions and two more code

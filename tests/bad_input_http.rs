@@ -686,3 +686,30 @@ fn a_redirect_to_another_origin_drops_the_callers_credentials() {
     assert!(!second_head.contains("secret"), "{second_head}");
     assert!(second_head.contains("X-Kept: yes"), "{second_head}");
 }
+
+/// `usize::MAX` in `head_limits` lifts a limit: more fields than fit on the stack used to
+/// ask for room for `usize::MAX` of them (a capacity-overflow panic; a large finite value,
+/// an allocation that aborts), and a head in pieces overflowed `max + 1` (a panic in debug
+/// builds, a busy loop in release ones).
+#[test]
+fn head_limits_of_usize_max_lift_the_limits() {
+    let _dog = util::Watchdog::new("head limits of usize::MAX", secs(30));
+    let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    for i in 0..40 {
+        head.push_str(&format!("X-{i}: v\r\n"));
+    }
+    head.push_str("\r\nok");
+    let (addr, peer) = one(vec![Step::Send(head.into_bytes())]);
+    let got = outcome(get(addr).head_limits(usize::MAX, 1 << 20));
+    peer.join().expect("peer");
+    assert_eq!(got, Ok(b"ok".to_vec()));
+
+    let (addr, peer) = one(vec![Step::Pieces {
+        bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        cuts: vec![5],
+        pause: true,
+    }]);
+    let got = outcome(get(addr).head_limits(100, usize::MAX));
+    peer.join().expect("peer");
+    assert_eq!(got, Ok(b"ok".to_vec()));
+}

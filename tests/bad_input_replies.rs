@@ -315,6 +315,26 @@ fn a_reply_that_stops_midway_times_out_or_is_closed() {
     }
 }
 
+/// An FTP session with one transfer over a data connection at `data_port` (the peer's data
+/// thread serves it): login, binary, `EPSV`, the transfer's `150`, then its `226` whether or
+/// not the client took it all, and `QUIT`.
+fn one_transfer_script(data_port: u16) -> Vec<Step> {
+    let reply = |text: &str| vec![Step::ReadLine, send(text)];
+    [
+        vec![send("220 ready\r\n")],
+        reply("331 password\r\n"),
+        reply("230 in\r\n"),
+        reply("200 binary\r\n"),
+        reply(&format!(
+            "229 Entering Extended Passive Mode (|||{data_port}|)\r\n"
+        )),
+        reply("150 here it comes\r\n"),
+        vec![send("226 done\r\n")],
+        reply("221 bye\r\n"),
+    ]
+    .concat()
+}
+
 /// `ftp::get` collects into memory: a download past `MAX_GET_BYTES` is refused, while
 /// `get_to` streams the same file whole (the peer serves it over a real data connection).
 #[test]
@@ -336,23 +356,7 @@ fn ftp_get_refuses_a_download_past_its_memory_limit() {
             }
             sent
         });
-        let reply = |text: &str| vec![Step::ReadLine, send(text)];
-        let script = [
-            vec![send("220 ready\r\n")],
-            reply("331 password\r\n"),
-            reply("230 in\r\n"),
-            reply("200 binary\r\n"),
-            reply(&format!(
-                "229 Entering Extended Passive Mode (|||{}|)\r\n",
-                data_addr.port()
-            )),
-            reply("150 here it comes\r\n"),
-            // The final reply comes whether or not the client took it all.
-            vec![send("226 done\r\n")],
-            reply("221 bye\r\n"),
-        ]
-        .concat();
-        let (addr, peer) = peer(vec![script]);
+        let (addr, peer) = peer(vec![one_transfer_script(data_addr.port())]);
         let url = format!("ftp://127.0.0.1:{}/big.bin", addr.port());
         let got = if streamed {
             let mut counter = CountingSink(0);
@@ -420,4 +424,82 @@ fn a_silent_goodbye_after_an_accepted_mail_does_not_hold_the_sender() {
         took < secs(5),
         "send took {took:?} for a goodbye nobody answered"
     );
+}
+
+/// A reply that could not be read whole leaves the control connection out of step: what
+/// the server says next may answer the command before. The client closes it, so a later
+/// command fails with `Closed` instead of taking another command's reply (here the late
+/// `200` of a `NOOP` would have been read as the reply to a `DELE` the server refused).
+#[test]
+fn ftp_a_reply_that_came_too_late_closes_the_control_connection() {
+    let _dog = util::Watchdog::new("ftp late reply", secs(30));
+    let (addr, peer) = peer(vec![vec![
+        send("220 hi\r\n"),
+        Step::ReadLine, // NOOP
+        Step::Hold(Duration::from_millis(1200)),
+        send("200 NOOP ok\r\n"),
+        send("550 x: no such file\r\n"),
+        Step::Hold(secs(2)),
+    ]]);
+    let mut client = ftp::Client::connect(addr, Some(Duration::from_millis(300))).unwrap();
+    let noop = client.command("NOOP", None).map(|r| r.code());
+    assert_eq!(noop.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+    client.set_timeout(Some(secs(5)));
+    let dele = client.dele("x").map(|r| r.code()).map_err(|e| e.kind());
+    drop(client);
+    peer.join().expect("peer");
+    assert_eq!(dele, Err(ErrorKind::Closed));
+}
+
+/// The same after a reply line over the line limit: its tail stays buffered, and the
+/// commands after it would have read the tail, then each the reply of the one before.
+#[test]
+fn ftp_a_reply_line_over_the_limit_closes_the_control_connection() {
+    let _dog = util::Watchdog::new("ftp long reply line", secs(30));
+    let long = format!("200 {}\r\n", "x".repeat(MAX_REPLY_LINE + 100));
+    let (addr, peer) = peer(vec![vec![
+        send("220 hi\r\n"),
+        Step::ReadLine, // NOOP
+        Step::Send(long.into_bytes()),
+        Step::Hold(secs(2)),
+    ]]);
+    let mut client = ftp::Client::connect(addr, Some(secs(5))).unwrap();
+    let noop = client.command("NOOP", None).map(|r| r.code());
+    assert_eq!(noop.map_err(|e| e.kind()), Err(ErrorKind::LimitExceeded));
+    let dele = client.dele("x").map(|r| r.code()).map_err(|e| e.kind());
+    let mkd = client.mkd("d").map(|r| r.code()).map_err(|e| e.kind());
+    drop(client);
+    peer.join().expect("peer");
+    assert_eq!(
+        (dele, mkd),
+        (Err(ErrorKind::Closed), Err(ErrorKind::Closed))
+    );
+}
+
+/// `MAX_LISTING` bounds a listing's entries as well as its bytes: millions of one-letter
+/// names (24 bytes of `String` each, and their own allocation) used to take many times the
+/// limit in memory; such a listing is refused, with the heap bounded near the limit.
+#[test]
+fn ftp_a_listing_of_millions_of_short_names_is_refused_with_bounded_memory() {
+    let _dog = util::Watchdog::new("ftp listing entries", secs(60));
+    // Under MAX_LISTING bytes, over MAX_LISTING when counted as entries.
+    let names = ftp::MAX_LISTING / 20;
+    let (data_listener, data_addr) = util::local_listener();
+    let data = std::thread::spawn(move || {
+        let (mut s, _) = data_listener.accept().expect("data accept");
+        let block = b"a\n".repeat(1 << 16);
+        for _ in 0..names.div_ceil(1 << 16) {
+            if std::io::Write::write_all(&mut s, &block).is_err() {
+                break;
+            }
+        }
+    });
+    let (addr, peer) = peer(vec![one_transfer_script(data_addr.port())]);
+    let url = format!("ftp://127.0.0.1:{}/", addr.port());
+    let (got, heap) = peak_heap(|| ftp::list(&url).map(|v| v.len()).map_err(|e| e.kind()));
+    data.join().expect("data");
+    peer.join().expect("peer");
+    assert_eq!(got, Err(ErrorKind::LimitExceeded));
+    // The bytes received (in a vector that may have doubled) and the entries up to the limit.
+    assert!(heap < 4 * ftp::MAX_LISTING, "peak heap {heap} bytes");
 }

@@ -477,3 +477,90 @@ fn recv_timeout_in_a_coroutine_times_out_and_keeps_the_loop_going_meanwhile() {
     assert_eq!(got.get(), Some((Err(ErrorKind::Timeout), true)));
     drop(tx);
 }
+
+/// A guard that reports on a channel when it is dropped ("I am done"), whichever way its
+/// coroutine ends.
+struct SendOnDrop {
+    tx: Option<Sender<u32>>,
+    outcome: Rc<RefCell<Option<Result<(), ErrorKind>>>>,
+}
+
+impl Drop for SendOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            *self.outcome.borrow_mut() = Some(tx.send(1).map_err(|e| e.kind()));
+        }
+    }
+}
+
+/// A removed coroutine's waits end at once, cancelled: a send on a full channel from a
+/// destructor of its locals does not park the dispatcher's thread until another thread
+/// makes room.
+#[test]
+fn a_send_in_a_removed_coroutines_destructor_is_cancelled_at_once() {
+    let _dog = util::Watchdog::new("send in a destructor", Duration::from_secs(20));
+    let (tx, rx) = channel::bounded::<u32>(1);
+    tx.send(0).unwrap(); // full
+    let drainer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut got = Vec::new();
+        while let Ok(n) = rx.recv_timeout(ms(500)) {
+            got.push(n);
+        }
+        got
+    });
+    let outcome = Rc::new(RefCell::new(None));
+    let took = util::remove_coroutine_holding(SendOnDrop {
+        tx: Some(tx),
+        outcome: outcome.clone(),
+    });
+    assert_eq!(*outcome.borrow(), Some(Err(ErrorKind::Cancelled)));
+    assert!(took < Duration::from_secs(1), "removethread took {took:?}");
+    assert_eq!(
+        drainer.join().unwrap(),
+        vec![0],
+        "the cancelled item is not sent"
+    );
+}
+
+/// The same at a shutdown, with the channel's reader a coroutine of the same thread: the
+/// send in the cancelled coroutine's destructor used to park the thread for good, and
+/// `run` never returned.
+#[test]
+fn a_shutdown_ends_when_a_cancelled_coroutine_sends_on_a_full_channel_its_own_thread_reads() {
+    let _dog = util::Watchdog::new("shutdown and a full channel", Duration::from_secs(30));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let (tx, rx) = channel::bounded::<u32>(1);
+        tx.send(0).unwrap(); // full: the reader below is slow
+        let outcome = Rc::new(RefCell::new(None));
+        let guard = SendOnDrop {
+            tx: Some(tx),
+            outcome: outcome.clone(),
+        };
+        copas::addthread(move || {
+            let _guard = guard;
+            copas::pause(Duration::from_secs(60));
+        })
+        .unwrap();
+        copas::addthread(move || {
+            copas::pause(Duration::from_secs(60));
+            while rx.recv().is_ok() {}
+        })
+        .unwrap();
+        copas::addthread(|| {
+            copas::pause(ms(20));
+            copas::shutdown(ms(100));
+        })
+        .unwrap();
+        let start = Instant::now();
+        copas::run().unwrap();
+        let _ = done_tx.send((start.elapsed(), outcome.borrow_mut().take()));
+    });
+    let (took, outcome) = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("run did not return within 10 s of a 100 ms shutdown");
+    worker.join().unwrap();
+    assert!(took < Duration::from_secs(2), "run returned after {took:?}");
+    assert_eq!(outcome, Some(Err(ErrorKind::Cancelled)));
+}

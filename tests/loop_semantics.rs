@@ -1190,3 +1190,25 @@ fn destructors_of_coroutines_abandoned_at_thread_exit_may_call_copas() {
         "{stdout}"
     );
 }
+
+/// `removethread`'s promise: a removed coroutine cannot wait any more. A `pause` in a
+/// destructor of its locals (a back-off before reporting, say) returns at once instead of
+/// sleeping the thread every other coroutine runs on.
+#[test]
+fn a_pause_in_a_removed_coroutines_destructor_returns_at_once() {
+    struct PauseOnDrop(Rc<Cell<Option<Duration>>>);
+    impl Drop for PauseOnDrop {
+        fn drop(&mut self) {
+            self.0.set(Some(copas::pause(Duration::from_millis(1500))));
+        }
+    }
+    let _dog = Watchdog::new("pause in a destructor", Duration::from_secs(20));
+    let paused = Rc::new(Cell::new(None));
+    let took = util::remove_coroutine_holding(PauseOnDrop(paused.clone()));
+    assert_eq!(
+        paused.get(),
+        Some(Duration::ZERO),
+        "the pause in the destructor"
+    );
+    assert!(took < ms(500), "removethread took {took:?}");
+}

@@ -443,3 +443,52 @@ fn numeric_addresses_are_not_resolved() {
     util::run_checked(secs(20));
     assert_eq!(done.get(), 3);
 }
+
+/// Offloads whose coroutines are removed leave their results to be dropped on the helper
+/// threads; a result whose destructor panics there does not kill its helper, so the pool
+/// keeps serving (it used to count the dead helpers as live and never run a job again).
+#[test]
+fn helpers_survive_results_that_panic_when_dropped_on_them() {
+    const CHILD: &str = "COPAS_TEST_OFFLOAD_PANICKING_RESULT_CHILD";
+    if util::is_child(CHILD) {
+        struct PanicOnDrop;
+        impl Drop for PanicOnDrop {
+            fn drop(&mut self) {
+                panic!("result dropped");
+            }
+        }
+        // More than the pool's helpers, so that each of them drops one.
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                copas::addthread(|| {
+                    let _ = copas::offload(|| {
+                        std::thread::sleep(ms(300));
+                        PanicOnDrop
+                    });
+                })
+                .unwrap()
+            })
+            .collect();
+        let answer = Rc::new(Cell::new(None));
+        let answer2 = answer.clone();
+        copas::addthread(move || {
+            copas::pause(ms(50));
+            for co in waiters {
+                copas::removethread(co);
+            }
+            copas::pause(ms(800));
+            answer2.set(copas::offload(|| 7u32).ok());
+        })
+        .unwrap();
+        copas::run().unwrap();
+        assert_eq!(answer.get(), Some(7));
+        println!("CHILD-OK");
+        return;
+    }
+    util::assert_child_passes(
+        "helpers_survive_results_that_panic_when_dropped_on_them",
+        CHILD,
+        "CHILD-OK",
+        secs(20),
+    );
+}

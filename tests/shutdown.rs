@@ -676,3 +676,32 @@ fn a_shutdown_asked_for_from_another_thread_ends_the_loop_by_its_deadline() {
     assert_eq!((status.coroutines, status.sockets), (0, 0), "{status:?}");
     drop(handle);
 }
+
+/// A guard whose destructor starts a clean-up coroutine: the coroutine it is dropped from
+/// is cancelled at the deadline, and what the destructor starts is cancelled too, so `run`
+/// still ends by the deadline.
+#[test]
+fn a_shutdown_ends_by_its_deadline_when_destructors_start_more_work() {
+    struct CleanUpOnDrop;
+    impl Drop for CleanUpOnDrop {
+        fn drop(&mut self) {
+            let _ = copas::addthread(|| {
+                let _again = CleanUpOnDrop; // and so on: a chain of clean-ups
+                copas::pause(Duration::from_secs(4));
+            });
+        }
+    }
+    copas::addthread(|| {
+        let _guard = CleanUpOnDrop;
+        copas::pause(Duration::from_secs(30));
+    })
+    .unwrap();
+    copas::addthread(|| {
+        copas::pause(ms(10));
+        copas::shutdown(ms(100));
+    })
+    .unwrap();
+    let took = util::run_bounded(SLACK);
+    assert!(took < Duration::from_secs(2), "run returned after {took:?}");
+    assert_eq!(copas::status().coroutines, 0, "{}", copas::dump());
+}

@@ -524,6 +524,52 @@ fn attachments_round_trip() {
     assert_eq!(out, "Report — two files\n2 data.bin 20000 True\n", "{out}");
 }
 
+/// Mail lines carry at most 998 octets (RFC 5322 §2.1.1): a text with a longer line goes
+/// `quoted-printable`, every line of it within 76 characters, and a real parser (Python's)
+/// decodes it back to the text, `=`, trailing spaces and non-ASCII included.
+#[test]
+fn a_text_line_over_998_octets_is_sent_quoted_printable() {
+    if !have_aiosmtpd() {
+        return;
+    }
+    let _dog = Watchdog::new("smtp long lines", Duration::from_secs(60));
+    let peer = Peer::start(&[]);
+    let text = format!(
+        "short line\n{}= done \nnaïve line ending in a space \n.dot\nlast",
+        "x=y ".repeat(500)
+    );
+    let message = Message::new()
+        .from("sender@example.org")
+        .to("a@example.org")
+        .subject("long lines")
+        .text(&text)
+        .build()
+        .expect("build");
+    let eml = String::from_utf8(message.clone()).unwrap();
+    assert!(eml.contains("Content-Transfer-Encoding: quoted-printable\r\n"));
+    let body = &eml[eml.find("\r\n\r\n").unwrap() + 4..];
+    assert!(
+        body.split("\r\n").all(|l| l.len() <= 76 && l.is_ascii()),
+        "{body}"
+    );
+    mail(&peer)
+        .to("a@example.org")
+        .message(message.clone())
+        .send()
+        .expect("send");
+    let (stored, _) = peer.stored(1);
+    assert_eq!(stored, message);
+    let script = "import email,sys\n\
+                  m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
+                  sys.stdout.write(m.get_payload(decode=True).decode('utf-8').replace('\\r\\n','\\n'))";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(peer.out.join("0001.eml"))
+        .output()
+        .expect("python3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{text}\n"));
+}
+
 #[test]
 fn sendmail_example_delivers() {
     if !have_aiosmtpd() {

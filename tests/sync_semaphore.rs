@@ -316,3 +316,28 @@ fn a_waiter_handed_its_permits_but_not_yet_run_gets_destroyed_as_in_copas() {
     });
     assert_eq!(outcome.get(), Some(Err(ErrorKind::Destroyed)));
 }
+
+/// What the waiters ask for together can exceed `usize::MAX` (a semaphore whose maximum is
+/// `usize::MAX`, two waiters each asking for all of it): `get_wait` saturates instead of
+/// overflowing (a panic in debug builds, a wrong count in release ones).
+#[test]
+fn get_wait_saturates_when_the_waiters_ask_for_more_than_a_usize_holds() {
+    let s = Semaphore::new(usize::MAX, 0, None);
+    for _ in 0..2 {
+        let s = s.clone();
+        copas::addthread(move || {
+            let _ = s.take(usize::MAX, ms(100));
+        })
+        .unwrap();
+    }
+    let wanted = Rc::new(Cell::new(None));
+    let wanted2 = wanted.clone();
+    let s2 = s.clone();
+    copas::addthread(move || {
+        copas::pause(ms(10));
+        wanted2.set(Some(kind(s2.get_wait())));
+    })
+    .unwrap();
+    run_bounded(LIMIT);
+    assert_eq!(wanted.get(), Some(Ok(usize::MAX)));
+}

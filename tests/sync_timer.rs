@@ -415,3 +415,40 @@ fn a_recurring_timer_without_delay_fires_once_per_step() {
     );
     assert!(fired.get() <= saw + 2, "fired {} times", fired.get());
 }
+
+/// A shutdown cancels an armed timer's coroutine: the timer is no longer armed (it names no
+/// coroutine that is gone) and can be armed again.
+#[test]
+fn a_timer_whose_coroutine_a_shutdown_cancelled_is_disarmed() {
+    let fired = Rc::new(Cell::new(0));
+    let fired2 = fired.clone();
+    let t = timer::new(TimerOptions::new(Duration::from_secs(30)), move |_| {
+        fired2.set(fired2.get() + 1)
+    })
+    .unwrap();
+    copas::addthread(|| {
+        copas::pause(ms(10));
+        copas::shutdown(ms(20));
+    })
+    .unwrap();
+    run_bounded(LIMIT);
+    assert_eq!(fired.get(), 0);
+    assert!(!t.is_armed(), "armed, with coroutine {:?}", t.coroutine());
+    assert_eq!(t.coroutine(), None);
+    assert_eq!(kind(t.cancel()), Err(ErrorKind::NotArmed));
+    assert_eq!(kind(t.arm(Some(ms(10)))), Ok(()));
+    run_bounded(LIMIT);
+    assert_eq!(fired.get(), 1);
+}
+
+/// The same for a timer armed and cancelled (by `cancelall`) before its coroutine first ran.
+#[test]
+fn a_timer_cancelled_before_its_coroutine_ran_is_disarmed() {
+    let t = timer::new(TimerOptions::new(ms(10)), |_| {}).unwrap();
+    assert!(t.is_armed());
+    copas::cancelall();
+    assert!(!t.is_armed());
+    assert_eq!(kind(t.arm(None)), Ok(()));
+    assert!(t.is_armed());
+    t.cancel().unwrap();
+}

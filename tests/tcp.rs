@@ -2206,3 +2206,45 @@ fn no_descriptor_leak_after_100_connections() {
     assert_eq!(after, before, "descriptors before and after the run");
     println!("fd-child: ok ({before} descriptors before and after)");
 }
+
+/// `wrap` takes a connected TCP stream. A UDP socket read as a stream would lose each
+/// datagram's bytes beyond one read, silently; a listener has no stream to read. Both are
+/// refused with `InvalidState`, as `wrapudp` refuses a TCP socket.
+#[test]
+fn wrap_refuses_a_udp_socket_and_a_listener() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(
+        util::kind(copas::wrap(udp)).err(),
+        Some(ErrorKind::InvalidState)
+    );
+    let (listener, _) = util::local_listener();
+    assert_eq!(
+        util::kind(copas::wrap(listener)).err(),
+        Some(ErrorKind::InvalidState)
+    );
+    // A connected stream is what it takes.
+    let (listener, addr) = util::local_listener();
+    let stream = TcpStream::connect(addr).unwrap();
+    let _peer = listener.accept().unwrap();
+    assert!(copas::wrap(stream).is_ok());
+}
+
+/// `addserver` takes a listening socket: one bound but not listening, or a connected
+/// stream, would fail every accept with `EINVAL` (the server backing off and logging once a
+/// second for ever, and `run` never ending); it is refused with `InvalidState` instead.
+#[test]
+fn addserver_refuses_a_socket_that_is_not_listening() {
+    let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    bound
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let outcome = copas::addserver(bound, |_s: Socket| {}).map(|_| ());
+    assert_eq!(util::kind(outcome).err(), Some(ErrorKind::InvalidState));
+    let (listener, addr) = util::local_listener();
+    let stream = TcpStream::connect(addr).unwrap();
+    let _peer = listener.accept().unwrap();
+    let outcome = copas::addserver(stream, |_s: Socket| {}).map(|_| ());
+    assert_eq!(util::kind(outcome).err(), Some(ErrorKind::InvalidState));
+    assert_eq!(copas::status().servers, 0);
+    assert!(copas::finished());
+}

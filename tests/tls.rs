@@ -1415,3 +1415,41 @@ fn the_tls_echo_example_serves_openssl_s_client() {
         "stdout {seen:#?}, stderr {errors:#?}"
     );
 }
+
+/// `dohandshake` on a closed socket is `Closed`, TLS or not: the closed check comes before
+/// "already TLS, nothing to do" (a STARTTLS caller used to get `Ok` on a closed TLS socket).
+#[test]
+fn a_handshake_on_a_closed_tls_socket_is_closed() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("handshake on a closed socket", secs(20));
+    let reports = collect_reports();
+    let (listener, addr) = util::local_listener();
+    let server = copas::addserver_with(
+        listener,
+        ServerOptions::new().timeout(GUARD),
+        copas::handler(|_s: Socket| {}, pki.acceptor()),
+    )
+    .unwrap();
+    let connector = pki.connector();
+    let outcomes = shared(Vec::new());
+    let outcomes2 = outcomes.clone();
+    copas::addthread(move || {
+        let mut plain = copas::connect(addr, Some(GUARD)).unwrap();
+        plain.close();
+        let mut out = outcomes2.borrow_mut();
+        out.push(util::kind(plain.dohandshake(&connector, "localhost")));
+        let mut tls = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+        tls.close();
+        out.push(util::kind(tls.dohandshake(&connector, "localhost")));
+        out.push(util::kind(tls.dohandshake_server(&pki.acceptor())));
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    util::run_bounded(secs(10));
+    assert!(
+        assertion_failures(&reports).is_empty(),
+        "{:?}",
+        reports.borrow()
+    );
+    assert_eq!(*outcomes.borrow(), vec![Err(ErrorKind::Closed); 3]);
+}

@@ -151,7 +151,7 @@ fn read_line<R: BufRead>(src: &mut R, limit: usize) -> Result<Vec<u8>> {
             ));
         }
         // Never take more than the limit allows (plus CRLF) into memory.
-        let room = (limit + 2).saturating_sub(line.len()).max(1);
+        let room = limit.saturating_add(2).saturating_sub(line.len()).max(1);
         let window = &buf[..buf.len().min(room)];
         let (n, found) = match window.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),

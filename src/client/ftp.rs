@@ -49,7 +49,9 @@ pub const ANONYMOUS_USER: &str = "anonymous";
 /// The password of an anonymous login (LuaSocket `PASSWORD`).
 pub const ANONYMOUS_PASSWORD: &str = "anonymous@";
 
-/// The largest listing [`Client::list`] and [`Client::nlst`] accept: 64 MiB.
+/// The largest listing [`Client::list`] and [`Client::nlst`] accept: 64 MiB received, and
+/// 64 MiB of entries, each counted as its length plus the `String` holding it (24 bytes),
+/// so that a listing of millions of short names is bounded too.
 pub const MAX_LISTING: usize = 64 * 1024 * 1024;
 
 /// The most bytes [`get`] collects into memory; [`get_to`] and [`Client::retr`] stream
@@ -405,6 +407,12 @@ enum Pending {
 /// connection. Dropping the client closes the connection without `QUIT`; call
 /// [`Client::quit`] to end politely.
 ///
+/// A reply that cannot be read whole (a timeout, a line over the limit, a malformed reply)
+/// or a command sent in part leaves the connection out of step: what the server says next
+/// may answer the command before. The client then closes it, and every later call fails
+/// with [`ErrorKind::Closed`]; connect again. A refusal (a complete reply with a failing
+/// code) leaves the client usable.
+///
 /// ```no_run
 /// use copas::client::ftp::Client;
 ///
@@ -431,6 +439,10 @@ pub struct Client {
     epsv: bool,
     pending: Pending,
     greeting: Reply,
+    /// A reply could not be read whole (a timeout, an over-long line, a malformed reply):
+    /// what the server sends next may answer an earlier command, so the control connection
+    /// was closed and every later command fails.
+    out_of_step: bool,
 }
 
 impl Client {
@@ -461,6 +473,7 @@ impl Client {
             epsv: true,
             pending: Pending::None,
             greeting,
+            out_of_step: false,
         })
     }
 
@@ -516,7 +529,14 @@ impl Client {
     }
 
     fn read(&mut self) -> Result<Reply> {
-        read_reply(&mut self.ctrl)
+        read_reply(&mut self.ctrl).inspect_err(|_| self.give_up())
+    }
+
+    /// Closes the control connection after a failure that leaves it out of step (LuaSocket
+    /// closes its connection on any failure too).
+    fn give_up(&mut self) {
+        self.out_of_step = true;
+        self.ctrl.close();
     }
 
     fn settle(&mut self) -> Result<()> {
@@ -535,12 +555,21 @@ impl Client {
         if let Some(arg) = arg {
             check_text("argument", arg)?;
         }
+        if self.out_of_step {
+            return Err(Error::with_message(
+                ErrorKind::Closed,
+                "FTP control connection closed after a reply could not be read",
+            ));
+        }
         self.settle()?;
         let line = match arg {
             Some(arg) => format!("{cmd} {arg}\r\n"),
             None => format!("{cmd}\r\n"),
         };
-        self.ctrl.send(line.as_bytes())?;
+        // A line sent in part leaves the server waiting for its end.
+        self.ctrl
+            .send(line.as_bytes())
+            .inspect_err(|_| self.give_up())?;
         Ok(())
     }
 
@@ -802,11 +831,27 @@ impl Client {
                 return Err(e);
             }
         }
-        Ok(String::from_utf8_lossy(&raw)
-            .lines()
-            .map(|l| l.trim_end_matches('\r').to_string())
-            .filter(|l| !l.is_empty())
-            .collect())
+        // Room for the entries there are, up to what the limit lets through: no doubling
+        // past it.
+        let lines = raw.iter().filter(|&&b| b == b'\n').count() + 1;
+        let mut entries =
+            Vec::with_capacity(lines.min(MAX_LISTING / std::mem::size_of::<String>()));
+        let mut held = 0usize;
+        for line in raw.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            held += std::mem::size_of::<String>() + line.len();
+            if held > MAX_LISTING {
+                return Err(Error::with_message(
+                    ErrorKind::LimitExceeded,
+                    format!("{cmd} listing whose entries take more than {MAX_LISTING} bytes"),
+                ));
+            }
+            entries.push(String::from_utf8_lossy(line).into_owned());
+        }
+        Ok(entries)
     }
 
     /// The names in a directory (`NLST`; the working directory when `path` is `None`).

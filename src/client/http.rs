@@ -336,7 +336,8 @@ impl Request {
 
     /// Limits on the response head: at most `max_headers` fields and `max_bytes` bytes
     /// (defaults [`MAX_HEADERS`], [`MAX_HEAD_BYTES`]); beyond either the request fails with
-    /// [`ErrorKind::LimitExceeded`].
+    /// [`ErrorKind::LimitExceeded`]. `usize::MAX` lifts a limit (the trailer of a chunked
+    /// body is held to `max_bytes` too).
     ///
     /// ```
     /// let r = copas::client::http::Request::get("http://127.0.0.1/").head_limits(20, 8192);
@@ -344,7 +345,9 @@ impl Request {
     /// ```
     pub fn head_limits(mut self, max_headers: usize, max_bytes: usize) -> Request {
         self.max_headers = max_headers.max(1);
-        self.max_head_bytes = max_bytes.max(16);
+        // Room to add the line ending's bytes to the limit without overflow: `usize::MAX`
+        // asks for no limit, and gets the largest a buffer can be.
+        self.max_head_bytes = max_bytes.clamp(16, isize::MAX as usize);
         self
     }
 
@@ -1102,7 +1105,10 @@ fn parse_head(head: &[u8], max_headers: usize, url: &Url) -> Result<Response> {
     let mut parsed = httparse::Response::new(&mut on_stack[..room]);
     let mut outcome = parse_response(&mut parsed, head);
     if matches!(outcome, Err(httparse::Error::TooManyHeaders)) && max_headers > room {
-        on_heap = vec![httparse::EMPTY_HEADER; max_headers];
+        // A field takes a line: room for as many as the head has line ends, not for
+        // however many the caller allows (`usize::MAX` would not fit in memory).
+        let lines = head.iter().filter(|&&b| b == b'\n').count();
+        on_heap = vec![httparse::EMPTY_HEADER; max_headers.min(lines)];
         parsed = httparse::Response::new(&mut on_heap);
         outcome = parse_response(&mut parsed, head);
     }

@@ -629,7 +629,10 @@ struct Attachment {
 ///
 /// Without attachments the message is a single `text/plain; charset=utf-8` part; with
 /// them it is `multipart/mixed`: the text first, then each attachment base64-encoded in
-/// lines of 76 characters. `Date` (now, UTC) and `Message-ID` are added unless given;
+/// lines of 76 characters. The text goes as it is (`7bit`, or `8bit` when it is not ASCII)
+/// unless a line of it is longer than the 998 octets mail allows (RFC 5322 §2.1.1); then it
+/// is sent `quoted-printable`, which the reader's mail program decodes back to the same
+/// text. `Date` (now, UTC) and `Message-ID` are added unless given;
 /// `MIME-Version: 1.0` always. Header values that are not ASCII are sent as RFC 2047
 /// encoded words.
 ///
@@ -796,7 +799,13 @@ impl Message {
 
         let text = String::from_utf8(stuffless_crlf(self.text.as_bytes()))
             .expect("CRLF normalization keeps UTF-8");
-        let transfer = if text.is_ascii() { "7bit" } else { "8bit" };
+        let (transfer, text) = if text.split("\r\n").any(|l| l.len() > MAX_LINE_OCTETS) {
+            ("quoted-printable", quoted_printable(text.as_bytes()))
+        } else if text.is_ascii() {
+            ("7bit", text)
+        } else {
+            ("8bit", text)
+        };
         if self.attachments.is_empty() {
             out.push_str("Content-Type: text/plain; charset=utf-8\r\n");
             out.push_str(&format!("Content-Transfer-Encoding: {transfer}\r\n\r\n"));
@@ -868,6 +877,47 @@ fn stuffless_crlf(text: &[u8]) -> Vec<u8> {
     }
     if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The longest line mail may carry, without its CRLF (RFC 5321 §4.5.3.1.6).
+const MAX_LINE_OCTETS: usize = 998;
+
+/// `text` (CRLF line endings) in quoted-printable (RFC 2045 §6.7): lines of at most 76
+/// characters, longer ones split with soft breaks (`=` at the end), every byte that is not
+/// printable ASCII, and `=`, written as `=XX`, as are a line's trailing space or tab.
+fn quoted_printable(text: &[u8]) -> String {
+    const MAX: usize = 76;
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut lines = text.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() && lines.peek().is_none() {
+            break; // after the text's last CRLF
+        }
+        let mut width = 0;
+        for (i, &b) in line.iter().enumerate() {
+            let last = i + 1 == line.len();
+            let plain =
+                (matches!(b, b'!'..=b'~') && b != b'=') || ((b == b' ' || b == b'\t') && !last);
+            let need = if plain { 1 } else { 3 };
+            // Room for the soft break's `=` unless this is the line's last character.
+            if width + need > MAX - usize::from(!last) {
+                out.push_str("=\r\n");
+                width = 0;
+            }
+            if plain {
+                out.push(char::from(b));
+            } else {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push('=');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+            width += need;
+        }
+        out.push_str("\r\n");
     }
     out
 }

@@ -47,7 +47,7 @@ pub(crate) use report::log_or_print;
 pub use report::{ErrorHandler, PanicReport};
 pub use status::Status;
 pub use task::Coroutine;
-pub(crate) use task::{TaskName, TaskSocket, Wake};
+pub(crate) use task::{Caller, TaskName, TaskSocket, Wake};
 
 use poller::{Poller, Readiness};
 use reactor::Source;
@@ -588,6 +588,22 @@ impl Dispatcher {
     pub(crate) fn current(&self) -> Option<Coroutine> {
         let co = Coroutine::from_tag(copas_coro::current()?);
         self.state.borrow().task(co).map(|_| co)
+    }
+
+    /// Who is calling, for an operation that may have to wait: a coroutine of this
+    /// dispatcher, a coroutine being removed (its destructors run on its stack after its
+    /// entry is gone), or code outside any coroutine.
+    pub(crate) fn caller(&self) -> Caller {
+        match copas_coro::current() {
+            None => Caller::Outside,
+            Some(tag) => {
+                let co = Coroutine::from_tag(tag);
+                match self.state.borrow().task(co) {
+                    Some(_) => Caller::Coroutine(co),
+                    None => Caller::Removed,
+                }
+            }
+        }
     }
 
     // ----- coroutines -------------------------------------------------------------------
@@ -1278,12 +1294,14 @@ impl Dispatcher {
     // ----- waiting ----------------------------------------------------------------------
 
     fn require_coroutine(&self, what: &str) -> Result<Coroutine> {
-        self.current().ok_or_else(|| {
-            Error::with_message(
+        match self.caller() {
+            Caller::Coroutine(co) => Ok(co),
+            Caller::Removed => Err(Error::new(ErrorKind::Cancelled)),
+            Caller::Outside => Err(Error::with_message(
                 ErrorKind::InvalidState,
                 format!("{what} needs to run inside a copas coroutine"),
-            )
-        })
+            )),
+        }
     }
 
     /// Suspends the running coroutine after it entered a wait; returns why it was woken.
@@ -1398,9 +1416,14 @@ impl Dispatcher {
             return Duration::ZERO;
         }
         let start = Instant::now();
-        let Some(co) = self.current() else {
-            std::thread::sleep(delay);
-            return start.elapsed();
+        let co = match self.caller() {
+            Caller::Coroutine(co) => co,
+            // Its wait would end at once, cancelled; sleeping would stop the thread.
+            Caller::Removed => return Duration::ZERO,
+            Caller::Outside => {
+                std::thread::sleep(delay);
+                return start.elapsed();
+            }
         };
         let deadline = start.checked_add(delay);
         // A delay past the end of time is forever.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::poller::Waker;
 use super::ready::Lane;
-use super::{log_or_print, Dispatcher, TaskName, Wait, Wake};
+use super::{log_or_print, Caller, Dispatcher, TaskName, Wait, Wake};
 use crate::dispatcher::Coroutine;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -256,10 +256,12 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let context = super::with(|d| match d.current() {
-        Some(co) => d.remote().map(|r| Some((co, r))),
-        None => Ok(None),
-    })?;
+    let context = match super::with(|d| d.caller()) {
+        Caller::Coroutine(co) => Some((co, super::with(|d| d.remote())?)),
+        Caller::Outside => None,
+        // Its waits end at once: running `f` inline would hold the thread.
+        Caller::Removed => return Err(Error::new(ErrorKind::Cancelled)),
+    };
     let Some((co, remote)) = context else {
         return catch_unwind(AssertUnwindSafe(f)).map_err(panicked);
     };
@@ -370,8 +372,15 @@ impl Pool {
                     }
                 }
             };
-            // Jobs catch their closure's panic themselves.
-            job();
+            // Jobs catch their closure's panic themselves; what may still panic is the
+            // drop of a result nobody waits for any more. The helper goes on: one that died
+            // would still be counted, and with all of them dead no job would ever run.
+            if catch_unwind(AssertUnwindSafe(job)).is_err() {
+                log_or_print!(
+                    log::Level::Error,
+                    "an offloaded result panicked when dropped on a helper thread"
+                );
+            }
         }
     }
 }

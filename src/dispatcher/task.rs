@@ -47,6 +47,19 @@ impl fmt::Debug for Coroutine {
 }
 
 /// A coroutine's name, generated lazily so that naming costs nothing per connection.
+/// Who calls an operation that may have to wait ([`Dispatcher::caller`](super::Dispatcher::caller)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// Code outside any coroutine: a wait blocks the thread.
+    Outside,
+    /// A coroutine of the dispatcher: a wait suspends it.
+    Coroutine(Coroutine),
+    /// A coroutine being removed, its destructors running on its stack after its entry is
+    /// gone: a wait ends at once, cancelled (blocking the thread would stop every other
+    /// coroutine, and could wait for one of them).
+    Removed,
+}
+
 #[derive(Clone)]
 pub(crate) enum TaskName {
     /// `thread_<id>`.

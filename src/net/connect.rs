@@ -242,6 +242,20 @@ fn connect_one(
 
 /// Takes over a connected std or socket2 TCP stream.
 pub(crate) fn wrap(sock: socket2::Socket) -> Result<Socket> {
+    // A datagram socket read as a stream loses each datagram's tail beyond the read size;
+    // a listener has no stream to read.
+    if sock.r#type()? != socket2::Type::STREAM {
+        return Err(Error::with_message(
+            ErrorKind::InvalidState,
+            "wrap takes a TCP stream (use wrapudp for UDP)",
+        ));
+    }
+    if crate::sys::is_listener(&sock)? == Some(true) {
+        return Err(Error::with_message(
+            ErrorKind::InvalidState,
+            "wrap takes a connected TCP stream, not a listener (use addserver)",
+        ));
+    }
     sock.set_nonblocking(true)?;
     let conn = Connection::register(sock, Timeouts::default(), SocketName::Default)?;
     Ok(Socket::from_connection(conn))

@@ -213,6 +213,14 @@ pub(crate) fn addserver(
             "addserver takes a listening TCP socket (use addudpserver for UDP)",
         ));
     }
+    // Accepting on a socket that is not listening fails with `EINVAL` for ever: the server
+    // would back off and log once a second and keep `run` from ending.
+    if crate::sys::is_listener(&listener)? == Some(false) {
+        return Err(Error::with_message(
+            ErrorKind::InvalidState,
+            "addserver takes a listening TCP socket (call listen first)",
+        ));
+    }
     listener.set_nonblocking(true)?;
     let name: Rc<str> = match options.name {
         Some(name) => Rc::from(name),

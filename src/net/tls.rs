@@ -463,11 +463,11 @@ impl Socket {
 
     fn upgrade(&mut self, role: Role<'_>, deadline: Option<Instant>) -> Result<()> {
         let conn = self.connection().clone();
-        if conn.tls.get().is_some() {
-            return Ok(());
-        }
         if conn.io.is_closed() {
             return Err(Error::new(ErrorKind::Closed));
+        }
+        if conn.tls.get().is_some() {
+            return Ok(());
         }
         let prefill = self.take_buffered();
         match handshake(&conn, role, prefill, deadline) {

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::dispatcher::remote::{self, Remote, Waiting};
-use crate::dispatcher::{self, Blocker, Coroutine, Wake};
+use crate::dispatcher::{self, Blocker, Caller, Coroutine, Wake};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A channel without a bound: [`Sender::send`] never waits.
@@ -341,10 +341,12 @@ impl<T> Chan<T> {
         side: Side,
         deadline: Option<Instant>,
     ) -> Result<bool> {
-        let context = dispatcher::with(|d| match d.current() {
-            Some(co) => d.remote().map(|r| Some((co, r))),
-            None => Ok(None),
-        })?;
+        let context = match dispatcher::with(|d| d.caller()) {
+            Caller::Coroutine(co) => Some((co, dispatcher::with(|d| d.remote())?)),
+            Caller::Outside => None,
+            // Its waits end at once; parking the thread could wait for a coroutine of it.
+            Caller::Removed => return Ok(true),
+        };
         match context {
             Some((co, remote)) => {
                 // Alive only during this wait: a wake-up meant for it that arrives later

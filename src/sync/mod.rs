@@ -190,8 +190,12 @@ pub(crate) fn current() -> Option<Coroutine> {
     dispatcher::with(|d| d.current())
 }
 
-/// The error of an operation that would have to wait outside a coroutine.
+/// The error of an operation that would have to wait outside a coroutine — or in one being
+/// removed, whose waits end at once, cancelled.
 pub(crate) fn outside_coroutine(what: &str) -> Error {
+    if dispatcher::with(|d| d.caller()) == dispatcher::Caller::Removed {
+        return Error::new(ErrorKind::Cancelled);
+    }
     Error::with_message(
         ErrorKind::InvalidState,
         format!("{what} has to wait, which needs a copas coroutine"),

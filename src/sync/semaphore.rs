@@ -233,7 +233,10 @@ impl Semaphore {
         if st.destroyed {
             return Err(Error::new(ErrorKind::Destroyed));
         }
-        let wanted: usize = st.waiters.iter().map(|e| e.data).sum();
+        let wanted = st
+            .waiters
+            .iter()
+            .fold(0usize, |sum, e| sum.saturating_add(e.data));
         Ok(wanted.saturating_sub(st.count))
     }
 

@@ -167,6 +167,21 @@ pub fn new(options: TimerOptions, callback: impl Fn(&Timer) + 'static) -> Result
     Ok(timer)
 }
 
+/// Disarms a timer when the coroutine of arming number `arming` ends while that arming is
+/// still the live one, so that [`Timer::is_armed`] does not name a coroutine that is gone.
+struct Disarm {
+    timer: Timer,
+    arming: u64,
+}
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        if self.timer.is_current(self.arming) {
+            self.timer.inner.armed.set(None);
+        }
+    }
+}
+
 impl Timer {
     /// Arms the timer (Copas `timer:arm`): it fires after `initial_delay` (`None`: its
     /// delay). A one-shot timer may arm itself again from its callback.
@@ -182,10 +197,17 @@ impl Timer {
         let arming = self.inner.armings.get() + 1;
         self.inner.armings.set(arming);
         let first = Instant::now().checked_add(initial_delay.unwrap_or(self.inner.delay));
-        let timer = self.clone();
+        // Dropped when the coroutine ends, however it ends (cancelled by `cancelall`, a
+        // shutdown or `removethread`, even before it first ran): then this arming is over.
+        let disarm = Disarm {
+            timer: self.clone(),
+            arming,
+        };
         let name = TaskName::Owned(self.inner.name.clone());
         let co = dispatcher::with(|d| {
-            d.spawn(name, None, false, false, move || timer.run(arming, first))
+            d.spawn(name, None, false, false, move || {
+                disarm.timer.run(arming, first)
+            })
         })?;
         self.inner.armed.set(Some((arming, co)));
         Ok(())

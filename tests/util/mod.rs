@@ -284,6 +284,21 @@ impl Drop for Watchdog {
     }
 }
 
+/// Starts a coroutine that holds `guard` and pauses forever, lets it reach its pause, then
+/// removes it (its locals, `guard` among them, are dropped in it as it unwinds); returns how
+/// long `removethread` took.
+pub fn remove_coroutine_holding<G: 'static>(guard: G) -> Duration {
+    let co = copas::addthread(move || {
+        let _guard = guard;
+        copas::pauseforever();
+    })
+    .expect("addthread");
+    copas::step(Some(Duration::ZERO)).expect("step");
+    let start = Instant::now();
+    assert!(copas::removethread(co), "removethread");
+    start.elapsed()
+}
+
 /// Runs the dispatcher to its end, with a [`Watchdog`] of `limit`; returns how long it ran.
 pub fn run_bounded(limit: Duration) -> Duration {
     let _dog = Watchdog::new("copas::run", limit);
