@@ -586,8 +586,10 @@ impl Dispatcher {
 
     /// The dispatcher's coroutine running now, if any.
     pub(crate) fn current(&self) -> Option<Coroutine> {
-        let co = Coroutine::from_tag(copas_coro::current()?);
-        self.state.borrow().task(co).map(|_| co)
+        match self.caller() {
+            Caller::Coroutine(co) => Some(co),
+            Caller::Outside | Caller::Removed => None,
+        }
     }
 
     /// Who is calling, for an operation that may have to wait: a coroutine of this

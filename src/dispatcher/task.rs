@@ -46,7 +46,6 @@ impl fmt::Debug for Coroutine {
     }
 }
 
-/// A coroutine's name, generated lazily so that naming costs nothing per connection.
 /// Who calls an operation that may have to wait ([`Dispatcher::caller`](super::Dispatcher::caller)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Caller {
@@ -60,6 +59,7 @@ pub(crate) enum Caller {
     Removed,
 }
 
+/// A coroutine's name, generated lazily so that naming costs nothing per connection.
 #[derive(Clone)]
 pub(crate) enum TaskName {
     /// `thread_<id>`.
