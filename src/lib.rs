@@ -267,8 +267,10 @@ pub fn waitforexit() -> Result<()> {
 
 /// Abandons everything (Copas `cancelall`): every coroutine is dropped (its stack unwound,
 /// so its locals and sockets are released), every server and every socket with waiters is
-/// closed, every timer forgotten, and [`exit`] is called. The loop then ends promptly; a
-/// later [`run`] starts afresh. A [`shutdown`] under way ends with it.
+/// closed, every timer forgotten, and [`exit`] is called. Called outside a coroutine, it
+/// also cancels what the destructors of the dropped coroutines start (for up to 8 rounds).
+/// The loop then ends promptly; a later [`run`] starts afresh. A [`shutdown`] under way
+/// ends with it.
 pub fn cancelall() {
     dispatcher::with(|d| d.cancelall())
 }

@@ -1212,3 +1212,37 @@ fn a_pause_in_a_removed_coroutines_destructor_returns_at_once() {
     );
     assert!(took < ms(500), "removethread took {took:?}");
 }
+
+/// `cancelall` from outside any coroutine leaves nothing: a coroutine started by the
+/// destructor of one it drops (a clean-up task) is cancelled too, as is the next one that
+/// one's destructor starts.
+#[test]
+fn cancelall_outside_a_coroutine_also_cancels_what_destructors_start() {
+    struct CleanUpOnDrop(Rc<Cell<u32>>);
+    impl Drop for CleanUpOnDrop {
+        fn drop(&mut self) {
+            let started = self.0.clone();
+            started.set(started.get() + 1);
+            if started.get() < 3 {
+                let next = CleanUpOnDrop(started);
+                let _ = copas::addthread(move || {
+                    let _next = next;
+                    copas::pause(Duration::from_secs(60));
+                });
+            }
+        }
+    }
+    let dropped = Rc::new(Cell::new(0));
+    let guard = CleanUpOnDrop(dropped.clone());
+    copas::addthread(move || {
+        let _guard = guard;
+        copas::pause(Duration::from_secs(60));
+    })
+    .unwrap();
+    copas::step(Some(Duration::ZERO)).unwrap();
+    copas::cancelall();
+    // The first guard and the two coroutines its chain started, each of them dropped.
+    assert_eq!(dropped.get(), 3);
+    assert_eq!(copas::status().coroutines, 0, "{}", copas::dump());
+    assert!(copas::finished());
+}

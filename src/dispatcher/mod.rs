@@ -108,6 +108,10 @@ enum Trim {
 /// so that a stream that is always ready cannot starve the others.
 const IO_BUDGET: u32 = 128;
 
+/// How many times `cancelall`, outside a coroutine, cancels what the destructors of the
+/// coroutines it cancelled started: a chain of clean-ups longer than that is left to run.
+const CANCEL_ROUNDS: usize = 8;
+
 thread_local! {
     static DISPATCHER: Dispatcher = Dispatcher::new();
     /// Ends the thread's remaining coroutines at thread exit while `DISPATCHER` still
@@ -153,12 +157,9 @@ struct ThreadExit;
 
 impl Drop for ThreadExit {
     fn drop(&mut self) {
+        // What destructors start is cancelled too, for a few rounds; `Drop` has the rest.
         let _ = DISPATCHER.try_with(|d| {
-            // Destructors may add coroutines (rarely): a few rounds, then `Drop` has the rest.
-            for _ in 0..4 {
-                if d.state.borrow().tasks.is_empty() {
-                    break;
-                }
+            if !d.state.borrow().tasks.is_empty() {
                 d.cancelall();
             }
         });
@@ -1186,8 +1187,27 @@ impl Dispatcher {
     }
 
     /// Copas `cancelall`: abandons every coroutine, closes every socket with waiters and
-    /// every server, forgets every timer, and exits.
+    /// every server, forgets every timer, and exits. Outside a coroutine the coroutines are
+    /// unwound at once, and what their destructors start (a clean-up coroutine, a timer) is
+    /// cancelled in turn, up to [`CANCEL_ROUNDS`] rounds; inside one they are unwound by the
+    /// next reap, after this returns.
     pub(crate) fn cancelall(&self) {
+        self.cancel_round();
+        if copas_coro::in_coroutine() {
+            return;
+        }
+        for _ in 1..CANCEL_ROUNDS {
+            let st = self.state.borrow();
+            if st.tasks.is_empty() && st.timers.next_deadline().is_none() {
+                break;
+            }
+            drop(st);
+            self.cancel_round();
+        }
+    }
+
+    /// One round of [`Dispatcher::cancelall`].
+    fn cancel_round(&self) {
         let current = self.current();
         let (tasks, timers, sources) = {
             let mut st = self.state.borrow_mut();

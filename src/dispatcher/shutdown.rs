@@ -18,7 +18,7 @@
 //! every socket still registered, whoever holds it. A coroutine paused forever or parked
 //! without a deadline, which would not keep `run` going, is cancelled too: after a shutdown
 //! the dispatcher holds nothing. Coroutines and timers started by the destructors of those
-//! cancelled are cancelled in turn (up to `CANCEL_ROUNDS` rounds).
+//! cancelled are cancelled in turn (`cancelall` does it, for a bounded number of rounds).
 //!
 //! Other threads ask for it through a `Handle` (`handle.rs`): the drained message calls
 //! [`Dispatcher::shutdown`], which needs no coroutine; the step that drained it settles it.
@@ -29,10 +29,6 @@ use std::time::{Duration, Instant};
 use super::reactor::IoSource;
 use super::timers::TimerKey;
 use super::{Dispatcher, TimerAction};
-
-/// How many times completing a shutdown cancels what the destructors of the coroutines it
-/// cancelled started: a chain of clean-ups longer than that is left to run.
-const CANCEL_ROUNDS: usize = 8;
 
 /// A shutdown under way.
 #[derive(Debug, Clone, Copy)]
@@ -100,16 +96,10 @@ impl Dispatcher {
 
     /// Cancels everything left and closes every socket (see the module doc).
     fn complete_shutdown(&self) {
-        // `cancelall` forgets the pending shutdown and its timer with the other timers. The
-        // destructors of what it cancels may start more (a clean-up coroutine, a timer):
-        // cancelled too, for a bounded number of rounds, or the deadline would not hold.
-        for _ in 0..CANCEL_ROUNDS {
-            self.cancelall();
-            let st = self.state.borrow();
-            if st.tasks.is_empty() && st.timers.next_deadline().is_none() {
-                break;
-            }
-        }
+        // `cancelall` forgets the pending shutdown and its timer with the other timers, and
+        // cancels what the destructors of the coroutines it cancels start (a clean-up
+        // coroutine, a timer), or the deadline would not hold.
+        self.cancelall();
         self.close_every_source();
     }
 
