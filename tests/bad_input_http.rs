@@ -713,3 +713,83 @@ fn head_limits_of_usize_max_lift_the_limits() {
     peer.join().expect("peer");
     assert_eq!(got, Ok(b"ok".to_vec()));
 }
+
+/// A keep-alive peer on `n` listeners of its own: each accepts one connection, reads one
+/// request head, answers with a redirect to the next listener (the last with a 200), and
+/// closes its end. Returns the first address and the thread.
+fn redirect_chain(n: usize) -> (SocketAddr, JoinHandle<()>) {
+    use std::io::Write;
+    let listeners: Vec<_> = (0..n).map(|_| util::local_listener()).collect();
+    let first = listeners[0].1;
+    let next: Vec<Option<SocketAddr>> = (0..n).map(|i| listeners.get(i + 1).map(|l| l.1)).collect();
+    let thread = std::thread::spawn(move || {
+        for ((listener, _), next) in listeners.into_iter().zip(next) {
+            let Ok((mut sock, _)) = listener.accept() else {
+                return;
+            };
+            drop(listener);
+            sock.set_read_timeout(Some(secs(5))).expect("timeout");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                match sock.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let reply = match next {
+                Some(to) => format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://{to}/\r\nContent-Length: 0\r\n\r\n"
+                ),
+                None => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string(),
+            };
+            let _ = sock.write_all(reply.as_bytes());
+        }
+    });
+    (first, thread)
+}
+
+const POOL_CHILD: &str = "COPAS_TEST_POOL_CHILD";
+
+/// A server names the ports a client visits (each redirect may name a new one), so the
+/// per-thread pool of idle connections must be bounded as a whole: here 20 requests, each
+/// through 6 ports, leave the client holding at most `POOL_MAX` descriptors. Run in a child
+/// process, so that no other test's descriptors are counted.
+#[test]
+fn redirects_through_many_ports_leave_at_most_pool_max_descriptors() {
+    if !util::is_child(POOL_CHILD) {
+        util::assert_child_passes(
+            "redirects_through_many_ports_leave_at_most_pool_max_descriptors",
+            POOL_CHILD,
+            "POOL-BOUNDED",
+            secs(60),
+        );
+        return;
+    }
+    use copas::client::http::{MAX_REDIRECTS, POOL_MAX};
+    const REQUESTS: usize = 20;
+    let hops = MAX_REDIRECTS + 1;
+    let _ = copas::status();
+    let chains: Vec<_> = (0..REQUESTS).map(|_| redirect_chain(hops)).collect();
+    // The peers' listeners are counted here and close once used.
+    let before = util::fd_count();
+    let mut threads = Vec::new();
+    for (first, thread) in chains {
+        let response = Request::get(&format!("http://{first}/"))
+            .timeout(secs(5))
+            .send()
+            .expect("request");
+        assert_eq!(response.body(), b"ok");
+        threads.push(thread);
+    }
+    for thread in threads {
+        thread.join().expect("peer");
+    }
+    let held = (util::fd_count() + REQUESTS * hops).saturating_sub(before);
+    assert!(
+        held <= POOL_MAX,
+        "the client holds {held} descriptors after {REQUESTS} requests"
+    );
+    assert!(copas::client::http::close_idle_connections() <= POOL_MAX);
+    println!("POOL-BOUNDED held={held}");
+}

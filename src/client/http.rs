@@ -11,7 +11,8 @@
 //!
 //! Beyond Copas: certificates are verified by default, schemes are case-insensitive
 //! (`HTTPS://` is https), and connections are kept alive: a small per-thread pool keeps up
-//! to [`POOL_PER_HOST`] idle connections per scheme, host and port for [`POOL_IDLE`].
+//! to [`POOL_PER_HOST`] idle connections per scheme, host and port, and [`POOL_MAX`] in all,
+//! for [`POOL_IDLE`]; [`close_idle_connections`] closes them at once.
 //!
 //! # Example
 //!
@@ -21,11 +22,10 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use url::Url;
 
@@ -59,13 +59,7 @@ pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 const PRESIZE_LIMIT: u64 = 64 * 1024;
 /// How many interim (1xx) responses may come before the final one.
 const MAX_INTERIM_RESPONSES: usize = 16;
-/// How many idle connections the per-thread pool keeps per scheme, host and port.
-pub const POOL_PER_HOST: usize = 4;
-/// How many scheme-host-port keys the pool holds before it drops those with no idle
-/// connection left.
-const POOL_SWEEP_HOSTS: usize = 64;
-/// How long an idle connection stays in the pool.
-pub const POOL_IDLE: Duration = Duration::from_secs(30);
+pub use super::pool::{close_idle_connections, POOL_IDLE, POOL_MAX, POOL_PER_HOST};
 
 /// Which redirects a request follows (Copas's `redirect` field).
 ///
@@ -575,7 +569,7 @@ impl Request {
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
         );
         if self.keep_alive && self.connector.is_none() {
-            if let Some(sock) = pool_take(&target.key) {
+            if let Some(sock) = super::pool::take(&target.key) {
                 match self.exchange_on(sock, url, &target) {
                     Ok(r) => return Ok(r),
                     // A reused connection the server had closed: once more on a fresh one.
@@ -978,60 +972,6 @@ impl Target {
     }
 }
 
-thread_local! {
-    static POOL: RefCell<HashMap<String, Vec<(Socket, Instant)>>> = RefCell::new(HashMap::new());
-}
-
-/// An idle, still open connection for `key`, if the pool has one.
-fn pool_take(key: &str) -> Option<Socket> {
-    loop {
-        let entry = POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let list = p.get_mut(key)?;
-            list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
-            // An emptied list stays for the connection about to come back (`pool_put`).
-            list.pop()
-        })?;
-        let mut sock = entry.0;
-        if sock.is_closed() {
-            continue;
-        }
-        // Never waits: an idle connection with something to read (end of stream, or bytes
-        // nobody asked for) is no good.
-        let (c, s, r) = sock.gettimeouts();
-        sock.settimeouts(c, s, Some(Duration::ZERO));
-        let alive = match sock.fill_buf() {
-            Err(e) => Error::from(e).kind() == ErrorKind::Timeout,
-            Ok(_) => false,
-        };
-        sock.settimeouts(c, s, r);
-        if alive {
-            return Some(sock);
-        }
-    }
-}
-
-fn pool_put(key: String, sock: Socket) {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() >= POOL_SWEEP_HOSTS && !p.contains_key(&key) {
-            // Hosts talked to once leave their lists behind: drop the empty and the expired.
-            p.retain(|_, list| {
-                list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
-                !list.is_empty()
-            });
-        }
-        let list = match p.get_mut(&key) {
-            Some(list) => list,
-            None => p.entry(key).or_default(),
-        };
-        list.retain(|(_, at)| at.elapsed() < POOL_IDLE);
-        if list.len() < POOL_PER_HOST {
-            list.push((sock, Instant::now()));
-        }
-    });
-}
-
 /// Reads a response head up to and including its empty line. Blank lines before it are
 /// skipped, and count against `max` like the head's own: a peer sending nothing else would
 /// otherwise hold the call for as long as it kept sending.
@@ -1411,7 +1351,7 @@ impl BodyReader {
     fn finish(&mut self) {
         self.done = true;
         if let (Some(sock), Some(key)) = (self.sock.take(), self.key.take()) {
-            pool_put(key, sock);
+            super::pool::put(key, sock);
         }
     }
 
@@ -1550,36 +1490,5 @@ mod tests {
             assert_eq!(refused.kind(), ErrorKind::InvalidInput);
         }
         assert_eq!(parse_url("http://127.0.0.1:2/b").unwrap(), b);
-    }
-
-    #[test]
-    fn the_pool_drops_the_lists_of_hosts_it_no_longer_holds_connections_for() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut held = Vec::new();
-        for i in 0..POOL_SWEEP_HOSTS + 6 {
-            let sock = crate::connect(addr, Some(Duration::from_secs(5))).unwrap();
-            held.push(listener.accept().unwrap().0);
-            let key = format!("http://host{i}:80");
-            pool_put(key.clone(), sock);
-            // Taken back out at once: the list stays, empty.
-            let back = pool_take(&key).expect("the connection just pooled");
-            back.close();
-        }
-        // Each new key past the bound swept the empty lists away.
-        let left = POOL.with(|p| p.borrow().len());
-        assert!(left <= POOL_SWEEP_HOSTS, "{left} keys kept");
-        // A key whose list holds a connection survives a sweep.
-        let sock = crate::connect(addr, Some(Duration::from_secs(5))).unwrap();
-        held.push(listener.accept().unwrap().0);
-        pool_put("http://kept:80".to_string(), sock);
-        for i in 0..POOL_SWEEP_HOSTS + 1 {
-            let sock = crate::connect(addr, Some(Duration::from_secs(5))).unwrap();
-            held.push(listener.accept().unwrap().0);
-            let key = format!("http://other{i}:80");
-            pool_put(key.clone(), sock);
-            pool_take(&key).expect("pooled").close();
-        }
-        assert!(pool_take("http://kept:80").is_some());
     }
 }

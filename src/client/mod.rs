@@ -8,5 +8,6 @@
 mod chunked;
 pub mod ftp;
 pub mod http;
+mod pool;
 pub mod reply;
 pub mod smtp;
