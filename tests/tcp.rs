@@ -375,6 +375,39 @@ fn tcptimeout_f_handler_receive_timeout_leaves_no_bookkeeping() {
 
 // ----- Copas close.lua --------------------------------------------------------------------
 
+/// `close` ends the socket for every later operation: bytes the handle had already read
+/// ahead are not handed out after it, and an empty send or receive, which needs no system
+/// call, fails like the others. Outside any coroutine, on a wrapped socket.
+#[test]
+fn after_close_every_operation_fails_closed_even_with_bytes_buffered_or_nothing_asked() {
+    let (listener, addr) = util::local_listener();
+    let mut peer = TcpStream::connect(addr).expect("connect");
+    let mut sock = copas::wrap(listener.accept().expect("accept").0).expect("wrap");
+    sock.settimeout(Some(GUARD));
+    peer.write_all(b"one\ntwo\nthree").expect("write");
+    assert_eq!(sock.receive(Pattern::Line).expect("first line"), b"one");
+    sock.close();
+    let mut byte = [0u8; 1];
+    let kinds = [
+        util::kind(sock.receive(Pattern::Line)).map(drop),
+        util::kind(sock.receive(Pattern::Exact(2))).map(drop),
+        util::kind(sock.receive(Pattern::Exact(0))).map(drop),
+        util::kind(sock.receivepartial(100)).map(drop),
+        util::kind(sock.receivepartial(0)).map(drop),
+        util::kind(sock.send(b"")).map(drop),
+        util::kind(sock.send_vectored(&[])).map(drop),
+    ];
+    assert_eq!(kinds, [Err(ErrorKind::Closed); 7]);
+    let io_kinds = [
+        sock.read(&mut byte).map(drop),
+        sock.read(&mut []).map(drop),
+        sock.fill_buf().map(drop),
+        sock.write(b"").map(drop),
+    ]
+    .map(|r| r.map_err(|e| copas::Error::from(e).kind()));
+    assert_eq!(io_kinds, [Err(ErrorKind::Closed); 4]);
+}
+
 #[test]
 fn close_wakes_blocked_reader_and_writer_with_closed() {
     let (listener, addr) = util::local_listener();
@@ -1335,6 +1368,48 @@ fn receive_timeout_mid_line_gives_timeout_with_partial_and_the_socket_goes_on() 
     );
     // The partial bytes were handed over, not kept: the next line is only what followed.
     assert_eq!(next, b"def");
+}
+
+/// LuaSocket's `*l` drops every CR as it reads, so what an interrupted line hands back has
+/// none, and Copas's idiom of passing it back as the prefix gives the line whole, wherever
+/// the timeout or the close fell (after the ending's CR, or after one inside the line).
+#[test]
+fn a_lines_partial_data_has_no_cr_and_fed_back_as_prefix_gives_the_line() {
+    let (tx, rx) = mpsc::channel::<()>();
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let out2 = out.clone();
+    with_peer(
+        move |mut s| {
+            s.write_all(b"abc\r").expect("write");
+            rx.recv_timeout(secs(10)).expect("the handler timed out");
+            s.write_all(b"\nd\re").expect("write");
+            rx.recv_timeout(secs(10)).expect("the handler timed out");
+            s.write_all(b"f\r\nx\ry\r").expect("write");
+            // Closed here, mid-line.
+        },
+        move |mut sock| {
+            for _ in 0..2 {
+                sock.settimeout(Some(ms(100)));
+                let e = sock.receive(Pattern::Line).expect_err("no end of line yet");
+                assert_eq!(e.kind(), ErrorKind::Timeout);
+                tx.send(()).expect("peer alive");
+                sock.settimeout(Some(GUARD));
+                let line = sock
+                    .receive_with_prefix(Pattern::Line, e.partial())
+                    .expect("the rest of the line");
+                out2.borrow_mut().push((e.partial().to_vec(), line));
+            }
+            let e = sock
+                .receive(Pattern::Line)
+                .expect_err("the line never ends");
+            assert_eq!(e.kind(), ErrorKind::Closed);
+            out2.borrow_mut().push((e.partial().to_vec(), Vec::new()));
+        },
+    );
+    let want: [(&[u8], &[u8]); 3] = [(b"abc", b"abc"), (b"de", b"def"), (b"xy", b"")];
+    let got = out.borrow();
+    let got: Vec<(&[u8], &[u8])> = got.iter().map(|(p, l)| (&p[..], &l[..])).collect();
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -507,7 +507,10 @@ impl Socket {
     /// [`ErrorKind::LimitExceeded`] for a line longer than the line limit. In every case
     /// the bytes received so far are in [`Error::partial`] and are no longer buffered; for
     /// a line over the limit those are its first `limit` bytes, and the rest of it stays
-    /// buffered for the next receive.
+    /// buffered for the next receive. A line's partial data has its CRs removed, as the
+    /// line would have (so a line over the limit gives its first `limit` bytes less their
+    /// CRs), so passing it back as the prefix (Copas's idiom, see
+    /// [`Socket::receive_with_prefix`]) gives the line an uninterrupted receive gives.
     pub fn receive(&mut self, pattern: Pattern) -> Result<Vec<u8>> {
         self.receive_with_prefix(pattern, &[])
     }
@@ -516,6 +519,7 @@ impl Socket {
     /// argument). For [`Pattern::Exact`] the prefix counts towards the length: a prefix
     /// as long as the pattern is returned as is, without reading.
     pub fn receive_with_prefix(&mut self, pattern: Pattern, prefix: &[u8]) -> Result<Vec<u8>> {
+        self.refuse_if_closed()?;
         self.fair_share();
         let deadline = Self::deadline(self.conn.timeouts.get().receive);
         let result = match pattern {
@@ -561,15 +565,7 @@ impl Socket {
                 // `scanned` then reaches the window below, and the line is refused.)
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
                 if text.len() <= limit {
-                    // Copy the line whole unless it holds another CR (LuaSocket drops every
-                    // CR of a line).
-                    let mut line = Vec::with_capacity(prefix.len() + text.len());
-                    line.extend_from_slice(prefix);
-                    if find_byte(text, b'\r').is_some() {
-                        line.extend(text.iter().filter(|&&b| b != b'\r'));
-                    } else {
-                        line.extend_from_slice(text);
-                    }
+                    let line = line_without_cr(prefix, text);
                     self.start = line_end + 1;
                     if self.start == self.end {
                         self.start = 0;
@@ -581,7 +577,7 @@ impl Socket {
             scanned = upto;
             if scanned >= window {
                 // Hand over the first `limit` bytes; the rest stays buffered.
-                let partial = [prefix, &self.buf[self.start..self.start + limit]].concat();
+                let partial = line_without_cr(prefix, &self.buf[self.start..self.start + limit]);
                 self.start += limit;
                 return Err(Error::with_message(
                     ErrorKind::LimitExceeded,
@@ -593,12 +589,12 @@ impl Socket {
             let got = self.fill_at_most(window - scanned, deadline);
             match got {
                 Ok(0) => {
-                    let partial = [prefix, &self.take_buffered()].concat();
+                    let partial = line_without_cr(prefix, &self.take_buffered());
                     return Err(Error::new(ErrorKind::Closed).with_partial(partial));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let partial = [prefix, &self.take_buffered()].concat();
+                    let partial = line_without_cr(prefix, &self.take_buffered());
                     return Err(e.with_partial(partial));
                 }
             }
@@ -675,6 +671,7 @@ impl Socket {
     /// [`ErrorKind::Timeout`] when nothing arrived before the receive timeout,
     /// [`ErrorKind::Closed`] when the socket was closed or reset.
     pub fn receivepartial(&mut self, max: usize) -> Result<Vec<u8>> {
+        self.refuse_if_closed()?;
         self.fair_share();
         if max == 0 {
             return Ok(Vec::new());
@@ -727,6 +724,7 @@ impl Socket {
     /// the bytes not yet sent, or the connection be closed: the TLS layer has already
     /// committed the record it was writing.
     pub fn send(&mut self, data: &[u8]) -> Result<usize> {
+        self.refuse_if_closed()?;
         self.fair_share();
         let sent = self.send_all(data);
         // After an error too, as in `receivepartial`: a reset wakes one writer, and every
@@ -779,6 +777,7 @@ impl Socket {
     /// }
     /// ```
     pub fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<usize> {
+        self.refuse_if_closed()?;
         if self.conn.tls.get().is_some() {
             let mut sent = 0;
             for buf in bufs {
@@ -913,7 +912,9 @@ impl Socket {
     }
 
     /// Closes the connection for every handle. Every coroutine waiting on it wakes with
-    /// [`ErrorKind::Closed`]; later operations fail with it. Closing twice does nothing.
+    /// [`ErrorKind::Closed`]; later operations fail with it, even those that would need no
+    /// system call (bytes a handle had already buffered are dropped, not handed out; an
+    /// empty send or receive fails too). Closing twice does nothing.
     /// A TLS connection first sends a `close_notify` alert if the socket takes it at once.
     pub fn close(&self) {
         self.conn.close();
@@ -922,6 +923,17 @@ impl Socket {
     /// Whether the connection was closed through copas.
     pub fn is_closed(&self) -> bool {
         self.conn.io.is_closed()
+    }
+
+    /// `Closed` once the socket is closed, before an operation looks at its buffer or its
+    /// arguments: bytes a handle had buffered are not handed out after `close`, and an
+    /// empty send or receive fails like any other.
+    #[inline(always)]
+    fn refuse_if_closed(&self) -> Result<()> {
+        if self.conn.io.is_closed() {
+            return Err(Error::new(ErrorKind::Closed));
+        }
+        Ok(())
     }
 
     /// Shuts down the reading side, the writing side, or both (the descriptor stays open).
@@ -1001,6 +1013,19 @@ impl AsRawFd for Socket {
     }
 }
 
+/// `prefix` followed by `text` without its CRs: a line, or what came of one before an error
+/// (LuaSocket drops every CR of a line as it reads, so Copas's partial data has none).
+fn line_without_cr(prefix: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(prefix.len() + text.len());
+    line.extend_from_slice(prefix);
+    if find_byte(text, b'\r').is_some() {
+        line.extend(text.iter().filter(|&&b| b != b'\r'));
+    } else {
+        line.extend_from_slice(text);
+    }
+    line
+}
+
 /// The index of the first `needle` in `hay`, eight bytes at a time: a line protocol looks
 /// for the end of every line it receives (with it, `examples/http_hello` spends 665
 /// instructions per request receiving its three lines, against 818 searching byte by byte).
@@ -1054,6 +1079,7 @@ impl Read for Socket {
     /// Reads what is available (at least one byte), waiting if nothing is; 0 at end of
     /// stream. The receive timeout applies.
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.refuse_if_closed().map_err(to_io)?;
         if out.is_empty() {
             return Ok(0);
         }
@@ -1075,6 +1101,7 @@ impl Read for Socket {
 
 impl BufRead for Socket {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.refuse_if_closed().map_err(to_io)?;
         if self.start == self.end {
             self.fair_share();
             self.start = 0;
@@ -1096,6 +1123,7 @@ impl Write for Socket {
     /// Sends as much of `data` as the kernel takes at once (at least one byte), waiting if
     /// it takes none. The send timeout applies.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.refuse_if_closed().map_err(to_io)?;
         if data.is_empty() {
             return Ok(0);
         }
@@ -1111,6 +1139,7 @@ impl Write for Socket {
     /// it takes none: one `sendmsg(2)` on a plain socket; over TLS, the first slice that is
     /// not empty.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.refuse_if_closed().map_err(to_io)?;
         if self.conn.tls.get().is_some() {
             let first = from_first_byte(bufs).map_or(&[][..], |bufs| &*bufs[0]);
             return self.write(first);
