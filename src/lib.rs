@@ -36,7 +36,9 @@
 //! ## The model
 //!
 //! * One dispatcher per OS thread, created on first use. Coroutines, sockets and servers
-//!   belong to the thread that made them (they are not `Send`).
+//!   belong to the thread that made them: sockets are not `Send`, and a [`Coroutine`] or
+//!   [`Server`] handle (plain identifiers, `Send`) names nothing on another thread, where
+//!   operations on it do nothing.
 //! * [`addthread`] schedules a coroutine: it starts in the next [`step`]. A server's
 //!   handler starts as soon as its connection is accepted.
 //! * [`run`] steps until nothing is left: no server, no socket wait, no ready or sleeping
@@ -208,7 +210,8 @@ use dispatcher::TaskName;
 ///
 /// Only the dispatcher's own failures (the poller failing); panics in coroutines go to
 /// their error handlers. [`ErrorKind::InvalidState`] when called from inside a coroutine or
-/// while the loop already runs.
+/// while the loop already runs (in `run`, or in a [`step`]: from an error handler or a
+/// [`timeout`] callback), before it changes anything.
 pub fn run() -> Result<()> {
     dispatcher::with(|d| d.run(None, None))
 }
@@ -238,7 +241,9 @@ pub fn step(timeout: Option<Duration>) -> Result<bool> {
     dispatcher::with(|d| d.step(timeout))
 }
 
-/// Whether the dispatcher has nothing left to do (what ends [`run`]).
+/// Whether the dispatcher has nothing left to do (what ends [`run`]): no work of its own,
+/// no [`offload`] awaited, and nothing another thread posted through a [`Handle`] still
+/// waiting for the next step.
 pub fn finished() -> bool {
     dispatcher::with(|d| d.finished())
 }

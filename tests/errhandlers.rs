@@ -404,3 +404,37 @@ fn a_panic_raised_while_a_removed_coroutine_unwinds_goes_to_the_default_handler(
         ]
     );
 }
+
+/// A panic payload whose destructor panics in turn (a payload may be any value).
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(Box::new("the payload's destructor panicked"));
+        }
+    }
+}
+
+/// Copas: errors never leave the loop. A coroutine's panic whose payload panics when it is
+/// dropped reaches its handler once, and neither that second panic escapes `run` nor do the
+/// other coroutines stop; before, `run` itself panicked with it.
+#[test]
+fn a_panic_payload_whose_destructor_panics_does_not_escape_run() {
+    let _dog = Watchdog::new("payload panicking when dropped", LIMIT);
+    let seen = Rc::new(RefCell::new(Vec::<String>::new()));
+    let record = seen.clone();
+    copas::setdefaulterrorhandler(move |r| record.borrow_mut().push(r.to_string()));
+    let after = Rc::new(Cell::new(false));
+    let a = after.clone();
+    copas::addthread(|| std::panic::resume_unwind(Box::new(PanicsWhenDropped))).expect("addthread");
+    copas::addthread(move || {
+        copas::pause(ms(20));
+        a.set(true);
+    })
+    .expect("addthread");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(copas::run));
+    assert!(matches!(outcome, Ok(Ok(()))), "run panicked or failed");
+    assert!(after.get(), "the other coroutine did not run to its end");
+    assert_eq!(seen.borrow().len(), 1, "{:?}", seen.borrow());
+}

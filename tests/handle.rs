@@ -210,3 +210,89 @@ fn tasks_posted_before_the_loop_runs_out_of_work_are_run_by_it() {
     poster.join().unwrap();
     assert_eq!(ran.load(Ordering::SeqCst), 4, "posted while the loop ended");
 }
+
+/// `Coroutine` is `Send` (it may go into a `Handle::spawn` closure), and every thread has its
+/// own dispatcher: a handle taken to another thread must name none of that thread's
+/// coroutines. Thread B's first coroutine and this thread's first one used to have the same
+/// handle, and `removethread` with B's removed ours.
+#[test]
+fn a_coroutine_handle_from_another_thread_names_none_of_this_threads() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let _dog = util::Watchdog::new("foreign coroutine handle", Duration::from_secs(20));
+    let ran_to_end = Rc::new(Cell::new(false));
+    let end = ran_to_end.clone();
+    let mine = copas::addnamedthread("mine", move || {
+        copas::pause(Duration::from_millis(200));
+        end.set(true);
+    })
+    .expect("addthread");
+    let foreign = std::thread::spawn(|| {
+        let co = copas::addnamedthread("theirs", || {}).expect("addthread");
+        copas::run().expect("run");
+        co
+    })
+    .join()
+    .expect("thread B");
+    assert_ne!(foreign, mine);
+    let name = copas::getthreadname(Some(foreign));
+    let woke = copas::wakeup(foreign);
+    let removed = copas::removethread(foreign);
+    util::run_bounded(Duration::from_secs(20));
+    assert_eq!(
+        (name.as_deref(), woke, removed, ran_to_end.get()),
+        (None, false, false, true)
+    );
+}
+
+/// The same for `Server`: another thread's server, passed to `removeserver` here, is refused
+/// as not one of ours; it used to close this thread's first listener.
+#[test]
+fn a_server_from_another_thread_is_refused_and_ours_keeps_listening() {
+    let _dog = util::Watchdog::new("foreign server", Duration::from_secs(20));
+    let (listener, addr) = util::local_listener();
+    let ours = copas::addserver(listener, |_s| {}).expect("addserver");
+    let foreign = std::thread::spawn(|| {
+        let (listener, _) = util::local_listener();
+        let server = copas::addserver(listener, |_s| {}).expect("addserver");
+        copas::removeserver(server, false).expect("removeserver there");
+        server
+    })
+    .join()
+    .expect("thread A");
+    let outcome = util::kind(copas::removeserver(foreign, false)).map(|l| l.is_some());
+    let still_listening =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok();
+    copas::removeserver(ours, false).expect("ours");
+    assert_eq!(outcome, Err(ErrorKind::InvalidState));
+    assert!(still_listening, "our listener was closed");
+}
+
+/// A task another thread posted while no `run` was going is work left: `finished` says so
+/// (a host's `while !finished() { step }` would otherwise never run it), and the next step
+/// runs it at once.
+#[test]
+fn a_task_posted_between_runs_keeps_finished_false_until_a_step_runs_it() {
+    let _dog = util::Watchdog::new("posted between runs", Duration::from_secs(20));
+    let handle = copas::handle().expect("handle");
+    copas::run().expect("run");
+    assert!(copas::finished());
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = ran.clone();
+    std::thread::spawn(move || {
+        handle
+            .spawn(move || r.store(true, Ordering::SeqCst))
+            .expect("spawn");
+    })
+    .join()
+    .expect("poster");
+    assert!(!copas::finished(), "finished() with a posted task waiting");
+    let start = Instant::now();
+    copas::step(Some(Duration::from_secs(5))).expect("step");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the step waited for its timeout"
+    );
+    assert!(ran.load(Ordering::SeqCst), "not run");
+    assert!(copas::finished());
+}

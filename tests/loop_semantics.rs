@@ -1246,3 +1246,31 @@ fn cancelall_outside_a_coroutine_also_cancels_what_destructors_start() {
     assert_eq!(copas::status().coroutines, 0, "{}", copas::dump());
     assert!(copas::finished());
 }
+
+/// `run` inside a host's `step` (here from the error handler the step calls) is refused
+/// like `run` inside `run`, and changes nothing first: it used to call `exit` on the host's
+/// behalf, setting `exiting` and releasing a `waitforexit` waiter of a program far from done.
+#[test]
+fn run_from_inside_a_hosts_step_is_refused_and_signals_no_exit() {
+    let _dog = Watchdog::new("run inside a step", LIMIT);
+    let outcome: Rc<RefCell<Vec<Result<(), ErrorKind>>>> = Rc::default();
+    let o = outcome.clone();
+    copas::setdefaulterrorhandler(move |_r| o.borrow_mut().push(util::kind(copas::run())));
+    let released = Rc::new(Cell::new(false));
+    let rel = released.clone();
+    let waiter = copas::addthread(move || {
+        let _ = copas::waitforexit();
+        rel.set(true);
+    })
+    .expect("addthread");
+    copas::addthread(|| util::unwind_quietly("boom".to_string())).expect("addthread");
+    for _ in 0..5 {
+        copas::step(Some(ms(1))).expect("step");
+    }
+    let exiting = copas::exiting();
+    copas::removethread(waiter);
+    assert_eq!(
+        (outcome.borrow().clone(), exiting, released.get()),
+        (vec![Err(ErrorKind::InvalidState)], false, false)
+    );
+}

@@ -16,6 +16,7 @@
 //! dropped (dropping a socket closes it, which needs the state). Functions here move such
 //! values out of the borrow's scope before letting them go.
 
+mod generation;
 mod handle;
 mod introspect;
 mod poller;
@@ -49,6 +50,7 @@ pub use status::Status;
 pub use task::Coroutine;
 pub(crate) use task::{Caller, TaskName, TaskSocket, Wake};
 
+use generation::Generations;
 use poller::{Poller, Readiness};
 use reactor::Source;
 use ready::{near_data, Lane, ReadyEntry, ReadyQueue};
@@ -231,12 +233,12 @@ impl Counts {
 
 struct State {
     tasks: Slab<Task>,
-    next_generation: u32,
+    generations: Generations,
     /// Coroutines to resume, in order (may hold stale handles, which are skipped).
     ready: ReadyQueue,
     timers: TimerQueue<TimerAction>,
     sources: Slab<Source>,
-    next_source_generation: u32,
+    source_generations: Generations,
     /// Servers with connections left to accept.
     pending_accept: Vec<SourceKey>,
     servers: usize,
@@ -548,11 +550,11 @@ impl Dispatcher {
         Dispatcher {
             state: RefCell::new(State {
                 tasks: Slab::new(),
-                next_generation: 1,
+                generations: Generations::new(&generation::COROUTINES),
                 ready: ReadyQueue::default(),
                 timers: TimerQueue::new(),
                 sources: Slab::new(),
-                next_source_generation: 1,
+                source_generations: Generations::new(&generation::SOURCES),
                 pending_accept: Vec::new(),
                 servers: 0,
                 counts: Counts::default(),
@@ -626,8 +628,7 @@ impl Dispatcher {
         })?;
         let co = {
             let mut st = self.state.borrow_mut();
-            let generation = st.next_generation;
-            st.next_generation = st.next_generation.wrapping_add(1).max(1);
+            let generation = st.generations.next();
             let index = st.tasks.vacant_key() as u32;
             Coroutine { index, generation }
         };
@@ -771,7 +772,7 @@ impl Dispatcher {
                 .handler
                 .clone()
                 .unwrap_or_else(|| self.state.borrow().default_handler.clone());
-            run_handler(&handler, &report);
+            run_handler(&handler, report);
         }
         if removed.autoclose {
             if let Some(socket) = &removed.socket {
@@ -831,7 +832,7 @@ impl Dispatcher {
                 payload,
             };
             let handler = self.state.borrow().default_handler.clone();
-            run_handler(&handler, &report);
+            run_handler(&handler, report);
         }
     }
 
@@ -1084,7 +1085,7 @@ impl Dispatcher {
                             payload,
                         };
                         let handler = self.state.borrow().default_handler.clone();
-                        run_handler(&handler, &report);
+                        run_handler(&handler, report);
                     }
                 }
                 TimerAction::Accept(key) => {
@@ -1108,7 +1109,13 @@ impl Dispatcher {
         init: Option<Box<dyn FnOnce()>>,
         timeout: Option<Duration>,
     ) -> Result<()> {
-        if copas_coro::in_coroutine() || self.state.borrow().running {
+        let nested = {
+            let st = self.state.borrow();
+            st.running || st.stepping
+        };
+        // Refused before anything changes: inside a step (an error handler, a `timeout`
+        // callback of a host's `step`) the loop is running as much as inside `run`.
+        if nested || copas_coro::in_coroutine() {
             return Err(Error::with_message(
                 ErrorKind::InvalidState,
                 "run called while the dispatcher is already running",
@@ -1618,8 +1625,7 @@ impl Dispatcher {
         let is_server = acceptor.is_some();
         let key = {
             let mut st = self.state.borrow_mut();
-            let generation = st.next_source_generation;
-            st.next_source_generation = st.next_source_generation.wrapping_add(1).max(1);
+            let generation = st.source_generations.next();
             let index = st.sources.insert(Source {
                 generation,
                 io: io.clone(),
@@ -1709,13 +1715,29 @@ impl Dispatcher {
 }
 
 /// Calls an error handler; a handler that panics is reported and otherwise ignored.
-fn run_handler(handler: &ErrorHandler, report: &PanicReport) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(report))) {
+fn run_handler(handler: &ErrorHandler, report: PanicReport) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler(&report))) {
         log_or_print!(
             log::Level::Error,
             "failed executing error handler: {} (while handling: {report})",
             copas_coro::panic_message(&*payload)
         );
+        drop_payload(payload);
+    }
+    drop_payload(report);
+}
+
+/// Drops what a panic left (its payload, or a report holding one) so that a destructor
+/// panicking in turn cannot escape the loop (Copas: errors never leave it). That second
+/// panic is logged, and its own payload leaked: dropping it could panic again.
+fn drop_payload<T>(value: T) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        log_or_print!(
+            log::Level::Error,
+            "a panic's payload panicked when dropped: {}",
+            copas_coro::panic_message(&*again)
+        );
+        std::mem::forget(again);
     }
 }
 

@@ -228,12 +228,13 @@ impl Dispatcher {
         any
     }
 
-    /// Whether a coroutine waits for an offloaded closure (which keeps `run` going).
+    /// Whether a coroutine waits for an offloaded closure, or another thread posted
+    /// something not yet acted on (a task `Handle::spawn` accepted must run): either keeps
+    /// `run` going, and `finished` false.
     pub(crate) fn remote_keeps_alive(&self) -> bool {
-        self.remote
-            .remote
-            .get()
-            .is_some_and(|r| r.waiting.load(Ordering::Relaxed) > 0)
+        self.remote.remote.get().is_some_and(|r| {
+            r.waiting.load(Ordering::Relaxed) > 0 || !lock(&r.inbox).messages.is_empty()
+        })
     }
 }
 

@@ -34,7 +34,9 @@ impl Coroutine {
         }
     }
 
-    /// A number unique among the coroutines this thread's dispatcher has created.
+    /// A number unique among the coroutines of the process, whatever thread's dispatcher
+    /// created them (until 2³² of them were), never 0. A handle from another thread's
+    /// dispatcher names none of this thread's coroutines: operations on it do nothing.
     pub fn id(self) -> u32 {
         self.generation
     }
