@@ -421,7 +421,9 @@ pub fn wakeup(co: Coroutine) -> bool {
 
 /// Arms a timeout for the calling coroutine (Copas `timeout`): after `delay`, `callback`
 /// runs on the dispatcher with the coroutine's handle (typically to [`wakeup`] it). A new
-/// call replaces the previous timeout; `Duration::ZERO` only cancels it. A panic in the
+/// call replaces the previous timeout; `Duration::ZERO` only cancels it, and a delay that
+/// ends past what [`std::time::Instant`] can hold (`Duration::MAX`) replaces it with none,
+/// since it would never fire. A panic in the
 /// callback goes to the default error handler, reported as coroutine `copas_core_timer`.
 ///
 /// # Errors

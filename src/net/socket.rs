@@ -664,7 +664,9 @@ impl Socket {
     }
 
     /// Returns as soon as some data is there: up to `max` bytes, at least one, or an empty
-    /// vector at end of stream (Copas `receivepartial`; see `docs/copas-to-rust.md`).
+    /// vector at end of stream (Copas `receivepartial`; see `docs/copas-to-rust.md`). A `max`
+    /// of 0 returns an empty vector at once, without reading: it says nothing about the
+    /// end of the stream.
     ///
     /// # Errors
     ///
