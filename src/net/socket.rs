@@ -30,7 +30,8 @@ use crate::net::tls::TlsLayer;
 
 /// The longest line [`Pattern::Line`] accepts by default: 64 KiB.
 ///
-/// The limit counts the line's bytes, not its ending (LF or CR LF). A peer that never sends
+/// The limit counts the line's bytes as they arrive, a CR inside the line too (the limit
+/// bounds what the socket holds), but not its ending (LF or CR LF). A peer that never sends
 /// a line feed cannot make the socket hold more than this of a line and its ending; the
 /// receive fails with [`ErrorKind::LimitExceeded`] and hands over what it had. Change it per
 /// socket with [`Socket::set_line_limit`].
