@@ -1138,13 +1138,9 @@ impl Dispatcher {
         }
         let _running = ClearOnDrop(self, |st| st.running = false);
         loop {
+            // `finished` counts what other threads posted and no step has acted on yet (a
+            // task `Handle::spawn` accepted must run): the next step does.
             if self.finished() {
-                // What other threads posted before the work ran out is part of it (a task
-                // `Handle::spawn` accepted must run); the step that would have found it
-                // never comes.
-                if self.drain_remote() {
-                    continue;
-                }
                 if self.settle_shutdown() {
                     continue;
                 }

@@ -376,11 +376,12 @@ impl Pool {
             // Jobs catch their closure's panic themselves; what may still panic is the
             // drop of a result nobody waits for any more. The helper goes on: one that died
             // would still be counted, and with all of them dead no job would ever run.
-            if catch_unwind(AssertUnwindSafe(job)).is_err() {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(job)) {
                 log_or_print!(
                     log::Level::Error,
                     "an offloaded result panicked when dropped on a helper thread"
                 );
+                super::drop_payload(payload);
             }
         }
     }
