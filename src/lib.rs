@@ -384,7 +384,9 @@ pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutin
 /// (every wait returns at once, cancelled), and a panic it raises instead goes to the
 /// default error handler. Its entry is gone while it unwinds, so its destructors see no
 /// current coroutine: a [`Lock::release`](crate::lock::Lock::release) there fails with
-/// `NotOwned`, and a lock it held stays held until destroyed (as in Copas).
+/// `NotOwned` and a [`Lock::get`](crate::lock::Lock::get) with `Cancelled` (they never act
+/// as the code outside coroutines would), and a lock it held stays held until destroyed
+/// (as in Copas).
 pub fn removethread(co: Coroutine) -> bool {
     dispatcher::with(|d| d.removethread(co))
 }

@@ -1,6 +1,8 @@
 //! Peers and loads that push the dispatcher's limits: slow clients that would hold a server
 //! forever without timeouts, and tearing down thousands of waiting coroutines at once.
 
+#[path = "util/heap.rs"]
+mod heap;
 mod util;
 
 use std::cell::{Cell, RefCell};
@@ -321,4 +323,32 @@ fn a_stack_size_beyond_the_address_space_makes_addthread_fail_not_panic() {
     assert_eq!(copas::status().coroutines, 0);
     copas::addthread(|| {}).expect("a default stack again");
     copas::run().expect("run");
+}
+
+/// Adds a coroutine running `wait`, lets it wait, removes it; `n` times.
+fn park_and_remove(n: usize, wait: fn()) {
+    for _ in 0..n {
+        let co = copas::addthread(wait).unwrap();
+        copas::step(Some(Duration::ZERO)).unwrap();
+        assert!(copas::removethread(co));
+    }
+}
+
+#[test]
+fn coroutines_removed_while_waiting_for_exit_leave_nothing_behind() {
+    let _turn = turn();
+    let _dog = util::Watchdog::new("waitforexit churn", Duration::from_secs(60));
+    let wait = || {
+        let _ = copas::waitforexit();
+    };
+    park_and_remove(100, wait); // the stack pool and the tables at their working size
+    let ((), few) = heap::peak_heap(|| park_and_remove(1_000, wait));
+    let ((), many) = heap::peak_heap(|| park_and_remove(30_000, wait));
+    // Before: each removed waiter stayed on the exit list (a `Vec` growing to 30,000
+    // entries, 256 KiB at its last doubling).
+    assert!(
+        many < few + 64 * 1024,
+        "peak heap grows with the removed waiters: {few} B over 1,000, {many} B over 30,000"
+    );
+    assert!(copas::finished());
 }

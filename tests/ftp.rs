@@ -547,3 +547,107 @@ fn passive_replies_pointing_elsewhere_or_malformed_are_refused() {
         );
     }
 }
+
+/// Runs `call` on a shared client in a coroutine, steps until `midway()` (the call is
+/// waiting for the server), removes the coroutine, and returns the next call's result.
+fn next_call_after_a_removed_one(
+    client: &Rc<RefCell<Client>>,
+    call: impl FnOnce(&mut Client) + 'static,
+    midway: impl FnMut() -> bool,
+    next: impl FnOnce(&mut Client) -> copas::Result<u64> + 'static,
+) -> copas::Result<u64> {
+    let c = client.clone();
+    let first = copas::addthread(move || {
+        call(&mut c.borrow_mut());
+        panic!("resumed after removal");
+    })
+    .unwrap();
+    assert!(util::step_until(LIMIT, midway), "never midway");
+    assert!(copas::removethread(first), "the first call had ended");
+    let out = Rc::new(RefCell::new(None));
+    let (c, o) = (client.clone(), out.clone());
+    copas::addthread(move || *o.borrow_mut() = Some(next(&mut c.borrow_mut()))).unwrap();
+    util::run_bounded(LIMIT);
+    let result = out.borrow_mut().take().expect("the next call ended");
+    result
+}
+
+/// A shared client connected and logged in to `server`, in binary mode.
+fn shared_client(server: &Ftpd) -> Rc<RefCell<Client>> {
+    let client = Rc::new(RefCell::new(None));
+    let (c, addr) = (client.clone(), server.addr());
+    copas::addthread(move || {
+        let mut ftp = Client::connect(addr.as_str(), Some(Duration::from_secs(20))).unwrap();
+        ftp.login("user", "secret").unwrap();
+        ftp.binary().unwrap();
+        *c.borrow_mut() = Some(ftp);
+    })
+    .unwrap();
+    util::run_bounded(LIMIT);
+    let ftp = client.borrow_mut().take().expect("logged in");
+    Rc::new(RefCell::new(ftp))
+}
+
+#[test]
+fn a_command_removed_while_awaiting_its_reply_closes_the_client_rather_than_hand_the_reply_on() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp removed command", LIMIT);
+    let root = TempDir::new("rmcmd");
+    std::fs::write(root.0.join("a.bin"), b"abc").unwrap();
+    std::fs::write(root.0.join("b.bin"), b"abcdefgh").unwrap();
+    let server = Ftpd::start(&root.0, true, false);
+    let client = shared_client(&server);
+    // One step sends `SIZE a.bin` and leaves the coroutine waiting for the 213 reply.
+    let mut stepped = false;
+    let next = next_call_after_a_removed_one(
+        &client,
+        |ftp| {
+            let _ = ftp.size("a.bin");
+        },
+        move || std::mem::replace(&mut stepped, true),
+        |ftp| ftp.size("b.bin"),
+    );
+    // Before: `Ok(3)`, the size of a.bin, read as b.bin's.
+    assert_eq!(util::kind(next), Err(ErrorKind::Closed));
+}
+
+/// A writer that counts what it is given.
+struct Counting(Rc<RefCell<usize>>);
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        *self.0.borrow_mut() += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_download_removed_midway_closes_the_client_rather_than_hand_its_final_reply_on() {
+    if !pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp removed download", LIMIT);
+    let root = TempDir::new("rmretr");
+    std::fs::write(root.0.join("big.bin"), data(8 * 1024 * 1024, 5)).unwrap();
+    std::fs::write(root.0.join("b.bin"), b"abcdefgh").unwrap();
+    let server = Ftpd::start(&root.0, true, false);
+    let client = shared_client(&server);
+    let received = Rc::new(RefCell::new(0usize));
+    let r = received.clone();
+    let next = next_call_after_a_removed_one(
+        &client,
+        move |ftp| {
+            let _ = ftp.retr("big.bin", &mut Counting(r));
+        },
+        move || *received.borrow() > 0,
+        |ftp| ftp.size("b.bin"),
+    );
+    // Before: SIZE read the transfer's final reply (226 or 426) as its own.
+    assert_eq!(util::kind(next), Err(ErrorKind::Closed));
+}

@@ -289,6 +289,50 @@ fn cancelled_waiter_does_not_leak_or_crash_when_the_result_arrives() {
     );
 }
 
+/// Records the name of the thread that drops it.
+struct DroppedOn(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Drop for DroppedOn {
+    fn drop(&mut self) {
+        let here = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        *self.0.lock().unwrap() = Some(here);
+    }
+}
+
+#[test]
+fn a_result_that_arrives_just_before_its_waiter_is_removed_is_dropped_on_a_helper() {
+    let _dog = util::Watchdog::new("offload drop thread", secs(30));
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let returning = Arc::new(AtomicBool::new(false));
+    let (s, r) = (seen.clone(), returning.clone());
+    let waiter = copas::addthread(move || {
+        let _ = copas::offload(move || {
+            r.store(true, Ordering::SeqCst);
+            DroppedOn(s)
+        });
+        unreachable!("resumed after its removal");
+    })
+    .unwrap();
+    copas::step(Some(Duration::ZERO)).unwrap();
+    assert!(util::wait_until(secs(10), || returning.load(Ordering::SeqCst)));
+    // The helper stores the result microseconds after; no step runs meanwhile, so the
+    // waiter has not taken it when it is removed.
+    std::thread::sleep(ms(100));
+    assert!(copas::removethread(waiter));
+    assert!(util::wait_until(secs(10), || seen
+        .lock()
+        .unwrap()
+        .is_some()));
+    // Before: dropped on this thread, by the removed coroutine's unwind.
+    assert_eq!(seen.lock().unwrap().as_deref(), Some("copas-offload"));
+    // The stale completion is acted on (ignored) by the next step.
+    copas::step(Some(Duration::ZERO)).unwrap();
+    assert!(copas::finished());
+}
+
 // ----- connect by host name ---------------------------------------------------------------
 
 /// An echo server (one line per round) on 127.0.0.1, for the tests below.

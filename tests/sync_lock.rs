@@ -293,3 +293,76 @@ fn outside_a_coroutine_a_free_lock_is_taken_but_a_held_one_cannot_be_waited_for(
     lock.release().unwrap();
     other.release().unwrap();
 }
+
+// ----- a coroutine being removed holds nothing ----------------------------------------------
+
+/// Calls `act` on the lock from its destructor: in a removed coroutine, while it unwinds.
+struct OnDrop<T>(
+    Lock,
+    fn(&Lock) -> copas::Result<T>,
+    Rc<RefCell<Option<Result<T, ErrorKind>>>>,
+);
+
+impl<T> Drop for OnDrop<T> {
+    fn drop(&mut self) {
+        *self.2.borrow_mut() = Some(kind((self.1)(&self.0)));
+    }
+}
+
+/// Holds `lock` from outside any coroutine (as an embedding loop between steps does), then
+/// removes a parked coroutine whose destructor calls `act` on it; returns what `act` got.
+fn act_from_a_removed_coroutine_while_outside_code_holds<T: 'static>(
+    lock: &Lock,
+    act: fn(&Lock) -> copas::Result<T>,
+) -> Option<Result<T, ErrorKind>> {
+    let seen = Rc::new(RefCell::new(None));
+    let guard = OnDrop(lock.clone(), act, seen.clone());
+    let co = copas::addthread(move || {
+        let _guard = guard;
+        copas::pauseforever();
+    })
+    .unwrap();
+    copas::step(Some(Duration::ZERO)).unwrap();
+    lock.get(None).unwrap();
+    assert!(copas::removethread(co));
+    let got = seen.borrow_mut().take();
+    got
+}
+
+#[test]
+fn a_removed_coroutine_cannot_release_a_lock_the_code_outside_coroutines_holds() {
+    let lock = Lock::default();
+    let got = act_from_a_removed_coroutine_while_outside_code_holds(&lock, Lock::release);
+    // Before: `Ok(())`, and the outside code's hold was gone.
+    assert_eq!(got, Some(Err(ErrorKind::NotOwned)));
+    assert!(lock.is_locked());
+    lock.release().unwrap();
+    assert!(!lock.is_locked());
+}
+
+#[test]
+fn a_removed_coroutine_cannot_enter_a_lock_the_code_outside_coroutines_holds() {
+    let lock = Lock::default();
+    let got = act_from_a_removed_coroutine_while_outside_code_holds(&lock, |l| l.get(ms(100)));
+    // Before: `Ok(0)`: a re-entry as if it were the outside code.
+    assert_eq!(got, Some(Err(ErrorKind::Cancelled)));
+    lock.release().unwrap();
+    assert!(!lock.is_locked(), "held once, released once");
+}
+
+#[test]
+fn a_removed_coroutine_cannot_take_a_free_lock() {
+    let lock = Lock::default();
+    let seen = Rc::new(RefCell::new(None));
+    let guard = OnDrop(lock.clone(), |l| l.get(ms(100)), seen.clone());
+    let co = copas::addthread(move || {
+        let _guard = guard;
+        copas::pauseforever();
+    })
+    .unwrap();
+    copas::step(Some(Duration::ZERO)).unwrap();
+    assert!(copas::removethread(co));
+    assert_eq!(*seen.borrow(), Some(Err(ErrorKind::Cancelled)));
+    // Before: the lock stayed taken, by "the outside code", which never took it.
+    assert!(!lock.is_locked());
+}

@@ -1206,6 +1206,65 @@ fn two_readers_through_the_read_trait_on_one_tls_socket_are_both_served() {
 }
 
 #[test]
+fn a_turn_for_records_the_tls_layer_holds_passes_on_when_its_reader_is_removed() {
+    // Two records in one segment: the first reader's line takes the first, the second stays
+    // in the TLS layer, where no edge announces it, and the turn for it goes to the second
+    // reader, removed before it runs. The third must get the turn, and the line.
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("TLS turn hand-on", secs(60));
+    let reports = collect_reports();
+    let (listener, addr) = util::local_listener();
+    let server = copas::addserver_with(
+        listener,
+        ServerOptions::new().timeout(GUARD),
+        copas::handler(
+            move |mut sock: Socket| {
+                let _ = sock.receive(Pattern::Line);
+                // Both sent before the client's next turn: they reach it together.
+                sock.send(b"one\n").unwrap();
+                sock.send(b"two\n").unwrap();
+                let _ = sock.receive(Pattern::All);
+            },
+            pki.acceptor(),
+        ),
+    )
+    .unwrap();
+    let got: Shared<Vec<String>> = shared(Vec::new());
+    let second: Rc<Cell<Option<copas::Coroutine>>> = Rc::new(Cell::new(None));
+    let connector = pki.connector();
+    let (got2, second2) = (got.clone(), second.clone());
+    copas::addthread(move || {
+        let mut sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+        sock.settimeout(Some(secs(3)));
+        for name in ["first", "second", "third"] {
+            let (mut reader, got, second) = (sock.share(), got2.clone(), second2.clone());
+            let co = copas::addthread(move || {
+                let line = reader.receive(Pattern::Line).map_err(|e| e.kind());
+                let line = line.map(|l| String::from_utf8_lossy(&l).into_owned());
+                got.borrow_mut().push(format!("{name}: {line:?}"));
+                if name == "first" {
+                    // The second reader holds the turn by now, woken but not yet run.
+                    assert!(copas::removethread(second.get().unwrap()));
+                }
+            })
+            .unwrap();
+            if name == "second" {
+                second2.set(Some(co));
+            }
+        }
+        copas::pause(ms(50));
+        sock.send(b"go\n").unwrap();
+        pause_until(secs(10), || got2.borrow().len() == 2);
+        sock.close();
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    run_checked(&reports, secs(30));
+    // Before: the third reader waited out its timeout, `Err(Timeout)`.
+    assert_eq!(*got.borrow(), ["first: Ok(\"one\")", "third: Ok(\"two\")"]);
+}
+
+#[test]
 fn blocking_tls_client_outside_a_coroutine() {
     let Some(pki) = pki() else { return };
     let _dog = util::Watchdog::new("blocking TLS client", secs(60));

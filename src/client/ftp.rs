@@ -409,9 +409,11 @@ enum Pending {
 ///
 /// A reply that cannot be read whole (a timeout, a line over the limit, a malformed reply)
 /// or a command sent in part leaves the connection out of step: what the server says next
-/// may answer the command before. The client then closes it, and every later call fails
-/// with [`ErrorKind::Closed`]; connect again. A refusal (a complete reply with a failing
-/// code) leaves the client usable.
+/// may answer the command before. So does a call abandoned midway, its coroutine removed
+/// while it waited or a panic caught around it (a [`DataReader`] or [`DataWriter`] the
+/// unwind drops abandons only its transfer, as any drop does). The client then closes the
+/// connection, and every later call fails with [`ErrorKind::Closed`]; connect again. A
+/// refusal (a complete reply with a failing code) leaves the client usable.
 ///
 /// ```no_run
 /// use copas::client::ftp::Client;
@@ -443,6 +445,11 @@ pub struct Client {
     /// what the server sends next may answer an earlier command, so the control connection
     /// was closed and every later command fails.
     out_of_step: bool,
+    /// A reply is owed that nothing else accounts for: set before a command goes out (and
+    /// while a transfer runs), cleared once its reply is read or handed to `pending`. Still
+    /// set when the next command starts, it means the call before was abandoned midway —
+    /// its coroutine removed, or a panic caught — and the connection is out of step.
+    in_flight: bool,
 }
 
 impl Client {
@@ -474,6 +481,7 @@ impl Client {
             pending: Pending::None,
             greeting,
             out_of_step: false,
+            in_flight: false,
         })
     }
 
@@ -529,7 +537,9 @@ impl Client {
     }
 
     fn read(&mut self) -> Result<Reply> {
-        read_reply(&mut self.ctrl).inspect_err(|_| self.give_up())
+        let reply = read_reply(&mut self.ctrl).inspect_err(|_| self.give_up())?;
+        self.in_flight = false;
+        Ok(reply)
     }
 
     /// Closes the control connection after a failure that leaves it out of step (LuaSocket
@@ -542,6 +552,7 @@ impl Client {
     fn settle(&mut self) -> Result<()> {
         if self.pending == Pending::Discard {
             self.pending = Pending::None;
+            self.in_flight = true;
             let _ = self.read()?;
         }
         Ok(())
@@ -555,6 +566,10 @@ impl Client {
         if let Some(arg) = arg {
             check_text("argument", arg)?;
         }
+        if self.in_flight && !self.out_of_step {
+            // Nothing reads a reply that arrives after its reader is gone.
+            self.give_up();
+        }
         if self.out_of_step {
             return Err(Error::with_message(
                 ErrorKind::Closed,
@@ -566,6 +581,7 @@ impl Client {
             Some(arg) => format!("{cmd} {arg}\r\n"),
             None => format!("{cmd}\r\n"),
         };
+        self.in_flight = true;
         // A line sent in part leaves the server waiting for its end.
         self.ctrl
             .send(line.as_bytes())
@@ -742,7 +758,11 @@ impl Client {
         let data = self.passive()?;
         let reply = self.command(cmd, arg)?;
         match reply.class() {
-            1 => Ok(data),
+            1 => {
+                // The final reply is owed until `finish_transfer` or `abandon`.
+                self.in_flight = true;
+                Ok(data)
+            }
             _ => {
                 data.close();
                 Err(reply.to_error())
@@ -759,6 +779,7 @@ impl Client {
     fn abandon(&mut self, data: &Socket) {
         data.close();
         self.pending = Pending::Discard;
+        self.in_flight = false;
     }
 
     /// Downloads `path` (`RETR`) into `out`; returns the number of bytes.

@@ -31,7 +31,7 @@ mod timers;
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use copas_coro::{Coro, ResumeHint, Resumed, StackPool, DEFAULT_STACK_SIZE};
@@ -362,6 +362,13 @@ impl State {
             // Removed between a socket's wake and its resume.
             self.hand_on_turn(source, write);
         }
+        if let Wait::Park(Blocker::Exit) = wait {
+            // Only `exit` empties the list otherwise: a watcher per connection, removed
+            // with it, would pile up for the dispatcher's life.
+            if let Some(at) = self.exit_waiters.iter().position(|&w| w == co) {
+                self.exit_waiters.remove(at);
+            }
+        }
         if let Wait::Io { source, write } = wait {
             if let Some(src) = self.sources.get_mut(source as usize) {
                 let queue = if write {
@@ -390,7 +397,15 @@ impl State {
         let ready = if write {
             io.writable.get()
         } else {
-            io.readable.get() || io.read_closed.get()
+            // As `Connection::pass_on` judged when it gave the turn: over TLS, records the
+            // layer holds count, and no edge will announce them.
+            io.readable.get()
+                || io.read_closed.get()
+                || io
+                    .owner
+                    .get()
+                    .and_then(Weak::upgrade)
+                    .is_some_and(|owner| owner.holds_readable())
         };
         if !ready {
             return;

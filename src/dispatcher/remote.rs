@@ -243,6 +243,21 @@ struct Slot<T> {
     result: Mutex<Option<std::thread::Result<T>>>,
 }
 
+/// The coroutine's reference to its [`Slot`]. An outcome still in it when the coroutine
+/// lets go (cancelled, or out of time, just after the worker stored it) is dropped on a
+/// helper, as `offload` promises: its drop may be slow or block, and the loop must not. An
+/// outcome stored after this is gone is dropped by the worker, the last reference.
+struct Claim<T: Send + 'static>(Arc<Slot<T>>);
+
+impl<T: Send + 'static> Drop for Claim<T> {
+    fn drop(&mut self) {
+        if let Some(left) = lock(&self.0.result).take() {
+            // Should no helper start, the job and `left` are dropped here after all.
+            let _ = POOL.submit(Box::new(move || drop(left)));
+        }
+    }
+}
+
 fn panicked(payload: Box<dyn Any + Send>) -> Error {
     Error::with_message(
         ErrorKind::Panicked,
@@ -269,11 +284,11 @@ where
     if deadline.is_some_and(|at| Instant::now() >= at) {
         return Err(Error::new(ErrorKind::Timeout));
     }
-    let slot: Arc<Slot<T>> = Arc::new(Slot {
+    let slot = Claim(Arc::new(Slot {
         result: Mutex::new(None),
-    });
-    let token: Weak<dyn Any + Send + Sync> = Arc::downgrade(&slot) as Weak<dyn Any + Send + Sync>;
-    let worker_slot = slot.clone();
+    }));
+    let token: Weak<dyn Any + Send + Sync> = Arc::downgrade(&slot.0) as Weak<dyn Any + Send + Sync>;
+    let worker_slot = slot.0.clone();
     let worker_remote = remote.clone();
     let _waiting = Waiting::new(&remote);
     POOL.submit(Box::new(move || {
@@ -288,7 +303,7 @@ where
     // its inbox only between resumes, on this thread.
     loop {
         let wake = super::with(|d| d.park(deadline, super::Blocker::Offload))?;
-        if let Some(result) = lock(&slot.result).take() {
+        if let Some(result) = lock(&slot.0.result).take() {
             return result.map_err(panicked);
         }
         match wake {

@@ -178,6 +178,11 @@ impl Wake {
 pub(crate) trait TaskSocket {
     fn close(&self);
     fn name(&self) -> String;
+    /// Bytes a read can take without the kernel, held above the socket (a TLS layer's
+    /// decrypted records): ready although no edge will announce them.
+    fn holds_readable(&self) -> bool {
+        false
+    }
 }
 
 /// One coroutine's entry in the dispatcher's table.

@@ -189,7 +189,7 @@ impl Connection {
             self.io.writable.get()
         } else {
             // Over TLS, bytes the TLS layer holds are ready too: no edge will announce them.
-            self.io.readable.get() || self.tls.get().is_some_and(TlsLayer::has_buffered)
+            self.io.readable.get() || self.holds_readable()
         };
         if ready {
             dispatcher::with(|d| d.pass_on(&self.io, write));
@@ -204,6 +204,10 @@ impl TaskSocket for Connection {
 
     fn name(&self) -> String {
         Connection::name(self)
+    }
+
+    fn holds_readable(&self) -> bool {
+        self.tls.get().is_some_and(TlsLayer::has_buffered)
     }
 }
 

@@ -22,11 +22,21 @@ use std::time::{Duration, Instant};
 pub use super::DEFAULT_TIMEOUT;
 
 use super::{Outcome, Slot, WaitList};
-use crate::dispatcher::{Blocker, Coroutine, ObjectKind, ObjectTag};
+use crate::dispatcher::{Blocker, Caller, Coroutine, ObjectKind, ObjectTag};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Who holds a lock: a coroutine, or (`None`) the thread's code outside any coroutine.
 type Holder = Option<Coroutine>;
+
+/// Who is calling, as a holder; `None` for a coroutine being removed, which is neither a
+/// coroutine in the table nor the code outside them, and can hold nothing.
+fn taker() -> Option<Holder> {
+    match crate::dispatcher::with(|d| d.caller()) {
+        Caller::Coroutine(co) => Some(Some(co)),
+        Caller::Outside => Some(None),
+        Caller::Removed => None,
+    }
+}
 
 /// What a waiter is handed.
 #[derive(Clone, Copy)]
@@ -141,10 +151,10 @@ impl Lock {
     ///
     /// [`ErrorKind::Timeout`] when the timeout passes first; [`ErrorKind::Destroyed`] when
     /// the lock is or gets destroyed; [`ErrorKind::InvalidState`] when it would have to
-    /// wait outside a coroutine; [`ErrorKind::Cancelled`] when the waiting coroutine is
-    /// being removed.
+    /// wait outside a coroutine; [`ErrorKind::Cancelled`] when the calling coroutine is
+    /// being removed, even for a free lock (nothing could release it after).
     pub fn get(&self, timeout: impl Into<Option<Duration>>) -> Result<Duration> {
-        let me = super::current();
+        let me = taker().ok_or_else(|| Error::new(ErrorKind::Cancelled))?;
         let (ticket, slot, deadline, id) = {
             let mut st = self.state.borrow_mut();
             if st.destroyed {
@@ -192,10 +202,10 @@ impl Lock {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotOwned`] when the caller does not own the lock;
-    /// [`ErrorKind::Destroyed`] when it was destroyed.
+    /// [`ErrorKind::NotOwned`] when the caller does not own the lock (a coroutine being
+    /// removed owns none); [`ErrorKind::Destroyed`] when it was destroyed.
     pub fn release(&self) -> Result<()> {
-        let me = super::current();
+        let me = taker().ok_or_else(|| Error::new(ErrorKind::NotOwned))?;
         let mut st = self.state.borrow_mut();
         if st.destroyed {
             return Err(Error::new(ErrorKind::Destroyed));
