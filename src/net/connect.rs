@@ -43,8 +43,10 @@ use sealed::Target;
 ///
 /// Implemented for the types std's `ToSocketAddrs` takes: `SocketAddr` (and the V4/V6
 /// forms), `(IpAddr, u16)` (and the V4/V6 forms), `"host:port"` as `&str` or `String`
-/// (`"127.0.0.1:80"` and `"[::1]:80"` are numbers, not names), `(&str, u16)` and
-/// `(String, u16)`, slices and vectors of `SocketAddr`, and references to all of these.
+/// (`"127.0.0.1:80"` and `"[::1]:80"` are numbers, not names; an IPv6 address needs its
+/// brackets here, and `"::1"` or `"fe80::1:2"` without them is `InvalidInput`, where std
+/// would read the last group as a port), `(&str, u16)` and `(String, u16)` (`("::1", 80)`
+/// needs none), slices and vectors of `SocketAddr`, and references to all of these.
 /// It is sealed: the resolution must be one copas knows how to run off the dispatcher.
 pub trait ToAddrs: sealed::Sealed {}
 
@@ -116,6 +118,14 @@ impl sealed::Sealed for str {
         }
         let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "invalid socket address");
         let (host, port) = self.rsplit_once(':').ok_or_else(invalid)?;
+        if host.contains(':') {
+            // An IPv6 address without brackets: where it ends and a port begins cannot be
+            // told ("::1" is no host ":" with port 1, "fe80::1:2" is an address).
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an IPv6 address with a port is written [address]:port",
+            ));
+        }
         let port: u16 = port.parse().map_err(|_| invalid())?;
         Ok(host_port(host, port))
     }
@@ -197,12 +207,26 @@ pub(crate) fn resolve(
 pub(crate) fn connect(addr: impl ToAddrs, timeout: Option<Duration>) -> Result<Socket> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let addrs = resolve(&addr, deadline)?;
+    first_connected(addrs, deadline, |addr| connect_one(addr, deadline, timeout))
+}
+
+/// Tries `attempt` on each address in turn until one connects. Stops early only when the
+/// deadline has passed or the coroutine is cancelled (it must not wait again): a kernel's
+/// own connect timeout on one address (`ETIMEDOUT`, also `ErrorKind::Timeout`: SYNs
+/// dropped, typically on an IPv6 route that goes nowhere) leaves the next address its turn.
+fn first_connected<T>(
+    addrs: Vec<SocketAddr>,
+    deadline: Option<Instant>,
+    mut attempt: impl FnMut(SocketAddr) -> Result<T>,
+) -> Result<T> {
     let mut last = None;
     for addr in addrs {
-        match connect_one(addr, deadline, timeout) {
+        match attempt(addr) {
             Ok(sock) => return Ok(sock),
-            // The deadline covers every address; a cancelled coroutine must not wait again.
-            Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Cancelled) => {
+            Err(e)
+                if e.kind() == ErrorKind::Cancelled
+                    || deadline.is_some_and(|at| Instant::now() >= at) =>
+            {
                 return Err(e)
             }
             Err(e) => last = Some(e),
@@ -286,5 +310,60 @@ mod tests {
         );
         assert!("no-port".target().is_err());
         assert!("host:99999".target().is_err());
+    }
+
+    #[test]
+    fn an_ipv6_address_without_brackets_is_invalid_input_not_a_name() {
+        // Before: "::1" was the host ":" with port 1, sent to the resolver.
+        for text in ["::1", "fe80::1:2", "::1:80", "2001:db8::7"] {
+            let err = text.target().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{text}");
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// `first_connected` over addresses 1, 2, 3 whose attempts fail with `first` (address
+    /// 1) and succeed after; returns the outcome and the addresses tried.
+    fn attempts(first: ErrorKind, deadline: Option<Instant>) -> (Result<u16>, Vec<u16>) {
+        let mut tried = Vec::new();
+        let got = first_connected(vec![addr(1), addr(2), addr(3)], deadline, |a| {
+            tried.push(a.port());
+            match a.port() {
+                1 => Err(Error::new(first)),
+                port => Ok(port),
+            }
+        });
+        (got, tried)
+    }
+
+    #[test]
+    fn a_kernel_timeout_on_one_address_leaves_the_next_its_turn() {
+        let later = Instant::now().checked_add(Duration::from_secs(3600));
+        // Before: the kernel's ETIMEDOUT on the first address ended the whole connect.
+        let (got, tried) = attempts(ErrorKind::Timeout, later);
+        assert_eq!((got.ok(), tried), (Some(2), vec![1, 2]));
+        let (got, tried) = attempts(ErrorKind::Timeout, None);
+        assert_eq!((got.ok(), tried), (Some(2), vec![1, 2]));
+        let (got, tried) = attempts(ErrorKind::Refused, later);
+        assert_eq!((got.ok(), tried), (Some(2), vec![1, 2]));
+    }
+
+    #[test]
+    fn a_passed_deadline_or_a_cancellation_ends_the_attempts() {
+        let passed = Some(Instant::now());
+        let (got, tried) = attempts(ErrorKind::Timeout, passed);
+        assert_eq!(
+            (got.map_err(|e| e.kind()), tried),
+            (Err(ErrorKind::Timeout), vec![1])
+        );
+        let later = Instant::now().checked_add(Duration::from_secs(3600));
+        let (got, tried) = attempts(ErrorKind::Cancelled, later);
+        assert_eq!(
+            (got.map_err(|e| e.kind()), tried),
+            (Err(ErrorKind::Cancelled), vec![1])
+        );
     }
 }
