@@ -375,8 +375,10 @@ pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutin
 }
 
 /// Removes a coroutine (Copas `removethread`): it is never resumed again; its stack is
-/// unwound (dropping its locals) at once, or, when it removes itself, as soon as it next
-/// waits. Returns false for a coroutine that already ended.
+/// unwound (dropping its locals, giving up its places in wait lines) before this returns,
+/// or, when it removes itself, as soon as it next waits. Called from a destructor that
+/// another removal's unwind runs, the unwind follows that one's, before the outer removal
+/// returns (two unwinds cannot nest). Returns false for a coroutine that already ended.
 ///
 /// The unwind is a panic's: as anywhere in Rust, a destructor that panics during it aborts
 /// the process ("panic in a destructor during cleanup"). Code on the coroutine's stack may
@@ -459,7 +461,8 @@ pub fn stack_size() -> usize {
 
 /// Whether connections accepted from now on are closed when their handler returns or
 /// panics (Copas `autoclose`, default true; sampled at accept time). With it off, a
-/// connection lives until its last [`Socket`] handle is closed or dropped.
+/// connection lives until its last [`Socket`] handle is closed or dropped. Accepted TCP
+/// connections only, as in Copas: a UDP server's socket always ends with its handler.
 pub fn set_autoclose(on: bool) {
     dispatcher::with(|d| d.set_autoclose(on))
 }

@@ -641,6 +641,68 @@ fn removethread_drops_the_coroutine_locals_at_once() {
 }
 
 #[test]
+fn removethread_from_a_coroutine_drops_the_removed_ones_locals_before_it_returns() {
+    let _dog = Watchdog::new("removal from a coroutine", LIMIT);
+    let drops = Rc::new(Cell::new(0u32));
+    let seen = Rc::new(Cell::new(None));
+    let (d, s) = (drops.clone(), seen.clone());
+    util::run_with_bounded(LIMIT, move || {
+        let guard = DropGuard(d.clone());
+        let victim = copas::addthread(move || {
+            let _guard = guard;
+            copas::pauseforever();
+        })
+        .expect("addthread");
+        copas::pause(ms(5));
+        assert!(copas::removethread(victim));
+        // Before: 0 here; the unwind waited for the end of the step.
+        s.set(Some(d.get()));
+    });
+    assert_eq!(seen.get(), Some(1));
+    assert_eq!(drops.get(), 1);
+}
+
+/// Removes `next` when dropped: a removal from a destructor running in an unwind.
+struct RemoveOnDrop(Coroutine);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        copas::removethread(self.0);
+    }
+}
+
+#[test]
+fn a_removal_from_a_removed_coroutines_destructor_unwinds_that_one_too() {
+    let _dog = Watchdog::new("removal from an unwind", LIMIT);
+    let drops = Rc::new(Cell::new(0u32));
+    let seen = Rc::new(Cell::new(None));
+    let (d, s) = (drops.clone(), seen.clone());
+    util::run_with_bounded(LIMIT, move || {
+        let guard = DropGuard(d.clone());
+        let last = copas::addthread(move || {
+            let _guard = guard;
+            copas::pauseforever();
+        })
+        .expect("addthread");
+        let first = copas::addthread(move || {
+            let _remove = RemoveOnDrop(last);
+            copas::pauseforever();
+        })
+        .expect("addthread");
+        copas::pause(ms(5));
+        // The second unwind cannot start inside the first: it waits for the first to end,
+        // still within this call.
+        assert!(copas::removethread(first));
+        s.set(Some((d.get(), copas::status().coroutines)));
+    });
+    assert_eq!(
+        seen.get(),
+        Some((1, 1)),
+        "(drops, coroutines): only the caller left"
+    );
+}
+
+#[test]
 fn removethread_of_a_socket_waiter_releases_its_socket() {
     let _dog = Watchdog::new("steps", LIMIT);
     let (listener, addr) = util::local_listener(); // never accepts: the reader waits
@@ -969,6 +1031,72 @@ fn timeout_pending_keeps_a_paused_coroutine_loop_alive_until_it_fires() {
 // ----- status -----------------------------------------------------------------------------
 
 #[test]
+fn status_and_finished_leave_out_coroutines_removed_while_ready() {
+    let _dog = Watchdog::new("removed while ready", LIMIT);
+    let a = copas::addthread(|| {}).expect("addthread");
+    let b = copas::addthread(|| {}).expect("addthread");
+    assert_eq!(copas::status().active, 2);
+    assert!(copas::removethread(a));
+    // Before: `active` 2 with no coroutine left, and `finished()` false until a step.
+    assert_eq!(copas::status().active, 1);
+    assert!(copas::removethread(b));
+    assert_eq!((copas::status().active, copas::status().coroutines), (0, 0));
+    assert!(copas::finished());
+
+    // Inside the loop: a sleeper woken, then removed before it runs.
+    let seen = Rc::new(Cell::new(None));
+    let s = seen.clone();
+    util::run_with_bounded(LIMIT, move || {
+        let sleeper = copas::addthread(|| {
+            copas::pause(Duration::from_secs(30));
+        })
+        .expect("addthread");
+        copas::pause(ms(5));
+        assert!(copas::wakeup(sleeper));
+        let woken = copas::status().active;
+        assert!(copas::removethread(sleeper));
+        s.set(Some((woken, copas::status().active)));
+    });
+    assert_eq!(seen.get(), Some((1, 0)));
+}
+
+#[test]
+fn status_counts_timed_waits_as_copas_does_its_timer_wheel() {
+    // In Copas a lock or semaphore wait is a `pauseforever` (`inactive`) guarded by a
+    // timer on the wheel, as is a socket operation with a timeout (`timeout`, the count
+    // `gettimeouts()` gives); only `pause(d)` is on the sleep heap (`timer`).
+    let _dog = Watchdog::new("status of timed waits", LIMIT);
+    let (listener, addr) = util::local_listener();
+    let lock = copas::lock::Lock::new(None, false);
+    lock.get(None).expect("held outside any coroutine");
+    let l = lock.clone();
+    copas::addthread(move || {
+        let _ = l.get(Duration::from_secs(30));
+    })
+    .expect("addthread");
+    copas::addthread(move || {
+        let mut sock = copas::connect(addr, None).expect("connect");
+        sock.settimeout(Some(Duration::from_secs(30)));
+        let _ = sock.receive(Pattern::Exact(1));
+    })
+    .expect("addthread");
+    copas::addthread(|| {
+        copas::pause(Duration::from_secs(30));
+    })
+    .expect("addthread");
+    assert!(util::step_until(Duration::from_secs(5), || copas::status()
+        .read
+        == 1));
+    // Before: (1, 2, 0, 0): the lock waiter counted as a sleeper, no deadline in `timeout`.
+    assert_eq!(counts(), (1, 0, 0, 1, 1, 2));
+    assert!(!copas::finished(), "a timed lock wait keeps the loop going");
+    drop(listener);
+    copas::cancelall();
+    assert_eq!(counts(), (0, 0, 0, 0, 0, 0));
+    lock.destroy().expect("destroy");
+}
+
+#[test]
 fn status_counts_what_the_dispatcher_holds() {
     let _dog = Watchdog::new("steps", LIMIT);
     let s = copas::status();
@@ -1034,8 +1162,8 @@ fn status_counts_what_the_dispatcher_holds() {
     slow.listen(1).expect("listen");
     let slow_addr = slow.local_addr().unwrap().as_socket().unwrap();
     copas::addthread(move || {
-        let mut sock =
-            copas::connect(slow_addr, Some(Duration::from_secs(5))).expect("connect slow");
+        // No connect timeout: its deadline would count in `timeout` while it connects.
+        let mut sock = copas::connect(slow_addr, None).expect("connect slow");
         let _ = sock.send(&vec![0u8; 16 << 20]);
     })
     .expect("addthread");

@@ -341,3 +341,25 @@ fn get_wait_saturates_when_the_waiters_ask_for_more_than_a_usize_holds() {
     run_bounded(LIMIT);
     assert_eq!(wanted.get(), Some(Ok(usize::MAX)));
 }
+
+#[test]
+fn a_waiter_removed_by_another_coroutine_leaves_the_line_before_the_removal_returns() {
+    let seen = Rc::new(RefCell::new(None));
+    let s = seen.clone();
+    run_with_bounded(LIMIT, move || {
+        let sem = Semaphore::new(3, 1, None);
+        let sem2 = sem.clone();
+        let waiter = copas::addthread(move || {
+            let _ = sem2.take(3, Duration::from_secs(30)); // one permit of three
+        })
+        .unwrap();
+        copas::pause(ms(5));
+        assert_eq!(sem.waiting(), 1);
+        assert!(copas::removethread(waiter));
+        // Before: the removed waiter still stood in line until the end of the step, and
+        // its place refused a take that nobody alive waited before.
+        let take = kind(sem.take(1, Duration::ZERO));
+        *s.borrow_mut() = Some((sem.waiting(), take, sem.get_count().unwrap()));
+    });
+    assert_eq!(seen.borrow_mut().take(), Some((0, Ok(()), 0)));
+}

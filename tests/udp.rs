@@ -617,3 +617,37 @@ fn request_response_rounds_lose_no_datagram() {
         "took {took:?}: a receive waited for its timeout"
     );
 }
+
+#[test]
+fn a_udp_servers_socket_ends_with_its_handler_whatever_autoclose_says() {
+    // `set_autoclose` is about accepted TCP connections (Copas: "only applies to sockets
+    // accepted on a TCP server"); a UDP server lives as long as its handler.
+    let _dog = util::Watchdog::new("udp server lifetime", secs(30));
+    let results = Rc::new(RefCell::new(Vec::new()));
+    for autoclose in [true, false] {
+        copas::set_autoclose(autoclose);
+        let std_sock = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = std_sock.local_addr().expect("local_addr");
+        let r = results.clone();
+        copas::addudpserver(std_sock, move |sock| {
+            // Another coroutine keeps a handle; the handler returns at once.
+            let kept = sock.clone();
+            copas::addthread(move || {
+                copas::pause(ms(20));
+                let peer = StdUdpSocket::bind("127.0.0.1:0").expect("bind peer");
+                peer.send_to(b"ping", addr).expect("send_to");
+                kept.settimeout(Some(ms(500)));
+                r.borrow_mut().push(kept.receive(100).map_err(|e| e.kind()));
+            })
+            .expect("addthread");
+        })
+        .expect("addudpserver");
+        util::run_checked(secs(5));
+    }
+    copas::set_autoclose(true);
+    // Before: with autoclose off the socket outlived its handler and got the datagram.
+    assert_eq!(
+        *results.borrow(),
+        [Err(ErrorKind::Closed), Err(ErrorKind::Closed)]
+    );
+}

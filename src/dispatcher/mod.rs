@@ -193,13 +193,22 @@ enum TimerAction {
     ShutdownDeadline,
 }
 
-/// How many coroutines are in each kind of wait (Copas's `status` counts).
+/// How many coroutines are in each kind of wait, from which `status` makes Copas's counts:
+/// there a synchronisation wait is a `pauseforever` (`inactive`), and its timeout, like a
+/// socket operation's, a timer on the wheel (`timeout`); only `pause(d)` is on the sleep
+/// heap (`timer`).
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     read: usize,
     write: usize,
+    /// `pause(d)`.
     sleeping: usize,
+    /// `pauseforever`, and parked without a deadline.
     paused: usize,
+    /// Parked with a deadline.
+    parked_timed: usize,
+    /// Waiting for a socket, with a deadline (also in `read` or `write`).
+    io_timed: usize,
     callbacks: usize,
 }
 
@@ -210,7 +219,7 @@ impl Counts {
             Wait::Io { write: false, .. } => Some(&mut self.read),
             Wait::Io { write: true, .. } => Some(&mut self.write),
             Wait::Sleep => Some(&mut self.sleeping),
-            Wait::Park(_) if timed => Some(&mut self.sleeping),
+            Wait::Park(_) if timed => Some(&mut self.parked_timed),
             Wait::Park(_) | Wait::PausedForever => Some(&mut self.paused),
             Wait::Running | Wait::Ready | Wait::Turn { .. } => None,
         }
@@ -221,12 +230,18 @@ impl Counts {
         if let Some(n) = self.slot(wait, timed) {
             *n += 1;
         }
+        if timed && matches!(wait, Wait::Io { .. }) {
+            self.io_timed += 1;
+        }
     }
 
     #[inline]
     fn leave(&mut self, wait: Wait, timed: bool) {
         if let Some(n) = self.slot(wait, timed) {
             *n -= 1;
+        }
+        if timed && matches!(wait, Wait::Io { .. }) {
+            self.io_timed -= 1;
         }
     }
 }
@@ -549,13 +564,20 @@ impl State {
         Some(src)
     }
 
+    /// Whether `co` is queued to run and still there: the ready queue keeps the entries of
+    /// coroutines removed meanwhile until a run phase skips them.
+    fn live_ready(&self, co: Coroutine) -> bool {
+        self.task(co).is_some_and(|task| task.wait.is_ready())
+    }
+
     fn finished(&self) -> bool {
-        self.ready.is_empty()
+        !self.ready.coroutines().any(|co| self.live_ready(co))
             && self.pending_accept.is_empty()
             && self.servers == 0
             && self.counts.read == 0
             && self.counts.write == 0
             && self.counts.sleeping == 0
+            && self.counts.parked_timed == 0
             && !(self.counts.callbacks > 0 && self.counts.paused > 0)
     }
 }
@@ -1325,7 +1347,11 @@ impl Dispatcher {
             }
             drop(removed);
         }
-        if !copas_coro::in_coroutine() {
+        // From a coroutine too: its line places, its locks, its socket turns must be given
+        // up before the caller goes on. Not from a destructor running in an unwind (a
+        // removed coroutine's, removing another): a second unwind started during one aborts
+        // the process; the end of the step unwinds that coroutine.
+        if !std::thread::panicking() {
             self.reap();
         }
         true
@@ -1592,10 +1618,14 @@ impl Dispatcher {
             running: st.running,
             read: st.counts.read + st.servers,
             write: st.counts.write,
-            active: st.ready.len(),
+            active: st
+                .ready
+                .coroutines()
+                .filter(|&co| st.live_ready(co))
+                .count(),
             timer: st.counts.sleeping,
-            inactive: st.counts.paused,
-            timeout: st.counts.callbacks,
+            inactive: st.counts.paused + st.counts.parked_timed,
+            timeout: st.counts.callbacks + st.counts.parked_timed + st.counts.io_timed,
             servers: st.servers,
             coroutines: st.tasks.len(),
             sockets: st.sources.len(),

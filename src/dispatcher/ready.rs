@@ -143,6 +143,13 @@ impl ReadyQueue {
         self.len() == 0
     }
 
+    /// The coroutines queued, in no promised order, stale entries included (a coroutine
+    /// removed while queued stays here until a run phase skips it).
+    pub(super) fn coroutines(&self) -> impl Iterator<Item = Coroutine> + '_ {
+        let ahead = &self.ahead[self.ahead_head..];
+        self.queue.iter().chain(ahead).map(|entry| entry.co)
+    }
+
     pub(super) fn clear(&mut self) {
         self.queue.clear();
         self.ahead.clear();

@@ -13,11 +13,16 @@ pub struct Status {
     pub write: usize,
     /// Coroutines ready to run in the next step (Copas `active`).
     pub active: usize,
-    /// Coroutines sleeping until a deadline (Copas `timer`, without its core timer).
+    /// Coroutines in [`pause`](crate::pause) with a deadline (Copas `timer`, without its
+    /// core timer).
     pub timer: usize,
-    /// Coroutines paused without a deadline (Copas `inactive`).
+    /// Coroutines in [`pauseforever`](crate::pauseforever), or waiting on a lock,
+    /// semaphore, queue, future, channel, offload or [`waitforexit`](crate::waitforexit),
+    /// with a timeout or not (Copas `inactive`: these are `pauseforever` there).
     pub inactive: usize,
-    /// Pending [`timeout`](crate::timeout) callbacks (Copas `timeout`).
+    /// Deadlines pending other than a `pause`'s: [`timeout`](crate::timeout) callbacks, and
+    /// the timeouts of the socket operations and synchronisation waits under way (Copas
+    /// `timeout` and `gettimeouts()`, its timer wheel's count).
     pub timeout: usize,
     /// Listening servers.
     pub servers: usize,

@@ -560,9 +560,10 @@ pub(crate) fn addudpserver(
     let socket: Rc<dyn TaskSocket> = udp.inner.clone();
     // Resuming a coroutine from inside another is left to the dispatcher's own loop.
     let start_now = !copas_coro::in_coroutine();
+    // The socket lives as long as its handler, whatever `set_autoclose` says: that setting
+    // is about accepted TCP connections only, as in Copas.
     dispatcher::with(|d| {
-        let autoclose = d.autoclose();
-        d.spawn(task_name, Some(socket), autoclose, start_now, move || {
+        d.spawn(task_name, Some(socket), true, start_now, move || {
             handler(udp)
         })
     })
