@@ -780,8 +780,8 @@ pub fn wrapudp(socket: impl Into<socket2::Socket>) -> Result<UdpSocket> {
 
 /// Opens a TLS connection (Copas `connect` on a socket wrapped with TLS parameters):
 /// [`connect`]s to `addr`, then does the TLS client handshake with `connector`, all within
-/// `timeout` (`None`: no limit). `server_name` is sent as SNI and the server's certificate
-/// must be valid for it.
+/// `timeout` (`None`: no limit). The server's certificate must be valid for `server_name`
+/// (a host name, sent as SNI, or an IP address, which is not: RFC 6066).
 ///
 /// Verification is on by default. Trust a private CA with
 /// `TlsConnector::builder().add_root_certificate(..)`; present a client certificate with

@@ -531,7 +531,9 @@ impl Client {
     }
 
     /// Whether passive mode tries `EPSV` before `PASV` (default true; it turns false by
-    /// itself once a server rejects `EPSV`).
+    /// itself once a server rejects `EPSV`). Over IPv6 only `EPSV` can work: a `PASV`
+    /// reply names an IPv4 address, which is not the control connection's peer, so it fails
+    /// with [`ErrorKind::Protocol`].
     pub fn set_epsv(&mut self, epsv: bool) {
         self.epsv = epsv;
     }

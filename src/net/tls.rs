@@ -380,8 +380,8 @@ impl Socket {
     /// way to `STARTTLS` in SMTP, FTPS, IMAP… and what [`connect_tls`](crate::connect_tls)
     /// does after connecting.
     ///
-    /// `server_name` is sent as SNI and the server's certificate must be valid for it
-    /// (host name or IP address). Certificates and host names are verified unless the
+    /// The server's certificate must be valid for `server_name`, a host name (sent as SNI)
+    /// or an IP address (not sent: RFC 6066 has SNI for names only). Certificates and host names are verified unless the
     /// connector was built with `danger_accept_invalid_certs` or
     /// `danger_accept_invalid_hostnames`; add a private CA with `add_root_certificate`.
     ///
