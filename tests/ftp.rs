@@ -16,57 +16,17 @@ use std::time::{Duration, Instant};
 
 use copas::client::ftp::{self, Client, Options};
 use copas::ErrorKind;
-use util::Watchdog;
+use util::{TempDir, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const PASSIVE_PORTS: u16 = 60;
 
 fn pyftpdlib_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import pyftpdlib"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("python3 with pyftpdlib is required when CI is set");
-        }
-        eprintln!("note: python3 or pyftpdlib missing; skipping the FTP peer test");
-    }
-    ok
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU16 = AtomicU16::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "copas-ftp-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A free loopback port (bound, then released for the server).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    util::peer_available(
+        "python3 with pyftpdlib",
+        "python3",
+        &["-c", "import pyftpdlib"],
+    )
 }
 
 /// A range of `PASSIVE_PORTS` ports that are free now, away from the ephemeral range.
@@ -97,7 +57,7 @@ impl Ftpd {
     /// `write` adds `-w`.
     fn start(dir: &Path, user: bool, write: bool) -> Ftpd {
         for _attempt in 0..5 {
-            let port = free_port();
+            let port = util::free_port("127.0.0.1");
             let base = free_range();
             let log = dir.with_extension(format!("{port}.log"));
             let file = std::fs::File::create(&log).expect("log file");

@@ -38,19 +38,11 @@ fn temp_dir(what: &str) -> PathBuf {
 
 /// Whether python3 with aiosmtpd is here; panics under CI when not.
 fn have_aiosmtpd() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("python3 with aiosmtpd is required under CI (pip3 install aiosmtpd)");
-        }
-        eprintln!("note: python3 or aiosmtpd missing; skipping the smtp test");
-    }
-    ok
+    util::peer_available(
+        "python3 with aiosmtpd",
+        "python3",
+        &["-c", "import aiosmtpd"],
+    )
 }
 
 /// A running smtp_peer.py; stopped with SIGTERM when dropped.

@@ -8,6 +8,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A free port on `ip` (bound, then released for a server another process starts).
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
 /// A listener on a free loopback port.
 pub fn local_listener() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -75,12 +83,21 @@ pub fn read_all_in_thread(
     })
 }
 
-/// A loopback TCP port bound but not listening: a connection to it is refused, and nobody
+/// A loopback port bound but not listening: a connection to it is refused, and nobody
 /// else takes the port while the returned socket lives.
 pub fn closed_port() -> (socket2::Socket, u16) {
-    let closed =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    closed_port_at(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// [`closed_port`] on `ip` (`::1` for IPv6 loopback).
+pub fn closed_port_at(ip: std::net::IpAddr) -> (socket2::Socket, u16) {
+    let any = SocketAddr::new(ip, 0);
+    let closed = socket2::Socket::new(
+        socket2::Domain::for_address(any),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
     closed.bind(&any.into()).expect("bind");
     let port = closed
         .local_addr()
@@ -89,6 +106,25 @@ pub fn closed_port() -> (socket2::Socket, u16) {
         .expect("inet")
         .port();
     (closed, port)
+}
+
+/// Whether `program args` runs and succeeds: an external peer a test needs. When it does
+/// not, panics if `CI` is set (`.ci/run` installs every peer), and otherwise prints a note
+/// (the caller then skips its test).
+pub fn peer_available(what: &str, program: &str, args: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("{what} is required when CI is set");
+        }
+        eprintln!("note: {what} not found; skipping this test (it fails when CI is set)");
+    }
+    ok
 }
 
 /// A child process killed and reaped however the test ends.
@@ -465,4 +501,33 @@ pub fn ms(n: u64) -> Duration {
 /// `n` seconds.
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+/// A scratch directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory whose name has `tag`, this process's id and a counter.
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "copas-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// `name` inside it.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
