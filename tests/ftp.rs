@@ -21,14 +21,6 @@ use util::{TempDir, Watchdog};
 const LIMIT: Duration = Duration::from_secs(90);
 const PASSIVE_PORTS: u16 = 60;
 
-fn pyftpdlib_available() -> bool {
-    util::peer_available(
-        "python3 with pyftpdlib",
-        "python3",
-        &["-c", "import pyftpdlib"],
-    )
-}
-
 /// A range of `PASSIVE_PORTS` ports that are free now, away from the ephemeral range.
 fn free_range() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -148,7 +140,7 @@ fn opts() -> Options {
 
 #[test]
 fn put_then_get_10_mib_round_trips_and_lists() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp round trip", LIMIT);
@@ -234,7 +226,7 @@ fn put_then_get_10_mib_round_trips_and_lists() {
 
 #[test]
 fn anonymous_login_on_a_read_only_server() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp anonymous", LIMIT);
@@ -262,7 +254,7 @@ fn anonymous_login_on_a_read_only_server() {
 
 #[test]
 fn logins_are_checked() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp login", LIMIT);
@@ -294,7 +286,7 @@ fn logins_are_checked() {
 
 #[test]
 fn missing_file_and_crlf_are_errors() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp errors", LIMIT);
@@ -336,7 +328,7 @@ fn missing_file_and_crlf_are_errors() {
 
 #[test]
 fn twenty_concurrent_gets_from_coroutines() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp concurrent", LIMIT);
@@ -395,7 +387,7 @@ fn twenty_concurrent_gets_from_coroutines() {
 
 #[test]
 fn ftp_get_example_downloads_to_stdout_and_to_a_file() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp_get example", Duration::from_secs(400));
@@ -550,7 +542,7 @@ fn shared_client(server: &Ftpd) -> Rc<RefCell<Client>> {
 
 #[test]
 fn a_command_removed_while_awaiting_its_reply_closes_the_client_rather_than_hand_the_reply_on() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp removed command", LIMIT);
@@ -589,7 +581,7 @@ impl Write for Counting {
 
 #[test]
 fn a_download_removed_midway_closes_the_client_rather_than_hand_its_final_reply_on() {
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp removed download", LIMIT);

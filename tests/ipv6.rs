@@ -108,26 +108,6 @@ fn full_v6_backlog() -> (socket2::Socket, SocketAddr, Vec<TcpStream>) {
 
 // ----- external peers ---------------------------------------------------------------------
 
-fn openssl_available() -> bool {
-    util::peer_available("the openssl CLI", "openssl", &["version"])
-}
-
-fn pyftpdlib_available() -> bool {
-    util::peer_available(
-        "python3 with pyftpdlib",
-        "python3",
-        &["-c", "import pyftpdlib"],
-    )
-}
-
-fn aiosmtpd_available() -> bool {
-    util::peer_available(
-        "python3 with aiosmtpd",
-        "python3",
-        &["-c", "import aiosmtpd"],
-    )
-}
-
 /// A CA and two server certificates it signs, both for `localhost` and 127.0.0.1: `v6`
 /// also names the IP `::1`, `v4` (the suite's usual server certificate) does not.
 struct Pki {
@@ -1113,7 +1093,7 @@ fn tls_over_ipv6_loopback_verifies_the_certificate_against_the_name_or_ip_given(
     if !ipv6_loopback() {
         return;
     }
-    if !openssl_available() {
+    if !util::openssl_available() {
         return;
     }
     let pki = Pki::make();
@@ -1182,7 +1162,7 @@ fn https_to_ipv6_loopback_verifies_the_ip_and_sends_a_bracketed_host() {
     if !ipv6_loopback() {
         return;
     }
-    if !openssl_available() {
+    if !util::openssl_available() {
         return;
     }
     let pki = Pki::make();
@@ -1255,7 +1235,7 @@ fn ftp_over_ipv6_loopback_transfers_through_epsv_and_pasv_only_is_a_protocol_err
     if !ipv6_loopback() {
         return;
     }
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp over [::1]", secs(60));
@@ -1323,7 +1303,7 @@ fn ftp_to_an_ipv4_mapped_address_accepts_pasv_replies_naming_the_ipv4_server() {
     if !ipv6_loopback() {
         return;
     }
-    if !pyftpdlib_available() {
+    if !util::pyftpdlib_available() {
         return;
     }
     let _dog = Watchdog::new("ftp over [::ffff:127.0.0.1]", secs(60));
@@ -1358,7 +1338,7 @@ fn smtp_over_ipv6_loopback_delivers_plain_and_over_starttls() {
         return;
     }
     use smtp::{Mail, StartTls};
-    if !aiosmtpd_available() || !openssl_available() {
+    if !util::aiosmtpd_available() || !util::openssl_available() {
         return;
     }
     let _dog = Watchdog::new("smtp over [::1]", secs(60));

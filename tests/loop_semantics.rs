@@ -662,6 +662,27 @@ fn removethread_from_a_coroutine_drops_the_removed_ones_locals_before_it_returns
     assert_eq!(drops.get(), 1);
 }
 
+#[test]
+fn cancelall_from_a_coroutine_drops_the_others_locals_before_it_returns() {
+    let _dog = Watchdog::new("cancelall from a coroutine", LIMIT);
+    let drops = Rc::new(Cell::new(0u32));
+    let seen = Rc::new(Cell::new(None));
+    let (d, s) = (drops.clone(), seen.clone());
+    util::run_with_bounded(LIMIT, move || {
+        let guard = DropGuard(d.clone());
+        copas::addthread(move || {
+            let _guard = guard;
+            copas::pauseforever();
+        })
+        .expect("addthread");
+        copas::pause(ms(5));
+        copas::cancelall();
+        // Before: 0 here; the unwind waited for the end of the step.
+        s.set(Some(d.get()));
+    });
+    assert_eq!(seen.get(), Some(1));
+}
+
 /// Removes `next` when dropped: a removal from a destructor running in an unwind.
 struct RemoveOnDrop(Coroutine);
 

@@ -36,15 +36,6 @@ fn temp_dir(what: &str) -> PathBuf {
     dir
 }
 
-/// Whether python3 with aiosmtpd is here; panics under CI when not.
-fn have_aiosmtpd() -> bool {
-    util::peer_available(
-        "python3 with aiosmtpd",
-        "python3",
-        &["-c", "import aiosmtpd"],
-    )
-}
-
 /// A running smtp_peer.py; stopped with SIGTERM when dropped.
 struct Peer {
     child: Child,
@@ -177,7 +168,7 @@ fn mail(peer: &Peer) -> Mail {
 
 #[test]
 fn three_recipients_with_dot_stuffing_from_coroutines() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("smtp three recipients", Duration::from_secs(60));
@@ -254,7 +245,7 @@ first line\r\n.dot line\r\n..two dots\r\n.\r\nlast line\r\n"
 
 #[test]
 fn auth_plain_and_login() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("smtp auth", Duration::from_secs(60));
@@ -300,7 +291,7 @@ fn auth_plain_and_login() {
 
 #[test]
 fn starttls_when_offered_and_required() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("smtp starttls", Duration::from_secs(90));
@@ -365,7 +356,7 @@ fn starttls_when_offered_and_required() {
 
 #[test]
 fn rejected_recipient_is_a_typed_error() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("smtp 550", Duration::from_secs(60));
@@ -451,7 +442,7 @@ fn attachment(eml: &str, filename: &str) -> Vec<u8> {
 
 #[test]
 fn attachments_round_trip() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("smtp attachments", Duration::from_secs(60));
@@ -521,7 +512,7 @@ fn attachments_round_trip() {
 /// decodes it back to the text, `=`, trailing spaces and non-ASCII included.
 #[test]
 fn a_text_line_over_998_octets_is_sent_quoted_printable() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("smtp long lines", Duration::from_secs(60));
@@ -564,7 +555,7 @@ fn a_text_line_over_998_octets_is_sent_quoted_printable() {
 
 #[test]
 fn sendmail_example_delivers() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("sendmail example", Duration::from_secs(360));
@@ -716,7 +707,7 @@ fn helo_fallback_when_ehlo_is_refused() {
 
 #[test]
 fn many_sends_in_flight_from_coroutines() {
-    if !have_aiosmtpd() {
+    if !util::aiosmtpd_available() {
         return;
     }
     let _dog = Watchdog::new("smtp concurrent", Duration::from_secs(60));

@@ -284,6 +284,29 @@ fn add_tls_echo(
     (server, addr)
 }
 
+/// Adds a TLS server whose handler waits for one line, sends each of `sends` with a send of
+/// its own, and holds the connection until the client closes it; returns it and its
+/// address.
+fn add_tls_answering(pki: &Pki, sends: &'static [&'static [u8]]) -> (copas::Server, SocketAddr) {
+    let (listener, addr) = util::local_listener();
+    let server = copas::addserver_with(
+        listener,
+        ServerOptions::new().timeout(GUARD),
+        copas::handler(
+            move |mut sock: Socket| {
+                let _ = sock.receive(Pattern::Line);
+                for data in sends {
+                    sock.send(data).unwrap();
+                }
+                let _ = sock.receive(Pattern::All);
+            },
+            pki.acceptor(),
+        ),
+    )
+    .expect("addserver");
+    (server, addr)
+}
+
 /// A real ClientHello, as the first flight of a native-tls client.
 fn client_hello() -> Vec<u8> {
     struct Capture(Vec<u8>);
@@ -1163,21 +1186,7 @@ fn two_readers_through_the_read_trait_on_one_tls_socket_are_both_served() {
     let Some(pki) = pki() else { return };
     let _dog = util::Watchdog::new("two TLS readers", secs(60));
     let reports = collect_reports();
-    let (listener, addr) = util::local_listener();
-    let server = copas::addserver_with(
-        listener,
-        ServerOptions::new().timeout(GUARD),
-        copas::handler(
-            move |mut sock: Socket| {
-                let _ = sock.receive(Pattern::Line);
-                sock.send(&[7u8; 8192]).unwrap();
-                // Until the client closes.
-                let _ = sock.receive(Pattern::All);
-            },
-            pki.acceptor(),
-        ),
-    )
-    .unwrap();
+    let (server, addr) = add_tls_answering(pki, &[&[7u8; 8192]]);
     let got: Shared<Vec<usize>> = shared(Vec::new());
     let got2 = got.clone();
     let connector = pki.connector();
@@ -1213,22 +1222,8 @@ fn a_turn_for_records_the_tls_layer_holds_passes_on_when_its_reader_is_removed()
     let Some(pki) = pki() else { return };
     let _dog = util::Watchdog::new("TLS turn hand-on", secs(60));
     let reports = collect_reports();
-    let (listener, addr) = util::local_listener();
-    let server = copas::addserver_with(
-        listener,
-        ServerOptions::new().timeout(GUARD),
-        copas::handler(
-            move |mut sock: Socket| {
-                let _ = sock.receive(Pattern::Line);
-                // Both sent before the client's next turn: they reach it together.
-                sock.send(b"one\n").unwrap();
-                sock.send(b"two\n").unwrap();
-                let _ = sock.receive(Pattern::All);
-            },
-            pki.acceptor(),
-        ),
-    )
-    .unwrap();
+    // Both sent before the client's next turn: they reach it together.
+    let (server, addr) = add_tls_answering(pki, &[b"one\n", b"two\n"]);
     let got: Shared<Vec<String>> = shared(Vec::new());
     let second: Rc<Cell<Option<copas::Coroutine>>> = Rc::new(Cell::new(None));
     let connector = pki.connector();

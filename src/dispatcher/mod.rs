@@ -571,14 +571,15 @@ impl State {
     }
 
     fn finished(&self) -> bool {
-        !self.ready.coroutines().any(|co| self.live_ready(co))
-            && self.pending_accept.is_empty()
+        // The counts first: `run` asks once per step, and a busy loop answers there.
+        self.pending_accept.is_empty()
             && self.servers == 0
             && self.counts.read == 0
             && self.counts.write == 0
             && self.counts.sleeping == 0
             && self.counts.parked_timed == 0
             && !(self.counts.callbacks > 0 && self.counts.paused > 0)
+            && !self.ready.coroutines().any(|co| self.live_ready(co))
     }
 }
 
@@ -1227,10 +1228,10 @@ impl Dispatcher {
     }
 
     /// Copas `cancelall`: abandons every coroutine, closes every socket with waiters and
-    /// every server, forgets every timer, and exits. Outside a coroutine the coroutines are
-    /// unwound at once, and what their destructors start (a clean-up coroutine, a timer) is
-    /// cancelled in turn, up to [`CANCEL_ROUNDS`] rounds; inside one they are unwound by the
-    /// next reap, after this returns.
+    /// every server, forgets every timer, and exits. The coroutines are unwound before this
+    /// returns (see [`Dispatcher::reap_unless_unwinding`]); outside a coroutine what their
+    /// destructors start (a clean-up coroutine, a timer) is cancelled in turn, up to
+    /// [`CANCEL_ROUNDS`] rounds.
     pub(crate) fn cancelall(&self) {
         self.cancel_round();
         if copas_coro::in_coroutine() {
@@ -1316,9 +1317,7 @@ impl Dispatcher {
             drop(removed);
         }
         self.state.borrow_mut().graveyard.extend(graves);
-        if !copas_coro::in_coroutine() {
-            self.reap();
-        }
+        self.reap_unless_unwinding();
         self.exit();
     }
 
@@ -1347,14 +1346,19 @@ impl Dispatcher {
             }
             drop(removed);
         }
-        // From a coroutine too: its line places, its locks, its socket turns must be given
-        // up before the caller goes on. Not from a destructor running in an unwind (a
-        // removed coroutine's, removing another): a second unwind started during one aborts
-        // the process; the end of the step unwinds that coroutine.
+        self.reap_unless_unwinding();
+        true
+    }
+
+    /// Unwinds the coroutines just removed, from a coroutine too: their places in wait
+    /// lines, their locks, their socket turns must be given up before the caller goes on.
+    /// Not from a destructor running in an unwind (a removed coroutine's, removing others):
+    /// a second unwind started during one aborts the process; the reap that runs that
+    /// destructor, or the end of the step, unwinds them.
+    fn reap_unless_unwinding(&self) {
         if !std::thread::panicking() {
             self.reap();
         }
-        true
     }
 
     // ----- waiting ----------------------------------------------------------------------

@@ -108,6 +108,29 @@ pub fn closed_port_at(ip: std::net::IpAddr) -> (socket2::Socket, u16) {
     (closed, port)
 }
 
+/// [`peer_available`] for the `openssl` CLI.
+pub fn openssl_available() -> bool {
+    peer_available("the openssl CLI", "openssl", &["version"])
+}
+
+/// [`peer_available`] for python3 with pyftpdlib (PyPI), the FTP tests' server.
+pub fn pyftpdlib_available() -> bool {
+    peer_available(
+        "python3 with pyftpdlib",
+        "python3",
+        &["-c", "import pyftpdlib"],
+    )
+}
+
+/// [`peer_available`] for python3 with aiosmtpd (PyPI), the SMTP tests' server.
+pub fn aiosmtpd_available() -> bool {
+    peer_available(
+        "python3 with aiosmtpd",
+        "python3",
+        &["-c", "import aiosmtpd"],
+    )
+}
+
 /// Whether `program args` runs and succeeds: an external peer a test needs. When it does
 /// not, panics if `CI` is set (`.ci/run` installs every peer), and otherwise prints a note
 /// (the caller then skips its test).
