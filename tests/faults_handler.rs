@@ -489,3 +489,128 @@ fn stack_allocation_failure_refuses_the_task_with_an_error() {
     );
     assert!(!stdout.contains("UNEXPECTED"), "{context}");
 }
+
+/// Counts the drops of [`Captured`] in a child process: a count above the number made is a
+/// value dropped twice.
+static CAPTURED_DROPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A closure's capture that panics when dropped, then drops a heap value and counts itself:
+/// dropped twice, the string would be freed twice.
+struct Captured {
+    _bomb: PanicsOnDrop,
+    _heap: String,
+    _counted: CountsDrops,
+}
+
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("{INTENTIONAL}: a capture's destructor");
+    }
+}
+
+struct CountsDrops;
+
+impl Drop for CountsDrops {
+    fn drop(&mut self) {
+        CAPTURED_DROPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn captured() -> Captured {
+    Captured {
+        _bomb: PanicsOnDrop,
+        _heap: "x".repeat(100),
+        _counted: CountsDrops,
+    }
+}
+
+fn captured_drops() -> usize {
+    CAPTURED_DROPS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+const UNSTARTED_CHILD: &str = "COPAS_TEST_UNSTARTED_CAPTURE_PANICS_CHILD";
+
+/// The child of `a_coroutine_removed_before_it_ran_drops_a_panicking_capture_once`: removes
+/// three coroutines that never ran, in the three ways a coroutine is removed from the loop.
+fn unstarted_capture_child() {
+    quiet_intentional_panics();
+    let _dog = util::Watchdog::new("the unstarted-capture child", ONE_MINUTE);
+    let reports = record_reports();
+
+    let payload = captured();
+    let co = copas::addthread(move || drop(payload)).expect("addthread");
+    assert!(
+        copas::removethread(co),
+        "removethread of a waiting coroutine"
+    );
+    assert_eq!(
+        captured_drops(),
+        1,
+        "removethread: the capture was not dropped once"
+    );
+    assert_eq!(
+        reports.count.get(),
+        1,
+        "removethread: the panic was not reported"
+    );
+
+    let payload = captured();
+    let task = copas::future::addthread(move || drop(payload)).expect("future::addthread");
+    assert!(task.cancel(), "cancel of a task that had not run");
+    assert_eq!(task.get().unwrap_err().kind(), ErrorKind::Cancelled);
+    assert_eq!(
+        captured_drops(),
+        2,
+        "cancel: the capture was not dropped once"
+    );
+    assert_eq!(reports.count.get(), 2, "cancel: the panic was not reported");
+
+    let payload = captured();
+    copas::addthread(move || drop(payload)).expect("addthread");
+    copas::cancelall();
+    assert_eq!(
+        captured_drops(),
+        3,
+        "cancelall: the capture was not dropped once"
+    );
+    assert_eq!(
+        reports.count.get(),
+        3,
+        "cancelall: the panic was not reported"
+    );
+    for report in reports.first.borrow().iter() {
+        assert!(report.message.contains(INTENTIONAL), "{report:?}");
+    }
+
+    // And a thread that ends with such a coroutine never run: its dispatcher's teardown
+    // removes it, and the thread ends normally instead of aborting the process.
+    let ended = std::thread::spawn(|| {
+        quiet_intentional_panics();
+        let payload = captured();
+        copas::addthread(move || drop(payload)).expect("addthread");
+    })
+    .join();
+    assert!(ended.is_ok(), "the thread did not end normally");
+    assert_eq!(
+        captured_drops(),
+        4,
+        "thread exit: the capture was not dropped once"
+    );
+    println!("MARKER unstarted captures dropped once");
+}
+
+#[test]
+fn a_coroutine_removed_before_it_ran_drops_a_panicking_capture_once() {
+    if util::is_child(UNSTARTED_CHILD) {
+        unstarted_capture_child();
+        return;
+    }
+    util::assert_child_passes(
+        "a_coroutine_removed_before_it_ran_drops_a_panicking_capture_once",
+        UNSTARTED_CHILD,
+        "MARKER unstarted captures dropped once",
+        ONE_MINUTE,
+    );
+}

@@ -154,12 +154,13 @@ impl Coro {
         let limit = stack.limit().get();
         let base = stack.base().get();
         let area = stack.state_area().cast::<State>();
+        let body = Unstarted(Some(body));
         let inner = Coroutine::with_stack(stack, move |yielder: &Yielder<u32, ()>, _first: u32| {
             let frame = current_frame();
             // SAFETY: `resume` points CURRENT at this coroutine's frame before switching to
             // it, and the frame outlives the switch (it is borrowed by `resume`).
             unsafe { (*frame).yielder.set(yielder) };
-            body();
+            body.run();
         });
         let state = State {
             inner: Some(inner),
@@ -309,8 +310,11 @@ impl Coro {
             CURRENT.with(|c| c.set(prev));
             unwound.err()
         } else if !inner.started() {
-            // Drops the closure without running it.
-            catch_unwind(AssertUnwindSafe(|| inner.force_unwind())).err()
+            // Drops the closure without running it. `Unstarted` catches a panic from its
+            // captures: corosensei would otherwise see the drop fail, still count the
+            // coroutine as unstarted, and drop the closure again later.
+            inner.force_unwind();
+            UNSTARTED_DROP_PANIC.with(Cell::take)
         } else {
             None
         }
@@ -326,6 +330,42 @@ impl Drop for Coro {
         // Out of the stack before the stack goes (dropping the state drops the stack).
         drop(self.take_state());
     }
+}
+
+/// A coroutine's closure until its first resume runs it.
+///
+/// Dropped unrun (a coroutine removed before it started), it drops the closure under
+/// `catch_unwind` and leaves a panic from the captures' destructors in
+/// [`UNSTARTED_DROP_PANIC`] for [`Coro::unwind`] to return. The drop must not unwind: when
+/// corosensei's drop of an unstarted coroutine's closure unwinds, the closure has been dropped
+/// (drop glue finishes the other fields while unwinding) but the coroutine still counts as
+/// unstarted, and dropping it drops the closure a second time.
+struct Unstarted<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Unstarted<F> {
+    fn run(mut self) {
+        if let Some(body) = self.0.take() {
+            body();
+        }
+    }
+}
+
+impl<F: FnOnce()> Drop for Unstarted<F> {
+    fn drop(&mut self) {
+        if let Some(body) = self.0.take() {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(body))) {
+                // During the thread's teardown the slot may be gone: the report is lost then,
+                // as any panic in a thread-local's destructor would be.
+                let _ = UNSTARTED_DROP_PANIC.try_with(|slot| slot.set(Some(payload)));
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The panic raised by dropping an unstarted coroutine's closure, from [`Unstarted`]'s
+    /// drop to the [`Coro::unwind`] that caused it, which takes it at once.
+    static UNSTARTED_DROP_PANIC: Cell<Option<Box<dyn Any + Send>>> = const { Cell::new(None) };
 }
 
 /// Suspends the running coroutine, returning to whoever resumed it, and returns when it is

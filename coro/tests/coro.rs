@@ -438,6 +438,51 @@ fn dropping_an_unstarted_coroutine_drops_its_closure() {
     assert_eq!(run_to_end(&mut reused), 1);
 }
 
+/// A value whose drop panics, the first capture of the closures below.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        std::panic::resume_unwind(Box::new("drop bomb"));
+    }
+}
+
+#[test]
+fn an_unstarted_closure_whose_capture_panics_on_drop_is_dropped_once_and_reports_the_panic() {
+    let mut pool = pool();
+    let drops = Rc::new(Cell::new(0));
+    let unstarted = |pool: &mut StackPool, tag| {
+        let (bomb, counted) = (PanicsOnDrop, DropCounter(drops.clone()));
+        Coro::new(pool.allocate().unwrap(), tag, "never run", move || {
+            let _keep = (&bomb, &counted);
+        })
+    };
+
+    // `unwind_into_stack` hands the panic back with a stack that can be reused.
+    let (stack, panic) = unstarted(&mut pool, 1).unwind_into_stack();
+    assert_eq!(
+        drops.get(),
+        1,
+        "the other capture was not dropped exactly once"
+    );
+    let panic = panic.expect("the destructor's panic was not reported");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"drop bomb"));
+    pool.recycle(stack);
+
+    // A plain drop has no one to report to; it still drops each capture once, and the stack
+    // goes back to a state a new coroutine can run on.
+    drop(unstarted(&mut pool, 2));
+    assert_eq!(
+        drops.get(),
+        2,
+        "the other capture was not dropped exactly once"
+    );
+    let mut reused = Coro::new(pool.allocate().unwrap(), 3, "reused", || {
+        suspend().unwrap();
+    });
+    assert_eq!(run_to_end(&mut reused), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Many coroutines.
 
