@@ -1,8 +1,9 @@
 //! Faults the operating system throws at the dispatcher: signals interrupting system calls
-//! (`EINTR`) and running out of file descriptors (`EMFILE`) while accepting.
+//! (`EINTR`), running out of file descriptors (`EMFILE`) while accepting or before the
+//! dispatcher has made its poller, and a seccomp filter refusing `epoll_pwait2`.
 //!
-//! Both change process-wide state (signal handlers, timers, descriptor limits), so each runs
-//! in a child process started by the test of the same name.
+//! Each changes process-wide state (signal handlers, timers, descriptor limits, a filter),
+//! so each runs in a child process started by the test of the same name.
 
 mod util;
 
@@ -263,4 +264,157 @@ fn emfile_child() {
     let ok = clients.join().expect("clients");
     assert_eq!(ok, 5, "every client gets its echo");
     println!("EMFILE-OK steps={steps} cpu={cpu:?}");
+}
+
+const NO_POLLER_CHILD: &str = "COPAS_TEST_NO_POLLER_CHILD";
+const SECCOMP_CHILD: &str = "COPAS_TEST_SECCOMP_CHILD";
+
+/// Uses up every descriptor the process may open; returns them for [`free_descriptors`].
+fn exhaust_descriptors() -> Vec<libc::c_int> {
+    let mut held = Vec::new();
+    for _ in 0..200_000 {
+        // SAFETY: duplicates standard input, which the child holds; `free_descriptors`
+        // closes each copy once.
+        let fd = unsafe { libc::dup(0) };
+        if fd < 0 {
+            return held;
+        }
+        held.push(fd);
+    }
+    panic!("no descriptor limit below 200,000");
+}
+
+fn free_descriptors(held: Vec<libc::c_int>) {
+    for fd in held {
+        // SAFETY: closes a copy made by `exhaust_descriptors`, once.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// A thread's first copas call comes while the process has no descriptor to spare, so its
+/// dispatcher cannot make its poller: that call fails, and once descriptors are free again
+/// the dispatcher works (the poller is made by the next call that needs it).
+#[test]
+fn a_dispatcher_first_used_without_descriptors_works_once_they_are_back() {
+    if util::is_child(NO_POLLER_CHILD) {
+        let _dog = util::Watchdog::new("the no-poller child", Duration::from_secs(20));
+        let (listener, addr) = util::local_listener();
+        let held = exhaust_descriptors();
+        let first = copas::step(Some(Duration::ZERO));
+        free_descriptors(held);
+        assert_eq!(first.unwrap_err().kind(), copas::ErrorKind::Io);
+
+        let served = Rc::new(std::cell::Cell::new(false));
+        let flag = served.clone();
+        let server = copas::addserver(listener, move |mut sock| {
+            if sock.receive(Pattern::Line).is_ok_and(|l| l == b"hello") {
+                flag.set(true);
+            }
+        })
+        .expect("addserver once descriptors are back");
+        copas::addthread(move || {
+            let mut sock = copas::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+            sock.send(b"hello\n").expect("send");
+        })
+        .expect("addthread");
+        for _ in 0..1_000 {
+            if served.get() {
+                break;
+            }
+            copas::step(Some(Duration::from_millis(10))).expect("step");
+        }
+        assert!(served.get(), "the server did not get the line");
+        copas::removeserver(server, false).expect("removeserver");
+        println!("NO-POLLER-OK");
+        return;
+    }
+    util::assert_child_passes(
+        "a_dispatcher_first_used_without_descriptors_works_once_they_are_back",
+        NO_POLLER_CHILD,
+        "NO-POLLER-OK",
+        Duration::from_secs(30),
+    );
+}
+
+/// Makes `epoll_pwait2` fail with `EPERM` on this thread, as a seccomp profile written
+/// before the call existed does (Docker's default did, before moby#42681).
+fn refuse_epoll_pwait2() {
+    const LOAD_WORD_ABSOLUTE: u16 = 0x20;
+    const JUMP_IF_EQUAL: u16 = 0x15;
+    const RETURN: u16 = 0x06;
+    const ALLOW: u32 = 0x7fff_0000;
+    const FAIL_WITH_ERRNO: u32 = 0x0005_0000;
+    let filter = [
+        // The system call's number (offset 0 of `seccomp_data`).
+        libc::sock_filter {
+            code: LOAD_WORD_ABSOLUTE,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JUMP_IF_EQUAL,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_epoll_pwait2 as u32,
+        },
+        libc::sock_filter {
+            code: RETURN,
+            jt: 0,
+            jf: 0,
+            k: FAIL_WITH_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: RETURN,
+            jt: 0,
+            jf: 0,
+            k: ALLOW,
+        },
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with valid arguments; the kernel copies the filter, which outlives the
+    // call. It only restricts this child's thread.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        let probe = libc::syscall(libc::SYS_epoll_pwait2, -1, 0, 0, 0, 0, 0);
+        assert_eq!(probe, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EPERM),
+            "the filter is not in place"
+        );
+    }
+}
+
+/// Where a seccomp filter refuses `epoll_pwait2` with `EPERM` instead of `ENOSYS`, waits
+/// with a deadline fall back to `epoll_wait`, as on a kernel without the call.
+#[test]
+fn timed_waits_work_where_a_seccomp_filter_refuses_epoll_pwait2() {
+    if util::is_child(SECCOMP_CHILD) {
+        let _dog = util::Watchdog::new("the seccomp child", Duration::from_secs(20));
+        refuse_epoll_pwait2();
+        let start = Instant::now();
+        copas::run_with(|| {
+            copas::pause(Duration::from_millis(30));
+        })
+        .expect("run with a timed wait");
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        println!("SECCOMP-OK");
+        return;
+    }
+    util::assert_child_passes(
+        "timed_waits_work_where_a_seccomp_filter_refuses_epoll_pwait2",
+        SECCOMP_CHILD,
+        "SECCOMP-OK",
+        Duration::from_secs(30),
+    );
 }

@@ -29,7 +29,7 @@ mod status;
 mod task;
 mod timers;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
@@ -293,7 +293,10 @@ struct Removed {
 /// One thread's dispatcher. Reached through [`with`].
 pub(crate) struct Dispatcher {
     state: RefCell<State>,
-    poller: std::result::Result<Poller, String>,
+    /// Made at first use, not with the dispatcher: when making it fails (no descriptors to
+    /// spare, say) the call that needed it fails and the next one tries again, instead of
+    /// the thread's dispatcher failing for good.
+    poller: OnceCell<Poller>,
     events: RefCell<Vec<Readiness>>,
     pool: RefCell<StackPool>,
     /// Since when the stack pool has held more than its bound (see [`TRIM_IDLE`]).
@@ -609,20 +612,35 @@ impl Dispatcher {
             closed_sources: RefCell::new(Vec::new()),
             autoclose: Cell::new(true),
             remote: remote::RemoteSlot::default(),
-            poller: Poller::new().map_err(|e| e.to_string()),
+            poller: OnceCell::new(),
             events: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
             pool: RefCell::new(StackPool::new(DEFAULT_STACK_SIZE, DEFAULT_POOLED_STACKS)),
             surplus_since: Cell::new(None),
         }
     }
 
+    /// The poller, made now if this is its first use.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when it cannot be made (the next call tries again).
+    #[inline]
     fn poller(&self) -> Result<&Poller> {
-        self.poller.as_ref().map_err(|e| {
+        match self.poller.get() {
+            Some(poller) => Ok(poller),
+            None => self.make_poller(),
+        }
+    }
+
+    #[cold]
+    fn make_poller(&self) -> Result<&Poller> {
+        let poller = Poller::new().map_err(|e| {
             Error::with_message(
                 ErrorKind::Io,
                 format!("the poller could not be created: {e}"),
             )
-        })
+        })?;
+        Ok(self.poller.get_or_init(|| poller))
     }
 
     /// The dispatcher's coroutine running now, if any.
@@ -1302,7 +1320,7 @@ impl Dispatcher {
         };
         for src in &sources {
             let sock = src.io.take_sock();
-            if let (Some(sock), Ok(poller)) = (sock, self.poller()) {
+            if let (Some(sock), Some(poller)) = (sock, self.poller.get()) {
                 let _ = poller.delete(sock.as_raw_fd());
             }
         }
@@ -1725,7 +1743,7 @@ impl Dispatcher {
     /// Takes a socket out of the reactor without closing it (waiters see `Closed`).
     pub(crate) fn deregister(&self, io: &IoSource) -> Option<socket2::Socket> {
         let sock = io.take_sock()?;
-        if let Ok(poller) = self.poller() {
+        if let Some(poller) = self.poller.get() {
             let _ = poller.delete(sock.as_raw_fd());
         }
         if let Some(key) = io.key.take() {
@@ -1804,7 +1822,7 @@ impl Drop for Dispatcher {
         for src in sources {
             src.io.key.set(None);
             if let Some(sock) = src.io.take_sock() {
-                if let Ok(poller) = &self.poller {
+                if let Some(poller) = self.poller.get() {
                     let _ = poller.delete(sock.as_raw_fd());
                 }
             }

@@ -86,7 +86,8 @@ mod linux {
         epoll: OwnedFd,
         notify: OwnedFd,
         buffer: RefCell<Vec<libc::epoll_event>>,
-        /// `epoll_pwait2` is missing (kernel before 5.11): use `epoll_wait`.
+        /// `epoll_pwait2` is missing (kernel before 5.11) or refused (a seccomp filter that
+        /// predates it, as container runtimes' defaults did): use `epoll_wait`.
         no_pwait2: Cell<bool>,
         /// Times long waits (see [`TIMERFD_FROM`]); `None` where it could not be created.
         timer: Option<OwnedFd>,
@@ -384,7 +385,9 @@ mod linux {
             let err = io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EINTR) => Ok(Some(0)),
-                Some(libc::ENOSYS) => {
+                // `EPERM` and `EACCES` are no errors `epoll_pwait2` itself returns: they come
+                // from a seccomp filter that does not know the call (std treats `statx` so).
+                Some(libc::ENOSYS | libc::EPERM | libc::EACCES) => {
                     self.no_pwait2.set(true);
                     Ok(None)
                 }
