@@ -599,6 +599,105 @@ fn tls_records_arriving_in_pieces_or_all_at_once_are_read_whole() {
     assert_eq!(served.get(), 2);
 }
 
+/// Relays one connection accepted on `listener` to `to`, the client's bytes as they come
+/// and the server's record by record, until the first record whose body is `big` bytes or
+/// more: of that one it passes on `cut_at` body bytes (`None`: not even the header), then
+/// closes the connection to the client.
+fn relay_cutting_a_record(
+    listener: std::net::TcpListener,
+    to: SocketAddr,
+    big: usize,
+    cut_at: Option<usize>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (client, _) = listener.accept().expect("relay: accept");
+        let server = std::net::TcpStream::connect(to).expect("relay: connect");
+        server.set_read_timeout(Some(secs(20))).expect("timeout");
+        let (mut from_client, mut to_server) = (
+            client.try_clone().expect("clone"),
+            server.try_clone().expect("clone"),
+        );
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_client, &mut to_server);
+        });
+        let (mut from_server, mut to_client) = (server, client);
+        for _ in 0..100 {
+            let mut header = [0u8; 5];
+            if from_server.read_exact(&mut header).is_err() {
+                break;
+            }
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            let mut body = vec![0; len];
+            if from_server.read_exact(&mut body).is_err() {
+                break;
+            }
+            if len >= big {
+                if let Some(cut_at) = cut_at {
+                    let _ = to_client.write_all(&header);
+                    let _ = to_client.write_all(&body[..cut_at]);
+                }
+                break;
+            }
+            let _ = to_client.write_all(&header);
+            let _ = to_client.write_all(&body);
+        }
+        let _ = to_client.shutdown(std::net::Shutdown::Both);
+    })
+}
+
+/// A TCP close in the middle of a TLS record is `Closed`, not the end of the stream: the
+/// bytes of a truncated record are not data a reader may take as complete. A close between
+/// records is the end of the stream, as LuaSec has it. Through a relay that cuts the
+/// server's connection in a 10,000-byte record, or right before it.
+#[test]
+fn a_tls_stream_cut_in_the_middle_of_a_record_is_closed_and_between_records_ends() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("a_tls_stream_cut_in_the_middle_of_a_record", secs(60));
+    for cut_at in [Some(5_000), Some(0), None] {
+        let (server_listener, server_addr) = util::local_listener();
+        let acceptor = pki.acceptor();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = server_listener.accept().expect("accept");
+            tcp.set_read_timeout(Some(secs(20))).expect("timeout");
+            let mut tls = acceptor.accept(tcp).expect("server handshake");
+            tls.write_all(b"first line\n").expect("write the line");
+            tls.write_all(&[b'z'; 10_000])
+                .expect("write the big record");
+            // Until the client is done, so that only the relay ends the connection.
+            let _ = tls.read(&mut [0; 16]);
+        });
+        let (relay_listener, relay_addr) = util::local_listener();
+        let relay = relay_cutting_a_record(relay_listener, server_addr, 10_000, cut_at);
+        let connector = pki.connector();
+        let got = shared(None);
+        let out = got.clone();
+        util::run_with_bounded(secs(30), move || {
+            copas::addthread(move || {
+                let mut sock = copas::connect_tls(relay_addr, "localhost", &connector, Some(GUARD))
+                    .expect("connect_tls");
+                sock.settimeout(Some(GUARD));
+                let line = sock.receive(Pattern::Line).map_err(|e| e.kind());
+                let rest = sock
+                    .receive(Pattern::All)
+                    .map_err(|e| (e.kind(), e.partial().len()));
+                let after = sock.receive(Pattern::Exact(1)).map_err(|e| e.kind());
+                *out.borrow_mut() = Some((line, rest, after));
+            })
+            .expect("addthread");
+        });
+        relay.join().expect("relay thread");
+        server.join().expect("server thread");
+        let (line, rest, after) = got.borrow_mut().take().expect("the client did not finish");
+        assert_eq!(line, Ok(b"first line".to_vec()), "cut at {cut_at:?}");
+        if cut_at.is_some() {
+            assert_eq!(rest, Err((ErrorKind::Closed, 0)), "cut at {cut_at:?}");
+        } else {
+            assert_eq!(rest, Ok(Vec::new()), "a close between records");
+        }
+        assert_eq!(after, Err(ErrorKind::Closed), "cut at {cut_at:?}");
+    }
+}
+
 // ----- largetransfer (TLS part) -----------------------------------------------------------
 
 #[test]

@@ -56,6 +56,10 @@ pub(crate) struct FdIo {
     blocked: Option<bool>,
     /// The kernel reported end of stream.
     eof: bool,
+    /// Where the bytes handed to the TLS layer stand in the record framing: whether an end
+    /// of stream came between records or in the middle of one, which OpenSSL does not tell
+    /// apart from a clean end here (both are a read of 0).
+    framing: Framing,
 }
 
 impl fmt::Debug for FdIo {
@@ -80,6 +84,7 @@ impl FdIo {
             end,
             blocked: None,
             eof: false,
+            framing: Framing::default(),
         }
     }
 
@@ -99,7 +104,66 @@ impl FdIo {
         let n = dst.len().min(self.end - self.start);
         dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.start += n;
+        self.framing.pass(&dst[..n]);
         n
+    }
+
+    /// The kernel reported end of stream in the middle of a record.
+    fn truncated(&self) -> bool {
+        self.eof && !self.framing.between_records()
+    }
+}
+
+/// Follows the TLS record framing of a byte stream: each record is a 5-byte header whose
+/// last two bytes give the length of the body that follows. The first record may instead be
+/// an SSL 2.0-style ClientHello (a 2-byte header, its top bit set, then the body), which a
+/// server still accepts from old clients.
+#[derive(Debug, Default, Clone, Copy)]
+struct Framing {
+    /// Header bytes seen of the record under way; 0 between records and in a body.
+    header: u8,
+    /// The header's length field, as far as seen.
+    length: u16,
+    /// Body bytes still to come.
+    body: usize,
+    /// At least one byte has been seen.
+    started: bool,
+    /// The first record has an SSL 2.0 header.
+    sslv2: bool,
+}
+
+impl Framing {
+    fn pass(&mut self, mut bytes: &[u8]) {
+        while let Some((&byte, rest)) = bytes.split_first() {
+            if self.body > 0 {
+                let n = self.body.min(bytes.len());
+                self.body -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            bytes = rest;
+            if !self.started {
+                self.started = true;
+                self.sslv2 = byte & 0x80 != 0;
+            }
+            let header_len = if self.sslv2 { 2 } else { 5 };
+            match (self.sslv2, self.header) {
+                (true, 0) => self.length = u16::from(byte & 0x7f) << 8,
+                (false, 3) => self.length = u16::from(byte) << 8,
+                (_, n) if n == header_len - 1 => self.length |= u16::from(byte),
+                _ => {}
+            }
+            self.header += 1;
+            if self.header == header_len {
+                self.header = 0;
+                self.body = usize::from(self.length);
+                self.sslv2 = false;
+            }
+        }
+    }
+
+    fn between_records(&self) -> bool {
+        self.header == 0 && self.body == 0
     }
 }
 
@@ -126,7 +190,10 @@ impl Read for FdIo {
                 self.eof = true;
                 Ok(0)
             }
-            Ok(n) if direct => Ok(n),
+            Ok(n) if direct => {
+                self.framing.pass(&dst[..n]);
+                Ok(n)
+            }
             Ok(n) => {
                 self.start = 0;
                 self.end = n;
@@ -202,13 +269,24 @@ impl TlsLayer {
                 conn.wait(false, deadline)?;
                 continue;
             }
-            let (result, write, eof) = {
+            let (result, write, eof, truncated) = {
                 let mut stream = self.stream.borrow_mut();
                 let result = stream.read(dst);
                 let adapter = stream.get_mut();
-                (result, adapter.blocked.take(), adapter.eof)
+                (
+                    result,
+                    adapter.blocked.take(),
+                    adapter.eof,
+                    adapter.truncated(),
+                )
             };
             match result {
+                Ok(0) if truncated && !dst.is_empty() => {
+                    // OpenSSL reports a TCP close in the middle of a record as a clean end
+                    // when the stream is not its own socket: told apart by the framing.
+                    let cut = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err(failure(conn, cut, true));
+                }
                 Ok(0) => {
                     if !dst.is_empty() {
                         conn.eof.set(true);
@@ -568,5 +646,66 @@ pub fn handler(f: impl Fn(Socket) + 'static, acceptor: TlsAcceptor) -> impl Fn(S
             std::panic::resume_unwind(Box::new(report));
         }
         f(sock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framing;
+
+    /// A record of type 23 with a body of `len` bytes.
+    fn record(len: u16) -> Vec<u8> {
+        let mut r = vec![23, 3, 3];
+        r.extend_from_slice(&len.to_be_bytes());
+        r.resize(5 + usize::from(len), 0xaa);
+        r
+    }
+
+    /// Where `stream` passed in pieces of `piece` bytes leaves the framing after each byte.
+    fn boundaries(stream: &[u8], piece: usize) -> Vec<bool> {
+        let mut framing = Framing::default();
+        let mut seen = Vec::new();
+        for chunk in stream.chunks(piece) {
+            for byte in chunk.chunks(1) {
+                framing.pass(byte);
+                seen.push(framing.between_records());
+            }
+        }
+        let mut whole = Framing::default();
+        for chunk in stream.chunks(piece) {
+            whole.pass(chunk);
+        }
+        assert_eq!(whole.between_records(), *seen.last().unwrap());
+        seen
+    }
+
+    #[test]
+    fn framing_finds_record_ends_however_the_bytes_come() {
+        let stream = [record(3), record(0), record(300), record(16_384)].concat();
+        let ends = [8, 13, 318, stream.len()];
+        for piece in [1, 2, 5, 7, 300, 20_000] {
+            let seen = boundaries(&stream, piece);
+            for (i, between) in seen.iter().enumerate() {
+                assert_eq!(
+                    *between,
+                    ends.contains(&(i + 1)),
+                    "byte {i}, pieces of {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn framing_reads_an_sslv2_style_first_record_then_tls_records() {
+        // A 2-byte header (top bit set) giving a body of 0x0131 bytes, then a TLS record.
+        let mut stream = vec![0x81, 0x31];
+        stream.resize(2 + 0x131, 1);
+        let first_end = stream.len();
+        stream.extend(record(10));
+        let seen = boundaries(&stream, 64);
+        assert!(seen[first_end - 1]);
+        assert!(!seen[first_end]);
+        assert!(seen[stream.len() - 1]);
+        assert_eq!(seen.iter().filter(|b| **b).count(), 2);
     }
 }

@@ -415,6 +415,10 @@ impl<T> Sender<T> {
     /// the receiver's included), outside one the thread blocks. Never waits on an unbounded
     /// channel. Wakes a receiver waiting for an item.
     ///
+    /// Outside a coroutine on the thread of the receiver's dispatcher, a full channel blocks
+    /// for good, as `std::sync::mpsc::SyncSender::send` does on its receiver's thread: the
+    /// receiver cannot run while its thread is blocked. Use [`Sender::try_send`] there.
+    ///
     /// # Errors
     ///
     /// A [`SendError`] giving the item back: [`ErrorKind::Closed`] when the receiver is
