@@ -343,6 +343,45 @@ fn outside_a_coroutine_pop_never_waits() {
     assert_eq!(kind(q.finish(None, false)), Err(ErrorKind::Destroyed));
 }
 
+/// `finish` outside a coroutine, where it would have to wait, is refused before it changes
+/// anything: pushes are still taken, and `finish` from a coroutine then drains the queue.
+/// Where it need not wait (nothing queued, no worker) it finishes the queue there and then.
+#[test]
+fn finish_refused_outside_a_coroutine_leaves_the_queue_as_it_was() {
+    let q: Queue<u32> = Queue::new();
+    let handled = Rc::new(RefCell::new(Vec::new()));
+    let log = handled.clone();
+    q.add_worker(move |item| log.borrow_mut().push(item))
+        .unwrap();
+    q.push(1).unwrap();
+    assert_eq!(
+        kind(q.finish(Duration::from_secs(1), false)),
+        Err(ErrorKind::InvalidState)
+    );
+    assert_eq!(
+        q.push(2).map_err(|e| e.kind()),
+        Ok(()),
+        "the refused finish stopped the queue"
+    );
+    let finishing = q.clone();
+    let finished = Rc::new(RefCell::new(None));
+    let out = finished.clone();
+    copas::addthread(move || {
+        *out.borrow_mut() = Some(kind(finishing.finish(Duration::from_secs(5), false)))
+    })
+    .unwrap();
+    run_bounded(LIMIT);
+    assert_eq!(*finished.borrow(), Some(Ok(())));
+    assert_eq!(*handled.borrow(), vec![1, 2]);
+
+    let idle: Queue<u32> = Queue::new();
+    assert_eq!(kind(idle.finish(None, false)), Ok(()));
+    assert_eq!(
+        idle.push(1).map_err(|e| e.kind()),
+        Err(ErrorKind::Destroyed)
+    );
+}
+
 #[test]
 fn stop_right_after_a_push_to_a_waiting_pop_still_delivers_the_item() {
     let got = Log::default();

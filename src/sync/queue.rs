@@ -270,14 +270,23 @@ impl<T: 'static> Queue<T> {
     ///
     /// [`ErrorKind::Timeout`]; [`ErrorKind::Destroyed`] when the queue was destroyed before
     /// the call, also by draining after an earlier [`stop`](Queue::stop) (as in Copas);
-    /// [`ErrorKind::InvalidState`] when it would have to wait outside a coroutine;
-    /// [`ErrorKind::Cancelled`].
+    /// [`ErrorKind::InvalidState`], the queue left as it was, when it would have to wait
+    /// outside a coroutine; [`ErrorKind::Cancelled`].
     pub fn finish(
         &self,
         timeout: impl Into<Option<Duration>>,
         no_destroy_on_timeout: bool,
     ) -> Result<()> {
         let deadline = super::deadline(timeout.into().unwrap_or(DEFAULT_TIMEOUT));
+        if super::current().is_none() {
+            // Refused before anything changes: the caller may still push, or finish from a
+            // coroutine. Without a wait: already destroyed (`stop` says so), or nothing left
+            // to drain and no worker to end.
+            let st = self.inner.state.borrow();
+            if !(st.destroyed || st.items.is_empty() && st.workers.is_empty()) {
+                return Err(super::outside_coroutine("Queue::finish"));
+            }
+        }
         self.stop()?;
         loop {
             let (ticket, slot) = {
