@@ -301,7 +301,7 @@ pub fn cancelall() {
 ///
 /// Called again during a shutdown it only brings the deadline forward. `Duration::ZERO`
 /// cancels everything in the coming step; [`FOREVER`] waits as long as coroutines run.
-/// An armed recurring [`timer`](crate::timer) can always run by itself, so it holds the
+/// An armed recurring [`timer`] can always run by itself, so it holds the
 /// shutdown to its full `grace`: cancel such timers when [`exiting`] turns true.
 ///
 /// Differences from [`exit`]: `exit` only signals (the loop ends when it runs out of work,
