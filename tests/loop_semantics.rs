@@ -804,7 +804,7 @@ fn cancelall_ends_a_loop_with_a_server_a_sleeper_and_a_blocked_reader() {
         return;
     }
 
-    copas::status(); // creates the dispatcher (and its poller's descriptors) first
+    util::make_dispatcher();
     let fds_before = util::fd_count();
     let drops = Rc::new(Cell::new(0u32));
     let reader_result: Slot<Outcome<Vec<u8>>> = Rc::default();

@@ -207,8 +207,7 @@ fn client_session(tally: &Tally, addr: SocketAddr, id: usize) -> Result<(), Stri
 #[test]
 fn five_thousand_concurrent_clients_each_exchange_twenty_lines() {
     let _dog = util::Watchdog::new("scale test", TEST_LIMIT);
-    // Create this thread's dispatcher (and its poller's descriptors) before counting.
-    let _ = copas::status();
+    util::make_dispatcher();
     let fds_before = util::fd_count();
 
     // std's listener has a backlog of 128; ask for the system maximum (somaxconn).

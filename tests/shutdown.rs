@@ -256,7 +256,7 @@ fn shutdown_with_a_thousand_busy_connections_ends_by_its_deadline_and_leaks_noth
     }
     raise_descriptor_limit(4 * CONNECTIONS as libc::rlim_t + 100);
     let _dog = Watchdog::new("busy shutdown", Duration::from_secs(150));
-    copas::status(); // creates this thread's dispatcher (and its poller's descriptors) first
+    util::make_dispatcher();
     let fds_before = util::fd_count();
 
     // std's listener has a backlog of 128; ask for more, all clients connect at once.
