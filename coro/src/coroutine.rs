@@ -314,7 +314,7 @@ impl Coro {
             // captures: corosensei would otherwise see the drop fail, still count the
             // coroutine as unstarted, and drop the closure again later.
             inner.force_unwind();
-            UNSTARTED_DROP_PANIC.with(Cell::take)
+            UNSTARTED_DROP_PANIC.try_with(Cell::take).ok().flatten()
         } else {
             None
         }

@@ -667,6 +667,51 @@ fn stack_overflow_prints_the_coroutine_name() {
     );
 }
 
+const TEARDOWN_ENV: &str = "COPAS_CORO_TEARDOWN_CHILD";
+
+thread_local! {
+    /// An unstarted coroutine a thread keeps until its thread-locals are destroyed.
+    static KEPT: RefCell<Option<Coro>> = const { RefCell::new(None) };
+}
+
+#[test]
+fn unstarted_drop_at_thread_teardown_child() {
+    if !is_child(TEARDOWN_ENV) {
+        return;
+    }
+    no_core_dumps();
+    let ended = std::thread::spawn(|| {
+        let mut pool = StackPool::new(SMALL_STACK, 2);
+        let mut unstarted = |tag| {
+            let bomb = PanicsOnDrop;
+            Coro::new(pool.allocate().unwrap(), tag, "unstarted", move || {
+                let _keep = &bomb;
+            })
+        };
+        // `KEPT` first, so that its destructor runs after those of thread-locals first used
+        // later: the dropped coroutine's use of the panic's slot comes after the slot's end.
+        KEPT.with(|kept| *kept.borrow_mut() = Some(unstarted(1)));
+        drop(unstarted(2));
+    })
+    .join();
+    println!("copas-coro-teardown: joined {}", ended.is_ok());
+}
+
+/// An unstarted coroutine whose closure panics when dropped, dropped by a thread-local's
+/// destructor after copas-coro's own thread-locals are gone: the panic is lost, the thread
+/// ends normally.
+#[test]
+fn an_unstarted_coroutine_dropped_at_thread_teardown_ends_the_thread_normally() {
+    let (status, stdout, stderr) =
+        run_child("unstarted_drop_at_thread_teardown_child", TEARDOWN_ENV);
+    let context = format!("status: {status:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(status.success(), "the child failed\n{context}");
+    assert!(
+        stdout.contains("copas-coro-teardown: joined true"),
+        "the thread did not end normally\n{context}"
+    );
+}
+
 const ALLOC_ENV: &str = "COPAS_CORO_ALLOC_CHILD";
 
 /// The current size of this process's address space, from /proc/self/status.
