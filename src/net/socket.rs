@@ -227,7 +227,10 @@ impl Drop for Connection {
 ///
 /// Several handles ([`Socket::share`]) may refer to one connection, so that one coroutine
 /// can read while another writes, or close it while others wait: every waiter then wakes
-/// with [`ErrorKind::Closed`]. Each handle has its own read buffer.
+/// with [`ErrorKind::Closed`]. Each handle has its own read buffer: read through one handle
+/// at a time. Send from one coroutine at a time, too: a send that waits partway lets another
+/// coroutine's send put its bytes in between, and over TLS a record left half-sent belongs
+/// to the send that began it.
 ///
 /// Dropping the last handle closes the connection. Writes never raise `SIGPIPE`.
 ///
