@@ -11,7 +11,7 @@
 
 mod util;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -295,4 +295,131 @@ fn a_task_posted_between_runs_keeps_finished_false_until_a_step_runs_it() {
     );
     assert!(ran.load(Ordering::SeqCst), "not run");
     assert!(copas::finished());
+}
+
+/// Runs a dispatcher thread through a step that runs late: a server handler holds the thread
+/// for 100 ms, past a due timer, while `during` (on this thread) posts to it from outside —
+/// after the step has drained its inbox, before it looks at the poller again for the late
+/// timer. `waiter` runs in a coroutine of that dispatcher. Both get the flag that says the
+/// post arrived; returns whether it was set within 3 s, while nothing else wakes the
+/// dispatcher.
+fn posted_while_a_step_runs_late(
+    waiter: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    during: impl FnOnce(&copas::Handle, Arc<AtomicBool>),
+) -> bool {
+    let (listener, addr) = util::local_listener();
+    let (give, take) = mpsc::channel();
+    let (armed_tx, armed_rx) = mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (posted_tx, posted_rx) = mpsc::channel::<()>();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let dispatcher = std::thread::spawn(move || {
+        give.send(copas::handle().unwrap()).unwrap();
+        let posted_rx = Mutex::new(posted_rx);
+        let server = copas::addserver(listener, move |_sock| {
+            let entered = Instant::now();
+            let _ = entered_tx.send(());
+            let _ = posted_rx
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(5));
+            // Held as a handler doing work would, past the timer's deadline.
+            while entered.elapsed() < Duration::from_millis(100) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .unwrap();
+        copas::addthread(move || waiter(flag)).unwrap();
+        copas::addthread(move || {
+            armed_tx.send(()).unwrap();
+            copas::pause(Duration::from_millis(50));
+        })
+        .unwrap();
+        copas::addthread(move || {
+            let _ = copas::waitforexit();
+            let _ = copas::removeserver(server, false);
+        })
+        .unwrap();
+        util::run_bounded(Duration::from_secs(50));
+    });
+    let handle = take.recv().unwrap();
+    armed_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The connection comes in a later step than the one that armed the timer.
+    std::thread::sleep(Duration::from_millis(5));
+    let _client = std::net::TcpStream::connect(addr).unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    during(&handle, done.clone());
+    posted_tx.send(()).unwrap();
+    // Hung up, so that a later connection's handler does not wait for a post.
+    drop(posted_tx);
+    let arrived = util::wait_until(Duration::from_secs(3), || done.load(Ordering::SeqCst));
+    // Either way: ask for the end, and wake the dispatcher with a connection in case it
+    // missed its wake-up.
+    let _ = handle.exit();
+    let _poke = std::net::TcpStream::connect(addr);
+    assert!(
+        util::wait_until(Duration::from_secs(20), || dispatcher.is_finished()),
+        "the dispatcher thread did not end"
+    );
+    dispatcher.join().unwrap();
+    arrived
+}
+
+#[test]
+fn a_task_posted_while_a_step_runs_late_runs_without_another_wake_up() {
+    let arrived = posted_while_a_step_runs_late(
+        |_| {},
+        |handle, done| {
+            handle
+                .spawn(move || done.store(true, Ordering::SeqCst))
+                .unwrap()
+        },
+    );
+    assert!(
+        arrived,
+        "the task waited for an unrelated event to wake the dispatcher"
+    );
+}
+
+#[test]
+fn a_channel_item_sent_while_a_step_runs_late_reaches_its_waiting_receiver() {
+    let (tx, rx) = copas::channel::unbounded::<u32>();
+    let arrived = posted_while_a_step_runs_late(
+        move |done| {
+            if rx.recv().ok() == Some(7) {
+                done.store(true, Ordering::SeqCst);
+            }
+        },
+        move |_, _| tx.send(7).unwrap(),
+    );
+    assert!(
+        arrived,
+        "the receiver stayed parked with its item in the channel"
+    );
+}
+
+#[test]
+fn an_offload_finishing_while_a_step_runs_late_wakes_its_waiter() {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let arrived = posted_while_a_step_runs_late(
+        move |done| {
+            let result = copas::offload(move || {
+                let _ = go_rx.recv_timeout(Duration::from_secs(10));
+                42
+            });
+            if result.ok() == Some(42) {
+                done.store(true, Ordering::SeqCst);
+            }
+        },
+        move |_, _| {
+            go_tx.send(()).unwrap();
+            // The helper posts its completion while the handler still holds the thread.
+            std::thread::sleep(Duration::from_millis(20));
+        },
+    );
+    assert!(
+        arrived,
+        "the offload's waiter stayed parked with its result in"
+    );
 }

@@ -955,6 +955,11 @@ impl Dispatcher {
                     .is_some_and(|at| at <= now);
                 if expired {
                     self.dispatch_events(poller, Some(Duration::ZERO))?;
+                    // That look may have taken the inbox's wake-up: a post from another
+                    // thread that found the inbox empty since the drain above. Later posts
+                    // write none until the inbox is drained, so drain it now, or the next
+                    // wait could sleep with messages in it.
+                    self.drain_remote();
                 }
             }
             now
