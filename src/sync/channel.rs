@@ -87,9 +87,10 @@ pub struct Sender<T> {
     chan: Arc<Chan<T>>,
 }
 
-/// The receiving end: `Send`, so it may be moved to the thread that reads. Dropping it
-/// closes the channel for the senders, which get their items back; items still queued
-/// are dropped.
+/// The receiving end: `Send`, so it may be moved to the thread that reads, and `Sync`:
+/// coroutines on several dispatchers may receive from one (behind an `Arc`), each item going
+/// to one of them. Dropping it closes the channel for the senders, which get their items
+/// back; items still queued are dropped.
 pub struct Receiver<T> {
     chan: Arc<Chan<T>>,
 }
