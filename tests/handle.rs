@@ -423,3 +423,56 @@ fn an_offload_finishing_while_a_step_runs_late_wakes_its_waiter() {
         "the offload's waiter stayed parked with its result in"
     );
 }
+
+/// The same lost wake-up on the other extra look at the poller: a step that would sleep
+/// first looks for events before giving back surplus stacks. A post whose wake-up that look
+/// takes must still be acted on before the step sleeps.
+#[test]
+fn a_task_posted_while_surplus_stacks_wait_to_be_given_back_runs_without_another_wake_up() {
+    let (give, take) = mpsc::channel();
+    let (post_tx, post_rx) = mpsc::channel::<()>();
+    let (posted_tx, posted_rx) = mpsc::channel::<()>();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let dispatcher = std::thread::spawn(move || {
+        // More coroutines alive at once than the pool keeps: the rest is a surplus, given
+        // back when a step would sleep.
+        copas::set_pooled_stacks(10);
+        for _ in 0..100 {
+            copas::addthread(|| {
+                copas::pause(Duration::ZERO);
+            })
+            .unwrap();
+        }
+        // Stepped, not run: `run` gives the surplus back when it ends.
+        for _ in 0..10 {
+            copas::step(Some(Duration::ZERO)).unwrap();
+        }
+        assert!(copas::finished());
+        give.send(copas::handle().unwrap()).unwrap();
+        copas::addthread(move || {
+            // The post comes while this coroutine holds the thread, after the step's drain.
+            post_tx.send(()).unwrap();
+            let _ = posted_rx.recv_timeout(Duration::from_secs(5));
+        })
+        .unwrap();
+        let start = Instant::now();
+        while !flag.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(20) {
+            copas::step(Some(Duration::from_secs(10))).unwrap();
+        }
+    });
+    let handle = take.recv().unwrap();
+    post_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let flag = done.clone();
+    handle
+        .spawn(move || flag.store(true, Ordering::SeqCst))
+        .unwrap();
+    posted_tx.send(()).unwrap();
+    let arrived = util::wait_until(Duration::from_secs(3), || done.load(Ordering::SeqCst));
+    assert!(
+        util::wait_until(Duration::from_secs(30), || dispatcher.is_finished()),
+        "the dispatcher thread did not end"
+    );
+    dispatcher.join().unwrap();
+    assert!(arrived, "the task waited for the step's 10 s timeout");
+}

@@ -102,8 +102,17 @@ const TRIM_AFTER: Duration = Duration::from_secs(5);
 enum Trim {
     /// Wait in the poller this long (`None`: until an event).
     Wait(Option<Duration>),
-    /// The poller was looked at and had events: no further wait this step.
-    FoundEvents,
+    /// The poller was looked at and there was work: no further wait this step.
+    Found(Looked),
+}
+
+/// What one [`Dispatcher::look`] at the poller found.
+#[derive(Clone, Copy)]
+struct Looked {
+    /// Readiness events.
+    events: bool,
+    /// Messages from other threads, acted on.
+    posted: bool,
 }
 
 /// Socket operations a coroutine may complete without waiting before it is made to yield,
@@ -933,18 +942,17 @@ impl Dispatcher {
         } else {
             Trim::Wait(wait_for)
         };
-        let had_events = match trimmed {
-            Trim::Wait(wait_for) => self.dispatch_events(poller, wait_for)?,
-            Trim::FoundEvents => true,
+        let looked = match trimmed {
+            Trim::Wait(wait_for) => self.look(poller, wait_for)?,
+            Trim::Found(looked) => looked,
         };
         let waited = self.state.borrow().now;
 
-        let remote = self.drain_remote();
         let accepted = self.accept_pending();
-        // Handlers started by those may have held the thread; otherwise the wait's own
-        // clock reading is still now (one clock read less per step: an empty step is a
-        // `pause(ZERO)` yield).
-        let now = if remote || accepted {
+        // Handlers started by those, or a burst of posts, may have held the thread;
+        // otherwise the wait's own clock reading is still now (one clock read less per
+        // step: an empty step is a `pause(ZERO)` yield).
+        let now = if looked.posted || accepted {
             let now = Instant::now();
             if now.duration_since(waited) > LATE_AFTER {
                 let expired = self
@@ -954,12 +962,7 @@ impl Dispatcher {
                     .next_deadline()
                     .is_some_and(|at| at <= now);
                 if expired {
-                    self.dispatch_events(poller, Some(Duration::ZERO))?;
-                    // That look may have taken the inbox's wake-up: a post from another
-                    // thread that found the inbox empty since the drain above. Later posts
-                    // write none until the inbox is drained, so drain it now, or the next
-                    // wait could sleep with messages in it.
-                    self.drain_remote();
+                    self.look(poller, Some(Duration::ZERO))?;
                 }
             }
             now
@@ -997,7 +1000,7 @@ impl Dispatcher {
         if self.state.borrow().shutdown.is_some() {
             self.settle_shutdown();
         }
-        Ok(had_events)
+        Ok(looked.events)
     }
 
     /// Gives back stacks beyond the pool's bound if this step would sleep `wait_for` in the
@@ -1019,9 +1022,10 @@ impl Dispatcher {
             }
             return Ok(Trim::Wait(wait_for));
         }
-        // Pending I/O goes before giving stacks back.
-        if self.dispatch_events(poller, Some(Duration::ZERO))? {
-            return Ok(Trim::FoundEvents);
+        // Pending I/O, and posts, go before giving stacks back.
+        let looked = self.look(poller, Some(Duration::ZERO))?;
+        if looked.events || looked.posted {
+            return Ok(Trim::Found(looked));
         }
         while self.trim_stack_batch(TRIM_BATCH) {
             if start.elapsed() >= TRIM_SLICE {
@@ -1082,6 +1086,16 @@ impl Dispatcher {
 
     /// Waits in the poller up to `wait_for` and turns the events into ready coroutines (and
     /// accept rounds); returns whether there were any.
+    /// Looks at the poller, waiting up to `wait_for`, and acts on its events and, when the
+    /// wait took a wake-up from another thread, on the inbox. Every look does both: a post
+    /// made while earlier ones wait in the inbox wakes nobody, so a wake-up taken by a look
+    /// that left the inbox alone would let the next wait sleep with messages in it.
+    fn look(&self, poller: &Poller, wait_for: Option<Duration>) -> Result<Looked> {
+        let events = self.dispatch_events(poller, wait_for)?;
+        let posted = poller.take_notified() && self.drain_remote();
+        Ok(Looked { events, posted })
+    }
+
     fn dispatch_events(&self, poller: &Poller, wait_for: Option<Duration>) -> Result<bool> {
         let mut events = self.events.borrow_mut();
         let mut any = false;

@@ -93,6 +93,9 @@ mod linux {
         timer: Option<OwnedFd>,
         /// When the timerfd is set to fire; `None` when it is not set or has fired.
         timer_at: Cell<Option<Instant>>,
+        /// A wait took a wake-up from another thread since [`Poller::take_notified`] last
+        /// said so.
+        notified: Cell<bool>,
     }
 
     fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -161,6 +164,7 @@ mod linux {
                 no_pwait2: Cell::new(false),
                 timer: None,
                 timer_at: Cell::new(None),
+                notified: Cell::new(false),
             };
             poller.ctl(
                 libc::EPOLL_CTL_ADD,
@@ -288,6 +292,7 @@ mod linux {
                 let key = ev.u64;
                 if key == NOTIFY_KEY {
                     self.drain_notify();
+                    self.notified.set(true);
                     continue;
                 }
                 if key == TIMER_KEY {
@@ -395,6 +400,13 @@ mod linux {
             }
         }
 
+        /// Whether a wait since the last call took a wake-up from another thread
+        /// ([`Waker::wake`]). The caller must then act on what was posted: a thread that
+        /// posts while earlier posts wait wakes nobody.
+        pub(crate) fn take_notified(&self) -> bool {
+            self.notified.replace(false)
+        }
+
         fn drain_notify(&self) {
             let mut value: u64 = 0;
             // SAFETY: reads at most 8 bytes into a valid u64 from our non-blocking eventfd.
@@ -484,6 +496,12 @@ mod portable {
             Ok(Waker {
                 poller: self.inner.clone(),
             })
+        }
+
+        /// Whether a wait may have taken a wake-up from another thread: `polling` does not
+        /// tell, so always.
+        pub(crate) fn take_notified(&self) -> bool {
+            true
         }
 
         /// Waits up to `timeout` (`None`: indefinitely) and appends the events to `out`.

@@ -5,8 +5,8 @@
 //! touch is a [`Remote`]: a mutex-guarded list of [`Message`]s and a [`Waker`] for the
 //! dispatcher's poller (a duplicate of its eventfd on Linux), shared through an `Arc`.
 //! Posting a message pushes it and, when the list was empty, wakes the poller (a burst of
-//! posts costs one wake-up); on its next step, right after the poller wait and before the
-//! timers, the dispatcher drains the list ([`Dispatcher::drain_remote`]). When the
+//! posts costs one wake-up); the look at the poller that takes the wake-up drains the list
+//! ([`Dispatcher::drain_remote`]) before the step fires its timers. When the
 //! dispatcher is dropped (its thread exits) the inbox is closed: later posts are refused
 //! and what was still queued is dropped, so nothing accumulates for a dispatcher that is
 //! gone. The public [`Handle`](crate::Handle) and the channels (`sync/channel.rs`) post here.
@@ -199,7 +199,8 @@ impl Dispatcher {
         Ok(self.remote.remote.get_or_init(|| remote).clone())
     }
 
-    /// Acts on what other threads posted. Called once per step, after the poller wait.
+    /// Acts on what other threads posted. Called after a look at the poller that took the
+    /// wake-up of a post (`Dispatcher::look`).
     pub(crate) fn drain_remote(&self) -> bool {
         let Some(remote) = self.remote.remote.get() else {
             return false;
