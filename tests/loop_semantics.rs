@@ -640,9 +640,11 @@ fn removethread_drops_the_coroutine_locals_at_once() {
     assert!(!started.get() && !resumed.get());
 }
 
-#[test]
-fn removethread_from_a_coroutine_drops_the_removed_ones_locals_before_it_returns() {
-    let _dog = Watchdog::new("removal from a coroutine", LIMIT);
+/// A coroutine removes another, paused forever, with `remove`: how many of the other's
+/// locals were dropped when `remove` returned, and in all.
+fn drops_when_a_coroutine_removes_another(
+    remove: impl FnOnce(Coroutine) + 'static,
+) -> (Option<u32>, u32) {
     let drops = Rc::new(Cell::new(0u32));
     let seen = Rc::new(Cell::new(None));
     let (d, s) = (drops.clone(), seen.clone());
@@ -654,33 +656,27 @@ fn removethread_from_a_coroutine_drops_the_removed_ones_locals_before_it_returns
         })
         .expect("addthread");
         copas::pause(ms(5));
-        assert!(copas::removethread(victim));
+        remove(victim);
         // Before: 0 here; the unwind waited for the end of the step.
         s.set(Some(d.get()));
     });
-    assert_eq!(seen.get(), Some(1));
-    assert_eq!(drops.get(), 1);
+    (seen.get(), drops.get())
+}
+
+#[test]
+fn removethread_from_a_coroutine_drops_the_removed_ones_locals_before_it_returns() {
+    let _dog = Watchdog::new("removal from a coroutine", LIMIT);
+    let dropped = drops_when_a_coroutine_removes_another(|victim| {
+        assert!(copas::removethread(victim));
+    });
+    assert_eq!(dropped, (Some(1), 1));
 }
 
 #[test]
 fn cancelall_from_a_coroutine_drops_the_others_locals_before_it_returns() {
     let _dog = Watchdog::new("cancelall from a coroutine", LIMIT);
-    let drops = Rc::new(Cell::new(0u32));
-    let seen = Rc::new(Cell::new(None));
-    let (d, s) = (drops.clone(), seen.clone());
-    util::run_with_bounded(LIMIT, move || {
-        let guard = DropGuard(d.clone());
-        copas::addthread(move || {
-            let _guard = guard;
-            copas::pauseforever();
-        })
-        .expect("addthread");
-        copas::pause(ms(5));
-        copas::cancelall();
-        // Before: 0 here; the unwind waited for the end of the step.
-        s.set(Some(d.get()));
-    });
-    assert_eq!(seen.get(), Some(1));
+    let (when_it_returned, _) = drops_when_a_coroutine_removes_another(|_| copas::cancelall());
+    assert_eq!(when_it_returned, Some(1));
 }
 
 /// Removes `next` when dropped: a removal from a destructor running in an unwind.
