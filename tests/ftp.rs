@@ -8,21 +8,23 @@ mod util;
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ops::Range;
+use std::path::Path;
+use std::process::Command;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use copas::client::ftp::{self, Client, Options};
 use copas::ErrorKind;
+use util::ftpd::{Ftpd, FtpdOptions};
 use util::{TempDir, Watchdog};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const PASSIVE_PORTS: u16 = 60;
 
 /// A range of `PASSIVE_PORTS` ports that are free now, away from the ephemeral range.
-fn free_range() -> u16 {
+fn free_range() -> Range<u16> {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     for _ in 0..100 {
         let slot = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -31,94 +33,22 @@ fn free_range() -> u16 {
         let free =
             (base..base + PASSIVE_PORTS).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if free {
-            return base;
+            return base..base + PASSIVE_PORTS;
         }
     }
     panic!("no free passive port range");
 }
 
-/// A pyftpdlib server, killed (TERM) and reaped on drop.
-struct Ftpd {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Ftpd {
-    /// Starts `python3 -m pyftpdlib` serving `dir`; `user` adds `-u user -P secret`,
-    /// `write` adds `-w`.
-    fn start(dir: &Path, user: bool, write: bool) -> Ftpd {
-        for _attempt in 0..5 {
-            let port = util::free_port("127.0.0.1");
-            let base = free_range();
-            let log = dir.with_extension(format!("{port}.log"));
-            let file = std::fs::File::create(&log).expect("log file");
-            let mut cmd = Command::new("python3");
-            cmd.args(["-m", "pyftpdlib", "-i", "127.0.0.1", "-p"])
-                .arg(port.to_string())
-                .arg("-r")
-                .arg(format!("{base}-{}", base + PASSIVE_PORTS - 1))
-                .arg("-d")
-                .arg(dir);
-            if write {
-                cmd.arg("-w");
-            }
-            if user {
-                cmd.args(["-u", "user", "-P", "secret"]);
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log clone"))
-                .stderr(file)
-                .spawn()
-                .expect("spawn pyftpdlib");
-            let mut ftpd = Ftpd { child, port, log };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(15) {
-                if ftpd.log_text().contains("starting FTP server") {
-                    return ftpd;
-                }
-                if ftpd.child.try_wait().expect("try_wait").is_some() {
-                    break; // lost a port race: try other ports
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            eprintln!("pyftpdlib did not start:\n{}", ftpd.log_text());
-        }
-        panic!("pyftpdlib did not start after 5 attempts");
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self, cred: &str, path: &str) -> String {
-        format!("ftp://{cred}127.0.0.1:{}/{path}", self.port)
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Ftpd {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the id of a child we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let _ = std::fs::remove_file(&self.log);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// pyftpdlib on 127.0.0.1 serving `root`, its passive ports from [`free_range`], its log
+/// beside `root`; `user` adds `user`/`secret`, `write` gives write access.
+fn start_ftpd(root: &Path, user: bool, write: bool) -> Ftpd {
+    let options = FtpdOptions {
+        ip: "127.0.0.1",
+        user,
+        write,
+        passive: Some(free_range),
+    };
+    Ftpd::start(root, &root.with_extension("log"), options)
 }
 
 /// Deterministic pseudo-random bytes.
@@ -145,7 +75,7 @@ fn put_then_get_10_mib_round_trips_and_lists() {
     }
     let _dog = Watchdog::new("ftp round trip", LIMIT);
     let root = TempDir::new("rt");
-    let server = Ftpd::start(&root.0, true, true);
+    let server = start_ftpd(&root.0, true, true);
     let body = data(10 * 1024 * 1024, 7);
 
     ftp::put(&server.url("user:secret@", "big.bin"), &body).expect("put");
@@ -233,7 +163,7 @@ fn anonymous_login_on_a_read_only_server() {
     let root = TempDir::new("anon");
     let body = data(123_457, 3);
     std::fs::write(root.0.join("pub.bin"), &body).unwrap();
-    let server = Ftpd::start(&root.0, false, false);
+    let server = start_ftpd(&root.0, false, false);
 
     assert!(ftp::get(&server.url("", "pub.bin")).unwrap() == body);
     let names = ftp::list(&server.url("", "")).unwrap();
@@ -260,7 +190,7 @@ fn logins_are_checked() {
     let _dog = Watchdog::new("ftp login", LIMIT);
     let root = TempDir::new("login");
     std::fs::write(root.0.join("f"), b"secret data").unwrap();
-    let server = Ftpd::start(&root.0, true, false);
+    let server = start_ftpd(&root.0, true, false);
 
     // Password from the URL, percent-decoded; and from the options.
     assert_eq!(
@@ -292,7 +222,7 @@ fn missing_file_and_crlf_are_errors() {
     let _dog = Watchdog::new("ftp errors", LIMIT);
     let root = TempDir::new("err");
     std::fs::write(root.0.join("keep"), b"k").unwrap();
-    let server = Ftpd::start(&root.0, true, true);
+    let server = start_ftpd(&root.0, true, true);
 
     let err = ftp::get(&server.url("user:secret@", "nope.bin")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Rejected);
@@ -335,7 +265,7 @@ fn twenty_concurrent_gets_from_coroutines() {
     let root = TempDir::new("conc");
     let body = Rc::new(data(512 * 1024, 11));
     std::fs::write(root.0.join("c.bin"), &*body).unwrap();
-    let server = Ftpd::start(&root.0, true, false);
+    let server = start_ftpd(&root.0, true, false);
     let url = Rc::new(server.url("user:secret@", "c.bin"));
 
     let ok = Rc::new(RefCell::new(0usize));
@@ -394,7 +324,7 @@ fn ftp_get_example_downloads_to_stdout_and_to_a_file() {
     let root = TempDir::new("ex");
     let body = data(200_000, 5);
     std::fs::write(root.0.join("e.bin"), &body).unwrap();
-    let server = Ftpd::start(&root.0, false, false);
+    let server = start_ftpd(&root.0, false, false);
     let exe = util::example_binary("ftp_get");
 
     let out = Command::new(&exe)
@@ -549,7 +479,7 @@ fn a_command_removed_while_awaiting_its_reply_closes_the_client_rather_than_hand
     let root = TempDir::new("rmcmd");
     std::fs::write(root.0.join("a.bin"), b"abc").unwrap();
     std::fs::write(root.0.join("b.bin"), b"abcdefgh").unwrap();
-    let server = Ftpd::start(&root.0, true, false);
+    let server = start_ftpd(&root.0, true, false);
     let client = shared_client(&server);
     // One step sends `SIZE a.bin` and leaves the coroutine waiting for the 213 reply.
     let mut stepped = false;
@@ -588,7 +518,7 @@ fn a_download_removed_midway_closes_the_client_rather_than_hand_its_final_reply_
     let root = TempDir::new("rmretr");
     std::fs::write(root.0.join("big.bin"), data(8 * 1024 * 1024, 5)).unwrap();
     std::fs::write(root.0.join("b.bin"), b"abcdefgh").unwrap();
-    let server = Ftpd::start(&root.0, true, false);
+    let server = start_ftpd(&root.0, true, false);
     let client = shared_client(&server);
     let received = Rc::new(RefCell::new(0usize));
     let r = received.clone();

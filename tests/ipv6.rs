@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use copas::client::{ftp, http, smtp};
 use copas::native_tls::{Certificate, Identity, TlsAcceptor, TlsConnector};
 use copas::{ErrorKind, Pattern, Socket, UdpSocket, DATAGRAM_SIZE};
+use util::ftpd::{Ftpd, FtpdOptions};
 use util::{kind, ms, secs, ChildGuard, TempDir, Watchdog};
 
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -178,57 +179,6 @@ impl Pki {
         let chain = [self.read(&format!("{leaf}.pem")), self.read("ca.pem")].concat();
         let key = self.read(&format!("{leaf}.key"));
         TlsAcceptor::new(Identity::from_pkcs8(&chain, &key).expect("identity")).expect("acceptor")
-    }
-}
-
-/// A pyftpdlib server, killed and reaped on drop.
-struct Ftpd {
-    _child: ChildGuard,
-    port: u16,
-}
-
-impl Ftpd {
-    /// Starts `python3 -m pyftpdlib` on `ip` serving `root`, logging to `log`; `user` adds
-    /// write access for `user`/`secret`.
-    fn start(ip: &str, root: &Path, log: &Path, user: bool) -> Ftpd {
-        for _attempt in 0..5 {
-            let port = util::free_port(ip);
-            let file = std::fs::File::create(log).expect("log file");
-            let mut cmd = Command::new("python3");
-            cmd.args(["-m", "pyftpdlib", "-i", ip, "-p"])
-                .arg(port.to_string())
-                .arg("-d")
-                .arg(root);
-            if user {
-                cmd.args(["-w", "-u", "user", "-P", "secret"]);
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log clone"))
-                .stderr(file)
-                .spawn()
-                .expect("spawn pyftpdlib");
-            let mut child = ChildGuard(child);
-            let start = Instant::now();
-            while start.elapsed() < secs(15) {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                if text.contains("starting FTP server") {
-                    return Ftpd {
-                        _child: child,
-                        port,
-                    };
-                }
-                if child.0.try_wait().expect("try_wait").is_some() {
-                    break; // lost a port race: try another port
-                }
-                std::thread::sleep(ms(20));
-            }
-            eprintln!(
-                "pyftpdlib did not start:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        panic!("pyftpdlib on {ip} did not start after 5 attempts");
     }
 }
 
@@ -1242,7 +1192,16 @@ fn ftp_over_ipv6_loopback_transfers_through_epsv_and_pasv_only_is_a_protocol_err
     let tmp = TempDir::new("ftp");
     let root = tmp.path("root");
     std::fs::create_dir(&root).expect("root dir");
-    let ftpd = Ftpd::start("::1", &root, &tmp.path("ftpd.log"), true);
+    let ftpd = Ftpd::start(
+        &root,
+        &tmp.path("ftpd.log"),
+        FtpdOptions {
+            ip: "::1",
+            user: true,
+            write: true,
+            passive: None,
+        },
+    );
     let port = ftpd.port;
     let results = shared(Vec::new());
     let out = results.clone();
@@ -1311,7 +1270,16 @@ fn ftp_to_an_ipv4_mapped_address_accepts_pasv_replies_naming_the_ipv4_server() {
     let root = tmp.path("root");
     std::fs::create_dir(&root).expect("root dir");
     std::fs::write(root.join("f.txt"), b"mapped").expect("write f.txt");
-    let ftpd = Ftpd::start("127.0.0.1", &root, &tmp.path("ftpd.log"), false);
+    let ftpd = Ftpd::start(
+        &root,
+        &tmp.path("ftpd.log"),
+        FtpdOptions {
+            ip: "127.0.0.1",
+            user: false,
+            write: false,
+            passive: None,
+        },
+    );
     let port = ftpd.port;
     let results = shared(Vec::new());
     let out = results.clone();

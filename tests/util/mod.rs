@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests (mio style: `mod util;` in each test file).
 #![allow(dead_code)]
 
+pub mod ftpd;
 pub mod running;
 
 use std::io::Write;
