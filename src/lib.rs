@@ -407,7 +407,7 @@ pub fn current() -> Option<Coroutine> {
 ///
 /// A `delay` too long to add to the clock, such as [`FOREVER`] or `Duration::MAX`, has no
 /// deadline: the coroutine pauses as in [`pauseforever`], and like it does not keep [`run`]
-/// going.
+/// going; outside a coroutine such a `pause` returns at once, as `pauseforever` does there.
 pub fn pause(delay: Duration) -> Duration {
     dispatcher::with(|d| d.pause(delay))
 }

@@ -108,3 +108,61 @@ fn an_expiry_left_from_a_deadline_that_went_away_wakes_no_one() {
     );
     copas::cancelall();
 }
+
+/// The longest delay that can still be added to `from`, to the nanosecond.
+fn room_left_on_the_clock(from: Instant) -> Duration {
+    let (mut secs, mut past) = (0u64, u64::MAX);
+    while past - secs > 1 {
+        let mid = secs + (past - secs) / 2;
+        if from.checked_add(Duration::from_secs(mid)).is_some() {
+            secs = mid;
+        } else {
+            past = mid;
+        }
+    }
+    let (mut nanos, mut past) = (0u32, 1_000_000_000u32);
+    while past - nanos > 1 {
+        let mid = nanos + (past - nanos) / 2;
+        if from.checked_add(Duration::new(secs, mid)).is_some() {
+            nanos = mid;
+        } else {
+            past = mid;
+        }
+    }
+    Duration::new(secs, nanos)
+}
+
+#[test]
+fn a_deadline_microseconds_before_the_clocks_end_is_waited_for_without_a_panic() {
+    let _dog = util::Watchdog::new("a deadline at the clock's end", Duration::from_secs(30));
+    let (listener, addr) = util::local_listener();
+    copas::addserver(listener, |_sock| {}).expect("addserver");
+    // A long step arms the timerfd for 500 ms; a connection ends it early, so that expiry
+    // is still set when the next wait arms the timer for the deadline below.
+    copas::step(Some(Duration::ZERO)).expect("a step with no wait");
+    connect_later(addr, ms(30));
+    let first = Instant::now();
+    copas::step(Some(ms(500))).expect("the first step");
+    assert!(first.elapsed() >= ms(20), "the first step did not wait");
+    let paused = copas::addthread(|| {
+        let base = Instant::now();
+        let clock_end = base + room_left_on_the_clock(base);
+        // Representable, but within the poller's tolerance (20 µs) of the clock's end.
+        let delay = clock_end.duration_since(Instant::now()) - Duration::from_micros(10);
+        copas::pause(delay);
+    })
+    .expect("addthread");
+    // The steps that start the pause and end the connection's handler.
+    for _ in 0..5 {
+        copas::step(Some(Duration::ZERO)).expect("a step with no wait");
+    }
+    // The earliest deadline is now the pause's; the kept expiry ends this wait.
+    let step = std::panic::catch_unwind(|| copas::step(None));
+    assert!(
+        copas::removethread(paused),
+        "the pause ended, or its coroutine went away"
+    );
+    copas::cancelall();
+    let step = step.expect("the step panicked");
+    step.expect("the step failed");
+}

@@ -359,6 +359,16 @@ fn pause_returns_the_time_actually_paused() {
     );
 }
 
+/// Outside a coroutine `pause` sleeps the thread, but a delay with no deadline is
+/// `pauseforever`'s, which nothing could end there: both return at once.
+#[test]
+fn pause_forever_outside_a_coroutine_returns_at_once_as_pauseforever_does() {
+    let _dog = Watchdog::new("pause(FOREVER) outside a coroutine", LIMIT);
+    assert_eq!(copas::pauseforever(), Duration::ZERO);
+    assert_eq!(copas::pause(copas::FOREVER), Duration::ZERO);
+    assert_eq!(copas::pause(Duration::MAX), Duration::ZERO);
+}
+
 #[test]
 fn addthread_schedules_the_body_for_the_first_step() {
     let _dog = Watchdog::new("steps", LIMIT);

@@ -452,3 +452,32 @@ fn a_timer_cancelled_before_its_coroutine_ran_is_disarmed() {
     assert!(t.is_armed());
     t.cancel().unwrap();
 }
+
+/// A timer that is never due sleeps without a deadline; a `wakeup` of its coroutine ends
+/// that sleep, and the arming must go on (a finite one sleeps on to its time), so only
+/// `cancel` disarms it.
+#[test]
+fn a_timer_never_due_stays_armed_when_its_coroutine_is_woken() {
+    let _dog = Watchdog::new("a woken timer that is never due", LIMIT);
+    let fired = Rc::new(Cell::new(0));
+    let count = fired.clone();
+    let t = timer::new(TimerOptions::new(copas::FOREVER), move |_| {
+        count.set(count.get() + 1)
+    })
+    .unwrap();
+    for _ in 0..3 {
+        copas::step(Some(Duration::ZERO)).unwrap();
+    }
+    let co = t.coroutine().expect("an armed timer has a coroutine");
+    assert!(copas::wakeup(co), "its coroutine was not pausing");
+    for _ in 0..3 {
+        copas::step(Some(Duration::ZERO)).unwrap();
+    }
+    assert!(t.is_armed(), "a wakeup disarmed the timer");
+    assert_eq!(t.coroutine(), Some(co));
+    assert_eq!(fired.get(), 0);
+    assert_eq!(kind(t.cancel()), Ok(()));
+    assert!(!t.is_armed());
+    run_bounded(LIMIT);
+    assert_eq!(fired.get(), 0);
+}

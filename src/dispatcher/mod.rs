@@ -1527,6 +1527,8 @@ impl Dispatcher {
             Caller::Coroutine(co) => co,
             // Its wait would end at once, cancelled; sleeping would stop the thread.
             Caller::Removed => return Duration::ZERO,
+            // A delay past the end of time is `pauseforever`'s: nothing could wake the thread.
+            Caller::Outside if start.checked_add(delay).is_none() => return Duration::ZERO,
             Caller::Outside => {
                 std::thread::sleep(delay);
                 return start.elapsed();

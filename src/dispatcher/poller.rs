@@ -211,7 +211,11 @@ mod linux {
             if self
                 .timer_at
                 .get()
-                .is_some_and(|armed| armed <= at + TIMER_KEPT_WITHIN)
+                // (`at` may lie within the tolerance of the clock's end.)
+                .is_some_and(|armed| {
+                    at.checked_add(TIMER_KEPT_WITHIN)
+                        .is_none_or(|latest| armed <= latest)
+                })
             {
                 return true;
             }

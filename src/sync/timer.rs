@@ -266,7 +266,11 @@ impl Timer {
             dispatcher::with(|d| d.set_handler(Some(handler)));
         }
         let Some(mut due) = first else {
-            crate::pauseforever();
+            // Never due: only `cancel` ends this arming, not a `wakeup` of the coroutine
+            // (as a finite arming sleeps on to its time).
+            while self.is_current(arming) {
+                crate::pauseforever();
+            }
             return;
         };
         sleep_until(due);
