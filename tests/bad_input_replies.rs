@@ -3,7 +3,8 @@
 //! another code) or endless ones (a line that never ends, a multi-line reply that never
 //! ends): each is a typed error (`Protocol` or `LimitExceeded`, or `Timeout` from the client's
 //! own timeout when the peer just stops), with bounded memory, and nothing hangs. Also:
-//! `ftp::get`, which collects a download into memory, stops at its limit.
+//! `ftp::get`, which collects a download into memory, stops at its limit; a transfer
+//! answered by its completion at once; a URL's explicit port 21.
 
 #[path = "util/heap.rs"]
 mod heap;
@@ -333,6 +334,52 @@ fn one_transfer_script(data_port: u16) -> Vec<Step> {
         reply("221 bye\r\n"),
     ]
     .concat()
+}
+
+/// A server may answer a transfer with its completion at once, in place of the `150`
+/// (LuaSocket takes that as success): what the data connection carried is the download,
+/// and the session goes on to its `QUIT`.
+#[test]
+fn ftp_a_completion_in_place_of_the_preliminary_reply_is_a_finished_transfer() {
+    let _dog = util::Watchdog::new("ftp completion at once", secs(60));
+    let (data_listener, data_addr) = util::local_listener();
+    let data = std::thread::spawn(move || {
+        let (mut s, _) = data_listener.accept().expect("data accept");
+        std::io::Write::write_all(&mut s, b"all of it").expect("data write");
+    });
+    let mut script = one_transfer_script(data_addr.port());
+    // Login, binary and EPSV as usual; RETR's first reply is its last.
+    let preliminary = script
+        .iter()
+        .position(|step| matches!(step, Step::Send(text) if text.starts_with(b"150")))
+        .expect("the script has a 150");
+    script[preliminary] = send("226 done at once\r\n");
+    script.remove(preliminary + 1);
+    let (addr, peer) = peer(vec![script]);
+    let url = format!("ftp://127.0.0.1:{}/f.bin", addr.port());
+    let got = ftp::get(&url).map_err(|e| (e.kind(), e.reply_code()));
+    data.join().expect("data");
+    let log = peer.join().expect("peer");
+    assert_eq!(got, Ok(b"all of it".to_vec()));
+    assert_eq!(log.accepted, 1);
+}
+
+/// `ftp://host:21/` names port 21, which `Options::port` must not replace (the URL parser
+/// reports no port for the scheme's default).
+#[test]
+fn ftp_a_url_that_names_port_21_is_not_sent_to_the_options_port() {
+    let _dog = util::Watchdog::new("ftp port 21", secs(60));
+    let (listener, other) = util::local_listener();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let opts = ftp::Options::new()
+        .port(other.port())
+        .timeout(Some(secs(5)));
+    let _ = ftp::Client::open("ftp://127.0.0.1:21/f.bin", &opts);
+    assert!(
+        listener.accept().is_err(),
+        "the client connected to the options' port {}",
+        other.port()
+    );
 }
 
 /// `ftp::get` collects into memory: a download past `MAX_GET_BYTES` is refused, while

@@ -13,7 +13,9 @@
 //!   points at another host is refused with [`ErrorKind::Protocol`] (it would let a server
 //!   aim the client at a third party), an unspecified `0.0.0.0` means the server itself.
 //! * Every reply code is checked; a failing one becomes [`ErrorKind::Rejected`] with the
-//!   code in [`Error::reply_code`] (a missing file: `550`).
+//!   code in [`Error::reply_code`] (a missing file: `550`). A transfer the server answers
+//!   with its completion (`226`) in place of the preliminary `150` has succeeded, as in
+//!   LuaSocket: what the data connection carried is the transfer.
 //! * Commands and arguments containing CR, LF or NUL are refused before anything is sent
 //!   (an [`ErrorKind::InvalidInput`] error).
 //!
@@ -230,13 +232,36 @@ impl Request {
         }
         Ok(Request {
             host,
-            port: parsed.port(),
+            // `Url::port` is `None` for the scheme's default, 21, even when written.
+            port: parsed.port().or(writes_port(url).then_some(DEFAULT_PORT)),
             user,
             password,
             path,
             ascii,
         })
     }
+}
+
+/// Whether `url`'s authority writes a port (`ftp://host:21/`), read from the text: the
+/// parsed URL cannot tell `:21` from no port.
+fn writes_port(url: &str) -> bool {
+    // What `Url::parse` ignores: tabs and line feeds anywhere, controls and spaces around.
+    let text: String = url
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    let Some((_, rest)) = text.trim_matches(|c: char| c <= ' ').split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or("", |(_, after)| after),
+        None => host_port.find(':').map_or("", |i| &host_port[i..]),
+    };
+    after_host
+        .strip_prefix(':')
+        .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn percent_decode(s: &str) -> Result<String> {
@@ -450,6 +475,9 @@ pub struct Client {
     /// set when the next command starts, it means the call before was abandoned midway —
     /// its coroutine removed, or a panic caught — and the connection is out of step.
     in_flight: bool,
+    /// The final reply of the transfer under way, when the server sent it in place of the
+    /// preliminary `1xx` (a transfer it had completed at once).
+    early_final: Option<Reply>,
 }
 
 impl Client {
@@ -482,6 +510,7 @@ impl Client {
             greeting,
             out_of_step: false,
             in_flight: false,
+            early_final: None,
         })
     }
 
@@ -584,6 +613,8 @@ impl Client {
             None => format!("{cmd}\r\n"),
         };
         self.in_flight = true;
+        // A command ends any transfer whose completion came early.
+        self.early_final = None;
         // A line sent in part leaves the server waiting for its end.
         self.ctrl
             .send(line.as_bytes())
@@ -750,7 +781,8 @@ impl Client {
     }
 
     /// Opens a data connection and starts `cmd`; on success the server has answered with a
-    /// preliminary `1xx` and the data connection is ready.
+    /// preliminary `1xx` and the data connection is ready, or with a completion `2xx` at
+    /// once (kept for `finish_transfer`: the data connection still holds what it sent).
     fn start_transfer(&mut self, cmd: &str, arg: Option<&str>) -> Result<Socket> {
         // Check before PASV so a bad argument sends nothing at all.
         check_text("command", cmd)?;
@@ -765,6 +797,11 @@ impl Client {
                 self.in_flight = true;
                 Ok(data)
             }
+            // LuaSocket takes a completion in place of the 1xx as success too.
+            2 => {
+                self.early_final = Some(reply);
+                Ok(data)
+            }
             _ => {
                 data.close();
                 Err(reply.to_error())
@@ -774,13 +811,18 @@ impl Client {
 
     /// Reads the final reply of a transfer (`226` or `250`).
     fn finish_transfer(&mut self) -> Result<Reply> {
-        self.read()?.expect_class(2)
+        match self.early_final.take() {
+            Some(reply) => Ok(reply),
+            None => self.read()?.expect_class(2),
+        }
     }
 
     /// After a failed transfer: close the data connection and expect a final reply later.
     fn abandon(&mut self, data: &Socket) {
         data.close();
-        self.pending = Pending::Discard;
+        if self.early_final.take().is_none() {
+            self.pending = Pending::Discard;
+        }
         self.in_flight = false;
     }
 
@@ -1193,6 +1235,20 @@ pub fn command(url: &str, opts: &Options, cmd: &str, arg: Option<&str>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_written_in_the_url_is_kept_even_when_it_is_the_default() {
+        let port = |url: &str| Request::parse(url).map(|r| r.port).unwrap();
+        assert_eq!(port("ftp://127.0.0.1:21/x"), Some(21));
+        assert_eq!(port("ftp://user:p%40ss@127.0.0.1:021/x"), Some(21));
+        assert_eq!(port("ftp://[::1]:21/x"), Some(21));
+        assert_eq!(port(" FTP://host:21?q"), Some(21));
+        assert_eq!(port("ftp://host:2121/x"), Some(2121));
+        assert_eq!(port("ftp://host/x"), None);
+        assert_eq!(port("ftp://host:/x"), None);
+        assert_eq!(port("ftp://[::1]/x:21"), None);
+        assert_eq!(port("ftp://us:er@host/x"), None);
+    }
 
     #[test]
     fn pasv_parsing_is_robust() {
