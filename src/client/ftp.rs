@@ -1037,8 +1037,10 @@ impl Read for DataReader<'_> {
 
 impl DataReader<'_> {
     /// Ends the download and returns the server's final reply. If not all data was read,
-    /// the rest is discarded (the data connection is closed) and the transfer counts as
-    /// aborted.
+    /// the rest is discarded (the data connection is closed), and the reply says how the
+    /// server saw it: a `426` (an error, below) when the close cut its sending short, a
+    /// `226` when it had sent everything already. Read to the end (a read of 0) to know
+    /// the data is whole.
     ///
     /// # Errors
     ///
