@@ -2324,3 +2324,57 @@ fn addserver_refuses_a_socket_that_is_not_listening() {
     assert_eq!(copas::status().servers, 0);
     assert!(copas::finished());
 }
+
+/// Socket calls that keep completing without waiting yield now and then, failing ones too:
+/// a loop that retries a socket closed under it (every error taken for a passing one) must
+/// not freeze the thread's other coroutines, as Copas's pause on every receive and send
+/// keeps them going.
+#[test]
+fn a_loop_retrying_a_closed_socket_still_lets_the_others_run() {
+    const SPIN: Duration = Duration::from_millis(500);
+    let (listener, addr) = util::local_listener();
+    let mut sock = copas::connect(addr, Some(secs(5))).expect("connect");
+    let _accepted = listener.accept().expect("accept");
+    sock.close();
+    let ticks = Rc::new(Cell::new(0u32));
+    let ticks_in_spin = Rc::new(Cell::new(None));
+    let spinning = Rc::new(Cell::new(true));
+    let (ticks2, seen, spinning2) = (ticks.clone(), ticks_in_spin.clone(), spinning.clone());
+    copas::addthread(move || {
+        copas::pause(ms(20)); // the ticker's first pause starts
+        let before = ticks2.get();
+        let start = Instant::now();
+        let mut byte = [0u8; 1];
+        for call in 0..u64::MAX {
+            if start.elapsed() >= SPIN {
+                break;
+            }
+            let failed = match call % 6 {
+                0 => sock.receive(Pattern::Line).is_err(),
+                1 => sock.receivepartial(64).is_err(),
+                2 => sock.send(b"x").is_err(),
+                3 => sock.read(&mut byte).is_err(),
+                4 => sock.write(b"x").is_err(),
+                _ => sock.fill_buf().is_err(),
+            };
+            assert!(failed, "call {call} on a closed socket succeeded");
+        }
+        seen.set(Some(ticks2.get() - before));
+        spinning2.set(false);
+    })
+    .expect("spinner");
+    copas::addthread(move || {
+        for _ in 0..1000 {
+            if !spinning.get() {
+                break;
+            }
+            copas::pause(ms(10));
+            ticks.set(ticks.get() + 1);
+        }
+    })
+    .expect("ticker");
+    util::run_checked(secs(30));
+    let ticks = ticks_in_spin.get().expect("the spinner ended");
+    // About 50 unstarved on a quiet machine; none at all when starved.
+    assert!(ticks >= 5, "{ticks} ticks of 10 ms during a {SPIN:?} spin");
+}

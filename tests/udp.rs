@@ -651,3 +651,19 @@ fn a_udp_servers_socket_ends_with_its_handler_whatever_autoclose_says() {
         [Err(ErrorKind::Closed), Err(ErrorKind::Closed)]
     );
 }
+
+/// `send` on a socket without a peer is the system's refusal, `EDESTADDRREQ`, an `Io`
+/// error (not `Closed`, which the socket is not), as its docs say.
+#[test]
+fn send_without_a_peer_is_the_systems_destination_address_required() {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let err = sock.send(b"nowhere").expect_err("sent without a peer");
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    let os = err.io_error().and_then(std::io::Error::raw_os_error);
+    assert_eq!(os, Some(libc::EDESTADDRREQ), "{err}");
+    // Still usable once it has a peer.
+    let peer = StdUdpSocket::bind("127.0.0.1:0").expect("bind the peer");
+    sock.setpeername(peer.local_addr().expect("peer address"))
+        .expect("setpeername");
+    assert_eq!(sock.send(b"somewhere").expect("send"), 9);
+}

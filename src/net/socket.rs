@@ -937,10 +937,13 @@ impl Socket {
 
     /// `Closed` once the socket is closed, before an operation looks at its buffer or its
     /// arguments: bytes a handle had buffered are not handed out after `close`, and an
-    /// empty send or receive fails like any other.
+    /// empty send or receive fails like any other. A refusal spends from the fair-share
+    /// budget like any operation that completes without waiting: a loop that retries a
+    /// closed socket must still let the other coroutines run.
     #[inline(always)]
     fn refuse_if_closed(&self) -> Result<()> {
         if self.conn.io.is_closed() {
+            self.fair_share();
             return Err(Error::new(ErrorKind::Closed));
         }
         Ok(())

@@ -406,8 +406,8 @@ impl UdpSocket {
     ///
     /// # Errors
     ///
-    /// The system's error: for example `NotConnected` without a peer, `EMSGSIZE`
-    /// ([`ErrorKind::Io`]) for a datagram too large to send, [`ErrorKind::Refused`] when an
+    /// The system's error ([`ErrorKind::Io`]): for example `EDESTADDRREQ` without a peer,
+    /// `EMSGSIZE` for a datagram too large to send; [`ErrorKind::Refused`] when an
     /// earlier datagram to the peer was refused; [`ErrorKind::Timeout`],
     /// [`ErrorKind::Closed`].
     pub fn send(&self, data: &[u8]) -> Result<usize> {
