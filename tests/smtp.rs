@@ -605,11 +605,11 @@ fn sendmail_example_delivers() {
     assert!(json.contains(r#""login": "user""#), "{json}");
 }
 
-/// A scripted server on a thread that does not know EHLO (an RFC 821 server): it answers
-/// EHLO with `ehlo_refusal`, the end of a message with `queued`, everything else with 250.
-/// Returns its address and the thread, which returns the commands it received.
-fn helo_only_server(
-    ehlo_refusal: &'static [u8],
+/// A scripted server on a thread: it answers EHLO with `ehlo_answer` (a refusal plays an
+/// RFC 821 server that does not know EHLO), the end of a message with `queued`, everything
+/// else with 250. Returns its address and the thread, which returns the commands it received.
+fn scripted_server(
+    ehlo_answer: &'static [u8],
     queued: &'static [u8],
 ) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     use std::io::{BufRead, Write};
@@ -637,7 +637,7 @@ fn helo_only_server(
                     continue;
                 }
             } else if line.starts_with("EHLO") {
-                ehlo_refusal
+                ehlo_answer
             } else if line == "DATA" {
                 in_data = true;
                 b"354 go ahead\r\n"
@@ -658,7 +658,7 @@ fn helo_only_server(
 #[test]
 fn helo_fallback_when_ehlo_is_refused() {
     let _dog = Watchdog::new("smtp helo fallback", Duration::from_secs(30));
-    let (addr, server) = helo_only_server(b"500 5.5.1 command unrecognized\r\n", b"250 queued\r\n");
+    let (addr, server) = scripted_server(b"500 5.5.1 command unrecognized\r\n", b"250 queued\r\n");
     let reply = Mail::new(addr.to_string(), "a@example.org")
         .domain("client.test")
         .to("b@example.org")
@@ -677,8 +677,7 @@ fn helo_fallback_when_ehlo_is_refused() {
     assert!(seen[2].starts_with("AUTH PLAIN "));
 
     // Without AUTH the mail goes through, the lone "." line stuffed.
-    let (addr, server) =
-        helo_only_server(b"502 5.5.2 not implemented\r\n", b"250 queued as 42\r\n");
+    let (addr, server) = scripted_server(b"502 5.5.2 not implemented\r\n", b"250 queued as 42\r\n");
     let reply = Mail::new(addr.to_string(), "a@example.org")
         .domain("client.test")
         .to("b@example.org")
@@ -703,6 +702,24 @@ fn helo_fallback_when_ehlo_is_refused() {
             "QUIT"
         ]
     );
+}
+
+/// Extensions offered without `AUTH`: credentials cannot be used, and `send` says so with
+/// `Protocol` (as its docs say), before any mail command.
+#[test]
+fn no_usable_auth_mechanism_is_a_protocol_error() {
+    let _dog = Watchdog::new("smtp no AUTH", Duration::from_secs(30));
+    let (addr, server) = scripted_server(b"250-scripted\r\n250 8BITMIME\r\n", b"250 queued\r\n");
+    let e = Mail::new(addr.to_string(), "a@example.org")
+        .domain("client.test")
+        .to("b@example.org")
+        .message(b"Subject: x\r\n\r\nx\r\n".to_vec())
+        .timeout(TIMEOUT)
+        .auth("user", "secret")
+        .send()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert_eq!(server.join().unwrap(), ["EHLO client.test"]);
 }
 
 #[test]

@@ -320,8 +320,9 @@ impl Mail {
 /// * [`ErrorKind::InvalidInput`] before connecting when the sender, a recipient or the domain
 ///   contains CR, LF or NUL, the sender or a recipient an angle bracket or white space
 ///   (addresses go inside `<…>`), when there are no recipients, or when the server address is
-///   malformed; after connecting when the server offers no usable `AUTH` mechanism or
-///   sends a malformed reply.
+///   malformed.
+/// * [`ErrorKind::Protocol`] when the server offers no usable `AUTH` mechanism (neither
+///   `PLAIN` nor `LOGIN`, with [`AuthMechanism::Auto`]) or sends a malformed reply.
 /// * [`ErrorKind::Rejected`] with the server's [reply code](Error::reply_code) and text
 ///   for any unexpected reply: a greeting that is not `220`, a refused `HELO`, an `AUTH`
 ///   failure (`535`), a `530` authentication required, a refused sender or recipient
