@@ -722,6 +722,140 @@ fn no_usable_auth_mechanism_is_a_protocol_error() {
     assert_eq!(server.join().unwrap(), ["EHLO client.test"]);
 }
 
+/// The header of a built message, without the blank line.
+fn head_of(message: &[u8]) -> String {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a blank line after the header");
+    String::from_utf8(message[..end].to_vec()).expect("UTF-8 header")
+}
+
+/// Runs python3 `script` with `path` as its argument; returns what it printed (and its
+/// errors, to show in a failed assertion).
+fn python_on(path: &Path, script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// RFC 5322 §2.1.1: a line carries at most 998 octets and should keep to 78. 80 `To`
+/// addresses made one 2,632-octet line, which aiosmtpd refused (`500 Line too long`); the
+/// list is folded after each `, `, and a reader finds the same 80 addresses.
+#[test]
+fn a_long_address_list_is_folded_within_998_octets() {
+    let _dog = Watchdog::new("smtp long To", Duration::from_secs(60));
+    let recipients: Vec<String> = (0..80)
+        .map(|i| format!("recipient-number-{i}@example.org"))
+        .collect();
+    let message = recipients
+        .iter()
+        .fold(Message::new().from("sender@example.org"), |m, r| m.to(r))
+        .subject("many")
+        .text("hi\n")
+        .build()
+        .expect("build");
+    let head = head_of(&message);
+    let longest = head.split("\r\n").map(str::len).max().unwrap();
+    assert!(longest <= 78, "a header line of {longest} octets:\n{head}");
+    if !util::aiosmtpd_available() {
+        return;
+    }
+    let peer = Peer::start(&[]);
+    mail(&peer)
+        .to("a@example.org")
+        .message(message.clone())
+        .send()
+        .expect("send");
+    assert_eq!(peer.stored(1).0, message);
+    let script = "import email,email.utils,sys\n\
+                  m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
+                  for _,a in email.utils.getaddresses(m.get_all('To')): print(a)";
+    let out = python_on(&peer.out.join("0001.eml"), script);
+    assert_eq!(out, recipients.join("\n") + "\n");
+}
+
+/// A 1,500-character subject was one 1,509-octet line, and a non-ASCII one came in encoded
+/// words of 72 characters (81 with `Subject: `). Both are folded at white space into lines
+/// of at most 78, encoded words within RFC 2047's 75, and a reader (Python's) unfolds and
+/// decodes them back to the same text.
+#[test]
+fn long_subjects_are_folded_within_78_octets_and_read_back_unchanged() {
+    let _dog = Watchdog::new("smtp long subjects", Duration::from_secs(60));
+    let subjects = [
+        format!("{}and  two  spaces", "word ".repeat(300)),
+        "Grüße aus München, schöne Grüße — ".repeat(20) + "Ende",
+    ];
+    let messages: Vec<Vec<u8>> = subjects
+        .iter()
+        .map(|s| {
+            Message::new()
+                .subject(s)
+                .text("x\n")
+                .build()
+                .expect("build")
+        })
+        .collect();
+    for message in &messages {
+        let head = head_of(message);
+        let longest = head.split("\r\n").map(str::len).max().unwrap();
+        assert!(longest <= 78, "a header line of {longest} octets:\n{head}");
+        for word in head.split_whitespace().filter(|w| w.starts_with("=?")) {
+            assert!(word.len() <= 75, "an encoded word of {} chars", word.len());
+        }
+    }
+    if !util::aiosmtpd_available() {
+        return;
+    }
+    let peer = Peer::start(&[]);
+    for message in &messages {
+        mail(&peer)
+            .to("a@example.org")
+            .message(message.clone())
+            .send()
+            .expect("send");
+    }
+    let script = "import email,email.policy,sys\n\
+                  m=email.message_from_bytes(open(sys.argv[1],'rb').read(),policy=email.policy.default)\n\
+                  print(m['Subject'])";
+    for (n, subject) in subjects.iter().enumerate() {
+        let out = python_on(&peer.out.join(format!("{:04}.eml", n + 1)), script);
+        assert_eq!(out, format!("{subject}\n"));
+    }
+}
+
+/// Where a value has no white space to fold at, a line over 998 octets (header name
+/// included) cannot be avoided: `build` refuses it. 998 octets exactly still go, and a run
+/// of 990 after white space goes on a line of its own.
+#[test]
+fn a_header_run_over_998_octets_without_white_space_is_invalid_input() {
+    let too_long = [
+        Message::new().subject("x".repeat(990)),
+        Message::new().header("X-Token", "y".repeat(990)),
+        Message::new().to(format!("{}@example.org", "z".repeat(990))),
+        // Folded after "fine words", the run still takes 999 octets with its space.
+        Message::new().subject(format!("fine words {}", "x".repeat(998))),
+    ];
+    for (i, m) in too_long.iter().enumerate() {
+        let e = m.build().map(|_| ()).expect_err(&format!("case {i}"));
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "case {i}: {e}");
+    }
+    let longest = Message::new()
+        .subject("x".repeat(989))
+        .build()
+        .expect("998 octets");
+    let head = head_of(&longest);
+    assert_eq!(head.split("\r\n").map(str::len).max(), Some(998));
+    let folded = Message::new()
+        .subject(format!("fine words {}", "x".repeat(990)))
+        .build()
+        .expect("folded before the run");
+    assert!(head_of(&folded).contains("Subject: fine words\r\n xxx"));
+}
+
 #[test]
 fn many_sends_in_flight_from_coroutines() {
     if !util::aiosmtpd_available() {

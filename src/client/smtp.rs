@@ -634,8 +634,11 @@ struct Attachment {
 /// unless a line of it is longer than the 998 octets mail allows (RFC 5322 §2.1.1); then it
 /// is sent `quoted-printable`, which the reader's mail program decodes back to the same
 /// text. `Date` (now, UTC) and `Message-ID` are added unless given;
-/// `MIME-Version: 1.0` always. Header values that are not ASCII are sent as RFC 2047
-/// encoded words.
+/// `MIME-Version: 1.0` always.
+///
+/// Header values are folded at white space into lines of at most 78 octets where they
+/// have white space to fold at (RFC 5322 §2.1.1); an address list after each `, `. A value
+/// that is not ASCII is sent as RFC 2047 encoded words.
 ///
 /// # Example
 ///
@@ -747,9 +750,11 @@ impl Message {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] when a header name is not a valid field name, or a header
+    /// [`ErrorKind::InvalidInput`] when a header name is not a valid field name, a header
     /// value, address, content type or file name contains CR, LF or NUL (or a file name
-    /// or content type contains `"`).
+    /// or content type contains `"`), or a header value or file name has a run without
+    /// white space to fold at that does not fit in the 998 octets a line may carry
+    /// (RFC 5322 §2.1.1; on a header's first line its name counts too).
     pub fn build(&self) -> Result<Vec<u8>> {
         let mut head: Vec<(String, String)> = Vec::new();
         let from = self.from.clone();
@@ -792,10 +797,7 @@ impl Message {
                 return Err(invalid(format!("invalid header name {name:?}")));
             }
             check_line(name, value)?;
-            out.push_str(name);
-            out.push_str(": ");
-            out.push_str(&encode_header_value(value));
-            out.push_str("\r\n");
+            out.push_str(&folded(name, &unstructured(value))?);
         }
 
         let text = String::from_utf8(stuffless_crlf(self.text.as_bytes()))
@@ -836,16 +838,16 @@ impl Message {
                     return Err(invalid(format!("{what} contains '\"': {v:?}")));
                 }
             }
+            let filename = unstructured(&a.filename);
             out.push_str(&format!("\r\n--{boundary}\r\n"));
-            out.push_str(&format!(
-                "Content-Type: {}; name=\"{}\"\r\n",
-                a.content_type,
-                encode_header_value(&a.filename)
-            ));
-            out.push_str(&format!(
-                "Content-Disposition: attachment; filename=\"{}\"\r\n",
-                encode_header_value(&a.filename)
-            ));
+            out.push_str(&folded(
+                "Content-Type",
+                &format!("{}; name=\"{filename}\"", a.content_type),
+            )?);
+            out.push_str(&folded(
+                "Content-Disposition",
+                &format!("attachment; filename=\"{filename}\""),
+            )?);
             out.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
             let encoded = BASE64.encode(&a.data);
             for chunk in encoded.as_bytes().chunks(76) {
@@ -923,22 +925,81 @@ fn quoted_printable(text: &[u8]) -> String {
     out
 }
 
-/// A value as is when it is ASCII, else as one RFC 2047 `=?UTF-8?B?…?=` word per ≤45 bytes.
-fn encode_header_value(value: &str) -> String {
-    if value.is_ascii() {
-        return value.to_string();
+/// The line length a header should keep to (RFC 5322 §2.1.1), without its CRLF.
+const FOLD_AT: usize = 78;
+
+/// `name: value` as header lines ending in CRLF, folded (RFC 5322 §2.2.3) before white
+/// space wherever a line would pass [`FOLD_AT`] octets, so that unfolding gives `value`
+/// back.
+///
+/// A line can stay longer only where `value` has no white space to fold at; past
+/// [`MAX_LINE_OCTETS`] mail cannot carry it, and it is refused with `InvalidInput`.
+fn folded(name: &str, value: &str) -> Result<String> {
+    let mut out = format!("{name}: ");
+    let mut line = out.len();
+    for (i, piece) in fold_pieces(value).into_iter().enumerate() {
+        if i > 0 && line + piece.len() > FOLD_AT {
+            out.push_str("\r\n");
+            line = 0;
+        }
+        out.push_str(piece);
+        line += piece.len();
+        if line > MAX_LINE_OCTETS {
+            return Err(invalid(format!(
+                "header {name} has a line of over {MAX_LINE_OCTETS} octets with no white \
+                 space to fold at"
+            )));
+        }
     }
+    out.push_str("\r\n");
+    Ok(out)
+}
+
+/// `value` cut before each run of spaces or tabs that has more text after it: the places
+/// a header may be folded. (Not before trailing white space: a folded line must not be
+/// white space alone.)
+fn fold_pieces(value: &str) -> Vec<&str> {
+    let is_wsp = |b: u8| b == b' ' || b == b'\t';
+    let end = value.trim_end_matches([' ', '\t']).len();
+    let bytes = value.as_bytes();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for i in 1..end {
+        if is_wsp(bytes[i]) && !is_wsp(bytes[i - 1]) {
+            pieces.push(&value[start..i]);
+            start = i;
+        }
+    }
+    pieces.push(&value[start..]);
+    pieces
+}
+
+/// An unstructured value (`Subject`…): as is when it is ASCII, else as RFC 2047 words.
+fn unstructured(value: &str) -> String {
+    if value.is_ascii() {
+        value.to_string()
+    } else {
+        encoded_words(value)
+    }
+}
+
+/// `text` as RFC 2047 `=?UTF-8?B?…?=` words separated by spaces, where the header may be
+/// folded (readers drop white space between encoded words). Each word holds at most 42
+/// bytes of `text`, whole characters: 68 characters, within RFC 2047's 75 and, after a
+/// header name such as `Subject: `, within a line of 78.
+fn encoded_words(text: &str) -> String {
+    const CHUNK: usize = 42;
     let mut words = Vec::new();
     let mut start = 0;
-    while start < value.len() {
-        let mut end = (start + 45).min(value.len());
-        while !value.is_char_boundary(end) {
+    while start < text.len() {
+        let mut end = (start + CHUNK).min(text.len());
+        while !text.is_char_boundary(end) {
             end -= 1;
         }
-        words.push(format!("=?UTF-8?B?{}?=", BASE64.encode(&value[start..end])));
+        words.push(format!("=?UTF-8?B?{}?=", BASE64.encode(&text[start..end])));
         start = end;
     }
-    words.join("\r\n ")
+    words.join(" ")
 }
 
 fn unique() -> String {
