@@ -856,6 +856,58 @@ fn a_header_run_over_998_octets_without_white_space_is_invalid_input() {
     assert!(head_of(&folded).contains("Subject: fine words\r\n xxx"));
 }
 
+/// RFC 2047 §5 allows encoded words in a display name only. A non-ASCII display name made
+/// the whole address one encoded word (`Zoë <zoe@…>, bob@…` one word for both), so readers
+/// found no address. Each address is written on its own, only its display name encoded
+/// (a long one in several words) or quoted when it has specials, and a reader (Python's
+/// `getaddresses`) finds every address and decodes every name back.
+#[test]
+fn a_non_ascii_display_name_is_encoded_apart_from_its_address() {
+    let _dog = Watchdog::new("smtp display names", Duration::from_secs(60));
+    let message = Message::new()
+        .from("Jürgen Müller <juergen@example.org>")
+        .to("Zoë <zoe@example.org>")
+        .to("bob@example.org")
+        .to("John Q. Public <jqp@example.org>")
+        .cc("\"Müller, Jürgen\" <j@example.org>")
+        .cc("Bérénice-Amélie Rosemonde Dûbois-Bénard <rose@example.org>")
+        .header("Reply-To", "Zoë <zoe@example.org>")
+        .subject("names")
+        .text("x\n")
+        .build()
+        .expect("build");
+    let head = head_of(&message);
+    assert!(head.contains(" <juergen@example.org>\r\n"), "{head}");
+    assert!(head.split("\r\n").all(|l| l.len() <= 78), "{head}");
+    if !util::aiosmtpd_available() {
+        return;
+    }
+    let peer = Peer::start(&[]);
+    mail(&peer)
+        .to("a@example.org")
+        .message(message.clone())
+        .send()
+        .expect("send");
+    assert_eq!(peer.stored(1).0, message);
+    let script = "import email,email.header,email.utils,sys\n\
+                  m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
+                  for h in ['From','To','Cc','Reply-To']:\n\
+                  \x20   for n,a in email.utils.getaddresses(m.get_all(h)):\n\
+                  \x20       print(h, a, str(email.header.make_header(email.header.decode_header(n))))";
+    let out = python_on(&peer.out.join("0001.eml"), script);
+    assert_eq!(
+        out,
+        "From juergen@example.org Jürgen Müller\n\
+         To zoe@example.org Zoë\n\
+         To bob@example.org \n\
+         To jqp@example.org John Q. Public\n\
+         Cc j@example.org Müller, Jürgen\n\
+         Cc rose@example.org Bérénice-Amélie Rosemonde Dûbois-Bénard\n\
+         Reply-To zoe@example.org Zoë\n",
+        "header:\n{head}"
+    );
+}
+
 #[test]
 fn many_sends_in_flight_from_coroutines() {
     if !util::aiosmtpd_available() {

@@ -638,7 +638,11 @@ struct Attachment {
 ///
 /// Header values are folded at white space into lines of at most 78 octets where they
 /// have white space to fold at (RFC 5322 §2.1.1); an address list after each `, `. A value
-/// that is not ASCII is sent as RFC 2047 encoded words.
+/// that is not ASCII is sent as RFC 2047 encoded words, except in the address headers
+/// (`From`, `To`, `Cc`, and `Reply-To`, `Sender`, `Bcc` and the `Resent-` ones given with
+/// [`header`](Message::header)): there each address goes on its own, `<addr>` as given,
+/// only a display name that is not ASCII encoded (`Zoë <zoe@example.org>` becomes
+/// `=?UTF-8?B?Wm/Dqw==?= <zoe@example.org>`) and one with specials (`.`, `,`, `@`…) quoted.
 ///
 /// # Example
 ///
@@ -797,7 +801,12 @@ impl Message {
                 return Err(invalid(format!("invalid header name {name:?}")));
             }
             check_line(name, value)?;
-            out.push_str(&folded(name, &unstructured(value))?);
+            let value = if is_address_field(name) {
+                address_list(value)
+            } else {
+                unstructured(value)
+            };
+            out.push_str(&folded(name, &value)?);
         }
 
         let text = String::from_utf8(stuffless_crlf(self.text.as_bytes()))
@@ -1000,6 +1009,114 @@ fn encoded_words(text: &str) -> String {
         start = end;
     }
     words.join(" ")
+}
+
+/// Whether header `name` holds addresses (RFC 5322 §3.6.2, §3.6.3, §3.6.6), whose display
+/// names alone may be encoded.
+fn is_address_field(name: &str) -> bool {
+    const FIELDS: [&str; 11] = [
+        "From",
+        "Sender",
+        "Reply-To",
+        "To",
+        "Cc",
+        "Bcc",
+        "Resent-From",
+        "Resent-Sender",
+        "Resent-To",
+        "Resent-Cc",
+        "Resent-Bcc",
+    ];
+    FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// An address header's value: each address of `list` made safe on its own (see
+/// [`address`]), joined by `, ` (where the header may be folded).
+fn address_list(list: &str) -> String {
+    split_addresses(list)
+        .into_iter()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(address)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `list` cut at the commas between addresses: not those inside a quoted display name
+/// (`"Doe, Jane" <jane@example.org>`) or inside `<…>`.
+fn split_addresses(list: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut escaped, mut angle) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in list.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' if !angle => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                parts.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&list[start..]);
+    parts
+}
+
+/// One address: `display <addr>` with the display name made a valid phrase (see
+/// [`phrase`]) and the `<addr>` as given; a bare address as given. RFC 2047 §5 allows
+/// encoded words in a display name only: one around the `<addr>` would hide the address
+/// (so an address that is not ASCII, RFC 6532, goes as it is).
+fn address(entry: &str) -> String {
+    let Some((display, addr)) = entry.strip_suffix('>').and_then(|e| e.rsplit_once('<')) else {
+        return entry.to_string();
+    };
+    match display.trim() {
+        "" => format!("<{addr}>"),
+        display => format!("{} <{addr}>", phrase(display)),
+    }
+}
+
+/// A display name as an RFC 5322 phrase: RFC 2047 words when it is not ASCII (never inside
+/// quotes, RFC 2047 §5), a quoted string when it has specials (`.`, `,`, `@`…), else as
+/// is. A name given in quotes is taken without them first.
+fn phrase(display: &str) -> String {
+    /// RFC 5322 §3.2.3: the characters an atom cannot hold.
+    const SPECIALS: [char; 13] = [
+        '(', ')', '<', '>', '[', ']', ':', ';', '@', '\\', ',', '.', '"',
+    ];
+    let name = unquoted(display);
+    if !name.is_ascii() {
+        encoded_words(&name)
+    } else if name.contains(SPECIALS) {
+        format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        name
+    }
+}
+
+/// The text of `display` when it is a quoted string (without the quotes and backslash
+/// escapes), else `display`.
+fn unquoted(display: &str) -> String {
+    let Some(inner) = display.strip_prefix('"').and_then(|d| d.strip_suffix('"')) else {
+        return display.to_string();
+    };
+    let mut name = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        name.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    name
 }
 
 fn unique() -> String {
