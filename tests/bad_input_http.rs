@@ -2,8 +2,9 @@
 //! responses): oversized and malformed heads, bad chunking, bad or conflicting
 //! `Content-Length`, truncated bodies and bodies past the in-memory limit. Each gives a
 //! typed error — never a panic, a hang, unbounded memory, or a short body reported as a
-//! success. Then what a server may do with a redirect (an endless body, another origin)
-//! and a caller's body reader that breaks its declared length.
+//! success. Then what a server may do with a redirect (an endless body, another origin),
+//! a caller's body reader that breaks its declared length, and a caller's `Connection:
+//! close` that the server does not repeat.
 //!
 //! Memory is measured with the counting allocator of `util/heap.rs`: the client runs
 //! blocking on the test's thread, the peer on its own, so the peak seen on the test's thread
@@ -792,4 +793,44 @@ fn redirects_through_many_ports_leave_at_most_pool_max_descriptors() {
     );
     assert!(copas::client::http::close_idle_connections() <= POOL_MAX);
     println!("POOL-BOUNDED held={held}");
+}
+
+/// A request that goes out with `Connection: close` is the connection's last (RFC 9112
+/// §9.6), whether the client sent the field (`keep_alive(false)`) or the caller did, in any
+/// case and among other options: the connection is not pooled even when the server answers
+/// without a `close` of its own, so the next request (a POST, which is not retried) goes on a
+/// new connection rather than on one the server is about to close.
+#[test]
+fn a_request_sent_with_connection_close_leaves_its_connection_out_of_the_pool() {
+    let _dog = util::Watchdog::new("connection close", secs(60));
+    let closes: [fn(Request) -> Request; 3] = [
+        |r| r.header("Connection", "close"),
+        |r| r.header("connection", "TE, Close"),
+        |r| r.keep_alive(false),
+    ];
+    for (i, close) in closes.iter().enumerate() {
+        // The server honours the request's `close` without saying so, and ends the
+        // connection only after a while.
+        let peer = raw_peer::Peer::start(vec![
+            vec![
+                Step::ReadRequest,
+                send("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
+                Step::Hold(secs(2)),
+            ],
+            vec![
+                Step::ReadRequest,
+                send("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"),
+                Step::Hold(secs(2)),
+            ],
+        ]);
+        let url = format!("http://{}/", peer.addr);
+        let first = outcome(close(Request::get(&url).timeout(secs(5))));
+        let second = outcome(Request::post(&url).body("payload").timeout(secs(5)));
+        // Only the POST's connection is pooled.
+        let pooled = copas::client::http::close_idle_connections();
+        let log = peer.finish();
+        assert_eq!(first, Ok(b"first".to_vec()), "case {i}");
+        assert_eq!(second, Ok(b"second".to_vec()), "case {i}");
+        assert_eq!((log.accepted, pooled), (2, 1), "case {i}");
+    }
 }

@@ -206,8 +206,10 @@ impl Request {
 
     /// Adds a header field (several with the same name are all sent). A field named like
     /// one the client sets (`Host`, `User-Agent`, `Connection`, `Content-Length`,
-    /// `Transfer-Encoding`) replaces the client's. Names or values containing CR or LF make
-    /// the request fail before anything is sent.
+    /// `Transfer-Encoding`) replaces the client's; a `Connection` field that lists `close`
+    /// keeps the connection out of the pool, as [`keep_alive(false)`](Request::keep_alive)
+    /// does. Names or values containing CR or LF make the request fail before anything is
+    /// sent.
     ///
     /// ```
     /// let r = copas::client::http::Request::get("http://127.0.0.1/").header("Accept", "*/*");
@@ -568,9 +570,12 @@ impl Request {
             self.method.as_str(),
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
         );
-        if self.keep_alive && self.connector.is_none() {
+        // A request that goes out with `Connection: close` must be the connection's last
+        // (RFC 9112 §9.6): it neither takes a pooled connection nor gives its own back.
+        let pooled = self.connector.is_none() && !self.closes_connection();
+        if pooled {
             if let Some(sock) = super::pool::take(&target.key) {
-                match self.exchange_on(sock, url, &target) {
+                match self.exchange_on(sock, url, &target, pooled) {
                     Ok(r) => return Ok(r),
                     // A reused connection the server had closed: once more on a fresh one.
                     Err((e, nothing_back)) => {
@@ -584,7 +589,20 @@ impl Request {
             }
         }
         let sock = self.open(&target)?;
-        self.exchange_on(sock, url, &target).map_err(|(e, _)| e)
+        self.exchange_on(sock, url, &target, pooled)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Whether the request goes out with `Connection: close`: the client's own (without
+    /// keep-alive), or a caller's `Connection` field that lists `close`.
+    fn closes_connection(&self) -> bool {
+        !self.keep_alive
+            || lists_close(
+                self.headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                    .map(|(_, v)| v.as_str()),
+            )
     }
 
     fn open(&self, target: &Target) -> Result<Socket> {
@@ -623,13 +641,15 @@ impl Request {
         Ok(sock)
     }
 
-    /// Sends the request on `sock` and reads the response head. On failure, tells whether
-    /// no byte of a response had come back.
+    /// Sends the request on `sock` and reads the response head; the connection goes back to
+    /// the pool after the body only when `pooled` and the response allows. On failure,
+    /// tells whether no byte of a response had come back.
     fn exchange_on(
         &mut self,
         mut sock: Socket,
         url: &Url,
         target: &Target,
+        pooled: bool,
     ) -> std::result::Result<(Response, BodyReader), (Error, bool)> {
         sock.settimeouts(
             self.connect_timeout,
@@ -660,15 +680,13 @@ impl Request {
             // §6.3): the chunked framing wins, and the connection is not trusted again.
             let ambiguous = response.header("transfer-encoding").is_some()
                 && response.header("content-length").is_some();
-            let reusable = self.keep_alive
+            let reusable = pooled
                 && response.version == 1
                 && !ambiguous
                 && !matches!(framing, Framing::UntilClose)
-                && !response
-                    .header_values("connection")
-                    .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                && !lists_close(response.header_values("connection"))
                 && status != 101;
-            let key = if reusable && self.connector.is_none() {
+            let key = if reusable {
                 Some(target.key.clone())
             } else {
                 None
@@ -814,6 +832,14 @@ impl Request {
         }
         Ok(())
     }
+}
+
+/// Whether `Connection` field values list the `close` option (a comma-separated list of
+/// case-insensitive tokens).
+fn lists_close<'a>(values: impl IntoIterator<Item = &'a str>) -> bool {
+    values
+        .into_iter()
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
 }
 
 /// Whether a caller-set header field is for the request's origin only, and dropped when a
