@@ -3,8 +3,8 @@
 //! `Content-Length`, truncated bodies and bodies past the in-memory limit. Each gives a
 //! typed error — never a panic, a hang, unbounded memory, or a short body reported as a
 //! success. Then what a server may do with a redirect (an endless body, another origin),
-//! a caller's body reader that breaks its declared length, and a caller's `Connection:
-//! close` that the server does not repeat.
+//! a caller's body reader that breaks its declared length or is redirected, and a caller's
+//! `Connection: close` that the server does not repeat.
 //!
 //! Memory is measured with the counting allocator of `util/heap.rs`: the client runs
 //! blocking on the test's thread, the peer on its own, so the peak seen on the test's thread
@@ -832,5 +832,65 @@ fn a_request_sent_with_connection_close_leaves_its_connection_out_of_the_pool() 
         assert_eq!(first, Ok(b"first".to_vec()), "case {i}");
         assert_eq!(second, Ok(b"second".to_vec()), "case {i}");
         assert_eq!((log.accepted, pooled), (2, 1), "case {i}");
+    }
+}
+
+/// A body read from a reader is gone once sent: a redirect that would send the request again
+/// with its body (307 and 308, and 301 and 302 for GET and HEAD) is returned as is, never
+/// followed with an empty body in its place. A 303 (and a 301 or 302 of a POST) drops the
+/// body and is followed; a body of bytes goes again.
+#[test]
+fn a_redirect_that_would_resend_a_consumed_reader_body_is_not_followed() {
+    use copas::client::http::Redirect;
+    let _dog = util::Watchdog::new("redirect reader body", secs(60));
+    let reader = |r: Request| r.body_reader(std::io::Cursor::new(b"important".to_vec()), None);
+    let sized = |r: Request| r.body_reader(std::io::Cursor::new(b"important".to_vec()), Some(9));
+    let bytes = |r: Request| r.body("important");
+    type Body = fn(Request) -> Request;
+    // Method, redirect status, policy, body, the status the caller gets.
+    let cases: [(&str, u16, Redirect, Body, u16); 11] = [
+        ("GET", 307, Redirect::Safe, reader, 307),
+        ("GET", 308, Redirect::Safe, reader, 308),
+        ("GET", 301, Redirect::Safe, reader, 301),
+        ("GET", 302, Redirect::Safe, sized, 302),
+        ("HEAD", 302, Redirect::Safe, reader, 302),
+        ("POST", 307, Redirect::All, reader, 307),
+        ("GET", 303, Redirect::Safe, reader, 200),
+        ("POST", 303, Redirect::Safe, sized, 200),
+        ("POST", 302, Redirect::All, reader, 200),
+        ("GET", 307, Redirect::Safe, bytes, 200),
+        ("POST", 308, Redirect::All, bytes, 200),
+    ];
+    for (method, status, policy, body, expected) in cases {
+        // Each answer closes its connection, so a followed redirect is a second connection.
+        let peer = raw_peer::Peer::start(vec![
+            vec![
+                Step::ReadRequest,
+                send(&format!(
+                    "HTTP/1.1 {status} X\r\nLocation: /next\r\nContent-Length: 0\r\n\
+                     Connection: close\r\n\r\n"
+                )),
+                Step::Shutdown,
+                Step::Hold(secs(5)),
+            ],
+            vec![
+                Step::ReadRequest,
+                send("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                Step::Shutdown,
+                Step::Hold(secs(5)),
+            ],
+        ]);
+        let request = Request::new(method, &format!("http://{}/", peer.addr))
+            .timeout(secs(5))
+            .redirect(policy);
+        let got = body(request)
+            .send()
+            .map(|r| r.status())
+            .map_err(|e| e.kind());
+        let log = peer.finish();
+        let case = format!("{method} {status} {policy:?}");
+        assert_eq!(got, Ok(expected), "{case}");
+        let connections = if expected == 200 { 2 } else { 1 };
+        assert_eq!(log.accepted, connections, "{case}");
     }
 }

@@ -66,6 +66,11 @@ pub use super::pool::{close_idle_connections, POOL_IDLE, POOL_MAX, POOL_PER_HOST
 /// A redirect to another origin (scheme, host or port) drops the `Authorization`,
 /// `Proxy-Authorization`, `Cookie` and `Host` fields the caller set, and credentials in the
 /// first URL: they were for the origin the caller named. (LuaSocket keeps them.)
+///
+/// A body read from a reader ([`Request::body_reader`]) is gone once sent, so a redirect
+/// that would send it again — 307 and 308, and 301 and 302 for GET and HEAD — is not
+/// followed whatever the policy: the 3xx response is returned as is (Copas follows no
+/// request with a body source). A 303 drops the body, and is followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Redirect {
     /// Follow none: a 3xx response is returned as is (Copas `redirect = false`).
@@ -494,10 +499,7 @@ impl Request {
             }
             redirects += 1;
             reader.drain();
-            let status = response.status;
-            if status == 303
-                || (matches!(status, 301 | 302) && self.method != "GET" && self.method != "HEAD")
-            {
+            if drops_body(response.status, &self.method) {
                 if self.method != "HEAD" {
                     self.method = "GET".to_string();
                 }
@@ -526,16 +528,15 @@ impl Request {
         let Some(location) = response.header("location").filter(|l| !l.is_empty()) else {
             return Ok(None);
         };
+        // Only a body we still have can go again: a reader's was consumed by the first send.
+        if !drops_body(status, &self.method) && matches!(self.body, Body::Reader(..)) {
+            return Ok(None);
+        }
         let safe_method = self.method == "GET" || self.method == "HEAD";
         let follow = match self.redirect {
             Redirect::None => false,
             Redirect::Safe => safe_method || status == 303,
-            Redirect::All => {
-                // 307/308 keep the method and body: only a body we still have can go again.
-                safe_method
-                    || !matches!(status, 307 | 308)
-                    || !matches!(self.body, Body::Reader(..))
-            }
+            Redirect::All => true,
         };
         if !follow {
             return Ok(None);
@@ -832,6 +833,13 @@ impl Request {
         }
         Ok(())
     }
+}
+
+/// Whether following a redirect with `status` drops the request's body (and turns the
+/// method into GET, HEAD staying HEAD): a 303 always, a 301 or 302 for methods other than
+/// GET and HEAD. The others send the same request, body included, again.
+fn drops_body(status: u16, method: &str) -> bool {
+    status == 303 || (matches!(status, 301 | 302) && method != "GET" && method != "HEAD")
 }
 
 /// Whether `Connection` field values list the `close` option (a comma-separated list of
