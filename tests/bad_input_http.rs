@@ -3,8 +3,9 @@
 //! `Content-Length`, truncated bodies and bodies past the in-memory limit. Each gives a
 //! typed error — never a panic, a hang, unbounded memory, or a short body reported as a
 //! success. Then what a server may do with a redirect (an endless body, another origin),
-//! a caller's body reader that breaks its declared length or is redirected, and a caller's
-//! `Connection: close` that the server does not repeat.
+//! a caller's body reader that breaks its declared length or is redirected, a caller's
+//! framing fields that misdescribe the body, and a caller's `Connection: close` that the
+//! server does not repeat.
 //!
 //! Memory is measured with the counting allocator of `util/heap.rs`: the client runs
 //! blocking on the test's thread, the peer on its own, so the peak seen on the test's thread
@@ -892,5 +893,132 @@ fn a_redirect_that_would_resend_a_consumed_reader_body_is_not_followed() {
         assert_eq!(got, Ok(expected), "{case}");
         let connections = if expected == 200 { 2 } else { 1 };
         assert_eq!(log.accepted, connections, "{case}");
+    }
+}
+
+/// A peer that answers one request with `ok` and closes.
+fn answers_once() -> raw_peer::Peer {
+    raw_peer::Peer::start(vec![vec![
+        Step::ReadRequest,
+        send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"),
+        Step::Shutdown,
+        Step::Hold(secs(5)),
+    ]])
+}
+
+/// The server frames a request's body by its `Content-Length` or `Transfer-Encoding`, so a
+/// caller's field that does not describe the body is refused before anything is sent: the
+/// bytes past a short `Content-Length` would reach the server as the start of the next
+/// request on the pooled connection (smuggled), a longer one would leave both sides waiting,
+/// and a `Transfer-Encoding` on a body not sent chunked would be read as chunks. Fields that
+/// agree with the body go through, and a reader of unknown length held to the caller's
+/// `Content-Length` fails as one held to a declared length does.
+#[test]
+fn a_callers_framing_fields_that_misdescribe_the_body_are_refused() {
+    let _dog = util::Watchdog::new("request framing", secs(60));
+    type Build = fn(Request) -> Request;
+    fn reader(n: usize) -> std::io::Cursor<Vec<u8>> {
+        std::io::Cursor::new(vec![b'x'; n])
+    }
+    let refused: [(&str, &str, Build); 13] = [
+        ("Content-Length short of the bytes", "POST", |r| {
+            r.header("Content-Length", "5")
+                .body("helloPUT /admin HTTP/1.1\r\nX-Swallow: ")
+        }),
+        ("Content-Length past the bytes", "POST", |r| {
+            r.header("Content-Length", "6").body("hello")
+        }),
+        ("Content-Length on no body", "GET", |r| {
+            r.header("Content-Length", "5")
+        }),
+        ("Content-Length +5", "POST", |r| {
+            r.header("Content-Length", "+5").body("hello")
+        }),
+        ("Content-Length list", "POST", |r| {
+            r.header("Content-Length", "5, 5").body("hello")
+        }),
+        ("Content-Length not a number", "POST", |r| {
+            r.header("Content-Length", "five").body("hello")
+        }),
+        ("two Content-Lengths", "POST", |r| {
+            r.header("Content-Length", "5")
+                .header("Content-Length", "6")
+                .body("hello")
+        }),
+        ("Content-Length against a declared length", "POST", |r| {
+            r.header("Content-Length", "6")
+                .body_reader(reader(5), Some(5))
+        }),
+        ("Transfer-Encoding on bytes", "POST", |r| {
+            r.header("Transfer-Encoding", "chunked").body("hello")
+        }),
+        ("Transfer-Encoding on a declared length", "POST", |r| {
+            r.header("Transfer-Encoding", "chunked")
+                .body_reader(reader(5), Some(5))
+        }),
+        ("Transfer-Encoding on no body", "GET", |r| {
+            r.header("Transfer-Encoding", "chunked")
+        }),
+        ("Transfer-Encoding with Content-Length", "POST", |r| {
+            r.header("Transfer-Encoding", "chunked")
+                .header("Content-Length", "5")
+                .body_reader(reader(5), None)
+        }),
+        ("Transfer-Encoding without chunked last", "POST", |r| {
+            r.header("Transfer-Encoding", "chunked, gzip")
+                .body_reader(reader(5), None)
+        }),
+    ];
+    for (what, method, build) in refused {
+        let peer = answers_once();
+        let request = Request::new(method, &format!("http://{}/", peer.addr)).timeout(secs(5));
+        let got = outcome(build(request));
+        let log = peer.finish();
+        assert_eq!(
+            (got, log.accepted),
+            (Err(ErrorKind::InvalidInput), 0),
+            "{what}"
+        );
+    }
+    type Outcome = Result<Vec<u8>, ErrorKind>;
+    let sent: [(&str, Build, Outcome); 5] = [
+        (
+            "Content-Length of the bytes",
+            |r| r.header("content-length", " 5 ").body("hello"),
+            Ok(b"ok".to_vec()),
+        ),
+        (
+            "Content-Length 0 on no body",
+            |r| r.header("Content-Length", "0"),
+            Ok(b"ok".to_vec()),
+        ),
+        (
+            "Content-Length for a reader",
+            |r| r.header("Content-Length", "5").body_reader(reader(5), None),
+            Ok(b"ok".to_vec()),
+        ),
+        (
+            "Transfer-Encoding for a reader",
+            |r| {
+                r.header("Transfer-Encoding", "gzip, Chunked")
+                    .body_reader(reader(5), None)
+            },
+            Ok(b"ok".to_vec()),
+        ),
+        (
+            "a reader past the caller's Content-Length",
+            |r| {
+                r.header("Content-Length", "5")
+                    .body_reader(reader(45), None)
+            },
+            Err(ErrorKind::InvalidInput),
+        ),
+    ];
+    for (what, build, expected) in sent {
+        let peer = answers_once();
+        let request = Request::post(&format!("http://{}/", peer.addr)).timeout(secs(5));
+        let got = outcome(build(request));
+        let log = peer.finish();
+        assert_eq!((got, log.accepted), (expected, 1), "{what}");
     }
 }

@@ -213,8 +213,9 @@ impl Request {
     /// one the client sets (`Host`, `User-Agent`, `Connection`, `Content-Length`,
     /// `Transfer-Encoding`) replaces the client's; a `Connection` field that lists `close`
     /// keeps the connection out of the pool, as [`keep_alive(false)`](Request::keep_alive)
-    /// does. Names or values containing CR or LF make the request fail before anything is
-    /// sent.
+    /// does. A `Content-Length` or `Transfer-Encoding` field must agree with the body (see
+    /// [`send`](Request::send)'s errors): the server frames the body by it. Names or values
+    /// containing CR or LF make the request fail before anything is sent.
     ///
     /// ```
     /// let r = copas::client::http::Request::get("http://127.0.0.1/").header("Accept", "*/*");
@@ -239,6 +240,8 @@ impl Request {
     /// The body, read from `reader` while sending: with a `Content-Length` when `length` is
     /// given (the reader must then yield exactly that many bytes: more or fewer fail the
     /// request with [`ErrorKind::InvalidInput`] and close its connection), chunked otherwise.
+    /// A `Content-Length` field set with [`header`](Request::header) gives the length when
+    /// `length` is `None`, and must equal it when given.
     ///
     /// ```
     /// let file = std::io::Cursor::new(vec![0u8; 1000]);
@@ -383,17 +386,20 @@ impl Request {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] for a URL that does not parse, an unknown scheme or a
-    /// header with CR or LF; the connection's errors ([`ErrorKind::Refused`],
-    /// [`ErrorKind::HostNotFound`], [`ErrorKind::Tls`], [`ErrorKind::Timeout`],
-    /// [`ErrorKind::Closed`]…, also for a body cut short: never a short body reported as
-    /// complete); [`ErrorKind::Protocol`] for a malformed response (bad status line or
-    /// status code outside 100–599, bad header syntax, bad chunk, conflicting or invalid
-    /// `Content-Length`); [`ErrorKind::LimitExceeded`] for a head, chunk line or trailer
-    /// past its limit, a body past [`max_body`](Request::max_body), more than 16 interim
-    /// (1xx) responses or too many redirects; [`ErrorKind::Rejected`] (with the redirect's code) for a
-    /// redirect from https to http, with Copas's message `"Unallowed insecure redirect https
-    /// to http"`.
+    /// [`ErrorKind::InvalidInput`], before anything is sent, for a URL that does not parse,
+    /// an unknown scheme, a header with CR or LF, a `Content-Length` field that is not the
+    /// body's length in decimal digits, or a `Transfer-Encoding` field on anything but a
+    /// [`body_reader`](Request::body_reader) of unknown length (the one body sent chunked),
+    /// beside a `Content-Length`, or without `chunked` last; the connection's errors
+    /// ([`ErrorKind::Refused`], [`ErrorKind::HostNotFound`], [`ErrorKind::Tls`],
+    /// [`ErrorKind::Timeout`], [`ErrorKind::Closed`]…, also for a body cut short: never a
+    /// short body reported as complete); [`ErrorKind::Protocol`] for a malformed response
+    /// (bad status line or status code outside 100–599, bad header syntax, bad chunk,
+    /// conflicting or invalid `Content-Length`); [`ErrorKind::LimitExceeded`] for a head,
+    /// chunk line or trailer past its limit, a body past [`max_body`](Request::max_body),
+    /// more than 16 interim (1xx) responses or too many redirects; [`ErrorKind::Rejected`]
+    /// (with the redirect's code) for a redirect from https to http, with Copas's message
+    /// `"Unallowed insecure redirect https to http"`.
     ///
     /// # Example
     ///
@@ -484,6 +490,7 @@ impl Request {
                 "invalid method",
             ));
         }
+        self.check_framing()?;
         let mut url = parse_url(&self.url)?;
         let mut redirects = 0;
         loop {
@@ -517,6 +524,64 @@ impl Request {
             }
             url = next;
         }
+    }
+
+    /// Checks the caller's `Content-Length` and `Transfer-Encoding` fields against the
+    /// body, before anything is sent: the server frames the body by them, so a body longer
+    /// than they say would have its extra bytes read as the start of another request on the
+    /// connection (request smuggling), and a shorter one would leave both sides waiting. A
+    /// reader of unknown length takes the caller's `Content-Length` as its declared length.
+    fn check_framing(&mut self) -> Result<()> {
+        let invalid = |message: String| Err(Error::with_message(ErrorKind::InvalidInput, message));
+        let mut length = None;
+        let mut coded = None;
+        for (name, value) in &self.headers {
+            if name.eq_ignore_ascii_case("content-length") {
+                let digits = value.trim();
+                let n = match digits.parse::<u64>() {
+                    Ok(n) if digits.bytes().all(|b| b.is_ascii_digit()) => n,
+                    _ => return invalid(format!("invalid Content-Length {value:?}")),
+                };
+                if length.is_some_and(|l| l != n) {
+                    return invalid("conflicting Content-Length fields".to_string());
+                }
+                length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                coded = Some(value);
+            }
+        }
+        if let Some(codings) = coded {
+            // Only a reader of unknown length goes out chunked; anything else would not be
+            // framed the way the field says.
+            let last = codings.rsplit(',').next().unwrap_or("").trim();
+            if length.is_some()
+                || !matches!(self.body, Body::Reader(_, None))
+                || !last.eq_ignore_ascii_case("chunked")
+            {
+                return invalid(format!(
+                    "Transfer-Encoding {codings:?} is only for a body_reader of unknown length, \
+                     chunked last and without Content-Length"
+                ));
+            }
+        }
+        let Some(length) = length else {
+            return Ok(());
+        };
+        let actual = match &mut self.body {
+            Body::Empty => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::Reader(_, Some(n)) => *n,
+            Body::Reader(_, declared @ None) => {
+                *declared = Some(length);
+                length
+            }
+        };
+        if actual != length {
+            return invalid(format!(
+                "Content-Length {length} for a body of {actual} bytes"
+            ));
+        }
+        Ok(())
     }
 
     /// Where a response redirects to, if this request follows it.
@@ -769,15 +834,12 @@ impl Request {
                 }
                 false
             }
+            // `check_framing` gave a reader the caller's `Content-Length` as its length.
             Body::Reader(_, None) => {
-                if has("content-length") {
-                    false
-                } else {
-                    if !has("transfer-encoding") {
-                        head.push_str("Transfer-Encoding: chunked\r\n");
-                    }
-                    true
+                if !has("transfer-encoding") {
+                    head.push_str("Transfer-Encoding: chunked\r\n");
                 }
+                true
             }
         };
         for (n, v) in &self.headers {
