@@ -4,8 +4,8 @@
 //! typed error — never a panic, a hang, unbounded memory, or a short body reported as a
 //! success. Then what a server may do with a redirect (an endless body, another origin),
 //! a caller's body reader that breaks its declared length or is redirected, a caller's
-//! framing fields that misdescribe the body, and a caller's `Connection: close` that the
-//! server does not repeat.
+//! framing fields that misdescribe the body, header names and methods that are not tokens,
+//! and a caller's `Connection: close` that the server does not repeat.
 //!
 //! Memory is measured with the counting allocator of `util/heap.rs`: the client runs
 //! blocking on the test's thread, the peer on its own, so the peak seen on the test's thread
@@ -1021,4 +1021,47 @@ fn a_callers_framing_fields_that_misdescribe_the_body_are_refused() {
         let log = peer.finish();
         assert_eq!((got, log.accepted), (expected, 1), "{what}");
     }
+}
+
+/// What the caller gives goes into the request head as is, so a header name that is not a
+/// token (a colon or a space in it would make the server read another field), a value with
+/// a control character (CR, LF, NUL, DEL…) or a method that is not a token is refused
+/// before anything is sent. A tab or bytes past ASCII in a value, and an unusual method
+/// that is a token, go through.
+#[test]
+fn header_names_and_methods_that_are_not_tokens_are_refused() {
+    let _dog = util::Watchdog::new("header tokens", secs(60));
+    let refused: [(&str, &str, &str); 12] = [
+        ("GET", "X-Forwarded-For: 10.0.0.1, X-Whatever", "y"),
+        ("GET", "X A", "y"),
+        ("GET", "X-A\r\nX-Injected", "1"),
+        ("GET", "X-\u{e9}", "y"),
+        ("GET", "", "y"),
+        ("GET", "X-A", "1\r\nX-Injected: 1"),
+        ("GET", "X-A", "1\nX-Injected: 1"),
+        ("GET", "X-A", "a\0b"),
+        ("GET", "X-A", "a\x7fb"),
+        ("GET", "X-A", "a\x0bb"),
+        ("GET /admin HTTP/1.1\r\nX:", "X-A", "y"),
+        ("G(ET", "X-A", "y"),
+    ];
+    for (method, name, value) in refused {
+        let peer = answers_once();
+        let request = Request::new(method, &format!("http://{}/", peer.addr))
+            .header(name, value)
+            .timeout(secs(5));
+        let got = outcome(request);
+        let log = peer.finish();
+        assert_eq!(
+            (got, log.accepted),
+            (Err(ErrorKind::InvalidInput), 0),
+            "{method:?} {name:?}: {value:?}"
+        );
+    }
+    let peer = answers_once();
+    let request = Request::new("M-SEARCH", &format!("http://{}/", peer.addr))
+        .header("X-Odd_But.Token!", "a\tcaf\u{e9} b")
+        .timeout(secs(5));
+    let got = outcome(request);
+    assert_eq!((got, peer.finish().accepted), (Ok(b"ok".to_vec()), 1));
 }

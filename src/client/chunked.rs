@@ -204,8 +204,8 @@ fn chunk_end<R: BufRead>(src: &mut R) -> Result<()> {
     }
 }
 
-/// Whether `name` is an HTTP token (a valid field name, RFC 9110 §5.6.2).
-fn is_token(name: &str) -> bool {
+/// Whether `name` is an HTTP token (a valid field name or method, RFC 9110 §5.6.2).
+pub(super) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

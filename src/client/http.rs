@@ -32,7 +32,7 @@ use url::Url;
 use crate::native_tls::{Certificate, TlsConnector};
 use crate::{Error, ErrorKind, Result, Socket};
 
-use super::chunked::ChunkedDecoder;
+use super::chunked::{is_token, ChunkedDecoder};
 use crate::net::socket::find_byte;
 
 /// The default timeout for connecting, sending and receiving (Copas `http.TIMEOUT`).
@@ -153,7 +153,9 @@ pub fn request(url: &str) -> Result<Response> {
 }
 
 impl Request {
-    /// A request with `method` (sent as given, e.g. `"GET"`, `"PUT"`) for `url`.
+    /// A request with `method` (sent as given, e.g. `"GET"`, `"PUT"`) for `url`. A method
+    /// that is not a token, as a header name must be, makes sending fail with
+    /// [`ErrorKind::InvalidInput`].
     ///
     /// ```
     /// let r = copas::client::http::Request::new("OPTIONS", "http://127.0.0.1/");
@@ -214,8 +216,10 @@ impl Request {
     /// `Transfer-Encoding`) replaces the client's; a `Connection` field that lists `close`
     /// keeps the connection out of the pool, as [`keep_alive(false)`](Request::keep_alive)
     /// does. A `Content-Length` or `Transfer-Encoding` field must agree with the body (see
-    /// [`send`](Request::send)'s errors): the server frames the body by it. Names or values
-    /// containing CR or LF make the request fail before anything is sent.
+    /// [`send`](Request::send)'s errors): the server frames the body by it. A name that is
+    /// not a token (RFC 9110: letters, digits and ``!#$%&'*+-.^_`|~``, so no colon, space,
+    /// CR or LF) or a value with a control character other than tab (CR, LF, NUL…) makes
+    /// the request fail with [`ErrorKind::InvalidInput`] before anything is sent.
     ///
     /// ```
     /// let r = copas::client::http::Request::get("http://127.0.0.1/").header("Accept", "*/*");
@@ -387,11 +391,12 @@ impl Request {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`], before anything is sent, for a URL that does not parse,
-    /// an unknown scheme, a header with CR or LF, a `Content-Length` field that is not the
-    /// body's length in decimal digits, or a `Transfer-Encoding` field on anything but a
-    /// [`body_reader`](Request::body_reader) of unknown length (the one body sent chunked),
-    /// beside a `Content-Length`, or without `chunked` last; the connection's errors
-    /// ([`ErrorKind::Refused`], [`ErrorKind::HostNotFound`], [`ErrorKind::Tls`],
+    /// an unknown scheme, a method or header name that is not a token, a header value with
+    /// a control character other than tab (CR, LF, NUL…), a `Content-Length` field that is
+    /// not the body's length in decimal digits, or a `Transfer-Encoding` field on anything
+    /// but a [`body_reader`](Request::body_reader) of unknown length (the one body sent
+    /// chunked), beside a `Content-Length`, or without `chunked` last; the connection's
+    /// errors ([`ErrorKind::Refused`], [`ErrorKind::HostNotFound`], [`ErrorKind::Tls`],
     /// [`ErrorKind::Timeout`], [`ErrorKind::Closed`]…, also for a body cut short: never a
     /// short body reported as complete); [`ErrorKind::Protocol`] for a malformed response
     /// (bad status line or status code outside 100–599, bad header syntax, bad chunk,
@@ -476,15 +481,17 @@ impl Request {
     /// println!("{} bytes, status {}", n, response.status());
     /// ```
     pub fn stream(mut self) -> Result<(Response, BodyReader)> {
+        // What the caller gives goes into the head as is: a name with a colon or a space,
+        // or a CR or LF anywhere, would make the server read other fields or requests.
         for (n, v) in &self.headers {
-            if has_crlf(n) || has_crlf(v) || n.is_empty() {
+            if !is_token(n) || !is_field_value(v) {
                 return Err(Error::with_message(
                     ErrorKind::InvalidInput,
                     format!("invalid header field {n:?}"),
                 ));
             }
         }
-        if has_crlf(&self.method) || self.method.contains(' ') || self.method.is_empty() {
+        if !is_token(&self.method) {
             return Err(Error::with_message(
                 ErrorKind::InvalidInput,
                 "invalid method",
@@ -956,8 +963,10 @@ fn decimal(mut n: u64) -> String {
     digits[at..].iter().map(|&d| char::from(d)).collect()
 }
 
-fn has_crlf(s: &str) -> bool {
-    s.contains('\r') || s.contains('\n')
+/// Whether `value` may be a header field's value: no control character but tab (RFC 9110
+/// §5.5; bytes past ASCII are allowed, as obs-text).
+fn is_field_value(value: &str) -> bool {
+    !value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 fn percent_decode(s: &str) -> String {
