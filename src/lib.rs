@@ -434,7 +434,8 @@ pub fn wakeup(co: Coroutine) -> bool {
 ///
 /// # Errors
 ///
-/// [`ErrorKind::InvalidState`] outside a coroutine.
+/// [`ErrorKind::InvalidState`] outside a coroutine; [`ErrorKind::Cancelled`] in one that is
+/// being removed (from a destructor its unwinding runs).
 pub fn timeout(delay: Duration, callback: impl FnOnce(Coroutine) + 'static) -> Result<()> {
     let callback: Option<Box<dyn FnOnce(Coroutine)>> = if delay.is_zero() {
         None

@@ -64,6 +64,13 @@ pub(crate) fn is_listener(sock: &socket2::Socket) -> io::Result<Option<bool>> {
     }
 }
 
+/// Whether `sock` is an IPv4 or IPv6 socket (not a Unix-domain one, say): its own
+/// address's family.
+pub(crate) fn is_ip(sock: &socket2::Socket) -> io::Result<bool> {
+    let addr = sock.local_addr()?;
+    Ok(addr.is_ipv4() || addr.is_ipv6())
+}
+
 /// One `recv(2)` into `buf`, which need not be initialised: `Ok(n)` means its first `n`
 /// bytes were written. Called with the descriptor's number rather than through `socket2`,
 /// whose `RefCell`-guarded handle and wrappers are a few dozen instructions and two more code

@@ -1429,3 +1429,28 @@ fn run_from_inside_a_hosts_step_is_refused_and_signals_no_exit() {
         (vec![Err(ErrorKind::InvalidState)], false, false)
     );
 }
+
+/// `timeout` from a destructor that a coroutine's removal runs: the coroutine is going
+/// away, so there is nothing to time, and the call fails with `Cancelled`, as its docs say
+/// (and as the waits there do).
+#[test]
+fn timeout_from_a_coroutine_being_removed_is_cancelled() {
+    struct ArmOnDrop(Rc<Cell<Option<Result<(), ErrorKind>>>>);
+    impl Drop for ArmOnDrop {
+        fn drop(&mut self) {
+            let armed = copas::timeout(ms(10), |_| unreachable!("timed a removed coroutine"));
+            self.0.set(Some(util::kind(armed)));
+        }
+    }
+    let seen = Rc::new(Cell::new(None));
+    let guard = ArmOnDrop(seen.clone());
+    let co = copas::addthread(move || {
+        let _guard = guard;
+        copas::pauseforever();
+    })
+    .expect("addthread");
+    copas::step(Some(Duration::ZERO)).expect("step");
+    assert!(copas::removethread(co));
+    assert_eq!(seen.get(), Some(Err(ErrorKind::Cancelled)));
+    util::run_bounded(LIMIT);
+}

@@ -2285,12 +2285,18 @@ fn no_descriptor_leak_after_100_connections() {
 
 /// `wrap` takes a connected TCP stream. A UDP socket read as a stream would lose each
 /// datagram's bytes beyond one read, silently; a listener has no stream to read. Both are
-/// refused with `InvalidState`, as `wrapudp` refuses a TCP socket.
+/// refused with `InvalidState`, as `wrapudp` refuses a TCP socket; so is a Unix-domain
+/// stream, which is not TCP (it has no peer address to report, among others).
 #[test]
-fn wrap_refuses_a_udp_socket_and_a_listener() {
+fn wrap_refuses_a_udp_socket_a_listener_and_a_unix_stream() {
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     assert_eq!(
         util::kind(copas::wrap(udp)).err(),
+        Some(ErrorKind::InvalidState)
+    );
+    let (unix, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    assert_eq!(
+        util::kind(copas::wrap(unix)).err(),
         Some(ErrorKind::InvalidState)
     );
     let (listener, _) = util::local_listener();
@@ -2307,9 +2313,10 @@ fn wrap_refuses_a_udp_socket_and_a_listener() {
 
 /// `addserver` takes a listening socket: one bound but not listening, or a connected
 /// stream, would fail every accept with `EINVAL` (the server backing off and logging once a
-/// second for ever, and `run` never ending); it is refused with `InvalidState` instead.
+/// second for ever, and `run` never ending); it is refused with `InvalidState` instead, as
+/// is a listening Unix-domain socket, which is not TCP.
 #[test]
-fn addserver_refuses_a_socket_that_is_not_listening() {
+fn addserver_refuses_a_socket_that_is_not_listening_or_not_tcp() {
     let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     bound
         .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
@@ -2320,6 +2327,10 @@ fn addserver_refuses_a_socket_that_is_not_listening() {
     let stream = TcpStream::connect(addr).unwrap();
     let _peer = listener.accept().unwrap();
     let outcome = copas::addserver(stream, |_s: Socket| {}).map(|_| ());
+    assert_eq!(util::kind(outcome).err(), Some(ErrorKind::InvalidState));
+    let dir = util::TempDir::new("unix-listener");
+    let unix = std::os::unix::net::UnixListener::bind(dir.path("socket")).unwrap();
+    let outcome = copas::addserver(unix, |_s: Socket| {}).map(|_| ());
     assert_eq!(util::kind(outcome).err(), Some(ErrorKind::InvalidState));
     assert_eq!(copas::status().servers, 0);
     assert!(copas::finished());

@@ -1606,3 +1606,86 @@ fn a_handshake_on_a_closed_tls_socket_is_closed() {
     );
     assert_eq!(*outcomes.borrow(), vec![Err(ErrorKind::Closed); 3]);
 }
+
+/// Reads `r` at about `rate` bytes a second until its end, an error or `limit`.
+fn read_slowly(mut r: impl Read, rate: f64, limit: Duration) {
+    let start = Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while start.elapsed() < limit {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+        let due = Duration::from_secs_f64(total as f64 / rate);
+        std::thread::sleep(due.saturating_sub(start.elapsed()));
+    }
+}
+
+/// A send timeout covers the whole call (manual, "Timeouts"), `send_vectored` over TLS too,
+/// which sends its slices in turn: a reader too slow for the whole call, though each slice
+/// alone goes out within the timeout, must not hold it for as many timeouts as it has
+/// slices. `send` of the same bytes shows the timeout.
+#[test]
+fn a_tls_send_vectored_times_out_once_for_the_whole_call_not_per_slice() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("send_vectored's timeout over TLS", secs(60));
+    const SLICE: usize = 4 << 20;
+    const SLICES: usize = 6;
+    // 24 MiB at 12 MiB/s take 2 s, more than the socket buffers hold; a slice 0.33 s.
+    const RATE: f64 = 12.0 * 1024.0 * 1024.0;
+    let (listener, addr) = util::local_listener();
+    let outcomes = shared(Vec::new());
+    let out = outcomes.clone();
+    let server = copas::addserver_with(
+        listener,
+        ServerOptions::new().timeout(GUARD),
+        copas::handler(
+            move |mut sock: Socket| {
+                sock.settimeouts(None, Some(ms(500)), Some(GUARD));
+                let vectored = sock.receive(Pattern::Line).unwrap() == b"vectored";
+                let data = vec![9u8; SLICE * SLICES];
+                let start = Instant::now();
+                let result = if vectored {
+                    let slices: Vec<IoSlice<'_>> = data.chunks(SLICE).map(IoSlice::new).collect();
+                    sock.send_vectored(&slices)
+                } else {
+                    sock.send(&data)
+                };
+                let kind = result.map_err(|e| (e.kind(), e.sent()));
+                out.borrow_mut().push((vectored, start.elapsed(), kind));
+            },
+            pki.acceptor(),
+        ),
+    )
+    .expect("addserver");
+    let connector = pki.connector();
+    let client = std::thread::spawn(move || {
+        for mode in ["plain", "vectored"] {
+            let tcp = std::net::TcpStream::connect(addr).expect("connect");
+            tcp.set_read_timeout(Some(secs(5))).expect("read timeout");
+            let mut tls = connector.connect("localhost", tcp).expect("handshake");
+            tls.write_all(format!("{mode}\n").as_bytes()).expect("mode");
+            read_slowly(&mut tls, RATE, secs(10));
+        }
+    });
+    assert!(util::step_until(secs(40), || client.is_finished()));
+    client.join().expect("client");
+    copas::removeserver(server, false).expect("removeserver");
+    let outcomes = outcomes.borrow();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    for (vectored, took, result) in outcomes.iter() {
+        let what = if *vectored { "send_vectored" } else { "send" };
+        match result {
+            Err((ErrorKind::Timeout, sent)) => assert!(
+                *sent > 0 && *sent < SLICE * SLICES,
+                "{what}: {sent} bytes sent"
+            ),
+            other => panic!("{what} under a 500 ms send timeout gave {other:?} after {took:?}"),
+        }
+        assert!(
+            *took < secs(2),
+            "{what} ran {took:?} under a 500 ms send timeout"
+        );
+    }
+}

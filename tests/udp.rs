@@ -381,8 +381,16 @@ fn default_names_tell_connected_from_unconnected() {
     util::run_checked(secs(20));
 }
 
+/// TCP sockets, and Unix-domain datagram sockets (not UDP: a datagram from them has no IP
+/// sender to report), are refused with `InvalidState`.
 #[test]
-fn tcp_sockets_are_refused() {
+fn tcp_and_unix_datagram_sockets_are_refused() {
+    let (unix, _other_end) = std::os::unix::net::UnixDatagram::pair().expect("pair");
+    let e = copas::wrapudp(unix).expect_err("a Unix datagram socket");
+    assert_eq!(e.kind(), ErrorKind::InvalidState);
+    let (unix, _other_end) = std::os::unix::net::UnixDatagram::pair().expect("pair");
+    let e = copas::addudpserver(unix, |_| {}).expect_err("a Unix datagram socket");
+    assert_eq!(e.kind(), ErrorKind::InvalidState);
     let (listener, _) = util::local_listener();
     let e = copas::addudpserver(listener, |_| {}).expect_err("a TCP listener");
     assert_eq!(e.kind(), ErrorKind::InvalidState);

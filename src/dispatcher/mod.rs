@@ -688,8 +688,14 @@ impl Dispatcher {
         start_now: bool,
         body: impl FnOnce() + 'static,
     ) -> Result<Coroutine> {
+        // Whatever the cause (no memory, no mapping left, a stack size past the address
+        // space), `Io`, as `addthread` and every coroutine-making call document it.
         let stack = self.pool.borrow_mut().allocate().map_err(|e| {
-            Error::from(e).with_context("no stack could be mapped for a new coroutine")
+            Error::from_io(
+                ErrorKind::Io,
+                e,
+                "no stack could be mapped for a new coroutine",
+            )
         })?;
         let co = {
             let mut st = self.state.borrow_mut();

@@ -268,7 +268,7 @@ fn connect_one(
 pub(crate) fn wrap(sock: socket2::Socket) -> Result<Socket> {
     // A datagram socket read as a stream loses each datagram's tail beyond the read size;
     // a listener has no stream to read.
-    if sock.r#type()? != socket2::Type::STREAM {
+    if sock.r#type()? != socket2::Type::STREAM || !crate::sys::is_ip(&sock)? {
         return Err(Error::with_message(
             ErrorKind::InvalidState,
             "wrap takes a TCP stream (use wrapudp for UDP)",

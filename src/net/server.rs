@@ -207,7 +207,7 @@ pub(crate) fn addserver(
     options: ServerOptions,
     handler: Rc<dyn Fn(Socket)>,
 ) -> Result<Server> {
-    if listener.r#type()? != socket2::Type::STREAM {
+    if listener.r#type()? != socket2::Type::STREAM || !crate::sys::is_ip(&listener)? {
         return Err(Error::with_message(
             ErrorKind::InvalidState,
             "addserver takes a listening TCP socket (use addudpserver for UDP)",

@@ -756,6 +756,12 @@ impl Socket {
             }
         }
         let deadline = Self::deadline(self.conn.timeouts.get().send);
+        self.send_rest(data, sent, deadline)
+    }
+
+    /// Sends `data` from byte `sent` on, waiting as needed until `deadline`; returns its
+    /// length, or the error with every byte of `data` sent in [`Error::sent`].
+    fn send_rest(&self, data: &[u8], mut sent: usize, deadline: Option<Instant>) -> Result<usize> {
         while sent < data.len() {
             match self.send_some(&data[sent..], deadline) {
                 Ok(n) => sent += n,
@@ -789,17 +795,23 @@ impl Socket {
     pub fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<usize> {
         self.refuse_if_closed()?;
         if self.conn.tls.get().is_some() {
+            self.fair_share();
+            // One deadline for the whole call, as for `send`: not one per slice.
+            let deadline = Self::deadline(self.conn.timeouts.get().send);
             let mut sent = 0;
+            let mut result = Ok(());
             for buf in bufs {
-                match self.send(buf) {
+                match self.send_rest(buf, 0, deadline) {
                     Ok(n) => sent += n,
                     Err(e) => {
                         let before = sent + e.sent();
-                        return Err(e.with_sent(before));
+                        result = Err(e.with_sent(before));
+                        break;
                     }
                 }
             }
-            return Ok(sent);
+            self.conn.pass_on(true);
+            return result.map(|()| sent);
         }
         let Some(bufs) = from_first_byte(bufs) else {
             return Ok(0);

@@ -213,7 +213,7 @@ impl UdpSocket {
     /// Takes over a UDP socket: made non-blocking and registered with this thread's
     /// dispatcher.
     pub(crate) fn wrap(sock: socket2::Socket) -> Result<UdpSocket> {
-        if sock.r#type()? != socket2::Type::DGRAM {
+        if sock.r#type()? != socket2::Type::DGRAM || !crate::sys::is_ip(&sock)? {
             return Err(Error::with_message(
                 ErrorKind::InvalidState,
                 "not a UDP socket (use copas::wrap for TCP)",
