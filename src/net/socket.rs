@@ -955,10 +955,17 @@ impl Socket {
     #[inline(always)]
     fn refuse_if_closed(&self) -> Result<()> {
         if self.conn.io.is_closed() {
-            self.fair_share();
-            return Err(Error::new(ErrorKind::Closed));
+            return Err(self.refusal());
         }
         Ok(())
+    }
+
+    /// The error of an operation on a closed socket, out of the way of the hot paths.
+    #[cold]
+    #[inline(never)]
+    fn refusal(&self) -> Error {
+        self.fair_share();
+        Error::new(ErrorKind::Closed)
     }
 
     /// Shuts down the reading side, the writing side, or both (the descriptor stays open).
