@@ -1065,3 +1065,25 @@ fn header_names_and_methods_that_are_not_tokens_are_refused() {
     let got = outcome(request);
     assert_eq!((got, peer.finish().accepted), (Ok(b"ok".to_vec()), 1));
 }
+
+/// A server that answers before it has read the body (here a 413) and closes, resetting the
+/// connection under the body still being sent: its answer came first and is the result,
+/// not the reset it caused (as curl reads it).
+#[test]
+fn an_answer_sent_before_the_body_was_read_is_the_result_not_the_reset() {
+    let _dog = util::Watchdog::new("an early answer", secs(60));
+    let (addr, peer) = peer(vec![vec![
+        Step::ReadRequest,
+        send("HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbig"),
+    ]]);
+    let response = Request::post(&format!("http://{addr}/upload"))
+        .body(vec![b'z'; 8 * 1024 * 1024])
+        .timeout(secs(10))
+        .send()
+        .map(|r| (r.status(), r.body().to_vec()))
+        .map_err(|e| e.kind());
+    let log = peer.join().expect("peer");
+    assert_eq!(response, Ok((413, b"big".to_vec())));
+    assert_eq!(log.accepted, 1);
+    assert_eq!(copas::client::http::close_idle_connections(), 0);
+}

@@ -386,7 +386,9 @@ impl Request {
     }
 
     /// Sends the request, follows redirects, and returns the response with its whole body
-    /// in memory.
+    /// in memory. A server that answers before it has read the whole body and closes (a
+    /// 413 to a large upload), resetting the connection under the body, gives that answer,
+    /// not the reset.
     ///
     /// # Errors
     ///
@@ -729,8 +731,17 @@ impl Request {
             self.send_timeout,
             self.receive_timeout,
         );
-        self.send_request(&mut sock, url, target)
-            .map_err(|e| (e, true))?;
+        // A server may answer before it has read the whole body (a 413, a 401) and close the
+        // connection, which cuts the send short: its answer is already here, and is what the
+        // caller needs, not the reset it caused. Without one the send's error stands (and a
+        // stale pooled connection, which has no answer, is tried again on a fresh one).
+        let mut pooled = pooled;
+        if let Err(e) = self.send_request(&mut sock, url, target) {
+            if e.kind() != ErrorKind::Closed || !answered_early(&mut sock) {
+                return Err((e, true));
+            }
+            pooled = false;
+        }
         let head_only = self.method == "HEAD";
         let mut first = true;
         for _ in 0..=MAX_INTERIM_RESPONSES {
@@ -902,6 +913,16 @@ impl Request {
         }
         Ok(())
     }
+}
+
+/// Whether the peer of a connection that failed a send had already sent something to read
+/// (its response), without waiting for more.
+fn answered_early(sock: &mut Socket) -> bool {
+    let timeouts = sock.gettimeouts();
+    sock.settimeout(Some(Duration::ZERO));
+    let answered = sock.fill_buf().is_ok_and(|bytes| !bytes.is_empty());
+    sock.settimeouts(timeouts.0, timeouts.1, timeouts.2);
+    answered
 }
 
 /// Whether following a redirect with `status` drops the request's body (and turns the
