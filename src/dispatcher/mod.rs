@@ -1090,8 +1090,6 @@ impl Dispatcher {
         true
     }
 
-    /// Waits in the poller up to `wait_for` and turns the events into ready coroutines (and
-    /// accept rounds); returns whether there were any.
     /// Looks at the poller, waiting up to `wait_for`, and acts on its events and, when the
     /// wait took a wake-up from another thread, on the inbox. Every look does both: a post
     /// made while earlier ones wait in the inbox wakes nobody, so a wake-up taken by a look
@@ -1102,6 +1100,8 @@ impl Dispatcher {
         Ok(Looked { events, posted })
     }
 
+    /// Waits in the poller up to `wait_for` and turns the events into ready coroutines (and
+    /// accept rounds); returns whether there were any.
     fn dispatch_events(&self, poller: &Poller, wait_for: Option<Duration>) -> Result<bool> {
         let mut events = self.events.borrow_mut();
         let mut any = false;
