@@ -1190,11 +1190,8 @@ fn ftp_over_ipv6_loopback_transfers_through_epsv_and_pasv_only_is_a_protocol_err
     }
     let _dog = Watchdog::new("ftp over [::1]", secs(60));
     let tmp = TempDir::new("ftp");
-    let root = tmp.path("root");
-    std::fs::create_dir(&root).expect("root dir");
-    let ftpd = Ftpd::start(
-        &root,
-        &tmp.path("ftpd.log"),
+    let (_root, ftpd) = Ftpd::start_in(
+        &tmp,
         FtpdOptions {
             ip: "::1",
             user: true,
@@ -1267,12 +1264,8 @@ fn ftp_to_an_ipv4_mapped_address_accepts_pasv_replies_naming_the_ipv4_server() {
     }
     let _dog = Watchdog::new("ftp over [::ffff:127.0.0.1]", secs(60));
     let tmp = TempDir::new("ftp-mapped");
-    let root = tmp.path("root");
-    std::fs::create_dir(&root).expect("root dir");
-    std::fs::write(root.join("f.txt"), b"mapped").expect("write f.txt");
-    let ftpd = Ftpd::start(
-        &root,
-        &tmp.path("ftpd.log"),
+    let (root, ftpd) = Ftpd::start_in(
+        &tmp,
         FtpdOptions {
             ip: "127.0.0.1",
             user: false,
@@ -1280,6 +1273,7 @@ fn ftp_to_an_ipv4_mapped_address_accepts_pasv_replies_naming_the_ipv4_server() {
             passive: None,
         },
     );
+    std::fs::write(root.join("f.txt"), b"mapped").expect("write f.txt");
     let port = ftpd.port;
     let results = shared(Vec::new());
     let out = results.clone();

@@ -81,6 +81,15 @@ impl Ftpd {
         panic!("pyftpdlib on {} did not start after 5 attempts", options.ip);
     }
 
+    /// Starts one serving a new directory `root` in `dir`, with its log beside it; returns
+    /// the directory's path too, for the files a test puts there.
+    pub fn start_in(dir: &super::TempDir, options: FtpdOptions<'_>) -> (PathBuf, Ftpd) {
+        let root = dir.path("root");
+        std::fs::create_dir(&root).expect("ftpd root directory");
+        let ftpd = Ftpd::start(&root, &dir.path("ftpd.log"), options);
+        (root, ftpd)
+    }
+
     /// What it has written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
