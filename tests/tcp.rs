@@ -1509,6 +1509,48 @@ fn a_line_of_exactly_the_limit_is_accepted_whatever_its_ending() {
     );
 }
 
+/// An unterminated line at the end of the stream is over the limit by one byte as by two:
+/// both are refused with their first `limit` bytes, and the rest comes with `Closed` next.
+#[test]
+fn a_last_unterminated_line_one_byte_over_the_limit_is_refused_like_a_longer_one() {
+    let out = Rc::new(RefCell::new(Vec::new()));
+    for tail in [&b"abcde"[..], b"abcdef", b"abcd"] {
+        let out2 = out.clone();
+        with_peer(
+            move |mut s| {
+                s.write_all(tail).expect("write");
+                s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                read_to_close(&mut s);
+            },
+            move |mut sock| {
+                sock.set_line_limit(4);
+                let got: Vec<_> = (0..2)
+                    .map(|_| {
+                        sock.receive(Pattern::Line)
+                            .map_err(|e| (e.kind(), e.partial().to_vec()))
+                    })
+                    .collect();
+                out2.borrow_mut().push(got);
+            },
+        );
+    }
+    let err = |kind, partial: &[u8]| Err((kind, partial.to_vec()));
+    assert_eq!(
+        *out.borrow(),
+        [
+            vec![
+                err(ErrorKind::LimitExceeded, b"abcd"),
+                err(ErrorKind::Closed, b"e")
+            ],
+            vec![
+                err(ErrorKind::LimitExceeded, b"abcd"),
+                err(ErrorKind::Closed, b"ef")
+            ],
+            vec![err(ErrorKind::Closed, b"abcd"), err(ErrorKind::Closed, b"")],
+        ]
+    );
+}
+
 /// The line limit bounds what a peer can make the socket buffer: a line never grows past
 /// the limit, however the bytes arrive (reliability scenario B.2 #13, `DEFAULT_LINE_LIMIT`
 /// docs: "cannot make the socket buffer more than this").

@@ -584,18 +584,17 @@ impl Socket {
             }
             scanned = upto;
             if scanned >= window {
-                // Hand over the first `limit` bytes; the rest stays buffered.
-                let partial = line_without_cr(prefix, &self.buf[self.start..self.start + limit]);
-                self.start += limit;
-                return Err(Error::with_message(
-                    ErrorKind::LimitExceeded,
-                    format!("line longer than {limit} bytes"),
-                )
-                .with_partial(partial));
+                return Err(self.refuse_long_line(prefix, limit));
             }
             // Never buffer more of a line than the limit allows.
             let got = self.fill_at_most(window - scanned, deadline);
             match got {
+                // At the end of the stream a line one byte over the limit (two or more
+                // reached the window above) is refused as any longer one is: `limit` bytes
+                // now, the rest at the next receive.
+                Ok(0) if self.end - self.start > limit => {
+                    return Err(self.refuse_long_line(prefix, limit));
+                }
                 Ok(0) => {
                     let partial = line_without_cr(prefix, &self.take_buffered());
                     return Err(Error::new(ErrorKind::Closed).with_partial(partial));
@@ -607,6 +606,18 @@ impl Socket {
                 }
             }
         }
+    }
+
+    /// The error for a buffered line longer than `limit`: it hands over the first `limit`
+    /// bytes and leaves the rest buffered.
+    fn refuse_long_line(&mut self, prefix: &[u8], limit: usize) -> Error {
+        let partial = line_without_cr(prefix, &self.buf[self.start..self.start + limit]);
+        self.start += limit;
+        Error::with_message(
+            ErrorKind::LimitExceeded,
+            format!("line longer than {limit} bytes"),
+        )
+        .with_partial(partial)
     }
 
     fn receive_all(&mut self, prefix: &[u8], deadline: Option<Instant>) -> Result<Vec<u8>> {
