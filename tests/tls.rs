@@ -1390,6 +1390,40 @@ fn blocking_tls_client_outside_a_coroutine() {
     assert_eq!(served.get(), 1);
 }
 
+/// A fully qualified host name (`localhost.`, with the root's trailing dot) names the same
+/// host as `localhost`: the certificate for `localhost` is accepted (RFC 6066 sends SNI
+/// without the dot, and certificates name hosts without it).
+#[test]
+fn a_host_name_with_a_trailing_dot_is_verified_as_the_name_without_it() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("trailing-dot host name", secs(60));
+    let reports = collect_reports();
+    let served = Rc::new(Cell::new(0));
+    let (server, addr) = add_tls_echo(pki.acceptor(), GUARD, served.clone());
+    let connector = pki.connector();
+    let got = shared(Vec::new());
+    let out = got.clone();
+    copas::addthread(move || {
+        for name in ["localhost.", "wrong.example."] {
+            let echoed =
+                copas::connect_tls(addr, name, &connector, Some(GUARD)).and_then(|mut sock| {
+                    sock.settimeout(Some(GUARD));
+                    sock.send(b"hello\nbye\n")?;
+                    sock.receive(Pattern::Line)
+                });
+            out.borrow_mut().push(echoed.map_err(|e| e.kind()));
+        }
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    run_checked(&reports, secs(30));
+    assert_eq!(
+        *got.borrow(),
+        [Ok(b"hello".to_vec()), Err(ErrorKind::Tls)],
+        "the dotted name is accepted and still checked"
+    );
+}
+
 #[test]
 fn dohandshake_upgrades_a_plain_connection_in_place() {
     let Some(pki) = pki() else { return };

@@ -420,7 +420,12 @@ fn handshake(
         Role::Client {
             connector,
             server_name,
-        } => connector.connect(server_name, adapter),
+        } => {
+            // A fully qualified name's trailing dot (the DNS root) is not part of the name a
+            // certificate holds, nor of SNI (RFC 6066 §3): `example.com.` is `example.com`.
+            let name = server_name.strip_suffix('.').unwrap_or(server_name);
+            connector.connect(name, adapter)
+        }
         Role::Server(acceptor) => acceptor.accept(adapter),
     };
     loop {
@@ -459,7 +464,8 @@ impl Socket {
     /// does after connecting.
     ///
     /// The server's certificate must be valid for `server_name`, a host name (sent as SNI)
-    /// or an IP address (not sent: RFC 6066 has SNI for names only). Certificates and host
+    /// or an IP address (not sent: RFC 6066 has SNI for names only). A fully qualified
+    /// name's trailing dot is dropped: `example.com.` is checked and sent as `example.com`. Certificates and host
     /// names are verified unless the connector was built with `danger_accept_invalid_certs`
     /// or `danger_accept_invalid_hostnames`; add a private CA with `add_root_certificate`.
     ///
