@@ -1424,6 +1424,34 @@ fn a_host_name_with_a_trailing_dot_is_verified_as_the_name_without_it() {
     );
 }
 
+/// A server timeout of zero never waits, and the TLS handshake runs under it: every
+/// handshake fails with `Timeout` before the handler runs (as `ServerOptions::timeout` warns).
+#[test]
+fn a_tls_server_with_a_zero_timeout_fails_every_handshake() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("zero-timeout TLS server", secs(60));
+    let reports = collect_reports();
+    let served = Rc::new(Cell::new(0));
+    let (server, addr) = add_tls_echo(pki.acceptor(), Duration::ZERO, served.clone());
+    let connector = pki.connector();
+    let got = shared(None);
+    let out = got.clone();
+    copas::addthread(move || {
+        let r = copas::connect_tls(addr, "localhost", &connector, Some(GUARD));
+        *out.borrow_mut() = Some(r.map(|_| ()).map_err(|e| e.kind()));
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    let failed = run_checked(&reports, secs(30));
+    let client = got.borrow_mut().take().expect("the client finished");
+    assert!(client.is_err(), "the client's handshake completed");
+    assert_eq!(served.get(), 0, "the handler ran");
+    assert!(
+        failed.iter().any(|(kind, _)| *kind == ErrorKind::Timeout),
+        "no handshake timed out: {failed:?}"
+    );
+}
+
 #[test]
 fn dohandshake_upgrades_a_plain_connection_in_place() {
     let Some(pki) = pki() else { return };

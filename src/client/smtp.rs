@@ -329,6 +329,9 @@ impl Mail {
 ///   (`550`…), a refused `DATA` or message.
 /// * [`ErrorKind::Tls`] when `STARTTLS` is [required](StartTls::Required) and not offered,
 ///   or the handshake fails (an untrusted certificate…).
+/// * [`ErrorKind::LimitExceeded`] for a reply over the reply reader's limits (a line longer
+///   than [`MAX_REPLY_LINE`](crate::client::reply::MAX_REPLY_LINE), or too many lines or
+///   bytes: see [`read_reply`](crate::client::reply::read_reply)).
 /// * The connection's errors: `Refused`, `HostNotFound`, `Timeout`, `Closed`.
 ///
 /// # Example

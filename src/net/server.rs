@@ -71,6 +71,11 @@ impl ServerOptions {
 
     /// A timeout every accepted connection inherits for connect, send and receive
     /// (Copas's `addserver` timeout).
+    ///
+    /// As everywhere, zero never waits: every call that would have to wait for the peer
+    /// fails with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) at once. That includes
+    /// the TLS handshake [`handler`](crate::handler) runs under the connect timeout, so a
+    /// TLS server with a zero timeout fails every handshake.
     pub fn timeout(mut self, timeout: Duration) -> ServerOptions {
         self.timeout = Some(timeout);
         self
