@@ -653,7 +653,8 @@ pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
 /// `addr` is anything [`ToAddrs`] takes: a `SocketAddr` is used as is; a host name
 /// (`"localhost:9000"`, `("example.org", 80)`) is resolved with the system resolver on a
 /// helper thread ([`offload`]), so inside a coroutine only the coroutine waits, for the
-/// resolution as for the connection. Outside any coroutine the thread waits.
+/// resolution as for the connection. Outside any coroutine the thread waits, within `timeout`
+/// all the same.
 ///
 /// # Errors
 ///

@@ -267,7 +267,8 @@ fn panicked(payload: Box<dyn Any + Send>) -> Error {
 }
 
 /// Runs `f` on a helper thread while the calling coroutine waits (until `deadline`, if
-/// given); outside a coroutine, runs it inline. See `copas::offload`.
+/// given); outside a coroutine, runs it inline, or with a deadline on a helper while the
+/// thread blocks until then. See `copas::offload`.
 pub(crate) fn offload<T, F>(f: F, deadline: Option<Instant>) -> Result<T>
 where
     F: FnOnce() -> T + Send + 'static,
@@ -280,7 +281,10 @@ where
         Caller::Removed => return Err(Error::new(ErrorKind::Cancelled)),
     };
     let Some((co, remote)) = context else {
-        return catch_unwind(AssertUnwindSafe(f)).map_err(panicked);
+        return match deadline {
+            None => catch_unwind(AssertUnwindSafe(f)).map_err(panicked),
+            Some(at) => offload_blocking(f, at),
+        };
     };
     if deadline.is_some_and(|at| Instant::now() >= at) {
         return Err(Error::new(ErrorKind::Timeout));
@@ -313,6 +317,34 @@ where
             Wake::Closed => return Err(Error::new(ErrorKind::Closed)),
             Wake::Event | Wake::Woken => {} // not ours: wait on
         }
+    }
+}
+
+/// [`offload`] outside a coroutine with a deadline: `f` runs on a helper while this thread
+/// blocks until it ends or `at` passes. Nothing else on the thread could run meanwhile
+/// anyway, but the caller keeps its time limit (a resolver can take tens of seconds). An
+/// outcome that comes too late is dropped on the helper.
+fn offload_blocking<T, F>(f: F, at: Instant) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if Instant::now() >= at {
+        return Err(Error::new(ErrorKind::Timeout));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    POOL.submit(Box::new(move || {
+        // Fails only when the caller has stopped waiting; the outcome is dropped here.
+        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+    }))?;
+    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+        Ok(result) => result.map_err(panicked),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::new(ErrorKind::Timeout)),
+        // The job was dropped unrun (no helper thread left to run it).
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::with_message(
+            ErrorKind::Io,
+            "the helper thread ended without running the job",
+        )),
     }
 }
 
@@ -400,5 +432,38 @@ impl Pool {
                 super::drop_payload(payload);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside a coroutine a deadline still bounds the wait (a resolver that hangs must not
+    /// hold `connect` past its timeout); what comes in time is the result, a panic an error.
+    #[test]
+    fn offload_outside_a_coroutine_keeps_its_deadline() {
+        let started = Instant::now();
+        let slow = offload(
+            || std::thread::sleep(Duration::from_secs(3)),
+            Some(started + Duration::from_millis(200)),
+        );
+        let took = started.elapsed();
+        assert_eq!(slow.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+        assert!(
+            took >= Duration::from_millis(200),
+            "gave up early: {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "waited for the job: {took:?}"
+        );
+
+        let soon = Some(Instant::now() + Duration::from_secs(20));
+        assert_eq!(offload(|| 7, soon).map_err(|e| e.kind()), Ok(7));
+        let panicked = offload(|| -> u8 { panic!("in the job") }, soon);
+        assert_eq!(panicked.map_err(|e| e.kind()), Err(ErrorKind::Panicked));
+        let past = offload(|| 7, Some(Instant::now()));
+        assert_eq!(past.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
     }
 }
