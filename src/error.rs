@@ -243,7 +243,11 @@ impl From<io::Error> for Error {
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         let kind = match err.inner.kind {
-            ErrorKind::Timeout => io::ErrorKind::TimedOut,
+            // A `WouldBlock` (a blocking socket's own timeout) comes back as it went in.
+            ErrorKind::Timeout => match &err.inner.source {
+                Some(s) => s.kind(),
+                None => io::ErrorKind::TimedOut,
+            },
             ErrorKind::Closed => match &err.inner.source {
                 Some(s) => s.kind(),
                 None => io::ErrorKind::ConnectionAborted,
@@ -313,6 +317,31 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `io::Error` → `Error` → `io::Error` keeps the kind, `WouldBlock` (which becomes
+    /// `Timeout`) included: it came back as `TimedOut`.
+    #[test]
+    fn an_io_error_converted_there_and_back_keeps_its_kind() {
+        for kind in [
+            io::ErrorKind::WouldBlock,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::InvalidInput,
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::Other,
+        ] {
+            let back = io::Error::from(Error::from(io::Error::from(kind)));
+            assert_eq!(back.kind(), kind);
+        }
+        // A timeout of copas's own has no source: `TimedOut`.
+        assert_eq!(
+            io::Error::from(Error::new(ErrorKind::Timeout)).kind(),
+            io::ErrorKind::TimedOut
+        );
+    }
 
     #[test]
     fn io_errors_map_to_copas_kinds() {

@@ -21,6 +21,10 @@ use crate::error::{Error, ErrorKind, Result};
 /// dispatcher is busy (std's `TcpListener::bind` uses 128).
 const REUSEPORT_BACKLOG: i32 = 1024;
 
+/// The most threads [`threads`] starts: far more than any machine has cores, and few enough
+/// that the vectors for them are small and the system's thread limit is not what refuses.
+const MOST_THREADS: usize = 4096;
+
 /// Runs `n` dispatchers on `n` new OS threads (beyond Copas, which is one Lua state on one
 /// core) and waits for them all to end.
 ///
@@ -47,8 +51,9 @@ const REUSEPORT_BACKLOG: i32 = 1024;
 ///
 /// # Errors
 ///
-/// [`ErrorKind::InvalidInput`] when `n` is 0; [`ErrorKind::Io`] when a thread cannot be
-/// started (then none ran `setup`).
+/// [`ErrorKind::InvalidInput`] when `n` is 0 or above 4,096 (a thread count no machine
+/// gives a use to, which would only exhaust the system's threads); [`ErrorKind::Io`] when a
+/// thread cannot be started (then none ran `setup`).
 ///
 /// # Example
 ///
@@ -83,6 +88,12 @@ where
         return Err(Error::with_message(
             ErrorKind::InvalidInput,
             "threads needs at least one thread",
+        ));
+    }
+    if n > MOST_THREADS {
+        return Err(Error::with_message(
+            ErrorKind::InvalidInput,
+            format!("threads starts at most {MOST_THREADS} threads, not {n}"),
         ));
     }
     let setup = &setup;

@@ -6,7 +6,7 @@
 mod util;
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::ops::Range;
 use std::path::Path;
@@ -248,6 +248,17 @@ fn missing_file_and_crlf_are_errors() {
         assert!(c.command("SITE", Some(bad)).is_err());
     }
     assert_eq!(c.command("NOOP", None).unwrap().code(), 200);
+    // The caller's own destination and source failing: `Io` with the kind kept (a
+    // `BrokenPipe` came back as `Closed`), and the session goes on.
+    for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::TimedOut] {
+        let err = c.retr("keep", &mut Failing(kind)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "retr, {kind:?}: {err}");
+        assert_eq!(io::Error::from(err).kind(), kind);
+        let err = c.stor("stored", &mut Failing(kind)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "stor, {kind:?}: {err}");
+        assert_eq!(io::Error::from(err).kind(), kind);
+        assert_eq!(c.command("NOOP", None).unwrap().code(), 200);
+    }
     let mut sink = Vec::new();
     c.retr("keep", &mut sink).unwrap();
     assert_eq!(sink, b"k");
@@ -532,4 +543,23 @@ fn a_download_removed_midway_closes_the_client_rather_than_hand_its_final_reply_
     );
     // Before: SIZE read the transfer's final reply (226 or 426) as its own.
     assert_eq!(util::kind(next), Err(ErrorKind::Closed));
+}
+
+/// A destination and source whose every write and read fails with its kind.
+struct Failing(io::ErrorKind);
+
+impl io::Write for Failing {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(self.0, "the destination failed"))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Read for Failing {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::new(self.0, "the source failed"))
+    }
 }

@@ -8,7 +8,7 @@
 mod util;
 
 use std::cell::{Cell, RefCell};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
@@ -198,6 +198,19 @@ impl Drop for Nginx {
             std::thread::sleep(ms(10));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A destination whose every write fails with its kind.
+struct FailingWriter(io::ErrorKind);
+
+impl Write for FailingWriter {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(self.0, "the destination failed"))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -393,6 +406,21 @@ fn against_nginx() {
         .expect("send_to");
     assert_eq!(r.status(), 200);
     assert_eq!(out, b"chunk one\nchunk two\n");
+    // ... whose own errors are `Io` with their kind kept, not taken for the server's
+    // (a `BrokenPipe` came back as `Closed`, a `TimedOut` as `Timeout`).
+    for kind in [
+        io::ErrorKind::BrokenPipe,
+        io::ErrorKind::ConnectionReset,
+        io::ErrorKind::TimedOut,
+        io::ErrorKind::PermissionDenied,
+    ] {
+        let err = Request::get(&ng.url("/chunked"))
+            .keep_alive(false)
+            .send_to(&mut FailingWriter(kind))
+            .expect_err("the destination fails");
+        assert_eq!(err.kind(), ErrorKind::Io, "{kind:?}: {err}");
+        assert_eq!(io::Error::from(err).kind(), kind);
+    }
 
     // The http_get example, over https with the test CA, following a redirect
     let ca_file = ng.dir.join("pki/ca.pem");

@@ -2357,6 +2357,24 @@ fn wrap_refuses_a_udp_socket_a_listener_and_a_unix_stream() {
 /// stream, would fail every accept with `EINVAL` (the server backing off and logging once a
 /// second for ever, and `run` never ending); it is refused with `InvalidState` instead, as
 /// is a listening Unix-domain socket, which is not TCP.
+/// Servers compare and hash by identity: they key a set of the servers a program runs.
+#[test]
+fn servers_key_a_hash_set_by_identity() {
+    let (a, _) = util::local_listener();
+    let (b, _) = util::local_listener();
+    let a = copas::addserver(a, |_s: Socket| {}).expect("addserver");
+    let b = copas::addserver(b, |_s: Socket| {}).expect("addserver");
+    let mut running = std::collections::HashSet::new();
+    assert!(running.insert(a));
+    assert!(running.insert(b));
+    assert!(!running.insert(a), "a copy is the same server");
+    for server in running.drain() {
+        copas::removeserver(server, false).expect("removeserver");
+    }
+    assert!(copas::removeserver(a, false).is_err(), "removed twice");
+    util::run_bounded(secs(10));
+}
+
 #[test]
 fn addserver_refuses_a_socket_that_is_not_listening_or_not_tcp() {
     let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -224,6 +224,22 @@ fn zero_threads_is_invalid_input() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
 
+/// A thread count past what `threads` starts is refused before any thread or vector is made
+/// (`usize::MAX` panicked with "capacity overflow").
+#[test]
+fn a_thread_count_past_the_limit_is_invalid_input_not_a_panic() {
+    let ran = std::sync::atomic::AtomicUsize::new(0);
+    for n in [4097, 1 << 40, usize::MAX] {
+        let err = copas::threads(n, |_| {
+            ran.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{n} threads");
+    }
+    assert_eq!(ran.into_inner(), 0, "a setup ran");
+}
+
 #[test]
 fn reuseport_listeners_share_a_port_that_a_plain_listener_holds_alone() {
     let first = copas::bind_reuseport("127.0.0.1:0").expect("first");

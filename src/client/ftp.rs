@@ -869,7 +869,7 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.abandon(&data);
-                    return Err(e.into());
+                    return Err(super::callers_io_error(e, "reading the input"));
                 }
             };
             if let Err(e) = data.send(&buf[..n]) {
@@ -987,7 +987,8 @@ fn copy_from_socket(data: &mut Socket, out: &mut dyn Write, max: u64) -> Result<
                 format!("data longer than {max} bytes"),
             ));
         }
-        out.write_all(&chunk)?;
+        out.write_all(&chunk)
+            .map_err(|e| super::callers_io_error(e, "writing the data to its destination"))?;
     }
 }
 

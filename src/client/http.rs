@@ -57,6 +57,10 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// The most [`Request::send`] reserves for a body on the word of its `Content-Length`.
 const PRESIZE_LIMIT: u64 = 64 * 1024;
+
+/// How much of the body [`Request::send_to`] reads before writing it to its destination.
+const SEND_TO_CHUNK: usize = 16 * 1024;
+
 /// How many interim (1xx) responses may come before the final one.
 const MAX_INTERIM_RESPONSES: usize = 16;
 pub use super::pool::{close_idle_connections, POOL_IDLE, POOL_MAX, POOL_PER_HOST};
@@ -459,7 +463,18 @@ impl Request {
     /// ```
     pub fn send_to(self, out: &mut dyn Write) -> Result<Response> {
         let (mut response, mut reader) = self.stream()?;
-        io::copy(&mut reader, out).map_err(Error::from)?;
+        // Not `io::copy`: the body's errors and `out`'s must stay apart.
+        let mut buf = vec![0; SEND_TO_CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::from(e)),
+            };
+            out.write_all(&buf[..n])
+                .map_err(|e| super::callers_io_error(e, "writing the body to its destination"))?;
+        }
         response.trailers = reader.trailers().to_vec();
         Ok(response)
     }

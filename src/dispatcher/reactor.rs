@@ -201,7 +201,7 @@ impl IoSource {
 
 /// Identifies a registered socket; also the poller key (`generation << 32 | index`), so an
 /// event for a socket that was closed and whose slot was reused is recognised as stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct SourceKey {
     pub(crate) index: u32,
     pub(crate) generation: u32,

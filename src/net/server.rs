@@ -37,8 +37,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A server registered with [`addserver`](crate::addserver); pass it to
-/// [`removeserver`](crate::removeserver).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// [`removeserver`](crate::removeserver). Compares and hashes by identity, so it can key a
+/// map of the servers a program runs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Server {
     key: SourceKey,
 }

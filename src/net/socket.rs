@@ -1049,6 +1049,10 @@ impl Socket {
     }
 }
 
+/// No `AsFd`: a `BorrowedFd` must stay open while it lives, and any handle of the connection
+/// can `close` it through `&self`. To set an option copas has no method for, borrow it
+/// yourself, promising not to close the connection meanwhile:
+/// `socket2::SockRef::from(&unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) })`.
 impl AsRawFd for Socket {
     /// The descriptor (it stays valid until the connection is closed).
     fn as_raw_fd(&self) -> RawFd {
