@@ -1454,3 +1454,138 @@ fn timeout_from_a_coroutine_being_removed_is_cancelled() {
     assert_eq!(seen.get(), Some(Err(ErrorKind::Cancelled)));
     util::run_bounded(LIMIT);
 }
+
+/// Runs a closure when dropped: a capture whose destructor calls copas.
+struct OnDrop(Option<Box<dyn FnOnce()>>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// A coroutine removed before it first ran has its captures dropped as a removed coroutine,
+/// as one that had started does: they see no current coroutine of their own, a wait there
+/// ends at once and a lock is neither taken nor released for someone else. Before, removed
+/// from outside any coroutine, a `pause` in such a destructor slept the thread and a
+/// `Lock::get` took the lock; removed from inside coroutine A, the destructor ran as A and
+/// released A's lock.
+#[test]
+fn a_coroutine_removed_before_it_ran_drops_its_captures_as_removed_not_as_the_remover() {
+    let _dog = Watchdog::new("unstarted removal", Duration::from_secs(30));
+    let seen: Rc<RefCell<Vec<String>>> = Rc::default();
+    let lock = copas::lock::Lock::default();
+    // Removed from outside any coroutine.
+    let (s, l) = (seen.clone(), lock.clone());
+    let guard = OnDrop(Some(Box::new(move || {
+        let started = Instant::now();
+        let paused = copas::pause(Duration::from_millis(1500));
+        s.borrow_mut().push(format!(
+            "outside: pause {paused:?} waited {}",
+            started.elapsed() > ms(500)
+        ));
+        s.borrow_mut()
+            .push(format!("outside: get {:?}", util::kind(l.get(None))));
+    })));
+    let co = copas::addthread(move || {
+        let _g = guard;
+        copas::pauseforever();
+    })
+    .unwrap();
+    assert!(copas::removethread(co));
+    assert!(!lock.is_locked(), "the destructor took the lock");
+    // Removed from inside coroutine A, which holds the lock.
+    let (seen2, lock2) = (seen.clone(), lock.clone());
+    copas::addthread(move || {
+        let me = copas::current();
+        lock2.get(None).unwrap();
+        let (s, l) = (seen2.clone(), lock2.clone());
+        let guard = OnDrop(Some(Box::new(move || {
+            s.borrow_mut().push(format!(
+                "inside: runs as the remover {}",
+                copas::current() == me
+            ));
+            s.borrow_mut()
+                .push(format!("inside: release {:?}", util::kind(l.release())));
+        })));
+        let b = copas::addthread(move || {
+            let _g = guard;
+            copas::pauseforever();
+        })
+        .unwrap();
+        copas::removethread(b);
+        seen2
+            .borrow_mut()
+            .push(format!("inside: A still owns {}", lock2.owner() == me));
+        lock2.release().unwrap();
+    })
+    .unwrap();
+    util::run_bounded(Duration::from_secs(20));
+    assert_eq!(
+        *seen.borrow(),
+        [
+            "outside: pause 0ns waited false",
+            "outside: get Err(Cancelled)",
+            "inside: runs as the remover false",
+            "inside: release Err(NotOwned)",
+            "inside: A still owns true",
+        ]
+    );
+}
+
+/// The worst case of the above: a destructor of a coroutine B, removed before it ran by
+/// coroutine A, waited, which suspended A in the middle of `removethread`; removing A then
+/// did not stop it (B's closure caught A's unwind) and A ran on. Now the wait ends at once,
+/// A finishes its `removethread`, and removing A later stops it. In a child process: the
+/// old behaviour could abort.
+#[test]
+fn a_wait_in_an_unstarted_coroutines_destructor_cannot_suspend_its_remover() {
+    const CHILD: &str = "COPAS_TEST_UNSTARTED_REMOVER_CHILD";
+    if util::is_child(CHILD) {
+        let _dog = Watchdog::new("child", Duration::from_secs(10));
+        let reports = util::record_panics();
+        let steps = Rc::new(Cell::new(0u32));
+        let counted = steps.clone();
+        let a = copas::addthread(move || {
+            let guard = OnDrop(Some(Box::new(|| {
+                let _ = copas::pause(Duration::from_secs(3));
+            })));
+            let b = copas::addthread(move || {
+                let _g = guard;
+            })
+            .unwrap();
+            copas::removethread(b);
+            loop {
+                counted.set(counted.get() + 1);
+                copas::pause(ms(10));
+            }
+        })
+        .unwrap();
+        copas::step(Some(ms(0))).unwrap();
+        let before = steps.get();
+        assert!(copas::removethread(a));
+        util::run_bounded(Duration::from_secs(8));
+        println!(
+            "A ran on removal: {before}, after it: {}",
+            steps.get() - before
+        );
+        println!("reports: {:?}", reports.borrow());
+        return;
+    }
+    let out = util::run_child(
+        "a_wait_in_an_unstarted_coroutines_destructor_cannot_suspend_its_remover",
+        CHILD,
+        Duration::from_secs(20),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("A ran on removal: 1, after it: 0")
+            && stdout.contains("reports: []"),
+        "status {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -312,8 +312,14 @@ impl Coro {
         } else if !inner.started() {
             // Drops the closure without running it. `Unstarted` catches a panic from its
             // captures: corosensei would otherwise see the drop fail, still count the
-            // coroutine as unstarted, and drop the closure again later.
+            // coroutine as unstarted, and drop the closure again later. The captures'
+            // destructors run on the caller's stack, but as this coroutine being unwound,
+            // as a started one's do: they must not act as the caller (its identity, its
+            // locks), nor suspend it (`suspend` refuses while `unwinding` is set).
+            state.frame.unwinding.set(true);
+            let prev = CURRENT.with(|c| c.replace(&state.frame));
             inner.force_unwind();
+            CURRENT.with(|c| c.set(prev));
             UNSTARTED_DROP_PANIC.try_with(Cell::take).ok().flatten()
         } else {
             None
