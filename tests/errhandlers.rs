@@ -438,3 +438,51 @@ fn a_panic_payload_whose_destructor_panics_does_not_escape_run() {
     assert!(after.get(), "the other coroutine did not run to its end");
     assert_eq!(seen.borrow().len(), 1, "{:?}", seen.borrow());
 }
+
+/// A coroutine that ends with a `timeout` still armed, or with its own error handler set,
+/// leaves those closures to the dispatcher to drop; a panic in their captures' destructors
+/// goes to the default error handler, and `run` goes on (it unwound out of `run`). The same
+/// for a coroutine removed while waiting.
+#[test]
+fn a_panic_dropping_a_coroutines_timeout_callback_or_error_handler_stays_in_the_loop() {
+    let _dog = util::Watchdog::new("dropped callbacks", Duration::from_secs(30));
+    let reports = util::record_panics();
+    copas::addthread(|| {
+        let guard = PanicsWhenDropped;
+        copas::timeout(Duration::from_secs(10), move |_| {
+            let _g = &guard;
+        })
+        .unwrap();
+        copas::pause(Duration::from_millis(1));
+    })
+    .unwrap();
+    copas::addthread(|| {
+        let guard = PanicsWhenDropped;
+        copas::seterrorhandler(move |_| {
+            let _g = &guard;
+        });
+        copas::pause(Duration::from_millis(1));
+    })
+    .unwrap();
+    let waiting = copas::addthread(|| {
+        let guard = PanicsWhenDropped;
+        copas::timeout(Duration::from_secs(10), move |_| {
+            let _g = &guard;
+        })
+        .unwrap();
+        copas::pauseforever();
+    })
+    .unwrap();
+    copas::addthread(move || {
+        copas::pause(Duration::from_millis(5));
+        copas::removethread(waiting);
+    })
+    .unwrap();
+    let outcome = std::panic::catch_unwind(copas::run);
+    assert!(matches!(outcome, Ok(Ok(()))), "run did not end normally");
+    assert_eq!(
+        *reports.borrow(),
+        ["the payload's destructor panicked"; 3],
+        "each panic reported once"
+    );
+}

@@ -831,7 +831,8 @@ impl Dispatcher {
         // destructors on its stack may call into the dispatcher.
         let (stack, unwind_panic) = coro.unwind_into_stack();
         self.pool.borrow_mut().retire(stack);
-        drop(removed.callback);
+        let mut removed = removed;
+        self.drop_reported(Some(co), "copas_core_timer", removed.callback.take());
         for payload in [panic, unwind_panic].into_iter().flatten() {
             let report = PanicReport {
                 coroutine: Some(co),
@@ -849,6 +850,33 @@ impl Dispatcher {
             if let Some(socket) = &removed.socket {
                 socket.close();
             }
+        }
+        self.drop_removed(co, removed);
+    }
+
+    /// Drops what a removed coroutine left (its error handler, its socket handle), each
+    /// through [`Dispatcher::drop_reported`].
+    fn drop_removed(&self, co: Coroutine, mut removed: Removed) {
+        let name = removed.name.render(co.generation);
+        self.drop_reported(Some(co), &name, removed.callback.take());
+        self.drop_reported(Some(co), &name, removed.handler.take());
+        self.drop_reported(Some(co), &name, removed);
+    }
+
+    /// Drops `value`, which user code owns (a `timeout` callback never run, an error
+    /// handler, a server's handler): a panic in its captures' destructors goes to the
+    /// default error handler as `name`'s, instead of out of the loop (Copas: errors never
+    /// leave it).
+    fn drop_reported<T>(&self, coroutine: Option<Coroutine>, name: &str, value: T) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+            let report = PanicReport {
+                coroutine,
+                thread_name: name.to_string(),
+                socket_name: None,
+                payload,
+            };
+            let handler = self.state.borrow().default_handler.clone();
+            run_handler(&handler, report);
         }
     }
 
@@ -1312,7 +1340,7 @@ impl Dispatcher {
                     continue;
                 }
                 if let Some(removed) = st.take_task(co) {
-                    tasks.push(removed);
+                    tasks.push((co, removed));
                 }
             }
             st.ready.clear();
@@ -1349,15 +1377,14 @@ impl Dispatcher {
                 let _ = poller.delete(sock.as_raw_fd());
             }
         }
-        drop(sources);
-        drop(timers);
+        self.drop_reported(None, "copas_core_server", sources);
+        self.drop_reported(None, "copas_core_timer", timers);
         let mut graves = Vec::new();
-        for mut removed in tasks {
-            drop(removed.callback.take());
+        for (co, mut removed) in tasks {
             if let Some(coro) = removed.coro.take() {
                 graves.push(coro);
             }
-            drop(removed);
+            self.drop_removed(co, removed);
         }
         self.state.borrow_mut().graveyard.extend(graves);
         self.reap_unless_unwinding();
@@ -1378,7 +1405,6 @@ impl Dispatcher {
             st.take_task(co)
         };
         if let Some(mut removed) = removed {
-            drop(removed.callback.take());
             if let Some(coro) = removed.coro.take() {
                 self.state.borrow_mut().graveyard.push(coro);
             }
@@ -1387,7 +1413,7 @@ impl Dispatcher {
                     socket.close();
                 }
             }
-            drop(removed);
+            self.drop_removed(co, removed);
         }
         self.reap_unless_unwinding();
         true
