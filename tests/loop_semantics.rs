@@ -1346,6 +1346,58 @@ fn destructors_of_coroutines_abandoned_at_thread_exit_may_call_copas() {
     );
 }
 
+/// The same for what the dispatcher holds outside coroutines: a server's handler (its
+/// server never accepted, so no coroutine was ever added) and the default error handler are
+/// dropped while the dispatcher still exists, so their captures' destructors may call
+/// copas. They were dropped from the dispatcher's own destructor, and the call aborted the
+/// process. In a child process.
+#[test]
+fn handlers_captures_dropped_at_thread_exit_may_call_copas() {
+    const CHILD: &str = "COPAS_TEST_HANDLERS_AT_EXIT_CHILD";
+    if util::is_child(CHILD) {
+        let server = std::thread::spawn(|| {
+            let (listener, _) = util::local_listener();
+            let capture = OnDrop(Some(Box::new(|| {
+                println!(
+                    "server handler dropped: servers {}",
+                    copas::status().servers
+                );
+            })));
+            copas::addserver(listener, move |_s| {
+                let _c = &capture;
+            })
+            .expect("addserver");
+            copas::step(Some(ms(1))).expect("step");
+        });
+        server.join().expect("the server thread");
+        let handler = std::thread::spawn(|| {
+            let capture = OnDrop(Some(Box::new(|| {
+                println!("error handler dropped: exiting {}", copas::exiting());
+            })));
+            copas::setdefaulterrorhandler(move |_r| {
+                let _c = &capture;
+            });
+            copas::addthread(|| ()).expect("addthread");
+            copas::run().expect("run");
+        });
+        handler.join().expect("the handler thread");
+        println!("child done");
+        return;
+    }
+    let out = util::assert_child_passes(
+        "handlers_captures_dropped_at_thread_exit_may_call_copas",
+        CHILD,
+        "child done",
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("server handler dropped: servers 0")
+            && stdout.contains("error handler dropped: exiting "),
+        "{stdout}"
+    );
+}
+
 /// `removethread`'s promise: a removed coroutine cannot wait any more. A `pause` in a
 /// destructor of its locals (a back-off before reporting, say) returns at once instead of
 /// sleeping the thread every other coroutine runs on.

@@ -163,7 +163,9 @@ pub(crate) fn try_with<R>(f: impl FnOnce(&Dispatcher) -> R) -> Option<R> {
 /// waiting on something nobody will do) are unwound there, and the destructors on their
 /// stacks may call copas: release a lock, cancel a timer, close a socket. Unwound from
 /// `DISPATCHER`'s own destructor, any such call would find the dispatcher gone and panic
-/// inside the unwind, which aborts the process.
+/// inside the unwind, which aborts the process. Servers' handlers and the default error
+/// handler are dropped there too, for their captures' destructors. Armed by what leaves
+/// such code behind: `spawn`, registering a server, `set_default_handler`.
 struct ThreadExit;
 
 impl Drop for ThreadExit {
@@ -173,6 +175,7 @@ impl Drop for ThreadExit {
             if !d.state.borrow().tasks.is_empty() {
                 d.cancelall();
             }
+            d.release_at_thread_exit();
         });
     }
 }
@@ -560,6 +563,22 @@ impl State {
     }
 
     /// Removes a source whose descriptor is gone; its waiters wake with `Closed`.
+    /// Removes every source `which` picks (see [`State::remove_source`]).
+    fn remove_sources_where(&mut self, which: impl Fn(&Source) -> bool) -> Vec<Source> {
+        let keys: Vec<SourceKey> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| which(s))
+            .map(|(i, s)| SourceKey {
+                index: i as u32,
+                generation: s.generation,
+            })
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| self.remove_source(key))
+            .collect()
+    }
+
     fn remove_source(&mut self, key: SourceKey) -> Option<Source> {
         self.source_mut(key)?;
         let src = self.sources.remove(key.index as usize);
@@ -852,6 +871,35 @@ impl Dispatcher {
             }
         }
         self.drop_removed(co, removed);
+    }
+
+    /// Closes the descriptors of sources taken out of the state, then drops them (a
+    /// server's handler with them) through [`Dispatcher::drop_reported`].
+    fn close_removed_sources(&self, sources: Vec<Source>) {
+        for src in &sources {
+            let sock = src.io.take_sock();
+            if let (Some(sock), Some(poller)) = (sock, self.poller.get()) {
+                let _ = poller.delete(sock.as_raw_fd());
+            }
+        }
+        self.drop_reported(None, "copas_core_server", sources);
+    }
+
+    /// At thread exit, while the dispatcher still exists: closes the servers and drops the
+    /// closures the dispatcher holds outside coroutines (their handlers, the default error
+    /// handler), whose captures' destructors may call copas. From the dispatcher's own
+    /// destructor such a call would find it gone and panic there, which aborts the process.
+    fn release_at_thread_exit(&self) {
+        let servers = self
+            .state
+            .borrow_mut()
+            .remove_sources_where(|s| s.acceptor.is_some());
+        self.close_removed_sources(servers);
+        let old = std::mem::replace(
+            &mut self.state.borrow_mut().default_handler,
+            report::default_handler(),
+        );
+        self.drop_reported(None, "copas_core", old);
     }
 
     /// Drops what a removed coroutine left (its error handler, its socket handle), each
@@ -1351,33 +1399,13 @@ impl Dispatcher {
             let mut timers = TimerQueue::new();
             std::mem::swap(&mut timers, &mut st.timers);
             st.counts = Counts::default();
-            let mut sources = Vec::new();
-            let keys: Vec<SourceKey> = st
-                .sources
-                .iter()
-                .filter(|(_, s)| {
-                    s.acceptor.is_some() || !s.io.readers.is_empty() || !s.io.writers.is_empty()
-                })
-                .map(|(i, s)| SourceKey {
-                    index: i as u32,
-                    generation: s.generation,
-                })
-                .collect();
-            for key in keys {
-                if let Some(src) = st.remove_source(key) {
-                    sources.push(src);
-                }
-            }
+            let sources = st.remove_sources_where(|s| {
+                s.acceptor.is_some() || !s.io.readers.is_empty() || !s.io.writers.is_empty()
+            });
             st.ready.clear();
             (tasks, timers, sources)
         };
-        for src in &sources {
-            let sock = src.io.take_sock();
-            if let (Some(sock), Some(poller)) = (sock, self.poller.get()) {
-                let _ = poller.delete(sock.as_raw_fd());
-            }
-        }
-        self.drop_reported(None, "copas_core_server", sources);
+        self.close_removed_sources(sources);
         self.drop_reported(None, "copas_core_timer", timers);
         let mut graves = Vec::new();
         for (co, mut removed) in tasks {
@@ -1676,6 +1704,8 @@ impl Dispatcher {
     }
 
     pub(crate) fn set_default_handler(&self, handler: ErrorHandler) {
+        // The handler is released at thread exit by the guard (see `THREAD_EXIT`).
+        let _ = THREAD_EXIT.try_with(|_| ());
         let old = std::mem::replace(&mut self.state.borrow_mut().default_handler, handler);
         drop(old);
     }
@@ -1739,6 +1769,10 @@ impl Dispatcher {
     ) -> Result<SourceKey> {
         let poller = self.poller()?;
         let is_server = acceptor.is_some();
+        if is_server {
+            // A server's handler is released at thread exit by the guard (`THREAD_EXIT`).
+            let _ = THREAD_EXIT.try_with(|_| ());
+        }
         let key = {
             let mut st = self.state.borrow_mut();
             let generation = st.source_generations.next();
