@@ -282,3 +282,81 @@ fn five_thousand_concurrent_clients_each_exchange_twenty_lines() {
         "file descriptors left open after the run"
     );
 }
+
+/// Starts `n` coroutines running `wait` (each blocks in it), then removes them last first:
+/// the order in which a list kept in arrival order costs most to leave. Returns the CPU
+/// time of the removals alone.
+fn removing_in_reverse(n: usize, wait: impl Fn() + Clone + 'static) -> Duration {
+    let parked = Rc::new(Cell::new(0usize));
+    let mut waiting = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (parked, wait) = (parked.clone(), wait.clone());
+        waiting.push(
+            copas::addthread(move || {
+                parked.set(parked.get() + 1);
+                wait();
+            })
+            .expect("addthread"),
+        );
+    }
+    for _ in 0..1_000 {
+        if parked.get() == n {
+            break;
+        }
+        copas::step(Some(Duration::ZERO)).expect("step");
+    }
+    assert_eq!(parked.get(), n, "not all coroutines started");
+    let started = util::thread_cpu_time();
+    for co in waiting.into_iter().rev() {
+        assert!(copas::removethread(co));
+    }
+    let took = util::thread_cpu_time() - started;
+    assert_eq!(copas::status().coroutines, 0);
+    took
+}
+
+/// How many times longer removing 8 × `n` waiters takes than removing `n`: about 8 when
+/// each removal costs the same, about 64 when each costs time in proportion to how many
+/// wait (the least of three tries each, after a warm-up, against the shared machine's
+/// noise).
+fn removal_growth(n: usize, wait: impl Fn() + Clone + 'static) -> f64 {
+    copas::set_pooled_stacks(8 * n);
+    removing_in_reverse(n, wait.clone());
+    let least = |n| {
+        (0..3)
+            .map(|_| removing_in_reverse(n, wait.clone()))
+            .min()
+            .expect("three tries")
+    };
+    let (small, big) = (least(n), least(8 * n));
+    copas::set_pooled_stacks(1024); // the default
+    let growth = big.as_secs_f64() / small.as_secs_f64().max(1e-4);
+    eprintln!("removing {n}: {small:?}, {}: {big:?}, x{growth:.1}", 8 * n);
+    growth
+}
+
+/// A `waitforexit` watcher per connection goes with its connection, in any order: each
+/// removal costs the same however many watch (each scanned the whole list: 16,000 removed
+/// last first took 29–31 times as long as 2,000, not 8).
+#[test]
+fn removing_exit_watchers_costs_the_same_however_many_watch() {
+    let _dog = util::Watchdog::new("exit watchers", Duration::from_secs(120));
+    let growth = removal_growth(2_000, || {
+        let _ = copas::waitforexit();
+    });
+    assert!(growth < 24.0, "x{growth:.1} for 8 times as many");
+}
+
+/// The same for coroutines sharing one socket, each waiting to receive (removing one from
+/// the middle of the socket's queue moved the rest: x38–42).
+#[test]
+fn removing_receivers_of_one_socket_costs_the_same_however_many_wait() {
+    let _dog = util::Watchdog::new("socket waiters", Duration::from_secs(120));
+    let sock = Rc::new(copas::UdpSocket::bind("127.0.0.1:0").expect("bind"));
+    let shared = sock.clone();
+    let growth = removal_growth(2_000, move || {
+        let _ = shared.receive(100);
+    });
+    sock.close();
+    assert!(growth < 24.0, "x{growth:.1} for 8 times as many");
+}

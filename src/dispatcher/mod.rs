@@ -273,7 +273,13 @@ struct State {
     running: bool,
     stepping: bool,
     exiting: bool,
+    /// Coroutines in `waitforexit`, in order, and some that left it (removed): leaving is
+    /// O(1) (a connection's watcher goes with its connection, in any order), and those
+    /// left behind are stale handles, which `wake` ignores, dropped when they outnumber the
+    /// live ones (see [`State::push_exit_waiter`]).
     exit_waiters: Vec<Coroutine>,
+    /// How many of `exit_waiters` are still waiting.
+    exit_waiting: usize,
     /// A graceful shutdown under way (`shutdown.rs`).
     shutdown: Option<shutdown::Pending>,
     default_handler: ErrorHandler,
@@ -393,11 +399,8 @@ impl State {
             self.hand_on_turn(source, write);
         }
         if let Wait::Park(Blocker::Exit) = wait {
-            // Only `exit` empties the list otherwise: a watcher per connection, removed
-            // with it, would pile up for the dispatcher's life.
-            if let Some(at) = self.exit_waiters.iter().position(|&w| w == co) {
-                self.exit_waiters.remove(at);
-            }
+            // Its entry stays in `exit_waiters`, a stale handle once the task is gone.
+            self.exit_waiting -= 1;
         }
         if let Wait::Io { source, write } = wait {
             if let Some(src) = self.sources.get_mut(source as usize) {
@@ -563,6 +566,21 @@ impl State {
     }
 
     /// Removes a source whose descriptor is gone; its waiters wake with `Closed`.
+    /// Adds `co` to the coroutines in `waitforexit`, first dropping the stale entries of
+    /// those that left once they outnumber the live ones (amortised O(1) per waiter).
+    fn push_exit_waiter(&mut self, co: Coroutine) {
+        if self.exit_waiters.len() >= 2 * self.exit_waiting + 64 {
+            let mut waiters = std::mem::take(&mut self.exit_waiters);
+            waiters.retain(|&w| {
+                self.task(w)
+                    .is_some_and(|t| t.wait == Wait::Park(Blocker::Exit))
+            });
+            self.exit_waiters = waiters;
+        }
+        self.exit_waiters.push(co);
+        self.exit_waiting += 1;
+    }
+
     /// Removes every source `which` picks (see [`State::remove_source`]).
     fn remove_sources_where(&mut self, which: impl Fn(&Source) -> bool) -> Vec<Source> {
         let keys: Vec<SourceKey> = self
@@ -631,6 +649,7 @@ impl Dispatcher {
                 stepping: false,
                 exiting: false,
                 exit_waiters: Vec::new(),
+                exit_waiting: 0,
                 shutdown: None,
                 default_handler: report::default_handler(),
                 graveyard: Vec::new(),
@@ -1321,6 +1340,7 @@ impl Dispatcher {
     pub(crate) fn exit(&self) {
         let mut st = self.state.borrow_mut();
         st.exiting = true;
+        // Waking each live one counts it out of `exit_waiting` (`detach`).
         let waiters = std::mem::take(&mut st.exit_waiters);
         for co in waiters {
             st.wake(co, Wake::Woken, Lane::Last);
@@ -1338,7 +1358,7 @@ impl Dispatcher {
             if st.exiting {
                 return Ok(());
             }
-            st.exit_waiters.push(co);
+            st.push_exit_waiter(co);
         }
         match self.park(None, Blocker::Exit)? {
             Wake::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
@@ -1394,6 +1414,7 @@ impl Dispatcher {
             st.ready.clear();
             st.pending_accept.clear();
             st.exit_waiters.clear();
+            st.exit_waiting = 0;
             // Nothing is left for a shutdown under way to wait for; its timer goes below.
             st.shutdown = None;
             let mut timers = TimerQueue::new();

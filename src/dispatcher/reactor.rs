@@ -13,7 +13,7 @@
 //! event can never resume a coroutine that stopped waiting (Copas 4.11 defect §4.4).
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
@@ -252,17 +252,67 @@ pub(crate) enum AcceptOutcome {
 #[derive(Default)]
 pub(crate) struct WaitQueue {
     first: Cell<Option<Coroutine>>,
-    // Boxed on purpose: 8 bytes in every socket's record instead of a 32-byte empty queue.
+    // Boxed on purpose: 8 bytes in every socket's record instead of an empty queue.
     // A `Cell` taken and put back, not a `RefCell`: popping the only waiter (every message)
     // then reads one null pointer instead of taking and releasing a borrow.
-    #[allow(clippy::box_collection)]
-    rest: Cell<Option<Box<VecDeque<Coroutine>>>>,
+    rest: Cell<Option<Box<Behind>>>,
+}
+
+/// The coroutines waiting behind the first, in order, with some that left (removed, or
+/// woken by their timeout) still in place: leaving from anywhere is O(log n), where taking
+/// them out of the middle of the queue was O(n) each, quadratic for thousands of waiters
+/// leaving in any order. Entries that left are skipped when they reach the front, and
+/// dropped all at once when they make up half the queue.
+#[derive(Default)]
+struct Behind {
+    queue: VecDeque<Coroutine>,
+    /// How many entries of each coroutine in `queue` are stale. A coroutine that left can
+    /// wait here again (after a timeout); its stale entries are older than its live one, so
+    /// the first ones met from the front are the stale ones.
+    left: BTreeMap<Coroutine, u32>,
+    /// The sum of `left`'s counts.
+    stale: usize,
+}
+
+impl Behind {
+    /// Takes `co`'s first stale entry off the books, if it has one.
+    fn take_stale(&mut self, co: Coroutine) -> bool {
+        let Some(count) = self.left.get_mut(&co) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.left.remove(&co);
+        }
+        self.stale -= 1;
+        true
+    }
+
+    fn pop_live(&mut self) -> Option<Coroutine> {
+        loop {
+            let co = self.queue.pop_front()?;
+            if !self.take_stale(co) {
+                return Some(co);
+            }
+        }
+    }
+
+    /// Drops every stale entry, keeping the order of the live ones.
+    fn compact(&mut self) {
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.retain(|&co| !self.take_stale(co));
+        self.queue = queue;
+    }
+
+    fn live(&self) -> usize {
+        self.queue.len() - self.stale
+    }
 }
 
 impl std::fmt::Debug for WaitQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rest = self.rest.take();
-        let behind = rest.as_ref().map_or(0, |r| r.len());
+        let behind = rest.as_ref().map_or(0, |r| r.live());
         self.rest.set(rest);
         f.debug_struct("WaitQueue")
             .field("first", &self.first.get())
@@ -284,7 +334,7 @@ impl WaitQueue {
     #[cold]
     fn push_rest(&self, co: Coroutine) {
         let mut rest = self.rest.take().unwrap_or_default();
-        rest.push_back(co);
+        rest.queue.push_back(co);
         self.rest.set(Some(rest));
     }
 
@@ -299,12 +349,13 @@ impl WaitQueue {
     #[inline]
     fn pop_rest(&self) -> Option<Coroutine> {
         let mut rest = self.rest.take()?;
-        let next = rest.pop_front();
+        let next = rest.pop_live();
         self.rest.set(Some(rest));
         next
     }
 
-    /// Removes `co` wherever it is; false if it was not there.
+    /// Takes out `co`, which waits in this queue (the caller knows it from the coroutine's
+    /// wait); false if the queue is empty. O(log n) from behind the first.
     pub(crate) fn remove(&self, co: Coroutine) -> bool {
         if self.first.get() == Some(co) {
             self.first.set(self.pop_rest());
@@ -313,15 +364,16 @@ impl WaitQueue {
         let Some(mut rest) = self.rest.take() else {
             return false;
         };
-        let found = match rest.iter().position(|c| *c == co) {
-            Some(pos) => {
-                rest.remove(pos);
-                true
+        let there = rest.live() > 0;
+        if there {
+            *rest.left.entry(co).or_insert(0) += 1;
+            rest.stale += 1;
+            if rest.stale * 2 > rest.queue.len() {
+                rest.compact();
             }
-            None => false,
-        };
+        }
         self.rest.set(Some(rest));
-        found
+        there
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -331,8 +383,10 @@ impl WaitQueue {
     /// Empties the queue, returning the waiters in order.
     pub(crate) fn drain(&self) -> Vec<Coroutine> {
         let mut all: Vec<Coroutine> = self.first.take().into_iter().collect();
-        if let Some(rest) = self.rest.take() {
-            all.extend(*rest);
+        if let Some(mut rest) = self.rest.take() {
+            while let Some(co) = rest.pop_live() {
+                all.push(co);
+            }
         }
         all
     }
@@ -368,12 +422,34 @@ mod tests {
         }
         assert!(q.remove(co(1)));
         assert!(q.remove(co(3)));
-        assert!(!q.remove(co(3)));
         assert_eq!(q.pop(), Some(co(2)));
         q.push(co(5));
         assert!(q.remove(co(5)));
         assert_eq!(q.drain(), vec![co(4)]);
         assert!(q.is_empty());
         assert_eq!(q.pop(), None);
+    }
+
+    /// A coroutine that left (its timeout) and waits again is served at its new place, not
+    /// its old one; compaction keeps the order of the rest.
+    #[test]
+    fn wait_queue_serves_a_returning_waiter_at_its_new_place() {
+        let q = WaitQueue::default();
+        for n in 1..=3 {
+            q.push(co(n));
+        }
+        assert!(q.remove(co(2)));
+        q.push(co(2));
+        assert_eq!(q.drain(), vec![co(1), co(3), co(2)]);
+        for n in 1..=100 {
+            q.push(co(n));
+        }
+        for n in (2..=100).filter(|n| n % 3 != 0) {
+            assert!(q.remove(co(n)));
+        }
+        let left: Vec<Coroutine> = std::iter::once(co(1))
+            .chain((3..=100).step_by(3).map(co))
+            .collect();
+        assert_eq!(q.drain(), left);
     }
 }
