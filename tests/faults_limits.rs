@@ -354,3 +354,61 @@ fn coroutines_removed_while_waiting_for_exit_leave_nothing_behind() {
     );
     assert!(copas::finished());
 }
+
+/// A connection that received a line near the line limit, and a byte of the next, keeps
+/// no buffer sized for that line while it waits for the rest: ten such idle connections
+/// held 64 KiB each; an idle connection is a few KiB (docs/manual/13-performance.md).
+#[test]
+fn a_connection_waiting_after_a_long_line_keeps_no_buffer_sized_for_it() {
+    use std::io::Write;
+    let _turn = turn();
+    let _dog = util::Watchdog::new("read buffer after a long line", Duration::from_secs(60));
+    const CONNS: usize = 10;
+    const LINE: usize = 60_000;
+    let (listener, addr) = util::local_listener();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..CONNS {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut msg = vec![b'a'; LINE];
+            msg.extend_from_slice(b"\nb");
+            s.write_all(&msg).expect("write");
+            held.push(s);
+        }
+        let _ = released.recv_timeout(Duration::from_secs(30));
+    });
+    let waiting = Rc::new(Cell::new(0usize));
+    let socks: Rc<RefCell<Vec<copas::Socket>>> = Rc::default();
+    let before = heap::live_heap();
+    for _ in 0..CONNS {
+        let (waiting, socks) = (waiting.clone(), socks.clone());
+        copas::addthread(move || {
+            let mut sock = copas::connect(addr, Some(Duration::from_secs(10))).expect("connect");
+            socks.borrow_mut().push(sock.share());
+            assert_eq!(sock.receive(Pattern::Line).expect("the line").len(), LINE);
+            waiting.set(waiting.get() + 1);
+            // Waits for the rest of the next line until the socket is closed.
+            let rest = sock.receive(Pattern::Line).expect_err("closed");
+            assert_eq!(rest.kind(), ErrorKind::Closed);
+        })
+        .expect("addthread");
+    }
+    assert!(util::step_until(Duration::from_secs(20), || waiting.get() == CONNS));
+    for _ in 0..5 {
+        copas::step(Some(Duration::from_millis(1))).expect("step");
+    }
+    let held = heap::live_heap() - before;
+    for sock in socks.borrow().iter() {
+        sock.close();
+    }
+    socks.borrow_mut().clear();
+    util::run_bounded(Duration::from_secs(20));
+    release.send(()).expect("peer waiting");
+    peer.join().expect("peer");
+    eprintln!("{CONNS} idle connections after a {LINE}-byte line hold {held} bytes");
+    assert!(
+        held < (CONNS * 16 * 1024) as isize,
+        "{CONNS} idle connections hold {held} bytes"
+    );
+}

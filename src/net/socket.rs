@@ -464,6 +464,8 @@ impl Socket {
     fn fill_at_most(&mut self, max: usize, deadline: Option<Instant>) -> Result<usize> {
         if self.start == self.end {
             self.wait_readable_unbuffered(deadline)?;
+        } else if self.buf.len() > INITIAL_BUFFER && self.end - self.start <= INITIAL_BUFFER / 2 {
+            self.shrink_buffer();
         }
         self.reserve(FILL_MIN.min(max));
         let to = self.buf.len().min(self.end.saturating_add(max));
@@ -473,6 +475,19 @@ impl Socket {
         let n = result?;
         self.end += n;
         Ok(n)
+    }
+
+    /// Moves the few bytes left in a buffer grown for something long (a line near the line
+    /// limit) into a small one: a connection that may now wait must not keep the big one for
+    /// them (an idle connection holds a few KiB, `docs/manual/13-performance.md`).
+    #[cold]
+    fn shrink_buffer(&mut self) {
+        let mut small = read_buffers::take();
+        let len = self.end - self.start;
+        small[..len].copy_from_slice(&self.buf[self.start..self.end]);
+        self.buf = small;
+        self.start = 0;
+        self.end = len;
     }
 
     /// With nothing buffered, waits until a read will not block, having given the buffer

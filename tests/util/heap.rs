@@ -70,3 +70,10 @@ pub fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let peak = PEAK.with(Cell::get);
     (out, (peak - base).max(0) as usize)
 }
+
+/// The heap bytes this thread holds now (allocated here and not freed, less what it freed
+/// of other threads' blocks).
+#[allow(dead_code)] // not every test binary that includes this file uses it
+pub fn live_heap() -> isize {
+    LIVE.with(Cell::get)
+}
