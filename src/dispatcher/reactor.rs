@@ -345,10 +345,17 @@ impl WaitQueue {
         Some(first)
     }
 
-    /// The first of those waiting behind the first, if any.
+    /// The first of those waiting behind the first, if any. Only the look for a queue
+    /// behind is inline: every message pops a socket's only waiter.
     #[inline]
     fn pop_rest(&self) -> Option<Coroutine> {
-        let mut rest = self.rest.take()?;
+        let rest = self.rest.take()?;
+        self.pop_behind(rest)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_behind(&self, mut rest: Box<Behind>) -> Option<Coroutine> {
         let next = rest.pop_live();
         self.rest.set(Some(rest));
         next
