@@ -565,7 +565,6 @@ impl State {
         }
     }
 
-    /// Removes a source whose descriptor is gone; its waiters wake with `Closed`.
     /// Adds `co` to the coroutines in `waitforexit`, first dropping the stale entries of
     /// those that left once they outnumber the live ones (amortised O(1) per waiter).
     fn push_exit_waiter(&mut self, co: Coroutine) {
@@ -597,6 +596,7 @@ impl State {
             .collect()
     }
 
+    /// Removes a source whose descriptor is gone; its waiters wake with `Closed`.
     fn remove_source(&mut self, key: SourceKey) -> Option<Source> {
         self.source_mut(key)?;
         let src = self.sources.remove(key.index as usize);
@@ -869,8 +869,6 @@ impl Dispatcher {
         // destructors on its stack may call into the dispatcher.
         let (stack, unwind_panic) = coro.unwind_into_stack();
         self.pool.borrow_mut().retire(stack);
-        let mut removed = removed;
-        self.drop_reported(Some(co), "copas_core_timer", removed.callback.take());
         for payload in [panic, unwind_panic].into_iter().flatten() {
             let report = PanicReport {
                 coroutine: Some(co),
@@ -901,7 +899,7 @@ impl Dispatcher {
                 let _ = poller.delete(sock.as_raw_fd());
             }
         }
-        self.drop_reported(None, "copas_core_server", sources);
+        self.drop_reported(None, || "copas_core_server".into(), sources);
     }
 
     /// At thread exit, while the dispatcher still exists: closes the servers and drops the
@@ -918,27 +916,36 @@ impl Dispatcher {
             &mut self.state.borrow_mut().default_handler,
             report::default_handler(),
         );
-        self.drop_reported(None, "copas_core", old);
+        self.drop_reported(None, || "copas_core".into(), old);
     }
 
-    /// Drops what a removed coroutine left (its error handler, its socket handle), each
-    /// through [`Dispatcher::drop_reported`].
+    /// Drops what a removed coroutine left: the closures user code gave it (its `timeout`
+    /// callback, its error handler) through [`Dispatcher::drop_reported`], the rest (its
+    /// name, its socket handle) as is.
     fn drop_removed(&self, co: Coroutine, mut removed: Removed) {
-        let name = removed.name.render(co.generation);
-        self.drop_reported(Some(co), &name, removed.callback.take());
-        self.drop_reported(Some(co), &name, removed.handler.take());
-        self.drop_reported(Some(co), &name, removed);
+        let name = &removed.name;
+        if let Some(callback) = removed.callback.take() {
+            self.drop_reported(Some(co), || name.render(co.generation), callback);
+        }
+        if let Some(handler) = removed.handler.take() {
+            self.drop_reported(Some(co), || name.render(co.generation), handler);
+        }
     }
 
     /// Drops `value`, which user code owns (a `timeout` callback never run, an error
     /// handler, a server's handler): a panic in its captures' destructors goes to the
-    /// default error handler as `name`'s, instead of out of the loop (Copas: errors never
+    /// default error handler as `name()`'s, instead of out of the loop (Copas: errors never
     /// leave it).
-    fn drop_reported<T>(&self, coroutine: Option<Coroutine>, name: &str, value: T) {
+    fn drop_reported<T>(
+        &self,
+        coroutine: Option<Coroutine>,
+        name: impl FnOnce() -> String,
+        value: T,
+    ) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
             let report = PanicReport {
                 coroutine,
-                thread_name: name.to_string(),
+                thread_name: name(),
                 socket_name: None,
                 payload,
             };
@@ -1427,7 +1434,7 @@ impl Dispatcher {
             (tasks, timers, sources)
         };
         self.close_removed_sources(sources);
-        self.drop_reported(None, "copas_core_timer", timers);
+        self.drop_reported(None, || "copas_core_timer".into(), timers);
         let mut graves = Vec::new();
         for (co, mut removed) in tasks {
             if let Some(coro) = removed.coro.take() {

@@ -465,9 +465,10 @@ impl Socket {
     ///
     /// The server's certificate must be valid for `server_name`, a host name (sent as SNI)
     /// or an IP address (not sent: RFC 6066 has SNI for names only). A fully qualified
-    /// name's trailing dot is dropped: `example.com.` is checked and sent as `example.com`. Certificates and host
-    /// names are verified unless the connector was built with `danger_accept_invalid_certs`
-    /// or `danger_accept_invalid_hostnames`; add a private CA with `add_root_certificate`.
+    /// name's trailing dot is dropped: `example.com.` is checked and sent as `example.com`.
+    /// Certificates and host names are verified unless the connector was built with
+    /// `danger_accept_invalid_certs` or `danger_accept_invalid_hostnames`; add a private CA
+    /// with `add_root_certificate`.
     ///
     /// The handshake runs under the socket's connect timeout (see
     /// [`Socket::settimeouts`]), as in Copas. Bytes this handle had already read from the
