@@ -726,6 +726,8 @@ impl Role {
             User => matches!(code, 230 | 202),
             Epsv => matches!(code, 500 | 501 | 502 | 504 | 522),
             FtpGreeting => code == 120,
+            // A completion in place of the preliminary reply: the transfer is done.
+            Retr => class == 2,
             _ => false,
         };
         match (on, other) {
@@ -750,7 +752,7 @@ impl Role {
             Type => (&[200, 250], &[]),
             Epsv => (&[229], &[500, 501, 502, 504, 522]),
             Pasv => (&[227], &[]),
-            Retr => (&[150, 125], &[]),
+            Retr => (&[150, 125], &[226, 250]),
             Done => (&[226, 250], &[]),
         }
     }
@@ -1372,8 +1374,14 @@ fn ftp_model(wire: &mut Wire, epsv: bool, ports: Ports, data: usize) -> Result<u
         port, ports.data,
         "the script sends the client to a port the test does not hold"
     );
-    wire.expect(1, Role::Retr)?;
-    wire.expect(0, Role::Done)?;
+    match wire.answer(1, Role::Retr)? {
+        (Path::On, _) => {
+            wire.expect(0, Role::Done)?;
+        }
+        // Completed at once: no final reply follows (LuaSocket reads it so too).
+        (Path::Other, _) => {}
+        (Path::Off, (code, _)) => return Err(rejected(code)),
+    }
     let _ = wire.answer(1, Role::FtpQuit);
     Ok(data as u64)
 }
@@ -1439,7 +1447,8 @@ fn smtp_dialog() -> impl Strategy<Value = SmtpDialog> {
 
 /// An FTP download: whether `EPSV` is tried, what the data peer sends, and a reply to the
 /// greeting and to each command (`PASS` only after `USER` answered 331, `PASV` only without
-/// `EPSV` or after it is not known; `RETR`'s final reply right after its preliminary one).
+/// `EPSV` or after it is not known; `RETR`'s final reply right after its preliminary one,
+/// none when `RETR` is answered by its completion).
 #[derive(Clone, Debug)]
 struct FtpDialog {
     epsv: bool,
@@ -1477,8 +1486,12 @@ fn ftp_dialog() -> impl Strategy<Value = FtpDialog> {
                 if !epsv_good {
                     steps.push((Pasv, LINE, pasv));
                 }
+                // A completion in place of the preliminary reply is the transfer's last.
+                let completed = retr.kind == Kind::Other;
                 steps.push((Retr, LINE, retr));
-                steps.push((Done, AT_ONCE, done));
+                if !completed {
+                    steps.push((Done, AT_ONCE, done));
+                }
                 steps.push((FtpQuit, LINE, quit));
                 FtpDialog {
                     epsv,
