@@ -99,7 +99,7 @@ fn serve(mut sock: Socket) {
 fn main() -> copas::Result<()> {
     let port = match std::env::args().nth(1) {
         Some(arg) => arg.parse().map_err(|_| {
-            copas::Error::with_message(copas::ErrorKind::InvalidState, format!("bad port {arg:?}"))
+            copas::Error::with_message(copas::ErrorKind::InvalidInput, format!("bad port {arg:?}"))
         })?,
         None => DEFAULT_PORT,
     };

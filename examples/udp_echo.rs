@@ -43,7 +43,7 @@ fn echo_handler(sock: UdpSocket) {
 fn main() -> copas::Result<()> {
     let port = match std::env::args().nth(1) {
         Some(arg) => arg.parse().map_err(|_| {
-            copas::Error::with_message(ErrorKind::InvalidState, format!("bad port {arg:?}"))
+            copas::Error::with_message(ErrorKind::InvalidInput, format!("bad port {arg:?}"))
         })?,
         None => DEFAULT_PORT,
     };

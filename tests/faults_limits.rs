@@ -412,3 +412,38 @@ fn a_connection_waiting_after_a_long_line_keeps_no_buffer_sized_for_it() {
         "{CONNS} idle connections hold {held} bytes"
     );
 }
+
+/// A burst of coroutines leaves no tables sized for it: once the burst is over and the
+/// dispatcher has been idle, the heap it holds is back near where it was (the task slab, the
+/// ready queue, the timer queue and the stack pool's list kept their high-water capacity:
+/// 20,000 sleepers left about 9.6 MB behind).
+#[test]
+fn a_burst_of_coroutines_leaves_no_tables_sized_for_it_once_idle() {
+    const BURST: usize = 20_000;
+    let _dog = util::Watchdog::new("burst heap", Duration::from_secs(120));
+    // The dispatcher and its first tables exist before the baseline.
+    copas::addthread(|| {
+        copas::pause(Duration::from_millis(1));
+    })
+    .expect("addthread");
+    util::run_bounded(Duration::from_secs(10));
+    let before = heap::live_heap();
+    for i in 0..BURST {
+        copas::addthread(move || {
+            copas::pause(Duration::from_millis(1 + (i % 7) as u64));
+        })
+        .expect("addthread");
+    }
+    util::run_bounded(Duration::from_secs(60));
+    // Idle steps give surplus stacks back, then trim the tables.
+    for _ in 0..50 {
+        copas::step(Some(Duration::from_millis(5))).expect("step");
+        if copas::status().pooled_stacks <= 1024 {
+            break;
+        }
+    }
+    copas::step(Some(Duration::from_millis(5))).expect("step");
+    let held = heap::live_heap() - before;
+    eprintln!("after {BURST} coroutines, the dispatcher holds {held} bytes more");
+    assert!(held < 512 * 1024, "{held} bytes held after the burst");
+}

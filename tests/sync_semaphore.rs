@@ -342,6 +342,53 @@ fn get_wait_saturates_when_the_waiters_ask_for_more_than_a_usize_holds() {
     assert_eq!(wanted.get(), Some(Ok(usize::MAX)));
 }
 
+/// CPU time of `n` calls to `get_wait` while `n` coroutines wait in line.
+fn asking_get_wait_while_waiting(n: usize) -> Duration {
+    copas::set_pooled_stacks(n);
+    let s = Semaphore::new(n, 0, None);
+    for _ in 0..n {
+        let s = s.clone();
+        copas::addthread(move || {
+            let _ = s.take(1, None);
+        })
+        .unwrap();
+    }
+    for _ in 0..100 {
+        if s.waiting() == n {
+            break;
+        }
+        copas::step(Some(Duration::ZERO)).unwrap();
+    }
+    assert_eq!(s.waiting(), n, "not all coroutines queued");
+    let started = util::thread_cpu_time();
+    for _ in 0..n {
+        assert_eq!(s.get_wait().unwrap(), n);
+    }
+    let took = util::thread_cpu_time() - started;
+    s.destroy().unwrap();
+    run_bounded(LIMIT);
+    copas::set_pooled_stacks(1024); // the default
+    took
+}
+
+/// `get_wait` costs the same however many wait, so a coroutine that asks it each time
+/// round a loop over the line does not go quadratic (it summed the whole line: 8 times as
+/// many waiters asking 8 times as often took about 64 times as long, not 8).
+#[test]
+fn get_wait_costs_the_same_however_many_wait() {
+    let _dog = util::Watchdog::new("get_wait growth", Duration::from_secs(120));
+    let least = |n| {
+        (0..3)
+            .map(|_| asking_get_wait_while_waiting(n))
+            .min()
+            .unwrap()
+    };
+    let (small, big) = (least(2_000), least(16_000));
+    let growth = big.as_secs_f64() / small.as_secs_f64().max(1e-3);
+    eprintln!("get_wait: 2,000: {small:?}, 16,000: {big:?}, x{growth:.1}");
+    assert!(growth < 24.0, "x{growth:.1} for 8 times as many");
+}
+
 #[test]
 fn a_waiter_removed_by_another_coroutine_leaves_the_line_before_the_removal_returns() {
     let seen = Rc::new(RefCell::new(None));

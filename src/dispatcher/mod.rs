@@ -98,6 +98,21 @@ const TRIM_BATCH: usize = 64;
 /// server that is never idle) is given back one stack per step.
 const TRIM_AFTER: Duration = Duration::from_secs(5);
 
+/// Whether a table of `len` entries holds so much more capacity (four times, and more than
+/// a few dozen entries) that giving the rest back is worth a copy. Shrinking to twice
+/// `len` then leaves room to grow before the next reallocation, so a table whose size
+/// swings does not shrink and grow over and over.
+fn oversized(len: usize, capacity: usize) -> bool {
+    capacity > 64 && capacity / 4 > len
+}
+
+/// Shrinks `v` to twice its length if it is [`oversized`].
+fn shrink_vec<T>(v: &mut Vec<T>) {
+    if oversized(v.len(), v.capacity()) {
+        v.shrink_to(2 * v.len());
+    }
+}
+
 /// What a step does after [`Dispatcher::trim_stacks`].
 enum Trim {
     /// Wait in the poller this long (`None`: until an event).
@@ -329,6 +344,24 @@ pub(crate) struct Dispatcher {
 }
 
 impl State {
+    /// Gives back the capacity of tables a burst of coroutines grew and left mostly empty.
+    fn shrink(&mut self) {
+        if oversized(self.tasks.len(), self.tasks.capacity()) {
+            // Only vacant slots past the last live one go; handles stay valid, since
+            // generations are never reused.
+            self.tasks.shrink_to_fit();
+        }
+        if oversized(self.sources.len(), self.sources.capacity()) {
+            self.sources.shrink_to_fit();
+        }
+        self.ready.shrink();
+        self.timers.shrink();
+        shrink_vec(&mut self.exit_waiters);
+        shrink_vec(&mut self.pending_accept);
+        shrink_vec(&mut self.graveyard);
+        shrink_vec(&mut self.undated);
+    }
+
     fn task(&self, co: Coroutine) -> Option<&Task> {
         self.tasks
             .get(co.index as usize)
@@ -1148,10 +1181,17 @@ impl Dispatcher {
     /// Gives back up to `max` stacks beyond the pool's bound, together (neighbours' memory
     /// in one system call); false when there were none.
     fn trim_stack_batch(&self, max: usize) -> bool {
-        let mut pool = self.pool.borrow_mut();
-        let trimmed = pool.trim(max);
-        if pool.surplus() == 0 {
+        let (trimmed, surplus) = {
+            let mut pool = self.pool.borrow_mut();
+            (pool.trim(max), pool.surplus())
+        };
+        if surplus == 0 {
             self.surplus_since.set(None);
+            // A surplus of stacks is what a burst of coroutines leaves; so are tables
+            // sized for it, given back with the stacks.
+            if trimmed > 0 {
+                self.state.borrow_mut().shrink();
+            }
         }
         trimmed > 0
     }

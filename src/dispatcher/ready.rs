@@ -143,6 +143,14 @@ impl ReadyQueue {
         self.len() == 0
     }
 
+    /// Gives back capacity a burst left (see [`oversized`](super::oversized)).
+    pub(super) fn shrink(&mut self) {
+        if super::oversized(self.queue.len(), self.queue.capacity()) {
+            self.queue.shrink_to(2 * self.queue.len());
+        }
+        super::shrink_vec(&mut self.ahead);
+    }
+
     /// The coroutines queued, in no promised order, stale entries included (a coroutine
     /// removed while queued stays here until a run phase skips it).
     pub(super) fn coroutines(&self) -> impl Iterator<Item = Coroutine> + '_ {

@@ -183,6 +183,26 @@ impl<T> TimerQueue<T> {
         }
     }
 
+    /// Gives back memory a burst of timers left: vacant slots past the last armed one, and
+    /// capacity well beyond what is held (see [`oversized`](super::oversized)).
+    pub(crate) fn shrink(&mut self) {
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        let held = self.slots.len();
+        if self.vacant.len() > held - self.armed {
+            self.vacant.retain(|&slot| (slot as usize) < held);
+        }
+        super::shrink_vec(&mut self.slots);
+        super::shrink_vec(&mut self.vacant);
+        if super::oversized(self.run.len(), self.run.capacity()) {
+            self.run.shrink_to(2 * self.run.len());
+        }
+        if super::oversized(self.heap.len(), self.heap.capacity()) {
+            self.heap.shrink_to(2 * self.heap.len());
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.armed
@@ -219,6 +239,42 @@ mod tests {
         assert_eq!(q.pop_expired(now), Some("b"));
         assert_eq!(q.pop_expired(now), None);
         assert_eq!(q.len(), 1);
+    }
+
+    /// After a burst, shrinking gives back the slots past the last armed timer and the
+    /// entries' capacity, and what stays armed (at a high slot and a low one) still fires
+    /// in order; keys of timers that are gone find nothing, even in a slot used again.
+    #[test]
+    fn shrinking_after_a_burst_keeps_what_is_armed() {
+        let mut q = TimerQueue::new();
+        let t0 = Instant::now();
+        let keys: Vec<_> = (0..10_000u64)
+            .map(|i| q.insert(t0 + Duration::from_millis(i % 97), i))
+            .collect();
+        for (i, &key) in keys.iter().enumerate() {
+            if i != 3 && i != 2_000 {
+                assert_eq!(q.remove(key), Some(i as u64));
+            }
+        }
+        let before = q.slots.capacity() + q.run.capacity() + q.heap.capacity();
+        q.shrink();
+        let after = q.slots.capacity() + q.run.capacity() + q.heap.capacity();
+        assert!(after * 3 < before, "{before} -> {after}");
+        assert_eq!(q.slots.len(), 2_001);
+        assert!(q.vacant.iter().all(|&slot| (slot as usize) < q.slots.len()));
+        assert_eq!(q.remove(keys[9_999]), None);
+        let fresh: Vec<_> = (0..6_000u64)
+            .map(|i| q.insert(t0 + Duration::from_secs(1), 100_000 + i))
+            .collect();
+        assert_eq!(
+            q.remove(keys[1_000]),
+            None,
+            "an old key in a slot used again"
+        );
+        assert_eq!(q.remove(fresh[5_999]), Some(105_999));
+        let fired = fire_due(&mut q, t0 + Duration::from_millis(100));
+        // Deadlines 3 ms and 2,000 % 97 = 60 ms.
+        assert_eq!(fired, vec![3, 2_000]);
     }
 
     #[test]

@@ -130,10 +130,6 @@ impl<S, D> WaitList<S, D> {
         self.entries.len()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry<S, D>> {
-        self.entries.values()
-    }
-
     /// Hands a copy of `signal` to every waiter, emptying the line.
     pub(crate) fn grant_all(&mut self, signal: S)
     where

@@ -42,6 +42,9 @@ struct State {
     timeout: Duration,
     /// Waiting coroutines with how many permits each asked for.
     waiters: WaitList<Signal, usize>,
+    /// The sum of what `waiters` asked for, kept so `get_wait` reads it without a walk;
+    /// wide enough that no number of waiters overflows it.
+    wanted: u128,
     destroyed: bool,
     /// Its number and name in listings.
     tag: ObjectTag,
@@ -58,6 +61,7 @@ impl State {
             let Some(head) = self.waiters.pop_front() else {
                 return;
             };
+            self.wanted -= wanted as u128;
             if head.grant(Signal::Granted).is_ok() {
                 self.count -= wanted;
             }
@@ -113,6 +117,7 @@ impl Semaphore {
                 count: start,
                 timeout: timeout.into().unwrap_or(DEFAULT_TIMEOUT),
                 waiters: WaitList::new(),
+                wanted: 0,
                 destroyed: false,
                 tag: ObjectTag::new(),
             })),
@@ -160,6 +165,7 @@ impl Semaphore {
             }
             let co = super::current().ok_or_else(|| super::outside_coroutine("Semaphore::take"))?;
             let (ticket, slot) = st.waiters.push(co, n);
+            st.wanted += n as u128;
             (ticket, slot, super::deadline(timeout), st.tag.id())
         };
         let guard = Ticket {
@@ -233,11 +239,8 @@ impl Semaphore {
         if st.destroyed {
             return Err(Error::new(ErrorKind::Destroyed));
         }
-        let wanted = st
-            .waiters
-            .iter()
-            .fold(0usize, |sum, e| sum.saturating_add(e.data));
-        Ok(wanted.saturating_sub(st.count))
+        let short = st.wanted.saturating_sub(st.count as u128);
+        Ok(usize::try_from(short).unwrap_or(usize::MAX))
     }
 
     /// The most permits it holds.
@@ -264,6 +267,7 @@ impl Semaphore {
         }
         st.destroyed = true;
         st.waiters.grant_all(Signal::Destroyed);
+        st.wanted = 0;
         Ok(())
     }
 
@@ -302,7 +306,9 @@ impl Drop for Ticket<'_> {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return;
         };
-        st.waiters.remove(self.ticket);
+        if let Some(left) = st.waiters.remove(self.ticket) {
+            st.wanted -= left.data as u128;
+        }
         if st.destroyed {
             return;
         }
