@@ -198,6 +198,17 @@ impl Error {
         e
     }
 
+    /// Puts `context` (what was being done) before the message; the kind and the
+    /// operating-system error behind it stay, so a caller can still tell `EMFILE` apart.
+    pub(crate) fn with_context(mut self, context: &str) -> Error {
+        let text = match self.inner.message.take() {
+            Some(m) => format!("{context}: {m}"),
+            None => context.to_string(),
+        };
+        self.inner.message = Some(text.into_boxed_str());
+        self
+    }
+
     pub(crate) fn with_sent(mut self, sent: usize) -> Error {
         self.inner.sent = sent;
         self
@@ -317,6 +328,29 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Context goes before the message; the kind and the system error stay (they were
+    /// dropped, so `io_error()` said `None` for an `EMFILE` whose text named it).
+    #[test]
+    fn context_keeps_the_kind_and_the_system_error() {
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        let e = Error::from(emfile).with_context("no helper thread could be started");
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(
+            e.io_error().and_then(io::Error::raw_os_error),
+            Some(libc::EMFILE)
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        let text = e.to_string();
+        assert!(
+            text.starts_with("i/o error: no helper thread could be started: ")
+                && text.contains("os error 24"),
+            "{text}"
+        );
+        let e = Error::with_message(ErrorKind::Closed, "reset").with_context("the pool");
+        assert_eq!(e.message(), Some("the pool: reset"));
+        assert_eq!(e.kind(), ErrorKind::Closed);
+    }
 
     /// `io::Error` → `Error` → `io::Error` keeps the kind, `WouldBlock` (which becomes
     /// `Timeout`) included: it came back as `TimedOut`.

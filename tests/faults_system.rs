@@ -267,6 +267,8 @@ fn emfile_child() {
 }
 
 const NO_POLLER_CHILD: &str = "COPAS_TEST_NO_POLLER_CHILD";
+const CONTEXT_CHILD: &str = "COPAS_TEST_CONTEXT_CHILD";
+const FORK_CHILD: &str = "COPAS_TEST_FORK_CHILD";
 const SECCOMP_CHILD: &str = "COPAS_TEST_SECCOMP_CHILD";
 
 /// Uses up every descriptor the process may open; returns them for [`free_descriptors`].
@@ -332,6 +334,105 @@ fn a_dispatcher_first_used_without_descriptors_works_once_they_are_back() {
         "a_dispatcher_first_used_without_descriptors_works_once_they_are_back",
         NO_POLLER_CHILD,
         "NO-POLLER-OK",
+        Duration::from_secs(30),
+    );
+}
+
+/// Out of descriptors, `handle()` (its wake-up handle) and `offload` (its helper thread's
+/// wake-up handle) fail with `Io` and the `EMFILE` behind it, which a program can tell
+/// apart (their text named it, but `io_error()` was `None`).
+#[test]
+fn out_of_descriptors_handle_and_offload_keep_the_system_error() {
+    if util::is_child(CONTEXT_CHILD) {
+        let _dog = util::Watchdog::new("the context child", Duration::from_secs(20));
+        copas::step(Some(Duration::ZERO)).expect("the poller is made");
+        let held = exhaust_descriptors();
+        let handle = copas::handle().expect_err("no descriptor for a wake-up handle");
+        let offloaded = Rc::new(std::cell::RefCell::new(None));
+        let out = offloaded.clone();
+        copas::addthread(move || {
+            *out.borrow_mut() = Some(copas::offload(|| 1).expect_err("no descriptor"));
+        })
+        .expect("addthread");
+        copas::step(Some(Duration::from_millis(10))).expect("step");
+        free_descriptors(held);
+        let offload = offloaded.borrow_mut().take().expect("the offload ran");
+        for (what, e) in [("handle", handle), ("offload", offload)] {
+            assert_eq!(e.kind(), copas::ErrorKind::Io, "{what}: {e}");
+            let errno = e.io_error().and_then(std::io::Error::raw_os_error);
+            assert_eq!(errno, Some(libc::EMFILE), "{what}: {e}");
+        }
+        println!("CONTEXT-OK");
+        return;
+    }
+    util::assert_child_passes(
+        "out_of_descriptors_handle_and_offload_keep_the_system_error",
+        CONTEXT_CHILD,
+        "CONTEXT-OK",
+        Duration::from_secs(30),
+    );
+}
+
+/// After a `fork` without `exec`, the child's inherited dispatcher refuses with
+/// `InvalidState` instead of using the epoll instance and timerfd it shares with the parent
+/// (the child re-armed the shared timerfd and took its expiry, and the parent's `pause`
+/// never returned); a new thread in the child runs copas normally, and the parent is
+/// undisturbed.
+#[test]
+fn a_dispatcher_inherited_through_fork_refuses_and_leaves_the_parent_alone() {
+    if util::is_child(FORK_CHILD) {
+        let _dog = util::Watchdog::new("the fork child", Duration::from_secs(20));
+        copas::step(Some(Duration::ZERO)).expect("the poller is made");
+        // SAFETY: the forked process runs only this thread's code below and leaves with
+        // `_exit`, running no destructor of the parent's state.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let inherited = copas::run_with(|| {
+                for _ in 0..40 {
+                    copas::pause(Duration::from_millis(100));
+                }
+            });
+            let refused = inherited
+                .as_ref()
+                .is_err_and(|e| e.kind() == copas::ErrorKind::InvalidState);
+            let fresh = std::thread::spawn(|| {
+                copas::run_with(|| {
+                    for _ in 0..3 {
+                        copas::pause(Duration::from_millis(50));
+                    }
+                })
+            })
+            .join()
+            .is_ok_and(|r| r.is_ok());
+            let code = if refused && fresh { 0 } else { 1 };
+            // SAFETY: ends the forked process at once.
+            unsafe { libc::_exit(code) };
+        }
+        assert!(pid > 0, "fork failed");
+        let started = Instant::now();
+        copas::run_with(|| {
+            copas::pause(Duration::from_millis(300));
+        })
+        .expect("the parent's run");
+        let took = started.elapsed();
+        let mut status = 0;
+        // SAFETY: waits for the process forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            took < Duration::from_secs(3),
+            "the parent's pause took {took:?}"
+        );
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the forked child: refused and ran fresh? status {status}"
+        );
+        println!("FORK-OK");
+        return;
+    }
+    util::assert_child_passes(
+        "a_dispatcher_inherited_through_fork_refuses_and_leaves_the_parent_alone",
+        FORK_CHILD,
+        "FORK-OK",
         Duration::from_secs(30),
     );
 }

@@ -15,6 +15,8 @@
 //! Every run has a watchdog, every loop is bounded, every child process is killed and
 //! awaited.
 
+#[path = "util/heap.rs"]
+mod heap;
 mod util;
 
 use std::cell::{Cell, RefCell};
@@ -284,27 +286,30 @@ fn add_tls_echo(
     (server, addr)
 }
 
-/// Adds a TLS server whose handler waits for one line, sends each of `sends` with a send of
-/// its own, and holds the connection until the client closes it; returns it and its
-/// address.
-fn add_tls_answering(pki: &Pki, sends: &'static [&'static [u8]]) -> (copas::Server, SocketAddr) {
+/// Adds a TLS server running `f` on each connection (handshakes under [`GUARD`]); returns
+/// it and its address.
+fn add_tls_server(pki: &Pki, f: impl Fn(Socket) + 'static) -> (copas::Server, SocketAddr) {
     let (listener, addr) = util::local_listener();
     let server = copas::addserver_with(
         listener,
         ServerOptions::new().timeout(GUARD),
-        copas::handler(
-            move |mut sock: Socket| {
-                let _ = sock.receive(Pattern::Line);
-                for data in sends {
-                    sock.send(data).unwrap();
-                }
-                let _ = sock.receive(Pattern::All);
-            },
-            pki.acceptor(),
-        ),
+        copas::handler(f, pki.acceptor()),
     )
     .expect("addserver");
     (server, addr)
+}
+
+/// Adds a TLS server whose handler waits for one line, sends each of `sends` with a send of
+/// its own, and holds the connection until the client closes it; returns it and its
+/// address.
+fn add_tls_answering(pki: &Pki, sends: &'static [&'static [u8]]) -> (copas::Server, SocketAddr) {
+    add_tls_server(pki, move |mut sock: Socket| {
+        let _ = sock.receive(Pattern::Line);
+        for data in sends {
+            sock.send(data).unwrap();
+        }
+        let _ = sock.receive(Pattern::All);
+    })
 }
 
 /// A real ClientHello, as the first flight of a native-tls client.
@@ -1638,13 +1643,7 @@ fn a_handshake_on_a_closed_tls_socket_is_closed() {
     let Some(pki) = pki() else { return };
     let _dog = util::Watchdog::new("handshake on a closed socket", secs(20));
     let reports = collect_reports();
-    let (listener, addr) = util::local_listener();
-    let server = copas::addserver_with(
-        listener,
-        ServerOptions::new().timeout(GUARD),
-        copas::handler(|_s: Socket| {}, pki.acceptor()),
-    )
-    .unwrap();
+    let (server, addr) = add_tls_server(pki, |_s: Socket| {});
     let connector = pki.connector();
     let outcomes = shared(Vec::new());
     let outcomes2 = outcomes.clone();
@@ -1749,5 +1748,114 @@ fn a_tls_send_vectored_times_out_once_for_the_whole_call_not_per_slice() {
             *took < secs(2),
             "{what} ran {took:?} under a 500 ms send timeout"
         );
+    }
+}
+
+/// A TLS connection waiting in `receivepartial` with nothing to read holds no read buffer,
+/// as a plain one does: the wait comes before the room for the read, and the adapter's raw
+/// buffer goes to the thread's spare ones (each such connection held the 64 KiB asked for
+/// and the 17 KiB raw buffer: 104 KB of heap per pair of ends, 21 KB now, mostly the
+/// client end's raw buffer; the thread's spare buffers, at most 272 KiB, come on top).
+#[test]
+fn an_idle_tls_connection_in_receivepartial_holds_no_read_buffer() {
+    const CONNS: usize = 40;
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("idle TLS buffers", secs(60));
+    let reports = collect_reports();
+    let before = heap::live_heap();
+    let waiting = Rc::new(Cell::new(0usize));
+    let in_handler = waiting.clone();
+    let (server, addr) = add_tls_server(pki, move |mut sock: Socket| {
+        in_handler.set(in_handler.get() + 1);
+        // The client sends nothing: the end of the stream (empty) or a reset.
+        let got = sock.receivepartial(65536);
+        assert!(got.as_ref().map_or(true, Vec::is_empty), "{got:?}");
+    });
+    let clients: Shared<Vec<Socket>> = shared(Vec::new());
+    for _ in 0..CONNS {
+        let (connector, clients) = (pki.connector(), clients.clone());
+        copas::addthread(move || {
+            let sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+            clients.borrow_mut().push(sock);
+        })
+        .unwrap();
+    }
+    assert!(util::step_until(secs(20), || waiting.get() == CONNS
+        && clients.borrow().len() == CONNS));
+    // Settled: every handler is in its wait.
+    for _ in 0..5 {
+        copas::step(Some(ms(1))).unwrap();
+    }
+    let held = heap::live_heap() - before;
+    eprintln!("{CONNS} idle TLS connections (both ends) hold {held} bytes of heap");
+    let held_per_connection = held / CONNS as isize;
+    for sock in clients.borrow().iter() {
+        sock.close();
+    }
+    copas::removeserver(server, false).unwrap();
+    run_checked(&reports, secs(20));
+    assert!(
+        held_per_connection < 32 * 1024,
+        "{held_per_connection} bytes of heap per idle TLS connection"
+    );
+}
+
+/// After `shutdown(Write)` a send over TLS fails as over a plain socket, with `Closed`, and
+/// so does a send blocked when another coroutine shuts the connection down (both got `Tls`,
+/// OpenSSL's "protocol is shutdown"); a reader blocked meanwhile gets `Closed` too.
+#[test]
+fn a_send_after_a_tls_shutdown_is_closed_as_over_a_plain_socket() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("TLS send after shutdown", secs(60));
+    let reports = collect_reports();
+    // Reads nothing: the client's big send fills the socket's buffers and waits.
+    let (server, addr) = add_tls_server(pki, |sock: Socket| {
+        copas::pause(secs(3));
+        sock.close();
+    });
+    let seen: Shared<Vec<(&str, Option<ErrorKind>, Duration)>> = shared(Vec::new());
+    let out = seen.clone();
+    let connector = pki.connector();
+    copas::addthread(move || {
+        let mut sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+        sock.settimeout(Some(secs(5)));
+        sock.send(b"before\n").unwrap();
+        sock.shutdown(std::net::Shutdown::Write).unwrap();
+        let after = sock.send(b"after\n").err().map(|e| e.kind());
+        out.borrow_mut()
+            .push(("send after shutdown(Write)", after, Duration::ZERO));
+
+        let sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+        sock.settimeout(Some(secs(5)));
+        let started = Instant::now();
+        for (what, mut blocked) in [
+            ("blocked writer", sock.share()),
+            ("blocked reader", sock.share()),
+        ] {
+            let out = out.clone();
+            copas::addthread(move || {
+                let e = if what == "blocked writer" {
+                    blocked.send(&vec![7u8; 8 << 20]).err()
+                } else {
+                    blocked.receive(Pattern::Exact(1)).err()
+                };
+                out.borrow_mut()
+                    .push((what, e.map(|e| e.kind()), started.elapsed()));
+            })
+            .unwrap();
+        }
+        copas::pause(ms(300));
+        sock.shutdown(std::net::Shutdown::Both).unwrap();
+        pause_until(secs(5), || out.borrow().len() == 3);
+        sock.close();
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    run_checked(&reports, secs(30));
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for (what, kind, took) in seen.iter() {
+        assert_eq!(*kind, Some(ErrorKind::Closed), "{what}: {seen:?}");
+        assert!(*took < secs(2), "{what} woke after {took:?}");
     }
 }

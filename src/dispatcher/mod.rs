@@ -1984,15 +1984,3 @@ impl Drop for Dispatcher {
         }
     }
 }
-
-impl Error {
-    /// Adds a word of context to an error from the system.
-    pub(crate) fn with_context(self, context: &str) -> Error {
-        let kind = self.kind();
-        let text = match self.io_error() {
-            Some(e) => format!("{context}: {e}"),
-            None => context.to_string(),
-        };
-        Error::with_message(kind, text)
-    }
-}

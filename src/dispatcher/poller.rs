@@ -75,10 +75,37 @@ mod linux {
     use super::*;
     use std::cell::{Cell, RefCell};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Once;
     use std::time::Instant;
+
+    use crate::error::{Error, ErrorKind};
 
     /// How many events one wait can return.
     const EVENT_CAPACITY: usize = 1024;
+
+    /// How many times this process has been forked, as counted in the child: a poller made
+    /// before a `fork` shares its epoll instance, eventfd and timerfd with the parent, so in
+    /// the child it must touch none of them (the child's timerfd arming and waits stole the
+    /// parent's expiries: a parent's `pause` never returned).
+    static FORKS: AtomicU32 = AtomicU32::new(0);
+
+    extern "C" fn count_fork_in_child() {
+        // An atomic add only: async-signal-safe, as a handler run after `fork` must be.
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The fork count now, with the handler that counts forks installed (once per process).
+    fn forks() -> u32 {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            // SAFETY: registers a handler without arguments that only adds to an atomic;
+            // `pthread_atfork` copies the pointers and keeps no reference to our data. If it
+            // fails (out of memory), forks go uncounted, as before this guard existed.
+            unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+        });
+        FORKS.load(Ordering::Relaxed)
+    }
 
     /// An epoll instance with an eventfd for wake-ups from other threads.
     #[derive(Debug)]
@@ -96,6 +123,9 @@ mod linux {
         /// A wait took a wake-up from another thread since [`Poller::take_notified`] last
         /// said so.
         notified: Cell<bool>,
+        /// [`FORKS`] when it was made: a different count means this is a child's inherited
+        /// copy, which refuses every call (see [`Poller::inherited`]).
+        made_in: u32,
     }
 
     fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -165,6 +195,7 @@ mod linux {
                 timer: None,
                 timer_at: Cell::new(None),
                 notified: Cell::new(false),
+                made_in: forks(),
             };
             poller.ctl(
                 libc::EPOLL_CTL_ADD,
@@ -240,7 +271,23 @@ mod linux {
             true
         }
 
+        /// Refuses a poller inherited through `fork` (without `exec`): its descriptors are
+        /// the parent's too, and using them from the child would take the parent's events
+        /// and timer expiries, or add and remove the parent's registrations.
+        #[inline]
+        fn inherited(&self) -> io::Result<()> {
+            if FORKS.load(Ordering::Relaxed) == self.made_in {
+                return Ok(());
+            }
+            Err(io::Error::other(Error::with_message(
+                ErrorKind::InvalidState,
+                "this thread's dispatcher was inherited through fork(); in the child, use \
+                 copas on a thread that had not used it before the fork",
+            )))
+        }
+
         fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+            self.inherited()?;
             let mut event = libc::epoll_event { events, u64: key };
             // SAFETY: `event` is a valid epoll_event; epoll ignores it for EPOLL_CTL_DEL.
             check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) })?;
@@ -286,6 +333,7 @@ mod linux {
             out: &mut Vec<Readiness>,
             timeout: Option<Duration>,
         ) -> io::Result<bool> {
+            self.inherited()?;
             let mut buffer = self.buffer.borrow_mut();
             buffer.clear();
             let n = self.wait_raw(&mut buffer, timeout)?;

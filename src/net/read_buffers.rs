@@ -13,7 +13,12 @@
 //! A buffer holds bytes of the connections that used it before; a socket only ever reads the
 //! part its own `recv` wrote.
 
+//!
+//! TLS connections keep a second kind here: the adapter's buffer for raw (encrypted) bytes,
+//! a record's worth ([`RAW_LEN`]), given up the same way when a TLS connection waits.
+
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// The length of every buffer kept here, and of a socket's first read buffer.
 pub(crate) const BUFFER_LEN: usize = 4 * 1024;
@@ -21,33 +26,62 @@ pub(crate) const BUFFER_LEN: usize = 4 * 1024;
 /// How many spare buffers a thread keeps at most (256 KiB).
 const KEPT: usize = 64;
 
+/// The length of a TLS adapter's raw buffer: one full TLS record (16 KiB and its overhead)
+/// and more.
+pub(crate) const RAW_LEN: usize = 17 * 1024;
+
+/// How many spare raw buffers a thread keeps at most (272 KiB).
+const RAW_KEPT: usize = 16;
+
+type Spare = RefCell<Vec<Vec<u8>>>;
+
 thread_local! {
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SPARE: Spare = const { RefCell::new(Vec::new()) };
+    static SPARE_RAW: Spare = const { RefCell::new(Vec::new()) };
+}
+
+fn take_from(spare: &'static LocalKey<Spare>, len: usize) -> Vec<u8> {
+    spare
+        .try_with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; len])
+}
+
+fn give_to(spare: &'static LocalKey<Spare>, len: usize, kept: usize, buf: Vec<u8>) {
+    if buf.len() != len {
+        return;
+    }
+    let _ = spare.try_with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut() {
+            if spare.len() < kept {
+                spare.push(buf);
+            }
+        }
+    });
 }
 
 /// A buffer of [`BUFFER_LEN`] initialised bytes (of unspecified value): the one given up
 /// last, or a new zeroed one.
 pub(crate) fn take() -> Vec<u8> {
-    SPARE
-        .try_with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()))
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| vec![0; BUFFER_LEN])
+    take_from(&SPARE, BUFFER_LEN)
 }
 
 /// Keeps `buf` for the next [`take`] if it is a buffer of [`BUFFER_LEN`] and fewer than
 /// [`KEPT`] are kept; frees it otherwise.
 pub(crate) fn give(buf: Vec<u8>) {
-    if buf.len() != BUFFER_LEN {
-        return;
-    }
-    let _ = SPARE.try_with(|spare| {
-        if let Ok(mut spare) = spare.try_borrow_mut() {
-            if spare.len() < KEPT {
-                spare.push(buf);
-            }
-        }
-    });
+    give_to(&SPARE, BUFFER_LEN, KEPT, buf);
+}
+
+/// A raw buffer of [`RAW_LEN`] initialised bytes, as [`take`].
+pub(crate) fn take_raw() -> Vec<u8> {
+    take_from(&SPARE_RAW, RAW_LEN)
+}
+
+/// Keeps `buf` for the next [`take_raw`] if it is a buffer of [`RAW_LEN`] and fewer than
+/// [`RAW_KEPT`] are kept; frees it otherwise.
+pub(crate) fn give_raw(buf: Vec<u8>) {
+    give_to(&SPARE_RAW, RAW_LEN, RAW_KEPT, buf);
 }
 
 /// How many buffers this thread keeps now.

@@ -283,7 +283,11 @@ impl Socket {
 
     /// Another handle to the same connection, with its own (empty) read buffer.
     ///
-    /// Closing through any handle closes the connection for all of them.
+    /// Closing through any handle closes the connection for all of them, and so do the
+    /// timeouts: [`settimeout`](Socket::settimeout) through one handle sets them for every
+    /// handle (they belong to the connection, as Copas keys them by the socket). Bytes a
+    /// handle has read ahead (a [`Pattern::Line`] reads past the line) stay in that handle:
+    /// dropped with it, they are gone; another handle never sees them.
     pub fn share(&self) -> Socket {
         Socket::from_connection(self.conn.clone())
     }
@@ -493,19 +497,21 @@ impl Socket {
     /// With nothing buffered, waits until a read will not block, having given the buffer
     /// up to the thread's spare ones (`net/read_buffers.rs`): an idle connection then holds
     /// no buffer, and the next one to read takes it warm rather than one more cold page per
-    /// message. Not for TLS, whose layer may hold decrypted bytes the readiness bits do not
-    /// show.
+    /// message. Over TLS only while the layer is known to hold no decrypted bytes, which
+    /// the readiness bits do not show.
     fn wait_readable_unbuffered(&mut self, deadline: Option<Instant>) -> Result<()> {
-        if self.conn.tls.get().is_some() {
-            return Ok(());
-        }
         let io = &self.conn.io;
+        let tls = self.conn.tls.get();
         while !(io.is_closed() || self.conn.eof.get() || io.readable.get() || io.read_closed.get())
+            && tls.is_none_or(TlsLayer::holds_nothing)
         {
             if self.buf.capacity() > 0 {
                 read_buffers::give(std::mem::take(&mut self.buf));
                 self.start = 0;
                 self.end = 0;
+            }
+            if let Some(tls) = tls {
+                tls.release_raw_buffer();
             }
             self.conn.wait(false, deadline)?;
         }
@@ -735,9 +741,12 @@ impl Socket {
             let deadline = Self::deadline(self.conn.timeouts.get().receive);
             self.start = 0;
             self.end = 0;
-            // Room for what was asked (up to a bulk chunk) so big reads stay few.
-            self.reserve(max.min(BULK_CHUNK));
-            self.fill_at_most(max.min(BULK_CHUNK), deadline)
+            // Waits first, holding no buffer; then room for what was asked (up to a bulk
+            // chunk) so big reads stay few.
+            self.wait_readable_unbuffered(deadline).and_then(|()| {
+                self.reserve(max.min(BULK_CHUNK));
+                self.fill_at_most(max.min(BULK_CHUNK), deadline)
+            })
         } else {
             Ok(0)
         };
@@ -925,6 +934,7 @@ impl Socket {
 
     /// Sets the connect, send and receive timeouts at once (`None`: wait forever;
     /// `Some(Duration::ZERO)`: never wait, fail with `Timeout` when the call would block).
+    /// They are the connection's: every handle [`share`](Socket::share) made sees them.
     pub fn settimeout(&self, timeout: Option<Duration>) {
         self.settimeouts(timeout, timeout, timeout);
     }

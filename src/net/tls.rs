@@ -21,7 +21,7 @@
 //! sent, nor demand a client certificate. A client sends SNI and may present an identity
 //! (`TlsConnectorBuilder::identity`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
@@ -31,6 +31,7 @@ use native_tls::{HandshakeError, TlsAcceptor, TlsConnector, TlsStream};
 
 use crate::dispatcher::IoSource;
 use crate::error::{Error, ErrorKind, Result};
+use crate::net::read_buffers;
 use crate::net::socket::{Connection, Socket};
 
 /// How long [`handler`] waits for a client's TLS handshake when the server gave its
@@ -38,8 +39,8 @@ use crate::net::socket::{Connection, Socket};
 /// 30 s. A client that stalls its handshake must not hold a coroutine forever.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Size of the adapter's buffer for raw (encrypted) bytes: one full TLS record and more.
-const RAW_BUFFER: usize = 17 * 1024;
+/// Size of the adapter's buffer for raw (encrypted) bytes.
+const RAW_BUFFER: usize = read_buffers::RAW_LEN;
 
 /// `Read`/`Write` over the connection's non-blocking descriptor, for `native-tls`.
 ///
@@ -182,7 +183,11 @@ impl Read for FdIo {
         }
         let direct = dst.len() >= RAW_BUFFER;
         if !direct && self.buf.len() < RAW_BUFFER {
-            self.buf.resize(RAW_BUFFER, 0);
+            if self.buf.is_empty() {
+                self.buf = read_buffers::take_raw();
+            } else {
+                self.buf.resize(RAW_BUFFER, 0);
+            }
         }
         let target: &mut [u8] = if direct { &mut *dst } else { &mut self.buf };
         match io.recv_into(target) {
@@ -231,6 +236,9 @@ impl Write for FdIo {
 /// wait, so several coroutines may read and write one TLS connection.
 pub(crate) struct TlsLayer {
     stream: RefCell<TlsStream<FdIo>>,
+    /// A `close_notify` went out (`shutdown` of the writing side, or `close`): OpenSSL
+    /// refuses every write from then on, as the kernel does after a plain shutdown.
+    write_shut: Cell<bool>,
 }
 
 impl fmt::Debug for TlsLayer {
@@ -317,6 +325,11 @@ impl TlsLayer {
             if conn.io.is_closed() {
                 return Err(Error::new(ErrorKind::Closed));
             }
+            if self.write_shut.get() {
+                // What a plain socket hears from the kernel (OpenSSL's own "protocol is
+                // shutdown" read as a TLS failure).
+                return Err(Error::from(io::Error::from(io::ErrorKind::BrokenPipe)));
+            }
             let (result, write) = {
                 let mut stream = self.stream.borrow_mut();
                 let result = stream.write(data);
@@ -355,12 +368,32 @@ impl TlsLayer {
         self.buffered() == Some(true)
     }
 
+    /// Whether the layer and its adapter are known to hold no bytes for a reader (false
+    /// when that cannot be told).
+    pub(crate) fn holds_nothing(&self) -> bool {
+        self.buffered() == Some(false)
+    }
+
+    /// Gives up the adapter's raw buffer (a record's worth, [`RAW_BUFFER`]) to the thread's
+    /// spare ones while it holds nothing, so a connection about to wait for its peer keeps
+    /// none; the next read takes one back.
+    pub(crate) fn release_raw_buffer(&self) {
+        if let Ok(mut stream) = self.stream.try_borrow_mut() {
+            let adapter = stream.get_mut();
+            if adapter.start == adapter.end && adapter.buf.capacity() > 0 {
+                read_buffers::give_raw(std::mem::take(&mut adapter.buf));
+                adapter.start = 0;
+                adapter.end = 0;
+            }
+        }
+    }
+
     /// Whether a read is sure to wait: the socket known drained (its readiness bit clear, no
     /// end of stream) and nothing in the TLS layer or the adapter; false when that cannot be
     /// told, so an unsure read asks OpenSSL rather than wait for an edge that may not come.
     fn drained(&self, conn: &Connection) -> bool {
         let io = &conn.io;
-        !io.readable.get() && !io.read_closed.get() && self.buffered() == Some(false)
+        !io.readable.get() && !io.read_closed.get() && self.holds_nothing()
     }
 
     /// Sends a `close_notify` alert if the socket takes it at once; never waits.
@@ -368,6 +401,7 @@ impl TlsLayer {
         if let Ok(mut stream) = self.stream.try_borrow_mut() {
             let _ = stream.shutdown();
             stream.get_mut().blocked = None;
+            self.write_shut.set(true);
         }
     }
 
@@ -433,6 +467,7 @@ fn handshake(
             Ok(stream) => {
                 return Ok(TlsLayer {
                     stream: RefCell::new(stream),
+                    write_shut: Cell::new(false),
                 })
             }
             Err(HandshakeError::Failure(e)) => {
@@ -613,7 +648,8 @@ pub(crate) fn connect_tls(
 ///
 /// `native-tls` cannot pick a certificate by the client's SNI name or demand client
 /// certificates: every client gets the acceptor's identity (Copas's `tls-sni` server case
-/// has no equivalent).
+/// has no equivalent). Nor can it offer TLS 1.3: its OpenSSL acceptor negotiates TLS 1.2
+/// at most (manual chapter 7), while copas's TLS clients negotiate 1.3 where offered.
 ///
 /// # Example
 ///

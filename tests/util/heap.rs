@@ -63,6 +63,7 @@ static ALLOCATOR: Counting = Counting;
 
 /// Runs `f` and returns its result with the most heap bytes this thread held above what it
 /// held before.
+#[allow(dead_code)] // not every test binary that includes this file uses it
 pub fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let base = LIVE.with(Cell::get);
     PEAK.with(|p| p.set(base));
