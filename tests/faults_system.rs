@@ -269,6 +269,7 @@ fn emfile_child() {
 const NO_POLLER_CHILD: &str = "COPAS_TEST_NO_POLLER_CHILD";
 const CONTEXT_CHILD: &str = "COPAS_TEST_CONTEXT_CHILD";
 const FORK_CHILD: &str = "COPAS_TEST_FORK_CHILD";
+const EXEC_CHILD: &str = "COPAS_TEST_EXEC_CHILD";
 const SECCOMP_CHILD: &str = "COPAS_TEST_SECCOMP_CHILD";
 
 /// Uses up every descriptor the process may open; returns them for [`free_descriptors`].
@@ -433,6 +434,59 @@ fn a_dispatcher_inherited_through_fork_refuses_and_leaves_the_parent_alone() {
         "a_dispatcher_inherited_through_fork_refuses_and_leaves_the_parent_alone",
         FORK_CHILD,
         "FORK-OK",
+        Duration::from_secs(30),
+    );
+}
+
+/// The descriptors a program started with `exec` holds (its `/proc/self/fd`, read by `ls`).
+fn exec_inherits() -> String {
+    let out = std::process::Command::new("ls")
+        .arg("/proc/self/fd")
+        .output()
+        .expect("ls");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A program started from a handler (fork and `exec`) inherits none of copas's descriptors:
+/// the poller's epoll instance, eventfd and timerfd, a `Handle`'s wake-up, a listener, an
+/// accepted and a connected socket, a UDP socket. `docs/threads.md` says every descriptor
+/// copas makes is close-on-exec.
+#[test]
+fn a_program_started_from_a_handler_inherits_no_descriptor_of_copas() {
+    if util::is_child(EXEC_CHILD) {
+        let _dog = util::Watchdog::new("the exec child", Duration::from_secs(20));
+        let before = exec_inherits();
+        let (listener, addr) = util::local_listener();
+        let seen = Rc::new(std::cell::RefCell::new(None));
+        let out = seen.clone();
+        let server = copas::addserver(listener, move |mut sock| {
+            let _handle = copas::handle().expect("handle");
+            let _udp = copas::UdpSocket::bind("127.0.0.1:0").expect("udp");
+            // Arms the timerfd: a wait of 50 ms or more uses it.
+            copas::pause(Duration::from_millis(60));
+            *out.borrow_mut() = Some(exec_inherits());
+            let _ = sock.send(b"done\n");
+        })
+        .expect("addserver");
+        copas::addthread(move || {
+            let mut sock = copas::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+            let _ = sock.receive(Pattern::Line);
+        })
+        .expect("addthread");
+        assert!(util::step_until(Duration::from_secs(10), || seen
+            .borrow()
+            .is_some()));
+        copas::removeserver(server, false).expect("removeserver");
+        util::run_bounded(Duration::from_secs(10));
+        let during = seen.borrow_mut().take().expect("listed");
+        assert_eq!(during, before, "descriptors inherited from a handler");
+        println!("EXEC-OK");
+        return;
+    }
+    util::assert_child_passes(
+        "a_program_started_from_a_handler_inherits_no_descriptor_of_copas",
+        EXEC_CHILD,
+        "EXEC-OK",
         Duration::from_secs(30),
     );
 }

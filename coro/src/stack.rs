@@ -328,7 +328,8 @@ impl StackPool {
         if n > 0 {
             release_all(self.idle.drain(..n));
             // The list itself, grown for the surplus, goes with it (at twice what is left,
-            // so refilling to the bound does not grow it again at once).
+            // so refilling to the bound does not grow it again at once): the rule the
+            // dispatcher's `shrink_table` applies to its own tables.
             let left = self.idle.len();
             if self.surplus() == 0 && self.idle.capacity() > 64 && self.idle.capacity() / 4 > left {
                 self.idle.shrink_to(2 * left);

@@ -98,19 +98,19 @@ const TRIM_BATCH: usize = 64;
 /// server that is never idle) is given back one stack per step.
 const TRIM_AFTER: Duration = Duration::from_secs(5);
 
-/// Whether a table of `len` entries holds so much more capacity (four times, and more than
-/// a few dozen entries) that giving the rest back is worth a copy. Shrinking to twice
-/// `len` then leaves room to grow before the next reallocation, so a table whose size
-/// swings does not shrink and grow over and over.
-fn oversized(len: usize, capacity: usize) -> bool {
-    capacity > 64 && capacity / 4 > len
+/// Gives back a table's capacity when it holds so much more than its `len` entries (four
+/// times, and more than a few dozen) that the copy is worth it: `shrink_to` gets twice
+/// `len`, room to grow before the next reallocation, so a table whose size swings does not
+/// shrink and grow over and over.
+fn shrink_table(len: usize, capacity: usize, shrink_to: impl FnOnce(usize)) {
+    if capacity > 64 && capacity / 4 > len {
+        shrink_to(2 * len);
+    }
 }
 
-/// Shrinks `v` to twice its length if it is [`oversized`].
+/// [`shrink_table`] for a `Vec`.
 fn shrink_vec<T>(v: &mut Vec<T>) {
-    if oversized(v.len(), v.capacity()) {
-        v.shrink_to(2 * v.len());
-    }
+    shrink_table(v.len(), v.capacity(), |n| v.shrink_to(n));
 }
 
 /// What a step does after [`Dispatcher::trim_stacks`].
@@ -346,14 +346,14 @@ pub(crate) struct Dispatcher {
 impl State {
     /// Gives back the capacity of tables a burst of coroutines grew and left mostly empty.
     fn shrink(&mut self) {
-        if oversized(self.tasks.len(), self.tasks.capacity()) {
-            // Only vacant slots past the last live one go; handles stay valid, since
-            // generations are never reused.
-            self.tasks.shrink_to_fit();
-        }
-        if oversized(self.sources.len(), self.sources.capacity()) {
-            self.sources.shrink_to_fit();
-        }
+        // A slab gives back only the vacant slots past its last live one; handles stay
+        // valid, since generations are never reused.
+        let tasks = &mut self.tasks;
+        shrink_table(tasks.len(), tasks.capacity(), |_| tasks.shrink_to_fit());
+        let sources = &mut self.sources;
+        shrink_table(sources.len(), sources.capacity(), |_| {
+            sources.shrink_to_fit()
+        });
         self.ready.shrink();
         self.timers.shrink();
         shrink_vec(&mut self.exit_waiters);

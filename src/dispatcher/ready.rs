@@ -143,11 +143,10 @@ impl ReadyQueue {
         self.len() == 0
     }
 
-    /// Gives back capacity a burst left (see [`oversized`](super::oversized)).
+    /// Gives back capacity a burst left (see [`shrink_table`](super::shrink_table)).
     pub(super) fn shrink(&mut self) {
-        if super::oversized(self.queue.len(), self.queue.capacity()) {
-            self.queue.shrink_to(2 * self.queue.len());
-        }
+        let queue = &mut self.queue;
+        super::shrink_table(queue.len(), queue.capacity(), |n| queue.shrink_to(n));
         super::shrink_vec(&mut self.ahead);
     }
 

@@ -184,8 +184,9 @@ impl<T> TimerQueue<T> {
     }
 
     /// Gives back memory a burst of timers left: vacant slots past the last armed one, and
-    /// capacity well beyond what is held (see [`oversized`](super::oversized)).
+    /// capacity well beyond what is held (see [`shrink_table`](super::shrink_table)).
     pub(crate) fn shrink(&mut self) {
+        use super::{shrink_table, shrink_vec};
         while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
         }
@@ -193,14 +194,11 @@ impl<T> TimerQueue<T> {
         if self.vacant.len() > held - self.armed {
             self.vacant.retain(|&slot| (slot as usize) < held);
         }
-        super::shrink_vec(&mut self.slots);
-        super::shrink_vec(&mut self.vacant);
-        if super::oversized(self.run.len(), self.run.capacity()) {
-            self.run.shrink_to(2 * self.run.len());
-        }
-        if super::oversized(self.heap.len(), self.heap.capacity()) {
-            self.heap.shrink_to(2 * self.heap.len());
-        }
+        shrink_vec(&mut self.slots);
+        shrink_vec(&mut self.vacant);
+        let (run, heap) = (&mut self.run, &mut self.heap);
+        shrink_table(run.len(), run.capacity(), |n| run.shrink_to(n));
+        shrink_table(heap.len(), heap.capacity(), |n| heap.shrink_to(n));
     }
 
     #[cfg(test)]

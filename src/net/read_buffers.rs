@@ -12,7 +12,6 @@
 //!
 //! A buffer holds bytes of the connections that used it before; a socket only ever reads the
 //! part its own `recv` wrote.
-
 //!
 //! TLS connections keep a second kind here: the adapter's buffer for raw (encrypted) bytes,
 //! a record's worth ([`RAW_LEN`]), given up the same way when a TLS connection waits.
