@@ -27,10 +27,23 @@ const RESPONSE: &[u8] =
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
+/// Header lines one request may have. Each line is bounded already (`Pattern::Line` has
+/// a limit); this bounds how long one peer can keep its request going.
+const MAX_HEADERS: usize = 100;
+
+/// How much of a request body is read at a time: bodies are read and dropped, so a large
+/// one costs time, not memory.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// A request the server refuses with `400 Bad Request`.
+fn bad_request(why: &str) -> copas::Error {
+    copas::Error::with_message(copas::ErrorKind::Protocol, why.to_string())
+}
+
 /// What the headers of one request say about the connection.
 struct Request {
     close: bool,
-    body: usize,
+    body: u64,
 }
 
 /// Reads one request head (request line and headers up to the empty line). `Ok(None)` at a
@@ -48,7 +61,7 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
         close: line.ends_with(b"HTTP/1.0"),
         body: 0,
     };
-    loop {
+    for _ in 0..=MAX_HEADERS {
         let header = sock.receive(Pattern::Line)?;
         if header.is_empty() {
             return Ok(Some(req));
@@ -67,9 +80,19 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
             req.body = std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+                .ok_or_else(|| bad_request("bad Content-Length"))?;
         }
     }
+    Err(bad_request("too many header lines"))
+}
+
+/// Reads and drops a body of `len` bytes, a chunk at a time.
+fn skip_body(sock: &mut Socket, mut len: u64) -> copas::Result<()> {
+    while len > 0 {
+        let want = len.min(BODY_CHUNK as u64) as usize;
+        len -= sock.receivepartial(want)?.len() as u64;
+    }
+    Ok(())
 }
 
 fn serve(mut sock: Socket) {
@@ -79,14 +102,18 @@ fn serve(mut sock: Socket) {
             Ok(Some(req)) => req,
             Ok(None) => break,
             Err(e) => {
-                if e.kind() == copas::ErrorKind::LimitExceeded {
+                // An over-long line, too many of them, a bad length: say so, then close.
+                if matches!(
+                    e.kind(),
+                    copas::ErrorKind::LimitExceeded | copas::ErrorKind::Protocol
+                ) {
                     let _ = sock.send(BAD_REQUEST);
                 }
                 break;
             }
         };
         // A body (none for GET) is read and ignored.
-        if req.body > 0 && sock.receive(Pattern::Exact(req.body)).is_err() {
+        if skip_body(&mut sock, req.body).is_err() {
             break;
         }
         if sock.send(RESPONSE).is_err() || req.close {

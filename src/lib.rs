@@ -389,8 +389,10 @@ pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutin
 /// default error handler. Its entry is gone while it unwinds, so its destructors see no
 /// current coroutine: a [`Lock::release`](crate::lock::Lock::release) there fails with
 /// `NotOwned` and a [`Lock::get`](crate::lock::Lock::get) with `Cancelled` (they never act
-/// as the code outside coroutines would), and a lock it held stays held until destroyed
-/// (as in Copas).
+/// as the code outside coroutines would), and a lock it took with `get` stays held until
+/// destroyed (as in Copas). Guards release as they drop: a lock taken with
+/// [`Lock::lock`](crate::lock::Lock::lock), permits with
+/// [`Semaphore::acquire`](crate::semaphore::Semaphore::acquire).
 pub fn removethread(co: Coroutine) -> bool {
     dispatcher::with(|d| d.removethread(co))
 }
@@ -796,7 +798,9 @@ pub fn wrapudp(socket: impl Into<socket2::Socket>) -> Result<UdpSocket> {
 ///
 /// As [`connect`]; then [`ErrorKind::Tls`] when the handshake fails (untrusted
 /// certificate, host-name mismatch, a server that does not speak TLS…),
-/// [`ErrorKind::Timeout`] when `timeout` passes first. See [`Socket::dohandshake`].
+/// [`ErrorKind::Timeout`] when `timeout` passes first, [`ErrorKind::Closed`] when the
+/// server resets or closes the connection during the handshake. See
+/// [`Socket::dohandshake`].
 pub fn connect_tls(
     addr: impl ToAddrs,
     server_name: &str,

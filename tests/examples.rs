@@ -237,8 +237,8 @@ fn echo_example_rejects_a_bad_port_argument() {
     }
 }
 
-#[test]
-fn http_hello_example_answers_pipelined_keep_alive_requests_and_closes_on_connection_close() {
+/// Starts `examples/http_hello` on a free port; returns it and the address it listens on.
+fn start_http_hello() -> (Running, SocketAddr) {
     let mut server = Running::start(&example("http_hello"), &["0"], &[]);
     let line = server.wait_for_line("the listening line", |l| l.contains("listening on http://"));
     let addr: SocketAddr = line
@@ -247,6 +247,12 @@ fn http_hello_example_answers_pipelined_keep_alive_requests_and_closes_on_connec
         .map(|rest| rest.trim_end_matches('/'))
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (server, addr)
+}
+
+#[test]
+fn http_hello_example_answers_pipelined_keep_alive_requests_and_closes_on_connection_close() {
+    let (mut server, addr) = start_http_hello();
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
@@ -267,5 +273,48 @@ fn http_hello_example_answers_pipelined_keep_alive_requests_and_closes_on_connec
     assert_eq!(reply.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{reply}");
     assert_eq!(reply.matches("\r\n\r\nhello world").count(), 3, "{reply}");
     assert!(reply.ends_with("hello world"), "{reply}");
+    server.assert_still_running();
+}
+
+#[test]
+fn http_hello_example_refuses_endless_headers_and_bad_lengths_and_skips_large_bodies() {
+    let (mut server, addr) = start_http_hello();
+    let exchange = |request: &[u8]| -> String {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("timeout");
+        // The server may answer and close before it has read all of a refused request.
+        let _ = stream.write_all(request);
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+
+    // A request whose headers never end: refused after the limit, not read forever.
+    let mut endless = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..5_000 {
+        endless.extend_from_slice(format!("X-Filler-{i}: x\r\n").as_bytes());
+    }
+    let reply = exchange(&endless);
+    assert!(
+        reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{reply:?}"
+    );
+
+    // A length that is not a number: refused, not taken as 0.
+    let reply = exchange(b"POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\nabc");
+    assert!(
+        reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{reply:?}"
+    );
+
+    // A 4 MiB body is read and dropped, and the connection goes on to the next request.
+    let body_len = 4 * 1024 * 1024;
+    let mut big = format!("POST / HTTP/1.1\r\nContent-Length: {body_len}\r\n\r\n").into_bytes();
+    big.resize(big.len() + body_len, b'b');
+    big.extend_from_slice(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let reply = exchange(&big);
+    assert_eq!(reply.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{reply:?}");
     server.assert_still_running();
 }

@@ -42,11 +42,17 @@ fn free_range() -> Range<u16> {
 /// pyftpdlib on 127.0.0.1 serving `root`, its passive ports from [`free_range`], its log
 /// beside `root`; `user` adds `user`/`secret`, `write` gives write access.
 fn start_ftpd(root: &Path, user: bool, write: bool) -> Ftpd {
+    start_ftpd_capped(root, user, write, None)
+}
+
+/// [`start_ftpd`], the files it writes capped at `quota` bytes.
+fn start_ftpd_capped(root: &Path, user: bool, write: bool, quota: Option<u64>) -> Ftpd {
     let options = FtpdOptions {
         ip: "127.0.0.1",
         user,
         write,
         passive: Some(free_range),
+        quota,
     };
     Ftpd::start(root, &root.with_extension("log"), options)
 }
@@ -562,4 +568,45 @@ impl io::Read for Failing {
     fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
         Err(io::Error::new(self.0, "the source failed"))
     }
+}
+
+#[test]
+fn an_upload_the_server_stops_midway_reports_its_refusal_not_the_reset() {
+    if !util::pyftpdlib_available() {
+        return;
+    }
+    let _dog = Watchdog::new("ftp upload refused midway", LIMIT);
+    let root = TempDir::new("full");
+    // Files may not grow past 1 MiB: pyftpdlib stops the upload, closing the data
+    // connection, then replies "426 …; transfer aborted."
+    let server = start_ftpd_capped(&root.0, true, true, Some(1024 * 1024));
+    let body = data(16 * 1024 * 1024, 3);
+    let mut c = Client::connect(server.addr(), Some(Duration::from_secs(20))).expect("connect");
+    c.login("user", "secret").expect("login");
+    c.binary().expect("TYPE I");
+
+    let err = c.stor("big.bin", &mut &body[..]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert_eq!(err.reply_code(), Some(426), "{err}");
+    assert!(err.to_string().contains("transfer aborted"), "{err}");
+    // The control connection is in step: the next commands work.
+    assert_eq!(c.pwd().expect("PWD after the refusal"), "/");
+
+    // Through the writer: a write fails when the server closes, `finish` says why.
+    let mut w = c.stor_writer("big2.bin").expect("STOR writer");
+    let mut failed = false;
+    for chunk in body.chunks(64 * 1024) {
+        if w.write_all(chunk).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(
+        failed,
+        "16 MiB went past a 1 MiB quota without a failed write"
+    );
+    let err = w.finish().unwrap_err();
+    assert_eq!(err.reply_code(), Some(426), "{err}");
+    assert_eq!(c.pwd().expect("PWD after the writer"), "/");
+    c.quit().expect("QUIT");
 }

@@ -1197,6 +1197,7 @@ fn ftp_over_ipv6_loopback_transfers_through_epsv_and_pasv_only_is_a_protocol_err
             user: true,
             write: true,
             passive: None,
+            quota: None,
         },
     );
     let port = ftpd.port;
@@ -1271,6 +1272,7 @@ fn ftp_to_an_ipv4_mapped_address_accepts_pasv_replies_naming_the_ipv4_server() {
             user: false,
             write: false,
             passive: None,
+            quota: None,
         },
     );
     std::fs::write(root.join("f.txt"), b"mapped").expect("write f.txt");

@@ -366,3 +366,96 @@ fn a_removed_coroutine_cannot_take_a_free_lock() {
     // Before: the lock stayed taken, by "the outside code", which never took it.
     assert!(!lock.is_locked());
 }
+
+// ----- the guard (beyond Copas) -------------------------------------------------------------
+
+#[test]
+fn a_lock_guard_releases_when_its_holder_panics_and_the_next_waiter_gets_the_lock() {
+    let got = Rc::new(Cell::new(false));
+    let got2 = got.clone();
+    run_with_bounded(LIMIT, move || {
+        copas::seterrorhandler(|_| {}); // the panic below is expected
+        let lock = Lock::default();
+        let holder = lock.clone();
+        copas::addthread(move || {
+            let held = holder.lock(None).expect("lock");
+            assert_eq!(held.waited(), Duration::ZERO);
+            copas::pause(ms(20));
+            panic!("the holder fails while holding the lock");
+        })
+        .unwrap();
+        copas::pause(ms(5));
+        assert!(lock.is_locked());
+        // Waits for the lock the panicking holder never released by hand.
+        let waited = lock.get(secs(5)).expect("the guard released the lock");
+        assert!(waited >= ms(10), "waited {waited:?}");
+        lock.release().unwrap();
+        got2.set(true);
+    });
+    assert!(got.get());
+}
+
+#[test]
+fn a_lock_guard_releases_when_its_coroutine_is_removed() {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    run_with_bounded(LIMIT, move || {
+        let lock = Lock::new(None, true); // not re-entrant
+        let holder = lock.clone();
+        let co = copas::addthread(move || {
+            let _held = holder.lock(None).expect("lock");
+            copas::pauseforever();
+        })
+        .unwrap();
+        copas::pause(ms(5));
+        assert_eq!(lock.owner(), Some(co));
+        assert!(copas::removethread(co));
+        copas::pause(Duration::ZERO); // the removal unwinds at the end of the step
+        assert!(
+            !lock.is_locked(),
+            "a removed holder's guard released the lock"
+        );
+        lock.get(Duration::ZERO).expect("free again");
+        lock.release().unwrap();
+        finished.set(true);
+    });
+    assert!(done.get(), "the test body did not complete");
+}
+
+#[test]
+fn a_lock_guard_releases_one_level_of_a_reentrant_lock() {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    run_with_bounded(LIMIT, move || {
+        let lock = Lock::default();
+        let outer = lock.lock(None).unwrap();
+        {
+            let _inner = lock.lock(None).unwrap();
+            let waiter = lock.clone();
+            let co = copas::addthread(move || {
+                let _ = waiter.lock(secs(5));
+            })
+            .unwrap();
+            copas::pause(ms(5));
+            assert_eq!(lock.waiting(), 1);
+            let _ = co;
+        }
+        // One level left: still ours, the waiter still waits.
+        assert!(lock.is_locked());
+        assert_eq!(lock.waiting(), 1);
+        drop(outer);
+        copas::pause(ms(5));
+        assert_eq!(lock.waiting(), 0);
+        assert!(
+            !lock.is_locked(),
+            "the waiter took it and its guard released it"
+        );
+        // A guard outlives a destroyed lock without effect.
+        let held = lock.lock(None).unwrap();
+        lock.destroy().unwrap();
+        drop(held);
+        assert_eq!(kind(lock.get(None)), Err(ErrorKind::Destroyed));
+        finished.set(true);
+    });
+    assert!(done.get(), "the test body did not complete");
+}

@@ -410,3 +410,60 @@ fn a_waiter_removed_by_another_coroutine_leaves_the_line_before_the_removal_retu
     });
     assert_eq!(seen.borrow_mut().take(), Some((0, Ok(()), 0)));
 }
+
+// ----- the permit guard (beyond Copas) ------------------------------------------------------
+
+#[test]
+fn permits_from_acquire_come_back_when_the_holder_panics_and_serve_the_next_waiter() {
+    let served = Rc::new(Cell::new(false));
+    let served2 = served.clone();
+    run_with_bounded(LIMIT, move || {
+        copas::seterrorhandler(|_| {}); // the panic below is expected
+        let sema = Semaphore::new(3, 3, None);
+        let holder = sema.clone();
+        copas::addthread(move || {
+            let permits = holder.acquire(3, None).expect("permits");
+            assert_eq!(permits.count(), 3);
+            copas::pause(ms(20));
+            panic!("the holder fails while holding the permits");
+        })
+        .unwrap();
+        copas::pause(ms(5));
+        assert_eq!(sema.get_count().unwrap(), 0);
+        sema.take(2, Duration::from_secs(5))
+            .expect("the guard gave the permits back");
+        assert_eq!(sema.get_count().unwrap(), 1);
+        served2.set(true);
+    });
+    assert!(served.get());
+}
+
+#[test]
+fn permits_from_acquire_come_back_when_the_coroutine_is_removed_and_forget_keeps_them() {
+    let done = Rc::new(Cell::new(false));
+    let finished = done.clone();
+    run_with_bounded(LIMIT, move || {
+        let sema = Semaphore::new(4, 4, None);
+        let holder = sema.clone();
+        let co = copas::addthread(move || {
+            let _permits = holder.acquire(3, None).expect("permits");
+            copas::pauseforever();
+        })
+        .unwrap();
+        copas::pause(ms(5));
+        assert_eq!(sema.get_count().unwrap(), 1);
+        assert!(copas::removethread(co));
+        copas::pause(Duration::ZERO); // the removal unwinds at the end of the step
+        assert_eq!(sema.get_count().unwrap(), 4);
+
+        sema.acquire(2, None).unwrap().forget();
+        assert_eq!(sema.get_count().unwrap(), 2, "forgotten permits stay taken");
+        // Dropped after a destroy: nothing happens, nothing panics.
+        let permits = sema.acquire(1, None).unwrap();
+        sema.destroy().unwrap();
+        drop(permits);
+        assert_eq!(kind(sema.get_count()), Err(ErrorKind::Destroyed));
+        finished.set(true);
+    });
+    assert!(done.get(), "the test body did not complete");
+}

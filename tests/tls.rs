@@ -884,7 +884,8 @@ fn server_survives_garbage_truncated_and_stalled_handshakes() {
         vec![
             ErrorKind::Tls,
             ErrorKind::Tls,
-            ErrorKind::Tls,
+            // The client hung up mid-handshake: closed, as over a plain socket.
+            ErrorKind::Closed,
             ErrorKind::Timeout
         ],
         "{failures:#?}"
@@ -1857,5 +1858,52 @@ fn a_send_after_a_tls_shutdown_is_closed_as_over_a_plain_socket() {
     for (what, kind, took) in seen.iter() {
         assert_eq!(*kind, Some(ErrorKind::Closed), "{what}: {seen:?}");
         assert!(*took < secs(2), "{what} woke after {took:?}");
+    }
+}
+
+/// A peer that resets or closes the TCP connection in the middle of the handshake ends it
+/// as a peer that goes away after it does: `Closed`, with the system error, not `Tls`.
+#[test]
+fn a_peer_gone_mid_handshake_is_closed_not_a_tls_failure() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("a peer gone mid-handshake", secs(60));
+    for reset in [true, false] {
+        let (listener, addr) = util::local_listener();
+        let peer = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().expect("accept");
+            tcp.set_read_timeout(Some(secs(10))).expect("timeout");
+            let mut hello = [0u8; 64];
+            let n = tcp.read(&mut hello).expect("the ClientHello");
+            assert_eq!(
+                hello[0], 22,
+                "a TLS handshake record comes first ({n} bytes)"
+            );
+            if reset {
+                socket2::SockRef::from(&tcp)
+                    .set_linger(Some(Duration::ZERO))
+                    .expect("linger");
+            }
+            drop(tcp);
+        });
+        let outcome = shared(None);
+        let outcome2 = outcome.clone();
+        let connector = pki.connector();
+        copas::addthread(move || {
+            let got = copas::connect_tls(addr, "localhost", &connector, Some(GUARD));
+            *outcome2.borrow_mut() = Some(got.map(|_| ()));
+        })
+        .unwrap();
+        util::run_bounded(secs(20));
+        peer.join().expect("peer");
+        let err = outcome
+            .borrow_mut()
+            .take()
+            .expect("connect_tls returned")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed, "reset {reset}: {err}");
+        if reset {
+            let io = err.io_error().map(|e| e.kind());
+            assert_eq!(io, Some(std::io::ErrorKind::ConnectionReset), "{err}");
+        }
     }
 }

@@ -826,6 +826,29 @@ impl Client {
         self.in_flight = false;
     }
 
+    /// After an upload's data connection failed with `err`. A server that stops an upload
+    /// (`426`, `451`, `552`: its disk is full, the file too large) closes the data
+    /// connection and says why on the control connection; that refusal is the error to
+    /// report, not the reset the sender saw. Any other failure (a timeout: the server may
+    /// still be reading) abandons the transfer as a failed download does.
+    fn upload_failed(&mut self, data: &Socket, err: Error) -> Error {
+        let reset = err.kind() == ErrorKind::Closed
+            && matches!(
+                err.io_error().map(io::Error::kind),
+                Some(io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
+            );
+        if !reset {
+            self.abandon(data);
+            return err;
+        }
+        data.close();
+        match self.finish_transfer() {
+            Err(refusal) if refusal.kind() == ErrorKind::Rejected => refusal,
+            // A completion, or no reply: the reset is all there is to say.
+            _ => err,
+        }
+    }
+
     /// Downloads `path` (`RETR`) into `out`; returns the number of bytes.
     ///
     /// # Errors
@@ -856,8 +879,10 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Rejected`] with the reply (`550` when writing is not allowed); the data
-    /// connection's errors; `input`'s errors (as [`ErrorKind::Io`]).
+    /// [`ErrorKind::Rejected`] with the reply (`550` when writing is not allowed; `426`,
+    /// `451` or `552` when the server stops the upload midway, closing the data connection:
+    /// its final reply is reported, not the reset); the data connection's errors; `input`'s
+    /// errors (as [`ErrorKind::Io`]).
     pub fn stor(&mut self, path: &str, input: &mut dyn Read) -> Result<u64> {
         let mut data = self.start_transfer("STOR", Some(path))?;
         let mut buf = vec![0u8; CHUNK];
@@ -873,8 +898,7 @@ impl Client {
                 }
             };
             if let Err(e) = data.send(&buf[..n]) {
-                self.abandon(&data);
-                return Err(e);
+                return Err(self.upload_failed(&data, e));
             }
             total += n as u64;
         }
@@ -1088,7 +1112,9 @@ impl Write for DataWriter<'_> {
 
 impl DataWriter<'_> {
     /// Ends the upload (closes the data connection) and checks the server's final reply;
-    /// returns the number of bytes written.
+    /// returns the number of bytes written. After a write failed because the server closed
+    /// the data connection, `finish` is still the way to learn why (its final reply, say
+    /// `552`).
     ///
     /// # Errors
     ///

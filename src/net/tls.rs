@@ -57,6 +57,9 @@ pub(crate) struct FdIo {
     blocked: Option<bool>,
     /// The kernel reported end of stream.
     eof: bool,
+    /// The handshake is still running: an end of stream now is an error for OpenSSL (see
+    /// `peer_gone`), since it cannot be the end of a conversation that never began.
+    handshaking: bool,
     /// Where the bytes handed to the TLS layer stand in the record framing: whether an end
     /// of stream came between records or in the middle of one, which OpenSSL does not tell
     /// apart from a clean end here (both are a read of 0).
@@ -85,6 +88,7 @@ impl FdIo {
             end,
             blocked: None,
             eof: false,
+            handshaking: true,
             framing: Framing::default(),
         }
     }
@@ -193,6 +197,14 @@ impl Read for FdIo {
         match io.recv_into(target) {
             Ok(0) => {
                 self.eof = true;
+                if self.handshaking {
+                    // Reported as a plain socket reports it, not as a TLS failure: OpenSSL
+                    // passes the adapter's own error through.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection during the TLS handshake",
+                    ));
+                }
                 Ok(0)
             }
             Ok(n) if direct => {
@@ -433,6 +445,29 @@ fn failure(conn: &Connection, e: io::Error, eof: bool) -> Error {
     }
 }
 
+/// The system error behind a handshake that failed because the peer reset or closed the
+/// TCP connection (a reset, a broken pipe, or the end of the stream in the middle of the
+/// handshake), as a plain socket reports it; `None` when TLS itself failed.
+fn peer_gone(e: &native_tls::Error) -> Option<io::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof => Some(match io.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(io.kind(), io.to_string()),
+                }),
+                _ => None,
+            };
+        }
+        cause = err.source();
+    }
+    None
+}
+
 /// Which side of the handshake we play.
 enum Role<'a> {
     Client {
@@ -464,15 +499,23 @@ fn handshake(
     };
     loop {
         match attempt {
-            Ok(stream) => {
+            Ok(mut stream) => {
+                stream.get_mut().handshaking = false;
                 return Ok(TlsLayer {
                     stream: RefCell::new(stream),
                     write_shut: Cell::new(false),
-                })
+                });
             }
             Err(HandshakeError::Failure(e)) => {
                 if conn.io.is_closed() {
                     return Err(Error::new(ErrorKind::Closed));
+                }
+                if let Some(gone) = peer_gone(&e) {
+                    return Err(Error::from_io(
+                        ErrorKind::Closed,
+                        gone,
+                        "TLS handshake cut short",
+                    ));
                 }
                 return Err(Error::from_io(
                     ErrorKind::Tls,
@@ -517,7 +560,9 @@ impl Socket {
     /// [`ErrorKind::Tls`] when the handshake fails (certificate not trusted, name
     /// mismatch, a peer that does not speak TLS…; `err.io_error()` holds the
     /// `native_tls::Error`), [`ErrorKind::Timeout`] when it stalls past the connect
-    /// timeout, [`ErrorKind::Closed`] when the socket is closed meanwhile. After an error
+    /// timeout, [`ErrorKind::Closed`] when the socket is closed meanwhile or the peer resets
+    /// or closes the connection before the handshake ends (`err.io_error()` holds the
+    /// system error: `ConnectionReset`, `UnexpectedEof`…). After an error
     /// the connection is closed: it never goes on in plaintext (Copas #189).
     ///
     /// # Example

@@ -154,6 +154,11 @@ impl Lock {
     /// wait outside a coroutine; [`ErrorKind::Cancelled`] when the calling coroutine is
     /// being removed, even for a free lock (nothing could release it after).
     pub fn get(&self, timeout: impl Into<Option<Duration>>) -> Result<Duration> {
+        self.acquire(timeout.into()).map(|(waited, _)| waited)
+    }
+
+    /// `get`, also saying who holds the lock now.
+    fn acquire(&self, timeout: Option<Duration>) -> Result<(Duration, Holder)> {
         let me = taker().ok_or_else(|| Error::new(ErrorKind::Cancelled))?;
         let (ticket, slot, deadline, id) = {
             let mut st = self.state.borrow_mut();
@@ -164,15 +169,15 @@ impl Lock {
                 None => {
                     st.owner = Some(me);
                     st.depth = 1;
-                    return Ok(Duration::ZERO);
+                    return Ok((Duration::ZERO, me));
                 }
                 Some(owner) if owner == me && st.reentrant => {
                     st.depth += 1;
-                    return Ok(Duration::ZERO);
+                    return Ok((Duration::ZERO, me));
                 }
                 Some(_) => {}
             }
-            let timeout = timeout.into().unwrap_or(st.timeout);
+            let timeout = timeout.unwrap_or(st.timeout);
             if timeout.is_zero() {
                 return Err(Error::new(ErrorKind::Timeout));
             }
@@ -190,11 +195,44 @@ impl Lock {
         let outcome = super::wait(&guard.slot, deadline, on);
         drop(guard);
         match outcome {
-            Outcome::Signalled(Signal::Granted) => Ok(start.elapsed()),
+            Outcome::Signalled(Signal::Granted) => Ok((start.elapsed(), me)),
             Outcome::Signalled(Signal::Destroyed) => Err(Error::new(ErrorKind::Destroyed)),
             Outcome::TimedOut => Err(Error::new(ErrorKind::Timeout)),
             Outcome::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
         }
+    }
+
+    /// Takes the lock as [`get`](Lock::get) does and returns a guard that releases it when
+    /// dropped (beyond Copas): also when the holder panics or its coroutine is removed, where
+    /// a lock taken with `get` would stay held by a coroutine that no longer exists.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Lock::get).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use copas::lock::Lock;
+    ///
+    /// let lock = Lock::default();
+    /// let worker = lock.clone();
+    /// copas::addthread(move || {
+    ///     let held = worker.lock(None).expect("lock");
+    ///     copas::pause(std::time::Duration::from_millis(5));
+    ///     drop(held); // released here, or when a panic unwinds past it
+    /// })
+    /// .unwrap();
+    /// copas::run().unwrap();
+    /// assert!(!lock.is_locked());
+    /// ```
+    pub fn lock(&self, timeout: impl Into<Option<Duration>>) -> Result<LockGuard<'_>> {
+        let (waited, holder) = self.acquire(timeout.into())?;
+        Ok(LockGuard {
+            lock: self,
+            holder,
+            waited,
+        })
     }
 
     /// Releases the lock once (Copas `lock:release`). When the owner has released it as
@@ -283,6 +321,52 @@ impl fmt::Debug for Lock {
             .field("reentrant", &st.reentrant)
             .field("timeout", &st.timeout)
             .field("destroyed", &st.destroyed)
+            .finish()
+    }
+}
+
+/// A hold on a [`Lock`], from [`Lock::lock`]: dropping it releases the lock once.
+///
+/// The release is the guard's own, made for the holder it was taken by, so it also works
+/// while that coroutine is being removed (where [`Lock::release`] fails with `NotOwned`).
+/// Mixing the two is the caller's business: a guard dropped after its holder released the
+/// lock by hand releases one more level, if the holder still owns it, and nothing otherwise.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+    holder: Holder,
+    waited: Duration,
+}
+
+impl LockGuard<'_> {
+    /// How long [`Lock::lock`] waited for the lock: zero when it was free or already ours.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        // A borrow held higher up this stack (a destructor running inside a lock method) is
+        // not possible: no method of `Lock` runs user code while it holds its state.
+        let Ok(mut st) = self.lock.state.try_borrow_mut() else {
+            return;
+        };
+        if st.destroyed || st.owner != Some(self.holder) {
+            return;
+        }
+        st.depth -= 1;
+        if st.depth == 0 {
+            st.hand_over();
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("lock", self.lock)
+            .field("waited", &self.waited)
             .finish()
     }
 }

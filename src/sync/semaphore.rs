@@ -51,6 +51,22 @@ struct State {
 }
 
 impl State {
+    /// Adds `n` permits, capped at the maximum, and serves the waiters; false when capped.
+    fn add(&mut self, n: usize) -> bool {
+        let fits = match self.count.checked_add(n) {
+            Some(count) if count <= self.max => {
+                self.count = count;
+                true
+            }
+            _ => {
+                self.count = self.max;
+                false
+            }
+        };
+        self.serve();
+        fits
+    }
+
     /// Serves waiters from the head of the line while there are enough permits.
     fn serve(&mut self) {
         while let Some(head) = self.waiters.front() {
@@ -190,6 +206,39 @@ impl Semaphore {
         }
     }
 
+    /// Takes `n` permits as [`take`](Semaphore::take) does and returns them in a guard that
+    /// gives them back when dropped (beyond Copas): also when the holder panics or its
+    /// coroutine is removed, where permits taken with `take` would be lost.
+    ///
+    /// # Errors
+    ///
+    /// As [`take`](Semaphore::take).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use copas::semaphore::Semaphore;
+    ///
+    /// let sema = Semaphore::new(3, 3, None);
+    /// let worker = sema.clone();
+    /// copas::addthread(move || {
+    ///     let permits = worker.acquire(2, None).expect("permits");
+    ///     assert_eq!(worker.get_count().unwrap(), 1);
+    ///     drop(permits); // given back here, or when a panic unwinds past it
+    /// })
+    /// .unwrap();
+    /// copas::run().unwrap();
+    /// assert_eq!(sema.get_count().unwrap(), 3);
+    /// ```
+    pub fn acquire(
+        &self,
+        n: usize,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<SemaphorePermit<'_>> {
+        self.take(n, timeout)?;
+        Ok(SemaphorePermit { sema: self, n })
+    }
+
     /// Gives back `n` permits (Copas `semaphore:give(n)`) and serves the waiters in order
     /// while there are enough for the one at the head.
     ///
@@ -202,16 +251,11 @@ impl Semaphore {
         if st.destroyed {
             return Err(Error::new(ErrorKind::Destroyed));
         }
-        let mut result = Ok(());
-        st.count = match st.count.checked_add(n) {
-            Some(count) if count <= st.max => count,
-            _ => {
-                result = Err(Error::new(ErrorKind::TooMany));
-                st.max
-            }
-        };
-        st.serve();
-        result
+        if st.add(n) {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::TooMany))
+        }
     }
 
     /// The permits available now (Copas `semaphore:get_count`).
@@ -287,6 +331,53 @@ impl fmt::Debug for Semaphore {
             .field("waiting", &st.waiters.len())
             .field("timeout", &st.timeout)
             .field("destroyed", &st.destroyed)
+            .finish()
+    }
+}
+
+/// Permits held from a [`Semaphore`], from [`Semaphore::acquire`]: dropping the guard gives
+/// them back as [`Semaphore::give`] does (capped at the maximum; nothing once the semaphore
+/// is destroyed).
+#[must_use = "the permits are given back as soon as the guard is dropped"]
+pub struct SemaphorePermit<'a> {
+    sema: &'a Semaphore,
+    n: usize,
+}
+
+impl SemaphorePermit<'_> {
+    /// How many permits the guard holds.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+
+    /// Keeps the permits taken: the guard goes without giving them back.
+    pub fn forget(mut self) {
+        self.n = 0;
+    }
+}
+
+impl Drop for SemaphorePermit<'_> {
+    fn drop(&mut self) {
+        if self.n == 0 {
+            return;
+        }
+        // `give` holds no borrow while user code runs, so the state is free here; the cap
+        // and a destroyed semaphore are not the dropping code's concern.
+        let Ok(mut st) = self.sema.state.try_borrow_mut() else {
+            return;
+        };
+        if st.destroyed {
+            return;
+        }
+        st.add(self.n);
+    }
+}
+
+impl fmt::Debug for SemaphorePermit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SemaphorePermit")
+            .field("semaphore", self.sema)
+            .field("count", &self.n)
             .finish()
     }
 }

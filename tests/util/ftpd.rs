@@ -16,6 +16,9 @@ pub struct FtpdOptions<'a> {
     pub write: bool,
     /// Chooses the passive ports for each attempt; pyftpdlib's default range when `None`.
     pub passive: Option<fn() -> Range<u16>>,
+    /// Caps the size of any file it writes (`tests/peers/ftpd_quota.py`): a larger upload
+    /// fails midway with pyftpdlib's `426 …; transfer aborted.`
+    pub quota: Option<u64>,
 }
 
 /// A running `python3 -m pyftpdlib`, sent `SIGTERM` (then killed) and reaped on drop.
@@ -39,7 +42,16 @@ impl Ftpd {
             let port = super::free_port(options.ip);
             let file = std::fs::File::create(log).expect("ftpd log file");
             let mut cmd = Command::new("python3");
-            cmd.args(["-m", "pyftpdlib", "-i", options.ip, "-p"])
+            match options.quota {
+                Some(quota) => cmd
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/tests/peers/ftpd_quota.py"
+                    ))
+                    .arg(quota.to_string()),
+                None => cmd.args(["-m", "pyftpdlib"]),
+            };
+            cmd.args(["-i", options.ip, "-p"])
                 .arg(port.to_string())
                 .arg("-d")
                 .arg(root);
