@@ -663,7 +663,8 @@ pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
 /// [`ErrorKind::Refused`] when nobody listens (on any of the addresses),
 /// [`ErrorKind::Timeout`] when the attempt takes longer than `timeout`,
 /// [`ErrorKind::HostNotFound`] when the name does not resolve, [`ErrorKind::InvalidInput`]
-/// for an address that does not parse (such as a host without a port),
+/// for an address that does not parse (such as a host without a port) and for an empty
+/// list of addresses,
 /// [`ErrorKind::Cancelled`] when the coroutine is cancelled meanwhile, or the system's error
 /// for the last address tried.
 ///

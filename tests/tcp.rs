@@ -2449,3 +2449,40 @@ fn a_loop_retrying_a_closed_socket_still_lets_the_others_run() {
     // About 50 unstarved on a quiet machine; none at all when starved.
     assert!(ticks >= 5, "{ticks} ticks of 10 ms during a {SPIN:?} spin");
 }
+
+/// An empty list of addresses is a caller's mistake, not a name that failed to resolve:
+/// `InvalidInput` everywhere an address list is taken, as `bind_reuseport` has it.
+#[test]
+fn an_empty_list_of_addresses_is_invalid_input_everywhere() {
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let out = results.clone();
+    copas::addthread(move || {
+        let none: &[SocketAddr] = &[];
+        let mut out = out.borrow_mut();
+        out.push((
+            "connect",
+            util::kind(copas::connect(none, Some(GUARD)).map(|_| ())),
+        ));
+        out.push((
+            "connect_vec",
+            util::kind(copas::connect(Vec::<SocketAddr>::new(), None).map(|_| ())),
+        ));
+        out.push((
+            "UdpSocket::bind",
+            util::kind(copas::UdpSocket::bind(none).map(|_| ())),
+        ));
+        let udp = copas::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        out.push(("setpeername", util::kind(udp.setpeername(none))));
+        out.push((
+            "bind_reuseport",
+            util::kind(copas::bind_reuseport(none).map(|_| ())),
+        ));
+    })
+    .expect("addthread");
+    util::run_checked(secs(10));
+    let results = results.borrow();
+    assert_eq!(results.len(), 5, "{results:?}");
+    for (what, got) in results.iter() {
+        assert_eq!(got, &Err(ErrorKind::InvalidInput), "{what}");
+    }
+}

@@ -172,8 +172,8 @@ impl fmt::Display for Target {
 /// # Errors
 ///
 /// [`ErrorKind::HostNotFound`] when the name does not resolve (or resolves to nothing),
-/// [`ErrorKind::Timeout`] when `deadline` passes first, [`ErrorKind::Io`] of kind
-/// `InvalidInput` for a malformed `"host:port"`.
+/// [`ErrorKind::Timeout`] when `deadline` passes first, [`ErrorKind::InvalidInput`] for a
+/// malformed `"host:port"` and for an empty list of addresses (as `bind_reuseport`).
 pub(crate) fn resolve(
     addr: &(impl ToAddrs + ?Sized),
     deadline: Option<Instant>,
@@ -181,7 +181,7 @@ pub(crate) fn resolve(
     let (host, port) = match addr.target()? {
         Target::Addrs(addrs) if addrs.is_empty() => {
             return Err(Error::with_message(
-                ErrorKind::HostNotFound,
+                ErrorKind::InvalidInput,
                 "no address given",
             ))
         }

@@ -191,8 +191,9 @@ impl UdpSocket {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::HostNotFound`] for a name that does not resolve, or the system's error
-    /// (for example `AddrInUse`) for the last address tried.
+    /// [`ErrorKind::HostNotFound`] for a name that does not resolve,
+    /// [`ErrorKind::InvalidInput`] for an address that does not parse or an empty list of
+    /// addresses, or the system's error (for example `AddrInUse`) for the last address tried.
     pub fn bind(addr: impl ToAddrs) -> Result<UdpSocket> {
         let mut last = None;
         for addr in resolve(&addr, None)? {
@@ -433,7 +434,8 @@ impl UdpSocket {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::HostNotFound`], [`ErrorKind::Timeout`] (resolution took longer than the
+    /// [`ErrorKind::HostNotFound`], [`ErrorKind::InvalidInput`] (as for
+    /// [`bind`](UdpSocket::bind)), [`ErrorKind::Timeout`] (resolution took longer than the
     /// connect timeout), [`ErrorKind::Closed`], or the system's error.
     pub fn setpeername(&self, addr: impl ToAddrs) -> Result<()> {
         let deadline = deadline(self.inner.timeouts.get().connect);
