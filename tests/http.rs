@@ -136,6 +136,7 @@ http {{
         location = /conn     {{ return 200 "$connection\n"; }}
         location = /status/404 {{ return 404 "nope\n"; }}
         location = /echo-body {{ echo_read_request_body; echo_request_body; }}
+        location = /small-body {{ client_max_body_size 1k; echo_read_request_body; echo_request_body; }}
         location = /headers   {{ echo $echo_client_request_headers; }}
     }}
 }}
@@ -884,4 +885,116 @@ fn stale_pooled_connection_is_retried_once() {
     assert_eq!(got[1], Ok(200));
     assert_eq!(got[2], Err(ErrorKind::Closed), "{got:?}");
     assert_eq!(accepted.get(), 2);
+}
+
+/// A reader of `len` bytes that counts what has been read from it.
+struct CountingReader {
+    left: u64,
+    read: Rc<Cell<u64>>,
+}
+
+impl std::io::Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        buf[..n].fill(b'x');
+        self.left -= n as u64;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// `Expect: 100-continue` holds the body for the server's word: nginx's `100 Continue`
+/// lets it go, its `413` for a body over `client_max_body_size` means none is sent.
+#[test]
+fn expect_100_continue_sends_the_body_only_when_the_server_wants_it() {
+    let _turn = serial();
+    let _dog = Watchdog::new("Expect: 100-continue", secs(60));
+    let Some(ng) = Nginx::start() else { return };
+
+    // Wanted: nginx says 100 Continue, the body goes and comes back.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let r = Request::post(&ng.url("/echo-body"))
+        .header("Expect", "100-continue")
+        .body(data.clone())
+        .send()
+        .expect("POST with Expect");
+    assert_eq!(r.status(), 200);
+    assert!(r.body() == data, "the body went after 100 Continue");
+
+    // Refused: 413 at once, and not a byte of 8 MiB read from the reader.
+    let read = Rc::new(Cell::new(0u64));
+    let reader = CountingReader {
+        left: 8 << 20,
+        read: read.clone(),
+    };
+    let r = Request::post(&ng.url("/small-body"))
+        .header("Expect", "100-continue")
+        .body_reader(reader, Some(8 << 20))
+        .send()
+        .expect("POST refused");
+    assert_eq!(r.status(), 413);
+    assert_eq!(read.get(), 0, "the body was held back");
+    // The same without the field sends the body (nginx reads and drops it before its 413,
+    // or resets): the difference the field makes.
+    let read_plain = Rc::new(Cell::new(0u64));
+    let reader = CountingReader {
+        left: 8 << 20,
+        read: read_plain.clone(),
+    };
+    let _ = Request::post(&ng.url("/small-body"))
+        .body_reader(reader, Some(8 << 20))
+        .send();
+    assert!(read_plain.get() > 0, "without Expect the body goes at once");
+    // The client goes on: the refused request's connection was not pooled.
+    let r = Request::post(&ng.url("/small-body"))
+        .header("Expect", "100-continue")
+        .body("small")
+        .send()
+        .expect("POST small");
+    assert_eq!((r.status(), r.body()), (200, &b"small"[..]));
+}
+
+/// A server that ignores `Expect` (says nothing before the body) gets the body after
+/// `CONTINUE_WAIT`, not never.
+#[test]
+fn expect_100_continue_sends_the_body_after_a_second_of_silence() {
+    let _dog = Watchdog::new("Expect without an answer", secs(30));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(secs(10))).expect("timeout");
+        let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).expect("head line");
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let head_done = Instant::now();
+        let mut body = vec![0u8; length];
+        std::io::Read::read_exact(&mut reader, &mut body).expect("body");
+        let waited = head_done.elapsed();
+        let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        std::io::Write::write_all(&mut conn, reply.as_bytes()).expect("reply");
+        std::io::Write::write_all(&mut conn, &body).expect("reply body");
+        (body, waited)
+    });
+    let r = Request::post(&format!("http://{addr}/"))
+        .header("Expect", "100-continue")
+        .body("held a while")
+        .send()
+        .expect("POST");
+    assert_eq!((r.status(), r.body()), (200, &b"held a while"[..]));
+    let (body, waited) = server.join().expect("server");
+    assert_eq!(body, b"held a while");
+    assert!(
+        waited >= http::CONTINUE_WAIT - ms(50) && waited < secs(10),
+        "the body came {waited:?} after the head"
+    );
 }

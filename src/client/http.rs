@@ -63,6 +63,11 @@ const SEND_TO_CHUNK: usize = 16 * 1024;
 
 /// How many interim (1xx) responses may come before the final one.
 const MAX_INTERIM_RESPONSES: usize = 16;
+
+/// How long a request with `Expect: 100-continue` waits for the server's `100 Continue`
+/// (or its refusal) before sending the body anyway, as curl does: servers that ignore the
+/// field never answer before the body.
+pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 pub use super::pool::{close_idle_connections, POOL_IDLE, POOL_MAX, POOL_PER_HOST};
 
 /// Which redirects a request follows (Copas's `redirect` field).
@@ -224,6 +229,12 @@ impl Request {
     /// not a token (RFC 9110: letters, digits and ``!#$%&'*+-.^_`|~``, so no colon, space,
     /// CR or LF) or a value with a control character other than tab (CR, LF, NUL…) makes
     /// the request fail with [`ErrorKind::InvalidInput`] before anything is sent.
+    ///
+    /// `Expect: 100-continue` on a request with a body sends the head alone and holds the
+    /// body until the server's `100 Continue`, or [`CONTINUE_WAIT`] without a word (servers
+    /// that ignore the field). A server that answers at once with a final status (a `413`
+    /// for a body too large, a `401`) gets no body at all; that response is the request's,
+    /// and its connection is not reused.
     ///
     /// ```
     /// let r = copas::client::http::Request::get("http://127.0.0.1/").header("Accept", "*/*");
@@ -751,7 +762,15 @@ impl Request {
         // caller needs, not the reset it caused. Without one the send's error stands (and a
         // stale pooled connection, which has no answer, is tried again on a fresh one).
         let mut pooled = pooled;
-        if let Err(e) = self.send_request(&mut sock, url, target) {
+        // With `Expect: 100-continue` the body waits for the server's word (RFC 9110
+        // §10.1.1): a refusal (a 413, a 401) then costs the head alone.
+        let mut body_owed = self.expects_continue();
+        let sent = if body_owed {
+            self.send_head(&mut sock, url, target)
+        } else {
+            self.send_request(&mut sock, url, target)
+        };
+        if let Err(e) = sent {
             if e.kind() != ErrorKind::Closed || !answered_early(&mut sock) {
                 return Err((e, true));
             }
@@ -760,6 +779,12 @@ impl Request {
         let head_only = self.method == "HEAD";
         let mut first = true;
         for _ in 0..=MAX_INTERIM_RESPONSES {
+            if body_owed && !answered_within(&mut sock, CONTINUE_WAIT).map_err(|e| (e, first))? {
+                // No word from the server: it ignores the field.
+                body_owed = false;
+                self.send_owed_body(&mut sock, &mut pooled)
+                    .map_err(|e| (e, first))?;
+            }
             let head = read_head(&mut sock, self.max_head_bytes).map_err(|e| {
                 let nothing = first && e.partial().is_empty();
                 (e, nothing)
@@ -767,8 +792,19 @@ impl Request {
             first = false;
             let response = parse_head(&head, self.max_headers, url).map_err(|e| (e, false))?;
             let status = response.status;
+            if status == 100 && body_owed {
+                body_owed = false;
+                self.send_owed_body(&mut sock, &mut pooled)
+                    .map_err(|e| (e, false))?;
+                continue;
+            }
             if (100..200).contains(&status) && status != 101 {
                 continue; // 100 Continue and other interim responses
+            }
+            if body_owed {
+                // Answered without the body: the server may still read a body's worth of
+                // bytes before a next request, so the connection goes no further.
+                pooled = false;
             }
             let framing = if head_only || status == 204 || status == 304 || status < 200 {
                 Framing::Length(0)
@@ -810,7 +846,8 @@ impl Request {
         ))
     }
 
-    fn send_request(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
+    /// The request head, and whether the body goes chunked.
+    fn build_head(&self, url: &Url, target: &Target) -> Result<(Vec<u8>, bool)> {
         // Built piece by piece: a `format!` per line was several thousand instructions of
         // every request.
         let mut head = String::with_capacity(256);
@@ -879,17 +916,61 @@ impl Request {
             push_field(&mut head, n, v);
         }
         head.push_str("\r\n");
-        let head = head.into_bytes();
+        Ok((head.into_bytes(), chunked))
+    }
+
+    /// Sends the request head only; the body goes with [`Request::send_owed_body`].
+    fn send_head(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
+        let (head, _) = self.build_head(url, target)?;
+        sock.send(&head)?;
+        Ok(())
+    }
+
+    /// Sends the body of a request whose head went out alone. A server that answers and
+    /// closes while it goes has its answer read, as for a whole request (and the
+    /// connection is not `pooled` again).
+    fn send_owed_body(&mut self, sock: &mut Socket, pooled: &mut bool) -> Result<()> {
+        let chunked = matches!(self.body, Body::Reader(_, None));
+        match self.send_body(sock, None, chunked) {
+            Err(e) if e.kind() == ErrorKind::Closed && answered_early(sock) => {
+                *pooled = false;
+                Ok(())
+            }
+            sent => sent,
+        }
+    }
+
+    /// Sends the whole request.
+    fn send_request(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
+        let (head, chunked) = self.build_head(url, target)?;
+        self.send_body(sock, Some(&head), chunked)
+    }
+
+    /// Whether the caller asked for `Expect: 100-continue` on a request with a body.
+    fn expects_continue(&self) -> bool {
+        !matches!(self.body, Body::Empty)
+            && self.headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("expect") && v.trim().eq_ignore_ascii_case("100-continue")
+            })
+    }
+
+    /// Sends the body, after `head` when given (with it in one system call when it can).
+    fn send_body(&mut self, sock: &mut Socket, head: Option<&[u8]>, chunked: bool) -> Result<()> {
+        let head = head.unwrap_or_default();
         match &mut self.body {
             Body::Empty => {
-                sock.send(&head)?;
+                if !head.is_empty() {
+                    sock.send(head)?;
+                }
             }
             Body::Bytes(b) => {
                 // One system call for head and body, neither copied.
-                sock.send_vectored(&[IoSlice::new(&head), IoSlice::new(b)])?;
+                sock.send_vectored(&[IoSlice::new(head), IoSlice::new(b)])?;
             }
             Body::Reader(r, length) => {
-                sock.send(&head)?;
+                if !head.is_empty() {
+                    sock.send(head)?;
+                }
                 let mut buf = vec![0u8; 16 * 1024];
                 // With a declared length: what the reader still owes. It is read no further
                 // than that, then one byte past it to see that it has ended: a reader that
@@ -928,6 +1009,23 @@ impl Request {
         }
         Ok(())
     }
+}
+
+/// Whether the server says something (or closes) within `wait`, the socket's own receive
+/// timeout permitting; what it says stays buffered for the head reader.
+fn answered_within(sock: &mut Socket, wait: Duration) -> Result<bool> {
+    let timeouts = sock.gettimeouts();
+    let wait = timeouts.2.map_or(wait, |t| t.min(wait));
+    sock.settimeouts(timeouts.0, timeouts.1, Some(wait));
+    let answered = match sock.fill_buf() {
+        Ok(_) => Ok(true),
+        Err(e) => match Error::from(e) {
+            e if e.kind() == ErrorKind::Timeout => Ok(false),
+            e => Err(e),
+        },
+    };
+    sock.settimeouts(timeouts.0, timeouts.1, timeouts.2);
+    answered
 }
 
 /// Whether the peer of a connection that failed a send had already sent something to read
