@@ -44,6 +44,8 @@ fn bad_request(why: &str) -> copas::Error {
 struct Request {
     close: bool,
     body: u64,
+    /// A `Content-Length` field came.
+    length_seen: bool,
 }
 
 /// Reads one request head (request line and headers up to the empty line). `Ok(None)` at a
@@ -60,6 +62,7 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
     let mut req = Request {
         close: line.ends_with(b"HTTP/1.0"),
         body: 0,
+        length_seen: false,
     };
     for _ in 0..=MAX_HEADERS {
         let header = sock.receive(Pattern::Line)?;
@@ -77,10 +80,18 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
                 req.close = false;
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            req.body = std::str::from_utf8(value)
+            // Digits only (RFC 9110 §8.6: no sign, no spaces inside), and one length: two
+            // that differ leave the body's end for the peer to pick.
+            let length = std::str::from_utf8(value)
                 .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| bad_request("bad Content-Length"))?;
+            if req.length_seen && req.body != length {
+                return Err(bad_request("conflicting Content-Length fields"));
+            }
+            req.body = length;
+            req.length_seen = true;
         }
     }
     Err(bad_request("too many header lines"))
@@ -90,7 +101,13 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
 fn skip_body(sock: &mut Socket, mut len: u64) -> copas::Result<()> {
     while len > 0 {
         let want = len.min(BODY_CHUNK as u64) as usize;
-        len -= sock.receivepartial(want)?.len() as u64;
+        let got = sock.receivepartial(want)?.len() as u64;
+        if got == 0 {
+            // The end of the stream before the end of the body (`receivepartial` hands
+            // out an empty read there, not an error).
+            return Err(copas::Error::new(copas::ErrorKind::Closed));
+        }
+        len -= got;
     }
     Ok(())
 }

@@ -302,11 +302,36 @@ fn http_hello_example_refuses_endless_headers_and_bad_lengths_and_skips_large_bo
         "{reply:?}"
     );
 
-    // A length that is not a number: refused, not taken as 0.
-    let reply = exchange(b"POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\nabc");
+    // A length that is not a number, a signed one, two that differ: refused.
+    for head in [
+        "Content-Length: lots\r\n",
+        "Content-Length: +3\r\n",
+        "Content-Length: 3\r\nContent-Length: 4\r\n",
+    ] {
+        let reply = exchange(format!("POST / HTTP/1.1\r\n{head}\r\nabc").as_bytes());
+        assert!(
+            reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{head:?}: {reply:?}"
+        );
+    }
+
+    // A body cut short by the end of the stream: the server closes, it does not wait
+    // (or spin) for the rest.
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .expect("timeout");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .expect("write");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut reply = Vec::new();
+    let end = stream.read_to_end(&mut reply);
     assert!(
-        reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-        "{reply:?}"
+        end.is_ok() && reply.is_empty(),
+        "the server closes without an answer: {end:?}, {reply:?}"
     );
 
     // A 4 MiB body is read and dropped, and the connection goes on to the next request.

@@ -1862,22 +1862,33 @@ fn a_send_after_a_tls_shutdown_is_closed_as_over_a_plain_socket() {
 }
 
 /// A peer that resets or closes the TCP connection in the middle of the handshake ends it
-/// as a peer that goes away after it does: `Closed`, with the system error, not `Tls`.
+/// as a peer that goes away after it does: `Closed`, with the system error, not `Tls`; on
+/// the client side and, through `copas::handler`, in the server's report. Bytes that are
+/// not TLS before the close stay a TLS failure.
 #[test]
 fn a_peer_gone_mid_handshake_is_closed_not_a_tls_failure() {
+    use std::io::ErrorKind::{ConnectionReset, UnexpectedEof};
     let Some(pki) = pki() else { return };
     let _dog = util::Watchdog::new("a peer gone mid-handshake", secs(60));
-    for reset in [true, false] {
+    // Client side: the server reads the ClientHello, then resets, closes, or answers with
+    // three bytes of plain text and closes.
+    for (reset, answer, expected) in [
+        (true, &b""[..], (ErrorKind::Closed, Some(ConnectionReset))),
+        (false, &b""[..], (ErrorKind::Closed, Some(UnexpectedEof))),
+        (false, &b"no\n"[..], (ErrorKind::Tls, None)),
+    ] {
         let (listener, addr) = util::local_listener();
         let peer = std::thread::spawn(move || {
             let (mut tcp, _) = listener.accept().expect("accept");
             tcp.set_read_timeout(Some(secs(10))).expect("timeout");
-            let mut hello = [0u8; 64];
-            let n = tcp.read(&mut hello).expect("the ClientHello");
-            assert_eq!(
-                hello[0], 22,
-                "a TLS handshake record comes first ({n} bytes)"
-            );
+            // The whole ClientHello record: bytes left unread would turn the close into a
+            // reset.
+            let mut header = [0u8; 5];
+            tcp.read_exact(&mut header).expect("a record header");
+            assert_eq!(header[0], 22, "a TLS handshake record comes first");
+            let mut body = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+            tcp.read_exact(&mut body).expect("the ClientHello");
+            tcp.write_all(answer).expect("answer");
             if reset {
                 socket2::SockRef::from(&tcp)
                     .set_linger(Some(Duration::ZERO))
@@ -1900,10 +1911,61 @@ fn a_peer_gone_mid_handshake_is_closed_not_a_tls_failure() {
             .take()
             .expect("connect_tls returned")
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Closed, "reset {reset}: {err}");
-        if reset {
-            let io = err.io_error().map(|e| e.kind());
-            assert_eq!(io, Some(std::io::ErrorKind::ConnectionReset), "{err}");
-        }
+        let io = err
+            .io_error()
+            .map(|e| e.kind())
+            .filter(|_| err.kind() != ErrorKind::Tls);
+        assert_eq!(
+            (err.kind(), io),
+            expected,
+            "reset {reset}, answer {answer:?}: {err}"
+        );
     }
+
+    // Server side: half a ClientHello, then a close or a reset.
+    let reports = shared(Vec::new());
+    let sink = reports.clone();
+    copas::setdefaulterrorhandler(move |report| {
+        let e = report.payload().downcast_ref::<copas::Error>();
+        let got = e.map(|e| (e.kind(), e.io_error().map(|io| io.kind())));
+        sink.borrow_mut().push((got, report.message().to_string()));
+    });
+    let (server, addr) = add_tls_server(pki, |_s: Socket| {});
+    let hello = client_hello();
+    let clients = std::thread::spawn(move || {
+        for reset in [false, true] {
+            let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+            tcp.write_all(&hello[..hello.len() / 2])
+                .expect("half a ClientHello");
+            std::thread::sleep(ms(50));
+            if reset {
+                socket2::SockRef::from(&tcp)
+                    .set_linger(Some(Duration::ZERO))
+                    .expect("linger");
+            }
+            drop(tcp);
+            std::thread::sleep(ms(50));
+        }
+    });
+    let seen = reports.clone();
+    copas::addthread(move || {
+        pause_until(secs(10), || seen.borrow().len() >= 2);
+        copas::removeserver(server, false).unwrap();
+    })
+    .unwrap();
+    util::run_bounded(secs(20));
+    clients.join().expect("clients");
+    let reports = reports.borrow();
+    let got: Vec<_> = reports.iter().map(|(g, _)| *g).collect();
+    assert_eq!(
+        got,
+        [
+            Some((ErrorKind::Closed, Some(UnexpectedEof))),
+            Some((ErrorKind::Closed, Some(ConnectionReset)))
+        ],
+        "{reports:#?}"
+    );
+    assert!(reports
+        .iter()
+        .all(|(_, m)| m.starts_with("TLS/SSL handshake failed: ")));
 }

@@ -58,7 +58,8 @@ pub(crate) struct FdIo {
     /// The kernel reported end of stream.
     eof: bool,
     /// The handshake is still running: an end of stream now is an error for OpenSSL (see
-    /// `peer_gone`), since it cannot be the end of a conversation that never began.
+    /// `peer_gone`), since it cannot be the end of a conversation that never began; not
+    /// after bytes that are not TLS, whose failure is OpenSSL's to report (`Tls`).
     handshaking: bool,
     /// Where the bytes handed to the TLS layer stand in the record framing: whether an end
     /// of stream came between records or in the middle of one, which OpenSSL does not tell
@@ -135,6 +136,9 @@ struct Framing {
     started: bool,
     /// The first record has an SSL 2.0 header.
     sslv2: bool,
+    /// A record header was seen that no TLS peer sends (a content type outside 20–24, a
+    /// major version other than 3): the peer does not speak TLS.
+    foreign: bool,
 }
 
 impl Framing {
@@ -152,6 +156,13 @@ impl Framing {
                 self.sslv2 = byte & 0x80 != 0;
             }
             let header_len = if self.sslv2 { 2 } else { 5 };
+            if !self.sslv2 {
+                match self.header {
+                    0 => self.foreign |= !(20..=24).contains(&byte),
+                    1 => self.foreign |= byte != 3,
+                    _ => {}
+                }
+            }
             match (self.sslv2, self.header) {
                 (true, 0) => self.length = u16::from(byte & 0x7f) << 8,
                 (false, 3) => self.length = u16::from(byte) << 8,
@@ -197,7 +208,7 @@ impl Read for FdIo {
         match io.recv_into(target) {
             Ok(0) => {
                 self.eof = true;
-                if self.handshaking {
+                if self.handshaking && !self.framing.foreign {
                     // Reported as a plain socket reports it, not as a TLS failure: OpenSSL
                     // passes the adapter's own error through.
                     return Err(io::Error::new(
@@ -456,16 +467,21 @@ fn peer_gone(e: &native_tls::Error) -> Option<io::Error> {
                 io::ErrorKind::ConnectionReset
                 | io::ErrorKind::ConnectionAborted
                 | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof => Some(match io.raw_os_error() {
-                    Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(io.kind(), io.to_string()),
-                }),
+                | io::ErrorKind::UnexpectedEof => Some(copy_io_error(io)),
                 _ => None,
             };
         }
         cause = err.source();
     }
     None
+}
+
+/// A copy of `e` (`io::Error` is not `Clone`): the same system error, or kind and text.
+fn copy_io_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 /// Which side of the handshake we play.
@@ -728,8 +744,15 @@ pub fn handler(f: impl Fn(Socket) + 'static, acceptor: TlsAcceptor) -> impl Fn(S
                 (ErrorKind::Tls, Some(source)) => source.to_string(),
                 _ => e.to_string(),
             };
-            let report =
-                Error::with_message(e.kind(), format!("TLS/SSL handshake failed: {reason}"));
+            let message = format!("TLS/SSL handshake failed: {reason}");
+            let report = match e.io_error() {
+                // A reset or an end of stream keeps its system error, as elsewhere (OpenSSL's
+                // own error is the reason already).
+                Some(source) if e.kind() != ErrorKind::Tls => {
+                    Error::from_io(e.kind(), copy_io_error(source), message)
+                }
+                _ => Error::with_message(e.kind(), message),
+            };
             // Not `panic!`: the failure is reported by the error handler, not the panic hook.
             std::panic::resume_unwind(Box::new(report));
         }
