@@ -996,3 +996,43 @@ fn a_silent_server_times_out() {
     );
     holder.join().unwrap();
 }
+
+/// A comma inside a comment (`Jane (work, main) <jane@…>`) is not a comma between
+/// addresses: each address keeps its name, and a reader finds every address whole.
+#[test]
+fn a_comma_inside_a_comment_does_not_split_an_address() {
+    let _dog = Watchdog::new("smtp comments", Duration::from_secs(60));
+    let message = Message::new()
+        .from("me@example.org")
+        .to("Jane (work, main) <jane@example.org>")
+        .to("bob@example.org (Bob, home)")
+        .cc("Ann ((nested, comment)) <ann@example.org>, carl@example.org")
+        .subject("comments")
+        .text("x\n")
+        .build()
+        .expect("build");
+    let head = head_of(&message);
+    if !util::aiosmtpd_available() {
+        return;
+    }
+    let peer = Peer::start(&[]);
+    mail(&peer)
+        .to("a@example.org")
+        .message(message.clone())
+        .send()
+        .expect("send");
+    let script = "import email,email.utils,sys\n\
+                  m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
+                  for h in ['To','Cc']:\n\
+                  \x20   for n,a in email.utils.getaddresses(m.get_all(h)):\n\
+                  \x20       print(h, a)";
+    let out = python_on(&peer.out.join("0001.eml"), script);
+    assert_eq!(
+        out,
+        "To jane@example.org\n\
+         To bob@example.org\n\
+         Cc ann@example.org\n\
+         Cc carl@example.org\n",
+        "header:\n{head}"
+    );
+}

@@ -1046,10 +1046,12 @@ fn address_list(list: &str) -> String {
 }
 
 /// `list` cut at the commas between addresses: not those inside a quoted display name
-/// (`"Doe, Jane" <jane@example.org>`) or inside `<…>`.
+/// (`"Doe, Jane" <jane@example.org>`), inside `<…>`, or inside a comment
+/// (`Jane (work, main) <jane@example.org>`; comments nest, RFC 5322 §3.2.2).
 fn split_addresses(list: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let (mut quoted, mut escaped, mut angle) = (false, false, false);
+    let mut comment = 0usize;
     let mut start = 0;
     for (i, c) in list.char_indices() {
         if escaped {
@@ -1057,11 +1059,13 @@ fn split_addresses(list: &str) -> Vec<&str> {
             continue;
         }
         match c {
-            '\\' if quoted => escaped = true,
-            '"' if !angle => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
+            '\\' if quoted || comment > 0 => escaped = true,
+            '"' if !angle && comment == 0 => quoted = !quoted,
+            '(' if !quoted && !angle => comment += 1,
+            ')' if !quoted && !angle && comment > 0 => comment -= 1,
+            '<' if !quoted && comment == 0 => angle = true,
+            '>' if !quoted && comment == 0 => angle = false,
+            ',' if !quoted && !angle && comment == 0 => {
                 parts.push(&list[start..i]);
                 start = i + 1;
             }
