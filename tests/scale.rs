@@ -360,3 +360,45 @@ fn removing_receivers_of_one_socket_costs_the_same_however_many_wait() {
     sock.close();
     assert!(growth < 24.0, "x{growth:.1} for 8 times as many");
 }
+
+/// The time to destroy a queue with `n` idle workers and run until they have all ended.
+fn destroying_a_queue_with_workers(n: usize) -> Duration {
+    let q: copas::queue::Queue<u64> = copas::queue::Queue::new();
+    for _ in 0..n {
+        q.add_worker(|_| {}).expect("add_worker");
+    }
+    for _ in 0..10 {
+        if q.get_workers().len() == n && copas::status().inactive == n {
+            break;
+        }
+        copas::step(Some(Duration::ZERO)).expect("step");
+    }
+    assert_eq!(q.get_workers().len(), n, "not all workers started");
+    let started = util::thread_cpu_time();
+    q.destroy().expect("destroy");
+    util::run_bounded(Duration::from_secs(60));
+    let took = util::thread_cpu_time() - started;
+    assert!(q.get_workers().is_empty());
+    took
+}
+
+/// A queue's ending workers each leave its list at the same cost however many there are
+/// (each scanned the whole list: destroying one with 40,000 workers took 79–94 times as
+/// long as one with 5,000, not 8).
+#[test]
+fn destroying_a_queue_costs_the_same_per_worker_however_many_work() {
+    let _dog = util::Watchdog::new("queue workers", Duration::from_secs(120));
+    copas::set_pooled_stacks(40_000);
+    destroying_a_queue_with_workers(5_000);
+    let least = |n| {
+        (0..3)
+            .map(|_| destroying_a_queue_with_workers(n))
+            .min()
+            .expect("three tries")
+    };
+    let (small, big) = (least(5_000), least(40_000));
+    copas::set_pooled_stacks(1024); // the default
+    let growth = big.as_secs_f64() / small.as_secs_f64().max(1e-4);
+    eprintln!("destroying with 5,000 workers: {small:?}, 40,000: {big:?}, x{growth:.1}");
+    assert!(growth < 24.0, "x{growth:.1} for 8 times as many");
+}

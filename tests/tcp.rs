@@ -2486,3 +2486,57 @@ fn an_empty_list_of_addresses_is_invalid_input_everywhere() {
         assert_eq!(got, &Err(ErrorKind::InvalidInput), "{what}");
     }
 }
+
+/// Copas's idiom — a line's partial data fed back as the prefix after each timeout — is held
+/// to the line limit as one uninterrupted receive is: a peer that pauses past every timeout
+/// cannot grow a line without end.
+#[test]
+fn a_line_fed_back_piece_by_piece_is_held_to_the_line_limit() {
+    const LIMIT: usize = 1000;
+    let (tx, rx) = mpsc::channel::<()>();
+    let out = Rc::new(RefCell::new(None));
+    let out2 = out.clone();
+    with_peer(
+        move |mut s| {
+            // 900 bytes at a time, each after the handler's timeout; never a line feed
+            // until the handler has given up or taken the line.
+            for _ in 0..5 {
+                s.write_all(&[b'a'; 900]).expect("write");
+                if rx.recv_timeout(secs(10)).is_err() {
+                    break;
+                }
+            }
+            let _ = s.write_all(b"\n");
+            // The handler closes with bytes of the long line unread: a reset, not an end.
+            let _ = s.read_to_end(&mut Vec::new());
+        },
+        move |mut sock| {
+            sock.set_line_limit(LIMIT);
+            let mut partial = Vec::new();
+            let mut outcome = None;
+            for _ in 0..5 {
+                sock.settimeout(Some(ms(100)));
+                match sock.receive_with_prefix(Pattern::Line, &partial) {
+                    Err(e) if e.kind() == ErrorKind::Timeout => {
+                        partial = e.partial().to_vec();
+                        let _ = tx.send(());
+                    }
+                    Ok(line) => {
+                        outcome = Some(Ok(line.len()));
+                        break;
+                    }
+                    Err(e) => {
+                        outcome = Some(Err((e.kind(), e.partial().len())));
+                        break;
+                    }
+                }
+            }
+            *out2.borrow_mut() = outcome;
+        },
+    );
+    assert_eq!(
+        *out.borrow(),
+        Some(Err((ErrorKind::LimitExceeded, LIMIT))),
+        "the line as a whole passed the limit"
+    );
+}

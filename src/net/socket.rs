@@ -546,7 +546,9 @@ impl Socket {
 
     /// Like [`Socket::receive`], with `prefix` put in front of the data (Copas's `prefix`
     /// argument). For [`Pattern::Exact`] the prefix counts towards the length: a prefix
-    /// as long as the pattern is returned as is, without reading.
+    /// as long as the pattern is returned as is, without reading. For [`Pattern::Line`] it
+    /// counts towards the line limit: a line fed back a piece at a time after each timeout
+    /// is refused where the same line received at once would be.
     pub fn receive_with_prefix(&mut self, pattern: Pattern, prefix: &[u8]) -> Result<Vec<u8>> {
         self.refuse_if_closed()?;
         self.fair_share();
@@ -578,7 +580,10 @@ impl Socket {
     }
 
     fn receive_line_bytes(&mut self, prefix: &[u8], deadline: Option<Instant>) -> Result<Vec<u8>> {
-        let limit = self.conn.line_limit.get();
+        // The prefix counts: a partial line fed back after a timeout and the rest of it are
+        // held to the limit together, as one uninterrupted receive would hold them (else a
+        // peer that pauses past each timeout grows a line without end).
+        let limit = self.conn.line_limit.get().saturating_sub(prefix.len());
         // A line has at most `limit` bytes before its ending, LF or CR LF: look at no more
         // than that and the ending.
         let window = limit.saturating_add(2);
@@ -629,14 +634,14 @@ impl Socket {
         }
     }
 
-    /// The error for a buffered line longer than `limit`: it hands over the first `limit`
-    /// bytes and leaves the rest buffered.
+    /// The error for a buffered line longer than `limit` after `prefix`: it hands over the
+    /// prefix and the first `limit` bytes and leaves the rest buffered.
     fn refuse_long_line(&mut self, prefix: &[u8], limit: usize) -> Error {
         let partial = line_without_cr(prefix, &self.buf[self.start..self.start + limit]);
         self.start += limit;
         Error::with_message(
             ErrorKind::LimitExceeded,
-            format!("line longer than {limit} bytes"),
+            format!("line longer than {} bytes", self.conn.line_limit.get()),
         )
         .with_partial(partial)
     }

@@ -17,7 +17,7 @@
 //! leaves the worker list at once (in Copas it just dies).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
@@ -53,8 +53,9 @@ struct State<T> {
     poppers: WaitList<Signal<T>>,
     /// Coroutines waiting in `finish`, woken whenever the queue is destroyed or a worker ends.
     finishers: WaitList<()>,
-    /// Live workers: (worker number, coroutine).
-    workers: Vec<(u64, Coroutine)>,
+    /// Live workers by number (in the order they were added); a map so that each of
+    /// thousands of ending workers leaves it in O(log n).
+    workers: BTreeMap<u64, Coroutine>,
     workers_added: u64,
     stopping: bool,
     destroyed: bool,
@@ -154,7 +155,7 @@ impl<T: 'static> Queue<T> {
                     items: VecDeque::new(),
                     poppers: WaitList::new(),
                     finishers: WaitList::new(),
-                    workers: Vec::new(),
+                    workers: BTreeMap::new(),
                     workers_added: 0,
                     stopping: false,
                     destroyed: false,
@@ -377,14 +378,14 @@ impl<T: 'static> Queue<T> {
                 },
             )
         })?;
-        self.inner.state.borrow_mut().workers.push((number, co));
+        self.inner.state.borrow_mut().workers.insert(number, co);
         Ok(co)
     }
 
     /// The workers still running (Copas `queue:get_workers`).
     pub fn get_workers(&self) -> Vec<Coroutine> {
         let st = self.inner.state.borrow();
-        st.workers.iter().map(|&(_, co)| co).collect()
+        st.workers.values().copied().collect()
     }
 
     /// Whether the queue was destroyed (explicitly, by a timed-out `finish`, or by draining
@@ -459,7 +460,7 @@ struct WorkerExit<T> {
 impl<T> Drop for WorkerExit<T> {
     fn drop(&mut self) {
         if let Ok(mut st) = self.inner.state.try_borrow_mut() {
-            st.workers.retain(|&(n, _)| n != self.number);
+            st.workers.remove(&self.number);
             st.finishers.grant_all(());
         }
     }
