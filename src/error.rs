@@ -215,7 +215,7 @@ impl Error {
     }
 
     /// Whether `kind` tells of a connection the peer closed or reset.
-    fn io_kind_closes(kind: io::ErrorKind) -> bool {
+    pub(crate) fn io_kind_closes(kind: io::ErrorKind) -> bool {
         matches!(
             kind,
             io::ErrorKind::ConnectionReset

@@ -832,11 +832,8 @@ impl Client {
     /// report, not the reset the sender saw. Any other failure (a timeout: the server may
     /// still be reading) abandons the transfer as a failed download does.
     fn upload_failed(&mut self, data: &Socket, err: Error) -> Error {
-        let reset = err.kind() == ErrorKind::Closed
-            && matches!(
-                err.io_error().map(io::Error::kind),
-                Some(io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
-            );
+        // `Closed` with a system error is the peer's doing (a local close has none).
+        let reset = err.kind() == ErrorKind::Closed && err.io_error().is_some();
         if !reset {
             self.abandon(data);
             return err;

@@ -779,8 +779,13 @@ impl Request {
         let head_only = self.method == "HEAD";
         let mut first = true;
         for _ in 0..=MAX_INTERIM_RESPONSES {
-            if body_owed && !answered_within(&mut sock, CONTINUE_WAIT).map_err(|e| (e, first))? {
-                // No word from the server: it ignores the field.
+            if body_owed
+                && heard_within(&mut sock, CONTINUE_WAIT)
+                    .map_err(|e| (e, first))?
+                    .is_none()
+            {
+                // No word from the server (an end of stream is one, for the head reader to
+                // report): it ignores the field.
                 body_owed = false;
                 self.send_owed_body(&mut sock, &mut pooled)
                     .map_err(|e| (e, first))?;
@@ -1011,31 +1016,28 @@ impl Request {
     }
 }
 
-/// Whether the server says something (or closes) within `wait`, the socket's own receive
-/// timeout permitting; what it says stays buffered for the head reader.
-fn answered_within(sock: &mut Socket, wait: Duration) -> Result<bool> {
+/// What the server says within `wait` (the socket's own receive timeout permitting), left
+/// buffered for the head reader: `Some(true)` bytes, `Some(false)` the end of the stream,
+/// `None` nothing yet.
+fn heard_within(sock: &mut Socket, wait: Duration) -> Result<Option<bool>> {
     let timeouts = sock.gettimeouts();
     let wait = timeouts.2.map_or(wait, |t| t.min(wait));
     sock.settimeouts(timeouts.0, timeouts.1, Some(wait));
-    let answered = match sock.fill_buf() {
-        Ok(_) => Ok(true),
+    let heard = match sock.fill_buf() {
+        Ok(bytes) => Ok(Some(!bytes.is_empty())),
         Err(e) => match Error::from(e) {
-            e if e.kind() == ErrorKind::Timeout => Ok(false),
+            e if e.kind() == ErrorKind::Timeout => Ok(None),
             e => Err(e),
         },
     };
     sock.settimeouts(timeouts.0, timeouts.1, timeouts.2);
-    answered
+    heard
 }
 
 /// Whether the peer of a connection that failed a send had already sent something to read
 /// (its response), without waiting for more.
 fn answered_early(sock: &mut Socket) -> bool {
-    let timeouts = sock.gettimeouts();
-    sock.settimeout(Some(Duration::ZERO));
-    let answered = sock.fill_buf().is_ok_and(|bytes| !bytes.is_empty());
-    sock.settimeouts(timeouts.0, timeouts.1, timeouts.2);
-    answered
+    matches!(heard_within(sock, Duration::ZERO), Ok(Some(true)))
 }
 
 /// Whether following a redirect with `status` drops the request's body (and turns the

@@ -466,12 +466,23 @@ impl Socket {
 
     /// Reads at most `max` (≥ 1) more bytes into the buffer; 0 at end of stream.
     fn fill_at_most(&mut self, max: usize, deadline: Option<Instant>) -> Result<usize> {
+        self.fill_reserving(FILL_MIN.min(max), max, deadline)
+    }
+
+    /// [`Socket::fill_at_most`] with room for at least `room` bytes set aside, after any
+    /// wait (a connection waits holding no buffer).
+    fn fill_reserving(
+        &mut self,
+        room: usize,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
         if self.start == self.end {
             self.wait_readable_unbuffered(deadline)?;
         } else if self.buf.len() > INITIAL_BUFFER && self.end - self.start <= INITIAL_BUFFER / 2 {
             self.shrink_buffer();
         }
-        self.reserve(FILL_MIN.min(max));
+        self.reserve(room);
         let to = self.buf.len().min(self.end.saturating_add(max));
         let mut buf = std::mem::take(&mut self.buf);
         let result = self.read_waiting(&mut buf[self.end..to], deadline);
@@ -746,12 +757,10 @@ impl Socket {
             let deadline = Self::deadline(self.conn.timeouts.get().receive);
             self.start = 0;
             self.end = 0;
-            // Waits first, holding no buffer; then room for what was asked (up to a bulk
-            // chunk) so big reads stay few.
-            self.wait_readable_unbuffered(deadline).and_then(|()| {
-                self.reserve(max.min(BULK_CHUNK));
-                self.fill_at_most(max.min(BULK_CHUNK), deadline)
-            })
+            // Room for what was asked (up to a bulk chunk) so big reads stay few, set aside
+            // after the wait.
+            let want = max.min(BULK_CHUNK);
+            self.fill_reserving(want, want, deadline)
         } else {
             Ok(0)
         };

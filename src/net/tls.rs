@@ -463,13 +463,7 @@ fn peer_gone(e: &native_tls::Error) -> Option<io::Error> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = cause {
         if let Some(io) = err.downcast_ref::<io::Error>() {
-            return match io.kind() {
-                io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof => Some(copy_io_error(io)),
-                _ => None,
-            };
+            return Error::io_kind_closes(io.kind()).then(|| copy_io_error(io));
         }
         cause = err.source();
     }
@@ -740,18 +734,17 @@ pub fn handler(f: impl Fn(Socket) + 'static, acceptor: TlsAcceptor) -> impl Fn(S
         if let Err(e) = sock.upgrade(Role::Server(&acceptor), deadline(Some(timeout))) {
             sock.close();
             drop(sock);
-            let reason = match (e.kind(), e.io_error()) {
-                (ErrorKind::Tls, Some(source)) => source.to_string(),
-                _ => e.to_string(),
-            };
-            let message = format!("TLS/SSL handshake failed: {reason}");
-            let report = match e.io_error() {
-                // A reset or an end of stream keeps its system error, as elsewhere (OpenSSL's
-                // own error is the reason already).
-                Some(source) if e.kind() != ErrorKind::Tls => {
-                    Error::from_io(e.kind(), copy_io_error(source), message)
+            const FAILED: &str = "TLS/SSL handshake failed";
+            let report = match (e.kind(), e.io_error()) {
+                // OpenSSL's error is the reason.
+                (ErrorKind::Tls, Some(source)) => {
+                    Error::with_message(ErrorKind::Tls, format!("{FAILED}: {source}"))
                 }
-                _ => Error::with_message(e.kind(), message),
+                // A reset or an end of stream keeps its system error, as elsewhere.
+                (kind, Some(source)) => {
+                    Error::from_io(kind, copy_io_error(source), format!("{FAILED}: {e}"))
+                }
+                (kind, None) => Error::with_message(kind, format!("{FAILED}: {e}")),
             };
             // Not `panic!`: the failure is reported by the error handler, not the panic hook.
             std::panic::resume_unwind(Box::new(report));

@@ -64,6 +64,22 @@ struct State {
 }
 
 impl State {
+    /// Releases one level of `holder`'s hold; at depth zero the lock goes to the next
+    /// waiter.
+    fn release_by(&mut self, holder: Holder) -> Result<()> {
+        if self.destroyed {
+            return Err(Error::new(ErrorKind::Destroyed));
+        }
+        if self.owner != Some(holder) {
+            return Err(Error::new(ErrorKind::NotOwned));
+        }
+        self.depth -= 1;
+        if self.depth == 0 {
+            self.hand_over();
+        }
+        Ok(())
+    }
+
     /// Gives the lock to the first waiter still waiting, or frees it.
     fn hand_over(&mut self) {
         self.owner = None;
@@ -244,18 +260,7 @@ impl Lock {
     /// removed owns none); [`ErrorKind::Destroyed`] when it was destroyed.
     pub fn release(&self) -> Result<()> {
         let me = taker().ok_or_else(|| Error::new(ErrorKind::NotOwned))?;
-        let mut st = self.state.borrow_mut();
-        if st.destroyed {
-            return Err(Error::new(ErrorKind::Destroyed));
-        }
-        if st.owner != Some(me) {
-            return Err(Error::new(ErrorKind::NotOwned));
-        }
-        st.depth -= 1;
-        if st.depth == 0 {
-            st.hand_over();
-        }
-        Ok(())
+        self.state.borrow_mut().release_by(me)
     }
 
     /// Destroys the lock (Copas `lock:destroy`): every waiter, and a waiter it had just been
@@ -349,15 +354,9 @@ impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         // A borrow held higher up this stack (a destructor running inside a lock method) is
         // not possible: no method of `Lock` runs user code while it holds its state.
-        let Ok(mut st) = self.lock.state.try_borrow_mut() else {
-            return;
-        };
-        if st.destroyed || st.owner != Some(self.holder) {
-            return;
-        }
-        st.depth -= 1;
-        if st.depth == 0 {
-            st.hand_over();
+        if let Ok(mut st) = self.lock.state.try_borrow_mut() {
+            // Destroyed, or no longer this holder's: nothing to release.
+            let _ = st.release_by(self.holder);
         }
     }
 }

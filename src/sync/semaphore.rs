@@ -404,8 +404,9 @@ impl Drop for Ticket<'_> {
             return;
         }
         if let Some(Signal::Granted) = self.slot.take() {
-            st.count = (st.count + self.n).min(st.max);
+            st.add(self.n);
+        } else {
+            st.serve();
         }
-        st.serve();
     }
 }
