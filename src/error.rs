@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 /// A `Result` whose error is [`copas::Error`](Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -105,16 +106,24 @@ impl fmt::Display for ErrorKind {
 ///
 /// Converts to and from [`io::Error`], so `?` works in functions returning either.
 ///
+/// Cloning is cheap for the cause: a clone shares the same [`io::Error`] (so a
+/// [`Future`](crate::future::Future) whose task returns a [`Result`] can hand it to every
+/// waiter); the message and the partial data are copied.
+///
 /// One pointer wide: every `Result` of a socket operation stays small, so the frames of a
 /// coroutine waiting in one stay small too (each of their cache lines is missed again when
 /// thousands of connections take turns). An error allocates; errors are rare.
+#[derive(Clone)]
 pub struct Error {
     inner: Box<ErrorInner>,
 }
 
+#[derive(Clone)]
 struct ErrorInner {
     kind: ErrorKind,
-    source: Option<io::Error>,
+    // Shared, not owned: `io::Error` is not `Clone`, and a copy that kept only its kind
+    // and text would lose a custom payload a caller may downcast.
+    source: Option<Arc<io::Error>>,
     message: Option<Box<str>>,
     partial: Vec<u8>,
     sent: usize,
@@ -183,7 +192,7 @@ impl Error {
 
     /// The operating-system error behind this one, if any.
     pub fn io_error(&self) -> Option<&io::Error> {
-        self.inner.source.as_ref()
+        self.inner.source.as_deref()
     }
 
     pub(crate) fn with_partial(mut self, partial: Vec<u8>) -> Error {
@@ -194,7 +203,7 @@ impl Error {
     /// An error of `kind` caused by `source`, with a message saying more.
     pub(crate) fn from_io(kind: ErrorKind, source: io::Error, message: impl Into<String>) -> Error {
         let mut e = Error::with_message(kind, message);
-        e.inner.source = Some(source);
+        e.inner.source = Some(Arc::new(source));
         e
     }
 
@@ -246,7 +255,7 @@ impl From<io::Error> for Error {
             _ => ErrorKind::Io,
         };
         let mut e = Error::new(kind);
-        e.inner.source = Some(err);
+        e.inner.source = Some(Arc::new(err));
         e
     }
 }
@@ -320,7 +329,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.inner
             .source
-            .as_ref()
+            .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }

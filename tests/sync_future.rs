@@ -300,3 +300,59 @@ fn a_future_nobody_completes_does_not_keep_the_loop_alive() {
     copas::cancelall();
     assert_eq!(f.try_get(), State::Failed(ErrorKind::Cancelled, None));
 }
+
+/// A task that does network work returns a `copas::Result`; `get` hands it to every waiter,
+/// error included. Before `Error` was `Clone`, `Future<copas::Result<_>>::get` did not compile.
+/// Here the peer sends half a line and resets: both waiters get `Closed`, the half line, and
+/// the same system error.
+#[test]
+fn a_task_returning_a_copas_result_hands_its_error_to_every_waiter() {
+    let (listener, addr) = util::local_listener();
+    let peer = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.write_all(b"half a li").expect("write");
+        std::thread::sleep(ms(100));
+        // A zero linger turns the close into a reset.
+        socket2::SockRef::from(&conn)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+    });
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let record = seen.clone();
+    run_to_completion(move || {
+        let f = future::addthread(move || -> copas::Result<Vec<u8>> {
+            let mut sock = copas::connect(addr, Some(LIMIT))?;
+            sock.receive(copas::Pattern::Line)
+        })
+        .unwrap();
+        let mut waiters = Vec::new();
+        for _ in 0..2 {
+            let (f, record) = (f.clone(), record.clone());
+            waiters.push(
+                future::addthread(move || {
+                    let outcome = f.get();
+                    record.borrow_mut().push(outcome);
+                })
+                .unwrap(),
+            );
+        }
+        for w in waiters {
+            w.get().unwrap();
+        }
+    });
+    peer.join().unwrap();
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 2);
+    for outcome in seen.iter() {
+        let task_result = outcome.as_ref().expect("the task ran to its end");
+        let err = task_result.as_ref().expect_err("the peer reset mid-line");
+        assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+        assert_eq!(err.partial(), b"half a li");
+        assert_eq!(
+            err.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "{err:?}"
+        );
+    }
+}

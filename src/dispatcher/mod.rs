@@ -1458,7 +1458,6 @@ impl Dispatcher {
                     tasks.push((co, removed));
                 }
             }
-            st.ready.clear();
             st.pending_accept.clear();
             st.exit_waiters.clear();
             st.exit_waiting = 0;
@@ -1470,6 +1469,8 @@ impl Dispatcher {
             let sources = st.remove_sources_where(|s| {
                 s.acceptor.is_some() || !s.io.readers.is_empty() || !s.io.writers.is_empty()
             });
+            // Every task but the caller (running, not waiting) is gone, so removing the
+            // sources queued nothing; what the queue held before is dropped here.
             st.ready.clear();
             (tasks, timers, sources)
         };
