@@ -507,6 +507,60 @@ fn attachments_round_trip() {
     assert_eq!(out, "Report — two files\n2 data.bin 20000 True\n", "{out}");
 }
 
+/// File names that are not short plain ASCII go in RFC 2231's form: a non-ASCII name, one
+/// with `"` and `\` (refused with `InvalidInput` before), and long ones in numbered pieces,
+/// every header line within 78 octets. Python's parser reads each name back as given;
+/// before, non-ASCII names went as RFC 2047 words inside quotes, which RFC 2047 §5 forbids
+/// and Python's `get_filename` returned undecoded, and a 148-character name made a
+/// 160-octet line.
+#[test]
+fn attachment_file_names_of_any_text_reach_the_reader_unchanged() {
+    let _dog = Watchdog::new("smtp file names", Duration::from_secs(60));
+    let names = [
+        "plain name.txt".to_string(),
+        "résumé – 2026.pdf".to_string(),
+        r#"a "quoted" \ name; x=y.txt"#.to_string(),
+        format!("{}.pdf", "Überweisungsbeleg für März ".repeat(6)),
+        format!("{}.log", "long-ascii-name_".repeat(9)),
+    ];
+    let message = names
+        .iter()
+        .fold(
+            Message::new()
+                .from("sender@example.org")
+                .to("a@example.org")
+                .subject("names")
+                .text("see attached\n"),
+            |m, name| m.attach(name, "application/octet-stream", name.as_bytes().to_vec()),
+        )
+        .build()
+        .expect("build");
+    let eml = String::from_utf8(message.clone()).expect("ASCII mail");
+    assert!(eml.is_ascii());
+    let longest = eml.split("\r\n").map(str::len).max().unwrap();
+    assert!(longest <= 78, "a line of {longest} octets:\n{eml}");
+    assert!(eml.contains("filename=\"plain name.txt\""), "{eml}");
+    if !util::aiosmtpd_available() {
+        return;
+    }
+    let peer = Peer::start(&[]);
+    mail(&peer)
+        .to("a@example.org")
+        .message(message.clone())
+        .send()
+        .expect("send");
+    assert_eq!(peer.stored(1).0, message);
+    let script = "import email,email.utils,sys\n\
+                  m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
+                  for p in m.walk():\n\
+                  \x20   n=p.get_filename()\n\
+                  \x20   if n: print(n == p.get_payload(decode=True).decode(), \
+                  n == email.utils.collapse_rfc2231_value(p.get_param('name')), n)";
+    let out = python_on(&peer.out.join("0001.eml"), script);
+    let expected: String = names.iter().map(|n| format!("True True {n}\n")).collect();
+    assert_eq!(out, expected);
+}
+
 /// Mail lines carry at most 998 octets (RFC 5322 §2.1.1): a text with a longer line goes
 /// `quoted-printable`, every line of it within 76 characters, and a real parser (Python's)
 /// decodes it back to the text, `=`, trailing spaces and non-ASCII included.

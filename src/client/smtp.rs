@@ -739,6 +739,11 @@ impl Message {
     }
 
     /// Adds an attachment: its file name, MIME type (`application/pdf`…) and content.
+    ///
+    /// A short ASCII file name goes as `filename="…"`; any other (non-ASCII, with `"` or
+    /// `\`, or long) goes percent-encoded per RFC 2231 (`filename*=utf-8''…`, in numbered
+    /// pieces when long) so that every header line stays within 78 octets and mail
+    /// programs show the name as given.
     pub fn attach(
         mut self,
         filename: impl Into<String>,
@@ -758,10 +763,10 @@ impl Message {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`] when a header name is not a valid field name, a header
-    /// value, address, content type or file name contains CR, LF or NUL (or a file name
-    /// or content type contains `"`), or a header value or file name has a run without
-    /// white space to fold at that does not fit in the 998 octets a line may carry
-    /// (RFC 5322 §2.1.1; on a header's first line its name counts too).
+    /// value, address, content type or file name contains CR, LF or NUL (or a content type
+    /// contains `"`), or a header value has a run without white space to fold at that does
+    /// not fit in the 998 octets a line may carry (RFC 5322 §2.1.1; on a header's first
+    /// line its name counts too).
     pub fn build(&self) -> Result<Vec<u8>> {
         let mut head: Vec<(String, String)> = Vec::new();
         let from = self.from.clone();
@@ -841,24 +846,22 @@ impl Message {
         out.push_str(&format!("Content-Transfer-Encoding: {transfer}\r\n\r\n"));
         out.push_str(&text);
         for a in &self.attachments {
-            for (what, v) in [
-                ("file name", &a.filename),
-                ("content type", &a.content_type),
-            ] {
-                check_line(what, v)?;
-                if v.contains('"') {
-                    return Err(invalid(format!("{what} contains '\"': {v:?}")));
-                }
+            check_line("file name", &a.filename)?;
+            check_line("content type", &a.content_type)?;
+            if a.content_type.contains('"') {
+                return Err(invalid(format!(
+                    "content type contains '\"': {:?}",
+                    a.content_type
+                )));
             }
-            let filename = unstructured(&a.filename);
             out.push_str(&format!("\r\n--{boundary}\r\n"));
             out.push_str(&folded(
                 "Content-Type",
-                &format!("{}; name=\"{filename}\"", a.content_type),
+                &format!("{}; {}", a.content_type, parameter("name", &a.filename)),
             )?);
             out.push_str(&folded(
                 "Content-Disposition",
-                &format!("attachment; filename=\"{filename}\""),
+                &format!("attachment; {}", parameter("filename", &a.filename)),
             )?);
             out.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
             let encoded = BASE64.encode(&a.data);
@@ -984,6 +987,52 @@ fn fold_pieces(value: &str) -> Vec<&str> {
     }
     pieces.push(&value[start..]);
     pieces
+}
+
+/// The MIME parameter `name=value` (RFC 2045 §5.1): quoted when `value` is short, printable
+/// ASCII with nothing to escape, else RFC 2231's extended form. RFC 2047 words, which some
+/// mailers put there, are not allowed inside a quoted string (RFC 2047 §5), and a long
+/// quoted value could not be folded within a line; the extended form is cut into numbered
+/// pieces (`name*0*=utf-8''…; name*1*=…`) that readers join back.
+fn parameter(name: &str, value: &str) -> String {
+    /// The longest quoted value, and the most encoded characters in one piece: with the
+    /// name, `*NN*=`, `utf-8''` and `; `, a piece stays within a 78-octet line.
+    const PIECE: usize = 48;
+    let plain = value.len() <= PIECE
+        && value
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        return format!("{name}=\"{value}\"");
+    }
+    // RFC 2231 §7 attribute-char: a token character other than `*`, `'` and `%`.
+    let literal = |b: u8| b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b);
+    let mut pieces = Vec::new();
+    let mut piece = String::new();
+    for b in value.bytes() {
+        let token = if literal(b) {
+            (b as char).to_string()
+        } else {
+            format!("%{b:02X}")
+        };
+        if piece.len() + token.len() > PIECE {
+            pieces.push(std::mem::take(&mut piece));
+        }
+        piece.push_str(&token);
+    }
+    pieces.push(piece);
+    if pieces.len() == 1 {
+        return format!("{name}*=utf-8''{}", pieces[0]);
+    }
+    let out: Vec<String> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let charset = if i == 0 { "utf-8''" } else { "" };
+            format!("{name}*{i}*={charset}{piece}")
+        })
+        .collect();
+    out.join("; ")
 }
 
 /// An unstructured value (`Subject`…): as is when it is ASCII, else as RFC 2047 words.
@@ -1205,9 +1254,27 @@ mod tests {
         assert!(Message::new().header("X-A", "1\n2").build().is_err());
         assert!(Message::new().header("Bad Name", "1").build().is_err());
         assert!(Message::new()
-            .attach("a\".txt", "text/plain", vec![])
+            .attach("a.txt", "text/plain\"; x=\"y", vec![])
             .build()
             .is_err());
+    }
+
+    /// Short plain names stay quoted; anything else is RFC 2231, in numbered pieces when long,
+    /// with no piece splitting a `%XX` escape.
+    #[test]
+    fn parameters_take_the_rfc_2231_form_when_quoting_will_not_do() {
+        assert_eq!(parameter("filename", "a b.txt"), "filename=\"a b.txt\"");
+        assert_eq!(
+            parameter("filename", "a\".txt"),
+            "filename*=utf-8''a%22.txt"
+        );
+        assert_eq!(parameter("name", "é"), "name*=utf-8''%C3%A9");
+        let long = parameter("filename", &"é".repeat(20));
+        let pieces: Vec<&str> = long.split("; ").collect();
+        assert_eq!(pieces.len(), 3, "{long}");
+        assert!(pieces[0].starts_with("filename*0*=utf-8''%C3%A9"));
+        assert!(pieces[1].starts_with("filename*1*=%"));
+        assert_eq!(long.matches('%').count(), 40);
     }
 
     #[test]
