@@ -610,3 +610,54 @@ fn an_upload_the_server_stops_midway_reports_its_refusal_not_the_reset() {
     assert_eq!(c.pwd().expect("PWD after the writer"), "/");
     c.quit().expect("QUIT");
 }
+
+/// `Options::timeout(None)` waits for ever, the greeting included: while `Client::open`
+/// waited for a late greeting, the dispatcher held a deadline for it (the 60 s default,
+/// which `open` lifted only after the greeting came).
+#[test]
+fn no_timeout_in_the_options_puts_no_deadline_on_the_greeting() {
+    use std::io::BufRead;
+    let _dog = Watchdog::new("ftp greeting without a timeout", Duration::from_secs(60));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = sock.try_clone().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        out.write_all(b"220 late\r\n").unwrap();
+        let mut lines = std::io::BufReader::new(sock);
+        for reply in ["331 password please", "230 in", "200 binary", "221 bye"] {
+            let mut line = String::new();
+            if lines.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            out.write_all(format!("{reply}\r\n").as_bytes()).unwrap();
+        }
+    });
+    let deadlines = Rc::new(RefCell::new(None));
+    let seen = deadlines.clone();
+    let opened = Rc::new(RefCell::new(None));
+    let result = opened.clone();
+    copas::addthread(move || {
+        let url = format!("ftp://127.0.0.1:{port}/f.bin");
+        let outcome = Client::open(&url, &Options::new().timeout(None))
+            .map(|(client, _)| client.quit().map(|_| ()));
+        *result.borrow_mut() = Some(outcome.map(|quit| quit.is_ok()).map_err(|e| e.kind()));
+    })
+    .unwrap();
+    copas::addthread(move || {
+        copas::pause(Duration::from_millis(200));
+        *seen.borrow_mut() = Some(copas::status().timeout);
+    })
+    .unwrap();
+    util::run_bounded(Duration::from_secs(30));
+    server.join().unwrap();
+    assert_eq!(*opened.borrow(), Some(Ok(true)));
+    assert_eq!(
+        *deadlines.borrow(),
+        Some(0),
+        "deadlines pending while the greeting was awaited"
+    );
+}

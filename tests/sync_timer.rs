@@ -481,3 +481,77 @@ fn a_timer_never_due_stays_armed_when_its_coroutine_is_woken() {
     run_bounded(LIMIT);
     assert_eq!(fired.get(), 0);
 }
+
+/// However short a recurring timer's delay, other coroutines run between its firings. With
+/// 1 ns or 10 ns, each next due time had passed by the time the timer slept for it, so it
+/// fired 20,000 times in a row inside one resume, freezing the loop; a zero delay already
+/// fired once per step.
+#[test]
+fn a_recurring_timer_of_a_few_nanoseconds_lets_other_coroutines_run_between_firings() {
+    let _dog = Watchdog::new("few-ns timer", LIMIT);
+    let mut report = Vec::new();
+    for delay in [1, 10, 100, 1_000].map(Duration::from_nanos) {
+        let other_turns = Rc::new(Cell::new(0u64));
+        let stop = Rc::new(Cell::new(false));
+        let (turns, stopped) = (other_turns.clone(), stop.clone());
+        copas::addthread(move || {
+            // Bounded by the timer's own stop below, and by the watchdog.
+            while !stopped.get() {
+                turns.set(turns.get() + 1);
+                copas::pause(Duration::ZERO);
+            }
+        })
+        .unwrap();
+        let most_in_a_row = Rc::new(Cell::new(0u64));
+        let (turns, worst, stopped) = (other_turns.clone(), most_in_a_row.clone(), stop.clone());
+        let (last_seen, in_a_row, fired) = (Cell::new(u64::MAX), Cell::new(0u64), Cell::new(0));
+        timer::new(
+            TimerOptions::new(delay).recurring(true),
+            move |t: &Timer| {
+                fired.set(fired.get() + 1);
+                if turns.get() == last_seen.get() {
+                    in_a_row.set(in_a_row.get() + 1);
+                } else {
+                    last_seen.set(turns.get());
+                    in_a_row.set(1);
+                }
+                worst.set(worst.get().max(in_a_row.get()));
+                if fired.get() >= 2_000 {
+                    t.cancel().unwrap();
+                    stopped.set(true);
+                }
+            },
+        )
+        .unwrap();
+        util::run_checked(LIMIT);
+        report.push((delay, most_in_a_row.get()));
+    }
+    assert!(
+        report.iter().all(|&(_, worst)| worst <= 2),
+        "most firings in a row with no other coroutine between: {report:?}"
+    );
+}
+
+/// A recurring timer whose next firing lies past the clock's end stays armed after its first
+/// firing, as a timer never due does, until `cancel`; it used to disarm itself.
+#[test]
+fn a_recurring_timer_whose_next_firing_is_past_the_clock_stays_armed() {
+    let _dog = Watchdog::new("recurring huge", LIMIT);
+    for delay in [Duration::MAX, Duration::from_secs(u64::MAX)] {
+        let fired = Rc::new(Cell::new(0));
+        let count = fired.clone();
+        let t = timer::new(
+            TimerOptions::new(delay)
+                .recurring(true)
+                .initial_delay(Duration::ZERO),
+            move |_| count.set(count.get() + 1),
+        )
+        .unwrap();
+        run_bounded(Duration::from_secs(10));
+        assert_eq!(fired.get(), 1, "{delay:?}");
+        assert!(t.is_armed(), "{delay:?}: disarmed after one firing");
+        assert_eq!(kind(t.cancel()), Ok(()));
+        run_bounded(Duration::from_secs(10));
+        assert!(!t.is_armed());
+    }
+}

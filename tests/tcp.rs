@@ -2540,3 +2540,55 @@ fn a_line_fed_back_piece_by_piece_is_held_to_the_line_limit() {
         "the line as a whole passed the limit"
     );
 }
+
+/// The kernel's linger counts whole seconds, and socket2 passes `as_secs()`: 500 ms became 0,
+/// a reset, and the peer got 4,096 of the 1 MiB that `send` had reported sent. A positive
+/// linger is now rounded up (1 s here), and one past `i32::MAX` seconds held there (it
+/// wrapped: 2^32 s became 0).
+#[test]
+fn a_linger_under_a_second_closes_gracefully_with_nothing_lost() {
+    let _dog = util::Watchdog::new("sub-second linger", Duration::from_secs(60));
+    util::make_dispatcher();
+    const N: usize = 1 << 20;
+    for (linger, kernel) in [
+        (ms(500), Duration::from_secs(1)),
+        (ms(999), Duration::from_secs(1)),
+        (ms(1500), Duration::from_secs(2)),
+        (
+            Duration::from_secs(1 << 32),
+            Duration::from_secs(i32::MAX as u64),
+        ),
+        (Duration::MAX, Duration::from_secs(i32::MAX as u64)),
+    ] {
+        let (listener, addr) = util::local_listener();
+        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        client.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        client.connect(&addr.into()).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let mut sock = copas::wrap(server).expect("wrap");
+        sock.set_linger(Some(linger)).expect("set_linger");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        // SAFETY: `sock` stays open while the borrow lives (closed only below).
+        let set = socket2::SockRef::from(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+            .linger()
+            .expect("SO_LINGER");
+        assert_eq!(set, Some(kernel), "{linger:?}");
+        if linger > Duration::from_secs(2) {
+            continue; // a close now could block for as long
+        }
+        let mut peer: TcpStream = client.into();
+        let reader = thread::spawn(move || {
+            thread::sleep(ms(100));
+            peer.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            let end = peer.read_to_end(&mut got).map_err(|e| e.kind());
+            (got.len(), end)
+        });
+        sock.settimeout(Some(Duration::from_secs(10)));
+        assert_eq!(util::kind(sock.send(&vec![1u8; N])), Ok(N));
+        sock.close();
+        assert_eq!(reader.join().unwrap(), (N, Ok(N)), "{linger:?}");
+    }
+}

@@ -490,7 +490,12 @@ impl Client {
     /// The connect's errors; [`ErrorKind::Rejected`] when the greeting is not `220` (a
     /// `421` from a full server); the reply reader's errors.
     pub fn connect(addr: impl crate::ToAddrs, timeout: Option<Duration>) -> Result<Client> {
-        let timeout = timeout.or(Some(DEFAULT_TIMEOUT));
+        Client::connect_within(addr, timeout.or(Some(DEFAULT_TIMEOUT)))
+    }
+
+    /// [`Client::connect`] with `timeout` as it is: `None` waits for ever, also for the
+    /// connect and the greeting.
+    fn connect_within(addr: impl crate::ToAddrs, timeout: Option<Duration>) -> Result<Client> {
         let ctrl = crate::connect(addr, timeout)?;
         ctrl.settimeout(timeout);
         let mut ctrl = ctrl;
@@ -524,10 +529,7 @@ impl Client {
     pub fn open(url: &str, opts: &Options) -> Result<(Client, Request)> {
         let req = Request::parse(url)?;
         let port = req.port.unwrap_or(opts.port);
-        let mut client = Client::connect((req.host.as_str(), port), opts.timeout)?;
-        if opts.timeout.is_none() {
-            client.set_timeout(None);
-        }
+        let mut client = Client::connect_within((req.host.as_str(), port), opts.timeout)?;
         client.epsv = opts.epsv;
         let (user, password) = match (&req.user, &opts.user) {
             (Some(u), _) => (u.as_str(), req.password.as_deref().unwrap_or("")),

@@ -360,7 +360,8 @@ impl Request {
     /// Limits on the response head: at most `max_headers` fields and `max_bytes` bytes
     /// (defaults [`MAX_HEADERS`], [`MAX_HEAD_BYTES`]); beyond either the request fails with
     /// [`ErrorKind::LimitExceeded`]. `usize::MAX` lifts a limit (the trailer of a chunked
-    /// body is held to `max_bytes` too).
+    /// body is held to `max_bytes` too). The least limits are 1 field and 16 bytes: smaller
+    /// values are taken as those.
     ///
     /// ```
     /// let r = copas::client::http::Request::get("http://127.0.0.1/").head_limits(20, 8192);

@@ -978,7 +978,8 @@ impl Socket {
         self.conn.line_limit.get()
     }
 
-    /// Changes the longest line [`Pattern::Line`] accepts (default [`DEFAULT_LINE_LIMIT`]).
+    /// Changes the longest line [`Pattern::Line`] accepts (default [`DEFAULT_LINE_LIMIT`]);
+    /// the least is 1 byte, so 0 is taken as 1.
     pub fn set_line_limit(&self, limit: usize) {
         self.conn.line_limit.set(limit.max(1));
     }
@@ -1070,11 +1071,25 @@ impl Socket {
 
     /// Sets `SO_LINGER`; `Some(Duration::ZERO)` makes `close` reset the connection.
     ///
+    /// The kernel counts whole seconds: a positive linger is rounded up to the next one
+    /// (passed as it is, 500 ms would become 0 and reset the connection, dropping what was
+    /// sent), and one past `i32::MAX` seconds is held there.
+    ///
+    /// A positive linger makes [`close`](Socket::close) block the whole thread, every
+    /// coroutine with it, until the peer has acknowledged what was sent or the linger runs
+    /// out: that is the kernel's `close`, which copas cannot wait for in turn. To end a
+    /// connection gracefully without blocking, `shutdown(Shutdown::Write)` and read until the
+    /// peer closes, then `close`.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] after `close`, or the system's error.
     pub fn set_linger(&self, linger: Option<Duration>) -> Result<()> {
-        self.with_socket(|s| s.set_linger(linger))
+        let whole_seconds = linger.map(|d| {
+            let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+            Duration::from_secs(secs.min(i32::MAX as u64))
+        });
+        self.with_socket(|s| s.set_linger(whole_seconds))
     }
 
     /// The connection's name (Copas `getsocketname`).

@@ -266,11 +266,7 @@ impl Timer {
             dispatcher::with(|d| d.set_handler(Some(handler)));
         }
         let Some(mut due) = first else {
-            // Never due: only `cancel` ends this arming, not a `wakeup` of the coroutine
-            // (as a finite arming sleeps on to its time).
-            while self.is_current(arming) {
-                crate::pauseforever();
-            }
+            self.idle_until_cancelled(arming);
             return;
         };
         sleep_until(due);
@@ -287,33 +283,43 @@ impl Timer {
             if !self.is_current(arming) {
                 return;
             }
-            // The next point on the grid that is still ahead.
-            let now = Instant::now();
-            due = match due.checked_add(self.inner.delay) {
-                Some(next) if next > now => next,
-                Some(_) if self.inner.delay.is_zero() => {
-                    // Due again at once: fire once per step, so the rest of the loop (other
-                    // coroutines, I/O, this timer's own cancel) runs between firings.
-                    crate::pause(Duration::ZERO);
-                    continue;
-                }
-                Some(_) => {
-                    let behind = now.duration_since(due).as_nanos();
-                    let periods = behind / self.inner.delay.as_nanos() + 1;
-                    let skip = u32::try_from(periods).unwrap_or(u32::MAX);
-                    match self
-                        .inner
-                        .delay
-                        .checked_mul(skip)
-                        .and_then(|d| due.checked_add(d))
-                    {
-                        Some(next) => next,
-                        None => return,
-                    }
-                }
-                None => return,
+            let Some(next) = self.next_due(due, Instant::now()) else {
+                // The next firing is past the clock's end: like a timer never due.
+                self.idle_until_cancelled(arming);
+                return;
             };
+            due = next;
+            // At least one step between firings, however short the delay, so the rest of
+            // the loop (other coroutines, I/O, this timer's own cancel) runs in between: a
+            // due time already passed when the pause begins would otherwise fire again at
+            // once, for ever with a delay of a few nanoseconds.
+            crate::pause(due.saturating_duration_since(Instant::now()));
             sleep_until(due);
+        }
+    }
+
+    /// The first point of the firing grid (`due` plus whole delays) after `now`; missed
+    /// points are skipped. `now` itself for a zero delay. `None` past the clock's end.
+    fn next_due(&self, due: Instant, now: Instant) -> Option<Instant> {
+        let delay = self.inner.delay.as_nanos();
+        if delay == 0 {
+            return Some(now);
+        }
+        let behind = now.saturating_duration_since(due).as_nanos();
+        // In (0, delay]: fits a Duration, as the delay does.
+        let ahead = delay - behind % delay;
+        let ahead = Duration::new(
+            (ahead / 1_000_000_000) as u64,
+            (ahead % 1_000_000_000) as u32,
+        );
+        now.checked_add(ahead)
+    }
+
+    /// Waits for `cancel` to end arming number `arming` (a `wakeup` of the coroutine only
+    /// waits again).
+    fn idle_until_cancelled(&self, arming: u64) {
+        while self.is_current(arming) {
+            crate::pauseforever();
         }
     }
 
