@@ -255,6 +255,7 @@ impl Coro {
     }
 
     /// Whether the coroutine has run to its end (returned or panicked).
+    #[inline]
     pub fn is_done(&self) -> bool {
         self.state().inner.as_ref().is_none_or(|c| c.done())
     }
@@ -289,7 +290,9 @@ impl Coro {
     /// caught the unwind and panicked anew, or dropping its unstarted closure panicked. The
     /// coroutine has ended either way, so its stack is reusable.
     pub fn unwind_into_stack(mut self) -> (Stack, Option<Box<dyn Any + Send>>) {
-        let panic = self.unwind();
+        // Most coroutines come here having run to their end: nothing to unwind, and the
+        // unwinding machinery stays out of line.
+        let panic = if self.is_done() { None } else { self.unwind() };
         let mut state = self.take_state();
         std::mem::forget(self);
         let inner = state.inner.take().expect("coroutine already consumed");
@@ -300,6 +303,7 @@ impl Coro {
     /// as the running one so code in its destructors sees the right identity. Returns the
     /// panic that ended the unwinding instead of letting it run on through the caller, which
     /// would also leave this coroutine marked as the running one.
+    #[inline(never)]
     fn unwind(&mut self) -> Option<Box<dyn Any + Send>> {
         let state = self.state_mut();
         let inner = state.inner.as_mut()?;

@@ -902,7 +902,32 @@ impl Dispatcher {
         // destructors on its stack may call into the dispatcher.
         let (stack, unwind_panic) = coro.unwind_into_stack();
         self.pool.borrow_mut().retire(stack);
-        for payload in [panic, unwind_panic].into_iter().flatten() {
+        // Tested before the out-of-line report: every coroutine ends here, and walking the
+        // two empty options as an iterator cost about a tenth of `addthread` to completion.
+        if panic.is_some() || unwind_panic.is_some() {
+            self.report_panics(co, &removed, [panic, unwind_panic]);
+        }
+        if removed.autoclose {
+            if let Some(socket) = &removed.socket {
+                socket.close();
+            }
+        }
+        if removed.callback.is_some() || removed.handler.is_some() {
+            self.drop_removed(co, removed);
+        }
+    }
+
+    /// Reports a finished coroutine's panics, its own and its unwinding's, to its error
+    /// handler.
+    #[cold]
+    #[inline(never)]
+    fn report_panics(
+        &self,
+        co: Coroutine,
+        removed: &Removed,
+        panics: [Option<Box<dyn std::any::Any + Send>>; 2],
+    ) {
+        for payload in panics.into_iter().flatten() {
             let report = PanicReport {
                 coroutine: Some(co),
                 thread_name: removed.name.render(co.generation),
@@ -915,12 +940,6 @@ impl Dispatcher {
                 .unwrap_or_else(|| self.state.borrow().default_handler.clone());
             run_handler(&handler, report);
         }
-        if removed.autoclose {
-            if let Some(socket) = &removed.socket {
-                socket.close();
-            }
-        }
-        self.drop_removed(co, removed);
     }
 
     /// Closes the descriptors of sources taken out of the state, then drops them (a
