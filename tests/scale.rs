@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use copas::{Coroutine, ErrorKind, Pattern, Server, Socket};
 
+/// One test at a time: the first counts the process's descriptors, and another test's
+/// dispatcher (its epoll, eventfd and timerfd) made meanwhile would count as leaked (13
+/// against 9 in one CI run).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Client coroutines, each with its own connection (so twice as many sockets).
 const CLIENTS: usize = 5_000;
 
@@ -206,6 +211,7 @@ fn client_session(tally: &Tally, addr: SocketAddr, id: usize) -> Result<(), Stri
 
 #[test]
 fn five_thousand_concurrent_clients_each_exchange_twenty_lines() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _dog = util::Watchdog::new("scale test", TEST_LIMIT);
     util::make_dispatcher();
     let fds_before = util::fd_count();
@@ -340,6 +346,7 @@ fn removal_growth(n: usize, wait: impl Fn() + Clone + 'static) -> f64 {
 /// last first took 29–31 times as long as 2,000, not 8).
 #[test]
 fn removing_exit_watchers_costs_the_same_however_many_watch() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _dog = util::Watchdog::new("exit watchers", Duration::from_secs(120));
     let growth = removal_growth(2_000, || {
         let _ = copas::waitforexit();
@@ -351,6 +358,7 @@ fn removing_exit_watchers_costs_the_same_however_many_watch() {
 /// the middle of the socket's queue moved the rest: x38–42).
 #[test]
 fn removing_receivers_of_one_socket_costs_the_same_however_many_wait() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _dog = util::Watchdog::new("socket waiters", Duration::from_secs(120));
     let sock = Rc::new(copas::UdpSocket::bind("127.0.0.1:0").expect("bind"));
     let shared = sock.clone();
@@ -387,6 +395,7 @@ fn destroying_a_queue_with_workers(n: usize) -> Duration {
 /// long as one with 5,000, not 8).
 #[test]
 fn destroying_a_queue_costs_the_same_per_worker_however_many_work() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _dog = util::Watchdog::new("queue workers", Duration::from_secs(120));
     copas::set_pooled_stacks(40_000);
     destroying_a_queue_with_workers(5_000);
