@@ -218,6 +218,12 @@ impl Error {
         self
     }
 
+    /// The same error (kind, system error, partial data) told by `message` instead.
+    pub(crate) fn reworded(mut self, message: String) -> Error {
+        self.inner.message = Some(message.into_boxed_str());
+        self
+    }
+
     pub(crate) fn with_sent(mut self, sent: usize) -> Error {
         self.inner.sent = sent;
         self

@@ -166,6 +166,19 @@ fn mail(peer: &Peer) -> Mail {
         .timeout(TIMEOUT)
 }
 
+/// Starts a server, sends it `message` for `a@example.org`, checks that it stored the bytes
+/// unchanged, and returns it for the stored file to be read back.
+fn delivered(message: &[u8]) -> Peer {
+    let peer = Peer::start(&[]);
+    mail(&peer)
+        .to("a@example.org")
+        .message(message.to_vec())
+        .send()
+        .expect("send");
+    assert_eq!(peer.stored(1).0, message);
+    peer
+}
+
 #[test]
 fn three_recipients_with_dot_stuffing_from_coroutines() {
     if !util::aiosmtpd_available() {
@@ -543,13 +556,7 @@ fn attachment_file_names_of_any_text_reach_the_reader_unchanged() {
     if !util::aiosmtpd_available() {
         return;
     }
-    let peer = Peer::start(&[]);
-    mail(&peer)
-        .to("a@example.org")
-        .message(message.clone())
-        .send()
-        .expect("send");
-    assert_eq!(peer.stored(1).0, message);
+    let peer = delivered(&message);
     let script = "import email,email.utils,sys\n\
                   m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
                   for p in m.walk():\n\
@@ -570,7 +577,6 @@ fn a_text_line_over_998_octets_is_sent_quoted_printable() {
         return;
     }
     let _dog = Watchdog::new("smtp long lines", Duration::from_secs(60));
-    let peer = Peer::start(&[]);
     let text = format!(
         "short line\n{}= done \nnaïve line ending in a space \n.dot\nlast",
         "x=y ".repeat(500)
@@ -589,13 +595,7 @@ fn a_text_line_over_998_octets_is_sent_quoted_printable() {
         body.split("\r\n").all(|l| l.len() <= 76 && l.is_ascii()),
         "{body}"
     );
-    mail(&peer)
-        .to("a@example.org")
-        .message(message.clone())
-        .send()
-        .expect("send");
-    let (stored, _) = peer.stored(1);
-    assert_eq!(stored, message);
+    let peer = delivered(&message);
     let script = "import email,sys\n\
                   m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
                   sys.stdout.write(m.get_payload(decode=True).decode('utf-8').replace('\\r\\n','\\n'))";
@@ -818,13 +818,7 @@ fn a_long_address_list_is_folded_within_998_octets() {
     if !util::aiosmtpd_available() {
         return;
     }
-    let peer = Peer::start(&[]);
-    mail(&peer)
-        .to("a@example.org")
-        .message(message.clone())
-        .send()
-        .expect("send");
-    assert_eq!(peer.stored(1).0, message);
+    let peer = delivered(&message);
     let script = "import email,email.utils,sys\n\
                   m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
                   for _,a in email.utils.getaddresses(m.get_all('To')): print(a)";
@@ -936,13 +930,7 @@ fn a_non_ascii_display_name_is_encoded_apart_from_its_address() {
     if !util::aiosmtpd_available() {
         return;
     }
-    let peer = Peer::start(&[]);
-    mail(&peer)
-        .to("a@example.org")
-        .message(message.clone())
-        .send()
-        .expect("send");
-    assert_eq!(peer.stored(1).0, message);
+    let peer = delivered(&message);
     let script = "import email,email.header,email.utils,sys\n\
                   m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
                   for h in ['From','To','Cc','Reply-To']:\n\
@@ -1069,12 +1057,7 @@ fn a_comma_inside_a_comment_does_not_split_an_address() {
     if !util::aiosmtpd_available() {
         return;
     }
-    let peer = Peer::start(&[]);
-    mail(&peer)
-        .to("a@example.org")
-        .message(message.clone())
-        .send()
-        .expect("send");
+    let peer = delivered(&message);
     let script = "import email,email.utils,sys\n\
                   m=email.message_from_bytes(open(sys.argv[1],'rb').read())\n\
                   for h in ['To','Cc']:\n\

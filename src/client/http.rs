@@ -852,8 +852,8 @@ impl Request {
         ))
     }
 
-    /// The request head, and whether the body goes chunked.
-    fn build_head(&self, url: &Url, target: &Target) -> Result<(Vec<u8>, bool)> {
+    /// The request head.
+    fn build_head(&self, url: &Url, target: &Target) -> Result<Vec<u8>> {
         // Built piece by piece: a `format!` per line was several thousand instructions of
         // every request.
         let mut head = String::with_capacity(256);
@@ -889,45 +889,41 @@ impl Request {
             let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
             head.push_str(&format!("Authorization: Basic {token}\r\n"));
         }
-        let chunked = match &self.body {
+        match &self.body {
             Body::Empty => {
                 if matches!(self.method.as_str(), "POST" | "PUT" | "PATCH")
                     && !has("content-length")
                 {
                     head.push_str("Content-Length: 0\r\n");
                 }
-                false
             }
             Body::Bytes(b) => {
                 if !has("content-length") {
                     push_field(&mut head, "Content-Length", &decimal(b.len() as u64));
                 }
-                false
             }
             Body::Reader(_, Some(n)) => {
                 if !has("content-length") {
                     push_field(&mut head, "Content-Length", &decimal(*n));
                 }
-                false
             }
             // `check_framing` gave a reader the caller's `Content-Length` as its length.
             Body::Reader(_, None) => {
                 if !has("transfer-encoding") {
                     head.push_str("Transfer-Encoding: chunked\r\n");
                 }
-                true
             }
-        };
+        }
         for (n, v) in &self.headers {
             push_field(&mut head, n, v);
         }
         head.push_str("\r\n");
-        Ok((head.into_bytes(), chunked))
+        Ok(head.into_bytes())
     }
 
     /// Sends the request head only; the body goes with [`Request::send_owed_body`].
     fn send_head(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
-        let (head, _) = self.build_head(url, target)?;
+        let head = self.build_head(url, target)?;
         sock.send(&head)?;
         Ok(())
     }
@@ -936,8 +932,7 @@ impl Request {
     /// closes while it goes has its answer read, as for a whole request (and the
     /// connection is not `pooled` again).
     fn send_owed_body(&mut self, sock: &mut Socket, pooled: &mut bool) -> Result<()> {
-        let chunked = matches!(self.body, Body::Reader(_, None));
-        match self.send_body(sock, None, chunked) {
+        match self.send_body(sock, None) {
             Err(e) if e.kind() == ErrorKind::Closed && answered_early(sock) => {
                 *pooled = false;
                 Ok(())
@@ -948,8 +943,8 @@ impl Request {
 
     /// Sends the whole request.
     fn send_request(&mut self, sock: &mut Socket, url: &Url, target: &Target) -> Result<()> {
-        let (head, chunked) = self.build_head(url, target)?;
-        self.send_body(sock, Some(&head), chunked)
+        let head = self.build_head(url, target)?;
+        self.send_body(sock, Some(&head))
     }
 
     /// Whether the caller asked for `Expect: 100-continue` on a request with a body.
@@ -961,7 +956,7 @@ impl Request {
     }
 
     /// Sends the body, after `head` when given (with it in one system call when it can).
-    fn send_body(&mut self, sock: &mut Socket, head: Option<&[u8]>, chunked: bool) -> Result<()> {
+    fn send_body(&mut self, sock: &mut Socket, head: Option<&[u8]>) -> Result<()> {
         let head = head.unwrap_or_default();
         match &mut self.body {
             Body::Empty => {
@@ -995,8 +990,9 @@ impl Request {
                         check_body_length(n, *owed)?;
                         *owed -= n as u64;
                     }
-                    if chunked {
-                        // Size line, data and CRLF in one system call; the last chunk
+                    if length.is_none() {
+                        // Chunked (the head says so): size line, data and CRLF in one
+                        // system call; the last chunk
                         // ("0\r\n\r\n") has no data.
                         let size = format!("{n:x}\r\n");
                         sock.send_vectored(&[

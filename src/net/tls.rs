@@ -470,7 +470,8 @@ fn peer_gone(e: &native_tls::Error) -> Option<io::Error> {
     None
 }
 
-/// A copy of `e` (`io::Error` is not `Clone`): the same system error, or kind and text.
+/// A copy of `e`, found inside a `native_tls::Error` (`io::Error` is not `Clone`): the
+/// same system error, or kind and text.
 fn copy_io_error(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(code) => io::Error::from_raw_os_error(code),
@@ -741,10 +742,10 @@ pub fn handler(f: impl Fn(Socket) + 'static, acceptor: TlsAcceptor) -> impl Fn(S
                     Error::with_message(ErrorKind::Tls, format!("{FAILED}: {source}"))
                 }
                 // A reset or an end of stream keeps its system error, as elsewhere.
-                (kind, Some(source)) => {
-                    Error::from_io(kind, copy_io_error(source), format!("{FAILED}: {e}"))
+                _ => {
+                    let message = format!("{FAILED}: {e}");
+                    e.reworded(message)
                 }
-                (kind, None) => Error::with_message(kind, format!("{FAILED}: {e}")),
             };
             // Not `panic!`: the failure is reported by the error handler, not the panic hook.
             std::panic::resume_unwind(Box::new(report));

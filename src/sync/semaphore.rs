@@ -67,6 +67,18 @@ impl State {
         fits
     }
 
+    /// [`Semaphore::give`] on the state.
+    fn give(&mut self, n: usize) -> Result<()> {
+        if self.destroyed {
+            return Err(Error::new(ErrorKind::Destroyed));
+        }
+        if self.add(n) {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::TooMany))
+        }
+    }
+
     /// Serves waiters from the head of the line while there are enough permits.
     fn serve(&mut self) {
         while let Some(head) = self.waiters.front() {
@@ -247,15 +259,7 @@ impl Semaphore {
     /// [`ErrorKind::TooMany`] when the count would go over the maximum: it is capped at the
     /// maximum (and the waiters are served all the same); [`ErrorKind::Destroyed`].
     pub fn give(&self, n: usize) -> Result<()> {
-        let mut st = self.state.borrow_mut();
-        if st.destroyed {
-            return Err(Error::new(ErrorKind::Destroyed));
-        }
-        if st.add(n) {
-            Ok(())
-        } else {
-            Err(Error::new(ErrorKind::TooMany))
-        }
+        self.state.borrow_mut().give(n)
     }
 
     /// The permits available now (Copas `semaphore:get_count`).
@@ -363,13 +367,9 @@ impl Drop for SemaphorePermit<'_> {
         }
         // `give` holds no borrow while user code runs, so the state is free here; the cap
         // and a destroyed semaphore are not the dropping code's concern.
-        let Ok(mut st) = self.sema.state.try_borrow_mut() else {
-            return;
-        };
-        if st.destroyed {
-            return;
+        if let Ok(mut st) = self.sema.state.try_borrow_mut() {
+            let _ = st.give(self.n);
         }
-        st.add(self.n);
     }
 }
 
