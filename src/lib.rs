@@ -658,6 +658,11 @@ pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
 /// resolution as for the connection. Outside any coroutine the thread waits, within `timeout`
 /// all the same.
 ///
+/// A peer that accepts and resets the connection before the connect has finished waiting
+/// (one that sends a refusal and hangs up, say) is connected all the same, as a blocking
+/// connect would be: reads return what it sent, then the reset (`Closed` with the system's
+/// `ConnectionReset`).
+///
 /// # Errors
 ///
 /// [`ErrorKind::Refused`] when nobody listens (on any of the addresses),

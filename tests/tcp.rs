@@ -2170,6 +2170,97 @@ fn connect_to_a_closed_port_is_refused_quickly() {
     assert_eq!(copas::status().sockets, 0);
 }
 
+/// A connect's outcome and what the reads after it got.
+type ConnectAndReads = (copas::Result<()>, Vec<copas::Result<Vec<u8>>>);
+
+/// A peer that accepts, writes `greeting` and resets, all while the connecting coroutine is
+/// suspended in `connect`: a second coroutine holds the thread until the reset has been
+/// sent, so the connect sees the handshake done and the reset already in. Returns the
+/// connect's outcome and, when it succeeded, what two reads got.
+fn connect_to_a_peer_that_resets_at_once(greeting: &'static [u8]) -> ConnectAndReads {
+    let (listener, addr) = util::local_listener();
+    let (reset_tx, reset_rx) = mpsc::channel();
+    let peer = thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.write_all(greeting).expect("write the greeting");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(s);
+        reset_tx.send(()).expect("signal the reset");
+    });
+    let outcome: Shared<Option<ConnectAndReads>> = Rc::default();
+    let outcome2 = outcome.clone();
+    copas::addthread(move || {
+        let (connected, reads) = match copas::connect(addr, Some(GUARD)) {
+            Ok(mut sock) => (
+                Ok(()),
+                vec![sock.receive(Pattern::All), sock.receive(Pattern::All)],
+            ),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        *outcome2.borrow_mut() = Some((connected, reads));
+    })
+    .expect("addthread");
+    // Runs once the connecting coroutine waits for its handshake, and blocks the thread
+    // (not just itself) until the reset is out, so the handshake's event and the reset are
+    // both in when the connect looks.
+    copas::addthread(move || {
+        reset_rx.recv_timeout(secs(10)).expect("the peer's reset");
+        thread::sleep(ms(20));
+    })
+    .expect("addthread");
+    util::run_checked(secs(20));
+    join(peer);
+    let outcome = outcome
+        .borrow_mut()
+        .take()
+        .expect("the connecting coroutine ended");
+    assert_eq!(copas::status().sockets, 0);
+    outcome
+}
+
+/// Before: the connect read `ECONNRESET` from `SO_ERROR` and failed with `Closed`, and
+/// what the peer had sent was lost, where a blocking connect succeeds and reads it. Now
+/// the connect succeeds, the bytes come first and the reset after them.
+#[test]
+fn a_peer_that_writes_and_resets_at_once_is_connected_and_read_before_its_reset() {
+    let (connected, reads) = connect_to_a_peer_that_resets_at_once(b"220 hello\r\n");
+    connected.expect("the handshake completed before the reset");
+    let [first, second] = &reads[..] else {
+        panic!("two reads: {reads:?}")
+    };
+    let e = first
+        .as_ref()
+        .expect_err("the stream ends in a reset, not a close");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e:?}");
+    assert_eq!(
+        e.partial(),
+        b"220 hello\r\n",
+        "the peer's bytes before its reset"
+    );
+    assert_eq!(
+        e.io_error().map(io::Error::kind),
+        Some(io::ErrorKind::ConnectionReset),
+        "{e:?}"
+    );
+    // Once the reset is reported the stream reads as ended, as the kernel's does.
+    assert_eq!(second.as_ref().expect("end of stream"), b"");
+}
+
+#[test]
+fn a_peer_that_resets_at_once_without_writing_is_reported_by_the_first_read() {
+    let (connected, reads) = connect_to_a_peer_that_resets_at_once(b"");
+    connected.expect("the handshake completed before the reset");
+    let e = reads[0].as_ref().expect_err("a reset");
+    assert_eq!(e.partial(), b"");
+    assert_eq!(
+        e.io_error().map(io::Error::kind),
+        Some(io::ErrorKind::ConnectionReset),
+        "{e:?}"
+    );
+}
+
 // ----- a connection's first read -----------------------------------------------------------
 
 /// How long a first read that should be woken may wait in these tests before it fails with

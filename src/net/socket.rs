@@ -102,6 +102,10 @@ pub(crate) struct Connection {
     pub(crate) io: Rc<IoSource>,
     /// The peer closed its sending side; reads return end-of-stream without a system call.
     pub(crate) eof: Cell<bool>,
+    /// The error (`errno`) a reset left while a connect was finishing, which reading
+    /// `SO_ERROR` cleared: reported by the read that reaches the end of what the peer sent
+    /// first, as the kernel would have; 0 when none.
+    reset_after_connect: Cell<i32>,
     fd: RawFd,
     /// The TLS session, once a handshake completed (`net/tls.rs`).
     pub(crate) tls: OnceCell<TlsLayer>,
@@ -127,6 +131,7 @@ impl Connection {
             name: RefCell::new(name),
             line_limit: Cell::new(DEFAULT_LINE_LIMIT),
             eof: Cell::new(false),
+            reset_after_connect: Cell::new(0),
             tls: OnceCell::new(),
             fd,
         });
@@ -172,6 +177,14 @@ impl Connection {
                 let sock = self.io.sock();
                 let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
                 return match sock.take_error()? {
+                    // The handshake completed and the peer reset the connection since,
+                    // perhaps after sending (the kernel says `EPIPE` when its end had
+                    // already closed). A blocking connect would have succeeded and read
+                    // those bytes before the reset, so this one does too.
+                    Some(e) if matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) => {
+                        self.reset_after_connect.set(e.raw_os_error().unwrap_or(0));
+                        Ok(())
+                    }
                     Some(e) => Err(e.into()),
                     None => Ok(()),
                 };
@@ -333,7 +346,7 @@ impl Socket {
     /// One `recv` into `dst` ([`IoSource::recv`]), noting the end of the stream.
     fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
         let n = self.conn.io.recv_into(dst)?;
-        Ok(self.ended_if_none(n, dst.len()))
+        self.ended_if_none(n, dst.len())
     }
 
     /// [`Socket::recv_into`] of up to `max` bytes onto the end of `out`, into its spare
@@ -342,20 +355,25 @@ impl Socket {
         out.reserve(max);
         let len = out.len();
         let spare: &mut [MaybeUninit<u8>] = &mut out.spare_capacity_mut()[..max];
-        let n = self.ended_if_none(self.conn.io.recv(spare)?, max);
+        let n = self.ended_if_none(self.conn.io.recv(spare)?, max)?;
         // SAFETY: `recv(2)` initialised the first `n` bytes of the spare capacity
         // (`IoSource::recv`), and `n` ≤ `max` ≤ what `reserve` made room for.
         unsafe { out.set_len(len + n) };
         Ok(n)
     }
 
-    /// Notes the end of the stream when a read of `len` > 0 bytes returned none; returns `n`.
+    /// Notes the end of the stream when a read of `len` > 0 bytes returned none; returns `n`,
+    /// or at that end the reset a connect kept for it.
     #[inline(always)]
-    fn ended_if_none(&self, n: usize, len: usize) -> usize {
+    fn ended_if_none(&self, n: usize, len: usize) -> io::Result<usize> {
         if n == 0 && len > 0 {
             self.conn.eof.set(true);
+            let reset = self.conn.reset_after_connect.replace(0);
+            if reset != 0 {
+                return Err(io::Error::from_raw_os_error(reset));
+            }
         }
-        n
+        Ok(n)
     }
 
     /// Reads up to `max` (≥ 1) bytes into a new vector, waiting until the socket is
