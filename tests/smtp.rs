@@ -166,6 +166,16 @@ fn mail(peer: &Peer) -> Mail {
         .timeout(TIMEOUT)
 }
 
+/// A watchdog of a minute for `what` and a server started with `args`; `None` (the test
+/// skips) without aiosmtpd outside CI.
+fn served(what: &str, args: &[&str]) -> Option<(Watchdog, Peer)> {
+    if !util::aiosmtpd_available() {
+        return None;
+    }
+    let dog = Watchdog::new(what, Duration::from_secs(60));
+    Some((dog, Peer::start(args)))
+}
+
 /// Starts a server, sends it `message` for `a@example.org`, checks that it stored the bytes
 /// unchanged, and returns it for the stored file to be read back.
 fn delivered(message: &[u8]) -> Peer {
@@ -181,11 +191,9 @@ fn delivered(message: &[u8]) -> Peer {
 
 #[test]
 fn three_recipients_with_dot_stuffing_from_coroutines() {
-    if !util::aiosmtpd_available() {
+    let Some((_dog, peer)) = served("smtp three recipients", &[]) else {
         return;
-    }
-    let _dog = Watchdog::new("smtp three recipients", Duration::from_secs(60));
-    let peer = Peer::start(&[]);
+    };
     let message = b"From: sender@example.org\r\nTo: a@example.org\r\nSubject: dots\r\n\r\n\
 first line\r\n.dot line\r\n..two dots\r\n.\r\nlast line\r\n"
         .to_vec();
@@ -258,11 +266,9 @@ first line\r\n.dot line\r\n..two dots\r\n.\r\nlast line\r\n"
 
 #[test]
 fn auth_plain_and_login() {
-    if !util::aiosmtpd_available() {
+    let Some((_dog, peer)) = served("smtp auth", &["--require-auth"]) else {
         return;
-    }
-    let _dog = Watchdog::new("smtp auth", Duration::from_secs(60));
-    let peer = Peer::start(&["--require-auth"]);
+    };
     let body = b"Subject: auth\r\n\r\nhello\r\n".to_vec();
 
     for (n, mech) in [(1, AuthMechanism::Plain), (2, AuthMechanism::Login)] {
@@ -369,11 +375,9 @@ fn starttls_when_offered_and_required() {
 
 #[test]
 fn rejected_recipient_is_a_typed_error() {
-    if !util::aiosmtpd_available() {
+    let Some((_dog, peer)) = served("smtp 550", &["--reject-rcpt", "nobody@example.org"]) else {
         return;
-    }
-    let _dog = Watchdog::new("smtp 550", Duration::from_secs(60));
-    let peer = Peer::start(&["--reject-rcpt", "nobody@example.org"]);
+    };
     let e = mail(&peer)
         .to("a@example.org")
         .to("nobody@example.org")
@@ -455,11 +459,9 @@ fn attachment(eml: &str, filename: &str) -> Vec<u8> {
 
 #[test]
 fn attachments_round_trip() {
-    if !util::aiosmtpd_available() {
+    let Some((_dog, peer)) = served("smtp attachments", &[]) else {
         return;
-    }
-    let _dog = Watchdog::new("smtp attachments", Duration::from_secs(60));
-    let peer = Peer::start(&[]);
+    };
     let binary: Vec<u8> = (0..20_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -952,11 +954,9 @@ fn a_non_ascii_display_name_is_encoded_apart_from_its_address() {
 
 #[test]
 fn many_sends_in_flight_from_coroutines() {
-    if !util::aiosmtpd_available() {
+    let Some((_dog, peer)) = served("smtp concurrent", &[]) else {
         return;
-    }
-    let _dog = Watchdog::new("smtp concurrent", Duration::from_secs(60));
-    let peer = Peer::start(&[]);
+    };
     const N: usize = 10;
     let done = Rc::new(RefCell::new(Vec::new()));
     let ticks = Rc::new(RefCell::new(0u32));
@@ -1072,4 +1072,79 @@ fn a_comma_inside_a_comment_does_not_split_an_address() {
          Cc carl@example.org\n",
         "header:\n{head}"
     );
+}
+
+/// Before: addresses that are not ASCII went without `SMTPUTF8` (RFC 6531 §3.2 forbids it),
+/// which a server reading strict ASCII refused with `500`.
+#[test]
+fn addresses_that_are_not_ascii_go_with_smtputf8_where_offered() {
+    let Some((_dog, peer)) = served("smtp SMTPUTF8", &["--smtputf8"]) else {
+        return;
+    };
+    let message = Message::new()
+        .from("Zoë <zoë@example.org>")
+        .to("jörg@example.org")
+        .subject("utf-8")
+        .text("grüße\n")
+        .build()
+        .expect("build");
+    Mail::new(peer.addr(), "zoë@example.org")
+        .domain("client.test")
+        .timeout(TIMEOUT)
+        .to("jörg@example.org")
+        .to("a@example.org")
+        .message(message.clone())
+        .send()
+        .expect("send");
+    let (eml, json) = peer.stored(1);
+    assert_eq!(
+        eml, message,
+        "the message, headers in UTF-8 (RFC 6532), unchanged"
+    );
+    for want in [
+        r#""mail_from": "zo\u00eb@example.org""#,
+        r#""rcpt_tos": ["j\u00f6rg@example.org", "a@example.org"]"#,
+        r#""mail_options": ["BODY=8BITMIME", "SMTPUTF8"]"#,
+    ] {
+        assert!(json.contains(want), "{want} in {json}");
+    }
+
+    // ASCII throughout: no parameter, though the server offers it.
+    mail(&peer)
+        .to("a@example.org")
+        .message(b"Subject: ascii\r\n\r\nx\r\n".to_vec())
+        .send()
+        .expect("send");
+    let (_, json) = peer.stored(2);
+    assert!(json.contains(r#""mail_options": []"#), "{json}");
+}
+
+#[test]
+fn an_address_that_is_not_ascii_is_refused_by_a_server_without_smtputf8() {
+    let Some((_dog, peer)) = served("smtp without SMTPUTF8", &[]) else {
+        return;
+    };
+    for (from, to) in [
+        ("zoë@example.org", "a@example.org"),
+        ("me@example.org", "jörg@example.org"),
+    ] {
+        let e = Mail::new(peer.addr(), from)
+            .domain("client.test")
+            .timeout(TIMEOUT)
+            .to(to)
+            .message(b"Subject: x\r\n\r\nx\r\n".to_vec())
+            .send()
+            .expect_err("no SMTPUTF8 to carry the address");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("SMTPUTF8"), "{e}");
+    }
+    assert_eq!(peer.count(), 0);
+    // A head that is not ASCII alone still goes, as to servers without the extension.
+    let message = b"Subject: x\r\nTo: J\xc3\xb6rg <j@example.org>\r\n\r\nx\r\n";
+    mail(&peer)
+        .to("a@example.org")
+        .message(message.to_vec())
+        .send()
+        .expect("send");
+    assert_eq!(peer.stored(1).0, message);
 }

@@ -10,7 +10,9 @@
 //! `AUTH LOGIN` when given [credentials](Mail::auth), then sends `MAIL FROM`, one
 //! `RCPT TO` per recipient and `DATA`, with line endings normalized to CRLF and lines that
 //! start with `.` dot-stuffed (RFC 5321 §4.5.2), and `BODY=8BITMIME` announced for a
-//! message that is not ASCII when the server offers it. Every reply code is checked: a reply that
+//! message that is not ASCII when the server offers it. Addresses that are not ASCII
+//! (`zoë@example.org`) go with `SMTPUTF8` (RFC 6531) to a server that offers it, and are
+//! refused, before `MAIL FROM`, by one that does not. Every reply code is checked: a reply that
 //! is not the expected one ends the session (with `QUIT`) and comes back as an
 //! [`ErrorKind::Rejected`] error carrying its code ([`Error::reply_code`]) and text.
 //!
@@ -320,7 +322,8 @@ impl Mail {
 /// * [`ErrorKind::InvalidInput`] before connecting when the sender, a recipient or the domain
 ///   contains CR, LF or NUL, the sender or a recipient an angle bracket or white space
 ///   (addresses go inside `<…>`), when there are no recipients, or when the server address is
-///   malformed.
+///   malformed; after the greeting, before `MAIL FROM`, when the sender or a recipient is
+///   not ASCII and the server does not offer `SMTPUTF8`.
 /// * [`ErrorKind::Protocol`] when the server offers no usable `AUTH` mechanism (neither
 ///   `PLAIN` nor `LOGIN`, with [`AuthMechanism::Auto`]) or sends a malformed reply.
 /// * [`ErrorKind::Rejected`] with the server's [reply code](Error::reply_code) and text
@@ -439,7 +442,26 @@ fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Re
     } else {
         ""
     };
-    command(sock, &format!("MAIL FROM:<{}>{body}", mail.from))?.expect(&[250])?;
+    let utf8 = if needs_smtputf8(mail) {
+        // RFC 6531 §3.2: addresses that are not ASCII go only to a server that offers
+        // SMTPUTF8, and then with the parameter. Headers alone (RFC 6532) get it where
+        // offered and go as before where not, as servers without it mostly take them.
+        let envelope = !mail.from.is_ascii() || mail.recipients.iter().any(|r| !r.is_ascii());
+        match has_extension(&extensions, "SMTPUTF8") {
+            true => " SMTPUTF8",
+            false if envelope => {
+                goodbye(sock);
+                return Err(invalid(
+                    "an address that is not ASCII needs SMTPUTF8, which the server does not offer"
+                        .to_string(),
+                ));
+            }
+            false => "",
+        }
+    } else {
+        ""
+    };
+    command(sock, &format!("MAIL FROM:<{}>{body}{utf8}", mail.from))?.expect(&[250])?;
     for r in &mail.recipients {
         command(sock, &format!("RCPT TO:<{r}>"))?.expect(&[250, 251])?;
     }
@@ -450,6 +472,18 @@ fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Re
     // it must not hold the caller for a whole receive timeout.
     goodbye(sock);
     Ok(done)
+}
+
+/// Whether the envelope or the message's head holds text that is not ASCII (RFC 6531/6532).
+fn needs_smtputf8(mail: &Mail) -> bool {
+    let head_len = mail
+        .message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(mail.message.len());
+    !mail.from.is_ascii()
+        || mail.recipients.iter().any(|r| !r.is_ascii())
+        || !mail.message[..head_len].is_ascii()
 }
 
 /// Sends `QUIT` and waits a second at most for its reply.
