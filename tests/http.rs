@@ -758,6 +758,85 @@ fn framing_errors() {
     }
 }
 
+/// A peer on a thread that reads one request's head, sends `head_and_data` (a chunked
+/// response cut after a chunk's data, before its CRLF), then waits for `go` (or its
+/// sender's drop) and sends `rest`, or with no `rest` ends its sending side at once.
+fn chunked_body_cut_before_a_crlf(
+    rest: Option<&'static [u8]>,
+) -> (
+    String,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (listener, addr) = util::local_listener();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(secs(10))).expect("timeout");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 65_536 {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello",
+        )
+        .expect("write");
+        match rest {
+            Some(rest) => {
+                let _ = wait.recv_timeout(secs(10));
+                let _ = s.write_all(rest);
+            }
+            None => s.shutdown(std::net::Shutdown::Write).expect("shutdown"),
+        }
+        let _ = s.read_to_end(&mut Vec::new());
+    });
+    (format!("http://{addr}/"), go, peer)
+}
+
+/// Before: the read that took a chunk's data went on to read the CRLF after it, and when
+/// that failed (a receive timeout here) the data it had read was dropped with the error,
+/// against std's `Read` (an error means nothing was read; `read_to_end` keeps what came).
+#[test]
+fn a_chunk_whose_crlf_is_late_is_handed_over_before_the_timeout() {
+    let _turn = serial();
+    let (url, go, peer) = chunked_body_cut_before_a_crlf(Some(b"\r\n0\r\n\r\n"));
+    let (_, mut body) = Request::get(&url)
+        .timeouts(Some(secs(10)), Some(secs(10)), Some(ms(300)))
+        .stream()
+        .expect("head");
+    let mut got = Vec::new();
+    let r = body.read_to_end(&mut got);
+    assert_eq!(
+        r.expect_err("the CRLF never came in time").kind(),
+        io::ErrorKind::TimedOut
+    );
+    assert_eq!(got, b"hello", "the chunk's data, read before the timeout");
+    drop(body);
+    drop(go);
+    peer.join().expect("peer");
+}
+
+/// The same for a peer that closes right after a chunk's data: the data first, then the
+/// error for the body cut short.
+#[test]
+fn a_chunk_cut_before_its_crlf_is_read_and_then_reported_cut() {
+    let _turn = serial();
+    let (url, _go, peer) = chunked_body_cut_before_a_crlf(None);
+    let (_, mut body) = Request::get(&url).timeout(secs(10)).stream().expect("head");
+    let mut buf = [0u8; 64];
+    assert_eq!(body.read(&mut buf).expect("the chunk's data"), 5);
+    assert_eq!(&buf[..5], b"hello");
+    let e = body.read(&mut buf).expect_err("the body was cut");
+    let e = copas::Error::from(e);
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e:?}");
+    drop(body);
+    peer.join().expect("peer");
+}
+
 /// A response head sent in small pieces, with blank lines before its status line, more
 /// fields than the client first makes room for, a folded value, a value that is not
 /// UTF-8 and padded values: every field arrives as the head said it.

@@ -18,6 +18,8 @@ use super::http::MAX_CHUNK_LINE;
 pub(crate) struct ChunkedDecoder {
     /// Data bytes left in the current chunk; 0 between chunks.
     left: u64,
+    /// A chunk's data has all been handed over and the CRLF after it is still to be read.
+    crlf_owed: bool,
     trailers: Vec<(String, String)>,
     max_trailers: usize,
     max_trailer_bytes: usize,
@@ -30,6 +32,7 @@ impl ChunkedDecoder {
     pub(crate) fn new(max_trailers: usize, max_trailer_bytes: usize) -> ChunkedDecoder {
         ChunkedDecoder {
             left: 0,
+            crlf_owed: false,
             trailers: Vec::new(),
             max_trailers,
             max_trailer_bytes,
@@ -48,7 +51,8 @@ impl ChunkedDecoder {
     }
 
     /// Reads body bytes from `src` into `out`: at least one, or 0 once the body has ended
-    /// (or `out` is empty).
+    /// (or `out` is empty). The CRLF that ends a chunk is read by the next call, so an error
+    /// there never takes with it data this call has read.
     ///
     /// # Errors
     ///
@@ -59,6 +63,10 @@ impl ChunkedDecoder {
     pub(crate) fn read<R: BufRead>(&mut self, src: &mut R, out: &mut [u8]) -> Result<usize> {
         if self.done || out.is_empty() {
             return Ok(0);
+        }
+        if self.crlf_owed {
+            chunk_end(src)?;
+            self.crlf_owed = false;
         }
         if self.left == 0 {
             self.next_chunk(src)?;
@@ -75,9 +83,10 @@ impl ChunkedDecoder {
             ));
         }
         self.left -= n as u64;
-        if self.left == 0 {
-            chunk_end(src)?;
-        }
+        // The CRLF after the data is the next call's to read: bytes taken off `src` are the
+        // caller's whatever comes after them (std's `Read::read` reads nothing when it fails),
+        // and the caller need not wait for a CRLF that is late to have them.
+        self.crlf_owed = self.left == 0;
         Ok(n)
     }
 
