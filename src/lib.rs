@@ -50,6 +50,13 @@
 //!   [`seterrorhandler`]), its accepted connection is closed, and the loop goes on.
 //! * Outside any coroutine, socket calls block the calling thread, so the same code (and
 //!   the protocol clients) work from plain `main`.
+//! * At thread exit the dispatcher ends what is left (coroutines are unwound, sockets
+//!   closed) and is destroyed. A thread-local destroyed after it (one first used before
+//!   copas on that thread) may still call the loop's functions from its destructor: those
+//!   that return a `Result` ([`step`], [`run`], [`addthread`]…) fail with
+//!   [`ErrorKind::InvalidState`], the others find an empty dispatcher ([`finished`] is
+//!   true, [`status`] all zero). Creating sockets, servers or synchronisation objects there
+//!   panics, as `std`'s thread-locals do.
 //! * Several cores: [`threads`] runs one dispatcher per thread, their listeners sharing a
 //!   port through [`bind_reuseport`]; other threads reach a dispatcher through its
 //!   [`Handle`] and send to its coroutines through a [`channel`] (see `docs/threads.md`).
@@ -213,7 +220,7 @@ use dispatcher::TaskName;
 /// while the loop already runs (in `run`, or in a [`step`]: from an error handler or a
 /// [`timeout`] callback), before it changes anything.
 pub fn run() -> Result<()> {
-    dispatcher::with(|d| d.run(None, None))
+    dispatcher::with_or(dispatcher::gone, |d| d.run(None, None))
 }
 
 /// Runs `init` as a coroutine named `copas_initializer`, then [`run`]s (Copas
@@ -223,7 +230,7 @@ pub fn run() -> Result<()> {
 ///
 /// As [`run`], and the error of [`addthread`] if no coroutine can be created.
 pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
-    dispatcher::with(|d| d.run(Some(Box::new(init)), None))
+    dispatcher::with_or(dispatcher::gone, |d| d.run(Some(Box::new(init)), None))
 }
 
 /// One iteration of the dispatcher (Copas `step`): waits up to `timeout` for an event or
@@ -236,27 +243,28 @@ pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
 ///
 /// # Errors
 ///
-/// The poller's error, or [`ErrorKind::InvalidState`] when called from inside a coroutine.
+/// The poller's error, or [`ErrorKind::InvalidState`] when called from inside a coroutine
+/// or after the thread's dispatcher was destroyed (see [the model](crate#the-model)).
 pub fn step(timeout: Option<Duration>) -> Result<bool> {
-    dispatcher::with(|d| d.step(timeout))
+    dispatcher::with_or(dispatcher::gone, |d| d.step(timeout))
 }
 
 /// Whether the dispatcher has nothing left to do (what ends [`run`]): no work of its own,
 /// no [`offload`] awaited, and nothing another thread posted through a [`Handle`] still
 /// waiting for the next step.
 pub fn finished() -> bool {
-    dispatcher::with(|d| d.finished())
+    dispatcher::with_or(|| true, |d| d.finished())
 }
 
 /// Signals exit (Copas `exit`): sets [`exiting`] and releases every [`waitforexit`] waiter.
 /// Stops nothing by force; idempotent.
 pub fn exit() {
-    dispatcher::with(|d| d.exit())
+    dispatcher::with_or(|| (), |d| d.exit())
 }
 
 /// Whether [`exit`] was called since the loop started.
 pub fn exiting() -> bool {
-    dispatcher::with(|d| d.exiting())
+    dispatcher::with_or(|| true, |d| d.exiting())
 }
 
 /// Suspends the calling coroutine until [`exit`] is called (by the loop when it runs out of
@@ -267,7 +275,7 @@ pub fn exiting() -> bool {
 /// [`ErrorKind::InvalidState`] outside a coroutine; [`ErrorKind::Cancelled`] if the
 /// coroutine is cancelled while it waits.
 pub fn waitforexit() -> Result<()> {
-    dispatcher::with(|d| d.waitforexit())
+    dispatcher::with_or(dispatcher::gone, |d| d.waitforexit())
 }
 
 /// Abandons everything (Copas `cancelall`): every coroutine is dropped (its stack unwound,
@@ -277,7 +285,7 @@ pub fn waitforexit() -> Result<()> {
 /// The loop then ends promptly; a later [`run`] starts afresh. A [`shutdown`] under way
 /// ends with it.
 pub fn cancelall() {
-    dispatcher::with(|d| d.cancelall())
+    dispatcher::with_or(|| (), |d| d.cancelall())
 }
 
 /// Shuts the dispatcher down gracefully (beyond Copas): stops accepting, lets running
@@ -336,23 +344,23 @@ pub fn cancelall() {
 /// assert_eq!(copas::status().servers, 0);
 /// ```
 pub fn shutdown(grace: Duration) {
-    dispatcher::with(|d| d.shutdown(grace))
+    dispatcher::with_or(|| (), |d| d.shutdown(grace))
 }
 
 /// Whether a [`shutdown`] is under way (begun and not yet complete).
 pub fn shutting_down() -> bool {
-    dispatcher::with(|d| d.shutting_down())
+    dispatcher::with_or(|| false, |d| d.shutting_down())
 }
 
 /// When the [`shutdown`] under way cancels what is left; `None` when no shutdown is under
 /// way or its grace has no end ([`FOREVER`]).
 pub fn shutdown_deadline() -> Option<Instant> {
-    dispatcher::with(|d| d.shutdown_deadline())
+    dispatcher::with_or(|| None, |d| d.shutdown_deadline())
 }
 
 /// Whether [`run`] is running.
 pub fn running() -> bool {
-    dispatcher::with(|d| d.running())
+    dispatcher::with_or(|| false, |d| d.running())
 }
 
 // ----- coroutines -------------------------------------------------------------------------
@@ -364,7 +372,9 @@ pub fn running() -> bool {
 ///
 /// [`ErrorKind::Io`] (out of memory) when no stack can be mapped for it.
 pub fn addthread(f: impl FnOnce() + 'static) -> Result<Coroutine> {
-    dispatcher::with(|d| d.spawn(TaskName::Anonymous, None, false, false, f))
+    dispatcher::with_or(dispatcher::gone, |d| {
+        d.spawn(TaskName::Anonymous, None, false, false, f)
+    })
 }
 
 /// Like [`addthread`], with a name (see [`getthreadname`]).
@@ -373,7 +383,9 @@ pub fn addthread(f: impl FnOnce() + 'static) -> Result<Coroutine> {
 ///
 /// As [`addthread`].
 pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutine> {
-    dispatcher::with(|d| d.spawn(TaskName::Owned(Rc::from(name)), None, false, false, f))
+    dispatcher::with_or(dispatcher::gone, |d| {
+        d.spawn(TaskName::Owned(Rc::from(name)), None, false, false, f)
+    })
 }
 
 /// Removes a coroutine (Copas `removethread`): it is never resumed again; its stack is
@@ -394,12 +406,12 @@ pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutin
 /// [`Lock::lock`](crate::lock::Lock::lock), permits with
 /// [`Semaphore::acquire`](crate::semaphore::Semaphore::acquire).
 pub fn removethread(co: Coroutine) -> bool {
-    dispatcher::with(|d| d.removethread(co))
+    dispatcher::with_or(|| false, |d| d.removethread(co))
 }
 
 /// The coroutine running now, or `None` outside any coroutine.
 pub fn current() -> Option<Coroutine> {
-    dispatcher::with(|d| d.current())
+    dispatcher::with_or(|| None, |d| d.current())
 }
 
 /// Suspends the calling coroutine for `delay` (Copas `pause`) and returns the time actually
@@ -411,20 +423,20 @@ pub fn current() -> Option<Coroutine> {
 /// deadline: the coroutine pauses as in [`pauseforever`], and like it does not keep [`run`]
 /// going; outside a coroutine such a `pause` returns at once, as `pauseforever` does there.
 pub fn pause(delay: Duration) -> Duration {
-    dispatcher::with(|d| d.pause(delay))
+    dispatcher::with_or(|| dispatcher::sleep_outside(delay), |d| d.pause(delay))
 }
 
 /// Suspends the calling coroutine until [`wakeup`] (Copas `pauseforever`). Returns the time
 /// paused. Such a coroutine does not keep [`run`] going; if nothing wakes it, it is
 /// abandoned when the loop ends. Outside a coroutine it returns at once.
 pub fn pauseforever() -> Duration {
-    dispatcher::with(|d| d.pauseforever())
+    dispatcher::with_or(|| Duration::ZERO, |d| d.pauseforever())
 }
 
 /// Wakes a coroutine in [`pause`] or [`pauseforever`] (Copas `wakeup`); it runs in the next
 /// step. Returns false if it was not pausing (a coroutine waiting on a socket is not woken).
 pub fn wakeup(co: Coroutine) -> bool {
-    dispatcher::with(|d| d.wakeup(co))
+    dispatcher::with_or(|| false, |d| d.wakeup(co))
 }
 
 /// Arms a timeout for the calling coroutine (Copas `timeout`): after `delay`, `callback`
@@ -444,7 +456,7 @@ pub fn timeout(delay: Duration, callback: impl FnOnce(Coroutine) + 'static) -> R
     } else {
         Some(Box::new(callback))
     };
-    dispatcher::with(|d| d.timeout(delay, callback))
+    dispatcher::with_or(dispatcher::gone, |d| d.timeout(delay, callback))
 }
 
 /// The dispatcher's clock: monotonic, unaffected by changes to the wall clock (Copas
@@ -456,12 +468,12 @@ pub fn gettime() -> Instant {
 /// Sets the stack size of coroutines created from now on (default
 /// [`DEFAULT_STACK_SIZE`], at least [`MIN_STACK_SIZE`]). See `docs/stacks.md`.
 pub fn set_stack_size(bytes: usize) {
-    dispatcher::with(|d| d.set_stack_size(bytes))
+    dispatcher::with_or(|| (), |d| d.set_stack_size(bytes))
 }
 
 /// The stack size of new coroutines.
 pub fn stack_size() -> usize {
-    dispatcher::with(|d| d.stack_size())
+    dispatcher::with_or(|| DEFAULT_STACK_SIZE, |d| d.stack_size())
 }
 
 /// Whether connections accepted from now on are closed when their handler returns or
@@ -469,12 +481,12 @@ pub fn stack_size() -> usize {
 /// connection lives until its last [`Socket`] handle is closed or dropped. Accepted TCP
 /// connections only, as in Copas: a UDP server's socket always ends with its handler.
 pub fn set_autoclose(on: bool) {
-    dispatcher::with(|d| d.set_autoclose(on))
+    dispatcher::with_or(|| (), |d| d.set_autoclose(on))
 }
 
 /// See [`set_autoclose`].
 pub fn autoclose() -> bool {
-    dispatcher::with(|d| d.autoclose())
+    dispatcher::with_or(|| true, |d| d.autoclose())
 }
 
 /// How many finished coroutines' stacks the dispatcher keeps for reuse (default 1024).
@@ -486,7 +498,7 @@ pub fn autoclose() -> bool {
 /// reuse them. Lowering the bound gives back what is beyond it at once. See
 /// `docs/stacks.md`.
 pub fn set_pooled_stacks(max: usize) {
-    dispatcher::with(|d| d.set_pooled_stacks(max))
+    dispatcher::with_or(|| (), |d| d.set_pooled_stacks(max))
 }
 
 // ----- names, errors, status --------------------------------------------------------------
@@ -494,13 +506,13 @@ pub fn set_pooled_stacks(max: usize) {
 /// Names a coroutine (`None`: the calling one). Returns false if there is no such
 /// coroutine.
 pub fn setthreadname(name: &str, co: Option<Coroutine>) -> bool {
-    dispatcher::with(|d| d.set_name(co, name))
+    dispatcher::with_or(|| false, |d| d.set_name(co, name))
 }
 
 /// A coroutine's name (`None`: the calling one): the name given, or a generated one
 /// (`thread_<id>`, `<server>:handler_<n>`, `copas_initializer`).
 pub fn getthreadname(co: Option<Coroutine>) -> Option<String> {
-    dispatcher::with(|d| d.name(co))
+    dispatcher::with_or(|| None, |d| d.name(co))
 }
 
 /// Names a socket (Copas `setsocketname`).
@@ -519,7 +531,7 @@ pub fn getsocketname(socket: &Socket) -> String {
 /// of a panic in that coroutine.
 pub fn seterrorhandler(handler: impl Fn(&PanicReport) + 'static) {
     let handler: ErrorHandler = Rc::new(handler);
-    let set = dispatcher::with(|d| d.set_handler(Some(handler.clone())));
+    let set = dispatcher::with_or(|| true, |d| d.set_handler(Some(handler.clone())));
     if !set {
         setdefaulterrorhandler_rc(handler);
     }
@@ -535,18 +547,18 @@ pub fn setdefaulterrorhandler(handler: impl Fn(&PanicReport) + 'static) {
 }
 
 fn setdefaulterrorhandler_rc(handler: ErrorHandler) {
-    dispatcher::with(|d| d.set_default_handler(handler))
+    dispatcher::with_or(|| (), |d| d.set_default_handler(handler))
 }
 
 /// The error handler of a coroutine (`None`: the calling one), or the default handler
 /// (Copas `geterrorhandler`).
 pub fn geterrorhandler(co: Option<Coroutine>) -> ErrorHandler {
-    dispatcher::with(|d| d.handler(co))
+    dispatcher::with_or(dispatcher::default_handler, |d| d.handler(co))
 }
 
 /// Counts of what the dispatcher holds (Copas `status`).
 pub fn status() -> Status {
-    dispatcher::with(|d| d.status())
+    dispatcher::with_or(Status::default, |d| d.status())
 }
 
 /// Every coroutine of this thread's dispatcher — its name, what it is doing (running,
@@ -575,7 +587,7 @@ pub fn status() -> Status {
 /// copas::run().unwrap();
 /// ```
 pub fn coroutines() -> Vec<CoroutineInfo> {
-    dispatcher::with(|d| d.coroutines())
+    dispatcher::with_or(Vec::new, |d| d.coroutines())
 }
 
 /// A readable dump of this thread's dispatcher, like Go's goroutine dump: a header with
@@ -591,7 +603,10 @@ pub fn coroutines() -> Vec<CoroutineInfo> {
 /// server "echo" [listening on 127.0.0.1:9000, fd 6]
 /// ```
 pub fn dump() -> String {
-    dispatcher::with(|d| d.dump())
+    dispatcher::with_or(
+        || "copas dump: the thread's dispatcher is gone (the thread is exiting)".to_string(),
+        |d| d.dump(),
+    )
 }
 
 // ----- sockets and servers ----------------------------------------------------------------

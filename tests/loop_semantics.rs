@@ -1346,6 +1346,74 @@ fn destructors_of_coroutines_abandoned_at_thread_exit_may_call_copas() {
     );
 }
 
+/// A thread-local first used before copas is destroyed after the dispatcher at thread exit,
+/// and its destructor may still call the loop's functions: those with a `Result` fail with
+/// `InvalidState`, the others report an empty dispatcher. Before, each call panicked
+/// ("cannot access a Thread Local Storage value during or after destruction"), which
+/// inside a destructor aborts the process. In a child process.
+#[test]
+fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_the_loop_functions() {
+    const CHILD: &str = "COPAS_TEST_LATE_THREAD_LOCAL_CHILD";
+    if util::is_child(CHILD) {
+        struct CallsCopas;
+        impl Drop for CallsCopas {
+            fn drop(&mut self) {
+                let kind = |r: copas::Result<()>| r.map_err(|e| e.kind());
+                println!(
+                    "step {:?}, run {:?}, addthread {:?}, waitforexit {:?}",
+                    copas::step(Some(Duration::ZERO)).map_err(|e| e.kind()),
+                    kind(copas::run()),
+                    kind(copas::addthread(|| ()).map(drop)),
+                    kind(copas::waitforexit()),
+                );
+                copas::exit();
+                copas::cancelall();
+                copas::shutdown(Duration::ZERO);
+                println!(
+                    "finished {}, exiting {}, running {}, current {:?}, coroutines {}",
+                    copas::finished(),
+                    copas::exiting(),
+                    copas::running(),
+                    copas::current(),
+                    copas::coroutines().len(),
+                );
+                println!(
+                    "status {:?}, paused at least 1 ms {}, name {:?}",
+                    copas::status() == copas::Status::default(),
+                    copas::pause(ms(1)) >= ms(1),
+                    copas::getthreadname(None),
+                );
+            }
+        }
+        thread_local! {
+            static APP: RefCell<Option<CallsCopas>> = const { RefCell::new(None) };
+        }
+        let worker = std::thread::spawn(|| {
+            // First used before copas, so destroyed after the dispatcher.
+            APP.with(|a| *a.borrow_mut() = Some(CallsCopas));
+            copas::addthread(|| ()).expect("addthread");
+            copas::run().expect("run");
+        });
+        worker.join().expect("the worker thread");
+        println!("child done");
+        return;
+    }
+    let out = util::assert_child_passes(
+        "a_thread_local_destroyed_after_the_dispatcher_may_still_call_the_loop_functions",
+        CHILD,
+        "child done",
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "step Err(InvalidState), run Err(InvalidState), addthread Err(InvalidState), waitforexit Err(InvalidState)",
+        "finished true, exiting true, running false, current None, coroutines 0",
+        "status true, paused at least 1 ms true, name None",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+}
+
 /// The same for what the dispatcher holds outside coroutines: a server's handler (its
 /// server never accepted, so no coroutine was ever added) and the default error handler are
 /// dropped while the dispatcher still exists, so their captures' destructors may call

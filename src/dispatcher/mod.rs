@@ -44,7 +44,7 @@ pub use handle::Handle;
 pub(crate) use introspect::{Blocker, ObjectTag};
 pub use introspect::{CoroutineInfo, CoroutineState, ObjectKind, SocketInfo, WaitTarget};
 pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
-pub(crate) use report::log_or_print;
+pub(crate) use report::{default_handler, log_or_print};
 pub use report::{ErrorHandler, PanicReport};
 pub use status::Status;
 pub use task::Coroutine;
@@ -167,6 +167,37 @@ pub(crate) fn spend_budget() -> bool {
 /// Runs `f` with this thread's dispatcher.
 pub(crate) fn with<R>(f: impl FnOnce(&Dispatcher) -> R) -> R {
     DISPATCHER.with(f)
+}
+
+/// Runs `f` with this thread's dispatcher, or returns `gone()` once the dispatcher has been
+/// destroyed: at thread exit, the destructor of a thread-local first used before copas
+/// runs after the dispatcher's, and if it calls copas, `with` would panic there, which
+/// aborts the process.
+#[inline]
+pub(crate) fn with_or<R>(gone: impl FnOnce() -> R, f: impl FnOnce(&Dispatcher) -> R) -> R {
+    DISPATCHER.try_with(f).unwrap_or_else(|_| gone())
+}
+
+/// The error of a call that needs the thread's dispatcher after it was destroyed (see
+/// [`with_or`]).
+#[cold]
+pub(crate) fn gone<T>() -> Result<T> {
+    Err(Error::with_message(
+        ErrorKind::InvalidState,
+        "the thread's dispatcher is gone (the thread is exiting)",
+    ))
+}
+
+/// `pause` outside any coroutine: sleeps the thread for `delay` and returns the time slept,
+/// except that a delay past the end of time is `pauseforever`'s, which returns at once
+/// there, since nothing could wake the thread.
+pub(crate) fn sleep_outside(delay: Duration) -> Duration {
+    let start = Instant::now();
+    if start.checked_add(delay).is_none() {
+        return Duration::ZERO;
+    }
+    std::thread::sleep(delay);
+    start.elapsed()
 }
 
 /// Runs `f` with this thread's dispatcher unless it is being torn down (thread exit).
@@ -1684,12 +1715,7 @@ impl Dispatcher {
             Caller::Coroutine(co) => co,
             // Its wait would end at once, cancelled; sleeping would stop the thread.
             Caller::Removed => return Duration::ZERO,
-            // A delay past the end of time is `pauseforever`'s: nothing could wake the thread.
-            Caller::Outside if start.checked_add(delay).is_none() => return Duration::ZERO,
-            Caller::Outside => {
-                std::thread::sleep(delay);
-                return start.elapsed();
-            }
+            Caller::Outside => return sleep_outside(delay),
         };
         let deadline = start.checked_add(delay);
         // A delay past the end of time is forever.
