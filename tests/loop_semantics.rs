@@ -1250,6 +1250,66 @@ fn step_returns_false_after_an_idle_timeout() {
     assert!(handled, "step never reported the socket's events");
 }
 
+/// A step whose accepted handlers hold the thread past a timer's deadline looks at the
+/// poller again before firing it; events found there are handled in that step, and the step
+/// reports them. Before, that second look's result was dropped: the step that carried on a
+/// backlog of accepts and resumed a reader for its data returned `Ok(false)`.
+#[test]
+fn a_step_reports_the_events_it_found_after_handlers_held_the_thread() {
+    let _dog = Watchdog::new("step", LIMIT);
+    // A reader whose peer's byte is written by the 70th accepted handler: after the first
+    // accept round's 64, in a step with no event of its own.
+    let (listener, addr) = util::local_listener();
+    let mut peer = Some(std::net::TcpStream::connect(addr).expect("connect"));
+    let (accepted, _) = listener.accept().expect("accept");
+    let mut reader = copas::wrap(accepted).expect("wrap");
+    let got = Rc::new(Cell::new(false));
+    let got2 = got.clone();
+    copas::addthread(move || {
+        reader.receive(Pattern::Exact(1)).expect("the byte");
+        got2.set(true);
+    })
+    .expect("reader");
+    let (backlog, backlog_addr) = util::local_listener();
+    let clients: Vec<_> = (0..100)
+        .map(|_| std::net::TcpStream::connect(backlog_addr).expect("connect"))
+        .collect();
+    let served = Rc::new(Cell::new(0u32));
+    let peer = Rc::new(RefCell::new(peer.take()));
+    let (served2, peer2) = (served.clone(), peer.clone());
+    let server = copas::addserver(backlog, move |_sock| {
+        served2.set(served2.get() + 1);
+        if served2.get() == 70 {
+            let mut p = peer2.borrow_mut();
+            std::io::Write::write_all(p.as_mut().expect("peer"), b"x").expect("write");
+        }
+        // Holds the thread: 64 of these are over a millisecond.
+        std::thread::sleep(Duration::from_micros(50));
+    })
+    .expect("addserver");
+    // A deadline that passes while the handlers hold the thread.
+    copas::addthread(|| {
+        copas::pause(ms(1));
+    })
+    .expect("sleeper");
+    let mut steps = 0;
+    while !got.get() && steps < 100 {
+        let events = copas::step(Some(ms(100))).expect("step");
+        steps += 1;
+        if got.get() {
+            assert!(
+                events,
+                "step {steps} resumed the reader for its event, yet reported none"
+            );
+        }
+    }
+    assert!(got.get(), "the reader never got its byte");
+    assert!(served.get() >= 70, "served {}", served.get());
+    copas::removeserver(server, false).expect("removeserver");
+    drop(clients);
+    util::run_bounded(LIMIT);
+}
+
 #[test]
 fn step_and_run_refuse_to_run_inside_the_dispatcher() {
     let from_coroutine: Rc<RefCell<Vec<Outcome<()>>>> = Rc::default();

@@ -1147,6 +1147,7 @@ impl Dispatcher {
             Trim::Found(looked) => looked,
         };
         let waited = self.state.borrow().now;
+        let mut events = looked.events;
 
         let accepted = self.accept_pending();
         // Handlers started by those, or a burst of posts, may have held the thread;
@@ -1162,7 +1163,7 @@ impl Dispatcher {
                     .next_deadline()
                     .is_some_and(|at| at <= now);
                 if expired {
-                    self.look(poller, Some(Duration::ZERO))?;
+                    events |= self.look(poller, Some(Duration::ZERO))?.events;
                 }
             }
             now
@@ -1200,7 +1201,7 @@ impl Dispatcher {
         if self.state.borrow().shutdown.is_some() {
             self.settle_shutdown();
         }
-        Ok(looked.events)
+        Ok(events)
     }
 
     /// Gives back stacks beyond the pool's bound if this step would sleep `wait_for` in the
