@@ -1117,6 +1117,20 @@ fn addresses_that_are_not_ascii_go_with_smtputf8_where_offered() {
         .expect("send");
     let (_, json) = peer.stored(2);
     assert!(json.contains(r#""mail_options": []"#), "{json}");
+
+    // An ASCII head over an 8-bit body, written with bare LF endings: 8BITMIME only. Before,
+    // the head's end was looked for as CRLF CRLF in the caller's bytes, so with LF endings
+    // the whole message counted as head and went with SMTPUTF8.
+    mail(&peer)
+        .to("a@example.org")
+        .message("Subject: lf\n\ngrüße\n".as_bytes().to_vec())
+        .send()
+        .expect("send");
+    let (_, json) = peer.stored(3);
+    assert!(
+        json.contains(r#""mail_options": ["BODY=8BITMIME"]"#),
+        "{json}"
+    );
 }
 
 #[test]

@@ -442,7 +442,7 @@ fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Re
     } else {
         ""
     };
-    let utf8 = if needs_smtputf8(mail) {
+    let utf8 = if needs_smtputf8(mail, data) {
         // RFC 6531 §3.2: addresses that are not ASCII go only to a server that offers
         // SMTPUTF8, and then with the parameter. Headers alone (RFC 6532) get it where
         // offered and go as before where not, as servers without it mostly take them.
@@ -475,15 +475,22 @@ fn session(sock: &mut Socket, mail: &Mail, host: &str, data: &[u8]) -> Result<Re
 }
 
 /// Whether the envelope or the message's head holds text that is not ASCII (RFC 6531/6532).
-fn needs_smtputf8(mail: &Mail) -> bool {
-    let head_len = mail
-        .message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(mail.message.len());
-    !mail.from.is_ascii()
-        || mail.recipients.iter().any(|r| !r.is_ascii())
-        || !mail.message[..head_len].is_ascii()
+/// The head is found in `data`, the message as sent, whose line endings are all CRLF
+/// whatever the caller used.
+fn needs_smtputf8(mail: &Mail, data: &[u8]) -> bool {
+    !mail.from.is_ascii() || mail.recipients.iter().any(|r| !r.is_ascii()) || !head(data).is_ascii()
+}
+
+/// The header section of `data` (CRLF line endings), without the blank line that ends it;
+/// all of it when there is no blank line, none when it starts with one.
+fn head(data: &[u8]) -> &[u8] {
+    if data.starts_with(b"\r\n") {
+        return &[];
+    }
+    match data.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &data[..end],
+        None => data,
+    }
 }
 
 /// Sends `QUIT` and waits a second at most for its reply.
