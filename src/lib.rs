@@ -676,7 +676,8 @@ pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
 /// A peer that accepts and resets the connection before the connect has finished waiting
 /// (one that sends a refusal and hangs up, say) is connected all the same, as a blocking
 /// connect would be: reads return what it sent, then the reset (`Closed` with the system's
-/// `ConnectionReset`).
+/// `ConnectionReset`), or, when the peer closed its side before resetting, a clean end of
+/// stream.
 ///
 /// # Errors
 ///

@@ -2180,12 +2180,20 @@ type ConnectAndReads = (copas::Result<()>, Vec<copas::Result<Vec<u8>>>);
 /// suspended in `connect`: a second coroutine holds the thread until the reset has been
 /// sent, so the connect sees the handshake done and the reset already in. Returns the
 /// connect's outcome and, when it succeeded, what two reads got.
-fn connect_to_a_peer_that_resets_at_once(greeting: &'static [u8]) -> ConnectAndReads {
+fn connect_to_a_peer_that_resets_at_once(
+    greeting: &'static [u8],
+    close_first: bool,
+) -> ConnectAndReads {
     let (listener, addr) = util::local_listener();
     let (reset_tx, reset_rx) = mpsc::channel();
     let peer = thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         s.write_all(greeting).expect("write the greeting");
+        if close_first {
+            // Its FIN first, then (once that is surely in) the reset.
+            s.shutdown(Shutdown::Write).expect("shutdown");
+            thread::sleep(ms(20));
+        }
         socket2::SockRef::from(&s)
             .set_linger(Some(Duration::ZERO))
             .expect("linger");
@@ -2228,7 +2236,7 @@ fn connect_to_a_peer_that_resets_at_once(greeting: &'static [u8]) -> ConnectAndR
 /// the connect succeeds, the bytes come first and the reset after them.
 #[test]
 fn a_peer_that_writes_and_resets_at_once_is_connected_and_read_before_its_reset() {
-    let (connected, reads) = connect_to_a_peer_that_resets_at_once(b"220 hello\r\n");
+    let (connected, reads) = connect_to_a_peer_that_resets_at_once(b"220 hello\r\n", false);
     connected.expect("the handshake completed before the reset");
     let [first, second] = &reads[..] else {
         panic!("two reads: {reads:?}")
@@ -2253,7 +2261,7 @@ fn a_peer_that_writes_and_resets_at_once_is_connected_and_read_before_its_reset(
 
 #[test]
 fn a_peer_that_resets_at_once_without_writing_is_reported_by_the_first_read() {
-    let (connected, reads) = connect_to_a_peer_that_resets_at_once(b"");
+    let (connected, reads) = connect_to_a_peer_that_resets_at_once(b"", false);
     connected.expect("the handshake completed before the reset");
     let e = reads[0].as_ref().expect_err("a reset");
     assert_eq!(e.partial(), b"");
@@ -2262,6 +2270,24 @@ fn a_peer_that_resets_at_once_without_writing_is_reported_by_the_first_read() {
         Some(io::ErrorKind::ConnectionReset),
         "{e:?}"
     );
+}
+
+/// A peer that writes, closes its side and then resets, all before the connect looks: the
+/// kernel reads that as the bytes and a clean end (`SO_ERROR` says `EPIPE`, not
+/// `ECONNRESET`). Before, the `EPIPE` was kept and reported at the end of the stream, so
+/// a complete reply and a graceful close read as `Closed` with `BrokenPipe`.
+#[test]
+fn a_peer_that_writes_closes_and_resets_at_once_reads_as_its_bytes_and_a_clean_end() {
+    let (connected, reads) = connect_to_a_peer_that_resets_at_once(b"221 bye\r\n", true);
+    connected.expect("the handshake completed before the reset");
+    let [first, second] = &reads[..] else {
+        panic!("two reads: {reads:?}")
+    };
+    assert_eq!(
+        first.as_ref().expect("the bytes, then the end"),
+        b"221 bye\r\n"
+    );
+    assert_eq!(second.as_ref().expect("end of stream"), b"");
 }
 
 // ----- a connection's first read -----------------------------------------------------------

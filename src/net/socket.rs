@@ -178,13 +178,16 @@ impl Connection {
                 let sock = sock.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed))?;
                 return match sock.take_error()? {
                     // The handshake completed and the peer reset the connection since,
-                    // perhaps after sending (the kernel says `EPIPE` when its end had
-                    // already closed). A blocking connect would have succeeded and read
-                    // those bytes before the reset, so this one does too.
-                    Some(e) if matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) => {
-                        self.reset_after_connect.set(e.raw_os_error().unwrap_or(0));
+                    // perhaps after sending. A blocking connect would have succeeded and
+                    // read those bytes, then the reset, so this one does too.
+                    Some(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                        self.reset_after_connect.set(libc::ECONNRESET);
                         Ok(())
                     }
+                    // The same after the peer had closed its side (its FIN came before its
+                    // reset): the kernel reads that as the bytes and then a clean end of
+                    // stream, so nothing is kept for the reads; writes fail by themselves.
+                    Some(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(()),
                     Some(e) => Err(e.into()),
                     None => Ok(()),
                 };
