@@ -52,11 +52,12 @@
 //!   the protocol clients) work from plain `main`.
 //! * At thread exit the dispatcher ends what is left (coroutines are unwound, sockets
 //!   closed) and is destroyed. A thread-local destroyed after it (one first used before
-//!   copas on that thread) may still call the loop's functions from its destructor: those
-//!   that return a `Result` ([`step`], [`run`], [`addthread`]…) fail with
-//!   [`ErrorKind::InvalidState`], the others find an empty dispatcher ([`finished`] is
-//!   true, [`status`] all zero). Creating sockets, servers or synchronisation objects there
-//!   panics, as `std`'s thread-locals do.
+//!   copas on that thread) may still call copas from its destructor: what needs the
+//!   dispatcher and returns a `Result` ([`step`], [`run`], [`addthread`], [`connect`],
+//!   [`addserver`], [`handle`], a timer…) fails with [`ErrorKind::InvalidState`]; the rest
+//!   finds an empty dispatcher ([`finished`] is true, [`status`] all zero) or works as
+//!   outside any coroutine ([`offload`] runs its job inline, a queue or lock that needs no
+//!   wait answers at once).
 //! * Several cores: [`threads`] runs one dispatcher per thread, their listeners sharing a
 //!   port through [`bind_reuseport`]; other threads reach a dispatcher through its
 //!   [`Handle`] and send to its coroutines through a [`channel`] (see `docs/threads.md`).

@@ -1407,12 +1407,12 @@ fn destructors_of_coroutines_abandoned_at_thread_exit_may_call_copas() {
 }
 
 /// A thread-local first used before copas is destroyed after the dispatcher at thread exit,
-/// and its destructor may still call the loop's functions: those with a `Result` fail with
-/// `InvalidState`, the others report an empty dispatcher. Before, each call panicked
+/// and its destructor may still call copas: what needs the dispatcher and returns a `Result`
+/// fails with `InvalidState`, the rest reports an empty dispatcher or works without one. Before, each call panicked
 /// ("cannot access a Thread Local Storage value during or after destruction"), which
 /// inside a destructor aborts the process. In a child process.
 #[test]
-fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_the_loop_functions() {
+fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_copas() {
     const CHILD: &str = "COPAS_TEST_LATE_THREAD_LOCAL_CHILD";
     if util::is_child(CHILD) {
         struct CallsCopas;
@@ -1443,6 +1443,37 @@ fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_the_loop_functio
                     copas::pause(ms(1)) >= ms(1),
                     copas::getthreadname(None),
                 );
+                // Beyond the loop: what makes sockets, servers and coroutines fails; what
+                // needs no dispatcher works.
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let peer = std::net::TcpStream::connect(addr).expect("std connect");
+                println!(
+                    "handle {:?}, offload {:?}, connect {:?}, wrap {:?}, udp {:?}",
+                    copas::handle().map(drop).map_err(|e| e.kind()),
+                    copas::offload(|| 7).map_err(|e| e.kind()),
+                    copas::connect(addr, Some(ms(500)))
+                        .map(drop)
+                        .map_err(|e| e.kind()),
+                    copas::wrap(peer).map(drop).map_err(|e| e.kind()),
+                    copas::UdpSocket::bind("127.0.0.1:0")
+                        .map(drop)
+                        .map_err(|e| e.kind()),
+                );
+                let queue = copas::queue::Queue::new();
+                let pushed = queue.push(1).is_ok();
+                let lock = copas::lock::Lock::new(None, false);
+                println!(
+                    "addserver {:?}, timer {:?}, future {:?}, worker {:?}, queue {pushed} {:?}, lock {:?}",
+                    copas::addserver(listener, |_| ()).map(drop).map_err(|e| e.kind()),
+                    copas::timer::new(copas::timer::TimerOptions::new(ms(10)), |_| ())
+                        .map(drop)
+                        .map_err(|e| e.kind()),
+                    copas::future::addthread(|| 1).map(drop).map_err(|e| e.kind()),
+                    queue.add_worker(|_| ()).map(drop).map_err(|e| e.kind()),
+                    queue.pop(Duration::ZERO).map_err(|e| e.kind()),
+                    lock.get(Duration::ZERO).map_err(|e| e.kind()),
+                );
             }
         }
         thread_local! {
@@ -1459,7 +1490,7 @@ fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_the_loop_functio
         return;
     }
     let out = util::assert_child_passes(
-        "a_thread_local_destroyed_after_the_dispatcher_may_still_call_the_loop_functions",
+        "a_thread_local_destroyed_after_the_dispatcher_may_still_call_copas",
         CHILD,
         "child done",
         Duration::from_secs(30),
@@ -1469,6 +1500,8 @@ fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_the_loop_functio
         "step Err(InvalidState), run Err(InvalidState), addthread Err(InvalidState), waitforexit Err(InvalidState)",
         "finished true, exiting true, running false, current None, coroutines 0",
         "status true, paused at least 1 ms true, name None",
+        "handle Err(InvalidState), offload Ok(7), connect Err(InvalidState), wrap Err(InvalidState), udp Err(InvalidState)",
+        "addserver Err(InvalidState), timer Err(InvalidState), future Err(InvalidState), worker Err(InvalidState), queue true Ok(1), lock Ok(0ns)",
     ] {
         assert!(stdout.contains(line), "{line}\n{stdout}");
     }

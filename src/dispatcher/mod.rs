@@ -178,6 +178,12 @@ pub(crate) fn with_or<R>(gone: impl FnOnce() -> R, f: impl FnOnce(&Dispatcher) -
     DISPATCHER.try_with(f).unwrap_or_else(|_| gone())
 }
 
+/// Who is calling: [`Caller::Outside`] too once the dispatcher is gone (see [`with_or`]),
+/// since no coroutine runs then.
+pub(crate) fn caller() -> Caller {
+    with_or(|| Caller::Outside, |d| d.caller())
+}
+
 /// The error of a call that needs the thread's dispatcher after it was destroyed (see
 /// [`with_or`]).
 #[cold]

@@ -122,18 +122,22 @@ impl Remote {
 /// has no coroutine left to wake, so a refused post is ignored.
 pub(crate) fn unpark(remote: &Arc<Remote>, co: Coroutine, token: Weak<dyn Any + Send + Sync>) {
     if remote.is_local() {
-        let done = super::with(|d| match d.state.try_borrow_mut() {
-            Ok(mut st) => {
-                if token.strong_count() > 0
-                    && matches!(st.task(co).map(|t| t.wait), Some(Wait::Park(_)))
-                {
-                    st.wake(co, Wake::Woken, Lane::Last);
+        // Gone (a destructor at thread exit): no coroutine is left to wake.
+        let done = super::with_or(
+            || true,
+            |d| match d.state.try_borrow_mut() {
+                Ok(mut st) => {
+                    if token.strong_count() > 0
+                        && matches!(st.task(co).map(|t| t.wait), Some(Wait::Park(_)))
+                    {
+                        st.wake(co, Wake::Woken, Lane::Last);
+                    }
+                    true
                 }
-                true
-            }
-            // Called from a destructor while the state is in use further up this stack.
-            Err(_) => false,
-        });
+                // Called from a destructor while the state is in use further up this stack.
+                Err(_) => false,
+            },
+        );
         if done {
             return;
         }
@@ -274,7 +278,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let context = match super::with(|d| d.caller()) {
+    let context = match super::caller() {
         Caller::Coroutine(co) => Some((co, super::with(|d| d.remote())?)),
         Caller::Outside => None,
         // Its waits end at once: running `f` inline would hold the thread.

@@ -253,13 +253,13 @@ pub(crate) fn addserver(
         accepted: Cell::new(0),
         backoff: Cell::new(BACKOFF_MIN),
     });
-    let key = dispatcher::with(|d| d.register(&io, Some(acceptor)))?;
+    let key = dispatcher::with_or(dispatcher::gone, |d| d.register(&io, Some(acceptor)))?;
     Ok(Server { key })
 }
 
 /// Unregisters a server. Connections already accepted are not affected.
 pub(crate) fn removeserver(server: Server, keep_open: bool) -> Result<Option<TcpListener>> {
-    let Some(io) = dispatcher::with(|d| d.source_io(server.key)) else {
+    let Some(io) = dispatcher::with_or(|| None, |d| d.source_io(server.key)) else {
         return Err(Error::with_message(
             ErrorKind::InvalidState,
             "not a registered server",

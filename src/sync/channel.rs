@@ -342,7 +342,7 @@ impl<T> Chan<T> {
         side: Side,
         deadline: Option<Instant>,
     ) -> Result<bool> {
-        let context = match dispatcher::with(|d| d.caller()) {
+        let context = match dispatcher::caller() {
             Caller::Coroutine(co) => Some((co, dispatcher::with(|d| d.remote())?)),
             Caller::Outside => None,
             // Its waits end at once; parking the thread could wait for a coroutine of it.

@@ -31,7 +31,7 @@ type Holder = Option<Coroutine>;
 /// Who is calling, as a holder; `None` for a coroutine being removed, which is neither a
 /// coroutine in the table nor the code outside them, and can hold nothing.
 fn taker() -> Option<Holder> {
-    match crate::dispatcher::with(|d| d.caller()) {
+    match crate::dispatcher::caller() {
         Caller::Coroutine(co) => Some(Some(co)),
         Caller::Outside => Some(None),
         Caller::Removed => None,

@@ -183,13 +183,13 @@ pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
 
 /// The running coroutine.
 pub(crate) fn current() -> Option<Coroutine> {
-    dispatcher::with(|d| d.current())
+    dispatcher::with_or(|| None, |d| d.current())
 }
 
 /// The error of an operation that would have to wait outside a coroutine — or in one being
 /// removed, whose waits end at once, cancelled.
 pub(crate) fn outside_coroutine(what: &str) -> Error {
-    if dispatcher::with(|d| d.caller()) == dispatcher::Caller::Removed {
+    if dispatcher::caller() == dispatcher::Caller::Removed {
         return Error::new(ErrorKind::Cancelled);
     }
     Error::with_message(

@@ -364,7 +364,7 @@ impl<T: 'static> Queue<T> {
             inner: self.inner.clone(),
             number,
         };
-        let co = dispatcher::with(|d| {
+        let co = dispatcher::with_or(dispatcher::gone, |d| {
             d.spawn(
                 TaskName::Owned(Rc::from(name)),
                 None,
