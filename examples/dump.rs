@@ -13,7 +13,7 @@
 //! another waits for it, a queue worker waiting for jobs, and one paused forever.
 //!
 //! On the control port, `dump` answers with `copas::dump()` followed by a line `.`;
-//! `shutdown` begins a graceful shutdown (5 s of grace: echo sessions are told by
+//! `job <text>` hands the text to the queue worker, which prints it; `shutdown` begins a graceful shutdown (5 s of grace: echo sessions are told by
 //! `copas::exiting()` and end after their current line), after which the program exits.
 //! With port 0, the system picks the ports; the first line printed says which.
 
@@ -43,17 +43,23 @@ fn echo_handler(mut sock: Socket) {
     }
 }
 
-fn control_handler(mut sock: Socket) {
+fn control_handler(mut sock: Socket, jobs: &Queue<String>) {
     copas::setsocketname("control", &sock);
     while let Ok(command) = sock.receive(Pattern::Line) {
         let reply = match &command[..] {
             b"dump" => format!("{}.\n", copas::dump()),
+            [b'j', b'o', b'b', b' ', job @ ..] => {
+                match jobs.push(String::from_utf8_lossy(job).into_owned()) {
+                    Ok(()) => "queued\n".to_string(),
+                    Err(e) => format!("refused: {e}\n"),
+                }
+            }
             b"shutdown" => {
                 copas::shutdown(GRACE);
                 "shutting down\n".to_string()
             }
             b"quit" => break,
-            _ => "commands: dump, shutdown, quit\n".to_string(),
+            _ => "commands: dump, job <text>, shutdown, quit\n".to_string(),
         };
         if sock.send(reply.as_bytes()).is_err() {
             break;
@@ -61,8 +67,10 @@ fn control_handler(mut sock: Socket) {
     }
 }
 
-/// Coroutines blocked in different ways, for the dump to show.
-fn start_background() -> copas::Result<()> {
+/// Coroutines blocked in different ways, for the dump to show; returns the queue whose
+/// worker waits for jobs. A queue keeps its workers only while someone can still push to
+/// it: dropped here, it would end its idle worker at once.
+fn start_background() -> copas::Result<Queue<String>> {
     copas::addnamedthread("ticker", || {
         while !copas::exiting() {
             copas::pause(Duration::from_secs(1));
@@ -99,7 +107,7 @@ fn start_background() -> copas::Result<()> {
     copas::addnamedthread("idle", || {
         copas::pauseforever();
     })?;
-    Ok(())
+    Ok(jobs)
 }
 
 fn main() -> copas::Result<()> {
@@ -118,12 +126,10 @@ fn main() -> copas::Result<()> {
         control.local_addr()?
     );
     copas::addserver_with(echo, ServerOptions::new().name("echo"), echo_handler)?;
-    copas::addserver_with(
-        control,
-        ServerOptions::new().name("control"),
-        control_handler,
-    )?;
-    start_background()?;
+    let jobs = start_background()?;
+    copas::addserver_with(control, ServerOptions::new().name("control"), move |sock| {
+        control_handler(sock, &jobs)
+    })?;
     copas::run()?;
     println!("dump: shut down");
     Ok(())

@@ -402,3 +402,86 @@ fn stop_right_after_a_push_to_a_waiting_pop_still_delivers_the_item() {
     });
     assert_eq!(got.entries(), ["destroyed: true", "last"]);
 }
+
+// ----- queues nobody else holds -------------------------------------------------------------
+
+/// A pipeline: a worker forwards items to a channel, a coroutine drains the channel until it
+/// closes. Once the program has pushed its items and dropped its queue, the worker handles
+/// them, finds the queue empty and nobody else holding it, and ends, dropping the channel's
+/// last sender, so the consumer sees the end and `run` returns. Before, the idle worker held
+/// its queue (and the sender) for ever, and `run` waited on the channel without end.
+#[test]
+fn a_worker_whose_queue_nobody_else_holds_ends_once_the_items_are_handled() {
+    let _dog = util::Watchdog::new("pipeline", LIMIT);
+    let (tx, rx) = copas::channel::unbounded::<u32>();
+    let q: Queue<u32> = Queue::new();
+    q.add_worker(move |n| tx.send(n).expect("send"))
+        .expect("add_worker");
+    let got = Rc::new(Cell::new(0));
+    let got2 = got.clone();
+    copas::addthread(move || {
+        while let Ok(n) = rx.recv() {
+            got2.set(got2.get() + n);
+        }
+    })
+    .expect("consumer");
+    for n in 1..=3 {
+        q.push(n).expect("push");
+    }
+    drop(q);
+    // Ended by the shutdown only if it would not end by itself.
+    let handle = copas::handle().expect("handle");
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        let _ = handle.shutdown(Duration::ZERO);
+    });
+    let start = Instant::now();
+    copas::run().expect("run");
+    let took = start.elapsed();
+    assert_eq!(got.get(), 6, "every item handled before the end");
+    assert!(
+        took < Duration::from_secs(4),
+        "run ended only by the shutdown, after {took:?}"
+    );
+    assert_eq!(copas::status().coroutines, 0);
+    drop(stopper); // detached: it finds the dispatcher gone or idle
+}
+
+/// The same, with what a worker holds being a socket: each `run` that leaves such a worker
+/// behind left its socket open and registered, one more descriptor per run on a thread that
+/// runs a job at a time. Now the worker ends with its queue, and so does the socket.
+#[test]
+fn an_idle_worker_on_a_dropped_queue_releases_the_socket_it_captured() {
+    // In a child process: the descriptors counted are the whole process's.
+    const CHILD: &str = "COPAS_TEST_QUEUE_SOCKET_CHILD";
+    if !util::is_child(CHILD) {
+        util::assert_child_passes(
+            "an_idle_worker_on_a_dropped_queue_releases_the_socket_it_captured",
+            CHILD,
+            "RELEASED",
+            LIMIT,
+        );
+        return;
+    }
+    util::make_dispatcher();
+    let before = util::fd_count();
+    for _ in 0..50 {
+        let (listener, addr) = util::local_listener();
+        let _peer = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let sock = copas::wrap(accepted).expect("wrap");
+        let q: Queue<u32> = Queue::new();
+        q.add_worker(move |_| {
+            let _ = &sock;
+        })
+        .expect("add_worker");
+        q.push(1).expect("push");
+        drop(q);
+        run_bounded(LIMIT);
+    }
+    let status = copas::status();
+    assert_eq!((status.coroutines, status.sockets), (0, 0), "{status:?}");
+    let after = util::fd_count();
+    assert_eq!(after, before, "descriptors: {before} before, {after} after");
+    println!("RELEASED");
+}

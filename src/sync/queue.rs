@@ -9,7 +9,12 @@
 //! the workers are done.
 //!
 //! Idle workers wait without a deadline, so a queue nobody uses does not keep
-//! [`run`](crate::run) going (as in Copas).
+//! [`run`](crate::run) going (as in Copas). A worker holds its queue only while it has work:
+//! once every other handle is dropped and the items left are handled, the queue is destroyed
+//! and its idle workers end, dropping what they captured — where Copas's garbage collector
+//! would take the queue and its workers. (A worker that captures a handle to its own queue
+//! keeps it, as any `Rc` cycle does: [`stop`](Queue::stop) or [`finish`](Queue::finish) ends
+//! it.)
 //!
 //! Differences from Copas 4.11: Copas builds the queue on a semaphore and a lock; this one
 //! hands items over directly. `nil` items are `Queue<Option<T>>`. A refused push gives the
@@ -19,12 +24,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 pub use super::DEFAULT_TIMEOUT;
 
-use super::{Outcome, Slot, WaitList, FOREVER};
+use super::{Outcome, Slot, WaitList};
 use crate::dispatcher::{self, Blocker, Coroutine, ObjectKind, ObjectTag, TaskName};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -71,6 +76,30 @@ impl<T> State<T> {
         std::mem::take(&mut self.items)
     }
 
+    /// Takes the first item; taking the last of a stopped queue destroys it.
+    fn take_first(&mut self) -> Option<T> {
+        let item = self.items.pop_front()?;
+        if self.stopping && self.items.is_empty() {
+            // Drained: nothing is left to drop.
+            self.destroy();
+        }
+        Some(item)
+    }
+
+    /// Takes a waiting pop out of the line; an item handed to it that it never took (its
+    /// coroutine was removed) goes back first in line, or, the queue destroyed, is given
+    /// back for the caller to drop once it holds no borrow.
+    fn leave_line(&mut self, ticket: u64, unclaimed: Option<Signal<T>>) -> Option<Signal<T>> {
+        self.poppers.remove(ticket);
+        match unclaimed {
+            Some(Signal::Item(item)) if !self.destroyed => {
+                self.deliver(item, true);
+                None
+            }
+            other => other,
+        }
+    }
+
     /// Hands `item` to the first waiting pop, or queues it.
     fn deliver(&mut self, mut item: T, front: bool) {
         while let Some(waiter) = self.poppers.pop_front() {
@@ -93,6 +122,17 @@ struct Inner<T> {
     /// Its number and name in listings.
     tag: ObjectTag,
     state: RefCell<State<T>>,
+}
+
+impl<T> Drop for Inner<T> {
+    /// The last handle is gone, perhaps while workers wait (see [`work`]): they are told the
+    /// queue is destroyed, and end.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if !st.destroyed {
+            drop(st.destroy());
+        }
+    }
 }
 
 /// A FIFO queue for coroutines (Copas `copas.queue`). Cloning gives another handle to the
@@ -203,11 +243,7 @@ impl<T: 'static> Queue<T> {
             if st.destroyed {
                 return Err(Error::new(ErrorKind::Destroyed));
             }
-            if let Some(item) = st.items.pop_front() {
-                if st.stopping && st.items.is_empty() {
-                    // Drained: nothing is left to drop.
-                    st.destroy();
-                }
+            if let Some(item) = st.take_first() {
                 return Ok(item);
             }
             let timeout = timeout.into().unwrap_or(DEFAULT_TIMEOUT);
@@ -340,7 +376,8 @@ impl<T: 'static> Queue<T> {
 
     /// Starts a worker: a coroutine named `<queue>:worker_<n>` that calls `worker` with each
     /// item it pops, waiting for items without a timeout, and ends when the queue is
-    /// destroyed (Copas `queue:add_worker`). A panic in `worker` ends the worker and goes
+    /// destroyed (Copas `queue:add_worker`) — which it is, too, once every handle outside its
+    /// workers is dropped and no item is left (see [the module](self)). A panic in `worker` ends the worker and goes
     /// to its error handler, as for any coroutine. Call it again for more workers.
     ///
     /// # Errors
@@ -357,11 +394,12 @@ impl<T: 'static> Queue<T> {
             st.workers_added
         };
         let name = format!("{}:worker_{number}", self.inner.name);
-        let queue = self.clone();
+        let held = self.inner.clone();
+        let queue = Rc::downgrade(&self.inner);
         // Captured, so that it leaves the worker list however the coroutine ends: returning,
         // panicking, removed, or dropped before it ever ran.
         let exit = WorkerExit {
-            inner: self.inner.clone(),
+            inner: queue.clone(),
             number,
         };
         let co = dispatcher::with_or(dispatcher::gone, |d| {
@@ -372,9 +410,7 @@ impl<T: 'static> Queue<T> {
                 false,
                 move || {
                     let _exit = exit;
-                    while let Ok(item) = queue.pop(FOREVER) {
-                        worker(item);
-                    }
+                    work(Some(held), queue, &mut worker);
                 },
             )
         })?;
@@ -424,16 +460,93 @@ impl<T> Drop for PopTicket<'_, T> {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return; // `unclaimed` is dropped after the borrow attempt, holding nothing
         };
-        st.poppers.remove(self.ticket);
-        let dropped = match unclaimed {
-            Some(Signal::Item(item)) if !st.destroyed => {
-                st.deliver(item, true);
-                None
-            }
-            other => other,
-        };
+        let dropped = st.leave_line(self.ticket, unclaimed);
         drop(st);
         drop(dropped);
+    }
+}
+
+/// A waiting worker's place in line: a [`PopTicket`] that holds its queue only weakly.
+struct WorkerTicket<T> {
+    queue: Weak<Inner<T>>,
+    ticket: u64,
+    slot: Slot<Signal<T>>,
+}
+
+impl<T> Drop for WorkerTicket<T> {
+    fn drop(&mut self) {
+        let unclaimed = self.slot.take();
+        // Gone: its items went with it, and so does this one.
+        let Some(inner) = self.queue.upgrade() else {
+            return;
+        };
+        let Ok(mut st) = inner.state.try_borrow_mut() else {
+            return;
+        };
+        let dropped = st.leave_line(self.ticket, unclaimed);
+        drop(st);
+        drop(dropped);
+    }
+}
+
+/// The body of a worker: calls `worker` with each item until the queue is destroyed, or
+/// until nothing but its own workers' waits could reach it.
+///
+/// It holds its queue strongly while it has work (from its start, with the items pushed
+/// before it first runs, and while it handles an item) and only weakly while it waits on an
+/// empty queue. So a drained queue whose every handle is gone is dropped, which destroys it
+/// and ends its idle workers and what they captured (a socket, a channel's sender), where
+/// they would otherwise wait for ever, holding it all: Copas's garbage collector takes such
+/// a queue and its workers.
+fn work<T>(mut held: Option<Rc<Inner<T>>>, queue: Weak<Inner<T>>, worker: &mut impl FnMut(T)) {
+    loop {
+        let Some(inner) = held.take().or_else(|| queue.upgrade()) else {
+            return;
+        };
+        let next = {
+            let mut st = inner.state.borrow_mut();
+            if st.destroyed {
+                return;
+            }
+            match st.take_first() {
+                Some(item) => Ok(item),
+                None => {
+                    let Some(co) = super::current() else {
+                        return;
+                    };
+                    Err(st.poppers.push(co, ()))
+                }
+            }
+        };
+        let item = match next {
+            Ok(item) => {
+                held = Some(inner);
+                item
+            }
+            Err((ticket, slot)) => {
+                let on = Blocker::Object(ObjectKind::QueuePop, inner.tag.id());
+                drop(inner);
+                let guard = WorkerTicket {
+                    queue: queue.clone(),
+                    ticket,
+                    slot,
+                };
+                if queue.strong_count() == 0 {
+                    // That was the last handle: the queue is destroyed, with nothing to hand.
+                    return;
+                }
+                let outcome = super::wait(&guard.slot, None, on);
+                drop(guard);
+                match outcome {
+                    Outcome::Signalled(Signal::Item(item)) => {
+                        held = queue.upgrade();
+                        item
+                    }
+                    _ => return,
+                }
+            }
+        };
+        worker(item);
     }
 }
 
@@ -453,16 +566,19 @@ impl<T> Drop for FinishTicket<'_, T> {
 
 /// Takes a worker off the list when its coroutine ends, and tells waiting `finish` calls.
 struct WorkerExit<T> {
-    inner: Rc<Inner<T>>,
+    inner: Weak<Inner<T>>,
     number: u64,
 }
 
 impl<T> Drop for WorkerExit<T> {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.inner.state.try_borrow_mut() {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if let Ok(mut st) = inner.state.try_borrow_mut() {
             st.workers.remove(&self.number);
             st.finishers.grant_all(());
-        }
+        };
     }
 }
 
