@@ -485,3 +485,53 @@ fn an_idle_worker_on_a_dropped_queue_releases_the_socket_it_captured() {
     assert_eq!(after, before, "descriptors: {before} before, {after} after");
     println!("RELEASED");
 }
+
+/// A producer pushes three items to a queue whose one worker waits idle, then ends,
+/// dropping the last handle: the first item is handed to the worker, the other two wait in
+/// the queue, and all three are handled. A first version of the rule above dropped the two
+/// waiting ones with the queue (found by review round 13).
+#[test]
+fn items_queued_behind_one_handed_to_an_idle_worker_outlive_the_last_handle() {
+    let log = Log::default();
+    let l = log.clone();
+    let q: Queue<u32> = Queue::new();
+    q.add_worker(move |n| l.push(format!("{n}")))
+        .expect("add_worker");
+    copas::addthread(move || {
+        copas::pause(ms(10)); // the worker waits on the empty queue now
+        for n in 1..=3 {
+            q.push(n).expect("push");
+        }
+    })
+    .expect("producer");
+    run_bounded(LIMIT);
+    assert_eq!(log.entries(), ["1", "2", "3"]);
+    assert_eq!(copas::status().coroutines, 0);
+}
+
+/// The same with two idle workers, each pausing in its handler, and five items.
+#[test]
+fn a_batch_pushed_to_idle_workers_is_handled_whole_after_the_producer_ends() {
+    let log = Log::default();
+    let q: Queue<u32> = Queue::new();
+    for _ in 0..2 {
+        let l = log.clone();
+        q.add_worker(move |n| {
+            copas::pause(ms(5));
+            l.push(format!("{n}"));
+        })
+        .expect("add_worker");
+    }
+    copas::addthread(move || {
+        copas::pause(ms(10));
+        for n in 1..=5 {
+            q.push(n).expect("push");
+        }
+    })
+    .expect("producer");
+    run_bounded(LIMIT);
+    let mut got = log.entries();
+    got.sort();
+    assert_eq!(got, ["1", "2", "3", "4", "5"]);
+    assert_eq!(copas::status().coroutines, 0);
+}

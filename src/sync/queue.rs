@@ -9,12 +9,11 @@
 //! the workers are done.
 //!
 //! Idle workers wait without a deadline, so a queue nobody uses does not keep
-//! [`run`](crate::run) going (as in Copas). A worker holds its queue only while it has work:
-//! once every other handle is dropped and the items left are handled, the queue is destroyed
-//! and its idle workers end, dropping what they captured — where Copas's garbage collector
-//! would take the queue and its workers. (A worker that captures a handle to its own queue
-//! keeps it, as any `Rc` cycle does: [`stop`](Queue::stop) or [`finish`](Queue::finish) ends
-//! it.)
+//! [`run`](crate::run) going (as in Copas). Workers are not handles: once every [`Queue`]
+//! handle is dropped and the items left are handled, the queue is destroyed and its idle
+//! workers end, dropping what they captured — where Copas's garbage collector would take the
+//! queue and its workers. (A worker that captures a handle to its own queue keeps it, as any
+//! `Rc` cycle does: [`stop`](Queue::stop) or [`finish`](Queue::finish) ends it.)
 //!
 //! Differences from Copas 4.11: Copas builds the queue on a semaphore and a lock; this one
 //! hands items over directly. `nil` items are `Queue<Option<T>>`. A refused push gives the
@@ -24,12 +23,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::Duration;
 
 pub use super::DEFAULT_TIMEOUT;
 
-use super::{Outcome, Slot, WaitList};
+use super::{Outcome, Slot, WaitList, FOREVER};
 use crate::dispatcher::{self, Blocker, Coroutine, ObjectKind, ObjectTag, TaskName};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -76,6 +75,15 @@ impl<T> State<T> {
         std::mem::take(&mut self.items)
     }
 
+    /// Destroys the queue if no handle is left to push to it and no item is left for its
+    /// workers (without workers, the items left can never be taken): their waits end, and
+    /// so do they. Returns the items left, for the caller to drop once it holds no borrow,
+    /// or `None` when the queue is kept.
+    fn abandoned(&mut self, handles: usize) -> Option<VecDeque<T>> {
+        let drained = self.items.is_empty() || self.workers.is_empty();
+        (handles == 0 && !self.destroyed && drained).then(|| self.destroy())
+    }
+
     /// Takes the first item; taking the last of a stopped queue destroys it.
     fn take_first(&mut self) -> Option<T> {
         let item = self.items.pop_front()?;
@@ -118,21 +126,13 @@ impl<T> State<T> {
 }
 
 struct Inner<T> {
+    /// Live [`Queue`] handles. Workers hold the queue without being one: when the last
+    /// handle goes, nothing can push any more (see [`State::abandoned`]).
+    handles: Cell<usize>,
     name: Rc<str>,
     /// Its number and name in listings.
     tag: ObjectTag,
     state: RefCell<State<T>>,
-}
-
-impl<T> Drop for Inner<T> {
-    /// The last handle is gone, perhaps while workers wait (see [`work`]): they are told the
-    /// queue is destroyed, and end.
-    fn drop(&mut self) {
-        let st = self.state.get_mut();
-        if !st.destroyed {
-            drop(st.destroy());
-        }
-    }
 }
 
 /// A FIFO queue for coroutines (Copas `copas.queue`). Cloning gives another handle to the
@@ -163,9 +163,27 @@ pub struct Queue<T> {
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
+        self.inner.handles.set(self.inner.handles.get() + 1);
         Queue {
             inner: self.inner.clone(),
         }
+    }
+}
+
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        let handles = self.inner.handles.get() - 1;
+        self.inner.handles.set(handles);
+        if handles > 0 {
+            return;
+        }
+        // Its own code drops items only outside its borrows, so this never fails.
+        let Ok(mut st) = self.inner.state.try_borrow_mut() else {
+            return;
+        };
+        let left = st.abandoned(0);
+        drop(st);
+        drop(left);
     }
 }
 
@@ -189,6 +207,7 @@ impl<T: 'static> Queue<T> {
         tag.set_name(name.clone());
         Queue {
             inner: Rc::new(Inner {
+                handles: Cell::new(1),
                 name,
                 tag,
                 state: RefCell::new(State {
@@ -238,36 +257,7 @@ impl<T: 'static> Queue<T> {
     /// [`ErrorKind::InvalidState`] when it would have to wait outside a coroutine;
     /// [`ErrorKind::Cancelled`] when the waiting coroutine is being removed.
     pub fn pop(&self, timeout: impl Into<Option<Duration>>) -> Result<T> {
-        let (ticket, slot, deadline) = {
-            let mut st = self.inner.state.borrow_mut();
-            if st.destroyed {
-                return Err(Error::new(ErrorKind::Destroyed));
-            }
-            if let Some(item) = st.take_first() {
-                return Ok(item);
-            }
-            let timeout = timeout.into().unwrap_or(DEFAULT_TIMEOUT);
-            if timeout.is_zero() {
-                return Err(Error::new(ErrorKind::Timeout));
-            }
-            let co = super::current().ok_or_else(|| super::outside_coroutine("Queue::pop"))?;
-            let (ticket, slot) = st.poppers.push(co, ());
-            (ticket, slot, super::deadline(timeout))
-        };
-        let guard = PopTicket {
-            state: &self.inner.state,
-            ticket,
-            slot,
-        };
-        let on = Blocker::Object(ObjectKind::QueuePop, self.inner.tag.id());
-        let outcome = super::wait(&guard.slot, deadline, on);
-        drop(guard);
-        match outcome {
-            Outcome::Signalled(Signal::Item(item)) => Ok(item),
-            Outcome::Signalled(Signal::Destroyed) => Err(Error::new(ErrorKind::Destroyed)),
-            Outcome::TimedOut => Err(Error::new(ErrorKind::Timeout)),
-            Outcome::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
-        }
+        self.inner.pop(timeout.into())
     }
 
     /// How many items wait in the queue (Copas `queue:get_size`); 0 once destroyed.
@@ -394,12 +384,12 @@ impl<T: 'static> Queue<T> {
             st.workers_added
         };
         let name = format!("{}:worker_{number}", self.inner.name);
-        let held = self.inner.clone();
-        let queue = Rc::downgrade(&self.inner);
+        // Not a handle: a queue nobody else can push to ends its workers (see the module).
+        let queue = self.inner.clone();
         // Captured, so that it leaves the worker list however the coroutine ends: returning,
         // panicking, removed, or dropped before it ever ran.
         let exit = WorkerExit {
-            inner: queue.clone(),
+            inner: self.inner.clone(),
             number,
         };
         let co = dispatcher::with_or(dispatcher::gone, |d| {
@@ -410,7 +400,9 @@ impl<T: 'static> Queue<T> {
                 false,
                 move || {
                     let _exit = exit;
-                    work(Some(held), queue, &mut worker);
+                    while let Ok(item) = queue.pop(Some(FOREVER)) {
+                        worker(item);
+                    }
                 },
             )
         })?;
@@ -428,6 +420,46 @@ impl<T: 'static> Queue<T> {
     /// after `stop`).
     pub fn is_destroyed(&self) -> bool {
         self.inner.state.borrow().destroyed
+    }
+}
+
+impl<T> Inner<T> {
+    /// [`Queue::pop`], for handles and workers alike.
+    fn pop(&self, timeout: Option<Duration>) -> Result<T> {
+        let (ticket, slot, deadline) = {
+            let mut st = self.state.borrow_mut();
+            if st.destroyed {
+                return Err(Error::new(ErrorKind::Destroyed));
+            }
+            if let Some(item) = st.take_first() {
+                return Ok(item);
+            }
+            // A worker finding its queue drained after the last handle went (nothing left).
+            if st.abandoned(self.handles.get()).is_some() {
+                return Err(Error::new(ErrorKind::Destroyed));
+            }
+            let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+            if timeout.is_zero() {
+                return Err(Error::new(ErrorKind::Timeout));
+            }
+            let co = super::current().ok_or_else(|| super::outside_coroutine("Queue::pop"))?;
+            let (ticket, slot) = st.poppers.push(co, ());
+            (ticket, slot, super::deadline(timeout))
+        };
+        let guard = PopTicket {
+            state: &self.state,
+            ticket,
+            slot,
+        };
+        let on = Blocker::Object(ObjectKind::QueuePop, self.tag.id());
+        let outcome = super::wait(&guard.slot, deadline, on);
+        drop(guard);
+        match outcome {
+            Outcome::Signalled(Signal::Item(item)) => Ok(item),
+            Outcome::Signalled(Signal::Destroyed) => Err(Error::new(ErrorKind::Destroyed)),
+            Outcome::TimedOut => Err(Error::new(ErrorKind::Timeout)),
+            Outcome::Cancelled => Err(Error::new(ErrorKind::Cancelled)),
+        }
     }
 }
 
@@ -466,90 +498,6 @@ impl<T> Drop for PopTicket<'_, T> {
     }
 }
 
-/// A waiting worker's place in line: a [`PopTicket`] that holds its queue only weakly.
-struct WorkerTicket<T> {
-    queue: Weak<Inner<T>>,
-    ticket: u64,
-    slot: Slot<Signal<T>>,
-}
-
-impl<T> Drop for WorkerTicket<T> {
-    fn drop(&mut self) {
-        let unclaimed = self.slot.take();
-        // Gone: its items went with it, and so does this one.
-        let Some(inner) = self.queue.upgrade() else {
-            return;
-        };
-        let Ok(mut st) = inner.state.try_borrow_mut() else {
-            return;
-        };
-        let dropped = st.leave_line(self.ticket, unclaimed);
-        drop(st);
-        drop(dropped);
-    }
-}
-
-/// The body of a worker: calls `worker` with each item until the queue is destroyed, or
-/// until nothing but its own workers' waits could reach it.
-///
-/// It holds its queue strongly while it has work (from its start, with the items pushed
-/// before it first runs, and while it handles an item) and only weakly while it waits on an
-/// empty queue. So a drained queue whose every handle is gone is dropped, which destroys it
-/// and ends its idle workers and what they captured (a socket, a channel's sender), where
-/// they would otherwise wait for ever, holding it all: Copas's garbage collector takes such
-/// a queue and its workers.
-fn work<T>(mut held: Option<Rc<Inner<T>>>, queue: Weak<Inner<T>>, worker: &mut impl FnMut(T)) {
-    loop {
-        let Some(inner) = held.take().or_else(|| queue.upgrade()) else {
-            return;
-        };
-        let next = {
-            let mut st = inner.state.borrow_mut();
-            if st.destroyed {
-                return;
-            }
-            match st.take_first() {
-                Some(item) => Ok(item),
-                None => {
-                    let Some(co) = super::current() else {
-                        return;
-                    };
-                    Err(st.poppers.push(co, ()))
-                }
-            }
-        };
-        let item = match next {
-            Ok(item) => {
-                held = Some(inner);
-                item
-            }
-            Err((ticket, slot)) => {
-                let on = Blocker::Object(ObjectKind::QueuePop, inner.tag.id());
-                drop(inner);
-                let guard = WorkerTicket {
-                    queue: queue.clone(),
-                    ticket,
-                    slot,
-                };
-                if queue.strong_count() == 0 {
-                    // That was the last handle: the queue is destroyed, with nothing to hand.
-                    return;
-                }
-                let outcome = super::wait(&guard.slot, None, on);
-                drop(guard);
-                match outcome {
-                    Outcome::Signalled(Signal::Item(item)) => {
-                        held = queue.upgrade();
-                        item
-                    }
-                    _ => return,
-                }
-            }
-        };
-        worker(item);
-    }
-}
-
 /// A waiting `finish`'s place in line.
 struct FinishTicket<'a, T> {
     state: &'a RefCell<State<T>>,
@@ -566,19 +514,20 @@ impl<T> Drop for FinishTicket<'_, T> {
 
 /// Takes a worker off the list when its coroutine ends, and tells waiting `finish` calls.
 struct WorkerExit<T> {
-    inner: Weak<Inner<T>>,
+    inner: Rc<Inner<T>>,
     number: u64,
 }
 
 impl<T> Drop for WorkerExit<T> {
     fn drop(&mut self) {
-        let Some(inner) = self.inner.upgrade() else {
-            return;
-        };
-        if let Ok(mut st) = inner.state.try_borrow_mut() {
+        if let Ok(mut st) = self.inner.state.try_borrow_mut() {
             st.workers.remove(&self.number);
             st.finishers.grant_all(());
-        };
+            // The last worker gone from a queue nobody holds: its items go with it.
+            let left = st.abandoned(self.inner.handles.get());
+            drop(st);
+            drop(left);
+        }
     }
 }
 
