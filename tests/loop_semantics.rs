@@ -1507,6 +1507,61 @@ fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_copas() {
     }
 }
 
+/// The same on a thread that named objects and made an HTTP request before: their tables
+/// (object names, the last URL, the connection pool) are thread-locals destroyed before
+/// such a destructor too. Before, creating a queue there, naming a lock or making a
+/// request aborted the process (found by review round 13).
+#[test]
+fn a_late_thread_local_may_make_queues_and_requests_on_a_thread_that_did_before() {
+    const CHILD: &str = "COPAS_TEST_LATE_TABLES_CHILD";
+    if util::is_child(CHILD) {
+        struct UsesTables(String);
+        impl Drop for UsesTables {
+            fn drop(&mut self) {
+                let q: copas::queue::Queue<u32> = copas::queue::Queue::new();
+                let lock = copas::lock::Lock::new(None, false);
+                lock.set_name("late");
+                println!(
+                    "queue push {:?}, request {:?}, idle closed {}",
+                    q.push(1).map_err(|e| e.kind()),
+                    copas::client::http::request(&self.0)
+                        .map(drop)
+                        .map_err(|e| e.kind()),
+                    copas::client::http::close_idle_connections(),
+                );
+            }
+        }
+        thread_local! {
+            static APP: RefCell<Option<UsesTables>> = const { RefCell::new(None) };
+        }
+        // A port nobody listens on.
+        let (listener, addr) = util::local_listener();
+        drop(listener);
+        let url = format!("http://{addr}/");
+        let worker = std::thread::spawn(move || {
+            APP.with(|a| *a.borrow_mut() = Some(UsesTables(url.clone())));
+            let early: copas::queue::Queue<u32> = copas::queue::Queue::new();
+            early.push(1).expect("push");
+            let early = copas::client::http::request(&url).map(drop);
+            assert_eq!(early.expect_err("refused").kind(), ErrorKind::Refused);
+        });
+        worker.join().expect("the worker thread");
+        println!("child done");
+        return;
+    }
+    let out = util::assert_child_passes(
+        "a_late_thread_local_may_make_queues_and_requests_on_a_thread_that_did_before",
+        CHILD,
+        "child done",
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("queue push Ok(()), request Err(InvalidState), idle closed 0"),
+        "{stdout}"
+    );
+}
+
 /// The same for what the dispatcher holds outside coroutines: a server's handler (its
 /// server never accepted, so no coroutine was ever added) and the default error handler are
 /// dropped while the dispatcher still exists, so their captures' destructors may call

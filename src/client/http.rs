@@ -1129,10 +1129,14 @@ fn parse_url(s: &str) -> Result<Url> {
         static LAST: RefCell<Option<(String, Url)>> = const { RefCell::new(None) };
     }
     let s = s.trim();
-    let known = LAST.with(|last| match &*last.borrow() {
-        Some((text, url)) if text == s => Some(url.clone()),
-        _ => None,
-    });
+    // `try_with`: at thread exit the cache may be gone already; then it is not used.
+    let known = LAST
+        .try_with(|last| match &*last.borrow() {
+            Some((text, url)) if text == s => Some(url.clone()),
+            _ => None,
+        })
+        .ok()
+        .flatten();
     if let Some(url) = known {
         return Ok(url);
     }
@@ -1141,7 +1145,7 @@ fn parse_url(s: &str) -> Result<Url> {
     })?;
     match url.scheme() {
         "http" | "https" => {
-            LAST.with(|last| *last.borrow_mut() = Some((s.to_string(), url.clone())));
+            let _ = LAST.try_with(|last| *last.borrow_mut() = Some((s.to_string(), url.clone())));
             Ok(url)
         }
         other => Err(Error::with_message(

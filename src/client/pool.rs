@@ -38,15 +38,19 @@ thread_local! {
 /// An idle, still usable connection for `key`, the most recently pooled one, if any.
 pub(super) fn take(key: &str) -> Option<Socket> {
     loop {
-        let (found, expired) = POOL.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let expired = take_expired(&mut pool);
-            let found = pool
-                .iter()
-                .rposition(|idle| idle.key == key)
-                .map(|i| pool.remove(i).sock);
-            (found, expired)
-        });
+        // `try_with` throughout: at thread exit (a thread-local destructor that runs after
+        // the pool's) there is no pool, and a connection to put is closed instead.
+        let (found, expired) = POOL
+            .try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                let expired = take_expired(&mut pool);
+                let found = pool
+                    .iter()
+                    .rposition(|idle| idle.key == key)
+                    .map(|i| pool.remove(i).sock);
+                (found, expired)
+            })
+            .unwrap_or_default();
         // Closed outside the pool's borrow: closing wakes waiters, which may use the pool.
         close_all(expired);
         let mut sock = found?;
@@ -63,7 +67,7 @@ pub(super) fn put(key: String, mut sock: Socket) {
         sock.close();
         return;
     }
-    let closing = POOL.with(|pool| {
+    let closing = POOL.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         let mut closing = take_expired(&mut pool);
         let same_host = pool.iter().filter(|idle| idle.key == key).count();
@@ -84,7 +88,8 @@ pub(super) fn put(key: String, mut sock: Socket) {
         });
         closing
     });
-    close_all(closing);
+    // Without a pool, `sock` went with the closure, closed as it dropped.
+    close_all(closing.unwrap_or_default());
 }
 
 /// Closes every idle connection the HTTP client keeps for reuse on this thread, and
@@ -94,7 +99,9 @@ pub(super) fn put(key: String, mut sock: Socket) {
 /// when a program is done with HTTP for a while (or before it forks) to release the
 /// descriptors at once.
 pub fn close_idle_connections() -> usize {
-    let all = POOL.with(|pool| std::mem::take(&mut *pool.borrow_mut()));
+    let all = POOL
+        .try_with(|pool| std::mem::take(&mut *pool.borrow_mut()))
+        .unwrap_or_default();
     let closed = all.len();
     close_all(all.into_iter().map(|idle| idle.sock).collect());
     closed

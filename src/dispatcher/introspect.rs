@@ -73,8 +73,12 @@ impl ObjectTag {
     }
 
     pub(crate) fn set_name(&self, name: Rc<str>) {
-        OBJECT_NAMES.with(|names| names.borrow_mut().insert(self.id, name));
-        self.named.set(true);
+        // At thread exit the table may be gone already (a thread-local destructor that runs
+        // after it): the object then goes unnamed, as nothing can list it any more.
+        let kept = OBJECT_NAMES.try_with(|names| names.borrow_mut().insert(self.id, name));
+        if kept.is_ok() {
+            self.named.set(true);
+        }
     }
 
     pub(crate) fn name(&self) -> Option<Rc<str>> {
