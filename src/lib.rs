@@ -187,7 +187,7 @@ use std::net::TcpListener;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-pub use dispatcher::{Coroutine, ErrorHandler, Handle, PanicReport, Status};
+pub use dispatcher::{Coroutine, ErrorHandler, Handle, PanicReport, Status, StepStats};
 pub use dispatcher::{CoroutineInfo, CoroutineState, ObjectKind, SocketInfo, WaitTarget};
 pub use error::{Error, ErrorKind, Result};
 pub use net::connect::ToAddrs;
@@ -560,6 +560,40 @@ pub fn geterrorhandler(co: Option<Coroutine>) -> ErrorHandler {
 /// Counts of what the dispatcher holds (Copas `status`).
 pub fn status() -> Status {
     dispatcher::with_or(Status::default, |d| d.status())
+}
+
+/// Turns the timing statistics of this thread's dispatcher's steps on (counting from now) or
+/// off (Copas `status(true)` and `status(false)`). Off by default; see [`StepStats`].
+pub fn set_step_stats(on: bool) {
+    dispatcher::with_or(|| (), |d| d.set_step_stats(on))
+}
+
+/// The steps' timing statistics since the previous call (or since they were turned on), and
+/// a new period from now (Copas `status(true)`'s `time_*`, `steps` and `duration_*`
+/// fields); `None` while they are off.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// copas::set_step_stats(true);
+/// copas::addthread(|| {
+///     for _ in 0..3 {
+///         copas::pause(Duration::from_millis(1));
+///     }
+/// })
+/// .unwrap();
+/// copas::run().unwrap();
+/// let stats = copas::step_stats().unwrap();
+/// assert!(stats.steps >= 4);
+/// assert!(stats.duration_max <= stats.duration_tot);
+/// assert_eq!(copas::step_stats().unwrap().steps, 0); // a new period
+/// copas::set_step_stats(false);
+/// assert!(copas::step_stats().is_none());
+/// ```
+pub fn step_stats() -> Option<StepStats> {
+    dispatcher::with_or(|| None, |d| d.step_stats())
 }
 
 /// Every coroutine of this thread's dispatcher — its name, what it is doing (running,

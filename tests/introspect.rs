@@ -551,3 +551,57 @@ fn a_coroutine_added_between_steps_is_dated_by_the_next_step() {
     assert!(copas::removethread(co));
     copas::step(Some(Duration::ZERO)).expect("step");
 }
+
+/// Copas `status(true)`: the steps' timing statistics count the time a step spends
+/// running what is ready, not its wait; each read ends a period and starts the next, and
+/// the `_ever` figures span the periods. Off by default.
+#[test]
+fn step_stats_time_the_steps_work_without_their_waits_and_reset_at_each_read() {
+    let _dog = util::Watchdog::new("step stats", Duration::from_secs(30));
+    assert_eq!(copas::step_stats(), None, "off by default");
+    copas::set_step_stats(true);
+    // One step that computes for 30 ms, then waits of 40 ms with next to nothing to do.
+    copas::addthread(|| {
+        let busy = Instant::now();
+        while busy.elapsed() < ms(30) {
+            std::hint::spin_loop();
+        }
+        for _ in 0..3 {
+            copas::pause(ms(40));
+        }
+    })
+    .expect("addthread");
+    copas::run().expect("run");
+    let first = copas::step_stats().expect("on");
+    assert!(first.steps >= 4, "{first:?}");
+    assert!(first.duration_max >= ms(30), "the busy step: {first:?}");
+    assert!(first.duration_min < ms(30), "{first:?}");
+    assert!(first.duration_tot >= first.duration_max, "{first:?}");
+    assert!(
+        first.time_tot() >= first.duration_tot + ms(100),
+        "the 120 ms of waits are in the period, not in the steps: {first:?}"
+    );
+    assert_eq!(
+        first.duration_avg(),
+        first.duration_tot / first.steps as u32
+    );
+
+    // A new period: one quick step; the busy one is remembered only as the longest ever.
+    copas::addthread(|| ()).expect("addthread");
+    copas::run().expect("run");
+    let second = copas::step_stats().expect("on");
+    assert!(
+        second.steps >= 1 && second.steps < first.steps,
+        "{second:?}"
+    );
+    assert!(second.duration_max < first.duration_max, "{second:?}");
+    assert_eq!(second.time_start, first.time_end);
+    assert_eq!(
+        second.duration_max_ever,
+        first.duration_max_ever.max(second.duration_max)
+    );
+    assert!(second.duration_max_ever >= ms(30));
+
+    copas::set_step_stats(false);
+    assert_eq!(copas::step_stats(), None);
+}

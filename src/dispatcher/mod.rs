@@ -46,7 +46,8 @@ pub use introspect::{CoroutineInfo, CoroutineState, ObjectKind, SocketInfo, Wait
 pub(crate) use reactor::{AcceptOutcome, Acceptor, IoSource, SourceKey};
 pub(crate) use report::{default_handler, log_or_print};
 pub use report::{ErrorHandler, PanicReport};
-pub use status::Status;
+use status::StepCounter;
+pub use status::{Status, StepStats};
 pub use task::Coroutine;
 pub(crate) use task::{Caller, TaskName, TaskSocket, Wake};
 
@@ -378,6 +379,8 @@ pub(crate) struct Dispatcher {
     /// What other threads may reach: offload completions, handles, channels (see
     /// `remote.rs`).
     remote: remote::RemoteSlot,
+    /// The steps' timing statistics, while they are on (`copas::set_step_stats`).
+    step_stats: RefCell<Option<StepCounter>>,
 }
 
 impl State {
@@ -729,6 +732,7 @@ impl Dispatcher {
             closed_sources: RefCell::new(Vec::new()),
             autoclose: Cell::new(true),
             remote: remote::RemoteSlot::default(),
+            step_stats: RefCell::new(None),
             poller: OnceCell::new(),
             events: RefCell::new(Vec::with_capacity(EVENT_CAPACITY)),
             pool: RefCell::new(StackPool::new(DEFAULT_STACK_SIZE, DEFAULT_POOLED_STACKS)),
@@ -1207,7 +1211,27 @@ impl Dispatcher {
         if self.state.borrow().shutdown.is_some() {
             self.settle_shutdown();
         }
+        if let Some(counter) = self.step_stats.borrow_mut().as_mut() {
+            // From the clock reading after the wait: the step's work, not its wait.
+            counter.count(Instant::now().saturating_duration_since(waited));
+        }
         Ok(events)
+    }
+
+    /// Turns the steps' timing statistics on (counting from now) or off.
+    pub(crate) fn set_step_stats(&self, on: bool) {
+        let mut stats = self.step_stats.borrow_mut();
+        match (on, stats.is_some()) {
+            (true, false) => *stats = Some(StepCounter::new(Instant::now())),
+            (false, true) => *stats = None,
+            _ => {}
+        }
+    }
+
+    /// The statistics of the period since the last call, starting a new one; `None` while off.
+    pub(crate) fn step_stats(&self) -> Option<StepStats> {
+        let mut stats = self.step_stats.borrow_mut();
+        stats.as_mut().map(|counter| counter.take(Instant::now()))
     }
 
     /// Gives back stacks beyond the pool's bound if this step would sleep `wait_for` in the
