@@ -562,8 +562,10 @@ pub fn status() -> Status {
     dispatcher::with_or(Status::default, |d| d.status())
 }
 
-/// Turns the timing statistics of this thread's dispatcher's steps on (counting from now) or
-/// off (Copas `status(true)` and `status(false)`). Off by default; see [`StepStats`].
+/// Turns the timing statistics of this thread's dispatcher's steps on, afresh from now (so
+/// also while on: the counters, `_ever` ones included, start again), or off (Copas
+/// `status(true)` and `status(false)`). Off by default; see [`StepStats`]. A step under way
+/// when they are turned on or read (from a coroutine, say) is not counted.
 pub fn set_step_stats(on: bool) {
     dispatcher::with_or(|| (), |d| d.set_step_stats(on))
 }

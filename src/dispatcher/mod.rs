@@ -1213,19 +1213,14 @@ impl Dispatcher {
         }
         if let Some(counter) = self.step_stats.borrow_mut().as_mut() {
             // From the clock reading after the wait: the step's work, not its wait.
-            counter.count(Instant::now().saturating_duration_since(waited));
+            counter.count(waited, Instant::now());
         }
         Ok(events)
     }
 
-    /// Turns the steps' timing statistics on (counting from now) or off.
+    /// Turns the steps' timing statistics on, afresh from now, or off.
     pub(crate) fn set_step_stats(&self, on: bool) {
-        let mut stats = self.step_stats.borrow_mut();
-        match (on, stats.is_some()) {
-            (true, false) => *stats = Some(StepCounter::new(Instant::now())),
-            (false, true) => *stats = None,
-            _ => {}
-        }
+        *self.step_stats.borrow_mut() = on.then(|| StepCounter::new(Instant::now()));
     }
 
     /// The statistics of the period since the last call, starting a new one; `None` while off.

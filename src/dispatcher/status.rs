@@ -46,7 +46,8 @@ pub struct Status {
 /// default: a step then reads no extra clock). [`step_stats`](crate::step_stats) returns the
 /// figures of the period since the previous call (or since they were turned on) and starts a
 /// new period, as Copas resets its counters at each `status(true)`; the `_ever` figures
-/// cover every period since they were turned on.
+/// cover every period since they were turned on. Only steps that began within the period
+/// are counted in it, so `duration_tot` never exceeds [`time_tot`](StepStats::time_tot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepStats {
     /// When the period began (Copas `time_start`).
@@ -118,8 +119,15 @@ impl StepCounter {
         }
     }
 
-    /// Counts a step that spent `took` running what was ready.
-    pub(crate) fn count(&mut self, took: Duration) {
+    /// Counts a step that ran what was ready from `started` (the clock reading after its
+    /// wait) to `now`. A step that began before the period (statistics turned on or read
+    /// from inside it) is not counted, as Copas does not count it: its work lies partly
+    /// outside the period.
+    pub(crate) fn count(&mut self, started: Instant, now: Instant) {
+        if started < self.since {
+            return;
+        }
+        let took = now.saturating_duration_since(started);
         self.steps += 1;
         self.total += took;
         self.min = Some(self.min.map_or(took, |m| m.min(took)));
