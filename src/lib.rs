@@ -221,7 +221,7 @@ use dispatcher::TaskName;
 /// while the loop already runs (in `run`, or in a [`step`]: from an error handler or a
 /// [`timeout`] callback), before it changes anything.
 pub fn run() -> Result<()> {
-    dispatcher::with_or(dispatcher::gone, |d| d.run(None, None))
+    dispatcher::with_or(dispatcher::destroyed, |d| d.run(None, None))
 }
 
 /// Runs `init` as a coroutine named `copas_initializer`, then [`run`]s (Copas
@@ -231,7 +231,7 @@ pub fn run() -> Result<()> {
 ///
 /// As [`run`], and the error of [`addthread`] if no coroutine can be created.
 pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
-    dispatcher::with_or(dispatcher::gone, |d| d.run(Some(Box::new(init)), None))
+    dispatcher::with_or(dispatcher::destroyed, |d| d.run(Some(Box::new(init)), None))
 }
 
 /// One iteration of the dispatcher (Copas `step`): waits up to `timeout` for an event or
@@ -247,7 +247,7 @@ pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
 /// The poller's error, or [`ErrorKind::InvalidState`] when called from inside a coroutine
 /// or after the thread's dispatcher was destroyed (see [the model](crate#the-model)).
 pub fn step(timeout: Option<Duration>) -> Result<bool> {
-    dispatcher::with_or(dispatcher::gone, |d| d.step(timeout))
+    dispatcher::with_or(dispatcher::destroyed, |d| d.step(timeout))
 }
 
 /// Whether the dispatcher has nothing left to do (what ends [`run`]): no work of its own,
@@ -276,7 +276,7 @@ pub fn exiting() -> bool {
 /// [`ErrorKind::InvalidState`] outside a coroutine; [`ErrorKind::Cancelled`] if the
 /// coroutine is cancelled while it waits.
 pub fn waitforexit() -> Result<()> {
-    dispatcher::with_or(dispatcher::gone, |d| d.waitforexit())
+    dispatcher::with_or(dispatcher::destroyed, |d| d.waitforexit())
 }
 
 /// Abandons everything (Copas `cancelall`): every coroutine is dropped (its stack unwound,
@@ -373,7 +373,7 @@ pub fn running() -> bool {
 ///
 /// [`ErrorKind::Io`] (out of memory) when no stack can be mapped for it.
 pub fn addthread(f: impl FnOnce() + 'static) -> Result<Coroutine> {
-    dispatcher::with_or(dispatcher::gone, |d| {
+    dispatcher::with_or(dispatcher::destroyed, |d| {
         d.spawn(TaskName::Anonymous, None, false, false, f)
     })
 }
@@ -384,7 +384,7 @@ pub fn addthread(f: impl FnOnce() + 'static) -> Result<Coroutine> {
 ///
 /// As [`addthread`].
 pub fn addnamedthread(name: &str, f: impl FnOnce() + 'static) -> Result<Coroutine> {
-    dispatcher::with_or(dispatcher::gone, |d| {
+    dispatcher::with_or(dispatcher::destroyed, |d| {
         d.spawn(TaskName::Owned(Rc::from(name)), None, false, false, f)
     })
 }
@@ -457,7 +457,7 @@ pub fn timeout(delay: Duration, callback: impl FnOnce(Coroutine) + 'static) -> R
     } else {
         Some(Box::new(callback))
     };
-    dispatcher::with_or(dispatcher::gone, |d| d.timeout(delay, callback))
+    dispatcher::with_or(dispatcher::destroyed, |d| d.timeout(delay, callback))
 }
 
 /// The dispatcher's clock: monotonic, unaffected by changes to the wall clock (Copas

@@ -1406,6 +1406,23 @@ fn destructors_of_coroutines_abandoned_at_thread_exit_may_call_copas() {
     );
 }
 
+/// Runs `work` on a new thread whose thread-local, holding what `make` returns, was first
+/// used before copas: it is destroyed after the dispatcher when the thread exits.
+fn on_a_thread_with_a_late_thread_local(
+    make: impl FnOnce() -> Box<dyn std::any::Any> + Send + 'static,
+    work: impl FnOnce() + Send + 'static,
+) {
+    thread_local! {
+        static LATE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
+    }
+    std::thread::spawn(move || {
+        LATE.with(|late| *late.borrow_mut() = Some(make()));
+        work();
+    })
+    .join()
+    .expect("the worker thread");
+}
+
 /// A thread-local first used before copas is destroyed after the dispatcher at thread exit,
 /// and its destructor may still call copas: what needs the dispatcher and returns a `Result`
 /// fails with `InvalidState`, the rest reports an empty dispatcher or works without one. Before, each call panicked
@@ -1476,16 +1493,13 @@ fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_copas() {
                 );
             }
         }
-        thread_local! {
-            static APP: RefCell<Option<CallsCopas>> = const { RefCell::new(None) };
-        }
-        let worker = std::thread::spawn(|| {
-            // First used before copas, so destroyed after the dispatcher.
-            APP.with(|a| *a.borrow_mut() = Some(CallsCopas));
-            copas::addthread(|| ()).expect("addthread");
-            copas::run().expect("run");
-        });
-        worker.join().expect("the worker thread");
+        on_a_thread_with_a_late_thread_local(
+            || Box::new(CallsCopas),
+            || {
+                copas::addthread(|| ()).expect("addthread");
+                copas::run().expect("run");
+            },
+        );
         println!("child done");
         return;
     }
@@ -1531,21 +1545,20 @@ fn a_late_thread_local_may_make_queues_and_requests_on_a_thread_that_did_before(
                 );
             }
         }
-        thread_local! {
-            static APP: RefCell<Option<UsesTables>> = const { RefCell::new(None) };
-        }
         // A port nobody listens on.
         let (listener, addr) = util::local_listener();
         drop(listener);
         let url = format!("http://{addr}/");
-        let worker = std::thread::spawn(move || {
-            APP.with(|a| *a.borrow_mut() = Some(UsesTables(url.clone())));
-            let early: copas::queue::Queue<u32> = copas::queue::Queue::new();
-            early.push(1).expect("push");
-            let early = copas::client::http::request(&url).map(drop);
-            assert_eq!(early.expect_err("refused").kind(), ErrorKind::Refused);
-        });
-        worker.join().expect("the worker thread");
+        let late = url.clone();
+        on_a_thread_with_a_late_thread_local(
+            move || Box::new(UsesTables(late)),
+            move || {
+                let early: copas::queue::Queue<u32> = copas::queue::Queue::new();
+                early.push(1).expect("push");
+                let early = copas::client::http::request(&url).map(drop);
+                assert_eq!(early.expect_err("refused").kind(), ErrorKind::Refused);
+            },
+        );
         println!("child done");
         return;
     }

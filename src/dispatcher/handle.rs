@@ -74,7 +74,7 @@ fn gone() -> Error {
 impl Handle {
     /// The calling thread's dispatcher's handle.
     pub(crate) fn current() -> Result<Handle> {
-        let remote = super::with_or(super::gone, |d| d.remote())?;
+        let remote = super::with_or(super::destroyed, |d| d.remote())?;
         Ok(Handle { remote })
     }
 

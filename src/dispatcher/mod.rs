@@ -188,7 +188,7 @@ pub(crate) fn caller() -> Caller {
 /// The error of a call that needs the thread's dispatcher after it was destroyed (see
 /// [`with_or`]).
 #[cold]
-pub(crate) fn gone<T>() -> Result<T> {
+pub(crate) fn destroyed<T>() -> Result<T> {
     Err(Error::with_message(
         ErrorKind::InvalidState,
         "the thread's dispatcher is gone (the thread is exiting)",

@@ -253,7 +253,7 @@ pub(crate) fn addserver(
         accepted: Cell::new(0),
         backoff: Cell::new(BACKOFF_MIN),
     });
-    let key = dispatcher::with_or(dispatcher::gone, |d| d.register(&io, Some(acceptor)))?;
+    let key = dispatcher::with_or(dispatcher::destroyed, |d| d.register(&io, Some(acceptor)))?;
     Ok(Server { key })
 }
 

@@ -124,7 +124,7 @@ impl Connection {
     ) -> Result<Rc<Connection>> {
         let fd = sock.as_raw_fd();
         let io = Rc::new(IoSource::new(sock));
-        dispatcher::with_or(dispatcher::gone, |d| d.register(&io, None))?;
+        dispatcher::with_or(dispatcher::destroyed, |d| d.register(&io, None))?;
         let conn = Rc::new(Connection {
             io,
             timeouts: Cell::new(timeouts),
@@ -208,7 +208,7 @@ impl Connection {
             self.io.readable.get() || self.holds_readable()
         };
         if ready {
-            dispatcher::with_or(|| (), |d| d.pass_on(&self.io, write));
+            dispatcher::with(|d| d.pass_on(&self.io, write));
         }
     }
 }
@@ -316,7 +316,7 @@ impl Socket {
     /// stream that is always ready does not starve other coroutines.
     fn fair_share(&self) {
         if dispatcher::spend_budget() && copas_coro::in_coroutine() {
-            dispatcher::with_or(|| Duration::ZERO, |d| d.pause(Duration::ZERO));
+            dispatcher::with(|d| d.pause(Duration::ZERO));
         }
     }
 

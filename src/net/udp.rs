@@ -120,7 +120,7 @@ impl UdpInner {
             self.io.readable.get()
         };
         if ready && self.io.waiting.get() > 0 {
-            dispatcher::with_or(|| (), |d| d.pass_on(&self.io, write));
+            dispatcher::with(|d| d.pass_on(&self.io, write));
         }
     }
 }
@@ -229,7 +229,7 @@ impl UdpSocket {
         let io = Rc::new(IoSource::new(sock));
         // Writability is asked for only while a send waits (`send_one`).
         io.write_interest.set(false);
-        dispatcher::with_or(dispatcher::gone, |d| d.register(&io, None))?;
+        dispatcher::with_or(dispatcher::destroyed, |d| d.register(&io, None))?;
         let inner = Rc::new(UdpInner {
             io,
             timeouts: Cell::new(Timeouts::default()),
@@ -247,7 +247,7 @@ impl UdpSocket {
     /// flood of datagrams does not starve other coroutines.
     fn fair_share(&self) {
         if dispatcher::spend_budget() && copas_coro::in_coroutine() {
-            dispatcher::with_or(|| Duration::ZERO, |d| d.pause(Duration::ZERO));
+            dispatcher::with(|d| d.pause(Duration::ZERO));
         }
     }
 
@@ -564,7 +564,7 @@ pub(crate) fn addudpserver(
     let start_now = !copas_coro::in_coroutine();
     // The socket lives as long as its handler, whatever `set_autoclose` says: that setting
     // is about accepted TCP connections only, as in Copas.
-    dispatcher::with_or(dispatcher::gone, |d| {
+    dispatcher::with_or(dispatcher::destroyed, |d| {
         d.spawn(task_name, Some(socket), true, start_now, move || {
             handler(udp)
         })

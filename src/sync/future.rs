@@ -169,7 +169,7 @@ fn spawn<T: 'static>(name: TaskName, f: impl FnOnce() -> T + 'static) -> Result<
     let completion = Completion {
         inner: inner.clone(),
     };
-    let co = dispatcher::with_or(dispatcher::gone, |d| {
+    let co = dispatcher::with_or(dispatcher::destroyed, |d| {
         d.spawn(name, None, false, false, move || {
             let completion = completion;
             let result = match super::catch_panic(f) {

@@ -183,7 +183,7 @@ pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
 
 /// The running coroutine.
 pub(crate) fn current() -> Option<Coroutine> {
-    dispatcher::with_or(|| None, |d| d.current())
+    crate::current()
 }
 
 /// The error of an operation that would have to wait outside a coroutine — or in one being

@@ -84,30 +84,6 @@ impl<T> State<T> {
         (handles == 0 && !self.destroyed && drained).then(|| self.destroy())
     }
 
-    /// Takes the first item; taking the last of a stopped queue destroys it.
-    fn take_first(&mut self) -> Option<T> {
-        let item = self.items.pop_front()?;
-        if self.stopping && self.items.is_empty() {
-            // Drained: nothing is left to drop.
-            self.destroy();
-        }
-        Some(item)
-    }
-
-    /// Takes a waiting pop out of the line; an item handed to it that it never took (its
-    /// coroutine was removed) goes back first in line, or, the queue destroyed, is given
-    /// back for the caller to drop once it holds no borrow.
-    fn leave_line(&mut self, ticket: u64, unclaimed: Option<Signal<T>>) -> Option<Signal<T>> {
-        self.poppers.remove(ticket);
-        match unclaimed {
-            Some(Signal::Item(item)) if !self.destroyed => {
-                self.deliver(item, true);
-                None
-            }
-            other => other,
-        }
-    }
-
     /// Hands `item` to the first waiting pop, or queues it.
     fn deliver(&mut self, mut item: T, front: bool) {
         while let Some(waiter) = self.poppers.pop_front() {
@@ -367,8 +343,9 @@ impl<T: 'static> Queue<T> {
     /// Starts a worker: a coroutine named `<queue>:worker_<n>` that calls `worker` with each
     /// item it pops, waiting for items without a timeout, and ends when the queue is
     /// destroyed (Copas `queue:add_worker`) — which it is, too, once every handle outside its
-    /// workers is dropped and no item is left (see [the module](self)). A panic in `worker` ends the worker and goes
-    /// to its error handler, as for any coroutine. Call it again for more workers.
+    /// workers is dropped and no item is left (see [the module](self)). A panic in `worker`
+    /// ends the worker and goes to its error handler, as for any coroutine. Call it again for
+    /// more workers.
     ///
     /// # Errors
     ///
@@ -392,7 +369,7 @@ impl<T: 'static> Queue<T> {
             inner: self.inner.clone(),
             number,
         };
-        let co = dispatcher::with_or(dispatcher::gone, |d| {
+        let co = dispatcher::with_or(dispatcher::destroyed, |d| {
             d.spawn(
                 TaskName::Owned(Rc::from(name)),
                 None,
@@ -431,7 +408,11 @@ impl<T> Inner<T> {
             if st.destroyed {
                 return Err(Error::new(ErrorKind::Destroyed));
             }
-            if let Some(item) = st.take_first() {
+            if let Some(item) = st.items.pop_front() {
+                if st.stopping && st.items.is_empty() {
+                    // Drained: nothing is left to drop.
+                    st.destroy();
+                }
                 return Ok(item);
             }
             // A worker finding its queue drained after the last handle went (nothing left).
@@ -492,7 +473,14 @@ impl<T> Drop for PopTicket<'_, T> {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return; // `unclaimed` is dropped after the borrow attempt, holding nothing
         };
-        let dropped = st.leave_line(self.ticket, unclaimed);
+        st.poppers.remove(self.ticket);
+        let dropped = match unclaimed {
+            Some(Signal::Item(item)) if !st.destroyed => {
+                st.deliver(item, true);
+                None
+            }
+            other => other,
+        };
         drop(st);
         drop(dropped);
     }

@@ -204,7 +204,7 @@ impl Timer {
             arming,
         };
         let name = TaskName::Owned(self.inner.name.clone());
-        let co = dispatcher::with_or(dispatcher::gone, |d| {
+        let co = dispatcher::with_or(dispatcher::destroyed, |d| {
             d.spawn(name, None, false, false, move || {
                 disarm.timer.run(arming, first)
             })
