@@ -129,7 +129,7 @@ const _: () = assert!(std::mem::size_of::<State>() <= STATE_AREA);
 const _: () = assert!(std::mem::align_of::<State>() <= 64);
 
 struct State {
-    inner: Option<Coroutine<u32, (), (), Stack>>,
+    inner: Coroutine<u32, (), (), Stack>,
     frame: Frame,
 }
 
@@ -163,7 +163,7 @@ impl Coro {
             body.run();
         });
         let state = State {
-            inner: Some(inner),
+            inner,
             frame: Frame {
                 yielder: Cell::new(ptr::null()),
                 unwinding: Cell::new(false),
@@ -225,10 +225,10 @@ impl Coro {
     #[inline]
     pub fn resume_with(&mut self, value: u32) -> Resumed {
         let state = self.state_mut();
-        let inner = match state.inner.as_mut() {
-            Some(inner) if !inner.done() => inner,
-            _ => panic!("resume of a finished coroutine"),
-        };
+        let inner = &mut state.inner;
+        if inner.done() {
+            panic!("resume of a finished coroutine");
+        }
         let prev = CURRENT.with(|c| c.replace(&state.frame));
         let result = catch_unwind(AssertUnwindSafe(|| inner.resume(value)));
         CURRENT.with(|c| c.set(prev));
@@ -257,12 +257,12 @@ impl Coro {
     /// Whether the coroutine has run to its end (returned or panicked).
     #[inline]
     pub fn is_done(&self) -> bool {
-        self.state().inner.as_ref().is_none_or(|c| c.done())
+        self.state().inner.done()
     }
 
     /// Whether the coroutine has been resumed at least once.
     pub fn is_started(&self) -> bool {
-        self.state().inner.as_ref().is_some_and(|c| c.started())
+        self.state().inner.started()
     }
 
     /// The identity tag given to [`Coro::new`].
@@ -293,10 +293,9 @@ impl Coro {
         // Most coroutines come here having run to their end: nothing to unwind, and the
         // unwinding machinery stays out of line.
         let panic = if self.is_done() { None } else { self.unwind() };
-        let mut state = self.take_state();
+        let state = self.take_state();
         std::mem::forget(self);
-        let inner = state.inner.take().expect("coroutine already consumed");
-        (inner.into_stack(), panic)
+        (state.inner.into_stack(), panic)
     }
 
     /// Unwinds a suspended coroutine's stack, dropping its locals, with this coroutine marked
@@ -306,7 +305,7 @@ impl Coro {
     #[inline(never)]
     fn unwind(&mut self) -> Option<Box<dyn Any + Send>> {
         let state = self.state_mut();
-        let inner = state.inner.as_mut()?;
+        let inner = &mut state.inner;
         if inner.started() && !inner.done() {
             state.frame.unwinding.set(true);
             let prev = CURRENT.with(|c| c.replace(&state.frame));

@@ -858,8 +858,7 @@ impl Message {
             out.push_str(&folded(name, &value)?);
         }
 
-        let text = String::from_utf8(stuffless_crlf(self.text.as_bytes()))
-            .expect("CRLF normalization keeps UTF-8");
+        let text = stuffless_crlf(&self.text);
         let (transfer, text) = if text.split("\r\n").any(|l| l.len() > MAX_LINE_OCTETS) {
             ("quoted-printable", quoted_printable(text.as_bytes()))
         } else if text.is_ascii() {
@@ -906,8 +905,9 @@ impl Message {
             )?);
             out.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
             let encoded = BASE64.encode(&a.data);
-            for chunk in encoded.as_bytes().chunks(76) {
-                out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+            // Base64 is ASCII: every index is a character boundary.
+            for start in (0..encoded.len()).step_by(76) {
+                out.push_str(&encoded[start..encoded.len().min(start + 76)]);
                 out.push_str("\r\n");
             }
         }
@@ -918,24 +918,18 @@ impl Message {
 
 /// CRLF line endings throughout and a final line ending (no dot-stuffing: [`send`] does
 /// that on the wire).
-fn stuffless_crlf(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 2);
-    let mut i = 0;
-    while i < text.len() {
-        match text[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if text.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
+fn stuffless_crlf(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    let mut rest = text;
+    while let Some(at) = rest.find(['\r', '\n']) {
+        out.push_str(&rest[..at]);
+        out.push_str("\r\n");
+        let ending = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[at + ending..];
     }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+    out.push_str(rest);
+    if !out.is_empty() && !out.ends_with("\r\n") {
+        out.push_str("\r\n");
     }
     out
 }
@@ -1269,6 +1263,18 @@ mod tests {
         assert_eq!(stuff(b""), b"");
         assert_eq!(stuff(b"x\r\n"), b"x\r\n");
         assert_eq!(stuff(b"."), b"..\r\n");
+    }
+
+    #[test]
+    fn a_body_gets_crlf_endings_whatever_it_had() {
+        assert_eq!(stuffless_crlf(""), "");
+        assert_eq!(stuffless_crlf("a"), "a\r\n");
+        assert_eq!(
+            stuffless_crlf("a\nb\rc\r\nd\n\re"),
+            "a\r\nb\r\nc\r\nd\r\n\r\ne\r\n"
+        );
+        assert_eq!(stuffless_crlf("ü\r\n.x\r"), "ü\r\n.x\r\n");
+        assert_eq!(stuffless_crlf("\r\n\r\n"), "\r\n\r\n");
     }
 
     #[test]

@@ -581,6 +581,11 @@ impl Socket {
     /// as long as the pattern is returned as is, without reading. For [`Pattern::Line`] it
     /// counts towards the line limit: a line fed back a piece at a time after each timeout
     /// is refused where the same line received at once would be.
+    ///
+    /// # Errors
+    ///
+    /// As [`Socket::receive`]; where an error hands over bytes in [`Error::partial`], they
+    /// begin with `prefix`.
     pub fn receive_with_prefix(&mut self, pattern: Pattern, prefix: &[u8]) -> Result<Vec<u8>> {
         self.refuse_if_closed()?;
         self.fair_share();
