@@ -708,7 +708,9 @@ pub fn wrap(stream: impl Into<socket2::Socket>) -> Result<Socket> {
 /// (`"localhost:9000"`, `("example.org", 80)`) is resolved with the system resolver on a
 /// helper thread ([`offload`]), so inside a coroutine only the coroutine waits, for the
 /// resolution as for the connection. Outside any coroutine the thread waits, within `timeout`
-/// all the same.
+/// all the same. A lookup still queued for a busy helper when the attempt is given up (out of
+/// time, or cancelled) is dropped unrun: while a resolver hangs, connects that time out do not
+/// pile lookups up behind it.
 ///
 /// A peer that accepts and resets the connection before the connect has finished waiting
 /// (one that sends a refusal and hangs up, say) is connected all the same, as a blocking
@@ -780,7 +782,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    dispatcher::remote::offload(f, None)
+    dispatcher::remote::offload(f, None, dispatcher::remote::WhenAbandoned::Run)
 }
 
 /// A `Send + Clone` [`Handle`] to the calling thread's dispatcher (beyond Copas), for other

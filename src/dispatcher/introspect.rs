@@ -43,7 +43,8 @@ pub(crate) enum Blocker {
 }
 
 thread_local! {
-    static NEXT_OBJECT: Cell<u32> = const { Cell::new(0) };
+    /// How many objects this thread has tagged; an id is its low 32 bits.
+    static NEXT_OBJECT: Cell<u64> = const { Cell::new(0) };
     /// The names of the named objects alive on this thread.
     static OBJECT_NAMES: RefCell<HashMap<ObjectId, Rc<str>>> = RefCell::new(HashMap::new());
 }
@@ -57,13 +58,19 @@ pub(crate) struct ObjectTag {
 
 impl ObjectTag {
     pub(crate) fn new() -> ObjectTag {
-        let id = NEXT_OBJECT.with(|n| {
-            let id = n.get().wrapping_add(1);
-            n.set(id);
-            id
+        let id = NEXT_OBJECT.with(|n| loop {
+            let count = n.get().wrapping_add(1);
+            n.set(count);
+            let id = ObjectId(count as u32);
+            // Past 2^32 objects the ids come round again: one a live named object still
+            // holds is skipped, or the new object would show (or, named, replace and then
+            // forget) that object's name in listings.
+            if count <= u64::from(u32::MAX) || object_name(id).is_none() {
+                break id;
+            }
         });
         ObjectTag {
-            id: ObjectId(id),
+            id,
             named: Cell::new(false),
         }
     }
@@ -550,5 +557,28 @@ impl Dispatcher {
             out.push_str("]\n");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_come_round_again_skip_a_live_named_object() {
+        let kept = ObjectTag::new();
+        kept.set_name("kept".into());
+        let ObjectId(kept_id) = kept.id();
+        // As if 2^32 more objects had been tagged since: the next id would be `kept`'s.
+        NEXT_OBJECT.with(|n| n.set((1 << 32) + u64::from(kept_id) - 1));
+        let late = ObjectTag::new();
+        assert_ne!(late.id(), kept.id());
+        late.set_name("late".into());
+        drop(late);
+        assert_eq!(kept.name().as_deref(), Some("kept"));
+        // Where no named object holds the id, it is taken as it comes.
+        let unnamed = ObjectTag::new();
+        NEXT_OBJECT.with(|n| n.set((1 << 32) + u64::from(unnamed.id().0) - 1));
+        assert_eq!(ObjectTag::new().id(), unnamed.id());
     }
 }

@@ -270,10 +270,24 @@ fn panicked(payload: Box<dyn Any + Send>) -> Error {
     )
 }
 
+/// What becomes of an offloaded closure whose caller stopped waiting (out of time, or
+/// cancelled) before a helper started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenAbandoned {
+    /// It runs all the same, in its turn: the caller's own closure may have effects it
+    /// counts on (`copas::offload` promises this).
+    Run,
+    /// It is dropped unrun when its turn comes: a name lookup, whose only product is its
+    /// answer. Otherwise, while a resolver hangs and holds every helper, each `connect` that
+    /// times out would leave a lookup queued behind them, to run (and hang) for nobody.
+    Skip,
+}
+
 /// Runs `f` on a helper thread while the calling coroutine waits (until `deadline`, if
 /// given); outside a coroutine, runs it inline, or with a deadline on a helper while the
-/// thread blocks until then. See `copas::offload`.
-pub(crate) fn offload<T, F>(f: F, deadline: Option<Instant>) -> Result<T>
+/// thread blocks until then. See `copas::offload`; `abandoned` says what becomes of `f` if
+/// the caller stops waiting before a helper starts it.
+pub(crate) fn offload<T, F>(f: F, deadline: Option<Instant>, abandoned: WhenAbandoned) -> Result<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -287,7 +301,7 @@ where
     let Some((co, remote)) = context else {
         return match deadline {
             None => catch_unwind(AssertUnwindSafe(f)).map_err(panicked),
-            Some(at) => offload_blocking(f, at),
+            Some(at) => offload_blocking(f, at, abandoned),
         };
     };
     if deadline.is_some_and(|at| Instant::now() >= at) {
@@ -301,6 +315,10 @@ where
     let worker_remote = remote.clone();
     let _waiting = Waiting::new(&remote);
     POOL.submit(Box::new(move || {
+        // The coroutine's `Claim` is the only other strong reference: gone, nobody waits.
+        if abandoned == WhenAbandoned::Skip && Arc::strong_count(&worker_slot) == 1 {
+            return;
+        }
         let result = catch_unwind(AssertUnwindSafe(f));
         *lock(&worker_slot.result) = Some(result);
         // Only the coroutine's reference may keep the token alive now.
@@ -328,7 +346,7 @@ where
 /// blocks until it ends or `at` passes. Nothing else on the thread could run meanwhile
 /// anyway, but the caller keeps its time limit (a resolver can take tens of seconds). An
 /// outcome that comes too late is dropped on the helper.
-fn offload_blocking<T, F>(f: F, at: Instant) -> Result<T>
+fn offload_blocking<T, F>(f: F, at: Instant, abandoned: WhenAbandoned) -> Result<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -337,7 +355,13 @@ where
         return Err(Error::new(ErrorKind::Timeout));
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    // Held while this thread waits: the job sees whether anyone still does.
+    let waiting = Arc::new(());
+    let waiter = Arc::downgrade(&waiting);
     POOL.submit(Box::new(move || {
+        if abandoned == WhenAbandoned::Skip && waiter.strong_count() == 0 {
+            return;
+        }
         // Fails only when the caller has stopped waiting; the outcome is dropped here.
         let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
     }))?;
@@ -451,6 +475,7 @@ mod tests {
         let slow = offload(
             || std::thread::sleep(Duration::from_secs(3)),
             Some(started + Duration::from_millis(200)),
+            WhenAbandoned::Run,
         );
         let took = started.elapsed();
         assert_eq!(slow.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
@@ -464,10 +489,101 @@ mod tests {
         );
 
         let soon = Some(Instant::now() + Duration::from_secs(20));
-        assert_eq!(offload(|| 7, soon).map_err(|e| e.kind()), Ok(7));
-        let panicked = offload(|| -> u8 { panic!("in the job") }, soon);
+        assert_eq!(
+            offload(|| 7, soon, WhenAbandoned::Run).map_err(|e| e.kind()),
+            Ok(7)
+        );
+        let panicked = offload(|| -> u8 { panic!("in the job") }, soon, WhenAbandoned::Run);
         assert_eq!(panicked.map_err(|e| e.kind()), Err(ErrorKind::Panicked));
-        let past = offload(|| 7, Some(Instant::now()));
+        let past = offload(|| 7, Some(Instant::now()), WhenAbandoned::Run);
         assert_eq!(past.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+    }
+
+    /// While every helper is held (a resolver that hangs), closures whose callers gave up
+    /// before their turn: the skippable ones (lookups) are dropped unrun, the others
+    /// (`copas::offload`'s) still run; from a coroutine and from outside one alike.
+    #[test]
+    fn a_skippable_job_its_caller_gave_up_on_before_its_turn_is_dropped_unrun() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let holding = Arc::new(AtomicUsize::new(0));
+        for _ in 0..MAX_THREADS {
+            let (gate, holding) = (gate.clone(), holding.clone());
+            POOL.submit(Box::new(move || {
+                holding.fetch_add(1, Ordering::SeqCst);
+                let (open, opened) = &*gate;
+                let until = Instant::now() + Duration::from_secs(20);
+                let mut open = lock(open);
+                while !*open && Instant::now() < until {
+                    open = opened
+                        .wait_timeout(open, Duration::from_millis(50))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }))
+            .unwrap();
+        }
+        // Another test's job may hold a helper for up to 3 s first.
+        let until = Instant::now() + Duration::from_secs(10);
+        while holding.load(Ordering::SeqCst) < MAX_THREADS && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            holding.load(Ordering::SeqCst),
+            MAX_THREADS,
+            "helpers not all held"
+        );
+
+        let skipped_ran = Arc::new(AtomicUsize::new(0));
+        let kept_ran = Arc::new(AtomicUsize::new(0));
+        let give_up = |how: WhenAbandoned, ran: &Arc<AtomicUsize>| {
+            let ran = ran.clone();
+            let soon = Some(Instant::now() + Duration::from_millis(5));
+            let job = move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            };
+            offload(job, soon, how).map_err(|e| e.kind())
+        };
+        // Outside a coroutine, then in coroutines.
+        for _ in 0..10 {
+            assert_eq!(
+                give_up(WhenAbandoned::Skip, &skipped_ran),
+                Err(ErrorKind::Timeout)
+            );
+        }
+        assert_eq!(
+            give_up(WhenAbandoned::Run, &kept_ran),
+            Err(ErrorKind::Timeout)
+        );
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..11 {
+            let how = if i < 10 {
+                WhenAbandoned::Skip
+            } else {
+                WhenAbandoned::Run
+            };
+            let ran = if i < 10 {
+                skipped_ran.clone()
+            } else {
+                kept_ran.clone()
+            };
+            let outcomes = outcomes.clone();
+            crate::addthread(move || {
+                let outcome = give_up(how, &ran);
+                lock(&outcomes).push(outcome);
+            })
+            .unwrap();
+        }
+        crate::run().unwrap();
+        assert_eq!(*lock(&outcomes), vec![Err(ErrorKind::Timeout); 11]);
+
+        *lock(&gate.0) = true;
+        gate.1.notify_all();
+        let until = Instant::now() + Duration::from_secs(10);
+        while kept_ran.load(Ordering::SeqCst) < 2 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The kept ones were queued last: once they have run, every skipped one had its turn.
+        assert_eq!(kept_ran.load(Ordering::SeqCst), 2);
+        assert_eq!(skipped_ran.load(Ordering::SeqCst), 0);
     }
 }

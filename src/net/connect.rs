@@ -194,6 +194,7 @@ pub(crate) fn resolve(
             Ok((host.as_str(), port).to_socket_addrs()?.collect())
         },
         deadline,
+        remote::WhenAbandoned::Skip,
     )?;
     match resolved {
         Ok(addrs) if addrs.is_empty() => Err(Error::with_message(ErrorKind::HostNotFound, name)),
