@@ -13,8 +13,9 @@
 //! another waits for it, a queue worker waiting for jobs, and one paused forever.
 //!
 //! On the control port, `dump` answers with `copas::dump()` followed by a line `.`;
-//! `job <text>` hands the text to the queue worker, which prints it; `shutdown` begins a graceful shutdown (5 s of grace: echo sessions are told by
-//! `copas::exiting()` and end after their current line), after which the program exits.
+//! `job <text>` hands the text to the queue worker, which prints it; `shutdown` begins a
+//! graceful shutdown (5 s of grace: echo sessions are told by `copas::exiting()` and end
+//! after their current line), after which the program exits.
 //! With port 0, the system picks the ports; the first line printed says which.
 
 use std::net::TcpListener;

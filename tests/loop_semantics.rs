@@ -1425,9 +1425,9 @@ fn on_a_thread_with_a_late_thread_local(
 
 /// A thread-local first used before copas is destroyed after the dispatcher at thread exit,
 /// and its destructor may still call copas: what needs the dispatcher and returns a `Result`
-/// fails with `InvalidState`, the rest reports an empty dispatcher or works without one. Before, each call panicked
-/// ("cannot access a Thread Local Storage value during or after destruction"), which
-/// inside a destructor aborts the process. In a child process.
+/// fails with `InvalidState`, the rest reports an empty dispatcher or works without one.
+/// Before, each call panicked ("cannot access a Thread Local Storage value during or after
+/// destruction"), which inside a destructor aborts the process. In a child process.
 #[test]
 fn a_thread_local_destroyed_after_the_dispatcher_may_still_call_copas() {
     const CHILD: &str = "COPAS_TEST_LATE_THREAD_LOCAL_CHILD";

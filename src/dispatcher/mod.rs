@@ -176,7 +176,7 @@ pub(crate) fn with<R>(f: impl FnOnce(&Dispatcher) -> R) -> R {
 /// aborts the process.
 #[inline]
 pub(crate) fn with_or<R>(gone: impl FnOnce() -> R, f: impl FnOnce(&Dispatcher) -> R) -> R {
-    DISPATCHER.try_with(f).unwrap_or_else(|_| gone())
+    try_with(f).unwrap_or_else(gone)
 }
 
 /// Who is calling: [`Caller::Outside`] too once the dispatcher is gone (see [`with_or`]),
