@@ -21,6 +21,8 @@
 
 #[path = "common/affinity.rs"]
 mod affinity;
+#[path = "common/host.rs"]
+mod host;
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -96,6 +98,7 @@ fn main() {
     let pinned = affinity::pin_to_cpu(0).is_ok();
     println!("# copas coroutine benchmarks");
     println!();
+    println!("CPU: {}", host::cpu());
     println!(
         "pinned to CPU 0: {}; best of {}; default stack {} KiB; vm.max_map_count {}",
         if pinned {

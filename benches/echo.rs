@@ -53,6 +53,8 @@
 
 #[path = "common/affinity.rs"]
 mod affinity;
+#[path = "common/host.rs"]
+mod host;
 
 use std::collections::BTreeMap;
 use std::env;
@@ -352,12 +354,7 @@ fn out_dir() -> PathBuf {
 }
 
 fn machine_header() -> String {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("?".to_string(), |s| s.trim().to_string());
+    let model = host::cpu();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let manifest = env!("CARGO_MANIFEST_DIR");

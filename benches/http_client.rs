@@ -16,6 +16,8 @@
 
 #[path = "common/affinity.rs"]
 mod affinity;
+#[path = "common/host.rs"]
+mod host;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -155,6 +157,8 @@ fn main() {
     raw_requests(addr, 1_000);
 
     println!("## HTTP client: {n} GETs per cell over one kept-alive connection, {rounds} rounds");
+    println!();
+    println!("CPU: {}", host::cpu());
     println!();
     println!("| round | client | wall s | user µs/request | system µs/request | CPU µs/request |");
     println!("|---|---|---|---|---|---|");

@@ -17,6 +17,8 @@
 
 #[path = "common/affinity.rs"]
 mod affinity;
+#[path = "common/host.rs"]
+mod host;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -133,7 +135,7 @@ fn orchestrate(quick: bool) {
     println!(
         "machine: {} CPUs, {}, kernel {}; vm.max_map_count {}; descriptor limit {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
+        host::cpu(),
         read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
         max_map_count,
         nofile_limit(),
@@ -811,17 +813,6 @@ fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 fn nofile_limit() -> u64 {

@@ -17,6 +17,8 @@
 
 #[path = "common/affinity.rs"]
 mod affinity;
+#[path = "common/host.rs"]
+mod host;
 
 #[path = "soak/mod.rs"]
 mod soak;
@@ -165,14 +167,7 @@ impl Options {
 
 /// CPUs, CPU model, kernel and date, for the record.
 fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let model = host::cpu();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
