@@ -607,6 +607,9 @@ fn a_coroutine_removed_before_it_ran_drops_a_panicking_capture_once() {
         unstarted_capture_child();
         return;
     }
+    // The child's pipes are descriptors of this process while it runs: not during another
+    // test's count.
+    let _serial = serial();
     util::assert_child_passes(
         "a_coroutine_removed_before_it_ran_drops_a_panicking_capture_once",
         UNSTARTED_CHILD,
