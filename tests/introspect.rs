@@ -562,10 +562,7 @@ fn step_stats_time_the_steps_work_without_their_waits_and_reset_at_each_read() {
     copas::set_step_stats(true);
     // One step that computes for 30 ms, then waits of 40 ms with next to nothing to do.
     copas::addthread(|| {
-        let busy = Instant::now();
-        while busy.elapsed() < ms(30) {
-            std::hint::spin_loop();
-        }
+        spin(ms(30));
         for _ in 0..3 {
             copas::pause(ms(40));
         }
