@@ -2,7 +2,6 @@
 //! cache size. In a virtual machine the name alone ("AMD EPYC") does not tell one generation
 //! from another, and the figures move between them (docs/benchmarks.md, "Machine").
 //! Shared by the bench binaries (`#[path = "common/host.rs"] mod host;`).
-#![allow(dead_code)]
 
 /// "AMD EPYC, family 26 model 2, cache 1024 KB", from `/proc/cpuinfo`'s first CPU;
 /// "unknown CPU" without it.
