@@ -353,6 +353,20 @@ fn out_dir() -> PathBuf {
     dir
 }
 
+/// Writes one mode's CSV into the output directory, and beside it `host.txt`, the machine
+/// header of this run: the CSVs' rows do not say which CPU they ran on, and runs from
+/// different virtual machines pool differently (`benches/pool.py --hosts`). Returns the CSV's
+/// path.
+fn write_results(name: &str, csv: &str) -> PathBuf {
+    let dir = out_dir();
+    let path = dir.join(name);
+    fs::write(&path, csv).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let host = dir.join("host.txt");
+    fs::write(&host, machine_header() + "\n")
+        .unwrap_or_else(|e| panic!("write {}: {e}", host.display()));
+    path
+}
+
 fn machine_header() -> String {
     let model = host::cpu();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -1497,8 +1511,7 @@ fn echo_mode() {
             }
         }
     }
-    let path = out_dir().join("echo.csv");
-    fs::write(&path, csv).expect("write echo.csv");
+    let path = write_results("echo.csv", &csv);
     println!();
     for &(conns, size) in &loads {
         print_echo_table(&cells, &servers, conns, size);
@@ -1702,8 +1715,7 @@ fn syscall_mode() {
             detail.push('\n');
         }
     }
-    let path = out_dir().join("syscalls.csv");
-    fs::write(&path, csv).expect("write syscalls.csv");
+    let path = write_results("syscalls.csv", &csv);
     println!();
     print!("| server |");
     for (c, s) in &loads {
@@ -2053,8 +2065,7 @@ fn instructions_mode() {
             cells.insert((server.clone(), conns, size), cell);
         }
     }
-    let path = out_dir().join("instructions.csv");
-    fs::write(&path, csv).expect("write instructions.csv");
+    let path = write_results("instructions.csv", &csv);
     println!();
     println!("| server | load | msgs echoed | instructions/msg | code lines/msg | D1 misses/msg | L2-proxy misses/msg | instructions vs polling | whole life: instructions/msg | baseline: M instructions |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -2420,8 +2431,7 @@ fn http_mode(close: bool) {
             });
         }
     }
-    let path = out_dir().join(format!("{mode}.csv"));
-    fs::write(&path, csv).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let path = write_results(&format!("{mode}.csv"), &csv);
     println!();
     println!(
         "| server | n | req/s median [min..max] | vs tokio | p50 µs | p99 µs | server CPU µs/req | of which user µs/req |"

@@ -9,7 +9,7 @@ runs narrows that. For each load and peer this prints, per run and pooled, the m
 paired ratios and a 95 % bootstrap interval of that median (rounds resampled, fixed seed, so
 the output is repeatable).
 
-    python3 benches/pool.py [--svg OUT.svg] [--costs] docs/benchmarks-echo-data/echo.csv \\
+    python3 benches/pool.py [--svg OUT.svg] [--costs] [--hosts] docs/benchmarks-echo-data/echo.csv \\
         docs/benchmarks-echo-data/run9/echo.csv docs/benchmarks-echo-data/run10/echo.csv \\
         docs/benchmarks-echo-data/run11/echo.csv
 
@@ -28,6 +28,7 @@ and earlier) measured the order as much as the servers.
 import csv
 import os
 import random
+import re
 import statistics
 import sys
 
@@ -45,6 +46,40 @@ def cells(path, value):
             except (KeyError, ValueError):
                 continue
     return out
+
+
+def host_of(path):
+    """The CPU a run's CSV was measured on, from the host.txt beside it: "family F model M",
+    or "unrecorded"."""
+    try:
+        with open(os.path.join(os.path.dirname(path), "host.txt")) as f:
+            text = f.read()
+    except OSError:
+        return "unrecorded"
+    found = re.search(r"family (\d+) model (\d+)", text)
+    return f"family {found.group(1)} model {found.group(2)}" if found else "unrecorded"
+
+
+def print_hosts(runs, loads, labelled):
+    """The paired ratios pooled per CPU (see host_of)."""
+    hosts = {}
+    for path, cells in runs:
+        hosts.setdefault(host_of(path), []).append(cells)
+    print()
+    print("| load | ratio | CPU | runs | rounds | median | 95 % interval of the median |")
+    print("|---|---|---|---|---|---|---|")
+    for conns in loads:
+        for (server, peer), _ in labelled:
+            for host, group in sorted(hosts.items()):
+                rng = random.Random(1)
+                per_run = [paired(cells, conns, server, peer) for cells in group]
+                pooled = [r for ratios in per_run for r in ratios]
+                if not pooled:
+                    continue
+                lo, hi = interval(pooled, rng)
+                median = statistics.median(pooled)
+                nruns = sum(1 for ratios in per_run if ratios)
+                print(f"| C={conns} | {server} ÷ {peer} | {host} | {nruns} | {len(pooled)} | {median:.3f} | {lo:.3f}..{hi:.3f} |")
 
 
 def load(path):
@@ -104,9 +139,11 @@ def main(args):
     svg_out = None
     pairs = None
     costs = False
-    while args[:1] in (["--svg"], ["--pairs"], ["--costs"]):
-        if args[0] == "--costs":
-            costs = True
+    hosts = False
+    while args[:1] in (["--svg"], ["--pairs"], ["--costs"], ["--hosts"]):
+        if args[0] in ("--costs", "--hosts"):
+            costs |= args[0] == "--costs"
+            hosts |= args[0] == "--hosts"
             args = args[1:]
             continue
         if len(args) < 2:
@@ -147,6 +184,8 @@ def main(args):
                 median = statistics.median(pooled)
                 print(f"| C={conns} | {server} ÷ {peer} | **pooled** | {len(pooled)} | **{median:.3f}** | {lo:.3f}..{hi:.3f} |")
                 pooled_figures.setdefault(label, {})[f"C={conns}"] = dict(mid=median, lo=lo, hi=hi)
+    if hosts:
+        print_hosts(runs, loads, labelled)
     if costs:
         print_costs(paths, loads, [pair for pair, _ in labelled])
     if svg_out:
