@@ -76,8 +76,7 @@ def print_hosts(runs, loads, labelled):
                 pooled = [r for ratios in per_run for r in ratios]
                 if not pooled:
                     continue
-                lo, hi = interval(pooled, rng)
-                median = statistics.median(pooled)
+                median, lo, hi = summary(pooled, rng)
                 nruns = sum(1 for ratios in per_run if ratios)
                 print(f"| C={conns} | {server} ÷ {peer} | {host} | {nruns} | {len(pooled)} | {median:.3f} | {lo:.3f}..{hi:.3f} |")
 
@@ -113,8 +112,8 @@ def print_costs(paths, loads, pairs):
             figures = []
             for i in range(3):
                 column = [d[i] for d in diffs]
-                lo, hi = interval(column, rng)
-                figures.append(f"{statistics.median(column):+.3f} [{lo:+.3f}..{hi:+.3f}]")
+                median, lo, hi = summary(column, rng)
+                figures.append(f"{median:+.3f} [{lo:+.3f}..{hi:+.3f}]")
             print(f"| C={conns} | {server} − {peer} | {len(diffs)} | " + " | ".join(figures) + " |")
 
 
@@ -125,6 +124,12 @@ def paired(cells, conns, server, peer):
         for (rnd, s, c), rate in sorted(cells.items())
         if s == server and c == conns and (rnd, peer, c) in cells
     ]
+
+
+def summary(values, rng):
+    """The median of `values` and the 95 % bootstrap interval of it."""
+    lo, hi = interval(values, rng)
+    return statistics.median(values), lo, hi
 
 
 def interval(ratios, rng):
@@ -176,12 +181,10 @@ def main(args):
                 if not ratios:
                     continue
                 pooled += ratios
-                lo, hi = interval(ratios, rng)
-                median = statistics.median(ratios)
+                median, lo, hi = summary(ratios, rng)
                 print(f"| C={conns} | {server} ÷ {peer} | {path} | {len(ratios)} | {median:.3f} | {lo:.3f}..{hi:.3f} |")
             if pooled:
-                lo, hi = interval(pooled, rng)
-                median = statistics.median(pooled)
+                median, lo, hi = summary(pooled, rng)
                 print(f"| C={conns} | {server} ÷ {peer} | **pooled** | {len(pooled)} | **{median:.3f}** | {lo:.3f}..{hi:.3f} |")
                 pooled_figures.setdefault(label, {})[f"C={conns}"] = dict(mid=median, lo=lo, hi=hi)
     if hosts:
