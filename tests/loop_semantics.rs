@@ -1088,6 +1088,22 @@ fn status_and_finished_leave_out_coroutines_removed_while_ready() {
 }
 
 #[test]
+fn finished_once_the_only_server_is_removed_before_any_step() {
+    let _dog = Watchdog::new("server removed before a step", LIMIT);
+    let (listener, _addr) = util::local_listener();
+    let server = copas::addserver(listener, |_sock: copas::Socket| {}).expect("addserver");
+    assert!(!copas::finished(), "a server exists");
+    copas::removeserver(server, false).expect("removeserver");
+    assert_eq!(copas::status().servers, 0);
+    // Before: false until a step had skipped the removed server's first accept round.
+    assert!(copas::finished(), "{:?}", copas::status());
+    // And a step finds nothing due: it waits out its timeout instead of returning at once.
+    let start = Instant::now();
+    assert!(!copas::step(Some(ms(50))).expect("step"));
+    assert!(start.elapsed() >= ms(40), "{:?}", start.elapsed());
+}
+
+#[test]
 fn status_counts_timed_waits_as_copas_does_its_timer_wheel() {
     // In Copas a lock or semaphore wait is a `pauseforever` (`inactive`) guarded by a
     // timer on the wheel, as is a socket operation with a timeout (`timeout`, the count

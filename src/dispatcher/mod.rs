@@ -675,6 +675,9 @@ impl State {
         let src = self.sources.remove(key.index as usize);
         if src.acceptor.is_some() {
             self.servers -= 1;
+            // An accept round still due would only be skipped, yet while queued it keeps
+            // `finished()` false and the next step from waiting.
+            self.pending_accept.retain(|&pending| pending != key);
         }
         src.io.key.set(None);
         src.io.waiting.set(0);
