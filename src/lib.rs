@@ -240,6 +240,11 @@ pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
 /// (a signal interrupted it, or a deadline that was armed has since gone away), so a caller
 /// that wants a given pause between its chores measures it rather than counting steps.
 ///
+/// With `None` and nothing to wait for (no server, socket or deadline), it waits until
+/// another thread posts through a [`Handle`]: there is no background timer. Copas's
+/// `step()` returns within about 0.1 s there, because of its core timer thread; a main loop
+/// with chores of its own passes `Some(interval)`.
+///
 /// Use it from an application's own main loop; see `examples/embed.rs`.
 ///
 /// # Errors
@@ -446,6 +451,11 @@ pub fn wakeup(co: Coroutine) -> bool {
 /// ends past what [`std::time::Instant`] can hold (`Duration::MAX`) replaces it with none,
 /// since it would never fire. A panic in the
 /// callback goes to the default error handler, reported as coroutine `copas_core_timer`.
+///
+/// The timeout belongs to the coroutine, as the guard of its own waits: when the coroutine
+/// ends or is removed, the callback is dropped unrun (with what it captured), and a pending
+/// one no longer keeps [`run`] going. Copas's would still fire, with the dead coroutine's
+/// handle. A callback that must outlive the coroutine that sets it up is a [`timer`].
 ///
 /// # Errors
 ///

@@ -999,6 +999,49 @@ fn timeout_a_new_call_replaces_the_previous_one() {
 }
 
 #[test]
+fn a_timeout_ends_with_the_coroutine_that_armed_it() {
+    // Documented difference from Copas, whose callback would still fire for the dead
+    // coroutine: the callback is dropped unrun, with what it captured, and does not keep
+    // `run` going for the coroutine left paused forever.
+    struct Captured(Rc<Cell<bool>>);
+    impl Drop for Captured {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+    let fired = Rc::new(Cell::new(false));
+    let dropped = Rc::new(Cell::new(false));
+    copas::addthread(|| {
+        copas::pauseforever();
+    })
+    .expect("addthread");
+    let (f, d) = (fired.clone(), dropped.clone());
+    copas::addthread(move || {
+        let captured = Captured(d);
+        copas::timeout(Duration::from_secs(5), move |_| {
+            let _keep = &captured;
+            f.set(true);
+        })
+        .expect("timeout");
+    })
+    .expect("addthread");
+    let _dog = Watchdog::new("run", LIMIT);
+    let start = Instant::now();
+    copas::run().expect("run");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!fired.get(), "the callback of an ended coroutine ran");
+    assert!(
+        dropped.get(),
+        "the callback's captures outlived its coroutine"
+    );
+    assert_eq!(copas::status().timeout, 0);
+}
+
+#[test]
 fn timeout_zero_cancels_the_pending_timeout() {
     let log = Log::default();
     let pending: Rc<RefCell<Vec<usize>>> = Rc::default();
