@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Compares profile.sh's profiles of copas and another server symbol by symbol, kernel and user
 space: each symbol's share of samples times the profile's server CPU per message (ns),
-averaged over the profiles of each server, then the differences, largest first.
+the median over the profiles of each server, then the differences, largest first.
 
 usage: cd $OUT && python3 kernel_diff.py copas-1 copas-2 ... polling-1 polling-2 ...
        (the NAME given to profile.sh; those starting with "copas" are one side, the rest the other)
 """
 import collections
+import statistics
 import subprocess
 import sys
 
@@ -26,10 +27,11 @@ def profile(name):
 
 
 def average(profiles):
+    """Per symbol and for the server CPU, the median over the profiles (one slow profile,
+    as the shared host gives now and then, would move a mean in every symbol at once)."""
     keys = set().union(*[ns for _, ns in profiles])
-    n = len(profiles)
-    return {k: sum(ns.get(k, 0) for _, ns in profiles) / n for k in keys}, \
-        sum(cpu for cpu, _ in profiles) / n
+    return {k: statistics.median(ns.get(k, 0) for _, ns in profiles) for k in keys}, \
+        statistics.median(cpu for cpu, _ in profiles)
 
 
 names = sys.argv[1:]
