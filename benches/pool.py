@@ -143,12 +143,10 @@ def interval(ratios, rng):
 def main(args):
     svg_out = None
     pairs = None
-    costs = False
-    hosts = False
+    switches = set()
     while args[:1] in (["--svg"], ["--pairs"], ["--costs"], ["--hosts"]):
         if args[0] in ("--costs", "--hosts"):
-            costs |= args[0] == "--costs"
-            hosts |= args[0] == "--hosts"
+            switches.add(args[0])
             args = args[1:]
             continue
         if len(args) < 2:
@@ -187,9 +185,9 @@ def main(args):
                 median, lo, hi = summary(pooled, rng)
                 print(f"| C={conns} | {server} ÷ {peer} | **pooled** | {len(pooled)} | **{median:.3f}** | {lo:.3f}..{hi:.3f} |")
                 pooled_figures.setdefault(label, {})[f"C={conns}"] = dict(mid=median, lo=lo, hi=hi)
-    if hosts:
+    if "--hosts" in switches:
         print_hosts(runs, loads, labelled)
-    if costs:
+    if "--costs" in switches:
         print_costs(paths, loads, [pair for pair, _ in labelled])
     if svg_out:
         draw(svg_out, pooled_figures, len(runs), [f"C={c}" for c in loads])

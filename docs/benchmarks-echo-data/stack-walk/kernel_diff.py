@@ -26,7 +26,7 @@ def profile(name):
     return cpu, ns
 
 
-def average(profiles):
+def median_of(profiles):
     """Per symbol and for the server CPU, the median over the profiles (one slow profile,
     as the shared host gives now and then, would move a mean in every symbol at once)."""
     keys = set().union(*[ns for _, ns in profiles])
@@ -35,8 +35,8 @@ def average(profiles):
 
 
 names = sys.argv[1:]
-a, cpu_a = average([profile(n) for n in names if n.startswith("copas")])
-b, cpu_b = average([profile(n) for n in names if not n.startswith("copas")])
+a, cpu_a = median_of([profile(n) for n in names if n.startswith("copas")])
+b, cpu_b = median_of([profile(n) for n in names if not n.startswith("copas")])
 print(f"server CPU ns/msg copas {cpu_a:.0f} other {cpu_b:.0f}")
 for kind in ("[k]", "[.]"):
     ta = sum(v for k, v in a.items() if k[0] == kind)
