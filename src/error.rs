@@ -104,7 +104,10 @@ impl fmt::Display for ErrorKind {
 
 /// A copas error: a kind, an optional cause, and what had been transferred before it.
 ///
-/// Converts to and from [`io::Error`], so `?` works in functions returning either.
+/// Converts to and from [`io::Error`], so `?` works in functions returning either; an error
+/// that is nothing but a system error converts to that system error
+/// ([`io::Error::raw_os_error`] kept), any other wraps this one, and converting back gives
+/// it whole.
 ///
 /// Cloning is cheap for the cause: a clone shares the same [`io::Error`] (so a
 /// [`Future`](crate::future::Future) whose task returns a [`Result`] can hand it to every
@@ -229,6 +232,22 @@ impl Error {
         self
     }
 
+    /// The system error code of an error that carries nothing else (no message, partial
+    /// data, count or reply code) and whose kind that code converts back to.
+    fn bare_os_error(&self) -> Option<i32> {
+        let inner = &self.inner;
+        if inner.message.is_some()
+            || !inner.partial.is_empty()
+            || inner.sent != 0
+            || inner.reply_code.is_some()
+        {
+            return None;
+        }
+        let code = inner.source.as_ref()?.raw_os_error()?;
+        let back = Error::from(io::Error::from_raw_os_error(code));
+        (back.inner.kind == inner.kind).then_some(code)
+    }
+
     /// Whether `kind` tells of a connection the peer closed or reset.
     pub(crate) fn io_kind_closes(kind: io::ErrorKind) -> bool {
         matches!(
@@ -289,6 +308,12 @@ impl From<Error> for io::Error {
             },
             _ => io::ErrorKind::Other,
         };
+        if let Some(code) = err.bare_os_error() {
+            // Nothing but a system error: given back as one, so `raw_os_error` still
+            // tells `ECONNRESET` from `EPIPE` to code written for any `Read + Write`, and
+            // converting it back gives this error again.
+            return io::Error::from_raw_os_error(code);
+        }
         io::Error::new(kind, err)
     }
 }
@@ -332,11 +357,12 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {
+    /// The cause's own cause: the cause itself is already in this error's `Display`
+    /// ("closed: Connection reset by peer (os error 104)"), so a reporter that walks the
+    /// chain names it once (as `io::Error` does for the error it wraps). The cause is
+    /// [`Error::io_error`].
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.inner.source.as_deref()?.source()
     }
 }
 
@@ -355,7 +381,6 @@ mod tests {
             e.io_error().and_then(io::Error::raw_os_error),
             Some(libc::EMFILE)
         );
-        assert!(std::error::Error::source(&e).is_some());
         let text = e.to_string();
         assert!(
             text.starts_with("i/o error: no helper thread could be started: ")
@@ -410,6 +435,49 @@ mod tests {
         let back = Error::from(io);
         assert_eq!(back.kind(), ErrorKind::Timeout);
         assert_eq!(back.partial(), b"abc");
+    }
+
+    /// A bare system error (a reset, `EMFILE`) becomes that system error again, so code
+    /// that matches `raw_os_error` works over a copas socket as over a std one; converting
+    /// it back gives the same copas error. One with more to carry stays wrapped.
+    #[test]
+    fn a_system_error_converted_to_io_keeps_its_raw_os_error() {
+        for code in [libc::ECONNRESET, libc::EPIPE, libc::EMFILE, libc::ETIMEDOUT] {
+            let e = Error::from(io::Error::from_raw_os_error(code));
+            let kind = e.kind();
+            let io: io::Error = e.into();
+            assert_eq!(io.raw_os_error(), Some(code));
+            let back = Error::from(io);
+            assert_eq!(back.kind(), kind);
+            assert_eq!(
+                back.io_error().and_then(io::Error::raw_os_error),
+                Some(code)
+            );
+        }
+        let partial =
+            Error::from(io::Error::from_raw_os_error(libc::ECONNRESET)).with_partial(b"ab".into());
+        let io: io::Error = partial.into();
+        assert_eq!(io.raw_os_error(), None);
+        assert_eq!(Error::from(io).partial(), b"ab");
+    }
+
+    /// The cause shows in `Display`, so a reporter walking `source()` must not print it
+    /// again ("closed: Connection reset by peer (os error 104): Connection reset by peer
+    /// (os error 104)" it was).
+    #[test]
+    fn a_chain_reporter_names_the_cause_once() {
+        let e = Error::from(io::Error::from_raw_os_error(libc::ECONNRESET));
+        let mut report = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            report = format!("{report}: {c}");
+            cause = c.source();
+        }
+        assert_eq!(report.matches("os error 104").count(), 1, "{report}");
+        assert_eq!(
+            e.io_error().and_then(io::Error::raw_os_error),
+            Some(libc::ECONNRESET)
+        );
     }
 
     #[test]

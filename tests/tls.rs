@@ -1969,3 +1969,112 @@ fn a_peer_gone_mid_handshake_is_closed_not_a_tls_failure() {
         .iter()
         .all(|(_, m)| m.starts_with("TLS/SSL handshake failed: ")));
 }
+
+/// How a writer goes on after its send timed out, in [`after_a_tls_send_timed_out`].
+#[derive(Clone, Copy, Debug)]
+enum AfterTimeout {
+    /// `Write::write` chunks until `TimedOut`, then `write_all` of other bytes.
+    WriteTrait,
+    /// `send` of 4 MiB until `Timeout`, then `send` of other bytes.
+    CopasSend,
+}
+
+/// A writer whose send times out because its peer does not read, then sends other bytes
+/// once the peer reads: returns what the writer counted as sent before the timeout and
+/// what the peer received (plain TCP or TLS, inside or outside a coroutine).
+fn after_a_tls_send_timed_out(pki: &'static Pki, how: AfterTimeout) -> (usize, Vec<u8>) {
+    let (listener, addr) = util::local_listener();
+    let (go, wait_for_go) = mpsc::channel::<()>();
+    let acceptor = pki.acceptor();
+    let peer = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().expect("accept");
+        tcp.set_read_timeout(Some(GUARD)).expect("read timeout");
+        let mut tls = acceptor.accept(tcp).expect("handshake");
+        wait_for_go.recv().expect("go");
+        let mut got = Vec::new();
+        let _ = tls.read_to_end(&mut got);
+        got
+    });
+    let mut sock =
+        copas::connect_tls(addr, "localhost", &pki.connector(), Some(GUARD)).expect("connect_tls");
+    sock.settimeouts(Some(GUARD), Some(ms(200)), Some(GUARD));
+    let mut counted = 0;
+    match how {
+        AfterTimeout::WriteTrait => {
+            let chunk = vec![b'A'; 16 * 1024];
+            let timed_out = (0..5000).find_map(|_| match sock.write(&chunk) {
+                Ok(n) => {
+                    counted += n;
+                    None
+                }
+                Err(e) => Some(e),
+            });
+            let e = timed_out.expect("the peer reads nothing: a write must time out");
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e:?}");
+        }
+        AfterTimeout::CopasSend => {
+            let e = sock
+                .send(&vec![b'A'; 4 << 20])
+                .expect_err("4 MiB to a peer that reads nothing");
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
+            counted = e.sent();
+        }
+    }
+    go.send(()).expect("go");
+    sock.settimeout(Some(GUARD));
+    match how {
+        AfterTimeout::WriteTrait => {
+            sock.write_all(&[b'B'; 16 * 1024]).expect("write_all");
+            sock.flush().expect("flush");
+        }
+        AfterTimeout::CopasSend => {
+            sock.send(&[b'B'; 16 * 1024]).expect("send");
+        }
+    }
+    sock.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    if copas::current().is_some() {
+        assert!(pause_until(GUARD, || peer.is_finished()));
+    }
+    let got = peer.join().expect("peer");
+    drop(sock);
+    (counted, got)
+}
+
+/// The bytes a TLS write took are sent, and nothing else of it: after a write that timed
+/// out, other bytes may follow. (OpenSSL had committed a record when its socket would
+/// block, and made the next write resend it: the peer got the timed-out write's bytes, and
+/// the next, different message was reported sent but never arrived.) Through the `Write`
+/// trait, whose `Err` must mean nothing was written, and through `send`, whose error
+/// counts what went, both inside a coroutine and outside any.
+#[test]
+fn after_a_tls_send_timed_out_the_peer_gets_what_was_counted_then_the_next_bytes() {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("a TLS send after a timeout", secs(120));
+    let check = |how: AfterTimeout, (counted, got): (usize, Vec<u8>)| {
+        let a = got.iter().take_while(|&&b| b == b'A').count();
+        assert!(counted > 0, "{how:?}: nothing counted before the timeout");
+        assert_eq!(
+            a, counted,
+            "{how:?}: the peer got {a} A's, {counted} counted as sent"
+        );
+        assert_eq!(&got[a..], &[b'B'; 16 * 1024][..], "{how:?}: after the A's");
+    };
+    for how in [AfterTimeout::WriteTrait, AfterTimeout::CopasSend] {
+        check(how, after_a_tls_send_timed_out(pki, how));
+    }
+    let results = shared(Vec::new());
+    let out = results.clone();
+    copas::addthread(move || {
+        for how in [AfterTimeout::WriteTrait, AfterTimeout::CopasSend] {
+            out.borrow_mut()
+                .push((how, after_a_tls_send_timed_out(pki, how)));
+        }
+    })
+    .expect("addthread");
+    util::run_checked(secs(60));
+    let results = std::mem::take(&mut *results.borrow_mut());
+    assert_eq!(results.len(), 2);
+    for (how, result) in results {
+        check(how, result);
+    }
+}
