@@ -55,7 +55,7 @@ use copas::{ErrorKind, Socket};
 /// The port used when none is given on the command line.
 const DEFAULT_PORT: u16 = 9003;
 
-/// The longest line a client may send, in bytes, without its newline.
+/// The longest line a client may send, in bytes, without its ending (LF or CR LF).
 const MAX_LINE: usize = 1024;
 
 /// The most lines waiting to be sent to one client; a client that lets more pile up is
@@ -137,7 +137,8 @@ impl Drop for Membership {
 
 /// Passes bytes through from a reader and fails once a line grows past `limit` bytes
 /// without a newline, so that `BufRead::lines` over it holds at most about `limit` bytes
-/// plus one buffer per line.
+/// plus one buffer per line. A CR right before the newline is part of the line ending, as
+/// `lines()` takes it, so the longest line may come with one more byte.
 struct LineLimit<R> {
     inner: R,
     limit: usize,
@@ -181,7 +182,11 @@ impl<R: Read> Read for LineLimit<R> {
                 self.current = 0;
             } else {
                 self.current += 1;
-                if self.current > self.limit {
+                // Only a CR may follow the longest line: if a LF comes next, they are the
+                // line's ending; anything else after it is one byte too many.
+                let over = self.current > self.limit + 1
+                    || (self.current == self.limit + 1 && byte != b'\r');
+                if over {
                     self.exceeded = true;
                     let good = buf[..i]
                         .iter()

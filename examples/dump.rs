@@ -118,8 +118,18 @@ fn main() -> copas::Result<()> {
         })?,
         None => DEFAULT_PORT,
     };
+    // With port 0 the system picks both; else the control port is the next one, and 65535
+    // has none.
+    let control_port = match port {
+        0 => 0,
+        _ => port.checked_add(1).ok_or_else(|| {
+            copas::Error::with_message(
+                copas::ErrorKind::InvalidInput,
+                format!("bad port {port}: the control port, the next one, would be past 65535"),
+            )
+        })?,
+    };
     let echo = TcpListener::bind(("127.0.0.1", port))?;
-    let control_port = if port == 0 { 0 } else { port + 1 };
     let control = TcpListener::bind(("127.0.0.1", control_port))?;
     println!(
         "dump: echo on {}, control on {}",

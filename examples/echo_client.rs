@@ -9,7 +9,8 @@
 //! Everything runs in one coroutine. The host name is resolved on a helper thread
 //! (`copas::connect` does that through `copas::offload`), and so is reading standard input,
 //! which has no non-blocking form: the dispatcher stays free for other coroutines while the
-//! user types. Each reply is printed as it comes.
+//! user types. Each reply is printed as it comes. The session ends at the end of the
+//! input, or when the server closes the connection (as the echo server does after `quit`).
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -33,6 +34,13 @@ fn next_stdin_line() -> copas::Result<Option<String>> {
     })?
 }
 
+/// Whether `e` is the server ending the session between two lines, as the echo server does
+/// after `quit`: the end of the stream, with no part of a line before it. A reset, or a
+/// reply cut in the middle, is a failure.
+fn server_ended(e: &copas::Error) -> bool {
+    e.kind() == copas::ErrorKind::Closed && e.partial().is_empty() && e.io_error().is_none()
+}
+
 fn client(
     addr: String,
     mut args: std::vec::IntoIter<String>,
@@ -49,7 +57,14 @@ fn client(
         };
         let Some(line) = line else { break };
         sock.send(format!("{line}\n").as_bytes())?;
-        let reply = sock.receive_line()?;
+        let reply = match sock.receive_line() {
+            Ok(reply) => reply,
+            Err(e) if server_ended(&e) => {
+                eprintln!("{addr} closed the connection");
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         println!("{reply}");
     }
     Ok(())

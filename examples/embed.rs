@@ -25,14 +25,27 @@ fn echo(mut sock: Socket) {
     }
 }
 
+fn bad_input(message: String) -> copas::Error {
+    copas::Error::with_message(copas::ErrorKind::InvalidInput, message)
+}
+
 fn main() -> copas::Result<()> {
-    let port = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(DEFAULT_PORT);
-    let max_ticks: Option<u64> = std::env::var("EMBED_TICKS")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    // A typo is refused rather than replaced by the default: that would serve somewhere
+    // else, or forever, without a word.
+    let port = match std::env::args().nth(1) {
+        Some(arg) => arg
+            .parse()
+            .map_err(|_| bad_input(format!("bad port {arg:?}")))?,
+        None => DEFAULT_PORT,
+    };
+    let max_ticks: Option<u64> = match std::env::var_os("EMBED_TICKS") {
+        Some(v) => Some(
+            v.to_str()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad_input(format!("bad EMBED_TICKS {v:?}")))?,
+        ),
+        None => None,
+    };
 
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     println!("embed: echo server on {}", listener.local_addr()?);

@@ -7,7 +7,7 @@
 //!
 //! The request runs in a coroutine (it could share the dispatcher with many others); the
 //! body is streamed to standard output as it arrives, so any size works. Redirects are
-//! followed (the safe policy); the final URL is printed when it differs.
+//! followed (the safe policy); the final URL is printed when a redirect changed it.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -68,7 +68,8 @@ fn main() -> ExitCode {
         };
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        if response.url().as_str() != url {
+        // Compared as parsed URLs: `http://host` and `http://host/` are the same one.
+        if url::Url::parse(&url).ok().as_ref() != Some(response.url()) {
             let _ = writeln!(out, "(from {})", response.url());
         }
         let _ = writeln!(out, "{}", response.status_line());

@@ -12,6 +12,10 @@
 //! `Content-Length`, and go round again for the next request on the same connection. The
 //! connection ends at end of stream, on `Connection: close`, or after an HTTP/1.0 request
 //! that did not ask for keep-alive.
+//!
+//! A request body is read (and dropped) by its `Content-Length` only. A request with a
+//! `Transfer-Encoding` (a chunked body, say) is answered `501 Not Implemented` and the
+//! connection closed: read as if it had no body, its chunks would pass for requests.
 
 use std::net::TcpListener;
 
@@ -26,6 +30,11 @@ const RESPONSE: &[u8] =
 
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The answer to a body this server cannot find the end of (RFC 9112 §6.1: a server that
+/// does not understand a transfer coding answers 501 and closes).
+const NOT_IMPLEMENTED: &[u8] =
+    b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Header lines one request may have. Each line is bounded already (`Pattern::Line` has
 /// a limit); this bounds how long one peer can keep its request going.
@@ -46,6 +55,8 @@ struct Request {
     body: u64,
     /// A `Content-Length` field came.
     length_seen: bool,
+    /// A `Transfer-Encoding` field came.
+    encoded: bool,
 }
 
 /// Reads one request head (request line and headers up to the empty line). `Ok(None)` at a
@@ -63,6 +74,7 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
         close: line.ends_with(b"HTTP/1.0"),
         body: 0,
         length_seen: false,
+        encoded: false,
     };
     for _ in 0..=MAX_HEADERS {
         let header = sock.receive(Pattern::Line)?;
@@ -92,6 +104,8 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
             }
             req.body = length;
             req.length_seen = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            req.encoded = true;
         }
     }
     Err(bad_request("too many header lines"))
@@ -129,6 +143,11 @@ fn serve(mut sock: Socket) {
                 break;
             }
         };
+        // Its body has no length to skip by, and the connection cannot go on past it.
+        if req.encoded {
+            let _ = sock.send(NOT_IMPLEMENTED);
+            break;
+        }
         // A body (none for GET) is read and ignored.
         if skip_body(&mut sock, req.body).is_err() {
             break;

@@ -237,6 +237,49 @@ fn echo_example_rejects_a_bad_port_argument() {
     }
 }
 
+#[test]
+fn embed_example_rejects_a_bad_port_argument_and_a_bad_tick_count() {
+    let _dog = util::Watchdog::new("embed bad arguments test", Duration::from_secs(400));
+    let embed = example("embed");
+    // A bad port with a good tick count, then a good port with a bad tick count: each is
+    // refused before anything listens.
+    let cases = [
+        ("notaport", "20", "bad port"),
+        ("70000", "20", "bad port"),
+        ("-1", "20", "bad port"),
+        ("0", "lots", "bad EMBED_TICKS"),
+        ("0", "-5", "bad EMBED_TICKS"),
+    ];
+    for (port, ticks, error) in cases {
+        let mut cmd = Command::new(&embed);
+        cmd.arg(port)
+            .env("EMBED_TICKS", ticks)
+            .env("RUST_BACKTRACE", "0");
+        let out = output_within(cmd, b"", Duration::from_secs(30));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let case = format!("port {port:?}, EMBED_TICKS {ticks:?}");
+        assert!(
+            !out.status.success() && out.status.code().is_some(),
+            "{case}: expected a non-zero exit code, got {}; stderr: {stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "{case}: an error, not a panic: {stderr}"
+        );
+        let bad = if error == "bad port" { port } else { ticks };
+        assert!(
+            stderr.contains(error) && stderr.contains(bad),
+            "{case}: the error names the argument: {stderr}"
+        );
+        assert!(
+            !stdout.contains("echo server on"),
+            "{case}: it must not listen: {stdout}"
+        );
+    }
+}
+
 /// Starts `examples/http_hello` on a free port; returns it and the address it listens on.
 fn start_http_hello() -> (Running, SocketAddr) {
     let mut server = Running::start(&example("http_hello"), &["0"], &[]);
@@ -279,17 +322,7 @@ fn http_hello_example_answers_pipelined_keep_alive_requests_and_closes_on_connec
 #[test]
 fn http_hello_example_refuses_endless_headers_and_bad_lengths_and_skips_large_bodies() {
     let (mut server, addr) = start_http_hello();
-    let exchange = |request: &[u8]| -> String {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(CLIENT_TIMEOUT))
-            .expect("timeout");
-        // The server may answer and close before it has read all of a refused request.
-        let _ = stream.write_all(request);
-        let mut reply = Vec::new();
-        let _ = stream.read_to_end(&mut reply);
-        String::from_utf8_lossy(&reply).into_owned()
-    };
+    let exchange = |request: &[u8]| http_exchange(addr, request);
 
     // A request whose headers never end: refused after the limit, not read forever.
     let mut endless = b"GET / HTTP/1.1\r\n".to_vec();
@@ -342,4 +375,52 @@ fn http_hello_example_refuses_endless_headers_and_bad_lengths_and_skips_large_bo
     let reply = exchange(&big);
     assert_eq!(reply.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{reply:?}");
     server.assert_still_running();
+}
+
+#[test]
+fn http_hello_example_answers_any_transfer_encoding_with_501_and_closes() {
+    let (mut server, addr) = start_http_hello();
+    for coding in ["chunked", "gzip, chunked", "identity"] {
+        // A chunked body whose lines would read as requests of their own, then a request
+        // that would be answered too if the connection went on.
+        let reply = http_exchange(
+            addr,
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {coding}\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\n\
+                 GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert!(
+            reply.starts_with("HTTP/1.1 501 Not Implemented\r\n"),
+            "{coding:?}: {reply:?}"
+        );
+        assert_eq!(
+            reply.matches("HTTP/1.1 ").count(),
+            1,
+            "{coding:?}: one answer, then the connection ends: {reply:?}"
+        );
+    }
+    // Requests without one are served as before.
+    let reply = http_exchange(
+        addr,
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
+    server.assert_still_running();
+}
+
+/// Sends `request` on a new connection and returns all that comes back until the server
+/// closes (what came before a reset included: the server may answer and close before it
+/// has read all of a refused request).
+fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .expect("timeout");
+    let _ = stream.write_all(request);
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
 }

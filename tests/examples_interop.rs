@@ -337,6 +337,35 @@ fn chat_example_reads_lines_with_bufreader_refusing_non_utf8_and_overlong_lines(
 }
 
 #[test]
+fn chat_example_does_not_count_the_cr_of_a_crlf_line_against_the_limit() {
+    let _dog = util::Watchdog::new("chat crlf limit test", Duration::from_secs(400));
+    let (mut server, addr) = Running::server("chat", "chat: listening on");
+
+    let mut alice = Chatter::join(addr, "alice", &[]);
+    let mut bob = Chatter::join(addr, "bob", &["alice"]);
+    assert_eq!(alice.line(), "* bob joined");
+
+    // The longest line, as telnet (or `nc -C`) sends it: the CR is part of the ending.
+    let longest = "x".repeat(1024);
+    bob.send_bytes(format!("{longest}\r\n").as_bytes());
+    assert_eq!(alice.line(), format!("bob: {longest}"));
+    // A CR that is not the ending's is part of the line: here the 1,025th byte.
+    bob.send_bytes(format!("{longest}\r\r\n").as_bytes());
+    assert_eq!(bob.line(), "* line longer than 1024 bytes; bye");
+    bob.expect_end();
+    assert_eq!(alice.line(), "* bob left");
+
+    let mut carol = Chatter::join(addr, "carol", &["alice"]);
+    assert_eq!(alice.line(), "* carol joined");
+    // One byte too many before a CRLF.
+    carol.send_bytes(format!("y{longest}\r\n").as_bytes());
+    assert_eq!(carol.line(), "* line longer than 1024 bytes; bye");
+    carol.expect_end();
+    assert_eq!(alice.line(), "* carol left");
+    server.assert_still_running();
+}
+
+#[test]
 fn chat_example_disconnects_a_client_that_does_not_read_without_stalling_the_others() {
     let _dog = util::Watchdog::new("chat slow client test", Duration::from_secs(400));
     let (mut server, addr) = Running::server("chat", "chat: listening on");

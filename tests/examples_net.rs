@@ -124,3 +124,51 @@ fn echo_client_example_reports_typed_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("host not found"), "{stderr}");
 }
+
+#[test]
+fn echo_client_example_ends_successfully_when_the_server_closes_after_quit() {
+    let server = Server::start("echo");
+    let target = format!("127.0.0.1:{}", server.addr.port());
+    // `quit` is how the echo example's docs end a session: the server closes, and that is
+    // the session's normal end, from standard input or from the arguments.
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.arg(&target);
+    let out = output_within(cmd, b"hello\nquit\n", LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.args([target.as_str(), "hello", "quit"]);
+    let out = output_within(cmd, b"", LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+
+    // A server that closes in the middle of a reply line, or resets the connection, has
+    // failed: still an error.
+    for reset in [false, true] {
+        let (listener, addr) = util::local_listener();
+        std::thread::spawn(move || {
+            if let Ok((mut peer, _)) = listener.accept() {
+                let _ = peer.set_read_timeout(Some(LIMIT));
+                let mut line = String::new();
+                let _ = BufReader::new(&peer).read_line(&mut line);
+                if reset {
+                    let _ = socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO));
+                } else {
+                    let _ = std::io::Write::write_all(&mut peer, b"half a li");
+                }
+            } // dropped: closed
+        });
+        let mut cmd = Command::new(example("echo_client"));
+        cmd.args([addr.to_string().as_str(), "x"]);
+        let out = output_within(cmd, b"", LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "reset {reset}: {stderr}");
+        assert!(
+            stderr.contains("echo_client: closed"),
+            "reset {reset}: {stderr}"
+        );
+    }
+}

@@ -1077,3 +1077,62 @@ fn expect_100_continue_sends_the_body_after_a_second_of_silence() {
         "the body came {waited:?} after the head"
     );
 }
+
+/// Serves `connections` HTTP/1.1 requests on `listener`, one per connection, on a thread:
+/// `/old` is redirected to `/new`, anything else is answered `200 OK`.
+fn serve_redirects(listener: std::net::TcpListener, connections: usize) {
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((mut peer, _)) = listener.accept() else {
+                return;
+            };
+            let _ = peer.set_read_timeout(Some(secs(10)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                match peer.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let reply: &[u8] = if head.starts_with(b"GET /old ") {
+                b"HTTP/1.1 301 Moved Permanently\r\nLocation: /new\r\nContent-Length: 0\r\n\
+                  Connection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+            };
+            let _ = peer.write_all(reply);
+        }
+    });
+}
+
+#[test]
+fn http_get_example_names_the_final_url_only_when_a_redirect_changed_it() {
+    let _turn = serial();
+    let _dog = Watchdog::new("http_get example", secs(400));
+    let program = util::example_binary("http_get");
+    let (listener, addr) = util::local_listener();
+    serve_redirects(listener, 4);
+    let get = |url: &str| -> String {
+        let mut cmd = Command::new(&program);
+        cmd.arg(url);
+        let out = util::output_within(cmd, b"", secs(30));
+        assert!(
+            out.status.success(),
+            "{url}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The same URL as the one fetched, written differently: no redirect happened.
+    for url in [format!("http://{addr}"), format!("HTTP://{addr}/new")] {
+        let text = get(&url);
+        assert!(text.starts_with("HTTP/1.1 200 OK\n"), "{url}: {text:?}");
+    }
+    let text = get(&format!("http://{addr}/old"));
+    assert!(
+        text.starts_with(&format!("(from http://{addr}/new)\nHTTP/1.1 200 OK\n")),
+        "{text:?}"
+    );
+}

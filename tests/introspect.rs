@@ -526,6 +526,32 @@ fn dump_example_prints_the_dump_on_its_control_port_and_shuts_down() {
 }
 
 #[test]
+fn dump_example_refuses_port_65535_whose_control_port_would_not_exist() {
+    let mut cmd = Command::new(util::example_binary("dump"));
+    cmd.arg("65535").env("RUST_BACKTRACE", "0");
+    let out = util::output_within(cmd, b"", Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "expected a non-zero exit code, got {}; stderr: {stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "an error, not a panic: {stderr}"
+    );
+    assert!(
+        stderr.contains("bad port") && stderr.contains("65535"),
+        "the error names the port: {stderr}"
+    );
+    assert!(
+        !stdout.contains("control on"),
+        "it must not listen: {stdout}"
+    );
+}
+
+#[test]
 fn a_coroutine_added_between_steps_is_dated_by_the_next_step() {
     let co = copas::addnamedthread("late", || {
         copas::pauseforever();

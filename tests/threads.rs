@@ -263,11 +263,23 @@ fn reuseport_listeners_share_a_port_that_a_plain_listener_holds_alone() {
 
 #[test]
 fn echo_multicore_example_serves_from_several_threads() {
+    let port = util::local_listener().1.port();
+    echo_multicore_serves_from_every_thread(&port.to_string());
+}
+
+/// With port 0 each listener bound its own free port, and the banner named only the first.
+#[test]
+fn echo_multicore_example_with_port_0_serves_from_every_thread_on_the_announced_port() {
+    echo_multicore_serves_from_every_thread("0");
+}
+
+/// Starts `echo_multicore 3 <port>` and asks on the address its banner names until each of
+/// the three dispatcher threads has answered there (bounded).
+fn echo_multicore_serves_from_every_thread(port: &str) {
     let _dog = util::Watchdog::new("echo_multicore example", Duration::from_secs(400));
     let program = util::example_binary("echo_multicore");
-    let port = util::local_listener().1.port();
     let mut child = Command::new(program)
-        .args(["3", &port.to_string()])
+        .args(["3", port])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -279,14 +291,19 @@ fn echo_multicore_example_serves_from_several_threads() {
     BufReader::new(stdout)
         .read_line(&mut banner)
         .expect("banner");
-    assert!(
-        banner.contains("with 3 dispatcher threads"),
-        "banner: {banner:?}"
-    );
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    // The banner comes from thread 0's setup; the others may still be binding.
-    assert!(util::wait_until(Duration::from_secs(30), || {
-        let mut seen = [false; 3];
+    // "echo server listening on 127.0.0.1:P with 3 dispatcher threads"
+    let addr: SocketAddr = banner
+        .split(" with 3 dispatcher threads")
+        .next()
+        .filter(|_| banner.contains(" with 3 dispatcher threads"))
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in the banner {banner:?}"));
+    assert_ne!(addr.port(), 0, "the banner names the port: {banner:?}");
+    let mut seen = [false; 3];
+    // The kernel spreads connections by a hash, and the other threads may still be binding
+    // when the banner comes: ask until each has answered (bounded).
+    util::wait_until(Duration::from_secs(30), || {
         for k in 0..60 {
             let line = format!("hello {k}");
             let reply = round_trip(addr, &line);
@@ -295,6 +312,63 @@ fn echo_multicore_example_serves_from_several_threads() {
             seen[index.parse::<usize>().expect("index")] = true;
         }
         seen.iter().all(|&s| s)
-    }));
+    });
+    assert_eq!(
+        seen, [true; 3],
+        "the banner says 3 dispatcher threads listen on {addr}; these answered there"
+    );
     drop(example);
+}
+
+#[test]
+fn echo_multicore_example_exits_non_zero_when_its_dispatchers_fail() {
+    use std::os::unix::process::CommandExt;
+    let _dog = util::Watchdog::new("echo_multicore failures", Duration::from_secs(400));
+    let program = util::example_binary("echo_multicore");
+    let check = |mut cmd: Command, why: &str| {
+        cmd.env("RUST_BACKTRACE", "0");
+        let out = util::output_within(cmd, b"", Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code().is_some_and(|c| c != 0),
+            "it serves nowhere, yet ends with {}; stderr: {stderr}",
+            out.status
+        );
+        assert!(stderr.contains(why), "the error says why: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "an error, not a panic: {stderr}"
+        );
+    };
+
+    // A plain listener (no SO_REUSEPORT) holds the port alone: nothing can bind it.
+    let (_holder, addr) = util::local_listener();
+    let mut cmd = Command::new(&program);
+    cmd.args(["2", &addr.port().to_string()]);
+    check(cmd, "in use");
+
+    // Descriptors for the standard streams and one listener only: the port is bound, but
+    // every dispatcher fails to set up (no descriptor for its poller or its own listener).
+    // Whatever else the test inherited is closed first, so the listener gets descriptor 3.
+    let mut cmd = Command::new(&program);
+    cmd.args(["2", "0"]);
+    // SAFETY: close and setrlimit are async-signal-safe, and are all that runs between fork
+    // and exec (closing std's own error pipe only leaves an exec failure unreported).
+    unsafe {
+        cmd.pre_exec(|| {
+            for fd in 3..1024 {
+                libc::close(fd);
+            }
+            let four = libc::rlimit {
+                rlim_cur: 4,
+                rlim_max: 4,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &four) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    check(cmd, "dispatcher thread 1: ");
 }
