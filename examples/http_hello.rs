@@ -86,9 +86,11 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
         };
         let (name, value) = (&header[..colon], header[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"connection") {
-            if value.eq_ignore_ascii_case(b"close") {
+            // A list of options (RFC 9110 §7.6.1): `close` among them wins.
+            let mut options = value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+            if options.clone().any(|o| o.eq_ignore_ascii_case(b"close")) {
                 req.close = true;
-            } else if value.eq_ignore_ascii_case(b"keep-alive") {
+            } else if options.any(|o| o.eq_ignore_ascii_case(b"keep-alive")) {
                 req.close = false;
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {

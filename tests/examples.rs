@@ -411,6 +411,34 @@ fn http_hello_example_answers_any_transfer_encoding_with_501_and_closes() {
     server.assert_still_running();
 }
 
+/// `Connection` holds a list of options (RFC 9110 §7.6.1): `close` among others still
+/// ends the connection after the answer (only the exact value `close` did).
+#[test]
+fn http_hello_example_closes_when_close_is_one_of_the_connection_options() {
+    let (mut server, addr) = start_http_hello();
+    for options in ["keep-alive, close", "close , Upgrade", "TE,close"] {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("timeout");
+        stream
+            .write_all(format!("GET / HTTP/1.1\r\nConnection: {options}\r\n\r\n").as_bytes())
+            .expect("write");
+        let mut reply = Vec::new();
+        let end = stream.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            end.is_ok(),
+            "{options:?}: the server kept the connection open ({end:?}) after {reply:?}"
+        );
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{options:?}: {reply:?}"
+        );
+    }
+    server.assert_still_running();
+}
+
 /// Sends `request` on a new connection and returns all that comes back until the server
 /// closes (what came before a reset included: the server may answer and close before it
 /// has read all of a refused request).
