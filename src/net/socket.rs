@@ -805,9 +805,9 @@ impl Socket {
     ///
     /// [`ErrorKind::Closed`] when the peer reset the connection or the socket was closed,
     /// [`ErrorKind::Timeout`] when the send timeout expired; [`Error::sent`] tells how
-    /// many bytes went out before. Over TLS it counts the bytes encrypted, some of which may
-    /// still wait for the kernel when it equals `data`'s length: they go out first at the
-    /// connection's next operation, so the next send may start anywhere.
+    /// many bytes went out before. Over TLS, after a `Timeout` the next send must start with
+    /// the bytes not yet sent, or the connection be closed: the TLS layer has already
+    /// committed the record it was writing.
     pub fn send(&mut self, data: &[u8]) -> Result<usize> {
         self.refuse_if_closed()?;
         self.fair_share();
@@ -842,11 +842,6 @@ impl Socket {
                 Ok(n) => sent += n,
                 Err(e) => return Err(e.with_sent(sent)),
             }
-        }
-        if self.conn.tls.get().is_some_and(TlsLayer::has_unsent) {
-            // Every byte is encrypted, and the deadline passed before the kernel took the
-            // last record: a send that timed out, though none of `data` is left to send.
-            return Err(Error::new(ErrorKind::Timeout).with_sent(sent));
         }
         Ok(sent)
     }
@@ -1255,11 +1250,11 @@ impl Write for Socket {
     /// Sends as much of `data` as the kernel takes at once (at least one byte), waiting if
     /// it takes none. The send timeout applies.
     ///
-    /// Over TLS it encrypts up to one record (16 KiB) and waits until the kernel has taken
-    /// it. When the send timeout passes meanwhile the bytes are still counted as written,
-    /// since they are encrypted and will be sent: the next `write` or `flush` sends them
-    /// first and reports the timeout if they still cannot go. Call `flush` before closing
-    /// to learn that they went.
+    /// Over TLS a `TimedOut` departs from the trait's "nothing was written": the TLS layer
+    /// has encrypted and committed the record it was writing, and sends it with the next
+    /// write, which must therefore begin with the same bytes (`data` again, or the rest of
+    /// the data from there on), or the connection be closed. Other bytes first would be
+    /// lost in their place (as for [`Socket::send`]).
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.refuse_if_closed().map_err(to_io)?;
         if data.is_empty() {
@@ -1294,15 +1289,8 @@ impl Write for Socket {
         sent
     }
 
-    /// Over TLS, waits until the kernel has taken the encrypted bytes a `write` that met
-    /// the send timeout left behind (`TimedOut` if the timeout passes again); nothing to do
-    /// on a plain socket, which holds no bytes of its own.
     fn flush(&mut self) -> io::Result<()> {
-        let Some(tls) = self.conn.tls.get() else {
-            return Ok(());
-        };
-        let deadline = Self::deadline(self.conn.timeouts.get().send);
-        tls.flush_unsent(&self.conn, deadline).map_err(to_io)
+        Ok(())
     }
 }
 

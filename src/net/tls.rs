@@ -42,17 +42,6 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Size of the adapter's buffer for raw (encrypted) bytes.
 const RAW_BUFFER: usize = read_buffers::RAW_LEN;
 
-/// The most plaintext handed to OpenSSL in one `SSL_write`: one record's worth (RFC 8446
-/// §5.1), so the encrypted bytes of one write the kernel does not take at once stay about
-/// one record.
-const MAX_WRITE: usize = 16 * 1024;
-
-/// The most encrypted bytes the adapter holds for the kernel. Past it a write would block,
-/// as the kernel's would: only records OpenSSL writes on its own while reading (key updates,
-/// alerts a peer provokes without reading) can get there, since every write first waits
-/// until what is held has gone.
-const UNSENT_LIMIT: usize = 64 * 1024;
-
 /// `Read`/`Write` over the connection's non-blocking descriptor, for `native-tls`.
 ///
 /// It never waits: where the descriptor would block it returns `WouldBlock` and remembers
@@ -64,12 +53,6 @@ pub(crate) struct FdIo {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// Encrypted bytes the TLS layer has written that the kernel has not taken yet, from
-    /// `unsent`. The adapter takes every write whole (up to [`UNSENT_LIMIT`]), so OpenSSL
-    /// never holds a record half written: it would then require the next `SSL_write` to
-    /// repeat the same bytes, and a write that timed out could not be followed by other data.
-    unsent: Vec<u8>,
-    unsent_start: usize,
     /// The direction of the last `WouldBlock`: `Some(true)` for writing.
     blocked: Option<bool>,
     /// The kernel reported end of stream.
@@ -104,8 +87,6 @@ impl FdIo {
             buf: prefill,
             start: 0,
             end,
-            unsent: Vec::new(),
-            unsent_start: 0,
             blocked: None,
             eof: false,
             handshaking: true,
@@ -136,32 +117,6 @@ impl FdIo {
     /// The kernel reported end of stream in the middle of a record.
     fn truncated(&self) -> bool {
         self.eof && !self.framing.between_records()
-    }
-
-    /// Whether encrypted bytes wait for the kernel.
-    fn has_unsent(&self) -> bool {
-        self.unsent_start < self.unsent.len()
-    }
-
-    /// Hands the kernel what it takes of the bytes held back, without waiting; true once
-    /// none is left. The buffer goes once empty: a connection keeps none while idle.
-    fn push_unsent(&mut self) -> io::Result<bool> {
-        if !self.has_unsent() {
-            return Ok(true);
-        }
-        while self.has_unsent() && self.io.writable.get() {
-            match self.io.send(&self.unsent[self.unsent_start..]) {
-                Ok(n) => self.unsent_start += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if self.has_unsent() {
-            return Ok(false);
-        }
-        self.unsent = Vec::new();
-        self.unsent_start = 0;
-        Ok(true)
     }
 }
 
@@ -279,38 +234,21 @@ impl Read for FdIo {
 }
 
 impl Write for FdIo {
-    /// Takes all of `data`: what the kernel does not take at once is held (see `unsent`),
-    /// and goes before anything written later.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
-        if !self.push_unsent()? {
-            if self.unsent.len() - self.unsent_start + data.len() > UNSENT_LIMIT {
-                return Err(self.would_block(true));
-            }
-            self.unsent.extend_from_slice(data);
-            return Ok(data.len());
+        let io = self.io.clone();
+        if !io.writable.get() {
+            return Err(self.would_block(true));
         }
-        let sent = if self.io.writable.get() {
-            match self.io.send(data) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            }
-        } else {
-            0
-        };
-        self.unsent.extend_from_slice(&data[sent..]);
-        Ok(data.len())
+        match io.send(data) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(self.would_block(true)),
+            other => other,
+        }
     }
 
-    /// Sends what the kernel takes of the bytes held back, and never fails: OpenSSL ignores
-    /// the result of some of its flushes (after an alert), and the error its adapter gave
-    /// would then surface from a later, unrelated call. What is left goes before the next
-    /// write, and a handshake or read that waits for the peer sends it first.
     fn flush(&mut self) -> io::Result<()> {
-        let _ = self.push_unsent();
         Ok(())
     }
 }
@@ -324,18 +262,6 @@ pub(crate) struct TlsLayer {
     /// A `close_notify` went out (`shutdown` of the writing side, or `close`): OpenSSL
     /// refuses every write from then on, as the kernel does after a plain shutdown.
     write_shut: Cell<bool>,
-    /// Writes under way ([`TlsLayer::send_some`]): they send what the adapter holds, so a
-    /// reader need not.
-    writers: Cell<u32>,
-}
-
-/// Counts a write out of [`TlsLayer::writers`] however it ends.
-struct WriterGuard<'a>(&'a Cell<u32>);
-
-impl Drop for WriterGuard<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
 }
 
 impl fmt::Debug for TlsLayer {
@@ -359,8 +285,7 @@ impl TlsLayer {
         deadline: Option<Instant>,
     ) -> Result<usize> {
         // The last `SSL_read` blocked writing (a handshake message or key update it owes the
-        // peer), or the adapter holds bytes no write is sending: the next must be made once
-        // the socket takes bytes, input or not.
+        // peer): the next must be made once the socket takes bytes, input or not.
         let mut flush_pending = false;
         loop {
             if conn.io.is_closed() {
@@ -372,7 +297,7 @@ impl TlsLayer {
             if !flush_pending && !dst.is_empty() && self.drained(conn) {
                 // `SSL_read` could only answer "want read", and OpenSSL reports that through
                 // its error queue: about 1,600 instructions per message of a TLS echo.
-                conn.wait(self.unsent_orphaned(), deadline)?;
+                conn.wait(false, deadline)?;
                 continue;
             }
             let (result, write, eof, truncated) = {
@@ -402,7 +327,7 @@ impl TlsLayer {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     debug_assert!(write.is_some(), "WouldBlock not from the adapter");
-                    flush_pending = write.unwrap_or(false) || self.unsent_orphaned();
+                    flush_pending = write.unwrap_or(false);
                     conn.wait(flush_pending, deadline)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -413,23 +338,12 @@ impl TlsLayer {
 
     /// One successful TLS write of at least one byte, waiting as needed (the TLS
     /// counterpart of `Socket::send_some`).
-    ///
-    /// The bytes a write takes are encrypted at once, so they are sent whatever comes next:
-    /// first, until the kernel has taken whatever earlier writes left, nothing of `data` is
-    /// taken (a timeout then has written none of it). After the write it waits until the
-    /// kernel has taken the record; if `deadline` passes meanwhile it still returns the count
-    /// taken, and the record goes out ahead of the next write, at [`TlsLayer::flush_unsent`],
-    /// or while a read waits.
     pub(crate) fn send_some(
         &self,
         conn: &Connection,
         data: &[u8],
         deadline: Option<Instant>,
     ) -> Result<usize> {
-        self.writers.set(self.writers.get() + 1);
-        let _writing = WriterGuard(&self.writers);
-        self.flush_unsent(conn, deadline)?;
-        let data = &data[..data.len().min(MAX_WRITE)];
         loop {
             if conn.io.is_closed() {
                 return Err(Error::new(ErrorKind::Closed));
@@ -448,15 +362,8 @@ impl TlsLayer {
                 Ok(0) if !data.is_empty() => {
                     return Err(Error::new(ErrorKind::Closed));
                 }
-                Ok(n) => {
-                    return match self.flush_unsent(conn, deadline) {
-                        Err(e) if e.kind() == ErrorKind::Timeout => Ok(n),
-                        Err(e) => Err(e),
-                        Ok(()) => Ok(n),
-                    };
-                }
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // OpenSSL wants to read first (a TLS 1.2 renegotiation).
                     debug_assert!(write.is_some(), "WouldBlock not from the adapter");
                     conn.wait(write.unwrap_or(true), deadline)?;
                 }
@@ -464,39 +371,6 @@ impl TlsLayer {
                 Err(e) => return Err(failure(conn, e, false)),
             }
         }
-    }
-
-    /// Waits until the kernel has taken the encrypted bytes the adapter holds, or `deadline`
-    /// passes (`Timeout`).
-    pub(crate) fn flush_unsent(&self, conn: &Connection, deadline: Option<Instant>) -> Result<()> {
-        loop {
-            if conn.io.is_closed() {
-                return Err(Error::new(ErrorKind::Closed));
-            }
-            let pushed = self.stream.borrow_mut().get_mut().push_unsent();
-            match pushed {
-                Ok(true) => return Ok(()),
-                Ok(false) => conn.wait(true, deadline)?,
-                Err(e) => return Err(failure(conn, e, false)),
-            }
-        }
-    }
-
-    /// Whether encrypted bytes wait for the kernel and no write is under way to send them:
-    /// then a reader about to wait sends them instead (the peer may be waiting for them).
-    fn unsent_orphaned(&self) -> bool {
-        self.writers.get() == 0
-            && self
-                .stream
-                .try_borrow_mut()
-                .is_ok_and(|mut stream| !stream.get_mut().push_unsent().unwrap_or(true))
-    }
-
-    /// Whether encrypted bytes wait for the kernel (false when that cannot be told).
-    pub(crate) fn has_unsent(&self) -> bool {
-        self.stream
-            .try_borrow()
-            .is_ok_and(|stream| stream.get_ref().has_unsent())
     }
 
     /// Whether a read can make progress without the kernel: decrypted bytes in the TLS
@@ -641,7 +515,6 @@ fn handshake(
                 return Ok(TlsLayer {
                     stream: RefCell::new(stream),
                     write_shut: Cell::new(false),
-                    writers: Cell::new(0),
                 });
             }
             Err(HandshakeError::Failure(e)) => {
@@ -662,10 +535,7 @@ fn handshake(
                 ));
             }
             Err(HandshakeError::WouldBlock(mut mid)) => {
-                let adapter = mid.get_mut();
-                // A flight OpenSSL did not flush before waiting for the peer's answer goes
-                // first: the peer answers nothing it has not had.
-                let write = adapter.take_blocked() || !adapter.push_unsent().unwrap_or(true);
+                let write = mid.get_mut().take_blocked();
                 conn.wait(write, deadline)?;
                 attempt = mid.handshake();
             }
