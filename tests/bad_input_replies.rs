@@ -550,3 +550,81 @@ fn ftp_a_listing_of_millions_of_short_names_is_refused_with_bounded_memory() {
     // The bytes received (in a vector that may have doubled) and the entries up to the limit.
     assert!(heap < 4 * ftp::MAX_LISTING, "peak heap {heap} bytes");
 }
+
+/// The receive timeout bounds a whole reply, as `Mail::timeouts` says ("for each reply"): a
+/// server sending a long reply a line at a time, each line within the timeout, held the
+/// client for as many timeouts as lines (up to 1,000). Here 12 lines 250 ms apart under a
+/// 400 ms timeout took 3 s, for SMTP's `EHLO` and for an FTP greeting alike.
+#[test]
+fn a_reply_dribbled_a_line_at_a_time_is_bounded_by_one_receive_timeout() {
+    let _dog = util::Watchdog::new("dribbled replies", secs(60));
+    let dribbled = |first: &str| {
+        let mut steps = Vec::new();
+        for i in 0..12 {
+            steps.push(send(&format!("{first}-line {i}\r\n")));
+            steps.push(Step::Hold(Duration::from_millis(250)));
+        }
+        steps.push(send(&format!("{first} last\r\n")));
+        steps
+    };
+    let mut smtp_steps = vec![send("220 ready\r\n"), Step::ReadLine];
+    smtp_steps.extend(dribbled("250"));
+    let (addr, smtp_peer) = peer(vec![smtp_steps]);
+    let start = Instant::now();
+    let got = smtp::send(&mail(addr).timeouts(
+        Some(secs(5)),
+        Some(secs(5)),
+        Some(Duration::from_millis(400)),
+    ));
+    let took = start.elapsed();
+    smtp_peer.join().expect("peer");
+    assert_eq!(
+        got.map(|r| r.code()).map_err(|e| e.kind()),
+        Err(ErrorKind::Timeout)
+    );
+    assert!(
+        took < Duration::from_millis(2000),
+        "smtp: EHLO's reply took {took:?}"
+    );
+
+    let (addr, ftp_peer) = peer(vec![dribbled("220")]);
+    let start = Instant::now();
+    let got = ftp::Client::connect(addr, Some(Duration::from_millis(400))).map(|_| ());
+    let took = start.elapsed();
+    ftp_peer.join().expect("peer");
+    assert_eq!(got.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+    assert!(
+        took < Duration::from_millis(2000),
+        "ftp: the greeting took {took:?}"
+    );
+}
+
+/// A one-call transfer whose server never answers `QUIT` returns a second after the work is
+/// done at most, not after a whole receive timeout (as SMTP's silent goodbye): the file had
+/// come whole with its `226`, and the reply to `QUIT` changes nothing.
+#[test]
+fn ftp_a_silent_quit_after_a_finished_transfer_does_not_hold_the_caller() {
+    let _dog = util::Watchdog::new("ftp silent quit", secs(60));
+    let (data_listener, data_addr) = util::local_listener();
+    let data = std::thread::spawn(move || {
+        let (mut s, _) = data_listener.accept().expect("data accept");
+        std::io::Write::write_all(&mut s, b"all of it").expect("data write");
+    });
+    let mut script = one_transfer_script(data_addr.port());
+    let bye = script.len() - 1;
+    script[bye] = Step::Hold(secs(15));
+    let (addr, peer) = peer(vec![script]);
+    let url = format!("ftp://127.0.0.1:{}/f.bin", addr.port());
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let got = ftp::get_to(&url, &ftp::Options::new().timeout(Some(secs(10))), &mut out);
+    let took = start.elapsed();
+    data.join().expect("data");
+    peer.join().expect("peer");
+    assert_eq!(got.map_err(|e| e.kind()), Ok(9));
+    assert_eq!(out, b"all of it");
+    assert!(
+        took < secs(5),
+        "get took {took:?} for a QUIT nobody answered"
+    );
+}

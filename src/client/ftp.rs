@@ -121,7 +121,8 @@ impl Options {
         Options::default()
     }
 
-    /// The timeout of each connect, send and receive (`None`: wait forever).
+    /// The timeout of each connect, send and receive (`None`: wait forever); on the control
+    /// connection a receive is a whole reply, however many lines it has.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Options {
         self.timeout = timeout;
         self
@@ -749,6 +750,16 @@ impl Client {
         result
     }
 
+    /// `QUIT` at the end of a one-call function, whose work is done: its reply is waited
+    /// for a second at most, not a whole receive timeout (as SMTP's goodbye), and not
+    /// needed.
+    fn goodbye(self) {
+        let (connect, send, _) = self.ctrl.gettimeouts();
+        self.ctrl
+            .settimeouts(connect, send, Some(Duration::from_secs(1)));
+        let _ = self.quit();
+    }
+
     /// Opens a passive data connection: `EPSV`, else `PASV`.
     fn passive(&mut self) -> Result<Socket> {
         let target = if self.epsv {
@@ -1178,7 +1189,7 @@ fn get_at_most(url: &str, opts: &Options, out: &mut dyn Write, max: u64) -> Resu
     }
     let (mut client, req) = Client::open(url, opts)?;
     let n = client.retr_at_most(&req.path, out, max)?;
-    let _ = client.quit();
+    client.goodbye();
     Ok(n)
 }
 
@@ -1216,7 +1227,7 @@ pub fn put_from(url: &str, opts: &Options, input: &mut dyn Read) -> Result<u64> 
     }
     let (mut client, req) = Client::open(url, opts)?;
     let n = client.stor(&req.path, input)?;
-    let _ = client.quit();
+    client.goodbye();
     Ok(n)
 }
 
@@ -1236,7 +1247,7 @@ pub fn list(url: &str) -> Result<Vec<String>> {
     let (mut client, req) = Client::open(url, &Options::default())?;
     let path = req.path.trim_end_matches('/');
     let names = client.nlst(if path.is_empty() { None } else { Some(path) })?;
-    let _ = client.quit();
+    client.goodbye();
     Ok(names)
 }
 
@@ -1256,7 +1267,7 @@ pub fn list(url: &str) -> Result<Vec<String>> {
 pub fn command(url: &str, opts: &Options, cmd: &str, arg: Option<&str>) -> Result<Reply> {
     let (mut client, _) = Client::open(url, opts)?;
     let reply = client.command(cmd, arg)?;
-    let _ = client.quit();
+    client.goodbye();
     Ok(reply)
 }
 

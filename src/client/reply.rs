@@ -9,6 +9,7 @@
 //! so an endless reply cannot grow memory.
 
 use std::fmt;
+use std::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::socket::{Pattern, Socket};
@@ -143,9 +144,11 @@ pub fn parse_line(line: &str) -> ReplyLine<'_> {
 /// [`ErrorKind::Protocol`] for a first line without a valid code (100–599) or a reply that is
 /// not UTF-8; [`ErrorKind::LimitExceeded`] for a line longer than [`MAX_REPLY_LINE`], more
 /// than [`MAX_REPLY_LINES`] lines or more than [`MAX_REPLY_BYTES`] in all; the socket's
-/// errors (`Closed`, `Timeout`).
+/// errors (`Closed`, `Timeout`: the socket's receive timeout bounds the whole reply).
 pub fn read_reply(sock: &mut Socket) -> Result<Reply> {
-    with_line_limit(sock, |sock| read_reply_lines(sock, false))
+    with_line_limit(sock, |sock, deadline| {
+        read_reply_lines(sock, false, deadline)
+    })
 }
 
 /// Reads one complete reply from `sock`, by SMTP's rule (RFC 5321 §4.2.1): every line has
@@ -156,28 +159,44 @@ pub fn read_reply(sock: &mut Socket) -> Result<Reply> {
 /// As [`read_reply`], and [`ErrorKind::Protocol`] for a line of a multi-line reply with
 /// another code or none.
 pub fn read_smtp_reply(sock: &mut Socket) -> Result<Reply> {
-    with_line_limit(sock, |sock| read_reply_lines(sock, true))
+    with_line_limit(sock, |sock, deadline| {
+        read_reply_lines(sock, true, deadline)
+    })
 }
 
+/// Runs `read` with the reply line limit, and with the receive timeout as one deadline for
+/// the whole reply: a server sending a long reply a line at a time, each line just within
+/// the timeout, would otherwise hold the caller for as many timeouts as the reply has lines.
+/// The socket's limit and timeouts are put back after.
 fn with_line_limit(
     sock: &mut Socket,
-    read: impl FnOnce(&mut Socket) -> Result<Reply>,
+    read: impl FnOnce(&mut Socket, Option<Instant>) -> Result<Reply>,
 ) -> Result<Reply> {
     let old_limit = sock.line_limit();
+    let timeouts = sock.gettimeouts();
+    let deadline = timeouts.2.and_then(|t| Instant::now().checked_add(t));
     sock.set_line_limit(MAX_REPLY_LINE);
-    let result = read(sock);
+    let result = read(sock, deadline);
     sock.set_line_limit(old_limit);
+    sock.settimeouts(timeouts.0, timeouts.1, timeouts.2);
     result
 }
 
-fn next_line(sock: &mut Socket) -> Result<String> {
+/// The next line of a reply, waiting until `deadline` at most (the first line waits the
+/// whole receive timeout, which is the same).
+fn next_line(sock: &mut Socket, deadline: Option<Instant>) -> Result<String> {
+    if let Some(at) = deadline {
+        let (connect, send, _) = sock.gettimeouts();
+        let left = at.saturating_duration_since(Instant::now());
+        sock.settimeouts(connect, send, Some(left));
+    }
     let line = sock.receive(Pattern::Line)?;
     String::from_utf8(line)
         .map_err(|_| Error::with_message(ErrorKind::Protocol, "reply is not UTF-8"))
 }
 
-fn read_reply_lines(sock: &mut Socket, strict: bool) -> Result<Reply> {
-    let first = next_line(sock)?;
+fn read_reply_lines(sock: &mut Socket, strict: bool, deadline: Option<Instant>) -> Result<Reply> {
+    let first = next_line(sock, deadline)?;
     let mut total = first.len() + 2;
     let parsed = parse_line(&first);
     let code = match parsed.code {
@@ -198,7 +217,7 @@ fn read_reply_lines(sock: &mut Socket, strict: bool) -> Result<Reply> {
                 format!("reply longer than {MAX_REPLY_LINES} lines"),
             ));
         }
-        let line = next_line(sock)?;
+        let line = next_line(sock, deadline)?;
         total += line.len() + 2;
         if total > MAX_REPLY_BYTES {
             return Err(Error::with_message(
