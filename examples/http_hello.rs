@@ -15,7 +15,9 @@
 //!
 //! A request body is read (and dropped) by its `Content-Length` only. A request with a
 //! `Transfer-Encoding` (a chunked body, say) is answered `501 Not Implemented` and the
-//! connection closed: read as if it had no body, its chunks would pass for requests.
+//! connection closed: read as if it had no body, its chunks would pass for requests. A
+//! header line that is not a field (no colon, white space in the name) gets `400 Bad
+//! Request`, as do conflicting lengths and endless headers.
 
 use std::net::TcpListener;
 
@@ -71,7 +73,7 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
     };
     // HTTP/1.0 closes by default, HTTP/1.1 keeps the connection open.
     let mut req = Request {
-        close: line.ends_with(b"HTTP/1.0"),
+        close: line.trim_ascii_end().ends_with(b"HTTP/1.0"),
         body: 0,
         length_seen: false,
         encoded: false,
@@ -81,10 +83,16 @@ fn read_request(sock: &mut Socket) -> copas::Result<Option<Request>> {
         if header.is_empty() {
             return Ok(Some(req));
         }
+        // A field line is a name, a colon and a value (RFC 9112 §5): a line without a colon,
+        // a name with white space in it or before the colon, or a line folded onto the one
+        // before (which starts with white space) is refused, not guessed at.
         let Some(colon) = header.iter().position(|&b| b == b':') else {
-            continue;
+            return Err(bad_request("header line without a colon"));
         };
         let (name, value) = (&header[..colon], header[colon + 1..].trim_ascii());
+        if name.is_empty() || name.iter().any(u8::is_ascii_whitespace) {
+            return Err(bad_request("malformed header name"));
+        }
         if name.eq_ignore_ascii_case(b"connection") {
             // A list of options (RFC 9110 §7.6.1): `close` among them wins.
             let mut options = value.split(|&b| b == b',').map(<[u8]>::trim_ascii);

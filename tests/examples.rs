@@ -439,6 +439,43 @@ fn http_hello_example_closes_when_close_is_one_of_the_connection_options() {
     server.assert_still_running();
 }
 
+/// A header line that is not a field (no colon, white space in or before the name, a line
+/// folded onto the one before) is answered 400 and the connection closed; it was skipped, so
+/// the server and a proxy in front of it could read the request differently.
+#[test]
+fn http_hello_example_refuses_header_lines_that_are_not_fields() {
+    let (mut server, addr) = start_http_hello();
+    for line in [
+        "no colon here",
+        "Bad Name: x",
+        "Host : a",
+        " folded: onto the line before",
+        ": no name",
+    ] {
+        let reply = http_exchange(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: a\r\n{line}\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{line:?}: {reply:?}"
+        );
+    }
+    // An HTTP/1.0 request is still one with white space after its version: answered, then
+    // closed (kept open before, the read below waiting out its timeout).
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .expect("timeout");
+    stream.write_all(b"GET / HTTP/1.0 \r\n\r\n").expect("write");
+    let mut reply = Vec::new();
+    let end = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(end.is_ok(), "HTTP/1.0 kept open ({end:?}) after {reply:?}");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
+    server.assert_still_running();
+}
+
 /// Sends `request` on a new connection and returns all that comes back until the server
 /// closes (what came before a reset included: the server may answer and close before it
 /// has read all of a refused request).
