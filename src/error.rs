@@ -243,9 +243,20 @@ impl Error {
         {
             return None;
         }
-        let code = inner.source.as_ref()?.raw_os_error()?;
-        let back = Error::from(io::Error::from_raw_os_error(code));
-        (back.inner.kind == inner.kind).then_some(code)
+        let source = inner.source.as_ref()?;
+        let code = source.raw_os_error()?;
+        (Error::kind_of_io(source.kind()) == inner.kind).then_some(code)
+    }
+
+    /// The copas kind of an `io::Error` of `kind` (see `From<io::Error>`).
+    fn kind_of_io(kind: io::ErrorKind) -> ErrorKind {
+        match kind {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
+            io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+            k if Error::io_kind_closes(k) => ErrorKind::Closed,
+            _ => ErrorKind::Io,
+        }
     }
 
     /// Whether `kind` tells of a connection the peer closed or reset.
@@ -272,14 +283,7 @@ impl From<io::Error> for Error {
             }
             return Error::new(ErrorKind::Io);
         }
-        let kind = match err.kind() {
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
-            io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
-            io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
-            k if Error::io_kind_closes(k) => ErrorKind::Closed,
-            _ => ErrorKind::Io,
-        };
-        let mut e = Error::new(kind);
+        let mut e = Error::new(Error::kind_of_io(err.kind()));
         e.inner.source = Some(Arc::new(err));
         e
     }
@@ -287,6 +291,12 @@ impl From<io::Error> for Error {
 
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
+        if let Some(code) = err.bare_os_error() {
+            // Nothing but a system error: given back as one, so `raw_os_error` still
+            // tells `ECONNRESET` from `EPIPE` to code written for any `Read + Write`, and
+            // converting it back gives this error again.
+            return io::Error::from_raw_os_error(code);
+        }
         let kind = match err.inner.kind {
             // A `WouldBlock` (a blocking socket's own timeout) comes back as it went in.
             ErrorKind::Timeout => match &err.inner.source {
@@ -308,12 +318,6 @@ impl From<Error> for io::Error {
             },
             _ => io::ErrorKind::Other,
         };
-        if let Some(code) = err.bare_os_error() {
-            // Nothing but a system error: given back as one, so `raw_os_error` still
-            // tells `ECONNRESET` from `EPIPE` to code written for any `Read + Write`, and
-            // converting it back gives this error again.
-            return io::Error::from_raw_os_error(code);
-        }
         io::Error::new(kind, err)
     }
 }

@@ -336,18 +336,24 @@ fn one_transfer_script(data_port: u16) -> Vec<Step> {
     .concat()
 }
 
+/// A data connection that serves `bytes` to the one client that connects, and
+/// [`one_transfer_script`] for its port.
+fn one_transfer_of(bytes: &'static [u8]) -> (JoinHandle<()>, Vec<Step>) {
+    let (data_listener, data_addr) = util::local_listener();
+    let data = std::thread::spawn(move || {
+        let (mut s, _) = data_listener.accept().expect("data accept");
+        std::io::Write::write_all(&mut s, bytes).expect("data write");
+    });
+    (data, one_transfer_script(data_addr.port()))
+}
+
 /// A server may answer a transfer with its completion at once, in place of the `150`
 /// (LuaSocket takes that as success): what the data connection carried is the download,
 /// and the session goes on to its `QUIT`.
 #[test]
 fn ftp_a_completion_in_place_of_the_preliminary_reply_is_a_finished_transfer() {
     let _dog = util::Watchdog::new("ftp completion at once", secs(60));
-    let (data_listener, data_addr) = util::local_listener();
-    let data = std::thread::spawn(move || {
-        let (mut s, _) = data_listener.accept().expect("data accept");
-        std::io::Write::write_all(&mut s, b"all of it").expect("data write");
-    });
-    let mut script = one_transfer_script(data_addr.port());
+    let (data, mut script) = one_transfer_of(b"all of it");
     // Login, binary and EPSV as usual; RETR's first reply is its last.
     let preliminary = script
         .iter()
@@ -605,12 +611,7 @@ fn a_reply_dribbled_a_line_at_a_time_is_bounded_by_one_receive_timeout() {
 #[test]
 fn ftp_a_silent_quit_after_a_finished_transfer_does_not_hold_the_caller() {
     let _dog = util::Watchdog::new("ftp silent quit", secs(60));
-    let (data_listener, data_addr) = util::local_listener();
-    let data = std::thread::spawn(move || {
-        let (mut s, _) = data_listener.accept().expect("data accept");
-        std::io::Write::write_all(&mut s, b"all of it").expect("data write");
-    });
-    let mut script = one_transfer_script(data_addr.port());
+    let (data, mut script) = one_transfer_of(b"all of it");
     let bye = script.len() - 1;
     script[bye] = Step::Hold(secs(15));
     let (addr, peer) = peer(vec![script]);

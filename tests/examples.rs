@@ -417,16 +417,10 @@ fn http_hello_example_answers_any_transfer_encoding_with_501_and_closes() {
 fn http_hello_example_closes_when_close_is_one_of_the_connection_options() {
     let (mut server, addr) = start_http_hello();
     for options in ["keep-alive, close", "close , Upgrade", "TE,close"] {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(CLIENT_TIMEOUT))
-            .expect("timeout");
-        stream
-            .write_all(format!("GET / HTTP/1.1\r\nConnection: {options}\r\n\r\n").as_bytes())
-            .expect("write");
-        let mut reply = Vec::new();
-        let end = stream.read_to_end(&mut reply);
-        let reply = String::from_utf8_lossy(&reply);
+        let (end, reply) = http_exchange_ended(
+            addr,
+            format!("GET / HTTP/1.1\r\nConnection: {options}\r\n\r\n").as_bytes(),
+        );
         assert!(
             end.is_ok(),
             "{options:?}: the server kept the connection open ({end:?}) after {reply:?}"
@@ -463,14 +457,7 @@ fn http_hello_example_refuses_header_lines_that_are_not_fields() {
     }
     // An HTTP/1.0 request is still one with white space after its version: answered, then
     // closed (kept open before, the read below waiting out its timeout).
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .expect("timeout");
-    stream.write_all(b"GET / HTTP/1.0 \r\n\r\n").expect("write");
-    let mut reply = Vec::new();
-    let end = stream.read_to_end(&mut reply);
-    let reply = String::from_utf8_lossy(&reply);
+    let (end, reply) = http_exchange_ended(addr, b"GET / HTTP/1.0 \r\n\r\n");
     assert!(end.is_ok(), "HTTP/1.0 kept open ({end:?}) after {reply:?}");
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
     server.assert_still_running();
@@ -480,12 +467,18 @@ fn http_hello_example_refuses_header_lines_that_are_not_fields() {
 /// closes (what came before a reset included: the server may answer and close before it
 /// has read all of a refused request).
 fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    http_exchange_ended(addr, request).1
+}
+
+/// [`http_exchange`], with how the read ended: `Ok` when the server closed the connection,
+/// an error (a timeout) when it kept it open.
+fn http_exchange_ended(addr: SocketAddr, request: &[u8]) -> (std::io::Result<usize>, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
         .expect("timeout");
     let _ = stream.write_all(request);
     let mut reply = Vec::new();
-    let _ = stream.read_to_end(&mut reply);
-    String::from_utf8_lossy(&reply).into_owned()
+    let end = stream.read_to_end(&mut reply);
+    (end, String::from_utf8_lossy(&reply).into_owned())
 }

@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::net::socket::{Pattern, Socket};
+use crate::net::socket::Socket;
 
 /// The longest reply line accepted (RFC 5321 allows 512 octets; servers send more).
 pub const MAX_REPLY_LINE: usize = 8 * 1024;
@@ -146,7 +146,7 @@ pub fn parse_line(line: &str) -> ReplyLine<'_> {
 /// than [`MAX_REPLY_LINES`] lines or more than [`MAX_REPLY_BYTES`] in all; the socket's
 /// errors (`Closed`, `Timeout`: the socket's receive timeout bounds the whole reply).
 pub fn read_reply(sock: &mut Socket) -> Result<Reply> {
-    with_line_limit(sock, |sock, deadline| {
+    with_reply_limits(sock, |sock, deadline| {
         read_reply_lines(sock, false, deadline)
     })
 }
@@ -159,7 +159,7 @@ pub fn read_reply(sock: &mut Socket) -> Result<Reply> {
 /// As [`read_reply`], and [`ErrorKind::Protocol`] for a line of a multi-line reply with
 /// another code or none.
 pub fn read_smtp_reply(sock: &mut Socket) -> Result<Reply> {
-    with_line_limit(sock, |sock, deadline| {
+    with_reply_limits(sock, |sock, deadline| {
         read_reply_lines(sock, true, deadline)
     })
 }
@@ -167,30 +167,23 @@ pub fn read_smtp_reply(sock: &mut Socket) -> Result<Reply> {
 /// Runs `read` with the reply line limit, and with the receive timeout as one deadline for
 /// the whole reply: a server sending a long reply a line at a time, each line just within
 /// the timeout, would otherwise hold the caller for as many timeouts as the reply has lines.
-/// The socket's limit and timeouts are put back after.
-fn with_line_limit(
+fn with_reply_limits(
     sock: &mut Socket,
     read: impl FnOnce(&mut Socket, Option<Instant>) -> Result<Reply>,
 ) -> Result<Reply> {
     let old_limit = sock.line_limit();
-    let timeouts = sock.gettimeouts();
-    let deadline = timeouts.2.and_then(|t| Instant::now().checked_add(t));
+    let deadline = sock
+        .gettimeouts()
+        .2
+        .and_then(|t| Instant::now().checked_add(t));
     sock.set_line_limit(MAX_REPLY_LINE);
     let result = read(sock, deadline);
     sock.set_line_limit(old_limit);
-    sock.settimeouts(timeouts.0, timeouts.1, timeouts.2);
     result
 }
 
-/// The next line of a reply, waiting until `deadline` at most (the first line waits the
-/// whole receive timeout, which is the same).
 fn next_line(sock: &mut Socket, deadline: Option<Instant>) -> Result<String> {
-    if let Some(at) = deadline {
-        let (connect, send, _) = sock.gettimeouts();
-        let left = at.saturating_duration_since(Instant::now());
-        sock.settimeouts(connect, send, Some(left));
-    }
-    let line = sock.receive(Pattern::Line)?;
+    let line = sock.receive_line_until(deadline)?;
     String::from_utf8(line)
         .map_err(|_| Error::with_message(ErrorKind::Protocol, "reply is not UTF-8"))
 }

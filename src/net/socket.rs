@@ -587,9 +587,26 @@ impl Socket {
     /// As [`Socket::receive`]; where an error hands over bytes in [`Error::partial`], they
     /// begin with `prefix`.
     pub fn receive_with_prefix(&mut self, pattern: Pattern, prefix: &[u8]) -> Result<Vec<u8>> {
+        let deadline = Self::deadline(self.conn.timeouts.get().receive);
+        self.receive_until(pattern, prefix, deadline)
+    }
+
+    /// [`Socket::receive`] of a line that waits until `deadline` at most, whatever the
+    /// receive timeout: for a protocol reply of several lines under one timeout.
+    pub(crate) fn receive_line_until(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>> {
+        self.receive_until(Pattern::Line, &[], deadline)
+    }
+
+    /// [`Socket::receive_with_prefix`] until `deadline`.
+    #[inline]
+    fn receive_until(
+        &mut self,
+        pattern: Pattern,
+        prefix: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>> {
         self.refuse_if_closed()?;
         self.fair_share();
-        let deadline = Self::deadline(self.conn.timeouts.get().receive);
         let result = match pattern {
             Pattern::Line => self.receive_line_bytes(prefix, deadline),
             Pattern::All => self.receive_all(prefix, deadline),
