@@ -1512,6 +1512,60 @@ fn a_line_of_exactly_the_limit_is_accepted_whatever_its_ending() {
     );
 }
 
+/// A line held to the limit is refused the same way however it arrives: one byte over the
+/// limit without its line feed is refused at once, not handed over by the receive timeout
+/// (fed back as the prefix, such a partial let an empty rest pass it). A partial line that
+/// may still end within the limit (its last byte the CR of a CR LF) is handed over by the
+/// timeout and, fed back, gives the line; a prefix already over the limit is refused.
+#[test]
+fn a_line_over_the_limit_is_refused_whether_it_pauses_or_comes_at_once() {
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let out2 = out.clone();
+    let (tx, rx) = mpsc::channel::<()>();
+    with_peer(
+        move |mut s| {
+            s.write_all(b"abcd").expect("write");
+            rx.recv_timeout(secs(10)).expect("first receive");
+            s.write_all(b"\nabc\r").expect("write");
+            rx.recv_timeout(secs(10)).expect("timed out");
+            s.write_all(b"\n\n").expect("write");
+            read_to_close(&mut s);
+        },
+        move |mut sock| {
+            sock.set_line_limit(3);
+            sock.settimeout(Some(ms(100)));
+            let outcome =
+                |r: copas::Result<Vec<u8>>| r.map_err(|e| (e.kind(), e.partial().to_vec()));
+            let mut got = vec![outcome(sock.receive(Pattern::Line))];
+            tx.send(()).expect("peer alive");
+            got.push(outcome(sock.receive(Pattern::Line)));
+            let timed_out = outcome(sock.receive(Pattern::Line));
+            let partial = match &timed_out {
+                Err((ErrorKind::Timeout, partial)) => partial.clone(),
+                other => panic!("expected a timeout, got {other:?}"),
+            };
+            got.push(timed_out);
+            tx.send(()).expect("peer alive");
+            got.push(outcome(sock.receive_with_prefix(Pattern::Line, &partial)));
+            got.push(outcome(sock.receive_with_prefix(Pattern::Line, b"wxyz")));
+            got.push(outcome(sock.receive(Pattern::Line)));
+            *out2.borrow_mut() = got;
+        },
+    );
+    let err = |kind, partial: &[u8]| Err((kind, partial.to_vec()));
+    assert_eq!(
+        *out.borrow(),
+        [
+            err(ErrorKind::LimitExceeded, b"abc"),
+            Ok(b"d".to_vec()),
+            err(ErrorKind::Timeout, b"abc"),
+            Ok(b"abc".to_vec()),
+            err(ErrorKind::LimitExceeded, b"wxyz"),
+            Ok(b"".to_vec()),
+        ]
+    );
+}
+
 /// An unterminated line at the end of the stream is over the limit by one byte as by two:
 /// both are refused with their first `limit` bytes, and the rest comes with `Closed` next.
 #[test]

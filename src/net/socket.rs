@@ -580,7 +580,9 @@ impl Socket {
     /// argument). For [`Pattern::Exact`] the prefix counts towards the length: a prefix
     /// as long as the pattern is returned as is, without reading. For [`Pattern::Line`] it
     /// counts towards the line limit: a line fed back a piece at a time after each timeout
-    /// is refused where the same line received at once would be.
+    /// is refused where the same line received at once would be, and a prefix already over
+    /// the limit is refused before anything is read ([`ErrorKind::LimitExceeded`], with the
+    /// prefix in [`Error::partial`]).
     ///
     /// # Errors
     ///
@@ -637,7 +639,15 @@ impl Socket {
         // The prefix counts: a partial line fed back after a timeout and the rest of it are
         // held to the limit together, as one uninterrupted receive would hold them (else a
         // peer that pauses past each timeout grows a line without end).
-        let limit = self.conn.line_limit.get().saturating_sub(prefix.len());
+        if prefix.len() > self.conn.line_limit.get() {
+            // Already past the limit, whatever follows: refused before anything is read.
+            return Err(Error::with_message(
+                ErrorKind::LimitExceeded,
+                format!("line longer than {} bytes", self.conn.line_limit.get()),
+            )
+            .with_partial(line_without_cr(prefix, &[])));
+        }
+        let limit = self.conn.line_limit.get() - prefix.len();
         // A line has at most `limit` bytes before its ending, LF or CR LF: look at no more
         // than that and the ending.
         let window = limit.saturating_add(2);
@@ -663,7 +673,11 @@ impl Socket {
                 }
             }
             scanned = upto;
-            if scanned >= window {
+            // `limit + 1` bytes without a line feed are a line over the limit unless the last
+            // is the CR of a CR LF: refused now, as the whole line received at once is. A
+            // timeout must not hand them over, since fed back as the prefix (Copas's idiom)
+            // they would leave no room to count the line by.
+            if scanned >= window || (scanned > limit && self.buf[self.start + limit] != b'\r') {
                 return Err(self.refuse_long_line(prefix, limit));
             }
             // Never buffer more of a line than the limit allows.
