@@ -16,6 +16,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use corosensei::stack::valgrind::ValgrindStackRegistration;
 use corosensei::stack::{DefaultStack, Stack as _, StackPointer};
 
 use crate::slab::{self, Slot};
@@ -58,6 +59,10 @@ pub(crate) fn release_mappings(n: usize) {
 /// Counts itself against the process's map limit while it exists.
 pub struct Stack {
     inner: Inner,
+    /// A slot's registration with Valgrind (a no-op elsewhere), so that it takes switches
+    /// onto and off this stack for what they are, not for frames pushed and popped
+    /// (`DefaultStack` registers itself).
+    valgrind: Option<ValgrindStackRegistration>,
 }
 
 enum Inner {
@@ -89,8 +94,16 @@ impl Stack {
     pub fn new(size: usize) -> io::Result<Stack> {
         let size = whole_pages(size.max(1))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size too large"))?;
+        let mut valgrind = None;
         let inner = match slab::allocate(size) {
-            Some(slot) => Inner::Slot(slot?),
+            Some(slot) => {
+                let slot = slot?;
+                valgrind = Some(ValgrindStackRegistration::new(
+                    slot.limit as *mut u8,
+                    slot.top - slot.limit,
+                ));
+                Inner::Slot(slot)
+            }
             None => {
                 reserve_mappings(2)?;
                 match DefaultStack::new(size) {
@@ -103,7 +116,7 @@ impl Stack {
             }
         };
         STACKS.fetch_add(1, Ordering::Relaxed);
-        Ok(Stack { inner })
+        Ok(Stack { inner, valgrind })
     }
 
     /// How many stacks exist in this process now.
@@ -137,7 +150,9 @@ impl Stack {
 /// places allow (`slab::release_many`), the others one by one.
 fn release_all(stacks: impl Iterator<Item = Stack>) {
     let mut slots = Vec::new();
-    for stack in stacks {
+    for mut stack in stacks {
+        // Deregistered here: the `Stack` itself is forgotten below.
+        drop(stack.valgrind.take());
         match &stack.inner {
             Inner::Slot(slot) => {
                 // The copy takes over the release, so the `Stack` must not run its own.
