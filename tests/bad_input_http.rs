@@ -1088,3 +1088,90 @@ fn an_answer_sent_before_the_body_was_read_is_the_result_not_the_reset() {
     assert_eq!(log.accepted, 1);
     assert_eq!(copas::client::http::close_idle_connections(), 0);
 }
+
+/// A body source that yields `good` bytes, then, after `pause`, fails with `kind`.
+struct FailingSource {
+    good: usize,
+    pause: Duration,
+    kind: std::io::ErrorKind,
+}
+
+impl Read for FailingSource {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.good > 0 {
+            let n = self.good.min(out.len());
+            out[..n].fill(b'x');
+            self.good -= n;
+            return Ok(n);
+        }
+        std::thread::sleep(self.pause);
+        Err(std::io::Error::new(self.kind, "the caller's source failed"))
+    }
+}
+
+/// A server that answers `200 OK` on the request head alone (nginx's `return 200` does)
+/// and keeps reading what follows for a while.
+fn answers_on_the_head() -> (SocketAddr, JoinHandle<PeerLog>) {
+    peer(vec![vec![
+        Step::ReadRequest,
+        send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        Step::Hold(secs(3)),
+    ]])
+}
+
+/// The body's source is the caller's, not the server's: its failure fails the request with
+/// `Io` (its own kind kept inside), even a `BrokenPipe` or `ConnectionReset`, which taken
+/// for the server closing let an answer already sent stand for the request's, an upload
+/// cut short reported as done. Its connection is not pooled.
+#[test]
+fn a_failing_body_reader_fails_the_request_even_when_the_server_answered_early() {
+    let _dog = util::Watchdog::new("a failing body reader", secs(60));
+    use std::io::ErrorKind as Io;
+    for kind in [Io::BrokenPipe, Io::ConnectionReset, Io::TimedOut, Io::Other] {
+        let (addr, server) = answers_on_the_head();
+        let source = FailingSource {
+            good: 100,
+            pause: Duration::from_millis(200),
+            kind,
+        };
+        let outcome = Request::post(&format!("http://{addr}/upload"))
+            .body_reader(source, None)
+            .timeout(secs(5))
+            .send()
+            .map(|r| r.status())
+            .map_err(|e| (e.kind(), std::io::Error::from(e).kind()));
+        assert_eq!(
+            outcome,
+            Err((ErrorKind::Io, kind)),
+            "source failing with {kind:?}"
+        );
+        assert_eq!(copas::client::http::close_idle_connections(), 0);
+        drop(server);
+    }
+}
+
+/// A download cut short, relayed as an upload's body to a server that answers early: the
+/// upload fails, where it returned the server's `200` with 99,900 of 100,000 bytes never
+/// sent (the download's `Closed` was taken for the upload server's).
+#[test]
+fn relaying_a_download_cut_short_fails_the_upload() {
+    let _dog = util::Watchdog::new("a relay cut short", secs(60));
+    let (download, _download_server) = peer(vec![vec![
+        Step::ReadRequest,
+        send("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"),
+        Step::Send(vec![b'y'; 100]),
+        Step::Hold(Duration::from_millis(300)),
+    ]]);
+    let (_, body) = Request::get(&format!("http://{download}/file"))
+        .timeout(secs(5))
+        .stream()
+        .expect("the download's head");
+    let (upload, _upload_server) = answers_on_the_head();
+    let outcome = Request::new("PUT", &format!("http://{upload}/copy"))
+        .body_reader(body, Some(100_000))
+        .timeout(secs(5))
+        .send()
+        .map(|r| r.status())
+        .map_err(|e| e.kind());
+    assert_eq!(outcome, Err(ErrorKind::Io));
+}

@@ -260,7 +260,8 @@ impl Request {
     /// given (the reader must then yield exactly that many bytes: more or fewer fail the
     /// request with [`ErrorKind::InvalidInput`] and close its connection), chunked otherwise.
     /// A `Content-Length` field set with [`header`](Request::header) gives the length when
-    /// `length` is `None`, and must equal it when given.
+    /// `length` is `None`, and must equal it when given. An error of `reader` fails the
+    /// request with [`ErrorKind::Io`], whatever its kind, and closes its connection.
     ///
     /// ```
     /// let file = std::io::Cursor::new(vec![0u8; 1000]);
@@ -984,7 +985,16 @@ impl Request {
                     let n = match r.read(&mut buf[..want]) {
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e.into()),
+                        // The caller's source, not the connection: `Io` whatever its kind,
+                        // so that a `BrokenPipe` from it is neither taken for the server
+                        // closing (which lets an early answer stand for the request's) nor
+                        // for any other failure of the server's.
+                        Err(e) => {
+                            return Err(super::callers_io_error(
+                                e,
+                                "reading the body from its source",
+                            ))
+                        }
                     };
                     if let Some(owed) = owed.as_mut() {
                         check_body_length(n, *owed)?;

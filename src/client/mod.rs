@@ -13,7 +13,8 @@ pub mod reply;
 pub mod smtp;
 
 /// An error of the caller's own reader or writer (the body's destination in
-/// `http::Request::send_to` and `ftp::Client::retr`, the source in `ftp::Client::stor`):
+/// `http::Request::send_to` and `ftp::Client::retr`, the source in
+/// `http::Request::body_reader` and `ftp::Client::stor`):
 /// [`ErrorKind::Io`](crate::ErrorKind::Io) whatever its kind, as their docs say, so that it
 /// is not taken for the server's (a `BrokenPipe` from the destination is not the server
 /// closing). The `io::Error` stays its source and keeps its kind when converted back.
