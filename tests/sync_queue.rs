@@ -535,3 +535,39 @@ fn a_batch_pushed_to_idle_workers_is_handled_whole_after_the_producer_ends() {
     assert_eq!(got, ["1", "2", "3", "4", "5"]);
     assert_eq!(copas::status().coroutines, 0);
 }
+
+/// A `destroy` from another coroutine while `finish` waits ends the wait with `Ok` once the
+/// workers have ended, as Copas's `finish` returns true when "someone else destroyed/finished
+/// it"; the items the destroy dropped were never handled (the rustdoc says so).
+#[test]
+fn finish_returns_ok_when_another_coroutine_destroys_the_queue_meanwhile() {
+    let handled = Rc::new(RefCell::new(Vec::new()));
+    let outcome = Rc::new(Cell::new(None));
+    let (h, o) = (handled.clone(), outcome.clone());
+    run_with_bounded(LIMIT, move || {
+        let q: Queue<u32> = Queue::new();
+        q.add_worker(move |n| {
+            copas::pause(ms(30));
+            h.borrow_mut().push(n);
+        })
+        .unwrap();
+        q.push(1).unwrap();
+        q.push(2).unwrap();
+        let other = q.clone();
+        copas::addthread(move || {
+            copas::pause(ms(5));
+            other.destroy().unwrap();
+        })
+        .unwrap();
+        let started = Instant::now();
+        o.set(Some((
+            kind(q.finish(Duration::from_secs(5), false)),
+            started.elapsed(),
+        )));
+        assert!(q.is_destroyed());
+    });
+    let (result, took) = outcome.get().expect("finish returned");
+    assert_eq!(result, Ok(()));
+    assert!(took < Duration::from_secs(4), "finish waited {took:?}");
+    assert_eq!(*handled.borrow(), [1], "item 2 was dropped by the destroy");
+}

@@ -467,3 +467,40 @@ fn permits_from_acquire_come_back_when_the_coroutine_is_removed_and_forget_keeps
     });
     assert!(done.get(), "the test body did not complete");
 }
+
+/// `give(get_wait()?)` serves everyone in line when their requests fit under the maximum
+/// together; when they do not, the `give` is capped at the maximum (`TooMany`) and serves
+/// the head only, as the rustdoc of `get_wait` says.
+#[test]
+fn give_of_get_wait_serves_everyone_only_when_the_line_fits_under_the_maximum() {
+    let outcome = Rc::new(RefCell::new(Vec::new()));
+    let out = outcome.clone();
+    run_with_bounded(LIMIT, move || {
+        for asks in [[1usize, 2], [3, 1]] {
+            let s = Semaphore::new(3, 0, copas::FOREVER);
+            let served = Rc::new(Cell::new(0));
+            for n in asks {
+                let (s, served) = (s.clone(), served.clone());
+                copas::addthread(move || {
+                    if s.take(n, ms(300)).is_ok() {
+                        served.set(served.get() + 1);
+                    }
+                })
+                .unwrap();
+            }
+            copas::pause(ms(5));
+            let wait = s.get_wait().unwrap();
+            let given = kind(s.give(wait));
+            copas::pause(ms(5));
+            out.borrow_mut()
+                .push((asks, wait, given, served.get(), s.waiting()));
+        }
+    });
+    assert_eq!(
+        *outcome.borrow(),
+        [
+            ([1, 2], 3, Ok(()), 2, 0),
+            ([3, 1], 4, Err(ErrorKind::TooMany), 1, 1),
+        ]
+    );
+}

@@ -269,6 +269,11 @@ impl<T: 'static> Queue<T> {
     /// `timeout` (`None`: 10 s) covers the whole wait; when it passes, the queue is
     /// destroyed (dropping what is left in it) unless `no_destroy_on_timeout`.
     ///
+    /// A [`destroy`](Queue::destroy) from elsewhere during the wait ends it too, with `Ok`
+    /// once the workers have ended, as in Copas ("someone else destroyed/finished it"): the
+    /// items that destroy dropped were never handled. `Ok` means every item was handled only
+    /// when nothing else destroys the queue.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`]; [`ErrorKind::Destroyed`] when the queue was destroyed before

@@ -276,8 +276,10 @@ impl Semaphore {
     }
 
     /// How many more permits the waiters need than are available (Copas
-    /// `semaphore:get_wait`): `give(get_wait()?)` serves everyone in line and leaves none.
-    /// Zero when nobody waits (Copas returns the negative surplus then).
+    /// `semaphore:get_wait`): `give(get_wait()?)` serves everyone in line and leaves none
+    /// when what they ask for in all fits under the maximum; otherwise that `give` is capped
+    /// at the maximum (failing with [`ErrorKind::TooMany`]) and serves only the waiters at
+    /// the head that fit. Zero when nobody waits (Copas returns the negative surplus then).
     ///
     /// # Errors
     ///
