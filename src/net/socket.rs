@@ -641,11 +641,7 @@ impl Socket {
         // peer that pauses past each timeout grows a line without end).
         if prefix.len() > self.conn.line_limit.get() {
             // Already past the limit, whatever follows: refused before anything is read.
-            return Err(Error::with_message(
-                ErrorKind::LimitExceeded,
-                format!("line longer than {} bytes", self.conn.line_limit.get()),
-            )
-            .with_partial(line_without_cr(prefix, &[])));
+            return Err(self.refuse_long_line(prefix, 0));
         }
         let limit = self.conn.line_limit.get() - prefix.len();
         // A line has at most `limit` bytes before its ending, LF or CR LF: look at no more
