@@ -219,7 +219,9 @@ use dispatcher::TaskName;
 /// Only the dispatcher's own failures (the poller failing); panics in coroutines go to
 /// their error handlers. [`ErrorKind::InvalidState`] when called from inside a coroutine or
 /// while the loop already runs (in `run`, or in a [`step`]: from an error handler or a
-/// [`timeout`] callback), before it changes anything.
+/// [`timeout`] callback), or from a destructor running during a panic
+/// ([`std::thread::panicking`]: no coroutine could wait then, so each wait would end at once
+/// and a coroutine waiting in a loop would spin), before it changes anything.
 pub fn run() -> Result<()> {
     dispatcher::with_or(dispatcher::destroyed, |d| d.run(None, None))
 }
@@ -249,8 +251,9 @@ pub fn run_with(init: impl FnOnce() + 'static) -> Result<()> {
 ///
 /// # Errors
 ///
-/// The poller's error, or [`ErrorKind::InvalidState`] when called from inside a coroutine
-/// or after the thread's dispatcher was destroyed (see [the model](crate#the-model)).
+/// The poller's error, or [`ErrorKind::InvalidState`] when called from inside a coroutine,
+/// from a destructor running during a panic (as [`run`]), or after the thread's dispatcher
+/// was destroyed (see [the model](crate#the-model)).
 pub fn step(timeout: Option<Duration>) -> Result<bool> {
     dispatcher::with_or(dispatcher::destroyed, |d| d.step(timeout))
 }

@@ -1929,3 +1929,35 @@ fn a_wait_in_an_unstarted_coroutines_destructor_cannot_suspend_its_remover() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `run` and `step` called from a destructor while the thread unwinds a panic are refused
+/// with `InvalidState` before anything runs: no coroutine could suspend then, so a `pause`
+/// would return at once, a lock's `get` fail as cancelled, and a coroutine waiting in a
+/// loop spin. The work stays for a later `run`, which does it properly.
+#[test]
+fn run_and_step_from_a_destructor_during_a_panic_are_refused_and_the_work_waits() {
+    let paused = Rc::new(Cell::new(None));
+    let p = paused.clone();
+    copas::addthread(move || p.set(Some(copas::pause(ms(50))))).expect("addthread");
+    let refused = Rc::new(RefCell::new(Vec::new()));
+    let r = refused.clone();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _finish = OnDrop(Some(Box::new(move || {
+            r.borrow_mut().push(util::kind(copas::run()));
+            r.borrow_mut()
+                .push(util::kind(copas::step(Some(Duration::ZERO))).map(drop));
+        })));
+        util::unwind_quietly("on the way out".to_string());
+    }));
+    assert!(caught.is_err());
+    let refused_as = Err(ErrorKind::InvalidState);
+    assert_eq!(*refused.borrow(), [refused_as, refused_as]);
+    assert_eq!(
+        paused.get(),
+        None,
+        "a coroutine ran while the thread panicked"
+    );
+    util::run_bounded(LIMIT);
+    let slept = paused.get().expect("the later run ran it");
+    assert!(slept >= ms(45), "pause(50 ms) returned after {slept:?}");
+}

@@ -35,6 +35,10 @@ pub(crate) struct Frame {
     base: usize,
     /// The caller's identity tag.
     tag: u64,
+    /// While this coroutine's unstarted closure is dropped (on the stack of whoever drops
+    /// it, with this frame marked as the running one): the frame of the coroutine that
+    /// drops it, or null. The fault handler checks that coroutine's guard page too.
+    pub(crate) host: Cell<*const Frame>,
     /// Lowest and highest+1 address of the guard page.
     pub(crate) guard: (usize, usize),
     pub(crate) label: Label,
@@ -86,7 +90,9 @@ impl fmt::Debug for Resumed {
 pub enum SuspendError {
     /// Called outside any coroutine (for example from `main`).
     NotInCoroutine,
-    /// The coroutine is being dropped and its stack unwound: it may not wait any more.
+    /// The coroutine is being dropped and its stack unwound, or the thread is panicking
+    /// (the coroutine unwinds from a panic, or it was resumed by code that does, such as a
+    /// destructor running during a panic): it may not wait any more.
     Unwinding,
 }
 
@@ -168,6 +174,7 @@ impl Coro {
                 yielder: Cell::new(ptr::null()),
                 unwinding: Cell::new(false),
                 sp_hint: Cell::new(0),
+                host: Cell::new(ptr::null()),
                 base,
                 tag,
                 guard: (limit, limit + page_size()),
@@ -321,7 +328,11 @@ impl Coro {
             // locks), nor suspend it (`suspend` refuses while `unwinding` is set).
             state.frame.unwinding.set(true);
             let prev = CURRENT.with(|c| c.replace(&state.frame));
+            // The captures are dropped on `prev`'s stack (if a coroutine's): an overflow
+            // there must still be reported as that coroutine's.
+            state.frame.host.set(prev);
             inner.force_unwind();
+            state.frame.host.set(ptr::null());
             CURRENT.with(|c| c.set(prev));
             UNSTARTED_DROP_PANIC.try_with(Cell::take).ok().flatten()
         } else {
@@ -384,7 +395,10 @@ thread_local! {
 ///
 /// [`SuspendError::NotInCoroutine`] outside any coroutine, and
 /// [`SuspendError::Unwinding`] while the coroutine is being dropped or is unwinding from a
-/// panic (a destructor running during the unwind may not wait).
+/// panic (a destructor running during the unwind may not wait). The test is the thread's
+/// ([`std::thread::panicking`]): a coroutine resumed by code that is itself unwinding (a
+/// destructor that drives a scheduler during a panic) cannot suspend either, though it is
+/// not unwinding (copas's `run` and `step` refuse to run then).
 #[inline]
 pub fn suspend() -> Result<(), SuspendError> {
     suspend_value().map(drop)

@@ -116,11 +116,15 @@ fn ensure_alt_stack() {
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let frame = current_frame();
-    if !frame.is_null() {
+    // The running coroutine's guard, then, while it is an unstarted one whose closure is
+    // dropped on another coroutine's stack, that coroutine's (its `host`), and so on.
+    let mut next = current_frame();
+    while !next.is_null() {
         // SAFETY: the frame of the running coroutine is alive while it runs (see `suspend`),
-        // and a fault inside it happens while it runs.
-        let frame = unsafe { &*frame };
+        // and a fault inside it happens while it runs; a host's frame is the one `unwind`
+        // replaced in CURRENT, alive until that call returns.
+        let frame = unsafe { &*next };
+        next = frame.host.get();
         if addr >= frame.guard.0 && addr < frame.guard.1 {
             let (text, infix, number) = frame.label.parts();
             report_overflow(

@@ -649,21 +649,79 @@ fn stack_overflow_child() {
 
 #[test]
 fn stack_overflow_prints_the_coroutine_name() {
-    let (status, stdout, stderr) = run_child("stack_overflow_child", OVERFLOW_ENV);
+    assert_aborts_with_overflow_report(
+        "stack_overflow_child",
+        OVERFLOW_ENV,
+        "child: recursing",
+        "coroutine 'deep-recursion-handler' has overflowed its stack (64 KiB)",
+    );
+}
+
+/// Runs the death test `child` and checks that it got as far as printing `reached`, then
+/// was aborted (`SIGABRT`) after printing `report`.
+fn assert_aborts_with_overflow_report(child: &str, env_var: &str, reached: &str, report: &str) {
+    let (status, stdout, stderr) = run_child(child, env_var);
     let context = format!("status: {status:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(
-        stderr.contains("child: recursing"),
-        "the child did not run the coroutine\n{context}"
+        stderr.contains(reached),
+        "the child did not get there\n{context}"
     );
-    assert!(!status.success(), "the child survived\n{context}");
     assert_eq!(
         status.signal(),
         Some(libc::SIGABRT),
         "the child was not aborted\n{context}"
     );
     assert!(
-        stderr.contains("coroutine 'deep-recursion-handler' has overflowed its stack (64 KiB)"),
+        stderr.contains(report),
         "no overflow report naming the coroutine\n{context}"
+    );
+}
+
+const HOSTED_OVERFLOW_ENV: &str = "COPAS_CORO_HOSTED_OVERFLOW_CHILD";
+
+/// Runs its closure when dropped.
+struct RunsOnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for RunsOnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+#[test]
+fn overflow_while_dropping_an_unstarted_coroutine_child() {
+    if !is_child(HOSTED_OVERFLOW_ENV) {
+        return;
+    }
+    no_core_dumps();
+    let mut pool = StackPool::new(SMALL_STACK, 2);
+    let _first = pool.allocate().unwrap();
+    let never_used = pool.allocate().unwrap();
+    let mut dropper = Coro::new(pool.allocate().unwrap(), 1, "dropping-handler", move || {
+        let deep = RunsOnDrop(|| {
+            std::hint::black_box(recurse_forever(0));
+        });
+        let unstarted = Coro::new(never_used, 2, "never-started", move || {
+            let _keep = &deep;
+        });
+        eprintln!("child: dropping the unstarted coroutine");
+        drop(unstarted);
+    });
+    let r = dropper.resume();
+    eprintln!("child: survived the overflow: {r:?}");
+}
+
+/// An unstarted coroutine's closure is dropped on the stack of whoever drops it, with the
+/// unstarted one marked as running: an overflow in those destructors, inside another
+/// coroutine, is reported as that coroutine's, where it was a bare `SIGSEGV` (the fault
+/// handler looked at the unstarted coroutine's guard page only).
+#[test]
+fn an_overflow_while_dropping_an_unstarted_coroutine_names_the_coroutine_whose_stack_overflowed() {
+    assert_aborts_with_overflow_report(
+        "overflow_while_dropping_an_unstarted_coroutine_child",
+        HOSTED_OVERFLOW_ENV,
+        "child: dropping the unstarted coroutine",
+        "coroutine 'dropping-handler' has overflowed its stack (64 KiB)",
     );
 }
 

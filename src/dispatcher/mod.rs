@@ -233,6 +233,20 @@ impl Drop for ThreadExit {
     }
 }
 
+/// Refuses to run coroutines from a destructor during a panic: none of them could suspend
+/// ([`copas_coro::suspend`] refuses while the thread panics), so every wait would end at once
+/// as cancelled and a coroutine waiting in a loop would spin. Left alone, they are unwound
+/// when the thread exits, or run by a later `run` once the panic is caught.
+fn refuse_while_panicking(what: &str) -> Result<()> {
+    if std::thread::panicking() {
+        return Err(Error::with_message(
+            ErrorKind::InvalidState,
+            format!("{what} called while the thread is panicking: no coroutine could wait"),
+        ));
+    }
+    Ok(())
+}
+
 /// Resets a flag of the dispatcher's state when dropped, so that a panic running through
 /// `step` or `run` (none should) cannot leave the thread's dispatcher unusable.
 struct ClearOnDrop<'a>(&'a Dispatcher, fn(&mut State));
@@ -1126,6 +1140,7 @@ impl Dispatcher {
                     "step called from inside the dispatcher",
                 ));
             }
+            refuse_while_panicking("step")?;
             st.stepping = true;
         }
         let _stepping = ClearOnDrop(self, |st| st.stepping = false);
@@ -1432,6 +1447,7 @@ impl Dispatcher {
                 "run called while the dispatcher is already running",
             ));
         }
+        refuse_while_panicking("run")?;
         if let Some(init) = init {
             self.spawn(
                 TaskName::Static("copas_initializer"),
