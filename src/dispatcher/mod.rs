@@ -1209,6 +1209,11 @@ impl Dispatcher {
         for i in 0..batch {
             let next = {
                 let mut st = self.state.borrow_mut();
+                // Past a shutdown's deadline nothing more is resumed, not even in a run phase
+                // that began before it: the rest is cancelled just below.
+                if st.shutdown.is_some_and(|p| p.is_due()) {
+                    break;
+                }
                 let next = st.ready.pop_front();
                 // With many connections, each resume starts with cache and TLB misses on
                 // the coroutine's state and stack. Start loading the next one's now, from

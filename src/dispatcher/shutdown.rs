@@ -39,6 +39,13 @@ pub(crate) struct Pending {
     timer: Option<TimerKey>,
 }
 
+impl Pending {
+    /// Whether the deadline has passed (reads the clock only when there is one).
+    pub(super) fn is_due(&self) -> bool {
+        self.deadline.is_some_and(|at| at <= Instant::now())
+    }
+}
+
 impl Dispatcher {
     /// Starts a graceful shutdown with `grace` for running coroutines (see the module doc).
     /// Called again during a shutdown, it can only bring the deadline forward.
