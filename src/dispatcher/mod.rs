@@ -1211,7 +1211,7 @@ impl Dispatcher {
                 let mut st = self.state.borrow_mut();
                 // Past a shutdown's deadline nothing more is resumed, not even in a run phase
                 // that began before it: the rest is cancelled just below.
-                if st.shutdown.is_some_and(|p| p.is_due()) {
+                if st.shutdown.as_ref().is_some_and(shutdown::Pending::is_due) {
                     break;
                 }
                 let next = st.ready.pop_front();
