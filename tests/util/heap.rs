@@ -1,6 +1,7 @@
 //! A counting global allocator with per-thread figures, for tests that show a client holds
-//! bounded memory whatever a peer sends. Include it with `#[path = "util/heap.rs"] mod heap;`
-//! (it installs itself as the test binary's allocator) and measure with [`peak_heap`].
+//! bounded memory whatever a peer sends, or that a path allocates nothing. Include it with
+//! `#[path = "util/heap.rs"] mod heap;` (it installs itself as the test binary's allocator)
+//! and measure with [`peak_heap`] or [`allocations_in`].
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -10,9 +11,14 @@ struct Counting;
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
     static PEAK: Cell<isize> = const { Cell::new(0) };
+    /// Allocations and reallocations made by this thread.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 fn note(delta: isize) {
+    if delta > 0 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    }
     let _ = LIVE.try_with(|live| {
         let now = live.get() + delta;
         live.set(now);
@@ -77,4 +83,13 @@ pub fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
 #[allow(dead_code)] // not every test binary that includes this file uses it
 pub fn live_heap() -> isize {
     LIVE.with(Cell::get)
+}
+
+/// Runs `f` and returns its result with how many allocations (and growing reallocations)
+/// this thread made meanwhile.
+#[allow(dead_code)] // not every test binary that includes this file uses it
+pub fn allocations_in<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = ALLOCATIONS.with(Cell::get);
+    let out = f();
+    (out, ALLOCATIONS.with(Cell::get) - before)
 }
