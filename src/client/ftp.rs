@@ -750,13 +750,11 @@ impl Client {
         result
     }
 
-    /// `QUIT` at the end of a one-call function, whose work is done: its reply is waited
-    /// for a second at most, not a whole receive timeout (as SMTP's goodbye), and not
-    /// needed.
+    /// `QUIT` at the end of a one-call function, whose work is done: sent, and its reply
+    /// waited for, a second at most each, not a whole timeout (as SMTP's goodbye); the reply
+    /// is not needed.
     fn goodbye(self) {
-        let (connect, send, _) = self.ctrl.gettimeouts();
-        self.ctrl
-            .settimeouts(connect, send, Some(Duration::from_secs(1)));
+        self.ctrl.settimeout(Some(Duration::from_secs(1)));
         let _ = self.quit();
     }
 

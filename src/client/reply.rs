@@ -172,10 +172,7 @@ fn with_reply_limits(
     read: impl FnOnce(&mut Socket, Option<Instant>) -> Result<Reply>,
 ) -> Result<Reply> {
     let old_limit = sock.line_limit();
-    let deadline = sock
-        .gettimeouts()
-        .2
-        .and_then(|t| Instant::now().checked_add(t));
+    let deadline = crate::net::deadline(sock.gettimeouts().2);
     sock.set_line_limit(MAX_REPLY_LINE);
     let result = read(sock, deadline);
     sock.set_line_limit(old_limit);

@@ -206,7 +206,7 @@ pub(crate) fn resolve(
 /// Connects to `addr` (each resolved address in turn) with an optional timeout for the
 /// whole attempt, resolution included.
 pub(crate) fn connect(addr: impl ToAddrs, timeout: Option<Duration>) -> Result<Socket> {
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let deadline = super::deadline(timeout);
     let addrs = resolve(&addr, deadline)?;
     first_connected(addrs, deadline, |addr| connect_one(addr, deadline, timeout))
 }

@@ -91,3 +91,10 @@ fn wait_ready_slow(
         Err(Error::new(ErrorKind::Timeout))
     }
 }
+
+/// When a wait of `timeout` from now ends: `None` for no timeout, or one too long to add to
+/// the clock (as good as none).
+#[inline]
+pub(crate) fn deadline(timeout: Option<std::time::Duration>) -> Option<std::time::Instant> {
+    timeout.and_then(|t| std::time::Instant::now().checked_add(t))
+}

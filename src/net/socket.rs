@@ -308,10 +308,6 @@ impl Socket {
         Socket::from_connection(self.conn.clone())
     }
 
-    fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-        timeout.and_then(|t| Instant::now().checked_add(t))
-    }
-
     /// Yields now and then when operations keep completing without waiting, so that a
     /// stream that is always ready does not starve other coroutines.
     fn fair_share(&self) {
@@ -589,7 +585,7 @@ impl Socket {
     /// As [`Socket::receive`]; where an error hands over bytes in [`Error::partial`], they
     /// begin with `prefix`.
     pub fn receive_with_prefix(&mut self, pattern: Pattern, prefix: &[u8]) -> Result<Vec<u8>> {
-        let deadline = Self::deadline(self.conn.timeouts.get().receive);
+        let deadline = super::deadline(self.conn.timeouts.get().receive);
         self.receive_until(pattern, prefix, deadline)
     }
 
@@ -794,7 +790,7 @@ impl Socket {
         // the scratch buffer, see `recv_vec`). This path is kept to a small stack frame: it is
         // on the stack of every coroutine waiting here, and each of its cache lines is missed
         // again when thousands of connections take turns.
-        let deadline = Self::deadline(self.conn.timeouts.get().receive);
+        let deadline = super::deadline(self.conn.timeouts.get().receive);
         let out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline);
         // After an error too: the event that woke this reader woke no other, and what it
         // announced (more bytes, the end of the stream) is the next reader's.
@@ -807,7 +803,7 @@ impl Socket {
     #[inline(never)]
     fn receivepartial_buffered(&mut self, max: usize) -> Result<Vec<u8>> {
         let filled = if self.start == self.end {
-            let deadline = Self::deadline(self.conn.timeouts.get().receive);
+            let deadline = super::deadline(self.conn.timeouts.get().receive);
             self.start = 0;
             self.end = 0;
             // Room for what was asked (up to a bulk chunk) so big reads stay few, set aside
@@ -857,7 +853,7 @@ impl Socket {
                 return Ok(sent);
             }
         }
-        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        let deadline = super::deadline(self.conn.timeouts.get().send);
         self.send_rest(data, sent, deadline)
     }
 
@@ -899,7 +895,7 @@ impl Socket {
         if self.conn.tls.get().is_some() {
             self.fair_share();
             // One deadline for the whole call, as for `send`: not one per slice.
-            let deadline = Self::deadline(self.conn.timeouts.get().send);
+            let deadline = super::deadline(self.conn.timeouts.get().send);
             let mut sent = 0;
             let mut result = Ok(());
             for buf in bufs {
@@ -942,7 +938,7 @@ impl Socket {
         let mut rest: Vec<IoSlice<'_>> = bufs.to_vec();
         let mut rest = &mut rest[..];
         IoSlice::advance_slices(&mut rest, sent);
-        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        let deadline = super::deadline(self.conn.timeouts.get().send);
         while !rest.is_empty() {
             let some = self.send_waiting(deadline, || {
                 let slices: &[IoSlice<'_>] = rest;
@@ -1239,7 +1235,7 @@ impl Read for Socket {
         }
         if self.start == self.end && out.len() >= INITIAL_BUFFER {
             self.fair_share();
-            let deadline = Self::deadline(self.conn.timeouts.get().receive);
+            let deadline = super::deadline(self.conn.timeouts.get().receive);
             let read = self.read_waiting(out, deadline).map_err(to_io);
             // Like every receive: bytes left in the kernel are another reader's turn.
             self.conn.pass_on(false);
@@ -1260,7 +1256,7 @@ impl BufRead for Socket {
             self.fair_share();
             self.start = 0;
             self.end = 0;
-            let deadline = Self::deadline(self.conn.timeouts.get().receive);
+            let deadline = super::deadline(self.conn.timeouts.get().receive);
             let filled = self.fill(deadline).map_err(to_io);
             self.conn.pass_on(false);
             filled?;
@@ -1288,7 +1284,7 @@ impl Write for Socket {
             return Ok(0);
         }
         self.fair_share();
-        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        let deadline = super::deadline(self.conn.timeouts.get().send);
         let sent = self.send_some(data, deadline).map_err(to_io);
         // Like `send`: a socket still writable is another writer's turn.
         self.conn.pass_on(true);
@@ -1308,7 +1304,7 @@ impl Write for Socket {
             return Ok(0);
         };
         self.fair_share();
-        let deadline = Self::deadline(self.conn.timeouts.get().send);
+        let deadline = super::deadline(self.conn.timeouts.get().send);
         let sent = self
             .send_waiting(deadline, || self.send_vectored_once(bufs))
             .map_err(to_io);

@@ -543,10 +543,6 @@ fn handshake(
     }
 }
 
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
-}
-
 impl Socket {
     /// Upgrades this connection to TLS as a client, in place (Copas `dohandshake`): the
     /// way to `STARTTLS` in SMTP, FTPS, IMAP… and what [`connect_tls`](crate::connect_tls)
@@ -595,7 +591,7 @@ impl Socket {
     /// # }
     /// ```
     pub fn dohandshake(&mut self, connector: &TlsConnector, server_name: &str) -> Result<()> {
-        let deadline = deadline(self.gettimeouts().0);
+        let deadline = super::deadline(self.gettimeouts().0);
         self.upgrade(
             Role::Client {
                 connector,
@@ -615,7 +611,7 @@ impl Socket {
     ///
     /// As [`Socket::dohandshake`]; the connection is closed after an error.
     pub fn dohandshake_server(&mut self, acceptor: &TlsAcceptor) -> Result<()> {
-        let deadline = deadline(self.gettimeouts().0);
+        let deadline = super::deadline(self.gettimeouts().0);
         self.upgrade(Role::Server(acceptor), deadline)
     }
 
@@ -732,7 +728,7 @@ pub(crate) fn connect_tls(
 pub fn handler(f: impl Fn(Socket) + 'static, acceptor: TlsAcceptor) -> impl Fn(Socket) + 'static {
     move |mut sock: Socket| {
         let timeout = sock.gettimeouts().0.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
-        if let Err(e) = sock.upgrade(Role::Server(&acceptor), deadline(Some(timeout))) {
+        if let Err(e) = sock.upgrade(Role::Server(&acceptor), super::deadline(Some(timeout))) {
             sock.close();
             drop(sock);
             const FAILED: &str = "TLS/SSL handshake failed";

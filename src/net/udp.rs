@@ -181,10 +181,6 @@ impl fmt::Debug for UdpSocket {
     }
 }
 
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
-}
-
 impl UdpSocket {
     /// Creates a UDP socket bound to `addr` (port 0: any free port), trying each address a
     /// host name resolves to (on a helper thread) until one binds.
@@ -260,7 +256,7 @@ impl UdpSocket {
     /// Receives one datagram, waiting under the receive timeout.
     fn recv_one(&self, size: usize) -> Result<sys::Datagram> {
         self.fair_share();
-        let deadline = deadline(self.inner.timeouts.get().receive);
+        let deadline = super::deadline(self.inner.timeouts.get().receive);
         let io = &self.inner.io;
         loop {
             if io.is_closed() {
@@ -351,7 +347,7 @@ impl UdpSocket {
     /// Sends one datagram, to `to` or to the peer.
     fn send_one(&self, data: &[u8], to: Option<SocketAddr>) -> Result<usize> {
         self.fair_share();
-        let deadline = deadline(self.inner.timeouts.get().send);
+        let deadline = super::deadline(self.inner.timeouts.get().send);
         let io = &self.inner.io;
         loop {
             if io.writable.get() {
@@ -438,7 +434,7 @@ impl UdpSocket {
     /// [`bind`](UdpSocket::bind)), [`ErrorKind::Timeout`] (resolution took longer than the
     /// connect timeout), [`ErrorKind::Closed`], or the system's error.
     pub fn setpeername(&self, addr: impl ToAddrs) -> Result<()> {
-        let deadline = deadline(self.inner.timeouts.get().connect);
+        let deadline = super::deadline(self.inner.timeouts.get().connect);
         let mut last = None;
         for addr in resolve(&addr, deadline)? {
             match self.with_socket(|s| s.connect(&addr.into())) {
