@@ -10,7 +10,6 @@
 mod util;
 
 use std::cell::Cell;
-use std::process::Command;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -91,19 +90,12 @@ fn a_program_of_coroutines_and_sockets_runs_under_memcheck_without_errors() {
     if !util::peer_available("valgrind", "valgrind", &["--version"]) {
         return;
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new("valgrind");
-    cmd.args(["--tool=memcheck", "--error-exitcode=9"])
-        .arg(exe)
-        .args([
-            "a_program_of_coroutines_and_sockets_runs_under_memcheck_without_errors",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .env("RUST_BACKTRACE", "0");
-    let out = util::output_within(cmd, b"", Duration::from_secs(240));
+    let out = util::run_child_under(
+        &["valgrind", "--tool=memcheck", "--error-exitcode=9"],
+        "a_program_of_coroutines_and_sockets_runs_under_memcheck_without_errors",
+        CHILD,
+        Duration::from_secs(240),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let summary = stderr

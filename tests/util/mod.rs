@@ -196,8 +196,27 @@ pub fn thread_cpu_time() -> Duration {
 /// returns its output. The child test must return at once unless `env_var` is set. The
 /// child is killed after `limit`.
 pub fn run_child(test_name: &str, env_var: &str, limit: Duration) -> Output {
+    run_child_under(&[], test_name, env_var, limit)
+}
+
+/// [`run_child`] with the child started by `wrapper` (a program and its arguments, such as
+/// `valgrind --error-exitcode=9`), which is given the test binary and its arguments after
+/// its own; an empty `wrapper` starts the test binary itself.
+pub fn run_child_under(
+    wrapper: &[&str],
+    test_name: &str,
+    env_var: &str,
+    limit: Duration,
+) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(env_var, "1")
         .env("RUST_BACKTRACE", "0");
