@@ -1,13 +1,15 @@
 //! Coroutine costs (issue 3, item 2): the suspend+resume pair, `addthread` to completion with
 //! a warm stack pool, 20,000 coroutines yielding 100 times each, and 30,000 sleepers with
 //! random deadlines (total time and how late each one wakes), and one sleeper at a time over
-//! 10 ms to 2 s (how late a long timer fires, against the kernel's allowance for epoll timeouts).
+//! 10 ms to 2 s (how late a long timer fires, against the kernel's allowance for epoll timeouts);
+//! and what a hand-off through a lock, a semaphore or a queue costs a parked waiter.
 //!
 //! ```text
 //! cargo bench --bench coroutines            # everything, pinned to CPU 0
 //! cargo bench --bench coroutines -- quick   # fewer repetitions (smoke run)
 //! cargo bench --bench coroutines -- switch  # only some sections (for profiling):
-//!                                           # switch, spawn, yielders, sleepers, timers
+//!                                           # switch, spawn, yielders, sleepers, timers,
+//!                                           # handoffs
 //! cargo bench --bench coroutines -- fifo    # also repeat the sleepers under SCHED_FIFO
 //!                                           # (root), to take other load off the timings
 //! SLEEPER_RUNS=9 cargo bench --bench coroutines -- sleepers   # repetitions (default 3)
@@ -128,6 +130,9 @@ fn main() {
     if want("timers") {
         long_timers(&plan);
     }
+    if want("handoffs") {
+        handoffs(&plan);
+    }
 
     println!();
     println!("## Summary against the issue's targets (target / measured: ≥ 1.00 meets it)");
@@ -147,6 +152,105 @@ fn main() {
             );
         }
     }
+}
+
+/// Two coroutines hand something to each other through a sync object, each hand-off waking
+/// the other one, parked, in the next step: the cost per hand-off, beside one coroutine doing
+/// `pause(ZERO)` (one step and one resume per yield, as here per hand-off, without the
+/// object).
+fn handoffs(plan: &Plan) {
+    use copas::{lock::Lock, queue::Queue, semaphore::Semaphore, FOREVER};
+    println!("## (f) hand-offs to a parked waiter, 2 coroutines, one step each");
+    println!();
+    println!("| through | best ns per hand-off | all runs |");
+    println!("|---|---|---|");
+    let n = plan.dispatcher_yields / 2;
+    let timed = || {
+        let t = Instant::now();
+        copas::run().expect("run");
+        t.elapsed().as_nanos() as f64 / n as f64
+    };
+    // Both take, once the first one yields while holding: from then on each give hands the
+    // object to the other coroutine, parked, and the giver parks in its next take.
+    let turns = |take: Rc<dyn Fn()>, give: Rc<dyn Fn()>| {
+        for _ in 0..2 {
+            let (take, give) = (take.clone(), give.clone());
+            copas::addthread(move || {
+                take();
+                copas::pause(Duration::ZERO);
+                for _ in 0..n / 2 {
+                    give();
+                    take();
+                }
+                give();
+            })
+            .expect("addthread");
+        }
+        timed()
+    };
+    let report = |what: &str, runs: Vec<f64>| {
+        let all: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+        println!("| {what} | {:.0} | {} |", min(&runs), all.join(", "));
+    };
+    report(
+        "nothing (1 coroutine, `pause(ZERO)`)",
+        best_of(plan.best_of, || {
+            copas::addthread(move || {
+                for _ in 0..n {
+                    copas::pause(Duration::ZERO);
+                }
+            })
+            .expect("addthread");
+            timed()
+        }),
+    );
+    report(
+        "`Lock` (release, get)",
+        best_of(plan.best_of, || {
+            let lock = Lock::new(FOREVER, false);
+            let l2 = lock.clone();
+            turns(
+                Rc::new(move || {
+                    l2.get(None).expect("get");
+                }),
+                Rc::new(move || lock.release().expect("release")),
+            )
+        }),
+    );
+    report(
+        "`Semaphore` (give, take)",
+        best_of(plan.best_of, || {
+            let sema = Semaphore::new(1, 1, FOREVER);
+            let s2 = sema.clone();
+            turns(
+                Rc::new(move || s2.take(1, None).expect("take")),
+                Rc::new(move || sema.give(1).expect("give")),
+            )
+        }),
+    );
+    report(
+        "`Queue` (push to the other's queue, pop from one's own)",
+        best_of(plan.best_of, || {
+            let (ping, pong): (Queue<u64>, Queue<u64>) = (Queue::new(), Queue::new());
+            let (ping2, pong2) = (ping.clone(), pong.clone());
+            copas::addthread(move || {
+                for i in 0..n / 2 {
+                    ping.push(i).expect("push");
+                    black_box(pong.pop(FOREVER).expect("pop"));
+                }
+            })
+            .expect("addthread");
+            copas::addthread(move || {
+                for _ in 0..n / 2 {
+                    let i = ping2.pop(FOREVER).expect("pop");
+                    pong2.push(i).expect("push");
+                }
+            })
+            .expect("addthread");
+            timed()
+        }),
+    );
+    println!();
 }
 
 /// One figure for the summary.

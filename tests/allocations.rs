@@ -6,9 +6,9 @@
 //! `send`, with and without a socket timeout (a timer armed and cancelled per wait), and
 //! through the socket's own read buffer (a caller buffer smaller than what arrives), must
 //! allocate nothing per message once warm: the poller's event buffer, the ready queue, the
-//! timer queue and the task table are all reused. A wait on a lock, semaphore or queue
-//! allocates its waker's hand-over slot (documented in `docs/shutdown-and-introspection.md`)
-//! and is not checked here.
+//! timer queue and the task table are all reused. So must a wait on a lock, a semaphore or
+//! a queue, handed over or timed out: what a waker hands over is kept in the object's wait
+//! list, whose maps keep their nodes.
 
 #[path = "util/heap.rs"]
 mod heap;
@@ -128,4 +128,120 @@ fn pauses_allocate_nothing() {
     .expect("addthread");
     util::run_bounded(util::secs(30));
     assert_eq!(out.get(), (0, 0), "(10,000 pause(ZERO), 1,000 pause(1 us))");
+}
+
+/// Two coroutines take turns on `take`/`give`, each parking while the other holds; returns
+/// the allocations of the measured window and how many of its waits parked.
+fn contended_allocations(
+    take: impl Fn() -> bool + Clone + 'static,
+    give: impl Fn() + Clone + 'static,
+) -> (u64, usize) {
+    util::make_dispatcher();
+    let out = Rc::new(Cell::new((u64::MAX, 0)));
+    let parked = Rc::new(Cell::new(0));
+    let turns =
+        move |rounds: usize, take: &dyn Fn() -> bool, give: &dyn Fn(), parked: &Cell<usize>| {
+            for _ in 0..rounds {
+                if take() {
+                    parked.set(parked.get() + 1);
+                }
+                copas::pause(Duration::ZERO);
+                give();
+            }
+        };
+    let (take2, give2, parked2) = (take.clone(), give.clone(), parked.clone());
+    copas::addthread(move || turns(WARM + MEASURED + 10, &take2, &give2, &parked2))
+        .expect("addthread");
+    let out2 = out.clone();
+    copas::addthread(move || {
+        turns(WARM, &take, &give, &parked);
+        let start = parked.get();
+        let ((), allocs) = allocations_in(|| turns(MEASURED, &take, &give, &parked));
+        out2.set((allocs, parked.get() - start));
+    })
+    .expect("addthread");
+    util::run_bounded(util::secs(30));
+    out.get()
+}
+
+#[test]
+fn waits_on_a_lock_allocate_nothing() {
+    let lock = copas::lock::Lock::new(copas::FOREVER, false);
+    let l2 = lock.clone();
+    let take = move || {
+        let busy = l2.is_locked();
+        l2.get(None).expect("get");
+        busy
+    };
+    let give = move || lock.release().expect("release");
+    let (allocs, parked) = contended_allocations(take, give);
+    assert!(parked >= MEASURED, "only {parked} waits parked");
+    assert_eq!(allocs, 0, "{parked} parked waits on a lock");
+}
+
+#[test]
+fn waits_on_a_semaphore_allocate_nothing() {
+    let sema = copas::semaphore::Semaphore::new(2, 2, copas::FOREVER);
+    let s2 = sema.clone();
+    let take = move || {
+        let busy = s2.get_count().expect("count") < 2;
+        s2.take(2, None).expect("take");
+        busy
+    };
+    let give = move || sema.give(2).expect("give");
+    let (allocs, parked) = contended_allocations(take, give);
+    assert!(parked >= MEASURED, "only {parked} waits parked");
+    assert_eq!(allocs, 0, "{parked} parked waits on a semaphore");
+}
+
+/// A timed-out wait allocates only the [`copas::Error`] it returns (boxed, to keep
+/// `Result`s small).
+#[test]
+fn waits_on_a_queue_allocate_nothing() {
+    util::make_dispatcher();
+    let queue: copas::queue::Queue<u64> = copas::queue::Queue::new();
+    let out = Rc::new(Cell::new((u64::MAX, u64::MAX, 0)));
+    let pusher = queue.clone();
+    // One item more than the popper measures, so that the pusher ends outside the window.
+    copas::addthread(move || {
+        for n in 0..(WARM + MEASURED + 1) as u64 {
+            copas::pause(Duration::ZERO);
+            pusher.push(n).expect("push");
+        }
+    })
+    .expect("addthread");
+    let out2 = out.clone();
+    copas::addthread(move || {
+        let pop = |rounds: usize| {
+            let mut sum = 0;
+            for _ in 0..rounds {
+                assert_eq!(queue.get_size(), 0, "every pop waits");
+                sum += queue.pop(copas::FOREVER).expect("pop");
+            }
+            sum
+        };
+        let time_out = |rounds: usize| {
+            for _ in 0..rounds {
+                let err = queue.pop(Duration::from_micros(1)).expect_err("empty");
+                assert_eq!(err.kind(), copas::ErrorKind::Timeout);
+            }
+        };
+        pop(WARM);
+        let (sum, handed) = allocations_in(|| pop(MEASURED));
+        pop(1);
+        time_out(10);
+        let ((), timed_out) = allocations_in(|| time_out(1_000));
+        out2.set((handed, timed_out, sum));
+    })
+    .expect("addthread");
+    util::run_bounded(util::secs(30));
+    let (handed, timed_out, sum) = out.get();
+    let w = WARM as u64;
+    let expected: u64 = (w..w + MEASURED as u64).sum();
+    assert_eq!(sum, expected, "every item handed over once");
+    assert_eq!(
+        (handed, timed_out),
+        (0, 1_000),
+        "({MEASURED} pops handed an item; 1,000 timed out, each returning a boxed error)"
+    );
 }

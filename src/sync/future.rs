@@ -206,7 +206,7 @@ impl<T> Future<T> {
         T: Clone,
     {
         loop {
-            let (ticket, slot, task) = {
+            let (ticket, task) = {
                 let mut st = self.inner.borrow_mut();
                 match &st.result {
                     Some(Ok(value)) => {
@@ -218,14 +218,15 @@ impl<T> Future<T> {
                     None => {}
                 }
                 let co = super::current().ok_or_else(|| super::outside_coroutine("Future::get"))?;
-                let (ticket, slot) = st.waiters.push(co, ());
-                (ticket, slot, st.task)
+                let ticket = st.waiters.push(co, ());
+                (ticket, st.task)
             };
             let guard = Ticket {
                 inner: &self.inner,
                 ticket,
             };
-            let outcome = super::wait(&slot, None, Blocker::Future(task));
+            let take = || super::take(&self.inner, ticket, |st| &mut st.waiters);
+            let outcome = super::wait(take, None, Blocker::Future(task));
             drop(guard);
             match outcome {
                 Outcome::Signalled(()) | Outcome::TimedOut => continue,
@@ -332,6 +333,7 @@ impl<T> Drop for Ticket<'_, T> {
     fn drop(&mut self) {
         if let Ok(mut st) = self.inner.try_borrow_mut() {
             st.waiters.remove(self.ticket);
+            st.waiters.take(self.ticket);
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use super::DEFAULT_TIMEOUT;
 
-use super::{Outcome, Slot, WaitList};
+use super::{Outcome, WaitList};
 use crate::dispatcher::{Blocker, Caller, Coroutine, ObjectKind, ObjectTag};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -54,9 +54,9 @@ struct State {
     owner: Option<Holder>,
     /// How many times the owner holds it (re-entrant gets).
     depth: usize,
-    /// The slot of a waiter the lock was handed to, until it takes it; `destroy` turns the
-    /// hand-over into `Destroyed` (as Copas does).
-    handed: Option<Slot<Signal>>,
+    /// The ticket of a waiter the lock was handed to, until it takes it; `destroy` turns
+    /// the hand-over into `Destroyed` (as Copas does).
+    handed: Option<u64>,
     waiters: WaitList<Signal>,
     destroyed: bool,
     /// Its number and name in listings.
@@ -85,11 +85,11 @@ impl State {
         self.owner = None;
         self.depth = 0;
         self.handed = None;
-        while let Some(next) = self.waiters.pop_front() {
-            if next.grant(Signal::Granted).is_ok() {
+        while let Some((ticket, next)) = self.waiters.pop_front() {
+            if self.waiters.grant(ticket, &next, Signal::Granted).is_ok() {
                 self.owner = Some(Some(next.co));
                 self.depth = 1;
-                self.handed = Some(next.slot);
+                self.handed = Some(ticket);
                 return;
             }
         }
@@ -176,7 +176,7 @@ impl Lock {
     /// `get`, also saying who holds the lock now.
     fn acquire(&self, timeout: Option<Duration>) -> Result<(Duration, Holder)> {
         let me = taker().ok_or_else(|| Error::new(ErrorKind::Cancelled))?;
-        let (ticket, slot, deadline, id) = {
+        let (ticket, deadline, id) = {
             let mut st = self.state.borrow_mut();
             if st.destroyed {
                 return Err(Error::new(ErrorKind::Destroyed));
@@ -198,17 +198,17 @@ impl Lock {
                 return Err(Error::new(ErrorKind::Timeout));
             }
             let co = me.ok_or_else(|| super::outside_coroutine("Lock::get"))?;
-            let (ticket, slot) = st.waiters.push(co, ());
-            (ticket, slot, super::deadline(timeout), st.tag.id())
+            let ticket = st.waiters.push(co, ());
+            (ticket, super::deadline(timeout), st.tag.id())
         };
         let start = Instant::now();
         let guard = Ticket {
             state: &self.state,
             ticket,
-            slot,
         };
         let on = Blocker::Object(ObjectKind::Lock, id);
-        let outcome = super::wait(&guard.slot, deadline, on);
+        let take = || super::take(&self.state, ticket, |st| &mut st.waiters);
+        let outcome = super::wait(take, deadline, on);
         drop(guard);
         match outcome {
             Outcome::Signalled(Signal::Granted) => Ok((start.elapsed(), me)),
@@ -275,11 +275,9 @@ impl Lock {
             return Err(Error::new(ErrorKind::Destroyed));
         }
         st.destroyed = true;
-        if let Some(slot) = st.handed.take() {
+        if let Some(ticket) = st.handed.take() {
             // Handed over but not taken yet: the new owner learns of the destruction instead.
-            if slot.take().is_some() {
-                slot.set(Some(Signal::Destroyed));
-            }
+            st.waiters.replace(ticket, Signal::Destroyed);
         }
         st.owner = None;
         st.depth = 0;
@@ -375,7 +373,6 @@ impl fmt::Debug for LockGuard<'_> {
 struct Ticket<'a> {
     state: &'a RefCell<State>,
     ticket: u64,
-    slot: Slot<Signal>,
 }
 
 impl Drop for Ticket<'_> {
@@ -384,7 +381,7 @@ impl Drop for Ticket<'_> {
             return;
         };
         st.waiters.remove(self.ticket);
-        if let Some(Signal::Granted) = self.slot.take() {
+        if let Some(Signal::Granted) = st.waiters.take(self.ticket) {
             // The lock was handed to a coroutine that went away without taking it.
             st.hand_over();
         }

@@ -4,8 +4,8 @@
 //! Every thread-local type here is built on the dispatcher's crate-internal wait/wake primitive
 //! (`Dispatcher::park` / `Dispatcher::unpark`) and nothing else: a coroutine that has to wait
 //! puts an entry in the object's [`WaitList`] and parks; whoever hands it what it waits for
-//! (a lock's ownership, permits, an item, "destroyed") puts that in the entry's slot and
-//! unparks it. A park with a deadline keeps [`run`](crate::run) going; one without does not,
+//! (a lock's ownership, permits, an item, "destroyed") leaves that in the wait list under
+//! the waiter's ticket and unparks it. A park with a deadline keeps [`run`](crate::run) going; one without does not,
 //! as in Copas (a coroutine blocked forever on a queue nobody uses is abandoned when the
 //! loop has nothing else to do).
 //!
@@ -36,10 +36,9 @@ pub mod queue;
 pub mod semaphore;
 pub mod timer;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::dispatcher::{self, Blocker, Coroutine, PanicReport, Wake};
@@ -52,37 +51,26 @@ pub const FOREVER: Duration = Duration::MAX;
 /// The default timeout of locks, semaphores and queue pops, as in Copas (10 seconds).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a waker leaves what it hands to a waiter.
-pub(crate) type Slot<S> = Rc<Cell<Option<S>>>;
-
 /// One coroutine waiting in a [`WaitList`].
-pub(crate) struct Entry<S, D> {
+pub(crate) struct Entry<D> {
     pub(crate) co: Coroutine,
-    pub(crate) slot: Slot<S>,
     /// What the waiter asked for (a semaphore's permit count).
     pub(crate) data: D,
 }
 
-impl<S, D> Entry<S, D> {
-    /// Hands `signal` to the waiter and wakes it. Gives `signal` back when the waiter no
-    /// longer waits (its deadline passed, or it was removed), so the caller can pass it to
-    /// the next one.
-    pub(crate) fn grant(&self, signal: S) -> std::result::Result<(), S> {
-        if dispatcher::try_with(|d| d.unpark(self.co)).unwrap_or(false) {
-            self.slot.set(Some(signal));
-            Ok(())
-        } else {
-            Err(signal)
-        }
-    }
-}
-
-/// Coroutines waiting on one object, first come first served. Tickets are increasing, so
-/// the map's order is arrival order; leaving from anywhere in the line is O(log n), which
-/// keeps timeouts cheap when thousands wait.
+/// Coroutines waiting on one object, first come first served, and what was handed to those
+/// of them that were woken but have not run yet. Tickets are increasing, so the line's order
+/// is arrival order; leaving from anywhere in the line is O(log n), which keeps timeouts
+/// cheap when thousands wait.
+///
+/// What a waker hands over is kept here, under the waiter's ticket, rather than in a slot
+/// shared with the waiter: a wait then allocates nothing once the maps have their first
+/// node (a `BTreeMap` keeps its root when emptied), where a shared slot cost one `Rc` per
+/// wait.
 pub(crate) struct WaitList<S, D = ()> {
     next: u64,
-    entries: BTreeMap<u64, Entry<S, D>>,
+    entries: BTreeMap<u64, Entry<D>>,
+    handed: BTreeMap<u64, S>,
 }
 
 impl<S, D> WaitList<S, D> {
@@ -90,36 +78,60 @@ impl<S, D> WaitList<S, D> {
         WaitList {
             next: 0,
             entries: BTreeMap::new(),
+            handed: BTreeMap::new(),
         }
     }
 
-    /// Puts `co` at the end of the line; returns its ticket and the slot it will find its
-    /// signal in.
-    pub(crate) fn push(&mut self, co: Coroutine, data: D) -> (u64, Slot<S>) {
+    /// Puts `co` at the end of the line; returns its ticket, under which it will find what
+    /// it is handed ([`take`](WaitList::take)).
+    pub(crate) fn push(&mut self, co: Coroutine, data: D) -> u64 {
         self.next += 1;
-        let slot: Slot<S> = Rc::new(Cell::new(None));
-        self.entries.insert(
-            self.next,
-            Entry {
-                co,
-                slot: slot.clone(),
-                data,
-            },
-        );
-        (self.next, slot)
+        self.entries.insert(self.next, Entry { co, data });
+        self.next
     }
 
     /// Takes a waiter out of the line (it timed out or went away).
-    pub(crate) fn remove(&mut self, ticket: u64) -> Option<Entry<S, D>> {
+    pub(crate) fn remove(&mut self, ticket: u64) -> Option<Entry<D>> {
         self.entries.remove(&ticket)
     }
 
-    pub(crate) fn front(&self) -> Option<&Entry<S, D>> {
+    /// Takes what was handed to the waiter with `ticket`, if anything was.
+    pub(crate) fn take(&mut self, ticket: u64) -> Option<S> {
+        self.handed.remove(&ticket)
+    }
+
+    /// Replaces what was handed to `ticket` and not taken yet, if anything was (a lock
+    /// destroyed after it was handed over).
+    pub(crate) fn replace(&mut self, ticket: u64, signal: S) {
+        if let Some(handed) = self.handed.get_mut(&ticket) {
+            *handed = signal;
+        }
+    }
+
+    pub(crate) fn front(&self) -> Option<&Entry<D>> {
         self.entries.first_key_value().map(|(_, e)| e)
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<Entry<S, D>> {
-        self.entries.pop_first().map(|(_, e)| e)
+    /// Takes the first waiter out of the line, with its ticket.
+    pub(crate) fn pop_front(&mut self) -> Option<(u64, Entry<D>)> {
+        self.entries.pop_first()
+    }
+
+    /// Hands `signal` to a waiter taken out of the line and wakes it. Gives `signal` back
+    /// when the waiter no longer waits (its deadline passed, or it was removed), so the
+    /// caller can pass it to the next one.
+    pub(crate) fn grant(
+        &mut self,
+        ticket: u64,
+        waiter: &Entry<D>,
+        signal: S,
+    ) -> std::result::Result<(), S> {
+        if dispatcher::try_with(|d| d.unpark(waiter.co)).unwrap_or(false) {
+            self.handed.insert(ticket, signal);
+            Ok(())
+        } else {
+            Err(signal)
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -135,8 +147,8 @@ impl<S, D> WaitList<S, D> {
     where
         S: Clone,
     {
-        while let Some(entry) = self.pop_front() {
-            let _ = entry.grant(signal.clone());
+        while let Some((ticket, waiter)) = self.pop_front() {
+            let _ = self.grant(ticket, &waiter, signal.clone());
         }
     }
 }
@@ -151,11 +163,12 @@ pub(crate) enum Outcome<S> {
     Cancelled,
 }
 
-/// Parks the running coroutine until a waker fills `slot` or `deadline` passes. The caller
-/// has already put itself in a wait list and holds no borrow. `on` names what it waits on
-/// in listings.
+/// Parks the running coroutine until a waker hands it something, which `take` fetches
+/// (from the caller's [`WaitList`], under its ticket), or `deadline` passes. The caller has
+/// already put itself in a wait list and holds no borrow; `take` borrows only while it runs.
+/// `on` names what it waits on in listings.
 pub(crate) fn wait<S>(
-    slot: &Cell<Option<S>>,
+    mut take: impl FnMut() -> Option<S>,
     deadline: Option<Instant>,
     on: Blocker,
 ) -> Outcome<S> {
@@ -163,7 +176,7 @@ pub(crate) fn wait<S>(
         let wake = dispatcher::with(|d| d.park(deadline, on));
         // A hand-over counts whatever the wake-up says: it only happens to a parked waiter,
         // and waking it cancels its deadline.
-        if let Some(signal) = slot.take() {
+        if let Some(signal) = take() {
             return Outcome::Signalled(signal);
         }
         match wake {
@@ -173,6 +186,19 @@ pub(crate) fn wait<S>(
             _ => return Outcome::Cancelled,
         }
     }
+}
+
+/// Takes what was handed to `ticket` in the wait list `list` finds in `state`, for
+/// [`wait`]. A state borrowed elsewhere (not possible: no method holds a borrow while
+/// another coroutine runs) reads as nothing handed rather than a panic, which could come
+/// while a removed coroutine unwinds.
+pub(crate) fn take<T, S, D>(
+    state: &RefCell<T>,
+    ticket: u64,
+    list: impl FnOnce(&mut T) -> &mut WaitList<S, D>,
+) -> Option<S> {
+    let mut st = state.try_borrow_mut().ok()?;
+    list(&mut st).take(ticket)
 }
 
 /// The deadline of a wait of `timeout` starting now; `None` (no deadline) for a timeout

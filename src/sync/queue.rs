@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use super::DEFAULT_TIMEOUT;
 
-use super::{Outcome, Slot, WaitList, FOREVER};
+use super::{Outcome, WaitList, FOREVER};
 use crate::dispatcher::{self, Blocker, Coroutine, ObjectKind, ObjectTag, TaskName};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -86,8 +86,8 @@ impl<T> State<T> {
 
     /// Hands `item` to the first waiting pop, or queues it.
     fn deliver(&mut self, mut item: T, front: bool) {
-        while let Some(waiter) = self.poppers.pop_front() {
-            match waiter.grant(Signal::Item(item)) {
+        while let Some((ticket, waiter)) = self.poppers.pop_front() {
+            match self.poppers.grant(ticket, &waiter, Signal::Item(item)) {
                 Ok(()) => return,
                 Err(Signal::Item(back)) => item = back,
                 Err(Signal::Destroyed) => return,
@@ -297,7 +297,7 @@ impl<T: 'static> Queue<T> {
         }
         self.stop()?;
         loop {
-            let (ticket, slot) = {
+            let ticket = {
                 let mut st = self.inner.state.borrow_mut();
                 if st.destroyed && st.workers.is_empty() {
                     return Ok(());
@@ -311,7 +311,8 @@ impl<T: 'static> Queue<T> {
                 ticket,
             };
             let on = Blocker::Object(ObjectKind::QueueFinish, self.inner.tag.id());
-            let outcome = super::wait(&slot, deadline, on);
+            let take = || super::take(&self.inner.state, ticket, |st| &mut st.finishers);
+            let outcome = super::wait(take, deadline, on);
             drop(guard);
             match outcome {
                 Outcome::Signalled(()) => continue,
@@ -408,7 +409,7 @@ impl<T: 'static> Queue<T> {
 impl<T> Inner<T> {
     /// [`Queue::pop`], for handles and workers alike.
     fn pop(&self, timeout: Option<Duration>) -> Result<T> {
-        let (ticket, slot, deadline) = {
+        let (ticket, deadline) = {
             let mut st = self.state.borrow_mut();
             if st.destroyed {
                 return Err(Error::new(ErrorKind::Destroyed));
@@ -429,16 +430,16 @@ impl<T> Inner<T> {
                 return Err(Error::new(ErrorKind::Timeout));
             }
             let co = super::current().ok_or_else(|| super::outside_coroutine("Queue::pop"))?;
-            let (ticket, slot) = st.poppers.push(co, ());
-            (ticket, slot, super::deadline(timeout))
+            let ticket = st.poppers.push(co, ());
+            (ticket, super::deadline(timeout))
         };
         let guard = PopTicket {
             state: &self.state,
             ticket,
-            slot,
         };
         let on = Blocker::Object(ObjectKind::QueuePop, self.tag.id());
-        let outcome = super::wait(&guard.slot, deadline, on);
+        let take = || super::take(&self.state, ticket, |st| &mut st.poppers);
+        let outcome = super::wait(take, deadline, on);
         drop(guard);
         match outcome {
             Outcome::Signalled(Signal::Item(item)) => Ok(item),
@@ -469,16 +470,15 @@ impl<T> fmt::Debug for Queue<T> {
 struct PopTicket<'a, T> {
     state: &'a RefCell<State<T>>,
     ticket: u64,
-    slot: Slot<Signal<T>>,
 }
 
 impl<T> Drop for PopTicket<'_, T> {
     fn drop(&mut self) {
-        let unclaimed = self.slot.take();
         let Ok(mut st) = self.state.try_borrow_mut() else {
-            return; // `unclaimed` is dropped after the borrow attempt, holding nothing
+            return;
         };
         st.poppers.remove(self.ticket);
+        let unclaimed = st.poppers.take(self.ticket);
         let dropped = match unclaimed {
             Some(Signal::Item(item)) if !st.destroyed => {
                 st.deliver(item, true);
@@ -501,6 +501,7 @@ impl<T> Drop for FinishTicket<'_, T> {
     fn drop(&mut self) {
         if let Ok(mut st) = self.state.try_borrow_mut() {
             st.finishers.remove(self.ticket);
+            st.finishers.take(self.ticket);
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use super::DEFAULT_TIMEOUT;
 
-use super::{Outcome, Slot, WaitList};
+use super::{Outcome, WaitList};
 use crate::dispatcher::{Blocker, ObjectKind, ObjectTag};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -86,11 +86,11 @@ impl State {
             if wanted > self.count {
                 return;
             }
-            let Some(head) = self.waiters.pop_front() else {
+            let Some((ticket, head)) = self.waiters.pop_front() else {
                 return;
             };
             self.wanted -= wanted as u128;
-            if head.grant(Signal::Granted).is_ok() {
+            if self.waiters.grant(ticket, &head, Signal::Granted).is_ok() {
                 self.count -= wanted;
             }
         }
@@ -175,7 +175,7 @@ impl Semaphore {
     /// destroyed; [`ErrorKind::InvalidState`] when it would have to wait outside a
     /// coroutine; [`ErrorKind::Cancelled`] when the waiting coroutine is being removed.
     pub fn take(&self, n: usize, timeout: impl Into<Option<Duration>>) -> Result<()> {
-        let (ticket, slot, deadline, id) = {
+        let (ticket, deadline, id) = {
             let mut st = self.state.borrow_mut();
             if st.destroyed {
                 return Err(Error::new(ErrorKind::Destroyed));
@@ -192,18 +192,18 @@ impl Semaphore {
                 return Err(Error::new(ErrorKind::Timeout));
             }
             let co = super::current().ok_or_else(|| super::outside_coroutine("Semaphore::take"))?;
-            let (ticket, slot) = st.waiters.push(co, n);
+            let ticket = st.waiters.push(co, n);
             st.wanted += n as u128;
-            (ticket, slot, super::deadline(timeout), st.tag.id())
+            (ticket, super::deadline(timeout), st.tag.id())
         };
         let guard = Ticket {
             state: &self.state,
             ticket,
-            slot,
             n,
         };
         let on = Blocker::Object(ObjectKind::Semaphore, id);
-        let outcome = super::wait(&guard.slot, deadline, on);
+        let take = || super::take(&self.state, ticket, |st| &mut st.waiters);
+        let outcome = super::wait(take, deadline, on);
         drop(guard);
         match outcome {
             // Destroyed after the permits were handed over but before this coroutine ran:
@@ -390,7 +390,6 @@ impl fmt::Debug for SemaphorePermit<'_> {
 struct Ticket<'a> {
     state: &'a RefCell<State>,
     ticket: u64,
-    slot: Slot<Signal>,
     n: usize,
 }
 
@@ -402,10 +401,11 @@ impl Drop for Ticket<'_> {
         if let Some(left) = st.waiters.remove(self.ticket) {
             st.wanted -= left.data as u128;
         }
+        let handed = st.waiters.take(self.ticket);
         if st.destroyed {
             return;
         }
-        if let Some(Signal::Granted) = self.slot.take() {
+        if let Some(Signal::Granted) = handed {
             st.add(self.n);
         } else {
             st.serve();
