@@ -326,14 +326,13 @@ impl<T> Drop for Completion<T> {
 /// A `get` waiter's place in line; dropping it takes the waiter out.
 struct Ticket<'a, T> {
     inner: &'a RefCell<Inner<T>>,
-    ticket: u64,
+    ticket: super::WaiterId,
 }
 
 impl<T> Drop for Ticket<'_, T> {
     fn drop(&mut self) {
         if let Ok(mut st) = self.inner.try_borrow_mut() {
-            st.waiters.remove(self.ticket);
-            st.waiters.take(self.ticket);
+            st.waiters.leave(self.ticket);
         }
     }
 }

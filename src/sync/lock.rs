@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use super::DEFAULT_TIMEOUT;
 
-use super::{Outcome, WaitList};
+use super::{Outcome, WaitList, WaiterId};
 use crate::dispatcher::{Blocker, Caller, Coroutine, ObjectKind, ObjectTag};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -56,7 +56,7 @@ struct State {
     depth: usize,
     /// The ticket of a waiter the lock was handed to, until it takes it; `destroy` turns
     /// the hand-over into `Destroyed` (as Copas does).
-    handed: Option<u64>,
+    handed: Option<WaiterId>,
     waiters: WaitList<Signal>,
     destroyed: bool,
     /// Its number and name in listings.
@@ -86,7 +86,7 @@ impl State {
         self.depth = 0;
         self.handed = None;
         while let Some((ticket, next)) = self.waiters.pop_front() {
-            if self.waiters.grant(ticket, &next, Signal::Granted).is_ok() {
+            if self.waiters.grant(ticket, next, Signal::Granted).is_ok() {
                 self.owner = Some(Some(next.co));
                 self.depth = 1;
                 self.handed = Some(ticket);
@@ -372,7 +372,7 @@ impl fmt::Debug for LockGuard<'_> {
 /// unwinds) takes the waiter out of the line and passes on a hand-over it never took.
 struct Ticket<'a> {
     state: &'a RefCell<State>,
-    ticket: u64,
+    ticket: WaiterId,
 }
 
 impl Drop for Ticket<'_> {
@@ -380,8 +380,7 @@ impl Drop for Ticket<'_> {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return;
         };
-        st.waiters.remove(self.ticket);
-        if let Some(Signal::Granted) = st.waiters.take(self.ticket) {
+        if let (_, Some(Signal::Granted)) = st.waiters.leave(self.ticket) {
             // The lock was handed to a coroutine that went away without taking it.
             st.hand_over();
         }

@@ -35,9 +35,11 @@ pub mod lock;
 pub mod queue;
 pub mod semaphore;
 pub mod timer;
+mod wait_list;
+
+pub(crate) use wait_list::{WaitList, WaiterId};
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -50,108 +52,6 @@ pub const FOREVER: Duration = Duration::MAX;
 
 /// The default timeout of locks, semaphores and queue pops, as in Copas (10 seconds).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One coroutine waiting in a [`WaitList`].
-pub(crate) struct Entry<D> {
-    pub(crate) co: Coroutine,
-    /// What the waiter asked for (a semaphore's permit count).
-    pub(crate) data: D,
-}
-
-/// Coroutines waiting on one object, first come first served, and what was handed to those
-/// of them that were woken but have not run yet. Tickets are increasing, so the line's order
-/// is arrival order; leaving from anywhere in the line is O(log n), which keeps timeouts
-/// cheap when thousands wait.
-///
-/// What a waker hands over is kept here, under the waiter's ticket, rather than in a slot
-/// shared with the waiter: a wait then allocates nothing once the maps have their first
-/// node (a `BTreeMap` keeps its root when emptied), where a shared slot cost one `Rc` per
-/// wait.
-pub(crate) struct WaitList<S, D = ()> {
-    next: u64,
-    entries: BTreeMap<u64, Entry<D>>,
-    handed: BTreeMap<u64, S>,
-}
-
-impl<S, D> WaitList<S, D> {
-    pub(crate) fn new() -> Self {
-        WaitList {
-            next: 0,
-            entries: BTreeMap::new(),
-            handed: BTreeMap::new(),
-        }
-    }
-
-    /// Puts `co` at the end of the line; returns its ticket, under which it will find what
-    /// it is handed ([`take`](WaitList::take)).
-    pub(crate) fn push(&mut self, co: Coroutine, data: D) -> u64 {
-        self.next += 1;
-        self.entries.insert(self.next, Entry { co, data });
-        self.next
-    }
-
-    /// Takes a waiter out of the line (it timed out or went away).
-    pub(crate) fn remove(&mut self, ticket: u64) -> Option<Entry<D>> {
-        self.entries.remove(&ticket)
-    }
-
-    /// Takes what was handed to the waiter with `ticket`, if anything was.
-    pub(crate) fn take(&mut self, ticket: u64) -> Option<S> {
-        self.handed.remove(&ticket)
-    }
-
-    /// Replaces what was handed to `ticket` and not taken yet, if anything was (a lock
-    /// destroyed after it was handed over).
-    pub(crate) fn replace(&mut self, ticket: u64, signal: S) {
-        if let Some(handed) = self.handed.get_mut(&ticket) {
-            *handed = signal;
-        }
-    }
-
-    pub(crate) fn front(&self) -> Option<&Entry<D>> {
-        self.entries.first_key_value().map(|(_, e)| e)
-    }
-
-    /// Takes the first waiter out of the line, with its ticket.
-    pub(crate) fn pop_front(&mut self) -> Option<(u64, Entry<D>)> {
-        self.entries.pop_first()
-    }
-
-    /// Hands `signal` to a waiter taken out of the line and wakes it. Gives `signal` back
-    /// when the waiter no longer waits (its deadline passed, or it was removed), so the
-    /// caller can pass it to the next one.
-    pub(crate) fn grant(
-        &mut self,
-        ticket: u64,
-        waiter: &Entry<D>,
-        signal: S,
-    ) -> std::result::Result<(), S> {
-        if dispatcher::try_with(|d| d.unpark(waiter.co)).unwrap_or(false) {
-            self.handed.insert(ticket, signal);
-            Ok(())
-        } else {
-            Err(signal)
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Hands a copy of `signal` to every waiter, emptying the line.
-    pub(crate) fn grant_all(&mut self, signal: S)
-    where
-        S: Clone,
-    {
-        while let Some((ticket, waiter)) = self.pop_front() {
-            let _ = self.grant(ticket, &waiter, signal.clone());
-        }
-    }
-}
 
 /// How a wait ended.
 pub(crate) enum Outcome<S> {
@@ -192,9 +92,9 @@ pub(crate) fn wait<S>(
 /// [`wait`]. A state borrowed elsewhere (not possible: no method holds a borrow while
 /// another coroutine runs) reads as nothing handed rather than a panic, which could come
 /// while a removed coroutine unwinds.
-pub(crate) fn take<T, S, D>(
+pub(crate) fn take<T, S, D: Copy>(
     state: &RefCell<T>,
-    ticket: u64,
+    ticket: WaiterId,
     list: impl FnOnce(&mut T) -> &mut WaitList<S, D>,
 ) -> Option<S> {
     let mut st = state.try_borrow_mut().ok()?;

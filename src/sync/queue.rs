@@ -87,7 +87,7 @@ impl<T> State<T> {
     /// Hands `item` to the first waiting pop, or queues it.
     fn deliver(&mut self, mut item: T, front: bool) {
         while let Some((ticket, waiter)) = self.poppers.pop_front() {
-            match self.poppers.grant(ticket, &waiter, Signal::Item(item)) {
+            match self.poppers.grant(ticket, waiter, Signal::Item(item)) {
                 Ok(()) => return,
                 Err(Signal::Item(back)) => item = back,
                 Err(Signal::Destroyed) => return,
@@ -469,7 +469,7 @@ impl<T> fmt::Debug for Queue<T> {
 /// line.
 struct PopTicket<'a, T> {
     state: &'a RefCell<State<T>>,
-    ticket: u64,
+    ticket: super::WaiterId,
 }
 
 impl<T> Drop for PopTicket<'_, T> {
@@ -477,8 +477,7 @@ impl<T> Drop for PopTicket<'_, T> {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return;
         };
-        st.poppers.remove(self.ticket);
-        let unclaimed = st.poppers.take(self.ticket);
+        let (_, unclaimed) = st.poppers.leave(self.ticket);
         let dropped = match unclaimed {
             Some(Signal::Item(item)) if !st.destroyed => {
                 st.deliver(item, true);
@@ -494,14 +493,13 @@ impl<T> Drop for PopTicket<'_, T> {
 /// A waiting `finish`'s place in line.
 struct FinishTicket<'a, T> {
     state: &'a RefCell<State<T>>,
-    ticket: u64,
+    ticket: super::WaiterId,
 }
 
 impl<T> Drop for FinishTicket<'_, T> {
     fn drop(&mut self) {
         if let Ok(mut st) = self.state.try_borrow_mut() {
-            st.finishers.remove(self.ticket);
-            st.finishers.take(self.ticket);
+            st.finishers.leave(self.ticket);
         }
     }
 }

@@ -90,7 +90,7 @@ impl State {
                 return;
             };
             self.wanted -= wanted as u128;
-            if self.waiters.grant(ticket, &head, Signal::Granted).is_ok() {
+            if self.waiters.grant(ticket, head, Signal::Granted).is_ok() {
                 self.count -= wanted;
             }
         }
@@ -389,7 +389,7 @@ impl fmt::Debug for SemaphorePermit<'_> {
 /// took, and lets the next waiters be served.
 struct Ticket<'a> {
     state: &'a RefCell<State>,
-    ticket: u64,
+    ticket: super::WaiterId,
     n: usize,
 }
 
@@ -398,10 +398,10 @@ impl Drop for Ticket<'_> {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return;
         };
-        if let Some(left) = st.waiters.remove(self.ticket) {
+        let (left, handed) = st.waiters.leave(self.ticket);
+        if let Some(left) = left {
             st.wanted -= left.data as u128;
         }
-        let handed = st.waiters.take(self.ticket);
         if st.destroyed {
             return;
         }
