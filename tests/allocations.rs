@@ -245,3 +245,40 @@ fn waits_on_a_queue_allocate_nothing() {
         "({MEASURED} pops handed an item; 1,000 timed out, each returning a boxed error)"
     );
 }
+
+/// A coroutine's closure goes onto its stack: adding and running one allocates nothing with
+/// the pool warm, and a closure too big to move onto a new stack (over 960 bytes) runs all
+/// the same, boxed: one allocation.
+#[test]
+fn addthread_allocates_nothing_but_a_big_closure_once() {
+    util::make_dispatcher();
+    let out = Rc::new(Cell::new((u64::MAX, u64::MAX, 0)));
+    let out2 = out.clone();
+    copas::addthread(move || {
+        let sum = Rc::new(Cell::new(0u64));
+        let small = |sum: &Rc<Cell<u64>>| {
+            let s = sum.clone();
+            copas::addthread(move || s.set(s.get() + 1)).expect("addthread");
+            copas::pause(Duration::ZERO);
+        };
+        let big = |sum: &Rc<Cell<u64>>| {
+            let (s, table) = (sum.clone(), [1u8; 2048]);
+            copas::addthread(move || {
+                s.set(s.get() + table.iter().map(|&b| u64::from(b)).sum::<u64>())
+            })
+            .expect("addthread of a closure capturing 2 KiB");
+            copas::pause(Duration::ZERO);
+        };
+        for _ in 0..WARM {
+            small(&sum);
+            big(&sum);
+        }
+        let ((), smalls) = allocations_in(|| (0..1_000).for_each(|_| small(&sum)));
+        let ((), bigs) = allocations_in(|| (0..1_000).for_each(|_| big(&sum)));
+        out2.set((smalls, bigs, sum.get()));
+    })
+    .expect("addthread");
+    util::run_bounded(util::secs(30));
+    let w = WARM as u64;
+    assert_eq!(out.get(), (0, 1_000, (w + 1_000) * (1 + 2048)));
+}

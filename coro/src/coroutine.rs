@@ -107,6 +107,10 @@ impl fmt::Display for SuspendError {
 
 impl std::error::Error for SuspendError {}
 
+/// The largest closure, in bytes, that [`Coro::new`] moves onto a new stack as it is; a
+/// larger one is boxed first. (corosensei moves at most 1 KiB, `Unstarted`'s flag included.)
+pub const INLINE_BODY: usize = 1024 - 64;
+
 /// A stackful coroutine running a closure on a [`Stack`].
 ///
 /// Its state lives in a reserved area at the top of its own stack, next to the frames a
@@ -152,7 +156,23 @@ impl fmt::Debug for Coro {
 impl Coro {
     /// A coroutine that will run `body` on `stack` when first resumed. `tag` is returned by
     /// [`current`] while it runs; `label` names it in the stack-overflow message.
+    ///
+    /// A `body` of up to [`INLINE_BODY`] bytes (what it captures) is moved onto the new stack
+    /// and costs no allocation; a larger one is boxed first (one allocation), because the
+    /// context switch moves at most 1 KiB onto a new stack.
     pub fn new<F>(stack: Stack, tag: u64, label: impl Into<Label>, body: F) -> Coro
+    where
+        F: FnOnce() + 'static,
+    {
+        // Decided at compile time for each closure type.
+        if std::mem::size_of::<F>() > INLINE_BODY {
+            let boxed: Box<dyn FnOnce()> = Box::new(body);
+            return Coro::new_inline(stack, tag, label, boxed);
+        }
+        Coro::new_inline(stack, tag, label, body)
+    }
+
+    fn new_inline<F>(stack: Stack, tag: u64, label: impl Into<Label>, body: F) -> Coro
     where
         F: FnOnce() + 'static,
     {

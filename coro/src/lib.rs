@@ -67,7 +67,7 @@ mod stack;
 
 pub use coroutine::{
     current, in_coroutine, prefetch, suspend, suspend_value, Coro, ResumeHint, Resumed,
-    SuspendError,
+    SuspendError, INLINE_BODY,
 };
 pub use label::Label;
 pub use panic::panic_message;

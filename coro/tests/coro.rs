@@ -937,3 +937,40 @@ fn suspend_while_the_coroutine_panics_is_refused() {
     );
     assert_eq!(result.get(), Some(Err(SuspendError::Unwinding)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Closures of any size.
+
+/// A closure capturing `N` bytes: runs, sees every byte, and drops what it captured once, run
+/// or not.
+fn run_closure_of<const N: usize>(pool: &mut StackPool) {
+    let sum = Rc::new(Cell::new(0u64));
+    let drops = Rc::new(Cell::new(0));
+    for run in [true, false] {
+        let mut bytes = [0u8; N];
+        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let (s, guard) = (sum.clone(), DropCounter(drops.clone()));
+        let mut co = Coro::new(pool.allocate().expect("stack"), 1, "big", move || {
+            let _guard = guard;
+            s.set(s.get() + bytes.iter().map(|&b| u64::from(b)).sum::<u64>());
+        });
+        if run {
+            assert_eq!(run_to_end(&mut co), 0);
+        }
+        drop(co);
+    }
+    let expected: u64 = (0..N).map(|i| u64::from(i as u8)).sum();
+    assert_eq!(sum.get(), expected, "{N} bytes");
+    assert_eq!(drops.get(), 2, "{N} bytes");
+}
+
+#[test]
+fn closures_of_any_size_run_inline_or_boxed() {
+    let mut pool = pool();
+    run_closure_of::<{ copas_coro::INLINE_BODY - 16 }>(&mut pool);
+    run_closure_of::<{ copas_coro::INLINE_BODY }>(&mut pool);
+    run_closure_of::<{ copas_coro::INLINE_BODY + 1 }>(&mut pool);
+    run_closure_of::<1024>(&mut pool);
+    run_closure_of::<4096>(&mut pool);
+    run_closure_of::<{ 32 * 1024 }>(&mut pool);
+}
