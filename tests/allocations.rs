@@ -282,3 +282,66 @@ fn addthread_allocates_nothing_but_a_big_closure_once() {
     let w = WARM as u64;
     assert_eq!(out.get(), (0, 1_000, (w + 1_000) * (1 + 2048)));
 }
+
+/// Removing a coroutine that has not started allocates nothing: the dispatcher keeps the
+/// vector it buries removed coroutines from.
+#[test]
+fn removing_a_coroutine_before_it_ran_allocates_nothing() {
+    util::make_dispatcher();
+    let out = Rc::new(Cell::new(u64::MAX));
+    let out2 = out.clone();
+    copas::addthread(move || {
+        let once = || {
+            let co = copas::addthread(|| {}).expect("addthread");
+            assert!(copas::removethread(co));
+            copas::pause(Duration::ZERO);
+        };
+        (0..WARM).for_each(|_| once());
+        let ((), allocs) = allocations_in(|| (0..MEASURED).for_each(|_| once()));
+        out2.set(allocs);
+    })
+    .expect("addthread");
+    util::run_bounded(util::secs(30));
+    assert_eq!(out.get(), 0, "{MEASURED} coroutines added and removed");
+}
+
+/// A wake-up posted from another thread allocates nothing on that thread in steady state:
+/// the dispatcher hands the inbox back the vector it drained.
+#[test]
+fn a_channel_send_that_wakes_a_parked_receiver_allocates_nothing_on_the_sender() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const ITEMS: u64 = 300;
+    const WARM_ITEMS: u64 = 50;
+    util::make_dispatcher();
+    let (tx, rx) = copas::channel::unbounded::<u64>();
+    let taken = Arc::new(AtomicU64::new(0));
+    let taken2 = taken.clone();
+    let sender = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut allocs = 0;
+        for k in 1..=ITEMS {
+            while taken2.load(Ordering::Acquire) != k - 1 {
+                assert!(start.elapsed() < util::secs(20), "the receiver stalled");
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            // Time for the receiver to park in `recv` before the item comes.
+            std::thread::sleep(Duration::from_micros(200));
+            let ((), a) = allocations_in(|| tx.send(k).expect("send"));
+            if k > WARM_ITEMS {
+                allocs += a;
+            }
+        }
+        allocs
+    });
+    copas::addthread(move || {
+        for k in 1..=ITEMS {
+            assert_eq!(rx.recv().expect("recv"), k);
+            taken.store(k, Ordering::Release);
+        }
+    })
+    .expect("addthread");
+    util::run_bounded(util::secs(30));
+    let allocs = sender.join().expect("sender");
+    assert_eq!(allocs, 0, "{} sends", ITEMS - WARM_ITEMS);
+}

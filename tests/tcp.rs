@@ -2766,3 +2766,33 @@ fn a_linger_under_a_second_closes_gracefully_with_nothing_lost() {
         assert_eq!(reader.join().unwrap(), (N, Ok(N)), "{linger:?}");
     }
 }
+
+/// `receive(All)` returns what came without the room it read into: a vector a few bytes went
+/// into is not handed back with a whole read chunk (64 KiB, doubled) of slack.
+#[test]
+fn receive_all_returns_a_vector_without_the_read_chunks_slack() {
+    util::make_dispatcher();
+    let caps: Shared<Vec<(usize, usize)>> = Rc::default();
+    for len in [64usize, 5_000, 100_000] {
+        let (listener, addr) = util::local_listener();
+        let sender = thread::spawn(move || {
+            let (mut peer, _) = listener.accept().expect("accept");
+            peer.write_all(&vec![b'a'; len]).expect("write");
+        });
+        let caps = caps.clone();
+        copas::addthread(move || {
+            let mut sock = copas::connect(addr, Some(GUARD)).expect("connect");
+            sock.settimeout(Some(GUARD));
+            let got = sock.receive(Pattern::All).expect("receive(All)");
+            caps.borrow_mut().push((got.len(), got.capacity()));
+        })
+        .expect("addthread");
+        util::run_bounded(secs(20));
+        sender.join().expect("sender");
+    }
+    for &(len, cap) in caps.borrow().iter() {
+        assert!(cap <= 2 * len.max(1024), "{len} bytes in a vector of {cap}");
+    }
+    let lens: Vec<usize> = caps.borrow().iter().map(|c| c.0).collect();
+    assert_eq!(lens, [64, 5_000, 100_000]);
+}

@@ -135,6 +135,10 @@ struct Looked {
 /// so that a stream that is always ready cannot starve the others.
 const IO_BUDGET: u32 = 128;
 
+/// Room kept in the vector of removed coroutines between reaps (8 bytes each); a mass removal
+/// that needed more gives it back.
+const KEPT_GRAVES: usize = 1024;
+
 /// How many times `cancelall`, outside a coroutine, cancels what the destructors of the
 /// coroutines it cancelled started: a chain of clean-ups longer than that is left to run.
 const CANCEL_ROUNDS: usize = 8;
@@ -1092,14 +1096,21 @@ impl Dispatcher {
     #[inline(never)]
     fn reap_all(&self) {
         while self.reap_due() {
-            let graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
+            let mut graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
             let closed = std::mem::take(&mut *self.closed_sources.borrow_mut());
             for key in closed {
                 let removed = self.state.borrow_mut().remove_source(key);
                 drop(removed);
             }
-            for coro in graves {
+            for coro in graves.drain(..) {
                 self.bury(None, coro, None);
+            }
+            // The emptied vector goes back with its capacity (unless the unwinding queued
+            // more meanwhile, or a mass removal made it large), so the next removal's `push`
+            // does not allocate a new one.
+            let mut st = self.state.borrow_mut();
+            if st.graveyard.is_empty() && graves.capacity() <= KEPT_GRAVES {
+                st.graveyard = graves;
             }
         }
     }

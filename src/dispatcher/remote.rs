@@ -20,7 +20,7 @@
 //! wakes nobody, and the result is dropped on the worker thread.
 
 use std::any::Any;
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -163,9 +163,14 @@ impl Drop for Waiting<'_> {
 }
 
 /// The dispatcher's end: its [`Remote`], created on first use.
+/// Room kept in the inbox's vector between drains; a burst that needed more gives it back.
+const SPARE_MESSAGES: usize = 256;
+
 #[derive(Default)]
 pub(crate) struct RemoteSlot {
     remote: OnceCell<Arc<Remote>>,
+    /// The inbox's vector from the last drain, emptied, for the next one to swap in.
+    spare: RefCell<Vec<Message>>,
 }
 
 impl Drop for RemoteSlot {
@@ -209,9 +214,12 @@ impl Dispatcher {
         let Some(remote) = self.remote.remote.get() else {
             return false;
         };
-        let messages = std::mem::take(&mut lock(&remote.inbox).messages);
+        // Swapped with the emptied vector of the last drain, so the inbox keeps a vector
+        // with room and a post does not allocate a new one each time.
+        let mut messages = self.remote.spare.take();
+        std::mem::swap(&mut lock(&remote.inbox).messages, &mut messages);
         let any = !messages.is_empty();
-        for msg in messages {
+        for msg in messages.drain(..) {
             match msg {
                 Message::Complete { co, token } => {
                     if token.strong_count() > 0 {
@@ -229,6 +237,10 @@ impl Dispatcher {
                 Message::Exit => self.exit(),
                 Message::Shutdown(grace) => self.shutdown(grace),
             }
+        }
+        // Kept unless a burst made it large: that memory goes back.
+        if messages.capacity() <= SPARE_MESSAGES {
+            self.remote.spare.replace(messages);
         }
         any
     }

@@ -713,8 +713,22 @@ impl Socket {
         self.start = 0;
         self.end = 0;
         loop {
-            match self.read_append(&mut out, BULK_CHUNK, deadline) {
-                Ok(0) => return Ok(out),
+            // Into the room already set aside when there is some: asking for a whole chunk
+            // more each time doubles a vector that a few bytes went into.
+            let room = out.capacity() - out.len();
+            let max = if room >= FILL_MIN {
+                room.min(BULK_CHUNK)
+            } else {
+                BULK_CHUNK
+            };
+            match self.read_append(&mut out, max, deadline) {
+                Ok(0) => {
+                    // A short stream: don't hand back the slack (as `recv_vec`).
+                    if out.len() < out.capacity() / 4 {
+                        out.shrink_to_fit();
+                    }
+                    return Ok(out);
+                }
                 Ok(_) => {}
                 Err(e) => return Err(e.with_partial(out)),
             }
