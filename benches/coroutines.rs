@@ -250,6 +250,28 @@ fn handoffs(plan: &Plan) {
             timed()
         }),
     );
+    report(
+        "`channel` (send on the other's, recv on one's own; one thread)",
+        best_of(plan.best_of, || {
+            let (ping_tx, ping_rx) = copas::channel::unbounded::<u64>();
+            let (pong_tx, pong_rx) = copas::channel::unbounded::<u64>();
+            copas::addthread(move || {
+                for i in 0..n / 2 {
+                    ping_tx.send(i).expect("send");
+                    black_box(pong_rx.recv().expect("recv"));
+                }
+            })
+            .expect("addthread");
+            copas::addthread(move || {
+                for _ in 0..n / 2 {
+                    let i = ping_rx.recv().expect("recv");
+                    pong_tx.send(i).expect("send");
+                }
+            })
+            .expect("addthread");
+            timed()
+        }),
+    );
     println!();
 }
 

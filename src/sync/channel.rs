@@ -21,7 +21,7 @@
 //! coroutine is being removed) passes the wake-up on to the next in its line.
 
 use std::any::Any;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use crate::dispatcher::remote::{self, Remote, Waiting};
 use crate::dispatcher::{self, Blocker, Caller, Coroutine, Wake};
 use crate::error::{Error, ErrorKind, Result};
+
+use super::wait_list::{Line, WaiterId};
 
 /// A channel without a bound: [`Sender::send`] never waits.
 ///
@@ -246,31 +248,30 @@ fn wake_all(waiters: Vec<Waiter>) {
     }
 }
 
-/// A line of waiters in arrival order; leaving from anywhere is O(log n).
+/// A line of waiters in arrival order; joining, leaving from anywhere and serving the head
+/// are O(1). A waker takes the waiter it serves out of the line at once.
 #[derive(Default)]
 struct Waiters {
-    next: u64,
-    line: BTreeMap<u64, Waiter>,
+    line: Line<Waiter>,
 }
 
 impl Waiters {
-    fn push(&mut self, waiter: Waiter) -> u64 {
-        self.next += 1;
-        self.line.insert(self.next, waiter);
-        self.next
+    fn push(&mut self, waiter: Waiter) -> WaiterId {
+        self.line.push(waiter)
     }
 
     /// Takes a waiter out of the line; false if a waker took it already.
-    fn remove(&mut self, ticket: u64) -> bool {
-        self.line.remove(&ticket).is_some()
+    fn remove(&mut self, ticket: WaiterId) -> bool {
+        self.line.remove(ticket).is_some()
     }
 
     fn pop(&mut self) -> Option<Waiter> {
-        self.line.pop_first().map(|(_, w)| w)
+        let (served, _) = self.line.pop_front()?;
+        self.line.remove(served).map(|(waiter, _)| waiter)
     }
 
     fn take_all(&mut self) -> Vec<Waiter> {
-        std::mem::take(&mut self.line).into_values().collect()
+        std::iter::from_fn(|| self.pop()).collect()
     }
 }
 
@@ -279,7 +280,7 @@ impl Waiters {
 struct Registration<'a, T> {
     chan: &'a Chan<T>,
     side: Side,
-    ticket: u64,
+    ticket: WaiterId,
     armed: bool,
 }
 

@@ -1,36 +1,30 @@
-//! The line of coroutines waiting on one lock, semaphore, queue or future, and what their
-//! wakers hand them.
+//! Lines of waiters: [`Line`], first come first served, which one may leave from anywhere;
+//! and on it [`WaitList`], the line of coroutines waiting on one lock, semaphore, queue or
+//! future, with what their wakers hand them. (A channel's lines, which cross threads, are
+//! `Line`s of their own under the channel's mutex.)
 //!
-//! A line is first come first served, and a waiter may leave it from anywhere (its deadline
-//! passed, or its coroutine was removed), so it is a doubly linked list whose nodes live in a
-//! [`Slab`]: joining, leaving and serving the head are O(1), and once the slab has grown to
-//! the longest line seen, a wait allocates nothing.
+//! A waiter may leave its line from anywhere (its deadline passed, or its coroutine was
+//! removed), so a line is a doubly linked list whose nodes live in a [`Slab`]: joining,
+//! leaving and serving the head are O(1), and once the slab has grown to the longest line
+//! seen, a wait allocates nothing. A line that grew past 64 gives its memory back once empty.
 //!
-//! A waiter served (taken off the line and woken) keeps its node until it has run and
-//! collected what it was handed: the node is where the waker leaves it, so nothing is
-//! shared between waker and waiter and nothing is allocated for the hand-over. Only the
-//! waiter frees its node ([`WaitList::leave`], from its guard's `Drop`), so a [`WaiterId`]
-//! stays valid for the whole wait; each also carries a serial number, so that an id kept
-//! after its wait (a lock remembers whom it was handed to) never reaches a later waiter
-//! given the same slab key.
+//! In a [`WaitList`], a waiter served (taken off the line and woken) keeps its node until it
+//! has run and collected what it was handed: the node is where the waker leaves it, so
+//! nothing is shared between waker and waiter and nothing is allocated for the hand-over.
+//! Only the waiter frees its node ([`WaitList::leave`], from its guard's `Drop`), so a
+//! [`WaiterId`] stays valid for the whole wait; each also carries a serial number, so that
+//! an id kept after its wait (a lock remembers whom it was handed to) never reaches a later
+//! waiter given the same slab key.
 
 use slab::Slab;
 
 use crate::dispatcher::{self, Coroutine};
 
-/// A waiter's node in its [`WaitList`], from [`push`](WaitList::push).
+/// A place in a [`Line`], from [`push`](Line::push).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WaiterId {
     key: usize,
     serial: u64,
-}
-
-/// One coroutine waiting in a [`WaitList`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Entry<D> {
-    pub(crate) co: Coroutine,
-    /// What the waiter asked for (a semaphore's permit count).
-    pub(crate) data: D,
 }
 
 /// No node: the end of the line.
@@ -39,30 +33,29 @@ const NIL: usize = usize::MAX;
 /// A line longer than this, once empty again, gives its memory back.
 const KEEP: usize = 64;
 
-struct Node<S, D> {
-    entry: Entry<D>,
+struct Node<T> {
+    value: T,
     serial: u64,
-    /// Neighbours in line; both `NIL` once the waiter is off the line.
+    /// Neighbours in line; both `NIL` once off the line.
     prev: usize,
     next: usize,
     in_line: bool,
-    /// What a waker handed over and the waiter has not collected yet.
-    handed: Option<S>,
 }
 
-/// Coroutines waiting on one object, first come first served, and what was handed to those
-/// of them that were served but have not run yet.
-pub(crate) struct WaitList<S, D = ()> {
-    nodes: Slab<Node<S, D>>,
+/// A first-come-first-served line that one may leave from anywhere, of values that may
+/// outlive their time in line: [`pop_front`](Line::pop_front) takes the head off the line
+/// but keeps its value until [`remove`](Line::remove).
+pub(crate) struct Line<T> {
+    nodes: Slab<Node<T>>,
     head: usize,
     tail: usize,
     len: usize,
     serial: u64,
 }
 
-impl<S, D: Copy> WaitList<S, D> {
-    pub(crate) fn new() -> Self {
-        WaitList {
+impl<T> Default for Line<T> {
+    fn default() -> Self {
+        Line {
             nodes: Slab::new(),
             head: NIL,
             tail: NIL,
@@ -70,18 +63,18 @@ impl<S, D: Copy> WaitList<S, D> {
             serial: 0,
         }
     }
+}
 
-    /// Puts `co` at the end of the line; returns its id, under which it finds what it is
-    /// handed ([`take`](WaitList::take)) and leaves ([`leave`](WaitList::leave)).
-    pub(crate) fn push(&mut self, co: Coroutine, data: D) -> WaiterId {
+impl<T> Line<T> {
+    /// Puts `value` at the end of the line.
+    pub(crate) fn push(&mut self, value: T) -> WaiterId {
         self.serial += 1;
         let key = self.nodes.insert(Node {
-            entry: Entry { co, data },
+            value,
             serial: self.serial,
             prev: self.tail,
             next: NIL,
             in_line: true,
-            handed: None,
         });
         match self.tail {
             NIL => self.head = key,
@@ -95,8 +88,11 @@ impl<S, D: Copy> WaitList<S, D> {
         }
     }
 
-    fn node(&mut self, id: WaiterId) -> Option<&mut Node<S, D>> {
-        self.nodes.get_mut(id.key).filter(|n| n.serial == id.serial)
+    pub(crate) fn get_mut(&mut self, id: WaiterId) -> Option<&mut T> {
+        self.nodes
+            .get_mut(id.key)
+            .filter(|n| n.serial == id.serial)
+            .map(|n| &mut n.value)
     }
 
     /// Takes a node off the line (not out of the slab).
@@ -117,14 +113,14 @@ impl<S, D: Copy> WaitList<S, D> {
         self.len -= 1;
     }
 
-    /// The waiter `id` is done waiting (served, timed out, or its coroutine removed): frees
-    /// its node. Returns its entry if it was still in line, and what it was handed and did
-    /// not collect.
-    pub(crate) fn leave(&mut self, id: WaiterId) -> (Option<Entry<D>>, Option<S>) {
-        let Some(node) = self.node(id) else {
-            return (None, None);
-        };
-        let in_line = node.in_line;
+    /// Takes `id`'s value out, off the line if it still was in it (the flag says whether).
+    /// `None` if it is gone already.
+    pub(crate) fn remove(&mut self, id: WaiterId) -> Option<(T, bool)> {
+        let in_line = self
+            .nodes
+            .get(id.key)
+            .filter(|n| n.serial == id.serial)?
+            .in_line;
         if in_line {
             self.unlink(id.key);
         }
@@ -132,39 +128,93 @@ impl<S, D: Copy> WaitList<S, D> {
         if self.nodes.is_empty() && self.nodes.capacity() > KEEP {
             self.nodes.shrink_to_fit();
         }
-        (in_line.then_some(node.entry), node.handed)
+        Some((node.value, in_line))
+    }
+
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.nodes.get(self.head).map(|n| &n.value)
+    }
+
+    /// Takes the head off the line; its value stays until [`remove`](Line::remove)d.
+    pub(crate) fn pop_front(&mut self) -> Option<(WaiterId, &mut T)> {
+        let key = self.head;
+        let serial = self.nodes.get(key)?.serial;
+        self.unlink(key);
+        Some((WaiterId { key, serial }, &mut self.nodes[key].value))
+    }
+
+    /// How many are in line (not counting values taken off it and not removed yet).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// One coroutine waiting in a [`WaitList`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry<D> {
+    pub(crate) co: Coroutine,
+    /// What the waiter asked for (a semaphore's permit count).
+    pub(crate) data: D,
+}
+
+/// A waiter and what was handed to it and not collected yet.
+struct Spot<S, D> {
+    entry: Entry<D>,
+    handed: Option<S>,
+}
+
+/// Coroutines waiting on one object, first come first served, and what was handed to those
+/// of them that were served but have not run yet.
+pub(crate) struct WaitList<S, D = ()> {
+    line: Line<Spot<S, D>>,
+}
+
+impl<S, D: Copy> WaitList<S, D> {
+    pub(crate) fn new() -> Self {
+        WaitList {
+            line: Line::default(),
+        }
+    }
+
+    /// Puts `co` at the end of the line; returns its id, under which it finds what it is
+    /// handed ([`take`](WaitList::take)) and leaves ([`leave`](WaitList::leave)).
+    pub(crate) fn push(&mut self, co: Coroutine, data: D) -> WaiterId {
+        self.line.push(Spot {
+            entry: Entry { co, data },
+            handed: None,
+        })
+    }
+
+    /// The waiter `id` is done waiting (served, timed out, or its coroutine removed): frees
+    /// its node. Returns its entry if it was still in line, and what it was handed and did
+    /// not collect.
+    pub(crate) fn leave(&mut self, id: WaiterId) -> (Option<Entry<D>>, Option<S>) {
+        match self.line.remove(id) {
+            Some((spot, in_line)) => (in_line.then_some(spot.entry), spot.handed),
+            None => (None, None),
+        }
     }
 
     /// Collects what was handed to the waiter `id`, if anything was.
     pub(crate) fn take(&mut self, id: WaiterId) -> Option<S> {
-        self.node(id).and_then(|n| n.handed.take())
+        self.line.get_mut(id).and_then(|spot| spot.handed.take())
     }
 
     /// Replaces what was handed to `id` and not collected yet, if anything was (a lock
     /// destroyed after it was handed over).
     pub(crate) fn replace(&mut self, id: WaiterId, signal: S) {
-        if let Some(handed) = self.node(id).and_then(|n| n.handed.as_mut()) {
+        if let Some(handed) = self.line.get_mut(id).and_then(|s| s.handed.as_mut()) {
             *handed = signal;
         }
     }
 
     pub(crate) fn front(&self) -> Option<Entry<D>> {
-        self.nodes.get(self.head).map(|n| n.entry)
+        self.line.front().map(|spot| spot.entry)
     }
 
     /// Takes the first waiter off the line; its node stays until it leaves.
     pub(crate) fn pop_front(&mut self) -> Option<(WaiterId, Entry<D>)> {
-        let key = self.head;
-        let node = self.nodes.get(key)?;
-        let served = (
-            WaiterId {
-                key,
-                serial: node.serial,
-            },
-            node.entry,
-        );
-        self.unlink(key);
-        Some(served)
+        self.line.pop_front().map(|(id, spot)| (id, spot.entry))
     }
 
     /// Hands `signal` to a waiter taken off the line and wakes it. Gives `signal` back when
@@ -178,23 +228,23 @@ impl<S, D: Copy> WaitList<S, D> {
     ) -> std::result::Result<(), S> {
         // The node is there: only its waiter frees it, and it has not run since it was
         // served. Checked all the same, so that a signal is never lost to a missing node.
-        let Some(node) = self.node(id) else {
+        let Some(spot) = self.line.get_mut(id) else {
             return Err(signal);
         };
         if !dispatcher::try_with(|d| d.unpark(waiter.co)).unwrap_or(false) {
             return Err(signal);
         }
-        node.handed = Some(signal);
+        spot.handed = Some(signal);
         Ok(())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.line.len() == 0
     }
 
     /// How many wait in line (not counting those served that have not run yet).
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.line.len()
     }
 
     /// Hands a copy of `signal` to every waiter, emptying the line.
@@ -246,23 +296,27 @@ mod tests {
         let new = line.push(co(2), ());
         assert_eq!(new.key, old.key, "the slab reuses the key");
         line.pop_front();
-        line.nodes[new.key].handed = Some("granted");
+        line.line.get_mut(new).expect("node").handed = Some("granted");
         line.replace(old, "destroyed");
         assert_eq!(line.take(old), None);
         assert_eq!(line.take(new), Some("granted"));
         assert_eq!(line.leave(old), (None, None));
-        assert!(line.nodes.contains(new.key));
+        assert!(line.line.get_mut(new).is_some());
     }
 
     #[test]
     fn a_long_line_gives_its_memory_back_once_empty() {
         let mut line: WaitList<()> = WaitList::new();
         let ids: Vec<WaiterId> = (0..1_000).map(|i| line.push(co(i), ())).collect();
-        assert!(line.nodes.capacity() >= 1_000);
+        assert!(line.line.nodes.capacity() >= 1_000);
         for id in ids {
             line.leave(id);
         }
         assert!(line.is_empty());
-        assert!(line.nodes.capacity() <= KEEP, "{}", line.nodes.capacity());
+        assert!(
+            line.line.nodes.capacity() <= KEEP,
+            "{}",
+            line.line.nodes.capacity()
+        );
     }
 }
