@@ -314,7 +314,9 @@ pub fn cancelall() {
 /// every lock, semaphore or queue line), timers are forgotten — and then every socket still
 /// registered with this dispatcher is closed, whoever holds it. Coroutines paused forever
 /// or waiting without a deadline are cancelled too. [`run`] then returns; the dispatcher
-/// holds nothing, and a later [`run`] starts afresh.
+/// holds nothing, and a later [`run`] starts afresh. Work other threads post through a
+/// [`Handle`] that the dispatcher has not taken in by then waits for that later `run` (or
+/// [`step`]): it does not hold this one past the deadline.
 ///
 /// Called again during a shutdown it only brings the deadline forward. `Duration::ZERO`
 /// cancels everything in the coming step; [`FOREVER`] waits as long as coroutines run.

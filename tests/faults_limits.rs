@@ -447,3 +447,73 @@ fn a_burst_of_coroutines_leaves_no_tables_sized_for_it_once_idle() {
     eprintln!("after {BURST} coroutines, the dispatcher holds {held} bytes more");
     assert!(held < 512 * 1024, "{held} bytes held after the burst");
 }
+
+/// Removes one coroutine when dropped, and counts itself dropped.
+struct RemoveNext(Rc<Cell<Option<copas::Coroutine>>>, DropCounter);
+
+impl Drop for RemoveNext {
+    fn drop(&mut self) {
+        if let Some(co) = self.0.take() {
+            copas::removethread(co);
+        }
+    }
+}
+
+const CHAIN: usize = 20_000;
+
+/// The child of the test below: on a thread with a 2 MiB stack, `CHAIN` coroutines that never
+/// ran, each holding a guard that removes the next when dropped.
+#[test]
+fn child_remove_a_chain_of_unstarted_coroutines() {
+    if !util::is_child("COPAS_CHAIN_CHILD") {
+        return;
+    }
+    let (dropped, coroutines) = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            util::make_dispatcher();
+            let dropped = Rc::new(Cell::new(0));
+            let slots: Vec<_> = (0..CHAIN).map(|_| Rc::new(Cell::new(None))).collect();
+            let cos: Vec<_> = slots
+                .iter()
+                .map(|slot| {
+                    let guard = RemoveNext(slot.clone(), DropCounter(dropped.clone()));
+                    copas::addthread(move || {
+                        let _guard = guard;
+                        copas::pauseforever();
+                    })
+                    .expect("addthread")
+                })
+                .collect();
+            for (slot, next) in slots.iter().zip(&cos[1..]) {
+                slot.set(Some(*next));
+            }
+            assert!(copas::removethread(cos[0]));
+            (dropped.get(), copas::status().coroutines)
+        })
+        .expect("thread")
+        .join()
+        .expect("the chain's thread");
+    assert_eq!((dropped, coroutines), (CHAIN, 0));
+    println!("CHAIN-REMOVED");
+}
+
+/// Removing a coroutine that never ran drops what its closure holds outside any unwind; a
+/// destructor there that removes another such coroutine, and so on down a chain of 20,000,
+/// is served by one reap in a loop, not by a reap nested per link (which overflowed a 2 MiB
+/// stack after a few hundred links and aborted the process).
+#[test]
+fn removing_a_chain_of_unstarted_coroutines_does_not_nest_per_link() {
+    let out = util::run_child(
+        "child_remove_a_chain_of_unstarted_coroutines",
+        "COPAS_CHAIN_CHILD",
+        util::secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHAIN-REMOVED"),
+        "child: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

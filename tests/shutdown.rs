@@ -752,3 +752,47 @@ fn no_coroutine_is_resumed_past_the_deadline_even_within_a_run_phase() {
         "run returned {returned_late:?} past the deadline"
     );
 }
+
+/// Another thread that keeps handing work to the dispatcher does not hold `run` past the
+/// shutdown's deadline: what it posts after the shutdown completed waits for the next step or
+/// `run` (it ran with no deadline at all, holding `run` for as long as posts kept coming).
+#[test]
+fn run_returns_by_the_deadline_while_another_thread_keeps_spawning() {
+    let _dog = Watchdog::new("spawning during a shutdown", Duration::from_secs(30));
+    util::make_dispatcher();
+    let handle = copas::handle().expect("handle");
+    let stop = Arc::new(AtomicBool::new(false));
+    let poster = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut posted = 0;
+            while !stop.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(3) {
+                let work = || drop(copas::pause(Duration::from_secs(2)));
+                if handle.spawn(work).is_err() {
+                    break;
+                }
+                posted += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            posted
+        })
+    };
+    copas::addthread(|| {
+        copas::pause(ms(50));
+        copas::shutdown(ms(200));
+    })
+    .expect("addthread");
+    let took = util::run_bounded(Duration::from_secs(20));
+    let status = copas::status();
+    stop.store(true, Ordering::SeqCst);
+    let posted = poster.join().expect("poster");
+    assert!(posted > 0);
+    assert!(
+        took < ms(50 + 200 + 300),
+        "run took {took:?}; the deadline was at 250 ms"
+    );
+    assert_eq!((status.coroutines, status.sockets), (0, 0), "{status:?}");
+    // What came after the shutdown runs in the dispatcher's next loop.
+    copas::cancelall();
+}

@@ -24,9 +24,10 @@ use crate::error::{Error, ErrorKind, Result};
 /// A handle does not keep [`run`](crate::run) going: a dispatcher with nothing to do ends
 /// its loop even if handles to it exist. Keep it alive with a server, or a coroutine that
 /// waits on a [`channel`](crate::channel) fed from other threads. Requests already posted
-/// when the loop runs out of work are acted on before `run` returns; one posted after that
-/// waits for the next [`step`](crate::step) or `run`, and is dropped if the thread ends
-/// first.
+/// when the loop runs out of work are acted on before `run` returns; one posted after that,
+/// or not yet acted on when a [`shutdown`](crate::shutdown) completes (`run` returns then,
+/// by the deadline), waits for the next [`step`](crate::step) or `run`, and is dropped if
+/// the thread ends first.
 ///
 /// # Example
 ///

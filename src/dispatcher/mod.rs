@@ -353,6 +353,8 @@ struct State {
     exit_waiting: usize,
     /// A graceful shutdown under way (`shutdown.rs`).
     shutdown: Option<shutdown::Pending>,
+    /// How many shutdowns have completed: `run` returns once one completes during it.
+    shutdowns_completed: u64,
     default_handler: ErrorHandler,
     /// Removed coroutines, to be unwound where no borrow is held.
     graveyard: Vec<Coro>,
@@ -392,6 +394,8 @@ pub(crate) struct Dispatcher {
     surplus_since: Cell<Option<Instant>>,
     /// Sources closed while the state was borrowed, to be removed by `reap`.
     closed_sources: RefCell<Vec<SourceKey>>,
+    /// Whether a reap is under way (see [`Dispatcher::reap_all`]).
+    reaping: Cell<bool>,
     /// Whether connections accepted from now on are closed when their handler ends.
     autoclose: Cell<bool>,
     /// What other threads may reach: offload completions, handles, channels (see
@@ -745,12 +749,14 @@ impl Dispatcher {
                 exit_waiters: Vec::new(),
                 exit_waiting: 0,
                 shutdown: None,
+                shutdowns_completed: 0,
                 default_handler: report::default_handler(),
                 graveyard: Vec::new(),
                 now: Instant::now(),
                 undated: Vec::new(),
             }),
             closed_sources: RefCell::new(Vec::new()),
+            reaping: Cell::new(false),
             autoclose: Cell::new(true),
             remote: remote::RemoteSlot::default(),
             step_stats: RefCell::new(None),
@@ -1095,6 +1101,21 @@ impl Dispatcher {
     /// [`Dispatcher::reap`]'s work, until nothing is left (unwinding may queue more).
     #[inline(never)]
     fn reap_all(&self) {
+        // A removal made while a reap runs — by a destructor of what a coroutine being buried
+        // holds, such as the captures of one that never started, dropped with no panic under
+        // way — leaves its coroutine to the reap already running, whose loop takes it next.
+        // Nested instead, a chain of such removals would add a reap's frames per link and
+        // overflow the stack.
+        if self.reaping.replace(true) {
+            return;
+        }
+        struct Done<'a>(&'a Cell<bool>);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _done = Done(&self.reaping);
         while self.reap_due() {
             let mut graves = std::mem::take(&mut self.state.borrow_mut().graveyard);
             let closed = std::mem::take(&mut *self.closed_sources.borrow_mut());
@@ -1473,14 +1494,22 @@ impl Dispatcher {
                 init,
             )?;
         }
-        {
+        let shutdowns = {
             let mut st = self.state.borrow_mut();
             // A shutdown started before the loop has told everyone it is exiting.
             st.exiting = st.shutdown.is_some();
             st.running = true;
-        }
+            st.shutdowns_completed
+        };
         let _running = ClearOnDrop(self, |st| st.running = false);
         loop {
+            // A shutdown completed: its deadline holds. What other threads post from now on
+            // waits for the next step or `run`, as a post after the loop ends does; stepping
+            // on for it would run new work with no deadline.
+            if self.state.borrow().shutdowns_completed != shutdowns {
+                self.trim_stack_batch(usize::MAX);
+                break Ok(());
+            }
             // `finished` counts what other threads posted and no step has acted on yet (a
             // task `Handle::spawn` accepted must run): the next step does.
             if self.finished() {
@@ -1640,7 +1669,8 @@ impl Dispatcher {
     /// lines, their locks, their socket turns must be given up before the caller goes on.
     /// Not from a destructor running in an unwind (a removed coroutine's, removing others):
     /// a second unwind started during one aborts the process; the reap that runs that
-    /// destructor, or the end of the step, unwinds them.
+    /// destructor, or the end of the step, unwinds them. Nor from one a reap runs (it
+    /// returns at once, see [`Dispatcher::reap_all`]): that reap unwinds them next.
     fn reap_unless_unwinding(&self) {
         if !std::thread::panicking() {
             self.reap();

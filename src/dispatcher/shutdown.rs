@@ -108,6 +108,7 @@ impl Dispatcher {
         // coroutine, a timer), or the deadline would not hold.
         self.cancelall();
         self.close_every_source();
+        self.state.borrow_mut().shutdowns_completed += 1;
     }
 
     /// Closes every listening server: the kernel refuses new connections from now on.
