@@ -449,11 +449,14 @@ fn a_burst_of_coroutines_leaves_no_tables_sized_for_it_once_idle() {
 }
 
 /// Removes one coroutine when dropped, and counts itself dropped.
-struct RemoveNext(Rc<Cell<Option<copas::Coroutine>>>, DropCounter);
+struct RemoveNext {
+    next: Rc<Cell<Option<copas::Coroutine>>>,
+    _counted: DropCounter,
+}
 
 impl Drop for RemoveNext {
     fn drop(&mut self) {
-        if let Some(co) = self.0.take() {
+        if let Some(co) = self.next.take() {
             copas::removethread(co);
         }
     }
@@ -477,7 +480,10 @@ fn child_remove_a_chain_of_unstarted_coroutines() {
             let cos: Vec<_> = slots
                 .iter()
                 .map(|slot| {
-                    let guard = RemoveNext(slot.clone(), DropCounter(dropped.clone()));
+                    let guard = RemoveNext {
+                        next: slot.clone(),
+                        _counted: DropCounter(dropped.clone()),
+                    };
                     copas::addthread(move || {
                         let _guard = guard;
                         copas::pauseforever();
