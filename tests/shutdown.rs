@@ -768,7 +768,9 @@ fn run_returns_by_the_deadline_while_another_thread_keeps_spawning() {
             let start = Instant::now();
             let mut posted = 0;
             while !stop.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(3) {
-                let work = || drop(copas::pause(Duration::from_secs(2)));
+                let work = || {
+                    copas::pause(Duration::from_secs(2));
+                };
                 if handle.spawn(work).is_err() {
                     break;
                 }
