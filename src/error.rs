@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A `Result` whose error is [`copas::Error`](Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -109,16 +109,20 @@ impl fmt::Display for ErrorKind {
 /// ([`io::Error::raw_os_error`] kept), any other wraps this one, and converting back gives
 /// it whole.
 ///
-/// Cloning is cheap for the cause: a clone shares the same [`io::Error`] (so a
-/// [`Future`](crate::future::Future) whose task returns a [`Result`] can hand it to every
-/// waiter); the message and the partial data are copied.
+/// Cloning is cheap: a clone shares everything (the kind, the [`io::Error`] behind it, the
+/// message, the partial data), so a [`Future`](crate::future::Future) whose task returns a
+/// [`Result`] can hand it to every waiter; [`take_partial`](Error::take_partial) on a shared
+/// error copies it first.
 ///
 /// One pointer wide: every `Result` of a socket operation stays small, so the frames of a
 /// coroutine waiting in one stay small too (each of their cache lines is missed again when
-/// thousands of connections take turns). An error allocates; errors are rare.
+/// thousands of connections take turns). An error of a kind alone (a timeout with nothing
+/// received, `Closed`, `Cancelled`…) allocates nothing: it shares one per-kind copy made on
+/// first use, so a handler that polls with short timeouts pays no allocation per expiry.
+/// An error with more attached (a message, a system error, partial data) allocates.
 #[derive(Clone)]
 pub struct Error {
-    inner: Box<ErrorInner>,
+    inner: Arc<ErrorInner>,
 }
 
 #[derive(Clone)]
@@ -133,32 +137,81 @@ struct ErrorInner {
     reply_code: Option<u16>,
 }
 
+impl ErrorInner {
+    fn bare(kind: ErrorKind) -> ErrorInner {
+        ErrorInner {
+            kind,
+            source: None,
+            message: None,
+            partial: Vec::new(),
+            sent: 0,
+            reply_code: None,
+        }
+    }
+}
+
+/// Every kind, in declaration order: `BARE_KINDS[k as usize] == k` (a unit test checks it).
+const BARE_KINDS: [ErrorKind; 19] = [
+    ErrorKind::Timeout,
+    ErrorKind::Closed,
+    ErrorKind::Refused,
+    ErrorKind::HostNotFound,
+    ErrorKind::Tls,
+    ErrorKind::LimitExceeded,
+    ErrorKind::Destroyed,
+    ErrorKind::TooMany,
+    ErrorKind::NotOwned,
+    ErrorKind::AlreadyArmed,
+    ErrorKind::NotArmed,
+    ErrorKind::Stopping,
+    ErrorKind::Panicked,
+    ErrorKind::Cancelled,
+    ErrorKind::InvalidState,
+    ErrorKind::InvalidInput,
+    ErrorKind::Protocol,
+    ErrorKind::Rejected,
+    ErrorKind::Io,
+];
+
+/// One shared error per kind with nothing attached, made on first use, which
+/// [`Error::new`] hands out: a timeout or a close returned in a hot loop costs a reference
+/// count, not an allocation. A kind missing here still works (`Error::new` allocates it).
+fn bare_errors() -> &'static [Arc<ErrorInner>] {
+    static BARE: OnceLock<Vec<Arc<ErrorInner>>> = OnceLock::new();
+    BARE.get_or_init(|| {
+        BARE_KINDS
+            .iter()
+            .map(|&kind| Arc::new(ErrorInner::bare(kind)))
+            .collect()
+    })
+}
+
 impl Error {
     /// An error of `kind` with nothing else attached.
     pub fn new(kind: ErrorKind) -> Error {
-        Error {
-            inner: Box::new(ErrorInner {
-                kind,
-                source: None,
-                message: None,
-                partial: Vec::new(),
-                sent: 0,
-                reply_code: None,
-            }),
-        }
+        let inner = match bare_errors().get(kind as usize) {
+            Some(shared) if shared.kind == kind => Arc::clone(shared),
+            _ => Arc::new(ErrorInner::bare(kind)),
+        };
+        Error { inner }
+    }
+
+    /// The error's parts, for changing: copied first if a clone shares them.
+    fn inner_mut(&mut self) -> &mut ErrorInner {
+        Arc::make_mut(&mut self.inner)
     }
 
     /// An error of `kind` with a message saying more.
     pub fn with_message(kind: ErrorKind, message: impl Into<String>) -> Error {
         let mut e = Error::new(kind);
-        e.inner.message = Some(message.into().into_boxed_str());
+        e.inner_mut().message = Some(message.into().into_boxed_str());
         e
     }
 
     /// A [`ErrorKind::Rejected`] error for a server's reply `code` and `text`.
     pub fn rejected(code: u16, text: impl Into<String>) -> Error {
         let mut e = Error::with_message(ErrorKind::Rejected, text);
-        e.inner.reply_code = Some(code);
+        e.inner_mut().reply_code = Some(code);
         e
     }
 
@@ -179,7 +232,10 @@ impl Error {
 
     /// Takes the bytes received before the error, leaving none behind.
     pub fn take_partial(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.inner.partial)
+        if self.inner.partial.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.inner_mut().partial)
     }
 
     /// How many bytes a send operation had sent before the error.
@@ -199,36 +255,40 @@ impl Error {
     }
 
     pub(crate) fn with_partial(mut self, partial: Vec<u8>) -> Error {
-        self.inner.partial = partial;
+        if !partial.is_empty() || !self.inner.partial.is_empty() {
+            self.inner_mut().partial = partial;
+        }
         self
     }
 
     /// An error of `kind` caused by `source`, with a message saying more.
     pub(crate) fn from_io(kind: ErrorKind, source: io::Error, message: impl Into<String>) -> Error {
         let mut e = Error::with_message(kind, message);
-        e.inner.source = Some(Arc::new(source));
+        e.inner_mut().source = Some(Arc::new(source));
         e
     }
 
     /// Puts `context` (what was being done) before the message; the kind and the
     /// operating-system error behind it stay, so a caller can still tell `EMFILE` apart.
     pub(crate) fn with_context(mut self, context: &str) -> Error {
-        let text = match self.inner.message.take() {
+        let text = match self.inner_mut().message.take() {
             Some(m) => format!("{context}: {m}"),
             None => context.to_string(),
         };
-        self.inner.message = Some(text.into_boxed_str());
+        self.inner_mut().message = Some(text.into_boxed_str());
         self
     }
 
     /// The same error (kind, system error, partial data) told by `message` instead.
     pub(crate) fn reworded(mut self, message: String) -> Error {
-        self.inner.message = Some(message.into_boxed_str());
+        self.inner_mut().message = Some(message.into_boxed_str());
         self
     }
 
     pub(crate) fn with_sent(mut self, sent: usize) -> Error {
-        self.inner.sent = sent;
+        if sent != self.inner.sent {
+            self.inner_mut().sent = sent;
+        }
         self
     }
 
@@ -284,7 +344,7 @@ impl From<io::Error> for Error {
             return Error::new(ErrorKind::Io);
         }
         let mut e = Error::new(Error::kind_of_io(err.kind()));
-        e.inner.source = Some(Arc::new(err));
+        e.inner_mut().source = Some(Arc::new(err));
         e
     }
 }
@@ -376,6 +436,60 @@ mod tests {
 
     /// Context goes before the message; the kind and the system error stay (they were
     /// dropped, so `io_error()` said `None` for an `EMFILE` whose text named it).
+    #[test]
+    fn the_shared_bare_errors_cover_every_kind_in_order() {
+        for (i, &kind) in BARE_KINDS.iter().enumerate() {
+            assert_eq!(kind as usize, i, "{kind:?}");
+        }
+        // Exhaustive: a kind added to the enum fails to compile here until it is listed.
+        let last = |kind: ErrorKind| match kind {
+            ErrorKind::Timeout
+            | ErrorKind::Closed
+            | ErrorKind::Refused
+            | ErrorKind::HostNotFound
+            | ErrorKind::Tls
+            | ErrorKind::LimitExceeded
+            | ErrorKind::Destroyed
+            | ErrorKind::TooMany
+            | ErrorKind::NotOwned
+            | ErrorKind::AlreadyArmed
+            | ErrorKind::NotArmed
+            | ErrorKind::Stopping
+            | ErrorKind::Panicked
+            | ErrorKind::Cancelled
+            | ErrorKind::InvalidState
+            | ErrorKind::InvalidInput
+            | ErrorKind::Protocol
+            | ErrorKind::Rejected => false,
+            ErrorKind::Io => true,
+        };
+        assert!(last(BARE_KINDS[BARE_KINDS.len() - 1]));
+        assert_eq!(ErrorKind::Io as usize + 1, BARE_KINDS.len());
+        let a = Error::new(ErrorKind::Timeout);
+        let b = Error::new(ErrorKind::Timeout);
+        assert!(
+            Arc::ptr_eq(&a.inner, &b.inner),
+            "a bare error is shared, not allocated"
+        );
+    }
+
+    #[test]
+    fn changing_a_shared_error_leaves_its_clones_alone() {
+        let bare = Error::new(ErrorKind::Closed);
+        let mut with_data = Error::new(ErrorKind::Closed).with_partial(b"abc".to_vec());
+        let clone = with_data.clone();
+        assert_eq!(with_data.take_partial(), b"abc");
+        assert!(with_data.partial().is_empty());
+        assert_eq!(clone.partial(), b"abc");
+        assert!(bare.partial().is_empty());
+        assert!(Error::new(ErrorKind::Closed).partial().is_empty());
+        let worded = Error::new(ErrorKind::Closed).with_context("reading");
+        assert_eq!(worded.message(), Some("reading"));
+        assert_eq!(Error::new(ErrorKind::Closed).message(), None);
+        let sent = Error::new(ErrorKind::Closed).with_sent(5);
+        assert_eq!((sent.sent(), Error::new(ErrorKind::Closed).sent()), (5, 0));
+    }
+
     #[test]
     fn context_keeps_the_kind_and_the_system_error() {
         let emfile = io::Error::from_raw_os_error(libc::EMFILE);
