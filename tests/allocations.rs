@@ -6,9 +6,10 @@
 //! `send`, with and without a socket timeout (a timer armed and cancelled per wait), and
 //! through the socket's own read buffer (a caller buffer smaller than what arrives), must
 //! allocate nothing per message once warm: the poller's event buffer, the ready queue, the
-//! timer queue and the task table are all reused. So must a wait on a lock, a semaphore or
-//! a queue, handed over or timed out: what a waker hands over is kept in the object's wait
-//! list, whose maps keep their nodes.
+//! timer queue and the task table are all reused. So must a wait on a lock, a semaphore, a
+//! queue or a channel, handed over or timed out: what a waker hands over is kept in the
+//! object's wait list, whose slab keeps its nodes, a channel waiter's liveness token is
+//! reused once no waker holds it, and an error of a kind alone is shared.
 
 #[path = "util/heap.rs"]
 mod heap;
@@ -387,14 +388,65 @@ fn a_channel_send_that_wakes_a_parked_receiver_allocates_nothing_on_the_sender()
         }
         allocs
     });
+    let received = Rc::new(Cell::new(u64::MAX));
+    let received2 = received.clone();
     copas::addthread(move || {
+        let mut allocs = 0;
         for k in 1..=ITEMS {
-            assert_eq!(rx.recv().expect("recv"), k);
+            let (item, a) = allocations_in(|| rx.recv().expect("recv"));
+            assert_eq!(item, k);
+            if k > WARM_ITEMS {
+                allocs += a;
+            }
             taken.store(k, Ordering::Release);
         }
+        received2.set(allocs);
     })
     .expect("addthread");
     util::run_bounded(util::secs(30));
     let allocs = sender.join().expect("sender");
-    assert_eq!(allocs, 0, "{} sends", ITEMS - WARM_ITEMS);
+    assert_eq!(
+        (allocs, received.get()),
+        (0, 0),
+        "{} sends, and as many receives parked until they came",
+        ITEMS - WARM_ITEMS
+    );
+}
+
+/// Two coroutines of one thread passing items back and forth through two channels: every
+/// `recv` parks until the other sends, and none allocates.
+#[test]
+fn parked_receives_on_a_channel_allocate_nothing() {
+    util::make_dispatcher();
+    let (to_b, from_a) = copas::channel::unbounded::<u64>();
+    let (to_a, from_b) = copas::channel::unbounded::<u64>();
+    let out = Rc::new(Cell::new((u64::MAX, 0)));
+    let out2 = out.clone();
+    // One round more than the other measures, so that this one ends outside the window.
+    copas::addthread(move || {
+        for _ in 0..WARM + MEASURED + 1 {
+            to_a.send(from_a.recv().expect("recv b") + 1)
+                .expect("send a");
+        }
+    })
+    .expect("addthread");
+    copas::addthread(move || {
+        let turn = |rounds: usize| {
+            let mut last = 0;
+            for _ in 0..rounds {
+                to_b.send(last).expect("send b");
+                last = from_b.recv().expect("recv a");
+            }
+            last
+        };
+        turn(WARM);
+        let (last, allocs) = allocations_in(|| turn(MEASURED));
+        turn(1);
+        out2.set((allocs, last));
+    })
+    .expect("addthread");
+    util::run_bounded(util::secs(30));
+    let (allocs, last) = out.get();
+    assert!(last > 0, "the items went round");
+    assert_eq!(allocs, 0, "{MEASURED} round trips, each recv parked");
 }
