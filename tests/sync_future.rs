@@ -356,3 +356,118 @@ fn a_task_returning_a_copas_result_hands_its_error_to_every_waiter() {
         );
     }
 }
+
+// ----- get_timeout (beyond Copas) -------------------------------------------------------------
+
+#[test]
+fn get_timeout_gives_timeout_when_the_task_is_slower_and_the_task_runs_on() {
+    let outcome = Rc::new(RefCell::new(Vec::new()));
+    let seen = outcome.clone();
+    run_to_completion(move || {
+        let f = future::addthread(|| {
+            copas::pause(ms(200));
+            7u32
+        })
+        .expect("future");
+        let waiter = f.clone();
+        copas::addthread(move || {
+            let start = Instant::now();
+            let first = waiter.get_timeout(ms(50));
+            let waited = start.elapsed();
+            let second = waiter.get_timeout(copas::FOREVER);
+            seen.borrow_mut()
+                .push((first.map_err(|e| e.kind()), waited, second.ok()));
+        })
+        .expect("addthread");
+    });
+    let outcome = outcome.borrow();
+    let (first, waited, second) = &outcome[0];
+    assert_eq!(*first, Err(ErrorKind::Timeout));
+    assert!(
+        *waited >= ms(50) && *waited < ms(180),
+        "timed out after {waited:?}"
+    );
+    assert_eq!(
+        *second,
+        Some(7),
+        "the task ran on and the next wait got its value"
+    );
+}
+
+#[test]
+fn get_timeout_returns_the_value_when_the_task_finishes_in_time() {
+    let got = Rc::new(Cell::new(None));
+    let seen = got.clone();
+    run_to_completion(move || {
+        let f = future::addthread(|| {
+            copas::pause(ms(20));
+            "done"
+        })
+        .expect("future");
+        copas::addthread(move || seen.set(Some(f.get_timeout(util::secs(5))))).expect("addthread");
+    });
+    assert_eq!(got.take().map(|r| r.ok()), Some(Some("done")));
+}
+
+#[test]
+fn get_timeout_of_zero_only_looks() {
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let seen = results.clone();
+    run_to_completion(move || {
+        let f = future::addthread(|| {
+            copas::pause(ms(20));
+            1u8
+        })
+        .expect("future");
+        // Outside a coroutine too: a zero timeout never waits.
+        seen.borrow_mut()
+            .push(f.get_timeout(Duration::ZERO).map_err(|e| e.kind()));
+        copas::addthread(move || {
+            seen.borrow_mut()
+                .push(f.get_timeout(Duration::ZERO).map_err(|e| e.kind()));
+            copas::pause(ms(60));
+            seen.borrow_mut()
+                .push(f.get_timeout(Duration::ZERO).map_err(|e| e.kind()));
+        })
+        .expect("addthread");
+    });
+    assert_eq!(
+        *results.borrow(),
+        vec![Err(ErrorKind::Timeout), Err(ErrorKind::Timeout), Ok(1)]
+    );
+}
+
+#[test]
+fn waiters_that_timed_out_leave_the_line_and_the_rest_get_the_value() {
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let seen = results.clone();
+    run_to_completion(move || {
+        let f = future::addthread(|| {
+            copas::pause(ms(100));
+            5i64
+        })
+        .expect("future");
+        for (i, wait) in [ms(10), util::secs(5), ms(20), copas::FOREVER]
+            .into_iter()
+            .enumerate()
+        {
+            let (f, seen) = (f.clone(), seen.clone());
+            copas::addthread(move || {
+                let r = f.get_timeout(wait).map_err(|e| e.kind());
+                seen.borrow_mut().push((i, r));
+            })
+            .expect("addthread");
+        }
+    });
+    let mut results = results.borrow().clone();
+    results.sort_by_key(|(i, _)| *i);
+    assert_eq!(
+        results,
+        vec![
+            (0, Err(ErrorKind::Timeout)),
+            (1, Ok(5)),
+            (2, Err(ErrorKind::Timeout)),
+            (3, Ok(5))
+        ]
+    );
+}

@@ -23,6 +23,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use super::{Outcome, WaitList};
 use crate::dispatcher::{self, Blocker, Coroutine, TaskName};
@@ -205,6 +206,37 @@ impl<T> Future<T> {
     where
         T: Clone,
     {
+        self.get_until(None, "Future::get")
+    }
+
+    /// Waits at most `timeout` for the task and returns a copy of its value (beyond Copas,
+    /// whose `get` has no timeout; as `std::sync::mpsc::Receiver::recv_timeout`). A waiter
+    /// that times out leaves the line; the task runs on. [`FOREVER`](crate::FOREVER) waits
+    /// as long as [`get`](Future::get); `Duration::ZERO` only looks, as
+    /// [`try_get`](Future::try_get) does.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when the task had not finished in time; otherwise those of
+    /// [`get`](Future::get).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T>
+    where
+        T: Clone,
+    {
+        if timeout.is_zero() {
+            return match self.try_get() {
+                State::Pending => Err(Error::new(ErrorKind::Timeout)),
+                _ => self.get_until(None, "Future::get_timeout"),
+            };
+        }
+        self.get_until(super::deadline(timeout), "Future::get_timeout")
+    }
+
+    /// [`get`](Future::get) with a deadline (`None`: none).
+    fn get_until(&self, deadline: Option<Instant>, what: &str) -> Result<T>
+    where
+        T: Clone,
+    {
         loop {
             let (ticket, task) = {
                 let mut st = self.inner.borrow_mut();
@@ -217,7 +249,7 @@ impl<T> Future<T> {
                     Some(Err(failure)) => return Err(failure.error()),
                     None => {}
                 }
-                let co = super::current().ok_or_else(|| super::outside_coroutine("Future::get"))?;
+                let co = super::current().ok_or_else(|| super::outside_coroutine(what))?;
                 let ticket = st.waiters.push(co, ());
                 (ticket, st.task)
             };
@@ -226,10 +258,13 @@ impl<T> Future<T> {
                 ticket,
             };
             let take = || super::take(&self.inner, ticket, |st| &mut st.waiters);
-            let outcome = super::wait(take, None, Blocker::Future(task));
+            let outcome = super::wait(take, deadline, Blocker::Future(task));
             drop(guard);
             match outcome {
-                Outcome::Signalled(()) | Outcome::TimedOut => continue,
+                Outcome::Signalled(()) => continue,
+                // Done meanwhile (in the same step as the deadline): the value, not a timeout.
+                Outcome::TimedOut if self.is_done() || deadline.is_none() => continue,
+                Outcome::TimedOut => return Err(Error::new(ErrorKind::Timeout)),
                 Outcome::Cancelled => return Err(Error::new(ErrorKind::Cancelled)),
             }
         }
