@@ -1136,3 +1136,60 @@ fn http_get_example_names_the_final_url_only_when_a_redirect_changed_it() {
         "{text:?}"
     );
 }
+
+const SMALL_STACK_CHILD: &str = "COPAS_TEST_HTTP_SMALL_STACK_CHILD";
+
+/// The stack a coroutine needs for a request, as `docs/stacks.md` gives it: a GET, a POST
+/// and a GET over HTTPS fit the 16 KiB minimum in a release build (a redirect's drain
+/// buffer in the request's own frame made it need 20 KiB, 24 over HTTPS), and 40 KiB in a
+/// debug one. Run in a child, against the parent's nginx (its URLs and CA in the child's
+/// environment): an overflow aborts the process with copas's message.
+#[test]
+fn requests_fit_the_stack_sizes_the_docs_give() {
+    if util::is_child(SMALL_STACK_CHILD) {
+        let var = |name: &str| std::env::var(name).expect(name);
+        let (plain, post, secure) = (var("SMALL_GET"), var("SMALL_POST"), var("SMALL_HTTPS"));
+        let ca = Certificate::from_pem(var("SMALL_CA").as_bytes()).expect("ca");
+        let kib = if cfg!(debug_assertions) { 40 } else { 16 };
+        copas::set_stack_size(kib * 1024);
+        let done = Rc::new(Cell::new(false));
+        let finished = done.clone();
+        copas::addnamedthread("small-stack", move || {
+            let r = http::request(&plain).expect("GET");
+            assert_eq!((r.status(), r.body()), (200, &b"hello static\n"[..]));
+            let r = Request::post(&post).body("posted").send().expect("POST");
+            assert_eq!((r.status(), r.body()), (200, &b"posted"[..]));
+            let r = Request::get(&secure)
+                .root_certificate(ca)
+                .send()
+                .expect("HTTPS GET");
+            assert_eq!(r.status(), 200);
+            finished.set(true);
+        })
+        .expect("addthread");
+        run_bounded(secs(20));
+        assert!(done.get(), "the requests did not complete");
+        println!("SMALL-STACK-OK {kib} KiB");
+        return;
+    }
+    let _turn = serial();
+    let Some(ng) = Nginx::start() else { return };
+    let (get, post, https) = (
+        ng.url("/index.html"),
+        ng.url("/echo-body"),
+        ng.surl("/index.html"),
+    );
+    let ca = String::from_utf8(ng.ca.clone()).expect("PEM");
+    util::assert_child_passes_with(
+        &[
+            ("SMALL_GET", &get),
+            ("SMALL_POST", &post),
+            ("SMALL_HTTPS", &https),
+            ("SMALL_CA", &ca),
+        ],
+        "requests_fit_the_stack_sizes_the_docs_give",
+        SMALL_STACK_CHILD,
+        "SMALL-STACK-OK",
+        secs(60),
+    );
+}

@@ -1618,7 +1618,9 @@ impl BodyReader {
             let (connect, send, _) = sock.gettimeouts();
             sock.settimeouts(connect, send, Some(Duration::ZERO));
         }
-        let mut sink = [0u8; 8192];
+        // On the heap: a redirect is rare, and an 8 KiB array here would sit in the frame of
+        // every request (`drain` is inlined into `stream`), which a 16 KiB stack cannot hold.
+        let mut sink = vec![0u8; 8192];
         let mut total = 0usize;
         while !self.done && total < 256 * 1024 {
             match self.read(&mut sink) {

@@ -71,10 +71,24 @@ pub fn output_within(mut cmd: Command, input: &[u8], limit: Duration) -> Output 
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    // A process the child started and left behind (it aborted before its destructors
+    // ran) keeps the pipes open: what the child wrote is taken within a bound, not at
+    // their end, which might never come.
+    let drained = Instant::now();
+    while !(stdout.is_finished() && stderr.is_finished()) && drained.elapsed() < secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let take = |reader: std::thread::JoinHandle<Vec<u8>>, name: &str| {
+        if reader.is_finished() {
+            reader.join().expect("pipe reader")
+        } else {
+            format!("({name} still held open by a process {cmd:?} left behind)").into_bytes()
+        }
+    };
     Output {
         status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
+        stdout: take(stdout, "stdout"),
+        stderr: take(stderr, "stderr"),
     }
 }
 
@@ -208,6 +222,17 @@ pub fn run_child_under(
     env_var: &str,
     limit: Duration,
 ) -> Output {
+    run_child_with(wrapper, &[], test_name, env_var, limit)
+}
+
+/// [`run_child_under`] with the variables `envs` set in the child's environment too.
+pub fn run_child_with(
+    wrapper: &[&str],
+    envs: &[(&str, &str)],
+    test_name: &str,
+    env_var: &str,
+    limit: Duration,
+) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
@@ -219,7 +244,8 @@ pub fn run_child_under(
     };
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(env_var, "1")
-        .env("RUST_BACKTRACE", "0");
+        .env("RUST_BACKTRACE", "0")
+        .envs(envs.iter().copied());
     output_within(cmd, b"", limit)
 }
 
@@ -232,7 +258,18 @@ pub fn assert_child_passes(
     marker: &str,
     limit: Duration,
 ) -> Output {
-    let out = run_child(test_name, env_var, limit);
+    assert_child_passes_with(&[], test_name, env_var, marker, limit)
+}
+
+/// [`assert_child_passes`] with the variables `envs` set in the child's environment.
+pub fn assert_child_passes_with(
+    envs: &[(&str, &str)],
+    test_name: &str,
+    env_var: &str,
+    marker: &str,
+    limit: Duration,
+) -> Output {
+    let out = run_child_with(&[], envs, test_name, env_var, limit);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains(marker),
