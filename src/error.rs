@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// A `Result` whose error is [`copas::Error`](Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -117,9 +117,10 @@ impl fmt::Display for ErrorKind {
 /// One pointer wide: every `Result` of a socket operation stays small, so the frames of a
 /// coroutine waiting in one stay small too (each of their cache lines is missed again when
 /// thousands of connections take turns). An error of a kind alone (a timeout with nothing
-/// received, `Closed`, `Cancelled`…) allocates nothing: it shares one per-kind copy made on
-/// first use, so a handler that polls with short timeouts pays no allocation per expiry.
-/// An error with more attached (a message, a system error, partial data) allocates.
+/// received, `Closed`, `Cancelled`…) allocates nothing: it shares its thread's copy of that
+/// kind, made on the thread's first use, so a handler that polls with short timeouts pays no
+/// allocation per expiry. An error with more attached (a message, a system error, partial
+/// data) allocates.
 #[derive(Clone)]
 pub struct Error {
     inner: Arc<ErrorInner>,
@@ -173,26 +174,33 @@ const BARE_KINDS: [ErrorKind; 19] = [
     ErrorKind::Io,
 ];
 
-/// One shared error per kind with nothing attached, made on first use, which
-/// [`Error::new`] hands out: a timeout or a close returned in a hot loop costs a reference
-/// count, not an allocation. A kind missing here still works (`Error::new` allocates it).
-fn bare_errors() -> &'static [Arc<ErrorInner>] {
-    static BARE: OnceLock<Vec<Arc<ErrorInner>>> = OnceLock::new();
-    BARE.get_or_init(|| {
-        BARE_KINDS
-            .iter()
-            .map(|&kind| Arc::new(ErrorInner::bare(kind)))
-            .collect()
+thread_local! {
+    /// One shared error per kind with nothing attached, made on a thread's first use, which
+    /// [`Error::new`] hands out: a timeout or a close returned in a hot loop costs a
+    /// reference count, not an allocation. Per thread, so that threads returning errors at
+    /// a high rate do not all count on one cache line.
+    static BARE: Vec<Arc<ErrorInner>> = BARE_KINDS
+        .iter()
+        .map(|&kind| Arc::new(ErrorInner::bare(kind)))
+        .collect();
+}
+
+/// This thread's shared error of `kind`; `None` while the thread's locals are being torn
+/// down, or for a kind missing from the table ([`Error::new`] then allocates one).
+fn shared_bare(kind: ErrorKind) -> Option<Arc<ErrorInner>> {
+    BARE.try_with(|bare| {
+        bare.get(kind as usize)
+            .filter(|shared| shared.kind == kind)
+            .cloned()
     })
+    .ok()
+    .flatten()
 }
 
 impl Error {
     /// An error of `kind` with nothing else attached.
     pub fn new(kind: ErrorKind) -> Error {
-        let inner = match bare_errors().get(kind as usize) {
-            Some(shared) if shared.kind == kind => Arc::clone(shared),
-            _ => Arc::new(ErrorInner::bare(kind)),
-        };
+        let inner = shared_bare(kind).unwrap_or_else(|| Arc::new(ErrorInner::bare(kind)));
         Error { inner }
     }
 
