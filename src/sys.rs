@@ -173,6 +173,18 @@ impl Datagram {
         self.len > self.data.len()
     }
 
+    /// Copies what fits of the datagram into `buf`: what a receive into `buf` would have got.
+    pub(crate) fn land_in(self, buf: &mut [u8]) -> Landed {
+        let got = self.data.len().min(buf.len());
+        buf[..got].copy_from_slice(&self.data[..got]);
+        Landed {
+            got,
+            len: self.len,
+            truncated: self.truncated(),
+            from: self.from,
+        }
+    }
+
     /// The datagram as a receive of at most `size` bytes would have had it from the kernel:
     /// cut to `size`, keeping its real length.
     pub(crate) fn cut_to(mut self, size: usize) -> Datagram {
@@ -211,14 +223,74 @@ pub(crate) fn recv_datagrams(
     size: usize,
     spare: &mut [u8],
 ) -> io::Result<Received> {
+    let mut first: Vec<u8> = Vec::with_capacity(size);
+    // SAFETY: the vector reserved `size` bytes, which live and are unaliased for the call.
+    let (head, next, drained) = unsafe { recv_two(sock, first.as_mut_ptr(), size, spare)? };
+    // SAFETY: `recv_two` wrote the first `head.got` (≤ `size`) bytes of the reserved
+    // capacity.
+    unsafe { first.set_len(head.got) };
+    Ok(Received {
+        first: datagram(first, head.len, head.truncated, size, head.from),
+        next,
+        drained,
+    })
+}
+
+/// What a receive into a caller's buffer got of the first datagram.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Landed {
+    /// Bytes written into the buffer.
+    pub(crate) got: usize,
+    /// The datagram's length as the kernel reported it (its real length on Linux).
+    pub(crate) len: usize,
+    /// Whether the kernel cut it to the buffer.
+    pub(crate) truncated: bool,
+    /// The sender.
+    pub(crate) from: Option<std::net::SocketAddr>,
+}
+
+impl Landed {
+    /// Whether the datagram was larger than the buffer it landed in.
+    pub(crate) fn cut(&self) -> bool {
+        self.truncated || self.len > self.got
+    }
+}
+
+/// [`recv_datagrams`] with the first datagram landing in `buf` instead of a new vector:
+/// what it got of it, the datagram queued behind it (in a vector, as there), and whether the
+/// queue is empty now.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn recv_datagrams_into(
+    sock: &socket2::Socket,
+    buf: &mut [u8],
+    spare: &mut [u8],
+) -> io::Result<(Landed, Option<Datagram>, bool)> {
+    // SAFETY: `buf` is `buf.len()` initialised bytes, live and unaliased for the call; the
+    // kernel only writes bytes into it.
+    unsafe { recv_two(sock, buf.as_mut_ptr(), buf.len(), spare) }
+}
+
+/// One `recvmmsg(2)` of up to two datagrams: the first into the `size` bytes at `first`,
+/// the second into `spare` and then a vector of its size. `EINTR` is retried.
+///
+/// # Safety
+///
+/// `first` must point at `size` bytes (initialised or not) that are valid for writes and
+/// not otherwise accessed during the call.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+unsafe fn recv_two(
+    sock: &socket2::Socket,
+    first: *mut u8,
+    size: usize,
+    spare: &mut [u8],
+) -> io::Result<(Landed, Option<Datagram>, bool)> {
     use std::os::fd::AsRawFd;
     debug_assert!(spare.len() >= MAX_DATAGRAM);
     let fd = sock.as_raw_fd();
-    let mut first: Vec<u8> = Vec::with_capacity(size);
     loop {
         let mut iov = [
             libc::iovec {
-                iov_base: first.as_mut_ptr().cast(),
+                iov_base: first.cast(),
                 iov_len: size,
             },
             libc::iovec {
@@ -232,9 +304,9 @@ pub(crate) fn recv_datagrams(
         // builds the address from what the closure leaves in them; `recvmmsg` writes at most
         // `msg_namelen` bytes of address into each storage and sets `msg_namelen` to the
         // address's length, which is what the closure reports back. The two `iovec`s point
-        // at `size` bytes of `first`'s reserved capacity and at all of `spare`, both live
-        // and unaliased for the call. An all-zero `mmsghdr` is valid plain data (null
-        // pointers, zero lengths) before the fields are set.
+        // at the caller's `size` bytes at `first` (valid for writes and unaliased, by this
+        // function's contract) and at all of `spare`. An all-zero `mmsghdr` is valid plain
+        // data (null pointers, zero lengths) before the fields are set.
         let got = unsafe {
             socket2::SockAddr::try_init(|addr1, len1| {
                 socket2::SockAddr::try_init(|addr2, len2| {
@@ -268,22 +340,20 @@ pub(crate) fn recv_datagrams(
         };
         match got {
             Ok(((n, addr2), addr1)) => {
-                let got = lens[0].min(size);
-                // SAFETY: `recvmmsg` wrote the first `min(len, size)` bytes of the reserved
-                // capacity (with `MSG_TRUNC`, `msg_len` is the datagram's real length, which
-                // may exceed what was written, hence the `min`).
-                unsafe { first.set_len(got) };
-                let first = datagram(first, lens[0], truncated[0], size, addr1.as_socket());
+                // With `MSG_TRUNC`, `msg_len` is the datagram's real length, which may
+                // exceed what was written, hence the `min`.
+                let head = Landed {
+                    got: lens[0].min(size),
+                    len: lens[0],
+                    truncated: truncated[0],
+                    from: addr1.as_socket(),
+                };
                 let next = (n >= 2).then(|| {
                     let got = lens[1].min(spare.len());
                     let data = spare[..got].to_vec();
                     datagram(data, lens[1], truncated[1], spare.len(), addr2.as_socket())
                 });
-                return Ok(Received {
-                    first,
-                    next,
-                    drained: n < 2,
-                });
+                return Ok((head, next, n < 2));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -304,6 +374,17 @@ pub(crate) fn recv_datagrams(
         next: None,
         drained: false,
     })
+}
+
+/// [`recv_datagrams_into`], where `recvmmsg(2)` is not to be had: one datagram, received
+/// into a vector and copied into `buf`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn recv_datagrams_into(
+    sock: &socket2::Socket,
+    buf: &mut [u8],
+    _spare: &mut [u8],
+) -> io::Result<(Landed, Option<Datagram>, bool)> {
+    Ok((recv_datagram(sock, buf.len())?.land_in(buf), None, false))
 }
 
 /// A received datagram from what a buffer of `size` bytes took of it (`data`), the length

@@ -450,3 +450,50 @@ fn parked_receives_on_a_channel_allocate_nothing() {
     assert!(last > 0, "the items went round");
     assert_eq!(allocs, 0, "{MEASURED} round trips, each recv parked");
 }
+
+/// A UDP echo through `recv_from` into a caller's buffer, both ends coroutines of this
+/// thread, one datagram in flight at a time: nothing is allocated per datagram.
+#[test]
+fn a_udp_echo_through_recv_from_allocates_nothing_per_datagram() {
+    util::make_dispatcher();
+    let server = copas::UdpSocket::bind("127.0.0.1:0").expect("bind server");
+    let to = server.local_addr().expect("addr");
+    let client = copas::UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    client.settimeout(Some(util::secs(5)));
+    server.settimeout(Some(util::secs(5)));
+    let echoer = server.clone();
+    copas::addthread(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = echoer.recv_from(&mut buf) {
+            if n == 0 || echoer.sendto(&buf[..n], from).is_err() {
+                break;
+            }
+        }
+    })
+    .expect("addthread");
+    let out = Rc::new(Cell::new(u64::MAX));
+    let out2 = out.clone();
+    copas::addthread(move || {
+        let mut buf = [0u8; 512];
+        let mut round = |i: usize| {
+            let msg = [(i % 251) as u8; MSG];
+            client.sendto(&msg, to).expect("sendto");
+            let (n, _) = client.recv_from(&mut buf).expect("recv_from");
+            assert_eq!(&buf[..n], &msg[..]);
+        };
+        for i in 0..WARM {
+            round(i);
+        }
+        let ((), allocs) = allocations_in(|| {
+            for i in 0..MEASURED {
+                round(i);
+            }
+        });
+        out2.set(allocs);
+        client.sendto(&[], to).expect("stop the echoer");
+    })
+    .expect("addthread");
+    util::run_bounded(util::secs(30));
+    server.close();
+    assert_eq!(out.get(), 0, "{MEASURED} datagrams echoed");
+}

@@ -159,9 +159,17 @@ fn oversized_datagram_is_reported_not_cut() {
         assert_eq!((data, got_from), (big, from));
     }
 
-    // Outside any coroutine the calls block the thread.
-    let _dog = util::Watchdog::new("blocking receive", secs(20));
+    outside_then_in_a_coroutine(None, check);
+}
+
+/// Runs `check` on a receiver (5 s receive timeout, or `timeout`) and its sender, first
+/// outside any coroutine, where the calls block the thread, then in one.
+fn outside_then_in_a_coroutine(timeout: Option<Duration>, check: fn(&UdpSocket, &StdUdpSocket)) {
+    let _dog = util::Watchdog::new("outside, then in a coroutine", secs(20));
     let (sender, receiver, _) = sender_and_receiver();
+    if timeout.is_some() {
+        receiver.settimeout(timeout);
+    }
     check(&receiver, &sender);
 
     let done = Rc::new(RefCell::new(false));
@@ -674,4 +682,93 @@ fn send_without_a_peer_is_the_systems_destination_address_required() {
     sock.setpeername(peer.local_addr().expect("peer address"))
         .expect("setpeername");
     assert_eq!(sock.send(b"somewhere").expect("send"), 9);
+}
+
+// ----- recv_from / recv into a caller's buffer (std-shaped) ------------------------------------
+
+/// `recv_from` into a caller's buffer, inside a coroutine and outside: the datagram and its
+/// sender; one larger than the buffer is `LimitExceeded` with what fitted in the buffer, and
+/// consumed; exactly the buffer's size fits; an empty datagram is 0 bytes; the datagram
+/// received ahead of its turn (two queued) lands in the next call's buffer, cut to it.
+#[test]
+fn recv_from_fills_the_callers_buffer_and_reports_what_did_not_fit() {
+    fn check(receiver: &UdpSocket, sender: &StdUdpSocket) {
+        let to = receiver.local_addr().expect("local_addr");
+        let from = sender.local_addr().expect("sender addr");
+        let big: Vec<u8> = (0..100u8).collect();
+        let mut buf = [0u8; 100];
+
+        sender.send_to(b"hello", to).expect("send");
+        assert_eq!(receiver.recv_from(&mut buf).expect("hello"), (5, from));
+        assert_eq!(&buf[..5], b"hello");
+
+        // Two queued: the first read by the system call, the second kept for the next one.
+        sender.send_to(&big, to).expect("send big");
+        sender.send_to(&big, to).expect("send big again");
+        let e = receiver
+            .recv_from(&mut buf[..10])
+            .expect_err("100 bytes fitted in 10");
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e:?}");
+        assert_eq!(&buf[..10], &big[..10]);
+        if cfg!(target_os = "linux") {
+            assert!(e.to_string().contains("100 bytes"), "{e}");
+        }
+        let e = receiver
+            .recv_from(&mut buf[..99])
+            .expect_err("the one behind, 100 bytes, fitted in 99");
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e:?}");
+        assert_eq!(&buf[..99], &big[..99]);
+        assert!(e.to_string().contains(&from.to_string()), "{e}");
+
+        sender.send_to(&big, to).expect("send big");
+        sender.send_to(b"", to).expect("send empty");
+        buf.fill(0);
+        assert_eq!(
+            receiver.recv_from(&mut buf).expect("exact fit"),
+            (100, from)
+        );
+        assert_eq!(&buf[..], &big[..]);
+        assert_eq!(receiver.recv(&mut buf).expect("empty"), 0);
+        assert_eq!(
+            receiver.recv(&mut []).expect_err("nothing came").kind(),
+            ErrorKind::Timeout
+        );
+    }
+
+    outside_then_in_a_coroutine(Some(ms(20)), check);
+}
+
+/// `recv_from` and `receivefrom` on one socket share its queue: a datagram read ahead by
+/// one is delivered by the other, whole, once, in order.
+#[test]
+fn recv_from_and_receivefrom_share_the_datagram_read_ahead() {
+    let (sender, receiver, to) = sender_and_receiver();
+    let from = sender.local_addr().expect("addr");
+    let done = Rc::new(RefCell::new(false));
+    let d = done.clone();
+    copas::addthread(move || {
+        for round in 0..50u8 {
+            sender.send_to(&[round; 3], to).expect("send a");
+            sender.send_to(&[round; 7], to).expect("send b");
+            let mut buf = [0u8; 64];
+            let (n, got_from) = receiver.recv_from(&mut buf).expect("first");
+            assert_eq!((&buf[..n], got_from), (&[round; 3][..], from));
+            assert_eq!(
+                receiver.receivefrom(64).expect("second"),
+                (vec![round; 7], from)
+            );
+            sender.send_to(&[round; 5], to).expect("send c");
+            sender.send_to(&[round; 9], to).expect("send d");
+            assert_eq!(receiver.receive(64).expect("third"), vec![round; 5]);
+            assert_eq!(receiver.recv(&mut buf).expect("fourth"), 9);
+            assert_eq!(&buf[..9], &[round; 9]);
+        }
+        receiver.settimeout(Some(ms(10)));
+        let e = receiver.recv(&mut [0u8; 8]).expect_err("nothing left");
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        *d.borrow_mut() = true;
+    })
+    .expect("addthread");
+    util::run_checked(secs(20));
+    assert!(*done.borrow());
 }

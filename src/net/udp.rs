@@ -44,25 +44,52 @@ thread_local! {
     static SPARE: RefCell<Box<[u8]>> = RefCell::new(Box::default());
 }
 
+/// Runs `f` with this thread's [`SPARE`] buffer for the datagram behind the one asked for,
+/// or with `None` if it is in use (not reached: nothing yields while it is borrowed).
+fn with_spare<T>(f: impl FnOnce(Option<&mut [u8]>) -> T) -> T {
+    SPARE.with(|spare| match spare.try_borrow_mut() {
+        Ok(mut spare) => {
+            if spare.is_empty() {
+                *spare = vec![0; sys::MAX_DATAGRAM].into_boxed_slice();
+            }
+            f(Some(&mut spare))
+        }
+        Err(_) => f(None),
+    })
+}
+
 /// [`sys::recv_datagrams`] with this thread's [`SPARE`] buffer for the datagram behind.
 fn recv_with_spare(sock: &socket2::Socket, size: usize) -> io::Result<sys::Received> {
     // No datagram is longer: a larger `size` (the caller's) would only reserve memory.
     let size = size.min(sys::MAX_DATAGRAM);
-    SPARE.with(|spare| {
-        let Ok(mut spare) = spare.try_borrow_mut() else {
-            // Not reached (nothing yields while it is borrowed); one datagram then, as
-            // without `recvmmsg`.
-            return sys::recv_datagram(sock, size).map(|first| sys::Received {
-                first,
-                next: None,
-                drained: false,
-            });
-        };
-        if spare.is_empty() {
-            *spare = vec![0; sys::MAX_DATAGRAM].into_boxed_slice();
-        }
-        sys::recv_datagrams(sock, size, &mut spare)
+    with_spare(|spare| match spare {
+        Some(spare) => sys::recv_datagrams(sock, size, spare),
+        // One datagram then, as without `recvmmsg`.
+        None => sys::recv_datagram(sock, size).map(|first| sys::Received {
+            first,
+            next: None,
+            drained: false,
+        }),
     })
+}
+
+/// [`sys::recv_datagrams_into`] with this thread's [`SPARE`] buffer for the datagram behind.
+fn recv_into_with_spare(
+    sock: &socket2::Socket,
+    buf: &mut [u8],
+) -> io::Result<(sys::Landed, Option<sys::Datagram>, bool)> {
+    with_spare(|spare| match spare {
+        Some(spare) => sys::recv_datagrams_into(sock, buf, spare),
+        // One datagram then, through a vector (a spare on the stack would be 64 KiB).
+        None => sys::recv_datagram(sock, buf.len()).map(|d| (d.land_in(buf), None, false)),
+    })
+}
+
+/// What a receive got: the datagram the receive before it had queued, or what a read from
+/// the kernel got.
+enum Got<T> {
+    Queued(sys::Datagram),
+    Read(T),
 }
 
 /// The socket shared by the clones of one [`UdpSocket`].
@@ -253,8 +280,24 @@ impl UdpSocket {
         Ok(f(sock)?)
     }
 
-    /// Receives one datagram, waiting under the receive timeout.
+    /// Receives one datagram of at most `size` bytes, waiting under the receive timeout.
     fn recv_one(&self, size: usize) -> Result<sys::Datagram> {
+        let got = self.recv_one_with(|s| {
+            recv_with_spare(s, size).map(|got| (got.first, got.next, got.drained))
+        })?;
+        Ok(match got {
+            Got::Queued(queued) => queued.cut_to(size),
+            Got::Read(first) => first,
+        })
+    }
+
+    /// Receives one datagram, waiting under the receive timeout: the one the last receive
+    /// queued, or what `read` gets from the kernel (the next datagram as it lands, the one
+    /// behind it, and whether the queue is empty now).
+    fn recv_one_with<T>(
+        &self,
+        mut read: impl FnMut(&socket2::Socket) -> io::Result<(T, Option<sys::Datagram>, bool)>,
+    ) -> Result<Got<T>> {
         self.fair_share();
         let deadline = super::deadline(self.inner.timeouts.get().receive);
         let io = &self.inner.io;
@@ -264,17 +307,17 @@ impl UdpSocket {
             }
             if let Some(dgram) = self.inner.next.take() {
                 self.inner.pass_on(false);
-                return Ok(dgram.cut_to(size));
+                return Ok(Got::Queued(dgram));
             }
             if io.readable.get() {
-                match self.with_socket(|s| recv_with_spare(s, size)) {
-                    Ok(got) => {
-                        if got.drained {
+                match self.with_socket(&mut read) {
+                    Ok((first, next, drained)) => {
+                        if drained {
                             io.readable.set(false);
                         }
-                        self.inner.next.set(got.next);
+                        self.inner.next.set(next);
                         self.inner.pass_on(false);
-                        return Ok(got.first);
+                        return Ok(Got::Read(first));
                     }
                     Err(e)
                         if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::WouldBlock) =>
@@ -298,18 +341,19 @@ impl UdpSocket {
         if !dgram.truncated() {
             return Ok(dgram);
         }
-        let from = dgram
-            .from
-            .map_or_else(String::new, |a| format!(" from {a}"));
+        Err(Self::too_large(dgram.len, dgram.from, size).with_partial(dgram.data))
+    }
+
+    /// The error of a datagram of `len` bytes (its real length on Linux) from `from` that
+    /// did not fit in `size` bytes.
+    fn too_large(len: usize, from: Option<SocketAddr>, size: usize) -> Error {
+        let from = from.map_or_else(String::new, |a| format!(" from {a}"));
         let message = if cfg!(target_os = "linux") {
-            format!(
-                "datagram of {} bytes{from} is larger than the {size}-byte buffer",
-                dgram.len
-            )
+            format!("datagram of {len} bytes{from} is larger than the {size}-byte buffer")
         } else {
             format!("datagram{from} is larger than the {size}-byte buffer")
         };
-        Err(Error::with_message(ErrorKind::LimitExceeded, message).with_partial(dgram.data))
+        Error::with_message(ErrorKind::LimitExceeded, message)
     }
 
     /// Receives one datagram of at most `size` bytes (Copas `receive(size)` on a UDP
@@ -342,6 +386,42 @@ impl UdpSocket {
             .from
             .ok_or_else(|| Error::with_message(ErrorKind::Io, "datagram from a non-IP sender"))?;
         Ok((dgram.data, from))
+    }
+
+    /// Receives one datagram into `buf` and returns its length and sender, as
+    /// `std::net::UdpSocket::recv_from` does, waiting (under the receive timeout) as
+    /// [`receivefrom`](UdpSocket::receivefrom) does. Nothing is allocated for a datagram
+    /// that arrives alone; one the kernel queued behind another (received with it, in the
+    /// same system call) was kept in a vector until now.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LimitExceeded`] when the datagram was larger than `buf`: its first
+    /// `buf.len()` bytes are in `buf` and the rest is lost (std would return the cut
+    /// datagram as if whole); otherwise those of [`receive`](UdpSocket::receive).
+    pub fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr)> {
+        let size = buf.len();
+        let landed = match self.recv_one_with(|s| recv_into_with_spare(s, buf))? {
+            Got::Read(landed) => landed,
+            Got::Queued(queued) => queued.land_in(buf),
+        };
+        if landed.cut() {
+            return Err(Self::too_large(landed.len, landed.from, size));
+        }
+        let from = landed
+            .from
+            .ok_or_else(|| Error::with_message(ErrorKind::Io, "datagram from a non-IP sender"))?;
+        Ok((landed.got, from))
+    }
+
+    /// Receives one datagram into `buf` and returns its length, as
+    /// `std::net::UdpSocket::recv` does (see [`recv_from`](UdpSocket::recv_from)).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_from`](UdpSocket::recv_from).
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize> {
+        self.recv_from(buf).map(|(n, _)| n)
     }
 
     /// Sends one datagram, to `to` or to the peer.
