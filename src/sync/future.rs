@@ -262,7 +262,9 @@ impl<T> Future<T> {
             drop(guard);
             match outcome {
                 Outcome::Signalled(()) => continue,
-                // Done meanwhile (in the same step as the deadline): the value, not a timeout.
+                // Done meanwhile (by a coroutine that ran before this one in the step of the
+                // deadline): the value, not a timeout. A task that ends later in that step
+                // ended after the deadline.
                 Outcome::TimedOut if self.is_done() || deadline.is_none() => continue,
                 Outcome::TimedOut => return Err(Error::new(ErrorKind::Timeout)),
                 Outcome::Cancelled => return Err(Error::new(ErrorKind::Cancelled)),
