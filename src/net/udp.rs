@@ -504,9 +504,11 @@ impl UdpSocket {
     }
 
     /// Sets the socket's peer (Copas `setpeername(host, port)`): from now on
-    /// [`send`](UdpSocket::send) goes there and only its datagrams are received. A host
-    /// name is resolved on a helper thread, under the connect timeout; each address it
-    /// resolves to is tried in turn.
+    /// [`send`](UdpSocket::send) goes there and only its datagrams arrive; those already
+    /// queued before the call (in the kernel, or read ahead by the last receive) are still
+    /// delivered, as Linux and `std::net::UdpSocket::connect` do. A host name is resolved on
+    /// a helper thread, under the connect timeout; each address it resolves to is tried in
+    /// turn.
     ///
     /// # Errors
     ///
