@@ -200,8 +200,17 @@ fn shared_bare(kind: ErrorKind) -> Option<Arc<ErrorInner>> {
 impl Error {
     /// An error of `kind` with nothing else attached.
     pub fn new(kind: ErrorKind) -> Error {
-        let inner = shared_bare(kind).unwrap_or_else(|| Arc::new(ErrorInner::bare(kind)));
-        Error { inner }
+        match shared_bare(kind) {
+            Some(inner) => Error { inner },
+            None => Error::of(ErrorInner::bare(kind)),
+        }
+    }
+
+    /// An error of its own (not a shared bare one) made of `inner`.
+    fn of(inner: ErrorInner) -> Error {
+        Error {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The error's parts, for changing: copied first if a clone shares them.
@@ -211,9 +220,10 @@ impl Error {
 
     /// An error of `kind` with a message saying more.
     pub fn with_message(kind: ErrorKind, message: impl Into<String>) -> Error {
-        let mut e = Error::new(kind);
-        e.inner_mut().message = Some(message.into().into_boxed_str());
-        e
+        Error::of(ErrorInner {
+            message: Some(message.into().into_boxed_str()),
+            ..ErrorInner::bare(kind)
+        })
     }
 
     /// A [`ErrorKind::Rejected`] error for a server's reply `code` and `text`.
@@ -279,11 +289,12 @@ impl Error {
     /// Puts `context` (what was being done) before the message; the kind and the
     /// operating-system error behind it stay, so a caller can still tell `EMFILE` apart.
     pub(crate) fn with_context(mut self, context: &str) -> Error {
-        let text = match self.inner_mut().message.take() {
+        let inner = self.inner_mut();
+        let text = match inner.message.take() {
             Some(m) => format!("{context}: {m}"),
             None => context.to_string(),
         };
-        self.inner_mut().message = Some(text.into_boxed_str());
+        inner.message = Some(text.into_boxed_str());
         self
     }
 
@@ -351,9 +362,11 @@ impl From<io::Error> for Error {
             }
             return Error::new(ErrorKind::Io);
         }
-        let mut e = Error::new(Error::kind_of_io(err.kind()));
-        e.inner_mut().source = Some(Arc::new(err));
-        e
+        let kind = Error::kind_of_io(err.kind());
+        Error::of(ErrorInner {
+            source: Some(Arc::new(err)),
+            ..ErrorInner::bare(kind)
+        })
     }
 }
 
@@ -442,8 +455,6 @@ impl std::error::Error for Error {
 mod tests {
     use super::*;
 
-    /// Context goes before the message; the kind and the system error stay (they were
-    /// dropped, so `io_error()` said `None` for an `EMFILE` whose text named it).
     #[test]
     fn the_shared_bare_errors_cover_every_kind_in_order() {
         for (i, &kind) in BARE_KINDS.iter().enumerate() {
@@ -498,6 +509,8 @@ mod tests {
         assert_eq!((sent.sent(), Error::new(ErrorKind::Closed).sent()), (5, 0));
     }
 
+    /// Context goes before the message; the kind and the system error stay (they were
+    /// dropped, so `io_error()` said `None` for an `EMFILE` whose text named it).
     #[test]
     fn context_keeps_the_kind_and_the_system_error() {
         let emfile = io::Error::from_raw_os_error(libc::EMFILE);

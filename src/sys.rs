@@ -180,7 +180,6 @@ impl Datagram {
         Landed {
             got,
             len: self.len,
-            truncated: self.truncated(),
             from: self.from,
         }
     }
@@ -230,7 +229,7 @@ pub(crate) fn recv_datagrams(
     // capacity.
     unsafe { first.set_len(head.got) };
     Ok(Received {
-        first: datagram(first, head.len, head.truncated, size, head.from),
+        first: datagram(first, head.len, head.cut(), size, head.from),
         next,
         drained,
     })
@@ -241,10 +240,8 @@ pub(crate) fn recv_datagrams(
 pub(crate) struct Landed {
     /// Bytes written into the buffer.
     pub(crate) got: usize,
-    /// The datagram's length as the kernel reported it (its real length on Linux).
+    /// The datagram's length, as [`Datagram::len`]: larger than `got` when it was cut.
     pub(crate) len: usize,
-    /// Whether the kernel cut it to the buffer.
-    pub(crate) truncated: bool,
     /// The sender.
     pub(crate) from: Option<std::net::SocketAddr>,
 }
@@ -252,7 +249,7 @@ pub(crate) struct Landed {
 impl Landed {
     /// Whether the datagram was larger than the buffer it landed in.
     pub(crate) fn cut(&self) -> bool {
-        self.truncated || self.len > self.got
+        self.len > self.got
     }
 }
 
@@ -342,10 +339,10 @@ unsafe fn recv_two(
             Ok(((n, addr2), addr1)) => {
                 // With `MSG_TRUNC`, `msg_len` is the datagram's real length, which may
                 // exceed what was written, hence the `min`.
+                let got = lens[0].min(size);
                 let head = Landed {
-                    got: lens[0].min(size),
-                    len: lens[0],
-                    truncated: truncated[0],
+                    got,
+                    len: real_len(got, lens[0], truncated[0], size),
                     from: addr1.as_socket(),
                 };
                 let next = (n >= 2).then(|| {
@@ -402,9 +399,20 @@ fn datagram(
     if got < data.capacity() / 4 {
         data.shrink_to_fit();
     }
-    let cut = truncated || n > size;
-    let len = if cut { n.max(size + 1) } else { got };
+    let len = real_len(got, n, truncated, size);
     Datagram { data, len, from }
+}
+
+/// The length of a datagram of which a buffer of `size` bytes took `got`, from the length
+/// the kernel reported (`n`, the real one with `MSG_TRUNC`) and whether it cut it: `got`
+/// when whole, and at least `size + 1` when cut (elsewhere than Linux the real length is
+/// not told).
+fn real_len(got: usize, n: usize, truncated: bool, size: usize) -> usize {
+    if truncated || n > size {
+        n.max(size + 1)
+    } else {
+        got
+    }
 }
 
 /// Receives one datagram of at most `size` bytes with `recvmsg`, learning whether it was cut

@@ -441,10 +441,7 @@ impl Socket {
         }
         let mut out = Vec::with_capacity(max);
         self.recv_append(&mut out, max)?;
-        if out.len() < out.capacity() / 4 {
-            // A big request answered by a few bytes: don't hand back the slack.
-            out.shrink_to_fit();
-        }
+        shed_slack(&mut out);
         Ok(out)
     }
 
@@ -723,10 +720,7 @@ impl Socket {
             };
             match self.read_append(&mut out, max, deadline) {
                 Ok(0) => {
-                    // A short stream: don't hand back the slack (as `recv_vec`).
-                    if out.len() < out.capacity() / 4 {
-                        out.shrink_to_fit();
-                    }
+                    shed_slack(&mut out);
                     return Ok(out);
                 }
                 Ok(_) => {}
@@ -1328,6 +1322,14 @@ impl Write for Socket {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Gives back the room of a vector a read filled to under a quarter (a big request answered
+/// by a few bytes, a short stream), so a received message a caller keeps holds only itself.
+fn shed_slack(out: &mut Vec<u8>) {
+    if out.len() < out.capacity() / 4 {
+        out.shrink_to_fit();
     }
 }
 

@@ -344,6 +344,11 @@ impl UdpSocket {
         Err(Self::too_large(dgram.len, dgram.from, size).with_partial(dgram.data))
     }
 
+    /// The error of a datagram whose sender is not an IP address (not seen on a UDP socket).
+    fn not_ip() -> Error {
+        Error::with_message(ErrorKind::Io, "datagram from a non-IP sender")
+    }
+
     /// The error of a datagram of `len` bytes (its real length on Linux) from `from` that
     /// did not fit in `size` bytes.
     fn too_large(len: usize, from: Option<SocketAddr>, size: usize) -> Error {
@@ -382,9 +387,7 @@ impl UdpSocket {
     pub fn receivefrom(&self, size: usize) -> Result<(Vec<u8>, SocketAddr)> {
         let dgram = self.recv_one(size)?;
         let dgram = Self::whole(dgram, size)?;
-        let from = dgram
-            .from
-            .ok_or_else(|| Error::with_message(ErrorKind::Io, "datagram from a non-IP sender"))?;
+        let from = dgram.from.ok_or_else(Self::not_ip)?;
         Ok((dgram.data, from))
     }
 
@@ -408,9 +411,7 @@ impl UdpSocket {
         if landed.cut() {
             return Err(Self::too_large(landed.len, landed.from, size));
         }
-        let from = landed
-            .from
-            .ok_or_else(|| Error::with_message(ErrorKind::Io, "datagram from a non-IP sender"))?;
+        let from = landed.from.ok_or_else(Self::not_ip)?;
         Ok((landed.got, from))
     }
 

@@ -328,50 +328,47 @@ fn deadline(timeout: Option<Duration>) -> std::result::Result<Option<Instant>, (
     }
 }
 
-/// The liveness tokens of coroutines' waits, kept for the next wait of this thread.
-///
-/// A waiter in a line holds a `Weak` to its wait's token, and a wake-up acts only while the
-/// token lives, so a wake-up that arrives after the wait ended (posted from another thread)
-/// wakes nobody. A token nobody holds a `Weak` to any more can serve the next wait just as
-/// a new one would: no wake-up can ever reach it through an old `Weak`, and only its own
-/// waiter makes new ones. Reusing such tokens spares a parked wait its one allocation.
-struct WaitToken;
-
-/// How many idle tokens a thread keeps: one per coroutine parked on a channel at once is
-/// what a steady load reuses; the rest are freed.
+/// How many idle liveness tokens a thread keeps for its next channel waits: one per
+/// coroutine parked on a channel at once is what a steady load reuses; the rest are freed.
 const KEPT_TOKENS: usize = 64;
 
 thread_local! {
-    static TOKENS: std::cell::RefCell<Vec<Arc<dyn Any + Send + Sync>>> =
+    /// The liveness tokens of this thread's ended channel waits that no `Weak` points to.
+    ///
+    /// A waiter in a line holds a `Weak` to its wait's token, and a wake-up acts only while
+    /// the token lives, so a wake-up that arrives after the wait ended (posted from another
+    /// thread) wakes nobody. A token nobody holds a `Weak` to any more can serve the next
+    /// wait just as a new one would: no wake-up can ever reach it through an old `Weak`, and
+    /// only its own waiter makes new ones. Reusing such tokens spares a parked wait its one
+    /// allocation.
+    static IDLE_TOKENS: std::cell::RefCell<Vec<Arc<dyn Any + Send + Sync>>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl WaitToken {
-    /// A token for a new wait: an idle one of this thread's, or a new one.
-    fn take() -> Arc<dyn Any + Send + Sync> {
-        TOKENS
-            .try_with(|tokens| tokens.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Arc::new(()))
-    }
+/// A token for a new wait: an idle one of this thread's, or a new one.
+fn wait_token() -> Arc<dyn Any + Send + Sync> {
+    IDLE_TOKENS
+        .try_with(|tokens| tokens.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Arc::new(()))
+}
 
-    /// Ends the wait `token` served: kept for the next one if no `Weak` to it is left (no
-    /// waker can still reach it), freed otherwise, which ends it for whoever holds one.
-    fn give_back(token: Arc<dyn Any + Send + Sync>) {
-        // Only this thread makes `Weak`s to the token (when it joins a line), so a count
-        // of zero stays zero.
-        if Arc::weak_count(&token) != 0 {
-            return;
-        }
-        let _ = TOKENS.try_with(|tokens| {
-            if let Ok(mut tokens) = tokens.try_borrow_mut() {
-                if tokens.len() < KEPT_TOKENS {
-                    tokens.push(token);
-                }
-            }
-        });
+/// Ends the wait `token` served: kept for the next one if no `Weak` to it is left (no
+/// waker can still reach it), freed otherwise, which ends it for whoever holds one.
+fn end_wait_token(token: Arc<dyn Any + Send + Sync>) {
+    // Only this thread makes `Weak`s to the token (when it joins a line), so a count of
+    // zero stays zero.
+    if Arc::weak_count(&token) != 0 {
+        return;
     }
+    let _ = IDLE_TOKENS.try_with(|tokens| {
+        if let Ok(mut tokens) = tokens.try_borrow_mut() {
+            if tokens.len() < KEPT_TOKENS {
+                tokens.push(token);
+            }
+        }
+    });
 }
 
 fn expired(deadline: Option<Instant>) -> bool {
@@ -399,7 +396,7 @@ impl<T> Chan<T> {
             Some((co, remote)) => {
                 // Alive only during this wait: a wake-up meant for it that arrives later
                 // finds it dead and wakes nobody.
-                let token = WaitToken::take();
+                let token = wait_token();
                 let ticket = st.waiters(side).push(Waiter::Coroutine {
                     co,
                     remote: remote.clone(),
@@ -424,7 +421,7 @@ impl<T> Chan<T> {
                 drop(waiting);
                 let cancelled = matches!(wake, Ok(Wake::Cancelled) | Err(_));
                 registration.leave(cancelled);
-                WaitToken::give_back(token);
+                end_wait_token(token);
                 Ok(cancelled)
             }
             None => {

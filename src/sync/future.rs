@@ -223,11 +223,9 @@ impl<T> Future<T> {
     where
         T: Clone,
     {
-        if timeout.is_zero() {
-            return match self.try_get() {
-                State::Pending => Err(Error::new(ErrorKind::Timeout)),
-                _ => self.get_until(None, "Future::get_timeout"),
-            };
+        // Done, `get_until` returns the result before it looks at the deadline.
+        if timeout.is_zero() && !self.is_done() {
+            return Err(Error::new(ErrorKind::Timeout));
         }
         self.get_until(super::deadline(timeout), "Future::get_timeout")
     }
