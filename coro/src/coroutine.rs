@@ -249,7 +249,7 @@ impl Coro {
     /// # Panics
     ///
     /// When the coroutine has already finished.
-    #[inline]
+    #[inline(always)]
     pub fn resume_with(&mut self, value: u32) -> Resumed {
         let state = self.state_mut();
         let inner = &mut state.inner;

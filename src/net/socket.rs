@@ -343,6 +343,7 @@ impl Socket {
     }
 
     /// One `recv` into `dst` ([`IoSource::recv`]), noting the end of the stream.
+    #[inline(always)]
     fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
         let n = self.conn.io.recv_into(dst)?;
         self.ended_if_none(n, dst.len())
@@ -420,7 +421,7 @@ impl Socket {
     /// only its bytes, not `max` (4 KiB in a typical handler), and a small exact allocation
     /// comes from the allocator's per-thread cache. Bigger requests read straight into the
     /// vector, where the copy would cost more than the allocation.
-    #[inline(never)]
+    #[inline(always)]
     fn recv_vec(&self, max: usize) -> io::Result<Vec<u8>> {
         if max <= SCRATCH_LEN {
             let copied = SCRATCH.try_with(|scratch| {
