@@ -1731,7 +1731,9 @@ impl Dispatcher {
     }
 
     /// Waits until `io` is ready in one direction, it is closed, or `deadline` passes.
-    /// Only inside a coroutine.
+    /// Only inside a coroutine. Always inlined, so that it adds no frame of its own between
+    /// a resumed coroutine and the receive or send it waited for: each such frame is one more
+    /// mispredicted return after the switch (see [`Dispatcher::run_phase`]).
     #[inline(always)]
     pub(crate) fn wait_io(&self, io: &IoSource, write: bool, deadline: Option<Instant>) -> Wake {
         let Some(key) = io.key.get() else {

@@ -342,7 +342,10 @@ impl Socket {
         }
     }
 
-    /// One `recv` into `dst` ([`IoSource::recv`]), noting the end of the stream.
+    /// One `recv` into `dst` ([`IoSource::recv`]), noting the end of the stream. Always
+    /// inlined, as [`Socket::recv_vec`] is, so that `receivepartial` makes the `recv` itself:
+    /// each return after a system call to a frame from before it is mispredicted
+    /// (`crate::sys::direct`).
     #[inline(always)]
     fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
         let n = self.conn.io.recv_into(dst)?;
@@ -420,7 +423,8 @@ impl Socket {
     /// and are copied into a vector of their exact size, so a message a handler keeps holds
     /// only its bytes, not `max` (4 KiB in a typical handler), and a small exact allocation
     /// comes from the allocator's per-thread cache. Bigger requests read straight into the
-    /// vector, where the copy would cost more than the allocation.
+    /// vector, where the copy would cost more than the allocation. Always inlined (see
+    /// [`Socket::recv_into`]).
     #[inline(always)]
     fn recv_vec(&self, max: usize) -> io::Result<Vec<u8>> {
         if max <= SCRATCH_LEN {
