@@ -135,13 +135,14 @@ pub(crate) fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
 /// The per-message system calls (`recv`, `send`) made with the `syscall` instruction where
 /// they are called, not through libc's wrappers.
 ///
-/// Why: on a kernel that mitigates return-stack attacks (here SRSO's "Safe RET", and the
-/// RSB filling of Spectre v2), a system call leaves the CPU's return predictor useless, so
-/// every `ret` after it to a caller from before it is mispredicted: 6.7–7.5 ns each on the
-/// benchmark host, measured with `rdtsc` after a loopback `sendto`/`recvfrom` through 0–12
+/// Why: on the benchmark host every `ret` after a system call to a caller from before it
+/// costs 6.7–7.5 ns, measured with `rdtsc` after a loopback `sendto`/`recvfrom` through 0–12
 /// extra frames, against under 1 ns with no system call between (`docs/benchmarks.md`,
-/// "Run 55"). libc's wrapper is one such return per call, two per echoed message. The calls are the same ones glibc makes (`recvfrom`, `sendto`); only the
-/// thread's `errno` is left alone, the error coming back in the result instead.
+/// "Run 55"): the size of a mispredicted return, most likely left by the kernel's
+/// return-stack mitigations (SRSO's "Safe RET", Spectre v2's RSB filling). libc's wrapper is
+/// one such return per call, two per echoed message. The calls are the same ones glibc makes
+/// (`recvfrom`, `sendto`); only the thread's `errno` is left alone, the error coming back in
+/// the result instead.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod direct {
     use std::io;
