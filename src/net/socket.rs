@@ -197,6 +197,7 @@ impl Connection {
     }
 
     /// Lets the next coroutine waiting on this socket run if it is still ready.
+    #[inline]
     fn pass_on(&self, write: bool) {
         if self.io.waiting.get() == 0 {
             return;
@@ -310,9 +311,10 @@ impl Socket {
 
     /// Yields now and then when operations keep completing without waiting, so that a
     /// stream that is always ready does not starve other coroutines.
+    #[inline]
     fn fair_share(&self) {
-        if dispatcher::spend_budget() && copas_coro::in_coroutine() {
-            dispatcher::with(|d| d.pause(Duration::ZERO));
+        if dispatcher::spend_budget() {
+            yield_share();
         }
     }
 
@@ -387,6 +389,7 @@ impl Socket {
     /// the allocator hands the same warm block to the next connection served, where a
     /// per-connection buffer would be one more cold page per message when thousands of
     /// connections take turns.
+    #[inline]
     fn recv_vec_waiting(&self, max: usize, deadline: Option<Instant>) -> Result<Vec<u8>> {
         self.recv_waiting(deadline, || self.recv_vec(max))
     }
@@ -790,25 +793,47 @@ impl Socket {
     ///
     /// [`ErrorKind::Timeout`] when nothing arrived before the receive timeout,
     /// [`ErrorKind::Closed`] when the socket was closed or reset.
+    #[inline]
     pub fn receivepartial(&mut self, max: usize) -> Result<Vec<u8>> {
+        // The common case (a plain socket, nothing read ahead, a read of up to 16 KiB) is
+        // inlined into the caller, typically a handler's loop: returning from a function
+        // after its system call costs a mispredicted return on the path of every message
+        // (see `crate::sys`), and inlined there is none. The rest is out of line.
+        if max == 0 || max > SCRATCH_LEN || self.start != self.end || self.conn.tls.get().is_some()
+        {
+            return self.receivepartial_other(max);
+        }
+        self.receivepartial_plain(max)
+    }
+
+    /// `receivepartial` of 1 to [`BULK_CHUNK`] bytes from a plain socket with nothing
+    /// buffered: the bytes go from the socket into the vector returned (through the scratch
+    /// buffer, see `recv_vec`).
+    #[inline(always)]
+    fn receivepartial_plain(&mut self, max: usize) -> Result<Vec<u8>> {
+        self.refuse_if_closed()?;
+        self.fair_share();
+        let deadline = super::deadline(self.conn.timeouts.get().receive);
+        let out = self.recv_vec_waiting(max, deadline);
+        // After an error too: the event that woke this reader woke no other, and what it
+        // announced (more bytes, the end of the stream) is the next reader's.
+        self.conn.pass_on(false);
+        out
+    }
+
+    /// `receivepartial` of none, of more than the scratch buffer holds, from the read
+    /// buffer or over TLS. Out of line, away from the common case.
+    #[inline(never)]
+    fn receivepartial_other(&mut self, max: usize) -> Result<Vec<u8>> {
+        if max > 0 && self.start == self.end && self.conn.tls.get().is_none() {
+            return self.receivepartial_plain(max.min(BULK_CHUNK));
+        }
         self.refuse_if_closed()?;
         self.fair_share();
         if max == 0 {
             return Ok(Vec::new());
         }
-        if self.start != self.end || self.conn.tls.get().is_some() {
-            return self.receivepartial_buffered(max);
-        }
-        // Nothing buffered: the bytes go from the socket into the vector returned (through
-        // the scratch buffer, see `recv_vec`). This path is kept to a small stack frame: it is
-        // on the stack of every coroutine waiting here, and each of its cache lines is missed
-        // again when thousands of connections take turns.
-        let deadline = super::deadline(self.conn.timeouts.get().receive);
-        let out = self.recv_vec_waiting(max.min(BULK_CHUNK), deadline);
-        // After an error too: the event that woke this reader woke no other, and what it
-        // announced (more bytes, the end of the stream) is the next reader's.
-        self.conn.pass_on(false);
-        out
+        self.receivepartial_buffered(max)
     }
 
     /// `receivepartial` from the read buffer, filling it first if it is empty (TLS); hands
@@ -844,7 +869,12 @@ impl Socket {
     /// many bytes went out before. Over TLS, after a `Timeout` the next send must start with
     /// the bytes not yet sent, or the connection be closed: the TLS layer has already
     /// committed the record it was writing.
+    #[inline(always)]
     pub fn send(&mut self, data: &[u8]) -> Result<usize> {
+        // Inlined into the caller with its common case (one system call that takes all of
+        // `data`), as `receivepartial` is, for the same reason; always, since a handler
+        // that has `receivepartial` inlined is too big for the compiler's own choice. It
+        // costs code: 10-15 KiB more text in the `echo` and `http_hello` examples.
         self.refuse_if_closed()?;
         self.fair_share();
         let sent = self.send_all(data);
@@ -866,6 +896,13 @@ impl Socket {
                 return Ok(sent);
             }
         }
+        self.send_remaining(data, sent)
+    }
+
+    /// [`Socket::send_rest`] until the send timeout from now: the rest of `send_all`, out
+    /// of line.
+    #[inline(never)]
+    fn send_remaining(&self, data: &[u8], sent: usize) -> Result<usize> {
         let deadline = super::deadline(self.conn.timeouts.get().send);
         self.send_rest(data, sent, deadline)
     }
@@ -1215,6 +1252,16 @@ pub(crate) fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         .iter()
         .position(|&b| b == needle)
         .map(|pos| at + pos)
+}
+
+/// A coroutine that used its budget of operations without waiting lets the others run
+/// ([`Socket::fair_share`]); nothing outside a coroutine.
+#[cold]
+#[inline(never)]
+fn yield_share() {
+    if copas_coro::in_coroutine() {
+        dispatcher::with(|d| d.pause(Duration::ZERO));
+    }
 }
 
 /// A send's outcome with `WouldBlock` as 0 bytes sent (the writable bit is then clear).
