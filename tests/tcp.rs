@@ -1030,6 +1030,74 @@ fn timed_out_reader_is_never_resumed_by_later_socket_events() {
     );
 }
 
+/// Three coroutines wait in `receivepartial(max)` on shared handles of one connection; the
+/// peer sends its last bytes and its FIN back to back, often one event that wakes one
+/// reader. Every reader must see the end of the stream at once, not at its timeout.
+fn shared_readers_see_the_end_after_the_last_bytes(max: usize) {
+    let (listener, addr) = util::local_listener();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        wait_go.recv_timeout(GUARD).expect("the signal to end");
+        s.write_all(b"last bytes").expect("write");
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        // Open until the client closes: the end is the FIN, not a reset.
+        let mut rest = Vec::new();
+        let _ = s.set_read_timeout(Some(GUARD));
+        let _ = s.read_to_end(&mut rest);
+    });
+    let ended = Rc::new(RefCell::new(Vec::new()));
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let (ended2, got2) = (ended.clone(), got.clone());
+    copas::addthread(move || {
+        let sock = copas::connect(addr, Some(GUARD)).expect("connect");
+        sock.settimeout(Some(secs(4)));
+        for i in 0..3 {
+            let mut reader = sock.share();
+            let (ended, got) = (ended2.clone(), got2.clone());
+            copas::addthread(move || {
+                let start = Instant::now();
+                for _ in 0..100 {
+                    match reader.receivepartial(max) {
+                        Ok(chunk) if chunk.is_empty() => break,
+                        Ok(chunk) => got.borrow_mut().extend(chunk),
+                        Err(e) => panic!("reader {i}: {e} after {:?}", start.elapsed()),
+                    }
+                }
+                ended.borrow_mut().push((i, start.elapsed()));
+            })
+            .expect("reader");
+        }
+        let all_wait = pause_until(secs(5), || copas::status().read >= 3);
+        assert!(all_wait, "the readers never waited together");
+        go.send(()).expect("signal the peer");
+        pause_until(secs(8), || ended2.borrow().len() == 3);
+        sock.close();
+    })
+    .expect("client");
+    util::run_checked(secs(20));
+    peer.join().expect("peer");
+    assert_eq!(*got.borrow(), b"last bytes", "max {max}");
+    let ended = ended.borrow();
+    assert_eq!(ended.len(), 3, "max {max}: {ended:?}");
+    for (i, took) in ended.iter() {
+        assert!(
+            *took < secs(2),
+            "max {max}: reader {i} saw the end after {took:?}"
+        );
+    }
+}
+
+#[test]
+fn every_shared_reader_sees_the_end_of_stream_that_came_with_the_last_bytes() {
+    shared_readers_see_the_end_after_the_last_bytes(16);
+}
+
+#[test]
+fn every_shared_reader_sees_the_end_of_stream_that_came_with_the_last_bytes_big_reads() {
+    shared_readers_see_the_end_after_the_last_bytes(65537);
+}
+
 // ----- receive patterns -------------------------------------------------------------------
 
 #[test]

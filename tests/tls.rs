@@ -1224,6 +1224,26 @@ fn tls_waits_for_the_direction_that_blocked() {
     );
 }
 
+/// A std thread that accepts one TLS connection on a new loopback listener and, once
+/// signalled through the sender returned, hands the stream to `then`; returns the
+/// listener's address, that sender and the thread.
+fn tls_peer_on_signal(
+    pki: &Pki,
+    then: impl FnOnce(copas::native_tls::TlsStream<std::net::TcpStream>) + Send + 'static,
+) -> (SocketAddr, mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (listener, addr) = util::local_listener();
+    let acceptor = pki.acceptor();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().expect("accept");
+        tcp.set_read_timeout(Some(GUARD)).expect("timeout");
+        let tls = acceptor.accept(tcp).expect("handshake");
+        wait_go.recv_timeout(GUARD).expect("the signal");
+        then(tls);
+    });
+    (addr, go, peer)
+}
+
 #[test]
 fn two_receivepartial_waiters_on_one_tls_socket_both_see_a_reset() {
     // A std thread serves TLS and, once both client readers wait, resets the connection
@@ -1232,14 +1252,7 @@ fn two_receivepartial_waiters_on_one_tls_socket_both_see_a_reset() {
     let Some(pki) = pki() else { return };
     let _dog = util::Watchdog::new("two TLS readers and a reset", secs(60));
     let reports = collect_reports();
-    let (listener, addr) = util::local_listener();
-    let acceptor = pki.acceptor();
-    let (go, wait_go) = mpsc::channel::<()>();
-    let peer = std::thread::spawn(move || {
-        let (tcp, _) = listener.accept().expect("accept");
-        tcp.set_read_timeout(Some(secs(10))).expect("timeout");
-        let tls = acceptor.accept(tcp).expect("handshake");
-        wait_go.recv_timeout(secs(10)).expect("the signal to reset");
+    let (addr, go, peer) = tls_peer_on_signal(pki, |tls| {
         socket2::SockRef::from(tls.get_ref())
             .set_linger(Some(Duration::ZERO))
             .expect("linger");
@@ -1282,6 +1295,70 @@ fn two_receivepartial_waiters_on_one_tls_socket_both_see_a_reset() {
         took < GUARD,
         "took {took:?}: a reader slept until its timeout"
     );
+}
+
+/// Three coroutines wait in `receivepartial` on shared handles of one TLS connection; the
+/// peer ends the TLS stream with `close_notify` (and then its FIN, with `fin`). The alert
+/// is one event, which wakes one reader; every reader must see the end at once.
+fn shared_tls_readers_see_the_end(fin: bool) {
+    let Some(pki) = pki() else { return };
+    let _dog = util::Watchdog::new("three TLS readers and a close_notify", secs(60));
+    let reports = collect_reports();
+    let (addr, go, peer) = tls_peer_on_signal(pki, move |mut tls| {
+        tls.shutdown().expect("close_notify");
+        if fin {
+            tls.get_ref()
+                .shutdown(std::net::Shutdown::Write)
+                .expect("FIN");
+        }
+        // Open until the client closes.
+        let mut byte = [0u8; 1];
+        let _ = tls.read(&mut byte);
+    });
+    let ended: Shared<Vec<(usize, copas::Result<usize>, Duration)>> = shared(Vec::new());
+    let ended2 = ended.clone();
+    let connector = pki.connector();
+    copas::addthread(move || {
+        let sock = copas::connect_tls(addr, "localhost", &connector, Some(GUARD)).unwrap();
+        sock.settimeout(Some(secs(4)));
+        for max in [16usize, 65537, usize::MAX] {
+            let mut reader = sock.share();
+            let ended = ended2.clone();
+            copas::addthread(move || {
+                let start = Instant::now();
+                let got = reader.receivepartial(max).map(|v| v.len());
+                ended.borrow_mut().push((max, got, start.elapsed()));
+            })
+            .unwrap();
+        }
+        let all_wait = pause_until(secs(5), || copas::status().read >= 3);
+        assert!(all_wait, "the readers never waited together");
+        go.send(()).expect("signal the peer");
+        pause_until(secs(8), || ended2.borrow().len() == 3);
+        sock.close();
+    })
+    .unwrap();
+    run_checked(&reports, secs(30));
+    peer.join().expect("peer");
+    let ended = ended.borrow();
+    assert_eq!(ended.len(), 3, "{ended:?}");
+    for (max, got, took) in ended.iter() {
+        assert!(matches!(got, Ok(0)), "fin {fin}, reader {max}: {got:?}");
+        assert!(
+            *took < secs(2),
+            "fin {fin}, reader {max} saw the end after {took:?}"
+        );
+    }
+}
+
+#[test]
+fn every_shared_tls_reader_sees_the_end_after_close_notify() {
+    shared_tls_readers_see_the_end(false);
+}
+
+#[test]
+fn every_shared_tls_reader_sees_the_end_after_close_notify_and_fin() {
+    shared_tls_readers_see_the_end(true);
 }
 
 #[test]

@@ -196,7 +196,8 @@ impl Connection {
         }
     }
 
-    /// Lets the next coroutine waiting on this socket run if it is still ready.
+    /// Lets the next coroutine waiting on this socket run if it is still ready. For reading,
+    /// the end of the stream counts as ready: every waiting reader must see it.
     #[inline]
     fn pass_on(&self, write: bool) {
         if self.io.waiting.get() == 0 {
@@ -206,7 +207,14 @@ impl Connection {
             self.io.writable.get()
         } else {
             // Over TLS, bytes the TLS layer holds are ready too: no edge will announce them.
-            self.io.readable.get() || self.holds_readable()
+            // So is the end of the stream, seen (`eof`, plain or a TLS `close_notify`) or
+            // announced (`read_closed`): the last bytes and the FIN often come in one event,
+            // which woke one reader, and the short read that took those bytes cleared
+            // `readable`; no later event comes for the others.
+            self.io.readable.get()
+                || self.io.read_closed.get()
+                || self.eof.get()
+                || self.holds_readable()
         };
         if ready {
             dispatcher::with(|d| d.pass_on(&self.io, write));
