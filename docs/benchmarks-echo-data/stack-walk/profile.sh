@@ -1,7 +1,7 @@
 #!/bin/bash
 # Samples one echo bench server under load with `perf record -e cpu-clock` and prints the
 # share of the server's samples in user space and on the prefetches that first touch a
-# resumed coroutine's stack (the run phase's, in `Dispatcher::step`, and the wake pass's, in
+# resumed coroutine's stack (the run phase's, in `Dispatcher::run_phase` (in `Dispatcher::step` before 28a8902), and the wake pass's, in
 # `State::wake_popped`). Used for "Where 1,000 connections' gap goes" in docs/benchmarks.md.
 #
 # usage: profile.sh SERVER CONNS SIZE SECS NAME     (e.g. profile.sh copas 1000 1024 5 a)
@@ -30,8 +30,8 @@ stalled() {
     perf annotate -i "$OUT/$N.data" --stdio -s "$1" 2>/dev/null |
         grep -E ':\s+[0-9a-f]+:\s+prefetcht0' | awk '{s += $1} END {print s + 0}'
 }
-python3 - "$S" "$(share '\[\.\]')" "$(share 'Dispatcher::step')" \
-    "$(stalled 'copas::dispatcher::Dispatcher::step')" "$(share 'State::wake_popped')" \
+python3 - "$S" "$(share '\[\.\]')" "$(share 'Dispatcher::run_phase')" \
+    "$(stalled 'copas::dispatcher::Dispatcher::run_phase')" "$(share 'State::wake_popped')" \
     "$(stalled 'copas::dispatcher::State::wake_popped')" "$(cat "$OUT/$N.load")" <<'EOF'
 import sys
 s, user, step, in_step, wake, in_wake, load = sys.argv[1:]
