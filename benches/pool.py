@@ -18,8 +18,9 @@ benches/chart.py's panels: a bar per load and peer, the interval as a whisker, 1
 With --pairs A/B[,C/D...] it pools those ratios instead of copas against polling and tokio
 (e.g. --pairs coro_floor/polling,copas/coro_floor: the coroutine floor against the loop).
 With --costs it also pools, for the same pairs, the per-round differences of the server's
-CPU time per message and of its user and kernel parts (A minus B, µs), to see where a gap in
-the rate is spent.
+CPU time per message and of its user and kernel parts (A minus B, µs), and of the load
+generator's CPU time per message while it drove each, to see where a gap in the rate is
+spent: on two cores both sides run near saturation, so either one's cost bounds the rate.
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
 and earlier) measured the order as much as the servers.
@@ -87,17 +88,24 @@ def load(path):
 
 
 def costs_of(row):
-    """(server CPU, user, kernel) µs per message of one CSV row."""
+    """(server CPU, user, kernel, load generator CPU) µs per message of one CSV row.
+
+    The generator's is its CPU share over the measured window divided by the rate: in a closed
+    loop on two cores its cost per message bounds the rate as much as the server's does."""
     cpu, user = float(row["cpu_us_per_msg"]), float(row["user_us_per_msg"])
-    return (cpu, user, cpu - user)
+    generator = float(row["load_cpu_pct"]) / 100 / float(row["msgs_per_s"]) * 1e6
+    return (cpu, user, cpu - user, generator)
 
 
 def print_costs(paths, loads, pairs):
     """Pooled per-round differences of CPU per message between the servers of each pair."""
     runs = [cells(p, costs_of) for p in paths]
     print()
-    print("| load | difference (µs per message) | rounds | server CPU | user | kernel |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| load | difference (µs per message) | rounds | server CPU | user | kernel "
+        "| load generator CPU |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for conns in loads:
         for server, peer in pairs:
             diffs = [
@@ -110,7 +118,7 @@ def print_costs(paths, loads, pairs):
                 continue
             rng = random.Random(1)
             figures = []
-            for i in range(3):
+            for i in range(4):
                 column = [d[i] for d in diffs]
                 median, lo, hi = summary(column, rng)
                 figures.append(f"{median:+.3f} [{lo:+.3f}..{hi:+.3f}]")
