@@ -35,7 +35,8 @@
 //! server, copas's coroutine core on raw epoll with nothing else; `polling_work_first`
 //! and `polling_work_after`: the loop with busy work per event, before the wait's first
 //! reply or after each event's write; `polling_shared`: the loop with one receive buffer for
-//! all connections instead of one each], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
+//! all connections instead of one each; `polling_edge`: the loop registered edge-triggered,
+//! as copas's sockets are], `ECHO_LOADS` [50x64,1000x1024], `ECHO_SYSCALL_LOADS`
 //! [1x64,50x64,1000x1024], `ECHO_SYSCALL_SECS` [3], `ECHO_HTTP_SECS` [5], `ECHO_HTTP_CONNS`
 //! [50], `ECHO_HTTP_SERVERS` [copas,tokio; also `hello=<path>`: another build's
 //! `http_hello`, to compare two commits], `ECHO_OUT` (CSV output directory) [`<target>/echo-bench`], `ECHO_QUIET_WAIT`
@@ -506,10 +507,11 @@ fn server_role(args: &[String]) {
             eprintln!("{kind}: {err}");
             std::process::exit(2);
         }
-        Some("polling") => polling_server(None),
+        Some("polling") => polling_server(None, polling::PollMode::Level),
+        Some("polling_edge") => polling_server(None, polling::PollMode::Edge),
         Some("polling_shared") => polling_shared_server(),
-        Some("polling_work_first") => polling_server(Some(Work::First)),
-        Some("polling_work_after") => polling_server(Some(Work::After)),
+        Some("polling_work_first") => polling_server(Some(Work::First), polling::PollMode::Level),
+        Some("polling_work_after") => polling_server(Some(Work::After), polling::PollMode::Level),
         Some("coro_floor") => coro_floor_server(),
         Some("tokio") => tokio_server(false),
         Some("tokio_timeout") => tokio_server(true),
@@ -624,11 +626,12 @@ fn polling_listener(poller: &polling::Poller) -> (TcpListener, u16) {
 }
 
 /// Accepts up to 64 pending connections into `conns`, each non-blocking, without Nagle's
-/// delay and registered level-triggered for reading under its slab key; `state` makes its
-/// entry. The caller deletes each connection from `poller` before dropping it.
+/// delay and registered for reading under its slab key in `mode`; `state` makes its entry.
+/// The caller deletes each connection from `poller` before dropping it.
 fn polling_accept<C>(
     listener: &TcpListener,
     poller: &polling::Poller,
+    mode: polling::PollMode,
     conns: &mut slab::Slab<C>,
     state: impl Fn(TcpStream) -> C,
 ) {
@@ -641,8 +644,7 @@ fn polling_accept<C>(
                 let interest = polling::Event::readable(entry.key());
                 // SAFETY: the caller deletes the stream from the poller before it drops it
                 // (this function's contract).
-                unsafe { poller.add_with_mode(&stream, interest, polling::PollMode::Level) }
-                    .expect("register");
+                unsafe { poller.add_with_mode(&stream, interest, mode) }.expect("register");
                 entry.insert(state(stream));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -654,10 +656,11 @@ fn polling_accept<C>(
 /// After a write on a `polling` loop's connection, moves its interest to what it waits for
 /// next if that changed: reading once nothing is left to send (`done`), writing while
 /// something is (`was_reading`: the interest was reading). Returns whether that failed (the
-/// connection is to be closed).
+/// connection is to be closed). `mode` is the one the connection was registered in.
 fn polling_switch_interest(
     poller: &polling::Poller,
     stream: &TcpStream,
+    mode: polling::PollMode,
     key: usize,
     done: bool,
     was_reading: bool,
@@ -667,15 +670,17 @@ fn polling_switch_interest(
         (false, true) => polling::Event::writable(key),
         _ => return false,
     };
-    poller
-        .modify_with_mode(stream, interest, polling::PollMode::Level)
-        .is_err()
+    poller.modify_with_mode(stream, interest, mode).is_err()
 }
 
 /// The limit: a level-triggered `polling` readiness loop, no coroutines. One read of up to
 /// 4096 bytes per readiness event, written straight back; a short write parks the rest and
 /// switches the interest to writable until it is out. `work`: see [`Work`].
-fn polling_server(work: Option<Work>) {
+///
+/// With `mode` [`polling::PollMode::Edge`] (`polling_edge`, a diagnostic server) it is
+/// registered edge-triggered, as copas's sockets are: one read per edge, which drains the
+/// socket as long as a message is shorter than the buffer, as this bench's are.
+fn polling_server(work: Option<Work>, mode: polling::PollMode) {
     use polling::{Events, Poller};
 
     struct Conn {
@@ -705,7 +710,7 @@ fn polling_server(work: Option<Work>) {
             if ev.key == POLLING_LISTENER {
                 // The connections are deleted from the poller before they are dropped
                 // (see `close` below).
-                polling_accept(&listener, &poller, &mut conns, |stream| Conn {
+                polling_accept(&listener, &poller, mode, &mut conns, |stream| Conn {
                     stream,
                     buf: Box::new([0; READ_MAX]),
                     pending: (0, 0),
@@ -726,10 +731,10 @@ fn polling_server(work: Option<Work>) {
                     Err(_) => close = true,
                 }
                 if conn.pending.0 < conn.pending.1 {
-                    close |= flush(&poller, key, conn, true);
+                    close |= flush(&poller, mode, key, conn, true);
                 }
             } else {
-                close |= flush(&poller, key, conn, false);
+                close |= flush(&poller, mode, key, conn, false);
             }
             if close {
                 let conn = conns.remove(key);
@@ -743,7 +748,13 @@ fn polling_server(work: Option<Work>) {
 
     /// Writes the pending bytes; switches the interest when the state changes
     /// ([`polling_switch_interest`]). Returns whether the connection is to be closed.
-    fn flush(poller: &Poller, key: usize, conn: &mut Conn, was_reading: bool) -> bool {
+    fn flush(
+        poller: &Poller,
+        mode: polling::PollMode,
+        key: usize,
+        conn: &mut Conn,
+        was_reading: bool,
+    ) -> bool {
         let (start, end) = conn.pending;
         match conn.stream.write(&conn.buf[start..end]) {
             Ok(n) => conn.pending.0 += n,
@@ -755,7 +766,7 @@ fn polling_server(work: Option<Work>) {
         if done {
             conn.pending = (0, 0);
         }
-        polling_switch_interest(poller, &conn.stream, key, done, was_reading)
+        polling_switch_interest(poller, &conn.stream, mode, key, done, was_reading)
     }
 }
 
@@ -766,7 +777,7 @@ fn polling_server(work: Option<Work>) {
 /// plainly keeps; this one asks what the loop's kernel copy into 1,000 cold buffers costs it
 /// ("Where 1,000 connections' gap goes" in docs/benchmarks.md).
 fn polling_shared_server() {
-    use polling::{Events, Poller};
+    use polling::{Events, PollMode::Level, Poller};
 
     struct Conn {
         stream: TcpStream,
@@ -787,7 +798,7 @@ fn polling_shared_server() {
             if ev.key == POLLING_LISTENER {
                 // The connections are deleted from the poller before they are dropped
                 // (see `close` below).
-                polling_accept(&listener, &poller, &mut conns, |stream| Conn {
+                polling_accept(&listener, &poller, Level, &mut conns, |stream| Conn {
                     stream,
                     rest: Vec::new(),
                 });
@@ -822,6 +833,7 @@ fn polling_shared_server() {
                 || polling_switch_interest(
                     &poller,
                     &conn.stream,
+                    Level,
                     key,
                     conn.rest.is_empty(),
                     was_reading,
