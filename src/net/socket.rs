@@ -806,7 +806,9 @@ impl Socket {
         // The common case (a plain socket, nothing read ahead, a read of up to 16 KiB) is
         // inlined into the caller, typically a handler's loop: returning from a function
         // after its system call costs a mispredicted return on the path of every message
-        // (see `crate::sys`), and inlined there is none. The rest is out of line.
+        // (see `crate::sys`), and inlined there is none. The rest is out of line, reads over
+        // 16 KiB included, so that the copy in the caller holds only the scratch-buffer read
+        // (`receivepartial_other` runs the same plain path for them, at most `BULK_CHUNK`).
         if max == 0 || max > SCRATCH_LEN || self.start != self.end || self.conn.tls.get().is_some()
         {
             return self.receivepartial_other(max);
