@@ -273,6 +273,18 @@ fn proc_times(pid: u32) -> (u64, u64) {
     (get(11), get(12))
 }
 
+/// How many times process `pid` has gone to sleep of its own accord (its threads'
+/// `voluntary_ctxt_switches`, from `/proc/<pid>/status`): for an event loop, the waits that
+/// found nothing ready, each of which its peer pays for with a wake-up.
+fn voluntary_switches(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// (busy, steal) clock ticks summed over all CPUs, from `/proc/stat`.
 fn system_times() -> (u64, u64) {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -1297,6 +1309,7 @@ fn run_load(
     let mut srv0 = (0, 0);
     let mut sys0 = (0, 0);
     let mut self0 = (0, 0);
+    let mut sleeps0 = (0, 0);
     // The window's figures once it has ended; then the loop only drains.
     let mut window_stats = None;
     let mut in_flight = conns;
@@ -1358,6 +1371,10 @@ fn run_load(
             srv0 = proc_times(server_pid);
             sys0 = system_times();
             self0 = proc_times(std::process::id());
+            sleeps0 = (
+                voluntary_switches(server_pid),
+                voluntary_switches(std::process::id()),
+            );
         } else if measuring && now >= measure_to {
             let window = window_start.elapsed().as_secs_f64();
             if let Some(p) = perf.as_mut() {
@@ -1366,13 +1383,17 @@ fn run_load(
             let srv1 = proc_times(server_pid);
             let sys1 = system_times();
             let self1 = proc_times(std::process::id());
+            let sleeps = (
+                voluntary_switches(server_pid).saturating_sub(sleeps0.0),
+                voluntary_switches(std::process::id()).saturating_sub(sleeps0.1),
+            );
             measuring = false;
-            window_stats = Some((window, srv1, sys1, self1));
+            window_stats = Some((window, srv1, sys1, self1, sleeps));
         } else if now >= give_up {
             return Err("no progress".into());
         }
     };
-    let (window, srv1, sys1, self1) = stats;
+    let (window, srv1, sys1, self1, sleeps) = stats;
     let counts = perf.map(PerfCounter::finish).unwrap_or_default();
     rtts.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -1390,10 +1411,13 @@ fn run_load(
     let steal = (sys1.1 - sys0.1) as f64 / tick;
     let mut line = format!(
         "msgs={msgs} all_msgs={all_msgs} window={window:.4} p50_us={:.1} p99_us={:.1} srv_user_s={srv_user:.3} \
-         srv_sys_s={srv_sys:.3} load_cpu_s={load_cpu:.3} others_s={:.3} steal_s={steal:.3}",
+         srv_sys_s={srv_sys:.3} load_cpu_s={load_cpu:.3} others_s={:.3} steal_s={steal:.3} \
+         srv_sleeps={} load_sleeps={}",
         pct(0.50),
         pct(0.99),
         (busy - srv_user - srv_sys - load_cpu).max(0.0),
+        sleeps.0,
+        sleeps.1,
     );
     for (name, n) in &counts {
         let _ = write!(line, " perf:{name}={n}");
@@ -1460,6 +1484,10 @@ struct EchoCell {
     steal_pct: f64,
     /// Other processes' CPU just before the cell (% of one CPU).
     before_pct: f64,
+    /// Times the server and the load generator went to sleep over the window, per 1,000
+    /// messages ([`voluntary_switches`]): the side that waits is the one with time to spare.
+    srv_sleeps_k: f64,
+    load_sleeps_k: f64,
     /// Where in its round's order for this load it ran, from 0 (see [`rotated`]).
     position: usize,
 }
@@ -1474,7 +1502,7 @@ fn echo_mode() {
     println!("{}", machine_header());
     let mut cells: Vec<EchoCell> = Vec::new();
     let mut csv = String::from(
-        "round,server,conns,size,msgs_per_s,p50_us,p99_us,cpu_us_per_msg,user_us_per_msg,server_cpu_pct,load_cpu_pct,others_cpu_pct,steal_pct,others_before_pct\n",
+        "round,server,conns,size,msgs_per_s,p50_us,p99_us,cpu_us_per_msg,user_us_per_msg,server_cpu_pct,load_cpu_pct,others_cpu_pct,steal_pct,others_before_pct,server_sleeps_per_kmsg,load_sleeps_per_kmsg\n",
     );
     for round in 1..=rounds {
         for &(conns, size) in &loads {
@@ -1508,16 +1536,18 @@ fn echo_mode() {
                     others_pct: num(&r, "others_s") * 100.0 / window,
                     steal_pct: num(&r, "steal_s") * 100.0 / window,
                     before_pct: before,
+                    srv_sleeps_k: num(&r, "srv_sleeps") * 1000.0 / msgs,
+                    load_sleeps_k: num(&r, "load_sleeps") * 1000.0 / msgs,
                     position,
                 };
                 println!(
-                    "round {round} C={conns:<4} S={size:<4} {server:<10} {:>8.0} msgs/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {:.2} µs/msg ({:.3} user), CPU server {:.0} % load {:.0} % others {:.0} % steal {:.0} % (others before: {:.0} %)",
-                    cell.msgs_s, cell.p50, cell.p99, cell.cpu_us, cell.user_us, cell.srv_pct, cell.load_pct, cell.others_pct, cell.steal_pct, cell.before_pct
+                    "round {round} C={conns:<4} S={size:<4} {server:<10} {:>8.0} msgs/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server {:.2} µs/msg ({:.3} user), CPU server {:.0} % load {:.0} % others {:.0} % steal {:.0} % (others before: {:.0} %), sleeps per 1k msgs server {:.1} load {:.1}",
+                    cell.msgs_s, cell.p50, cell.p99, cell.cpu_us, cell.user_us, cell.srv_pct, cell.load_pct, cell.others_pct, cell.steal_pct, cell.before_pct, cell.srv_sleeps_k, cell.load_sleeps_k
                 );
                 let _ = writeln!(
                     csv,
-                    "{round},{server},{conns},{size},{:.1},{:.1},{:.1},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{:.1}",
-                    cell.msgs_s, cell.p50, cell.p99, cell.cpu_us, cell.user_us, cell.srv_pct, cell.load_pct, cell.others_pct, cell.steal_pct, cell.before_pct
+                    "{round},{server},{conns},{size},{:.1},{:.1},{:.1},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{:.1},{:.3},{:.3}",
+                    cell.msgs_s, cell.p50, cell.p99, cell.cpu_us, cell.user_us, cell.srv_pct, cell.load_pct, cell.others_pct, cell.steal_pct, cell.before_pct, cell.srv_sleeps_k, cell.load_sleeps_k
                 );
                 cells.push(cell);
             }
@@ -1545,19 +1575,19 @@ fn print_echo_table(cells: &[EchoCell], servers: &[String], conns: usize, size: 
     let tokio = med("tokio", |c| c.msgs_s);
     println!("### C={conns}, S={size} bytes (median of rounds [min..max])");
     println!();
-    println!("| server | n | msgs/s median [min..max] | vs polling | vs tokio | p50 µs | p99 µs | server CPU µs/msg | of which user µs/msg | server CPU % | load CPU % | others CPU % | steal % |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| server | n | msgs/s median [min..max] | vs polling | vs tokio | p50 µs | p99 µs | server CPU µs/msg | of which user µs/msg | server CPU % | load CPU % | others CPU % | steal % | sleeps per 1k msgs: server / load |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for server in servers {
         let v = of(server);
         if v.is_empty() {
-            println!("| {server} | 0 | failed | | | | | | | | | | |");
+            println!("| {server} | 0 | failed | | | | | | | | | | | |");
             continue;
         }
         let rates: Vec<f64> = v.iter().map(|c| c.msgs_s).collect();
         let (lo, hi) = min_max(&rates);
         let m = median(&rates);
         println!(
-            "| {server} | {} | {} [{}..{}] | {} | {} | {:.0} | {:.0} | {:.2} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {server} | {} | {} [{}..{}] | {} | {} | {:.0} | {:.0} | {:.2} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} |",
             v.len(),
             kilo(m),
             kilo(lo),
@@ -1572,6 +1602,8 @@ fn print_echo_table(cells: &[EchoCell], servers: &[String], conns: usize, size: 
             med(server, |c| c.load_pct),
             med(server, |c| c.others_pct),
             med(server, |c| c.steal_pct),
+            med(server, |c| c.srv_sleeps_k),
+            med(server, |c| c.load_sleeps_k),
         );
     }
     let copas = med("copas", |c| c.msgs_s);

@@ -21,6 +21,8 @@ With --costs it also pools, for the same pairs, the per-round differences of the
 CPU time per message and of its user and kernel parts (A minus B, µs), and of the load
 generator's CPU time per message while it drove each, to see where a gap in the rate is
 spent: on two cores both sides run near saturation, so either one's cost bounds the rate.
+Where the CSVs record them (runs after 64), it pools the differences of the server's and
+the generator's sleeps per 1,000 messages too: the side that sleeps has time to spare.
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
 and earlier) measured the order as much as the servers.
@@ -97,31 +99,48 @@ def costs_of(row):
     return (cpu, user, cpu - user, generator)
 
 
+def sleeps_of(row):
+    """(server, load generator) sleeps per 1,000 messages of one CSV row (runs after 64)."""
+    return (float(row["server_sleeps_per_kmsg"]), float(row["load_sleeps_per_kmsg"]))
+
+
 def print_costs(paths, loads, pairs):
-    """Pooled per-round differences of CPU per message between the servers of each pair."""
-    runs = [cells(p, costs_of) for p in paths]
+    """Pooled per-round differences of CPU per message between the servers of each pair, and
+    of the two sides' sleeps where the CSVs record them."""
     print()
     print(
         "| load | difference (µs per message) | rounds | server CPU | user | kernel "
         "| load generator CPU |"
     )
     print("|---|---|---|---|---|---|---|")
+    print_differences([cells(p, costs_of) for p in paths], loads, pairs, "{:+.3f}")
+    sleeps = [cells(p, sleeps_of) for p in paths]
+    if any(sleeps):
+        # In a closed loop the side that sleeps is the one with time to spare.
+        print()
+        print("| load | difference (sleeps per 1,000 messages) | rounds | server | load generator |")
+        print("|---|---|---|---|---|")
+        print_differences(sleeps, loads, pairs, "{:+.2f}")
+
+
+def print_differences(runs, loads, pairs, fmt):
+    """One table row per load and pair: the pooled per-round differences (server's value
+    minus peer's, column by column) with their medians and 95 % intervals."""
     for conns in loads:
         for server, peer in pairs:
             diffs = [
-                tuple(a - b for a, b in zip(cost, cells[(rnd, peer, c)]))
+                tuple(a - b for a, b in zip(value, cells[(rnd, peer, c)]))
                 for cells in runs
-                for (rnd, s, c), cost in sorted(cells.items())
+                for (rnd, s, c), value in sorted(cells.items())
                 if s == server and c == conns and (rnd, peer, c) in cells
             ]
             if not diffs:
                 continue
             rng = random.Random(1)
             figures = []
-            for i in range(4):
-                column = [d[i] for d in diffs]
-                median, lo, hi = summary(column, rng)
-                figures.append(f"{median:+.3f} [{lo:+.3f}..{hi:+.3f}]")
+            for i in range(len(diffs[0])):
+                median, lo, hi = summary([d[i] for d in diffs], rng)
+                figures.append(f"{fmt.format(median)} [{fmt.format(lo)}..{fmt.format(hi)}]")
             print(f"| C={conns} | {server} − {peer} | {len(diffs)} | " + " | ".join(figures) + " |")
 
 
