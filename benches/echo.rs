@@ -273,16 +273,25 @@ fn proc_times(pid: u32) -> (u64, u64) {
     (get(11), get(12))
 }
 
-/// How many times process `pid` has gone to sleep of its own accord (its threads'
-/// `voluntary_ctxt_switches`, from `/proc/<pid>/status`): for an event loop, the waits that
-/// found nothing ready, each of which its peer pays for with a wake-up.
+/// How many times process `pid` has gone to sleep of its own accord: the
+/// `voluntary_ctxt_switches` of every one of its threads (`/proc/<pid>/task/*/status`; the
+/// process's own `status` counts its main thread only, and `may` waits on a worker thread).
+/// For an event loop these are the waits that found nothing ready, each of which its peer
+/// pays for with a wake-up.
 fn voluntary_switches(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// (busy, steal) clock ticks summed over all CPUs, from `/proc/stat`.
