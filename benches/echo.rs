@@ -1736,7 +1736,8 @@ fn syscall_mode() {
     for e in &SYSCALL_EVENTS[1..] {
         let _ = write!(csv, ",{}", short(e));
     }
-    csv.push('\n');
+    // The server's sleeps per message beside its waits: how many of the waits found nothing.
+    csv.push_str(",sleeps\n");
     let mut table: BTreeMap<(String, usize, usize), f64> = BTreeMap::new();
     let mut detail = String::new();
     for &(conns, size) in &loads {
@@ -1764,8 +1765,9 @@ fn syscall_mode() {
                 let _ = write!(csv, ",{:.4}", per(e));
                 let _ = write!(detail, " {:.2} |", per(e));
             }
-            csv.push('\n');
-            detail.push('\n');
+            let sleeps = num(&r, "srv_sleeps") / msgs;
+            let _ = writeln!(csv, ",{sleeps:.4}");
+            let _ = writeln!(detail, " {sleeps:.3} |");
         }
     }
     let path = write_results("syscalls.csv", &csv);
@@ -1793,11 +1795,8 @@ fn syscall_mode() {
     for e in &SYSCALL_EVENTS[1..] {
         print!(" {} |", short(e));
     }
-    println!();
-    println!(
-        "|---|---|---|---|{}",
-        "---|".repeat(SYSCALL_EVENTS.len() - 1)
-    );
+    println!(" server's sleeps |");
+    println!("|---|---|---|---|{}", "---|".repeat(SYSCALL_EVENTS.len()));
     print!("{detail}");
     println!();
     println!("written to {}", path.display());
