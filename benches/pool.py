@@ -100,7 +100,8 @@ def costs_of(row):
 
 
 def sleeps_of(row):
-    """(server, load generator) sleeps per 1,000 messages of one CSV row (runs after 64)."""
+    """(server, load generator) sleeps per 1,000 messages of one CSV row (runs after 64; run
+    65's server column counts main threads only, so `may`'s reads 0 there)."""
     return (float(row["server_sleeps_per_kmsg"]), float(row["load_sleeps_per_kmsg"]))
 
 
