@@ -25,7 +25,10 @@ Where the CSVs record them (runs after 64), it pools the differences of the serv
 the generator's sleeps per 1,000 messages too: the side that sleeps has time to spare.
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
-and earlier) measured the order as much as the servers.
+and earlier) measured the order as much as the servers. Runs whose servers were capped to a
+share of their CPU (`ECHO_SERVER_SHARE`, the CSV's `server_share_pct`) measure the servers'
+capacity, not the pair's rate, and are pooled only with runs capped alike: the script stops
+when the CSVs given disagree.
 """
 
 import csv
@@ -82,6 +85,15 @@ def print_hosts(runs, loads, labelled):
                 median, lo, hi = summary(pooled, rng)
                 nruns = sum(1 for ratios in per_run if ratios)
                 print(f"| C={conns} | {server} ÷ {peer} | {host} | {nruns} | {len(pooled)} | {median:.3f} | {lo:.3f}..{hi:.3f} |")
+
+
+def share_of(path):
+    """The percentage of its CPU the run's servers were capped to; 100 (no cap) for the CSVs
+    written before the column existed."""
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            return int(r.get("server_share_pct") or 100)
+    return 100
 
 
 def load(path):
@@ -193,6 +205,14 @@ def main(args):
     paths = args
     if not paths:
         sys.exit(__doc__)
+    shares = {p: share_of(p) for p in paths}
+    if len(set(shares.values())) > 1:
+        sys.exit("runs with different caps on the servers' CPU (server_share_pct): "
+                 + ", ".join(f"{p}: {s} %" for p, s in shares.items()))
+    share = shares[paths[0]]
+    if share != 100:
+        print(f"servers capped to {share} % of their CPU: each rate is a server's capacity")
+        print()
     pooled_figures = {}
     runs = [(p, load(p)) for p in paths]
     loads = sorted({c for _, cells in runs for (_, _, c) in cells})
