@@ -25,10 +25,10 @@ Where the CSVs record them (runs after 64), it pools the differences of the serv
 the generator's sleeps per 1,000 messages too: the side that sleeps has time to spare.
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
-and earlier) measured the order as much as the servers. Runs whose servers were capped to a
-share of their CPU (`ECHO_SERVER_SHARE`, the CSV's `server_share_pct`) measure the servers'
-capacity, not the pair's rate, and are pooled only with runs capped alike: the script stops
-when the CSVs given disagree.
+and earlier) measured the order as much as the servers. A run whose servers were capped to a
+share of their CPU (the CSV's `server_share_pct`; the one such run is
+docs/benchmarks-echo-data/capped60-4e1d472, made with the bench at 4e1d472) ran in another
+regime, and is pooled only with runs capped alike: the script stops when the CSVs disagree.
 """
 
 import csv
@@ -211,7 +211,7 @@ def main(args):
                  + ", ".join(f"{p}: {s} %" for p, s in shares.items()))
     share = shares[paths[0]]
     if share != 100:
-        print(f"servers capped to {share} % of their CPU: each rate is a server's capacity")
+        print(f"servers capped to {share} % of their CPU: a regime of its own, not the default runs'")
         print()
     pooled_figures = {}
     runs = [(p, load(p)) for p in paths]
