@@ -44,7 +44,10 @@
 //! `ECHO_QUIET_PCT` [25], `ECHO_NOTE` (printed in the header), `ECHO_FIFO` real-time
 //! priority for servers and load generators [0: normal scheduling; needs root or
 //! `CAP_SYS_NICE`; the published runs use `ECHO_FIFO=10` so that other work on a shared
-//! machine cannot take the measured CPUs]. The instructions mode reads `ECHO_SERVERS`
+//! machine cannot take the measured CPUs], `ECHO_SERVER_SHARE` the percentage of every 10 ms
+//! an echo server may run [100: no cap; a cell whose server never slept was bound by the
+//! server, its rate a capacity; needs root and cgroup v1's `cpu` controller, see
+//! `common/cpu_share.rs`; recorded in `echo.csv`'s last column]. The instructions mode reads `ECHO_SERVERS`
 //! [copas,polling,tokio], `ECHO_LOADS`, `ECHO_WARMUP` [2] and `ECHO_SECS` [5], and ignores
 //! `ECHO_FIFO`.
 //!
@@ -54,6 +57,8 @@
 
 #[path = "common/affinity.rs"]
 mod affinity;
+#[path = "common/cpu_share.rs"]
+mod cpu_share;
 #[path = "common/host.rs"]
 mod host;
 
@@ -202,6 +207,17 @@ fn server_cpu() -> usize {
 
 fn load_cpu() -> usize {
     env_or("ECHO_LOAD_CPU", 1)
+}
+
+/// The share of its CPU an echo server may use, in percent (`ECHO_SERVER_SHARE`; 100: no
+/// cap). Where the capped server never sleeps, it bounds the rate (see [`cpu_share`]).
+fn server_share() -> u32 {
+    let pct = env_or("ECHO_SERVER_SHARE", 100);
+    assert!(
+        (1..=100).contains(&pct),
+        "ECHO_SERVER_SHARE={pct}: a percentage from 1 to 100"
+    );
+    pct
 }
 
 /// Pins the calling thread (and the threads it creates later) to `cpu`, and with
@@ -407,8 +423,16 @@ fn machine_header() -> String {
     };
     let note = env::var("ECHO_NOTE").map_or(String::new(), |n| format!("; {n}"));
     let fifo = fifo_priority().map_or(String::new(), |p| format!(", SCHED_FIFO {p}"));
+    let share = match server_share() {
+        100 => String::new(),
+        pct => format!(
+            ", servers capped to {pct} % of every {} ms ({})",
+            cpu_share::PERIOD_US / 1000,
+            cpu_share::GROUP
+        ),
+    };
     format!(
-        "machine: {} CPUs, {model}, kernel {}; loadavg {}; copas {git}; server on CPU {}, load on CPU {}{fifo}{note}",
+        "machine: {} CPUs, {model}, kernel {}; loadavg {}; copas {git}; server on CPU {}, load on CPU {}{fifo}{share}{note}",
         ncpus(),
         kernel.trim(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
@@ -501,6 +525,15 @@ fn announce(port: u16) {
 }
 
 fn server_role(args: &[String]) {
+    // Into the capped group before `pin` makes this a real-time process: the group's
+    // budget is what lets a real-time task in.
+    let share = server_share();
+    if share != 100 {
+        if let Err(e) = cpu_share::join(share) {
+            eprintln!("echo bench: cannot cap the server's CPU: {e}");
+            std::process::exit(2);
+        }
+    }
     pin(server_cpu());
     match args.first().map(String::as_str) {
         // `copas@<KiB>`: the same with that coroutine stack size (for diagnosis).
@@ -1511,8 +1544,9 @@ fn echo_mode() {
     println!("{}", machine_header());
     let mut cells: Vec<EchoCell> = Vec::new();
     let mut csv = String::from(
-        "round,server,conns,size,msgs_per_s,p50_us,p99_us,cpu_us_per_msg,user_us_per_msg,server_cpu_pct,load_cpu_pct,others_cpu_pct,steal_pct,others_before_pct,server_sleeps_per_kmsg,load_sleeps_per_kmsg\n",
+        "round,server,conns,size,msgs_per_s,p50_us,p99_us,cpu_us_per_msg,user_us_per_msg,server_cpu_pct,load_cpu_pct,others_cpu_pct,steal_pct,others_before_pct,server_sleeps_per_kmsg,load_sleeps_per_kmsg,server_share_pct\n",
     );
+    let share = server_share();
     for round in 1..=rounds {
         for &(conns, size) in &loads {
             for (position, server) in rotated(&servers, round).iter().enumerate() {
@@ -1555,7 +1589,7 @@ fn echo_mode() {
                 );
                 let _ = writeln!(
                     csv,
-                    "{round},{server},{conns},{size},{:.1},{:.1},{:.1},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{:.1},{:.3},{:.3}",
+                    "{round},{server},{conns},{size},{:.1},{:.1},{:.1},{:.4},{:.4},{:.1},{:.1},{:.1},{:.1},{:.1},{:.3},{:.3},{share}",
                     cell.msgs_s, cell.p50, cell.p99, cell.cpu_us, cell.user_us, cell.srv_pct, cell.load_pct, cell.others_pct, cell.steal_pct, cell.before_pct, cell.srv_sleeps_k, cell.load_sleeps_k
                 );
                 cells.push(cell);
