@@ -26,9 +26,10 @@ the generator's sleeps per 1,000 messages too: the side that sleeps has time to 
 
 Only pool runs of comparable code and method: a run whose server order was fixed (run 7
 and earlier) measured the order as much as the servers. A run whose servers were capped to a
-share of their CPU (the CSV's `server_share_pct`; the one such run is
-docs/benchmarks-echo-data/capped60-4e1d472, made with the bench at 4e1d472) ran in another
-regime, and is pooled only with runs capped alike: the script stops when the CSVs disagree.
+share of their CPU (`ECHO_SERVER_SHARE`, the CSV's `server_share_pct`; runs capped60-4e1d472
+and capped60-rep) ran in another regime, and is pooled only with runs capped alike: the
+script stops when the CSVs disagree. Its rates are servers' capacities only in cells whose
+server never slept (`server_sleeps_per_kmsg` 0).
 """
 
 import csv
@@ -211,7 +212,7 @@ def main(args):
                  + ", ".join(f"{p}: {s} %" for p, s in shares.items()))
     share = shares[paths[0]]
     if share != 100:
-        print(f"servers capped to {share} % of their CPU: a regime of its own, not the default runs'")
+        print(f"servers capped to {share} % of their CPU: a capacity where the server never slept")
         print()
     pooled_figures = {}
     runs = [(p, load(p)) for p in paths]
