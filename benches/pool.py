@@ -20,7 +20,8 @@ With --pairs A/B[,C/D...] it pools those ratios instead of copas against polling
 With --costs it also pools, for the same pairs, the per-round differences of the server's
 CPU time per message and of its user and kernel parts (A minus B, µs), and of the load
 generator's CPU time per message while it drove each, to see where a gap in the rate is
-spent: on two cores both sides run near saturation, so either one's cost bounds the rate.
+spent: in the default runs both sides run near saturation on two cores, so either one's cost
+can bound the rate.
 Where the CSVs record them (runs after 64), it pools the differences of the server's and
 the generator's sleeps per 1,000 messages too: the side that sleeps has time to spare.
 

@@ -6,9 +6,10 @@
 //! nothing to send while every message waits at the server, mostly idles between them. Where
 //! the server never sleeps (`server_sleeps_per_kmsg` 0: it always found work when it ran),
 //! the server bounds the rate and the rate is its capacity, messages per CPU-second times
-//! the share; so at 1,000 connections in the one run made ("Servers capped to 60 %" in
-//! docs/benchmarks.md). Where it sleeps, it ran dry within its slices, as copas's did at 50
-//! connections, and the rate is still the pair's. The cap is a cgroup v1 `cpu` group that
+//! the share (read from the sleep counts; the group's own throttling counters are not
+//! recorded); so at 1,000 connections in the two capped runs ("Servers capped to 60 %" in
+//! docs/benchmarks.md). Where it sleeps, it ran dry within its slices, as every server did at
+//! 50 connections in those runs, copas most, and the rate is still the pair's. The cap is a cgroup v1 `cpu` group that
 //! holds only the server's process, with the same budget for the real-time scheduler
 //! (`cpu.rt_runtime_us`, what `ECHO_FIFO` runs under) and the normal one (`cpu.cfs_quota_us`).
 //!
