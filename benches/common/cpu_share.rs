@@ -15,8 +15,7 @@
 //!
 //! Needs root and the cgroup v1 `cpu` controller mounted at `/sys/fs/cgroup/cpu` (with
 //! `CONFIG_RT_GROUP_SCHED` for `ECHO_FIFO`); cgroup v2 alone has no real-time budget.
-//! Shared by the bench binaries (`#[path = "common/cpu_share.rs"] mod cpu_share;`).
-#![allow(dead_code)]
+//! Used by the echo bench only (`#[path = "common/cpu_share.rs"] mod cpu_share;`).
 
 use std::fs;
 use std::path::Path;
