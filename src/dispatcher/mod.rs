@@ -251,6 +251,17 @@ fn refuse_while_panicking(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the running coroutine may suspend, for a wait that queues it before suspending
+/// (`pause(0)`, `waitforexit`): a refused suspension undoes only what
+/// [`State::enter_wait`] did, and the entry left queued would wake the coroutine later, out
+/// of another wait (or run it twice in one step). [`copas_coro::suspend`] refuses while the
+/// thread panics, and while the coroutine is force-unwound, but its entry is gone by then
+/// (`finish`, `bury`): no wait of it gets this far.
+#[inline]
+fn may_suspend() -> bool {
+    !std::thread::panicking()
+}
+
 /// Resets a flag of the dispatcher's state when dropped, so that a panic running through
 /// `step` or `run` (none should) cannot leave the thread's dispatcher unusable.
 struct ClearOnDrop<'a>(&'a Dispatcher, fn(&mut State));
@@ -635,6 +646,9 @@ impl State {
         let io = &src.io;
         if ev.read_closed {
             io.read_closed.set(true);
+        }
+        if ev.urgent {
+            io.urgent.set(true);
         }
         let mut reader = None;
         let mut writer = None;
@@ -1551,10 +1565,16 @@ impl Dispatcher {
     pub(crate) fn exit(&self) {
         let mut st = self.state.borrow_mut();
         st.exiting = true;
-        // Waking each live one counts it out of `exit_waiting` (`detach`).
+        // Waking each live one counts it out of `exit_waiting` (`detach`). Only those in
+        // `waitforexit` now: a stale entry's coroutine may be in another wait since.
         let waiters = std::mem::take(&mut st.exit_waiters);
         for co in waiters {
-            st.wake(co, Wake::Woken, Lane::Last);
+            if st
+                .task(co)
+                .is_some_and(|t| t.wait == Wait::Park(Blocker::Exit))
+            {
+                st.wake(co, Wake::Woken, Lane::Last);
+            }
         }
     }
 
@@ -1568,6 +1588,10 @@ impl Dispatcher {
             let mut st = self.state.borrow_mut();
             if st.exiting {
                 return Ok(());
+            }
+            if !may_suspend() {
+                // As a refused `park` ends, without an entry left behind in the list.
+                return Err(Error::new(ErrorKind::Cancelled));
             }
             st.push_exit_waiter(co);
         }
@@ -1610,8 +1634,12 @@ impl Dispatcher {
                     index: index as u32,
                     generation,
                 };
-                if Some(co) == current {
-                    let task = &mut st.tasks[index];
+                let task = &mut st.tasks[index];
+                // Not only the caller: from a destructor of a coroutine another one removed,
+                // the caller is the one being unwound (its entry gone) and the remover runs
+                // on, its coroutine held by a resume up this stack. Each running one is
+                // dropped when it next suspends, as `removethread` leaves one.
+                if Some(co) == current || task.wait == Wait::Running {
                     task.cancelled = true;
                     // Its timer goes with the old queue below, and the counts are reset.
                     task.timeout = None;
@@ -1633,7 +1661,7 @@ impl Dispatcher {
             let sources = st.remove_sources_where(|s| {
                 s.acceptor.is_some() || !s.io.readers.is_empty() || !s.io.writers.is_empty()
             });
-            // Every task but the caller (running, not waiting) is gone, so removing the
+            // Every task but the running ones (not waiting) is gone, so removing the
             // sources queued nothing; what the queue held before is dropped here.
             st.ready.clear();
             (tasks, timers, sources)
@@ -1801,6 +1829,9 @@ impl Dispatcher {
         if delay.is_zero() {
             // A plain yield: no clock reads (it is the hot path of cooperative loops).
             if let Some(co) = self.current() {
+                if !may_suspend() {
+                    return Duration::ZERO;
+                }
                 let queued = {
                     let mut st = self.state.borrow_mut();
                     let now = st.now;

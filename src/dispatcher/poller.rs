@@ -20,6 +20,13 @@
 //!   such allowance, and waits for it without a timeout.
 //!
 //! Every descriptor is registered once, edge-triggered, for both directions.
+//!
+//! On Linux a registration asks for urgent data too (`EPOLLPRI`): TCP reports the peer's
+//! urgent mark (`MSG_OOB`), where a read stops short without having drained the queue, so
+//! the short-read rule must not apply until a read hears `WouldBlock` (`reactor.rs`). It
+//! costs nothing on ordinary traffic: TCP sets `EPOLLPRI` only while urgent data is
+//! pending, listening sockets never, and datagram sockets only for an error queue selected
+//! with `SO_SELECT_ERR_QUEUE`, which copas does not set.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -33,6 +40,8 @@ pub(crate) struct Readiness {
     pub(crate) writable: bool,
     /// The peer will send nothing more (FIN, reset, or error): reads no longer block.
     pub(crate) read_closed: bool,
+    /// The peer sent urgent data (`MSG_OOB`): a read may stop short at its mark.
+    pub(crate) urgent: bool,
 }
 
 /// Whether a short read proves the socket drained on this platform (it does when the
@@ -164,10 +173,10 @@ mod linux {
         Ok(())
     }
 
-    /// The epoll events of a socket's registration: reading, end of stream and, with
-    /// `write`, writing; edge-triggered.
+    /// The epoll events of a socket's registration: reading, urgent data, end of stream
+    /// and, with `write`, writing; edge-triggered.
     fn interest(write: bool) -> u32 {
-        let mut events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
+        let mut events = libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLRDHUP | libc::EPOLLET;
         if write {
             events |= libc::EPOLLOUT;
         }
@@ -352,6 +361,8 @@ mod linux {
                     continue;
                 }
                 let flags = ev.events as libc::c_int;
+                // Urgent data is readable, as a read will not block, but neither an error
+                // nor the end of the stream.
                 out.push(Readiness {
                     key,
                     readable: flags
@@ -363,6 +374,7 @@ mod linux {
                         != 0,
                     writable: flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) != 0,
                     read_closed: flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0,
+                    urgent: flags & libc::EPOLLPRI != 0,
                 });
             }
             Ok(full)
@@ -573,6 +585,7 @@ mod portable {
                     readable: ev.readable,
                     writable: ev.writable,
                     read_closed: false,
+                    urgent: false,
                 });
             }
             Ok(full)
@@ -625,5 +638,42 @@ mod tests {
         let events = events_for(&poller, KEY);
         assert!(events.len() == 1 && events[0].readable, "{events:?}");
         poller.delete(fd).expect("delete");
+    }
+
+    /// A peer's urgent byte is reported as something to read, not as an error or the end of
+    /// the stream: the connection goes on.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn urgent_data_is_readable_and_not_an_end() {
+        use std::net::{TcpListener, TcpStream};
+        const KEY: u64 = 9;
+        let poller = Poller::new().expect("poller");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("nonblocking");
+        poller.add(server.as_raw_fd(), KEY, true).expect("add");
+        // The registration's own report of the connection's state first.
+        let _ = events_for(&poller, KEY);
+        // SAFETY: sends one byte from a static slice on the open socket `client` owns.
+        let sent =
+            unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(sent, 1, "send urgent byte");
+        let start = std::time::Instant::now();
+        let mut events = Vec::new();
+        while events.is_empty() && start.elapsed() < Duration::from_secs(5) {
+            let mut out = Vec::new();
+            poller
+                .wait(&mut out, Some(Duration::from_millis(50)))
+                .expect("wait");
+            out.retain(|ev| ev.key == KEY);
+            events = out;
+        }
+        assert!(
+            events.len() == 1 && events[0].readable && !events[0].read_closed,
+            "{events:?}"
+        );
+        assert!(events[0].urgent, "{events:?}");
+        poller.delete(server.as_raw_fd()).expect("delete");
     }
 }

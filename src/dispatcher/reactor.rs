@@ -8,6 +8,12 @@
 //! queue was drained, and a FIN queued behind the data is remembered in `read_closed`. So a
 //! drained socket is not read again just to learn it is empty.
 //!
+//! One thing besides a drained queue ends a TCP read short: the peer's urgent mark
+//! (`MSG_OOB`). Linux's `tcp_recvmsg` stops there once it has copied anything, with bytes
+//! behind the mark still queued and no edge to come for them. The poller reports the mark
+//! (`EPOLLPRI`), which sets the socket's `urgent` bit; until a read of that socket hears
+//! `WouldBlock`, its short reads leave the readable bit set.
+//!
 //! Each entry keeps a FIFO of coroutines waiting to read and one of those waiting to write.
 //! A waiter that times out or is cancelled is taken out of its FIFO at once, so a later
 //! event can never resume a coroutine that stopped waiting (Copas 4.11 defect §4.4).
@@ -44,6 +50,10 @@ pub(crate) struct IoSource {
     /// The poller reported end of stream (or a reset or error): reads no longer block,
     /// whatever `readable` says. Never cleared.
     pub(crate) read_closed: Cell<bool>,
+    /// The poller reported urgent data (`EPOLLPRI`) and no read has heard `WouldBlock`
+    /// since: a short read may have stopped at the urgent mark, not at the end of the queue
+    /// (see the module docs).
+    pub(crate) urgent: Cell<bool>,
     /// Coroutines waiting on this socket, both directions; lets a finished operation skip
     /// the dispatcher when nobody else waits.
     pub(crate) waiting: Cell<u32>,
@@ -66,6 +76,7 @@ impl IoSource {
             writable: Cell::new(true),
             write_interest: Cell::new(true),
             read_closed: Cell::new(false),
+            urgent: Cell::new(false),
             waiting: Cell::new(0),
             readers: WaitQueue::default(),
             writers: WaitQueue::default(),
@@ -157,11 +168,12 @@ impl IoSource {
     /// a receive), again when interrupted, and keeps the direction's readiness bit true only
     /// while another call may succeed: `WouldBlock` clears it, and so does a call that moved
     /// some bytes but fewer than `len` (for a receive only where that proves the queue
-    /// drained, [`SHORT_READ_DRAINS`]), and a send that took nothing of `len` > 0 bytes
-    /// (where a receive's 0 is the end of the stream, a send's is a full queue: callers that
-    /// loop while `writable` must not spin on it). The caller then waits for the next edge
-    /// instead of calling again. `NotConnected` once the descriptor is closed. Always
-    /// inlined: it is on the path of every message, and `write` is a constant there.
+    /// drained, [`SHORT_READ_DRAINS`], and no urgent mark may have stopped it, see the
+    /// module docs), and a send that took nothing of `len` > 0 bytes (where a receive's 0 is
+    /// the end of the stream, a send's is a full queue: callers that loop while `writable`
+    /// must not spin on it). The caller then waits for the next edge instead of calling
+    /// again. `NotConnected` once the descriptor is closed. Always inlined: it is on the
+    /// path of every message, and `write` is a constant there.
     #[inline(always)]
     fn transfer(
         &self,
@@ -182,7 +194,8 @@ impl IoSource {
             }
             match op(fd) {
                 Ok(n) => {
-                    if (short_drains && n > 0 && n < len) || (write && n == 0 && len > 0) {
+                    let short = short_drains && n > 0 && n < len;
+                    if (short && (write || !self.urgent.get())) || (write && n == 0 && len > 0) {
                         ready.set(false);
                     }
                     return Ok(n);
@@ -191,6 +204,9 @@ impl IoSource {
                 Err(e) => {
                     if e.kind() == io::ErrorKind::WouldBlock {
                         ready.set(false);
+                        if !write {
+                            self.urgent.set(false);
+                        }
                     }
                     return Err(e);
                 }

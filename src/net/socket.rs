@@ -220,6 +220,66 @@ impl Connection {
             dispatcher::with(|d| d.pass_on(&self.io, write));
         }
     }
+
+    /// One `recv` into `dst` ([`IoSource::recv`]), noting the end of the stream. Always
+    /// inlined, as [`Socket::recv_vec`] is, so that `receivepartial` makes the `recv` itself:
+    /// each return after a system call to a frame from before it is mispredicted
+    /// (`crate::sys::direct`).
+    #[inline(always)]
+    fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
+        let n = self.io.recv_into(dst)?;
+        self.ended_if_none(n, dst.len())
+    }
+
+    /// Notes the end of the stream when a read of `len` > 0 bytes returned none; returns `n`,
+    /// or at that end the reset a connect kept for it.
+    #[inline(always)]
+    fn ended_if_none(&self, n: usize, len: usize) -> io::Result<usize> {
+        if n == 0 && len > 0 {
+            self.eof.set(true);
+            let reset = self.reset_after_connect.replace(0);
+            if reset != 0 {
+                return Err(io::Error::from_raw_os_error(reset));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Runs `recv` once the socket's readiness says a read will not block, waiting for that
+    /// as often as needed; `T::default()` (empty, 0) at end of stream. Not for TLS.
+    #[inline]
+    fn recv_waiting<T: Default>(
+        &self,
+        deadline: Option<Instant>,
+        mut recv: impl FnMut() -> io::Result<T>,
+    ) -> Result<T> {
+        loop {
+            if self.io.is_closed() {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            if self.eof.get() {
+                return Ok(T::default());
+            }
+            if self.io.readable.get() || self.io.read_closed.get() {
+                match recv() {
+                    Ok(out) => return Ok(out),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.wait(false, deadline)?;
+        }
+    }
+
+    /// Reads at least one byte into `dst` (or 0 at end of stream), waiting if needed. On the
+    /// connection rather than the handle, so that a handle reads into its own buffer in place
+    /// (see `Socket::fill_reserving`).
+    fn read_waiting(&self, dst: &mut [u8], deadline: Option<Instant>) -> Result<usize> {
+        if let Some(tls) = self.tls.get() {
+            return tls.read_waiting(self, dst, deadline);
+        }
+        self.recv_waiting(deadline, || self.recv_into(dst))
+    }
 }
 
 impl TaskSocket for Connection {
@@ -352,45 +412,22 @@ impl Socket {
         }
     }
 
-    /// One `recv` into `dst` ([`IoSource::recv`]), noting the end of the stream. Always
-    /// inlined, as [`Socket::recv_vec`] is, so that `receivepartial` makes the `recv` itself:
-    /// each return after a system call to a frame from before it is mispredicted
-    /// (`crate::sys::direct`).
-    #[inline(always)]
-    fn recv_into(&self, dst: &mut [u8]) -> io::Result<usize> {
-        let n = self.conn.io.recv_into(dst)?;
-        self.ended_if_none(n, dst.len())
-    }
-
-    /// [`Socket::recv_into`] of up to `max` bytes onto the end of `out`, into its spare
+    /// [`Connection::recv_into`] of up to `max` bytes onto the end of `out`, into its spare
     /// capacity (no zeroing first); `out` grows by what came.
     fn recv_append(&self, out: &mut Vec<u8>, max: usize) -> io::Result<usize> {
         out.reserve(max);
         let len = out.len();
         let spare: &mut [MaybeUninit<u8>] = &mut out.spare_capacity_mut()[..max];
-        let n = self.ended_if_none(self.conn.io.recv(spare)?, max)?;
+        let n = self.conn.ended_if_none(self.conn.io.recv(spare)?, max)?;
         // SAFETY: `recv(2)` initialised the first `n` bytes of the spare capacity
         // (`IoSource::recv`), and `n` ≤ `max` ≤ what `reserve` made room for.
         unsafe { out.set_len(len + n) };
         Ok(n)
     }
 
-    /// Notes the end of the stream when a read of `len` > 0 bytes returned none; returns `n`,
-    /// or at that end the reset a connect kept for it.
-    #[inline(always)]
-    fn ended_if_none(&self, n: usize, len: usize) -> io::Result<usize> {
-        if n == 0 && len > 0 {
-            self.conn.eof.set(true);
-            let reset = self.conn.reset_after_connect.replace(0);
-            if reset != 0 {
-                return Err(io::Error::from_raw_os_error(reset));
-            }
-        }
-        Ok(n)
-    }
-
     /// Reads up to `max` (≥ 1) bytes into a new vector, waiting until the socket is
-    /// readable; an empty vector at end of stream. Not for TLS (see `read_waiting`).
+    /// readable; an empty vector at end of stream. Not for TLS (see
+    /// [`Connection::read_waiting`]).
     ///
     /// Nothing is held while waiting, and the vector is allocated once the bytes are
     /// there, at their size (see [`Socket::recv_vec`]): the caller frees it soon after, so
@@ -399,33 +436,7 @@ impl Socket {
     /// connections take turns.
     #[inline]
     fn recv_vec_waiting(&self, max: usize, deadline: Option<Instant>) -> Result<Vec<u8>> {
-        self.recv_waiting(deadline, || self.recv_vec(max))
-    }
-
-    /// Runs `recv` once the socket's readiness says a read will not block, waiting for that
-    /// as often as needed; `T::default()` (empty, 0) at end of stream. Not for TLS.
-    #[inline]
-    fn recv_waiting<T: Default>(
-        &self,
-        deadline: Option<Instant>,
-        mut recv: impl FnMut() -> io::Result<T>,
-    ) -> Result<T> {
-        loop {
-            if self.conn.io.is_closed() {
-                return Err(Error::new(ErrorKind::Closed));
-            }
-            if self.conn.eof.get() {
-                return Ok(T::default());
-            }
-            if self.conn.io.readable.get() || self.conn.io.read_closed.get() {
-                match recv() {
-                    Ok(out) => return Ok(out),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            self.conn.wait(false, deadline)?;
-        }
+        self.conn.recv_waiting(deadline, || self.recv_vec(max))
     }
 
     /// One `recv` of up to `max` bytes into a vector holding exactly what came.
@@ -435,7 +446,7 @@ impl Socket {
     /// only its bytes, not `max` (4 KiB in a typical handler), and a small exact allocation
     /// comes from the allocator's per-thread cache. Bigger requests read straight into the
     /// vector, where the copy would cost more than the allocation. Always inlined (see
-    /// [`Socket::recv_into`]).
+    /// [`Connection::recv_into`]).
     #[inline(always)]
     fn recv_vec(&self, max: usize) -> io::Result<Vec<u8>> {
         if max <= SCRATCH_LEN {
@@ -447,7 +458,8 @@ impl Socket {
                     *scratch = vec![0; SCRATCH_LEN].into_boxed_slice();
                 }
                 Some(
-                    self.recv_into(&mut scratch[..max])
+                    self.conn
+                        .recv_into(&mut scratch[..max])
                         .map(|n| scratch[..n].to_vec()),
                 )
             });
@@ -459,14 +471,6 @@ impl Socket {
         self.recv_append(&mut out, max)?;
         shed_slack(&mut out);
         Ok(out)
-    }
-
-    /// Reads at least one byte into `dst` (or 0 at end of stream), waiting if needed.
-    fn read_waiting(&self, dst: &mut [u8], deadline: Option<Instant>) -> Result<usize> {
-        if let Some(tls) = self.conn.tls.get() {
-            return tls.read_waiting(&self.conn, dst, deadline);
-        }
-        self.recv_waiting(deadline, || self.recv_into(dst))
     }
 
     /// Reads at most `max` (≥ 1) bytes onto the end of `out`, waiting if needed; 0 at end
@@ -486,7 +490,8 @@ impl Socket {
             out.truncate(len + got.as_ref().map_or(0, |&n| n));
             return got;
         }
-        self.recv_waiting(deadline, || self.recv_append(out, max))
+        self.conn
+            .recv_waiting(deadline, || self.recv_append(out, max))
     }
 
     /// Reads more bytes into the buffer; 0 at end of stream.
@@ -514,10 +519,12 @@ impl Socket {
         }
         self.reserve(room);
         let to = self.buf.len().min(self.end.saturating_add(max));
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = self.read_waiting(&mut buf[self.end..to], deadline);
-        self.buf = buf;
-        let n = result?;
+        // Into the buffer in place, not moved out for the wait: a coroutine removed while it
+        // waits is unwound there, and a buffer moved out would be lost with the bytes before
+        // `end`, leaving `end` past an empty buffer for the next receive.
+        let n = self
+            .conn
+            .read_waiting(&mut self.buf[self.end..to], deadline)?;
         self.end += n;
         Ok(n)
     }
@@ -1306,7 +1313,7 @@ impl Read for Socket {
         if self.start == self.end && out.len() >= INITIAL_BUFFER {
             self.fair_share();
             let deadline = super::deadline(self.conn.timeouts.get().receive);
-            let read = self.read_waiting(out, deadline).map_err(to_io);
+            let read = self.conn.read_waiting(out, deadline).map_err(to_io);
             // Like every receive: bytes left in the kernel are another reader's turn.
             self.conn.pass_on(false);
             return read;

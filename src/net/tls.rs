@@ -272,7 +272,7 @@ impl fmt::Debug for TlsLayer {
 
 impl TlsLayer {
     /// Reads at least one byte into `dst` (or 0 at end of stream), waiting if needed (the
-    /// TLS counterpart of `Socket::read_waiting`).
+    /// TLS counterpart of `Connection::read_waiting`).
     ///
     /// End of stream is the peer's `close_notify`, or (as LuaSec and `native-tls` have it) a
     /// TCP close without one between records: a protocol that delimits its data by closing
@@ -642,21 +642,36 @@ impl Socket {
             return Ok(());
         }
         let prefill = self.take_buffered();
-        match handshake(&conn, role, prefill, deadline) {
-            Ok(layer) => {
-                if conn.tls.set(layer).is_err() {
-                    conn.close();
-                    return Err(Error::with_message(
-                        ErrorKind::InvalidState,
-                        "two TLS handshakes at once on one connection",
-                    ));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                conn.close();
-                Err(e)
-            }
+        // From here the connection is neither plain nor TLS: closed on every way out but an
+        // installed layer, the unwinding of a coroutine removed while the handshake waits
+        // too, else another handle would go on in plaintext (Copas #189).
+        let unfinished = CloseUnlessUpgraded(Some(&conn));
+        let layer = handshake(&conn, role, prefill, deadline)?;
+        if conn.tls.set(layer).is_err() {
+            return Err(Error::with_message(
+                ErrorKind::InvalidState,
+                "two TLS handshakes at once on one connection",
+            ));
+        }
+        unfinished.upgraded();
+        Ok(())
+    }
+}
+
+/// Closes a connection whose TLS upgrade began, when dropped before
+/// [`CloseUnlessUpgraded::upgraded`].
+struct CloseUnlessUpgraded<'a>(Option<&'a Connection>);
+
+impl CloseUnlessUpgraded<'_> {
+    fn upgraded(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseUnlessUpgraded<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            conn.close();
         }
     }
 }
