@@ -1193,3 +1193,84 @@ fn requests_fit_the_stack_sizes_the_docs_give() {
         secs(60),
     );
 }
+
+/// A peer on a thread that reads one request's head, sends `at_once`, then `dribbled` one
+/// byte every 150 ms until it is all sent, the client has gone, or `stop` is set.
+fn dribbling_peer(
+    at_once: &'static [u8],
+    dribbled: &'static [u8],
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (listener, addr) = util::local_listener();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(secs(10))).expect("timeout");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 65_536 {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+        }
+        if s.write_all(at_once).is_err() {
+            return;
+        }
+        for byte in dribbled {
+            if stopped.load(Ordering::Relaxed) || s.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(ms(150));
+        }
+    });
+    (format!("http://{addr}/"), stop, peer)
+}
+
+/// Before: every read of the head waited a whole receive timeout, so a server sending its
+/// 68-byte head a byte every 150 ms held a request with a 500 ms timeout for about 10 s,
+/// and it succeeded. The head now has one deadline.
+#[test]
+fn a_response_head_sent_a_byte_at_a_time_cannot_outlast_the_receive_timeout() {
+    let _turn = serial();
+    let _dog = Watchdog::new("dribbled head", secs(60));
+    let head = b"HTTP/1.1 200 OK\r\nX-Slow: abcdefghijklmnopqrst\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(head.len(), 68);
+    let (url, stop, peer) = dribbling_peer(b"", head);
+    let start = Instant::now();
+    let r = Request::get(&url).timeout(ms(500)).send();
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    peer.join().expect("peer");
+    assert_eq!(
+        r.map(|r| r.status()).map_err(|e| e.kind()),
+        Err(ErrorKind::Timeout)
+    );
+    assert!(took < secs(2), "took {took:?}");
+}
+
+/// The same for a chunked body's trailer section, read in one go after the last chunk.
+#[test]
+fn chunked_trailers_sent_a_byte_at_a_time_cannot_outlast_the_receive_timeout() {
+    let _turn = serial();
+    let _dog = Watchdog::new("dribbled trailers", secs(60));
+    let (url, stop, peer) = dribbling_peer(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n",
+        b"0\r\nX-Trailer: abcdefghijklmnopqrstuvwxyz\r\n\r\n",
+    );
+    let start = Instant::now();
+    let r = Request::get(&url).timeout(ms(500)).send();
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    peer.join().expect("peer");
+    assert_eq!(
+        r.map(|r| r.into_body()).map_err(|e| e.kind()),
+        Err(ErrorKind::Timeout)
+    );
+    assert!(took < secs(2), "took {took:?}");
+}

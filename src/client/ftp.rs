@@ -9,9 +9,14 @@
 //!   percent-decoded) or [`Options`] give a user and password.
 //! * Transfers are binary (`TYPE I`; `;type=a` at the end of a URL asks for ASCII) and
 //!   passive: `EPSV` first, then `PASV` when the server does not know `EPSV`. The data
-//!   connection always goes to the control connection's peer address: a `PASV` reply that
-//!   points at another host is refused with [`ErrorKind::Protocol`] (it would let a server
-//!   aim the client at a third party), an unspecified `0.0.0.0` means the server itself.
+//!   connection always goes to the control connection's peer address, with the port the
+//!   reply names: the address in a `PASV` reply is not used (as curl's default), so a server
+//!   cannot aim the client at a third party, and one behind NAT, which names its private
+//!   address, works.
+//! * An upload that fails midway (its source fails, a send times out, a [`DataWriter`]
+//!   dropped without [`DataWriter::finish`]) is aborted, not ended: the client sends `ABOR`
+//!   and resets the data connection, whose normal close would tell the server the file was
+//!   complete. What the server keeps of it is the server's choice.
 //! * Every reply code is checked; a failing one becomes [`ErrorKind::Rejected`] with the
 //!   code in [`Error::reply_code`] (a missing file: `550`). A transfer the server answers
 //!   with its completion (`226`) in place of the preliminary `150` has succeeded, as in
@@ -30,7 +35,7 @@
 //! # }
 //! ```
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -61,6 +66,10 @@ pub const MAX_LISTING: usize = 64 * 1024 * 1024;
 pub const MAX_GET_BYTES: u64 = 64 * 1024 * 1024;
 
 const CHUNK: usize = 64 * 1024;
+
+/// How long an aborted upload waits for the server's answer to `ABOR` before it resets
+/// the data connection (at most the receive timeout).
+pub const ABORT_WAIT: Duration = Duration::from_secs(1);
 
 fn invalid_input(message: impl Into<String>) -> Error {
     Error::with_message(ErrorKind::InvalidInput, message)
@@ -379,27 +388,28 @@ pub fn parse_epsv(text: &str) -> Option<u16> {
     }
 }
 
-/// Where a `227` reply's data connection goes, given the control connection's `peer`.
+/// Where a `227` reply's data connection goes, given the control connection's `peer`:
+/// `peer`'s IP with the reply's port, whatever address the reply names.
 ///
-/// The address in the reply must be the peer's (or unspecified, `0.0.0.0`); the connection
-/// always goes to `peer`'s IP.
+/// The address is not used: a server behind NAT names its private one, and following it
+/// would let a server aim the client at a third party. Over IPv6 the reply can only name
+/// an IPv4 address; the port is then the one the server listens on at `peer`'s IPv6 address.
 ///
 /// ```
 /// use std::net::IpAddr;
 /// use copas::client::ftp::pasv_target;
 /// use copas::ErrorKind;
 ///
-/// let peer: IpAddr = "127.0.0.1".parse().unwrap();
-/// let ok = pasv_target("Entering passive mode (127,0,0,1,4,0)", peer).unwrap();
-/// assert_eq!(ok.port(), 1024);
-/// let err = pasv_target("Entering passive mode (10,0,0,9,4,0)", peer).unwrap_err();
+/// let peer: IpAddr = "203.0.113.5".parse().unwrap();
+/// let target = pasv_target("Entering passive mode (10,0,0,9,4,0)", peer).unwrap();
+/// assert_eq!(target, "203.0.113.5:1024".parse().unwrap());
+/// let err = pasv_target("Entering passive mode (10,0,0,9)", peer).unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Protocol);
 /// ```
 ///
 /// # Errors
 ///
-/// [`ErrorKind::Protocol`] when the text has no valid address and port, or names a host
-/// other than `peer`.
+/// [`ErrorKind::Protocol`] when the text has no valid address and port.
 pub fn pasv_target(text: &str, peer: IpAddr) -> Result<SocketAddr> {
     let (ip, port) =
         parse_pasv(text).ok_or_else(|| protocol(format!("malformed PASV reply: {text:?}")))?;
@@ -407,13 +417,10 @@ pub fn pasv_target(text: &str, peer: IpAddr) -> Result<SocketAddr> {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     };
-    if ip.is_unspecified() || Some(ip) == peer_v4 {
-        Ok(SocketAddr::new(peer, port))
-    } else {
-        Err(protocol(format!(
-            "PASV reply points at {ip}, not at the server {peer}: refused"
-        )))
+    if !ip.is_unspecified() && Some(ip) != peer_v4 {
+        log::debug!("PASV reply names {ip}, not the server {peer}: connecting to {peer}");
     }
+    Ok(SocketAddr::new(peer, port))
 }
 
 // ----- the client ----------------------------------------------------------------------------
@@ -424,6 +431,11 @@ enum Pending {
     None,
     /// A transfer was abandoned: its final reply (whatever it says) is still to come.
     Discard,
+    /// An upload was aborted: its final reply (unless it came already) and `ABOR`'s are
+    /// still to come.
+    Abort {
+        final_owed: bool,
+    },
 }
 
 /// One FTP control connection: the command interface (Copas `ftp.command`, and LuaSocket's
@@ -563,9 +575,10 @@ impl Client {
     }
 
     /// Whether passive mode tries `EPSV` before `PASV` (default true; it turns false by
-    /// itself once a server rejects `EPSV`). Over IPv6 only `EPSV` can work: a `PASV`
-    /// reply names an IPv4 address, which is not the control connection's peer, so it fails
-    /// with [`ErrorKind::Protocol`].
+    /// itself once a server rejects `EPSV`). Over IPv6 `PASV` works with a server that
+    /// answers it with an IPv4 address: only the port is used, with the control
+    /// connection's IPv6 address (see [`pasv_target`]); a server that puts its IPv6
+    /// address in the reply gets a malformed-reply [`ErrorKind::Protocol`] error.
     pub fn set_epsv(&mut self, epsv: bool) {
         self.epsv = epsv;
     }
@@ -584,10 +597,19 @@ impl Client {
     }
 
     fn settle(&mut self) -> Result<()> {
-        if self.pending == Pending::Discard {
-            self.pending = Pending::None;
+        let pending = std::mem::replace(&mut self.pending, Pending::None);
+        let owed = match pending {
+            Pending::None => return Ok(()),
+            Pending::Discard => 1,
+            Pending::Abort { final_owed } => 1 + usize::from(final_owed),
+        };
+        for _ in 0..owed {
             self.in_flight = true;
-            let _ = self.read()?;
+            // `225` answers only `ABOR`, and ends what is owed: a server that had not
+            // started the transfer (pyftpdlib before any byte came) sends no final reply.
+            if self.read()?.code() == 225 {
+                break;
+            }
         }
         Ok(())
     }
@@ -828,7 +850,8 @@ impl Client {
         }
     }
 
-    /// After a failed transfer: close the data connection and expect a final reply later.
+    /// After a failed download: close the data connection and expect a final reply later.
+    /// The close is what the server sees, as a failed send (`426`).
     fn abandon(&mut self, data: &Socket) {
         data.close();
         if self.early_final.take().is_none() {
@@ -837,16 +860,51 @@ impl Client {
         self.in_flight = false;
     }
 
+    /// After a failed upload: `ABOR`, reset the data connection, and expect the transfer's
+    /// final reply and `ABOR`'s later. In stream mode a normal close marks the end of the
+    /// file: the server would keep the part sent as the whole and answer `226`. The reset
+    /// says the transfer failed to a server that reads it as a failure. `ABOR` tells one
+    /// that takes a reset for an end of file too (pyftpdlib), which must act on it before
+    /// it sees the reset: so the reset waits for the server's first answer, up to
+    /// [`ABORT_WAIT`] (a server that reads no command during a transfer answers only once
+    /// the reset has ended it).
+    fn abort_upload(&mut self, data: &Socket) {
+        let final_owed = self.early_final.take().is_none();
+        let (connect, send, receive) = self.ctrl.gettimeouts();
+        // Between commands nothing else is queued on the control connection: the line goes
+        // out at once, or the connection is broken.
+        self.ctrl
+            .settimeouts(connect, Some(Duration::ZERO), receive);
+        let sent = self.ctrl.send(b"ABOR\r\n");
+        if sent.is_ok() {
+            let wait = receive.map_or(ABORT_WAIT, |r| r.min(ABORT_WAIT));
+            self.ctrl.settimeouts(connect, send, Some(wait));
+            // The answer stays buffered for `settle`; a timeout or a failure here is left
+            // for it to meet.
+            let _ = self.ctrl.fill_buf();
+        }
+        self.ctrl.settimeouts(connect, send, receive);
+        // It fails only on a socket closed already, which has nothing left to reset.
+        let _ = data.set_linger(Some(Duration::ZERO));
+        data.close();
+        self.in_flight = false;
+        match sent {
+            Ok(_) => self.pending = Pending::Abort { final_owed },
+            // A line sent in part (or not at all) leaves the server out of step.
+            Err(_) => self.give_up(),
+        }
+    }
+
     /// After an upload's data connection failed with `err`. A server that stops an upload
     /// (`426`, `451`, `552`: its disk is full, the file too large) closes the data
     /// connection and says why on the control connection; that refusal is the error to
     /// report, not the reset the sender saw. Any other failure (a timeout: the server may
-    /// still be reading) abandons the transfer as a failed download does.
+    /// still be reading) aborts the upload.
     fn upload_failed(&mut self, data: &Socket, err: Error) -> Error {
         // `Closed` with a system error is the peer's doing (a local close has none).
         let reset = err.kind() == ErrorKind::Closed && err.io_error().is_some();
         if !reset {
-            self.abandon(data);
+            self.abort_upload(data);
             return err;
         }
         data.close();
@@ -901,7 +959,7 @@ impl Client {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.abandon(&data);
+                    self.abort_upload(&data);
                     return Err(super::callers_io_error(e, "reading the input"));
                 }
             };
@@ -1096,8 +1154,10 @@ impl Drop for DataReader<'_> {
 
 /// An upload in progress ([`Client::stor_writer`]): writes go to the file.
 ///
-/// Dropping it before [`DataWriter::finish`] closes the data connection without checking
-/// the server's reply; the client stays usable.
+/// Dropping it before [`DataWriter::finish`] aborts the upload (`ABOR`, and the data
+/// connection reset rather than closed, so that the server does not take what was written
+/// for the whole file); the drop waits up to [`ABORT_WAIT`] for the server's answer. The
+/// client stays usable.
 #[derive(Debug)]
 pub struct DataWriter<'a> {
     client: &'a mut Client,
@@ -1139,7 +1199,7 @@ impl DataWriter<'_> {
 impl Drop for DataWriter<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.client.abandon(&self.data);
+            self.client.abort_upload(&self.data);
         }
     }
 }
@@ -1322,27 +1382,24 @@ mod tests {
     }
 
     #[test]
-    fn pasv_must_point_at_the_control_peer() {
+    fn pasv_connects_to_the_control_peer_whatever_address_it_names() {
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(
-            pasv_target("(127,0,0,1,4,1)", peer).unwrap(),
-            "127.0.0.1:1025".parse().unwrap()
-        );
-        // 0.0.0.0 means "the server itself".
-        assert_eq!(
-            pasv_target("(0,0,0,0,4,1)", peer).unwrap(),
-            "127.0.0.1:1025".parse().unwrap()
-        );
-        let err = pasv_target("(192,168,1,20,4,1)", peer).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Protocol);
-        assert!(err.to_string().contains("192.168.1.20"), "{err}");
+        for named in ["127,0,0,1", "0,0,0,0", "192,168,1,20", "10,0,0,5"] {
+            assert_eq!(
+                pasv_target(&format!("({named},4,1)"), peer).unwrap(),
+                "127.0.0.1:1025".parse().unwrap(),
+                "{named}"
+            );
+        }
         let err = pasv_target("garbage", peer).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol);
-        // An IPv4-mapped IPv6 peer matches its IPv4 form.
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert!(pasv_target("(127,0,0,1,4,1)", mapped).is_ok());
-        let v6: IpAddr = "::1".parse().unwrap();
-        assert!(pasv_target("(127,0,0,1,4,1)", v6).is_err());
+        for v6 in ["::ffff:127.0.0.1", "::1"] {
+            let v6: IpAddr = v6.parse().unwrap();
+            assert_eq!(
+                pasv_target("(127,0,0,1,4,1)", v6).unwrap(),
+                SocketAddr::new(v6, 1025)
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use url::Url;
 
@@ -286,7 +286,10 @@ impl Request {
 
     /// Sets the connect (TLS handshake included), send and receive timeouts separately
     /// (Copas's timeout table); `None` waits forever. The send and receive timeouts apply
-    /// to each operation, not to the whole request.
+    /// to each operation, not to the whole request. The response head is one operation,
+    /// however the server splits it: it must arrive whole within the receive timeout (each
+    /// interim `1xx` head within its own). So must each read of a chunked body, its
+    /// chunk-size line and, at its end, the whole trailer section included.
     ///
     /// ```
     /// use std::time::Duration;
@@ -1224,10 +1227,72 @@ impl Target {
     }
 }
 
-/// Reads a response head up to and including its empty line. Blank lines before it are
-/// skipped, and count against `max` like the head's own: a peer sending nothing else would
-/// otherwise hold the call for as long as it kept sending.
+/// A socket whose receive timeout is one deadline for a whole read made of many receives
+/// (a response head; a read of a chunked body, size line and trailers included): each
+/// receive waits only for the time left. Otherwise a server sending a byte at a time, each
+/// just within the timeout, would hold the caller for as many timeouts as it sent bytes.
+/// The socket's own timeouts are back when this is dropped, however the read ended.
+struct WithinDeadline<'a> {
+    sock: &'a mut Socket,
+    timeouts: (Option<Duration>, Option<Duration>, Option<Duration>),
+    deadline: Option<Instant>,
+}
+
+impl<'a> WithinDeadline<'a> {
+    fn new(sock: &'a mut Socket) -> WithinDeadline<'a> {
+        let timeouts = sock.gettimeouts();
+        let deadline = crate::net::deadline(timeouts.2);
+        WithinDeadline {
+            sock,
+            timeouts,
+            deadline,
+        }
+    }
+
+    /// Gives the next receive the time left; past the deadline none, which still takes
+    /// what has arrived.
+    fn arm(&self) {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (connect, send, _) = self.timeouts;
+            self.sock.settimeouts(connect, send, Some(left));
+        }
+    }
+}
+
+impl Drop for WithinDeadline<'_> {
+    fn drop(&mut self) {
+        if self.deadline.is_some() {
+            let (connect, send, receive) = self.timeouts;
+            self.sock.settimeouts(connect, send, receive);
+        }
+    }
+}
+
+impl Read for WithinDeadline<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.arm();
+        self.sock.read(out)
+    }
+}
+
+impl BufRead for WithinDeadline<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.arm();
+        self.sock.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.sock.consume(amt);
+    }
+}
+
+/// Reads a response head up to and including its empty line, within one receive timeout
+/// for all of it. Blank lines before it are skipped, and count against `max` like the
+/// head's own: a peer sending nothing else would otherwise hold the call for as long as it
+/// kept sending.
 fn read_head(sock: &mut Socket, max: usize) -> Result<Vec<u8>> {
+    let mut sock = WithinDeadline::new(sock);
     let mut head = Vec::new();
     let mut skipped = 0usize;
     loop {
@@ -1675,7 +1740,7 @@ impl BodyReader {
                     .sock
                     .as_mut()
                     .ok_or_else(|| Error::new(ErrorKind::Closed))?;
-                let n = self.chunked.read(sock, out)?;
+                let n = self.chunked.read(&mut WithinDeadline::new(sock), out)?;
                 if self.chunked.is_done() {
                     self.finish();
                 }
