@@ -539,7 +539,7 @@ impl State {
             // As `Connection::pass_on` judged when it gave the turn: over TLS, records the
             // layer holds count, and no edge will announce them.
             io.readable.get()
-                || io.read_closed.get()
+                || io.read_closed()
                 || io
                     .owner
                     .get()
@@ -645,10 +645,10 @@ impl State {
         }
         let io = &src.io;
         if ev.read_closed {
-            io.read_closed.set(true);
+            io.close_read();
         }
         if ev.urgent {
-            io.urgent.set(true);
+            io.set_urgent(true);
         }
         let mut reader = None;
         let mut writer = None;

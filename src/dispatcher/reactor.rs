@@ -5,13 +5,13 @@
 //! sets the socket's readiness bits whether or not anybody waits; socket operations clear a
 //! bit when the kernel says `WouldBlock` and, where the poller reports end of stream on its
 //! own (epoll's `EPOLLRDHUP`, see `poller.rs`), when a read comes back short: the receive
-//! queue was drained, and a FIN queued behind the data is remembered in `read_closed`. So a
+//! queue was drained, and a FIN queued behind the data is remembered ([`IoSource::read_closed`]). So a
 //! drained socket is not read again just to learn it is empty.
 //!
 //! One thing besides a drained queue ends a TCP read short: the peer's urgent mark
 //! (`MSG_OOB`). Linux's `tcp_recvmsg` stops there once it has copied anything, with bytes
 //! behind the mark still queued and no edge to come for them. The poller reports the mark
-//! (`EPOLLPRI`), which sets the socket's `urgent` bit; until a read of that socket hears
+//! (`EPOLLPRI`), which sets the socket's [`URGENT`] mark; until a read of that socket hears
 //! `WouldBlock`, its short reads leave the readable bit set.
 //!
 //! Each entry keeps a FIFO of coroutines waiting to read and one of those waiting to write.
@@ -27,6 +27,15 @@ use std::rc::{Rc, Weak};
 
 use super::poller::{REGISTRATION_REPORTS_STATE, SHORT_READ_DRAINS};
 use super::task::{Coroutine, TaskSocket};
+
+/// [`IoSource`]'s mark of a reading side the peer has ended: it reported end of stream
+/// (or a reset or error), so reads no longer block, whatever `readable` says. Never
+/// cleared.
+const READ_CLOSED: u8 = 1;
+/// [`IoSource`]'s mark of urgent data (`EPOLLPRI`) that no read has heard `WouldBlock`
+/// after: a short read may have stopped at the urgent mark, not at the end of the queue
+/// (see the module docs).
+const URGENT: u8 = 2;
 
 /// What a registered socket shares between its owners (the `Socket` handles) and the
 /// dispatcher: the descriptor itself and its readiness.
@@ -47,13 +56,11 @@ pub(crate) struct IoSource {
     /// datagram socket reports it each time a datagram it sent is consumed: a wake-up and a
     /// system call per datagram for nothing (see `UdpSocket`).
     pub(crate) write_interest: Cell<bool>,
-    /// The poller reported end of stream (or a reset or error): reads no longer block,
-    /// whatever `readable` says. Never cleared.
-    pub(crate) read_closed: Cell<bool>,
-    /// The poller reported urgent data (`EPOLLPRI`) and no read has heard `WouldBlock`
-    /// since: a short read may have stopped at the urgent mark, not at the end of the queue
-    /// (see the module docs).
-    pub(crate) urgent: Cell<bool>,
+    /// What the poller said of the reading side beyond readiness: [`READ_CLOSED`] and
+    /// [`URGENT`], one byte for both so that the record stays 104 bytes: a fifth flag of its
+    /// own made it 112, and cost 1.6 more misses per echoed message at 1,000 connections in
+    /// cachegrind's 512 KiB cache (16.3 against 14.6).
+    marks: Cell<u8>,
     /// Coroutines waiting on this socket, both directions; lets a finished operation skip
     /// the dispatcher when nobody else waits.
     pub(crate) waiting: Cell<u32>,
@@ -75,8 +82,7 @@ impl IoSource {
             readable: Cell::new(true),
             writable: Cell::new(true),
             write_interest: Cell::new(true),
-            read_closed: Cell::new(false),
-            urgent: Cell::new(false),
+            marks: Cell::new(0),
             waiting: Cell::new(0),
             readers: WaitQueue::default(),
             writers: WaitQueue::default(),
@@ -125,6 +131,30 @@ impl IoSource {
     pub(crate) fn take_sock(&self) -> Option<socket2::Socket> {
         self.fd.set(-1);
         self.sock.borrow_mut().take()
+    }
+
+    /// Whether the peer ended the reading side ([`READ_CLOSED`]).
+    #[inline(always)]
+    pub(crate) fn read_closed(&self) -> bool {
+        self.marks.get() & READ_CLOSED != 0
+    }
+
+    /// Marks the reading side ended by the peer ([`READ_CLOSED`]).
+    pub(crate) fn close_read(&self) {
+        self.marks.set(self.marks.get() | READ_CLOSED);
+    }
+
+    /// Whether urgent data may hold bytes behind its mark ([`URGENT`]).
+    #[inline(always)]
+    fn urgent(&self) -> bool {
+        self.marks.get() & URGENT != 0
+    }
+
+    /// Sets or clears [`URGENT`].
+    #[inline(always)]
+    pub(crate) fn set_urgent(&self, urgent: bool) {
+        let marks = self.marks.get() & !URGENT;
+        self.marks.set(if urgent { marks | URGENT } else { marks });
     }
 
     /// One `recv(2)` into `dst`, which need not be initialised (its first `n` bytes are when
@@ -195,7 +225,7 @@ impl IoSource {
             match op(fd) {
                 Ok(n) => {
                     let short = short_drains && n > 0 && n < len;
-                    if (short && (write || !self.urgent.get())) || (write && n == 0 && len > 0) {
+                    if (short && (write || !self.urgent())) || (write && n == 0 && len > 0) {
                         ready.set(false);
                     }
                     return Ok(n);
@@ -205,7 +235,7 @@ impl IoSource {
                     if e.kind() == io::ErrorKind::WouldBlock {
                         ready.set(false);
                         if !write {
-                            self.urgent.set(false);
+                            self.set_urgent(false);
                         }
                     }
                     return Err(e);

@@ -212,7 +212,7 @@ impl Connection {
             // which woke one reader, and the short read that took those bytes cleared
             // `readable`; no later event comes for the others.
             self.io.readable.get()
-                || self.io.read_closed.get()
+                || self.io.read_closed()
                 || self.eof.get()
                 || self.holds_readable()
         };
@@ -260,7 +260,7 @@ impl Connection {
             if self.eof.get() {
                 return Ok(T::default());
             }
-            if self.io.readable.get() || self.io.read_closed.get() {
+            if self.io.readable.get() || self.io.read_closed() {
                 match recv() {
                     Ok(out) => return Ok(out),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -550,7 +550,7 @@ impl Socket {
     fn wait_readable_unbuffered(&mut self, deadline: Option<Instant>) -> Result<()> {
         let io = &self.conn.io;
         let tls = self.conn.tls.get();
-        while !(io.is_closed() || self.conn.eof.get() || io.readable.get() || io.read_closed.get())
+        while !(io.is_closed() || self.conn.eof.get() || io.readable.get() || io.read_closed())
             && tls.is_none_or(TlsLayer::holds_nothing)
         {
             if self.buf.capacity() > 0 {

@@ -192,7 +192,7 @@ impl Read for FdIo {
             return Ok(self.copy_buffered(dst));
         }
         let io = self.io.clone();
-        if !io.readable.get() && !io.read_closed.get() {
+        if !io.readable.get() && !io.read_closed() {
             // Known to be drained: no system call just to hear EAGAIN.
             return Err(self.would_block(false));
         }
@@ -416,7 +416,7 @@ impl TlsLayer {
     /// told, so an unsure read asks OpenSSL rather than wait for an edge that may not come.
     fn drained(&self, conn: &Connection) -> bool {
         let io = &conn.io;
-        !io.readable.get() && !io.read_closed.get() && self.holds_nothing()
+        !io.readable.get() && !io.read_closed() && self.holds_nothing()
     }
 
     /// Sends a `close_notify` alert if the socket takes it at once; never waits.
