@@ -771,69 +771,92 @@ fn an_upload_whose_source_fails_is_aborted_not_stored_as_complete() {
     assert!(std::fs::read(root.0.join("whole.bin")).unwrap() == whole);
 }
 
+/// How a scripted server answers `ABOR`, given the aborted transfer's own final reply.
+type AborAnswer = fn(&str) -> String;
+
 /// Before: an upload whose data connection timed out (a server not reading) was closed
 /// normally, an end of file to the server. Now the data connection is reset and `ABOR`
-/// sent, and the replies of both (`426`, `226`) are read before the next command's.
+/// sent, and whatever the server answers to both (servers differ: `426` and `226`, a
+/// single `226`, `225` and the transfer's reply after it) is read up to a `NOOP`'s `200`,
+/// so the next command gets its own reply, without waiting for one that never comes.
 #[test]
 fn an_upload_that_times_out_is_reset_and_aborted() {
-    /// The data listener, the upload's data connection, and how it ended.
+    /// The data listener, the upload's data connection, how it ended, the `ABOR` answer.
     type Upload = (
         TcpListener,
         Option<TcpStream>,
         Option<Result<(), io::ErrorKind>>,
+        AborAnswer,
     );
     let _dog = Watchdog::new("ftp upload timeout", LIMIT);
-    let upload: Upload = (TcpListener::bind("127.0.0.1:0").unwrap(), None, None);
-    let (addr, peer) = scripted_ftp("127.0.0.1", upload, |(listener, data, end), verb, _| {
-        // The first command after STOR: only now is the data read, so the upload timed
-        // out with the server's buffers full.
-        let mut reply = match data.take() {
-            Some(mut d) => {
-                let result = std::io::copy(&mut d, &mut io::sink()).map_err(|e| e.kind());
-                *end = Some(result.map(|_| ()));
-                match result {
-                    Ok(_) => "226 stored\r\n",
-                    Err(_) => "426 connection reset; transfer aborted\r\n",
+    let answers: [(&str, AborAnswer); 3] = [
+        ("426 then 226", |fin| format!("{fin}\r\n226 abort done")),
+        ("226 alone", |_| "226 abort done".to_string()),
+        ("225, then the transfer's reply", |fin| {
+            format!("225 no transfer to abort\r\n{fin}")
+        }),
+    ];
+    for (style, answer) in answers {
+        let upload: Upload = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            None,
+            None,
+            answer,
+        );
+        let (addr, peer) = scripted_ftp("127.0.0.1", upload, |state, verb, _| {
+            let (listener, data, end, answer) = state;
+            match verb {
+                "EPSV" => {
+                    let port = listener.local_addr().unwrap().port();
+                    format!("229 Entering Extended Passive Mode (|||{port}|)")
                 }
-                .to_string()
+                "STOR" => {
+                    let (d, _) = listener.accept().unwrap();
+                    d.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    *data = Some(d);
+                    "150 go".to_string()
+                }
+                // Only now is the data read, so the upload timed out with the server's
+                // buffers full.
+                "ABOR" => {
+                    let mut d = data.take().expect("ABOR during the upload");
+                    let result = std::io::copy(&mut d, &mut io::sink()).map_err(|e| e.kind());
+                    *end = Some(result.map(|_| ()));
+                    answer(match result {
+                        Ok(_) => "226 stored",
+                        Err(_) => "426 connection reset; transfer aborted",
+                    })
+                }
+                "NOOP" => "200 ok".to_string(),
+                _ => scripted_reply(verb).to_string(),
             }
-            None => String::new(),
-        };
-        match verb {
-            "EPSV" => {
-                let port = listener.local_addr().unwrap().port();
-                reply.push_str(&format!("229 Entering Extended Passive Mode (|||{port}|)"));
-            }
-            "STOR" => {
-                let (d, _) = listener.accept().unwrap();
-                d.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                *data = Some(d);
-                reply.push_str("150 go");
-            }
-            "ABOR" => reply.push_str("226 abort done"),
-            "NOOP" => reply.push_str("200 ok"),
-            _ => reply.push_str(scripted_reply(verb)),
-        }
-        reply
-    });
-    let mut c = Client::connect(addr, Some(Duration::from_secs(1))).expect("connect");
-    c.login("user", "secret").expect("login");
-    c.binary().expect("TYPE I");
-    let err = c.stor("f.bin", &mut FailingAfter(usize::MAX)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert_eq!(c.command("NOOP", None).expect("NOOP").code(), 200);
-    assert_eq!(c.quit().expect("QUIT").code(), 221);
-    let (seen, (_, _, data_end)) = peer.join().unwrap();
-    let verbs: Vec<&str> = seen.iter().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(
-        verbs,
-        ["USER", "PASS", "TYPE", "EPSV", "STOR", "ABOR", "NOOP", "QUIT"]
-    );
-    assert_eq!(
-        data_end,
-        Some(Err(io::ErrorKind::ConnectionReset)),
-        "the data connection ended as a complete upload"
-    );
+        });
+        let mut c = Client::connect(addr, Some(Duration::from_secs(1))).expect("connect");
+        c.login("user", "secret").expect("login");
+        c.binary().expect("TYPE I");
+        let err = c.stor("f.bin", &mut FailingAfter(usize::MAX)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{style}: {err}");
+        let noop = c.command("NOOP", None);
+        assert_eq!(
+            noop.map(|r| r.code()).map_err(|e| e.kind()),
+            Ok(200),
+            "{style}"
+        );
+        assert_eq!(c.quit().expect("QUIT").code(), 221, "{style}");
+        let (seen, (_, _, data_end, _)) = peer.join().unwrap();
+        let verbs: Vec<&str> = seen.iter().map(|l| l.split(' ').next().unwrap()).collect();
+        // The first NOOP is the client's marker, the second the caller's.
+        assert_eq!(
+            verbs,
+            ["USER", "PASS", "TYPE", "EPSV", "STOR", "ABOR", "NOOP", "NOOP", "QUIT"],
+            "{style}"
+        );
+        assert_eq!(
+            data_end,
+            Some(Err(io::ErrorKind::ConnectionReset)),
+            "{style}: the data connection ended as a complete upload"
+        );
+    }
 }
 
 /// A control connection on `ip` that answers `PASV` naming `named` (four numbers, comma

@@ -1253,8 +1253,8 @@ fn ftp_over_ipv6_loopback_transfers_through_epsv_and_pasv_only_is_a_protocol_err
     assert_eq!(*results, want);
 }
 
-/// Through an IPv4-mapped address the control peer is `::ffff:127.0.0.1`, which a `PASV`
-/// reply naming 127.0.0.1 must match.
+/// Through an IPv4-mapped address the control peer is `::ffff:127.0.0.1`; a `PASV` reply
+/// naming 127.0.0.1 leads the data connection there.
 #[test]
 fn ftp_to_an_ipv4_mapped_address_accepts_pasv_replies_naming_the_ipv4_server() {
     if !ipv6_loopback() {

@@ -431,11 +431,9 @@ enum Pending {
     None,
     /// A transfer was abandoned: its final reply (whatever it says) is still to come.
     Discard,
-    /// An upload was aborted: its final reply (unless it came already) and `ABOR`'s are
-    /// still to come.
-    Abort {
-        final_owed: bool,
-    },
+    /// An upload was aborted: what the server still owes, its final reply and `ABOR`'s
+    /// (one or two replies, in either order, by server), is read up to a `NOOP`'s.
+    Abort,
 }
 
 /// One FTP control connection: the command interface (Copas `ftp.command`, and LuaSocket's
@@ -449,7 +447,8 @@ enum Pending {
 /// or a command sent in part leaves the connection out of step: what the server says next
 /// may answer the command before. So does a call abandoned midway, its coroutine removed
 /// while it waited or a panic caught around it (a [`DataReader`] or [`DataWriter`] the
-/// unwind drops abandons only its transfer, as any drop does). The client then closes the
+/// unwind drops ends only its transfer, as any drop does: a download abandoned, an upload
+/// aborted). The client then closes the
 /// connection, and every later call fails with [`ErrorKind::Closed`]; connect again. A
 /// refusal (a complete reply with a failing code) leaves the client usable.
 ///
@@ -576,8 +575,9 @@ impl Client {
 
     /// Whether passive mode tries `EPSV` before `PASV` (default true; it turns false by
     /// itself once a server rejects `EPSV`). Over IPv6 `PASV` works with a server that
-    /// answers it with an IPv4 address: only the port is used, with the control
-    /// connection's IPv6 address (see [`pasv_target`]); a server that puts its IPv6
+    /// answers it with an IPv4 address and listens for the data connection on its IPv6
+    /// address too: only the port is used, with the control connection's IPv6 address (see
+    /// [`pasv_target`]); a server that puts its IPv6
     /// address in the reply gets a malformed-reply [`ErrorKind::Protocol`] error.
     pub fn set_epsv(&mut self, epsv: bool) {
         self.epsv = epsv;
@@ -597,21 +597,38 @@ impl Client {
     }
 
     fn settle(&mut self) -> Result<()> {
-        let pending = std::mem::replace(&mut self.pending, Pending::None);
-        let owed = match pending {
-            Pending::None => return Ok(()),
-            Pending::Discard => 1,
-            Pending::Abort { final_owed } => 1 + usize::from(final_owed),
-        };
-        for _ in 0..owed {
-            self.in_flight = true;
-            // `225` answers only `ABOR`, and ends what is owed: a server that had not
-            // started the transfer (pyftpdlib before any byte came) sends no final reply.
-            if self.read()?.code() == 225 {
-                break;
+        match std::mem::replace(&mut self.pending, Pending::None) {
+            Pending::None => Ok(()),
+            Pending::Discard => {
+                self.in_flight = true;
+                self.read().map(drop)
             }
+            Pending::Abort => self.settle_abort(),
         }
-        Ok(())
+    }
+
+    /// Reads what an aborted upload left owed, up to the answer of a `NOOP` sent as a
+    /// marker. Servers differ in what they answer to `ABOR` (`426` and `226`, `225` alone,
+    /// a single `226`, the transfer's reply after `ABOR`'s): counting replies would wait a
+    /// whole receive timeout for one that never comes, or hand a late one to the next
+    /// command. `NOOP`'s `200` is the first reply no abort gives (a server that answers
+    /// `ABOR` itself with `200` would still put the client one reply out of step).
+    fn settle_abort(&mut self) -> Result<()> {
+        self.in_flight = true;
+        self.ctrl
+            .send(b"NOOP\r\n")
+            .inspect_err(|_| self.give_up())?;
+        // The transfer's reply, `ABOR`'s, and `NOOP`'s, with one to spare.
+        for _ in 0..4 {
+            if self.read()?.code() == 200 {
+                return Ok(());
+            }
+            self.in_flight = true;
+        }
+        self.give_up();
+        Err(protocol(
+            "FTP replies after an aborted upload did not end with NOOP's 200".to_string(),
+        ))
     }
 
     fn send_line(&mut self, cmd: &str, arg: Option<&str>) -> Result<()> {
@@ -860,8 +877,8 @@ impl Client {
         self.in_flight = false;
     }
 
-    /// After a failed upload: `ABOR`, reset the data connection, and expect the transfer's
-    /// final reply and `ABOR`'s later. In stream mode a normal close marks the end of the
+    /// After a failed upload: `ABOR`, reset the data connection, and read what the server
+    /// answers to both before the next command ([`Client::settle_abort`]). In stream mode a normal close marks the end of the
     /// file: the server would keep the part sent as the whole and answer `226`. The reset
     /// says the transfer failed to a server that reads it as a failure. `ABOR` tells one
     /// that takes a reset for an end of file too (pyftpdlib), which must act on it before
@@ -869,7 +886,11 @@ impl Client {
     /// [`ABORT_WAIT`] (a server that reads no command during a transfer answers only once
     /// the reset has ended it).
     fn abort_upload(&mut self, data: &Socket) {
-        let final_owed = self.early_final.take().is_none();
+        // Set first: if the wait below is cut short by an unwind (the coroutine removed),
+        // the close that comes with dropping the data connection is a reset too.
+        // It fails only on a socket closed already, which has nothing left to reset.
+        let _ = data.set_linger(Some(Duration::ZERO));
+        self.early_final = None;
         let (connect, send, receive) = self.ctrl.gettimeouts();
         // Between commands nothing else is queued on the control connection: the line goes
         // out at once, or the connection is broken.
@@ -884,12 +905,10 @@ impl Client {
             let _ = self.ctrl.fill_buf();
         }
         self.ctrl.settimeouts(connect, send, receive);
-        // It fails only on a socket closed already, which has nothing left to reset.
-        let _ = data.set_linger(Some(Duration::ZERO));
         data.close();
         self.in_flight = false;
         match sent {
-            Ok(_) => self.pending = Pending::Abort { final_owed },
+            Ok(_) => self.pending = Pending::Abort,
             // A line sent in part (or not at all) leaves the server out of step.
             Err(_) => self.give_up(),
         }
@@ -951,6 +970,7 @@ impl Client {
     /// errors (as [`ErrorKind::Io`]).
     pub fn stor(&mut self, path: &str, input: &mut dyn Read) -> Result<u64> {
         let mut data = self.start_transfer("STOR", Some(path))?;
+        let _unwound = ResetIfUnwound(data.share());
         let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
@@ -1059,6 +1079,20 @@ impl Client {
             written: 0,
             finished: false,
         })
+    }
+}
+
+/// Resets an upload's data connection when dropped by an unwind: a panicking source, or
+/// the coroutine removed while it waits, must not end the upload with the normal close
+/// that tells the server the file is whole (no `ABOR` can be waited for then).
+struct ResetIfUnwound(Socket);
+
+impl Drop for ResetIfUnwound {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.set_linger(Some(Duration::ZERO));
+            self.0.close();
+        }
     }
 }
 
