@@ -696,6 +696,19 @@ impl io::Read for FailingAfter {
     }
 }
 
+/// A source that yields as many bytes as it holds, then panics.
+struct PanicsAfter(usize);
+
+impl io::Read for PanicsAfter {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        assert!(self.0 > 0, "deliberate panic: the source broke midway");
+        let n = out.len().min(self.0);
+        out[..n].fill(b'x');
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
 /// What pyftpdlib logged of the upload of `name`: its `completed=` flag, or `None` when it
 /// logged no transfer of it.
 fn logged_upload(log: &str, name: &str) -> Option<bool> {
@@ -739,6 +752,12 @@ fn an_upload_whose_source_fails_is_aborted_not_stored_as_complete() {
         w.write_all(&data(200_000, 4)).expect("write");
     }
     assert_eq!(c.pwd().expect("PWD after the dropped writer"), "/");
+    // So does an upload whose source panics, the panic caught around the call.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        c.stor("panicked.bin", &mut PanicsAfter(100_000))
+    }));
+    assert!(panicked.is_err(), "the source's panic did not come through");
+    assert_eq!(c.pwd().expect("PWD after the panicked upload"), "/");
     // A complete upload after them is still stored as one.
     let whole = data(50_000, 6);
     assert_eq!(
@@ -762,11 +781,13 @@ fn an_upload_whose_source_fails_is_aborted_not_stored_as_complete() {
         Some(true),
         "an upload of nothing was logged complete:\n{log}"
     );
-    assert_eq!(
-        logged_upload(&log, "dropped.bin"),
-        Some(false),
-        "dropped.bin was not logged incomplete:\n{log}"
-    );
+    for name in ["dropped.bin", "panicked.bin"] {
+        assert_eq!(
+            logged_upload(&log, name),
+            Some(false),
+            "{name} was not logged incomplete:\n{log}"
+        );
+    }
     assert_eq!(logged_upload(&log, "whole.bin"), Some(true), "{log}");
     assert!(std::fs::read(root.0.join("whole.bin")).unwrap() == whole);
 }

@@ -1194,16 +1194,13 @@ fn requests_fit_the_stack_sizes_the_docs_give() {
     );
 }
 
-/// A peer on a thread that reads one request's head, sends `at_once`, then `dribbled` one
-/// byte every 150 ms until it is all sent, the client has gone, or `stop` is set.
-fn dribbling_peer(
+/// A GET with a 500 ms timeout of a peer on a thread that reads the request's head, sends
+/// `at_once`, then `dribbled` one byte every 150 ms until it is all sent, the client has
+/// gone, or the GET has returned; gives what the GET returned and how long it took.
+fn get_from_dribbling_peer(
     at_once: &'static [u8],
     dribbled: &'static [u8],
-) -> (
-    String,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<()>,
-) {
+) -> (copas::Result<http::Response>, Duration) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (listener, addr) = util::local_listener();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -1229,7 +1226,14 @@ fn dribbling_peer(
             std::thread::sleep(ms(150));
         }
     });
-    (format!("http://{addr}/"), stop, peer)
+    let start = Instant::now();
+    let got = Request::get(&format!("http://{addr}/"))
+        .timeout(ms(500))
+        .send();
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    peer.join().expect("peer");
+    (got, took)
 }
 
 /// Before: every read of the head waited a whole receive timeout, so a server sending its
@@ -1241,14 +1245,9 @@ fn a_response_head_sent_a_byte_at_a_time_cannot_outlast_the_receive_timeout() {
     let _dog = Watchdog::new("dribbled head", secs(60));
     let head = b"HTTP/1.1 200 OK\r\nX-Slow: abcdefghijklmnopqrst\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(head.len(), 68);
-    let (url, stop, peer) = dribbling_peer(b"", head);
-    let start = Instant::now();
-    let r = Request::get(&url).timeout(ms(500)).send();
-    let took = start.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    peer.join().expect("peer");
+    let (got, took) = get_from_dribbling_peer(b"", head);
     assert_eq!(
-        r.map(|r| r.status()).map_err(|e| e.kind()),
+        got.map(|r| r.status()).map_err(|e| e.kind()),
         Err(ErrorKind::Timeout)
     );
     assert!(took < secs(2), "took {took:?}");
@@ -1259,17 +1258,12 @@ fn a_response_head_sent_a_byte_at_a_time_cannot_outlast_the_receive_timeout() {
 fn chunked_trailers_sent_a_byte_at_a_time_cannot_outlast_the_receive_timeout() {
     let _turn = serial();
     let _dog = Watchdog::new("dribbled trailers", secs(60));
-    let (url, stop, peer) = dribbling_peer(
+    let (got, took) = get_from_dribbling_peer(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n",
         b"0\r\nX-Trailer: abcdefghijklmnopqrstuvwxyz\r\n\r\n",
     );
-    let start = Instant::now();
-    let r = Request::get(&url).timeout(ms(500)).send();
-    let took = start.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    peer.join().expect("peer");
     assert_eq!(
-        r.map(|r| r.into_body()).map_err(|e| e.kind()),
+        got.map(|r| r.into_body()).map_err(|e| e.kind()),
         Err(ErrorKind::Timeout)
     );
     assert!(took < secs(2), "took {took:?}");

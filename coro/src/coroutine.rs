@@ -441,10 +441,9 @@ pub fn suspend_value() -> Result<u32, SuspendError> {
     }
     // SAFETY: CURRENT only ever points at the frame of the coroutine running on this thread,
     // which `resume` keeps borrowed (so alive and unmoved) until control returns to it.
-    let (yielder, unwinding) = unsafe { ((*frame).yielder.get(), (*frame).unwinding.get()) };
-    // Suspending half-way through a panic's unwinding would leave the coroutine stuck
-    // mid-panic, and dropping it later would abort the process.
-    if unwinding || std::thread::panicking() {
+    let yielder = unsafe { (*frame).yielder.get() };
+    // SAFETY: as above.
+    if unsafe { unwinding(frame) } {
         return Err(SuspendError::Unwinding);
     }
     let here = 0u8;
@@ -453,6 +452,30 @@ pub fn suspend_value() -> Result<u32, SuspendError> {
     // SAFETY: the yielder lives on the running coroutine's stack, which is alive while the
     // coroutine runs; it was stored by the coroutine's first instructions.
     Ok(unsafe { (*yielder).suspend(()) })
+}
+
+/// Whether the coroutine of `frame` may not suspend: it is being dropped or unwinds from a
+/// panic, or the thread panics. Suspending half-way through a panic's unwinding would leave
+/// the coroutine stuck mid-panic, and dropping it later would abort the process.
+///
+/// # Safety
+///
+/// `frame` is the running coroutine's, non-null ([`current_frame`]).
+#[inline(always)]
+unsafe fn unwinding(frame: *const Frame) -> bool {
+    // SAFETY: the caller's contract: the frame of the running coroutine, alive while it runs.
+    let dropping = unsafe { (*frame).unwinding.get() };
+    dropping || std::thread::panicking()
+}
+
+/// Whether [`suspend`] would suspend now: inside a coroutine that is not being dropped or
+/// unwinding, on a thread that is not panicking. For a caller that must prepare its
+/// wake-up before it suspends and could not take that back if the suspension were refused.
+#[inline]
+pub fn can_suspend() -> bool {
+    let frame = current_frame();
+    // SAFETY: a non-null CURRENT points at the running coroutine's live frame.
+    !frame.is_null() && !unsafe { unwinding(frame) }
 }
 
 /// The tag of the coroutine running on this thread, or `None` outside any coroutine.

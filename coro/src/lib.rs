@@ -66,8 +66,8 @@ mod slab;
 mod stack;
 
 pub use coroutine::{
-    current, in_coroutine, prefetch, suspend, suspend_value, Coro, ResumeHint, Resumed,
-    SuspendError, INLINE_BODY,
+    can_suspend, current, in_coroutine, prefetch, suspend, suspend_value, Coro, ResumeHint,
+    Resumed, SuspendError, INLINE_BODY,
 };
 pub use label::Label;
 pub use panic::panic_message;

@@ -448,9 +448,9 @@ enum Pending {
 /// may answer the command before. So does a call abandoned midway, its coroutine removed
 /// while it waited or a panic caught around it (a [`DataReader`] or [`DataWriter`] the
 /// unwind drops ends only its transfer, as any drop does: a download abandoned, an upload
-/// aborted). The client then closes the
-/// connection, and every later call fails with [`ErrorKind::Closed`]; connect again. A
-/// refusal (a complete reply with a failing code) leaves the client usable.
+/// aborted). The client then closes the connection, and every later call fails with
+/// [`ErrorKind::Closed`]; connect again. A refusal (a complete reply with a failing code)
+/// leaves the client usable.
 ///
 /// ```no_run
 /// use copas::client::ftp::Client;
@@ -577,8 +577,8 @@ impl Client {
     /// itself once a server rejects `EPSV`). Over IPv6 `PASV` works with a server that
     /// answers it with an IPv4 address and listens for the data connection on its IPv6
     /// address too: only the port is used, with the control connection's IPv6 address (see
-    /// [`pasv_target`]); a server that puts its IPv6
-    /// address in the reply gets a malformed-reply [`ErrorKind::Protocol`] error.
+    /// [`pasv_target`]); a server that puts its IPv6 address in the reply gets a
+    /// malformed-reply [`ErrorKind::Protocol`] error.
     pub fn set_epsv(&mut self, epsv: bool) {
         self.epsv = epsv;
     }
@@ -878,13 +878,13 @@ impl Client {
     }
 
     /// After a failed upload: `ABOR`, reset the data connection, and read what the server
-    /// answers to both before the next command ([`Client::settle_abort`]). In stream mode a normal close marks the end of the
-    /// file: the server would keep the part sent as the whole and answer `226`. The reset
-    /// says the transfer failed to a server that reads it as a failure. `ABOR` tells one
-    /// that takes a reset for an end of file too (pyftpdlib), which must act on it before
-    /// it sees the reset: so the reset waits for the server's first answer, up to
-    /// [`ABORT_WAIT`] (a server that reads no command during a transfer answers only once
-    /// the reset has ended it).
+    /// answers to both before the next command ([`Client::settle_abort`]). In stream mode a
+    /// normal close marks the end of the file: the server would keep the part sent as the
+    /// whole and answer `226`. The reset says the transfer failed to a server that reads it
+    /// as a failure. `ABOR` tells one that takes a reset for an end of file too
+    /// (pyftpdlib), which must act on it before it sees the reset: so the reset waits for
+    /// the server's first answer, up to [`ABORT_WAIT`] (a server that reads no command
+    /// during a transfer answers only once the reset has ended it).
     fn abort_upload(&mut self, data: &Socket) {
         // Set first: if the wait below is cut short by an unwind (the coroutine removed),
         // the close that comes with dropping the data connection is a reset too.
@@ -969,28 +969,24 @@ impl Client {
     /// its final reply is reported, not the reset); the data connection's errors; `input`'s
     /// errors (as [`ErrorKind::Io`]).
     pub fn stor(&mut self, path: &str, input: &mut dyn Read) -> Result<u64> {
-        let mut data = self.start_transfer("STOR", Some(path))?;
-        let _unwound = ResetIfUnwound(data.share());
+        // Dropped unfinished (the input failed, or an unwind: the coroutine removed, a
+        // panicking source), the writer aborts the upload.
+        let mut upload = self.stor_writer(path)?;
         let mut buf = vec![0u8; CHUNK];
-        let mut total = 0u64;
         loop {
             let n = match input.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.abort_upload(&data);
-                    return Err(super::callers_io_error(e, "reading the input"));
-                }
+                Err(e) => return Err(super::callers_io_error(e, "reading the input")),
             };
-            if let Err(e) = data.send(&buf[..n]) {
-                return Err(self.upload_failed(&data, e));
+            if let Err(e) = upload.data.send(&buf[..n]) {
+                upload.finished = true;
+                return Err(upload.client.upload_failed(&upload.data, e));
             }
-            total += n as u64;
+            upload.written += n as u64;
         }
-        data.close();
-        self.finish_transfer()?;
-        Ok(total)
+        upload.finish()
     }
 
     fn listing(&mut self, cmd: &str, path: Option<&str>) -> Result<Vec<String>> {
@@ -1079,20 +1075,6 @@ impl Client {
             written: 0,
             finished: false,
         })
-    }
-}
-
-/// Resets an upload's data connection when dropped by an unwind: a panicking source, or
-/// the coroutine removed while it waits, must not end the upload with the normal close
-/// that tells the server the file is whole (no `ABOR` can be waited for then).
-struct ResetIfUnwound(Socket);
-
-impl Drop for ResetIfUnwound {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.0.set_linger(Some(Duration::ZERO));
-            self.0.close();
-        }
     }
 }
 

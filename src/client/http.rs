@@ -1231,55 +1231,29 @@ impl Target {
 /// (a response head; a read of a chunked body, size line and trailers included): each
 /// receive waits only for the time left. Otherwise a server sending a byte at a time, each
 /// just within the timeout, would hold the caller for as many timeouts as it sent bytes.
-/// The socket's own timeouts are back when this is dropped, however the read ended.
 struct WithinDeadline<'a> {
     sock: &'a mut Socket,
-    timeouts: (Option<Duration>, Option<Duration>, Option<Duration>),
     deadline: Option<Instant>,
 }
 
 impl<'a> WithinDeadline<'a> {
     fn new(sock: &'a mut Socket) -> WithinDeadline<'a> {
-        let timeouts = sock.gettimeouts();
-        let deadline = crate::net::deadline(timeouts.2);
-        WithinDeadline {
-            sock,
-            timeouts,
-            deadline,
-        }
-    }
-
-    /// Gives the next receive the time left; past the deadline none, which still takes
-    /// what has arrived.
-    fn arm(&self) {
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (connect, send, _) = self.timeouts;
-            self.sock.settimeouts(connect, send, Some(left));
-        }
-    }
-}
-
-impl Drop for WithinDeadline<'_> {
-    fn drop(&mut self) {
-        if self.deadline.is_some() {
-            let (connect, send, receive) = self.timeouts;
-            self.sock.settimeouts(connect, send, receive);
-        }
+        let deadline = crate::net::deadline(sock.gettimeouts().2);
+        WithinDeadline { sock, deadline }
     }
 }
 
 impl Read for WithinDeadline<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        self.arm();
-        self.sock.read(out)
+        let deadline = self.deadline;
+        self.sock.read_within(out, |_| deadline)
     }
 }
 
 impl BufRead for WithinDeadline<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.arm();
-        self.sock.fill_buf()
+        let deadline = self.deadline;
+        self.sock.fill_buf_within(|_| deadline)
     }
 
     fn consume(&mut self, amt: usize) {

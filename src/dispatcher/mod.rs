@@ -251,17 +251,6 @@ fn refuse_while_panicking(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether the running coroutine may suspend, for a wait that queues it before suspending
-/// (`pause(0)`, `waitforexit`): a refused suspension undoes only what
-/// [`State::enter_wait`] did, and the entry left queued would wake the coroutine later, out
-/// of another wait (or run it twice in one step). [`copas_coro::suspend`] refuses while the
-/// thread panics, and while the coroutine is force-unwound, but its entry is gone by then
-/// (`finish`, `bury`): no wait of it gets this far.
-#[inline]
-fn may_suspend() -> bool {
-    !std::thread::panicking()
-}
-
 /// Resets a flag of the dispatcher's state when dropped, so that a panic running through
 /// `step` or `run` (none should) cannot leave the thread's dispatcher unusable.
 struct ClearOnDrop<'a>(&'a Dispatcher, fn(&mut State));
@@ -1589,8 +1578,10 @@ impl Dispatcher {
             if st.exiting {
                 return Ok(());
             }
-            if !may_suspend() {
-                // As a refused `park` ends, without an entry left behind in the list.
+            // A refused suspension undoes only what `enter_wait` did: checked before the
+            // entry goes in, which a later `exit` would use to wake this coroutine out of
+            // another wait.
+            if !copas_coro::can_suspend() {
                 return Err(Error::new(ErrorKind::Cancelled));
             }
             st.push_exit_waiter(co);
@@ -1829,7 +1820,9 @@ impl Dispatcher {
         if delay.is_zero() {
             // A plain yield: no clock reads (it is the hot path of cooperative loops).
             if let Some(co) = self.current() {
-                if !may_suspend() {
+                // Checked before it is queued, which a refused suspension would not undo: the
+                // entry left would run it twice in one step.
+                if !copas_coro::can_suspend() {
                     return Duration::ZERO;
                 }
                 let queued = {

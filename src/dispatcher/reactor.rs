@@ -5,8 +5,9 @@
 //! sets the socket's readiness bits whether or not anybody waits; socket operations clear a
 //! bit when the kernel says `WouldBlock` and, where the poller reports end of stream on its
 //! own (epoll's `EPOLLRDHUP`, see `poller.rs`), when a read comes back short: the receive
-//! queue was drained, and a FIN queued behind the data is remembered ([`IoSource::read_closed`]). So a
-//! drained socket is not read again just to learn it is empty.
+//! queue was drained, and a FIN queued behind the data is remembered
+//! ([`IoSource::read_closed`]). So a drained socket is not read again just to learn it is
+//! empty.
 //!
 //! One thing besides a drained queue ends a TCP read short: the peer's urgent mark
 //! (`MSG_OOB`). Linux's `tcp_recvmsg` stops there once it has copied anything, with bytes

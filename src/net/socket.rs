@@ -1302,43 +1302,65 @@ fn to_io(e: Error) -> io::Error {
     e.into()
 }
 
-impl Read for Socket {
-    /// Reads what is available (at least one byte), waiting if nothing is; 0 at end of
-    /// stream. The receive timeout applies.
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl Socket {
+    /// [`Read::read`] with the deadline `deadline` makes of the receive timeout, asked only
+    /// when the read must wait: the crate's readers that bound a whole exchange by one
+    /// deadline give the same one to each read (`client::http`).
+    pub(crate) fn read_within(
+        &mut self,
+        out: &mut [u8],
+        deadline: impl FnOnce(Option<Duration>) -> Option<Instant>,
+    ) -> io::Result<usize> {
         self.refuse_if_closed().map_err(to_io)?;
         if out.is_empty() {
             return Ok(0);
         }
         if self.start == self.end && out.len() >= INITIAL_BUFFER {
             self.fair_share();
-            let deadline = super::deadline(self.conn.timeouts.get().receive);
+            let deadline = deadline(self.conn.timeouts.get().receive);
             let read = self.conn.read_waiting(out, deadline).map_err(to_io);
             // Like every receive: bytes left in the kernel are another reader's turn.
             self.conn.pass_on(false);
             return read;
         }
-        let available = self.fill_buf()?;
+        let available = self.fill_buf_within(deadline)?;
         let n = available.len().min(out.len());
         out[..n].copy_from_slice(&available[..n]);
         self.consume(n);
         Ok(n)
     }
-}
 
-impl BufRead for Socket {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+    /// [`BufRead::fill_buf`] with the deadline `deadline` makes of the receive timeout, as
+    /// for [`Socket::read_within`].
+    pub(crate) fn fill_buf_within(
+        &mut self,
+        deadline: impl FnOnce(Option<Duration>) -> Option<Instant>,
+    ) -> io::Result<&[u8]> {
         self.refuse_if_closed().map_err(to_io)?;
         if self.start == self.end {
             self.fair_share();
             self.start = 0;
             self.end = 0;
-            let deadline = super::deadline(self.conn.timeouts.get().receive);
+            let deadline = deadline(self.conn.timeouts.get().receive);
             let filled = self.fill(deadline).map_err(to_io);
             self.conn.pass_on(false);
             filled?;
         }
         Ok(&self.buf[self.start..self.end])
+    }
+}
+
+impl Read for Socket {
+    /// Reads what is available (at least one byte), waiting if nothing is; 0 at end of
+    /// stream. The receive timeout applies.
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.read_within(out, super::deadline)
+    }
+}
+
+impl BufRead for Socket {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.fill_buf_within(super::deadline)
     }
 
     fn consume(&mut self, amt: usize) {
